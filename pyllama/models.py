@@ -264,7 +264,7 @@ def _hf_download(repo_id: str, filename: str, revision: str, dest_dir: str) -> s
 
 def _fetch_hf(entry: dict, out, hasher, bar: Progress) -> None:
     src = entry["source"]
-    with tempfile.TemporaryDirectory(prefix="pyllama-hf-", dir=os.path.dirname(out.name)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="pyllama-hf-", dir=cache_dir()) as tmp:
         path = _hf_download(src["repo_id"], src["filename"], src.get("revision", "main"), tmp)
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):

