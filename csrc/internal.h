@@ -1,0 +1,76 @@
+/*
+ * internal.h - structures shared by the C files of the core (never seen by Python).
+ */
+#ifndef PL_INTERNAL_H
+#define PL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "pyllama.h"
+
+/* ---- errors (util.c) ---- */
+void pl_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void pl_clear_error(void);
+
+/* ---- a read-only memory map of a whole file (util.c) ---- */
+typedef struct {
+    const uint8_t *data;
+    uint64_t size;
+} pl_mapping;
+
+int pl_map_file(const char *path, pl_mapping *out);
+void pl_unmap_file(pl_mapping *m);
+
+/* bytes needed for n elements of a type, or -1 when n is not a whole number of blocks */
+int64_t pl_type_nbytes(int type, int64_t n);
+const char *pl_type_name(int type);
+int pl_type_supported(int type);
+
+/* ---- the model ---- */
+typedef struct {
+    char *name;
+    int type;
+    int n_dims;
+    int64_t ne[4];
+    const void *data;
+    uint64_t nbytes;
+} pl_tensor;
+
+typedef struct {
+    const pl_tensor *attn_norm;
+    const pl_tensor *wq, *wk, *wv, *wo;
+    const pl_tensor *bq, *bk, *bv;   /* NULL unless the architecture has attention biases */
+    const pl_tensor *ffn_norm;
+    const pl_tensor *w_gate, *w_up, *w_down;
+} pl_layer;
+
+struct pl_model {
+    pl_config cfg;
+    pl_mapping map;
+    pl_tensor *tensors;
+    int n_tensors;
+    void *heap;                 /* weights a loader had to convert (llama2.c Q8 groups) */
+    const pl_tensor *tok_embd;
+    const pl_tensor *output_norm;
+    const pl_tensor *output;    /* == tok_embd when tied */
+    const pl_tensor *rope_freqs;/* optional per-dimension frequency divisors (llama3) */
+    pl_layer *layers;
+};
+
+/* Look a tensor up by name; NULL when absent. */
+const pl_tensor *pl_find_tensor(const pl_model *m, const char *name);
+
+/* Bind and check every tensor the architecture needs (model.c). Returns 0 or sets the error. */
+int pl_model_bind(pl_model *m);
+
+/* loaders (gguf.c, llama2c.c) fill cfg, map, tensors; then call pl_model_bind */
+void pl_model_release(pl_model *m);
+
+/* ---- matrix products through the kernel table (dispatch.c) ----
+ * Y[t, r] = W[r, :] . X[t, :], t < n_tok, r < rows; X rows are `cols` floats apart,
+ * Y rows `rows` floats apart. scratch must hold pl_act_bytes(type, cols, n_tok). */
+size_t pl_act_bytes(int type, int cols, int n_tok);
+void pl_matmul_rows(int type, const void *w, int rows, int cols,
+                    const float *x, int n_tok, float *y, size_t y_stride, void *scratch);
+
+#endif

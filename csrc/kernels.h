@@ -1,0 +1,68 @@
+/*
+ * kernels.h - the matrix kernels, one set per instruction-set path.
+ *
+ * Every path (scalar, AVX2, NEON) fills the same table, and the scalar one is
+ * the reference the others are tested against. Weight rows are used exactly
+ * as they sit in the file (GGML block layouts, see quants.h).
+ *
+ * For the quantized weight types the activation vector is first quantized to
+ * block_q8x (32 values, one float scale) so dot products run on 8-bit integers.
+ * All paths round with round-half-to-even (nearbyintf / _mm256_round_ps /
+ * vcvtnq), so the integers agree exactly and only float summation order differs.
+ */
+#ifndef PL_KERNELS_H
+#define PL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "quants.h"
+
+#define PL_TYPE_SLOTS 31 /* type ids are GGML's: 0..30 */
+
+/* An activation block: x[i] ~= d * qs[i]; s = d * sum(qs) (needed by Q4_1's offset and Q4_0's -8). */
+typedef struct {
+    float d;
+    float s;
+    int8_t qs[QK];
+} block_q8x;
+
+/*
+ * y[r] = dot(row r of W, activation) for r in [r0, r1) (y is the whole output vector).
+ * w points at row 0; rows are row_bytes apart; n is the row length in elements.
+ * act is float* for float weight types and block_q8x* for quantized ones.
+ */
+typedef void (*pl_rows_fn)(const void *w, size_t row_bytes, const void *act,
+                           float *y, int r0, int r1, int n);
+
+/*
+ * The batched form for prefill: for tokens t in [0, n_tok) and rows r in [r0, r1),
+ * y[t * y_stride + r] = dot(row r, activation t), where activation t starts
+ * act_stride bytes after activation t-1. A path may leave this NULL and the
+ * caller falls back to calling rows() once per token.
+ */
+typedef void (*pl_tile_fn)(const void *w, size_t row_bytes, const void *act, size_t act_stride,
+                           float *y, size_t y_stride, int r0, int r1, int n_tok, int n);
+
+typedef struct {
+    const char *name;
+    /* quantize n floats (n % 32 == 0) into n/32 activation blocks */
+    void (*quantize_q8x)(const float *x, block_q8x *y, int n);
+    pl_rows_fn rows[PL_TYPE_SLOTS];
+    pl_tile_fn tile[PL_TYPE_SLOTS];
+} pl_kernel_set;
+
+extern const pl_kernel_set pl_kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const pl_kernel_set pl_kernels_avx2;
+#endif
+#if defined(__aarch64__)
+extern const pl_kernel_set pl_kernels_neon;
+#endif
+
+/* The set in use (chosen at first call from the CPU's features, or by pl_set_isa). */
+const pl_kernel_set *pl_kernels(void);
+
+/* 1 when the weight type needs block_q8x activations, 0 when it takes floats. */
+int pl_type_uses_q8x(int type);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * kernels_scalar.c - the reference kernels. Plain C, one dot product per row,
+ * written to be obviously right; the SIMD paths must agree with these.
+ */
+#include <math.h>
+
+#include "internal.h"
+#include "kernels.h"
+
+/* Quantize activations to 8 bits per 32-value block, scale = max|x| / 127. */
+static void quantize_q8x(const float *x, block_q8x *y, int n) {
+    for (int b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)nearbyintf(xb[j] * id); /* round half to even, like the SIMD paths */
+            y[b].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+static float dot_f32(const float *w, const float *x, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static float dot_f16(const pl_fp16 *w, const float *x, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += fp16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+static float dot_bf16(const pl_bf16 *w, const float *x, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += bf16_to_f32(w[i]) * x[i];
+    return sum;
+}
+
+static float dot_q8_0(const block_q8_0 *w, const block_q8x *x, int n) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK; j++) sumi += w[b].qs[j] * x[b].qs[j];
+        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi;
+    }
+    return sum;
+}
+
+static float dot_q4_0(const block_q4_0 *w, const block_q8x *x, int n) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += ((w[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
+            sumi += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
+        }
+        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi;
+    }
+    return sum;
+}
+
+/* Q4_1: sum_j (d*q_j + m) * dx*qx_j = d*dx*sum(q*qx) + m * (dx*sum(qx)) = ... + m * s */
+static float dot_q4_1(const block_q4_1 *w, const block_q8x *x, int n) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += (w[b].qs[j] & 0x0f) * x[b].qs[j];
+            sumi += (w[b].qs[j] >> 4) * x[b].qs[j + QK / 2];
+        }
+        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi + fp16_to_f32(w[b].m) * x[b].s;
+    }
+    return sum;
+}
+
+/* One rows() function per type: the loop over rows is the same, only the dot differs. */
+#define DEFINE_ROWS(NAME, WTYPE, ATYPE)                                                     \
+    static void rows_##NAME(const void *w, size_t row_bytes, const void *act, float *y,   \
+                            int r0, int r1, int n) {                                       \
+        for (int r = r0; r < r1; r++)                                                      \
+            y[r] = dot_##NAME((const WTYPE *)((const char *)w + (size_t)r * row_bytes),   \
+                              (const ATYPE *)act, n);                                      \
+    }
+
+DEFINE_ROWS(f32, float, float)
+DEFINE_ROWS(f16, pl_fp16, float)
+DEFINE_ROWS(bf16, pl_bf16, float)
+DEFINE_ROWS(q8_0, block_q8_0, block_q8x)
+DEFINE_ROWS(q4_0, block_q4_0, block_q8x)
+DEFINE_ROWS(q4_1, block_q4_1, block_q8x)
+
+const pl_kernel_set pl_kernels_scalar = {
+    .name = "scalar",
+    .quantize_q8x = quantize_q8x,
+    .rows = {
+        [PL_TYPE_F32] = rows_f32,
+        [PL_TYPE_F16] = rows_f16,
+        [PL_TYPE_BF16] = rows_bf16,
+        [PL_TYPE_Q8_0] = rows_q8_0,
+        [PL_TYPE_Q4_0] = rows_q4_0,
+        [PL_TYPE_Q4_1] = rows_q4_1,
+    },
+};

@@ -1,0 +1,483 @@
+/*
+ * model.c - the Llama-family transformer: binding weights, the KV cache and
+ * the forward pass.
+ *
+ * One pl_eval call runs a whole batch of tokens through every layer:
+ *   x = embed(tokens)
+ *   per layer:  x += Wo . attention(rope(Wq . rmsnorm(x)), rope(Wk . rmsnorm(x)), Wv . rmsnorm(x))
+ *               x += Wdown . (silu(Wgate . rmsnorm(x)) * (Wup . rmsnorm(x)))
+ *   logits = Wout . rmsnorm(x)
+ * Matrix products go through dispatch.c (OpenMP across output rows); the rest
+ * is cheap next to them and written plainly.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "quants.h"
+
+/* ------------------------------------------------------------------ binding */
+
+static const pl_tensor *find_checked(pl_model *m, const char *name, int64_t ne0, int64_t ne1, int required) {
+    const pl_tensor *t = pl_find_tensor(m, name);
+    if (!t) {
+        if (required) pl_set_error("tensor '%s' is missing", name);
+        return NULL;
+    }
+    int want_dims = ne1 ? 2 : 1;
+    int dims = t->n_dims;
+    while (dims > want_dims && t->ne[dims - 1] == 1) dims--; /* trailing 1s are harmless */
+    if (dims != want_dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
+        pl_set_error("tensor '%s' has shape [%lld, %lld], but the metadata implies [%lld, %lld]", name,
+                     (long long)t->ne[0], (long long)t->ne[1], (long long)ne0, (long long)(ne1 ? ne1 : 1));
+        return NULL;
+    }
+    return t;
+}
+
+/* Vectors (norms, biases) are used as floats; convert the rare non-F32 one once. */
+static int vector_to_f32(pl_model *m, const pl_tensor *t) {
+    if (!t || t->type == PL_TYPE_F32) return 0;
+    float *f = malloc((size_t)t->ne[0] * sizeof(float));
+    if (!f) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    dequantize_row(t->type, t->data, f, t->ne[0]);
+    pl_tensor *w = (pl_tensor *)t;
+    w->data = f;
+    w->type = PL_TYPE_F32;
+    w->nbytes = (uint64_t)t->ne[0] * sizeof(float);
+    /* remember it for freeing: chain through a small list kept in heap blocks */
+    void **node = malloc(2 * sizeof(void *));
+    if (!node) {
+        free(f);
+        pl_set_error("out of memory");
+        return -1;
+    }
+    node[0] = f;
+    node[1] = m->heap;
+    m->heap = node;
+    return 0;
+}
+
+int pl_model_bind(pl_model *m) {
+    pl_config *c = &m->cfg;
+    const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    if (c->dim % QK || c->hidden_dim % QK || q_dim % QK || c->head_dim % 2) {
+        pl_set_error("model widths (embedding %d, feed-forward %d, heads x head size %d) must be multiples of %d",
+                     c->dim, c->hidden_dim, q_dim, QK);
+        return -1;
+    }
+
+    const pl_tensor *emb = pl_find_tensor(m, "token_embd.weight");
+    if (!emb) {
+        pl_set_error("tensor 'token_embd.weight' is missing");
+        return -1;
+    }
+    if (!c->n_vocab) c->n_vocab = (int)emb->ne[1];
+    if (!(m->tok_embd = find_checked(m, "token_embd.weight", c->dim, c->n_vocab, 1))) return -1;
+    if (!(m->output_norm = find_checked(m, "output_norm.weight", c->dim, 0, 1))) return -1;
+    m->output = pl_find_tensor(m, "output.weight");
+    if (m->output) {
+        if (!(m->output = find_checked(m, "output.weight", c->dim, c->n_vocab, 1))) return -1;
+        c->tied_output = 0;
+    } else {
+        m->output = m->tok_embd;
+        c->tied_output = 1;
+    }
+    if (vector_to_f32(m, m->output_norm)) return -1;
+
+    m->rope_freqs = pl_find_tensor(m, "rope_freqs.weight");
+    if (m->rope_freqs) {
+        if (!(m->rope_freqs = find_checked(m, "rope_freqs.weight", c->head_dim / 2, 0, 1))) return -1;
+        if (vector_to_f32(m, m->rope_freqs)) return -1;
+    }
+
+    m->layers = calloc((size_t)c->n_layers, sizeof(pl_layer));
+    if (!m->layers) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        pl_layer *L = &m->layers[l];
+        char name[96];
+#define BIND(field, suffix, ne0, ne1, required)                                  \
+        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                     \
+        L->field = find_checked(m, name, ne0, ne1, required);                    \
+        if (!L->field && (required || pl_last_error()[0])) return -1;
+        BIND(attn_norm, "attn_norm.weight", c->dim, 0, 1)
+        BIND(wq, "attn_q.weight", c->dim, q_dim, 1)
+        BIND(wk, "attn_k.weight", c->dim, kv_dim, 1)
+        BIND(wv, "attn_v.weight", c->dim, kv_dim, 1)
+        BIND(wo, "attn_output.weight", q_dim, c->dim, 1)
+        BIND(bq, "attn_q.bias", q_dim, 0, c->has_qkv_bias)
+        BIND(bk, "attn_k.bias", kv_dim, 0, c->has_qkv_bias)
+        BIND(bv, "attn_v.bias", kv_dim, 0, c->has_qkv_bias)
+        BIND(ffn_norm, "ffn_norm.weight", c->dim, 0, 1)
+        BIND(w_gate, "ffn_gate.weight", c->dim, c->hidden_dim, 1)
+        BIND(w_up, "ffn_up.weight", c->dim, c->hidden_dim, 1)
+        BIND(w_down, "ffn_down.weight", c->hidden_dim, c->dim, 1)
+#undef BIND
+        if (vector_to_f32(m, L->attn_norm) || vector_to_f32(m, L->ffn_norm) || vector_to_f32(m, L->bq) ||
+            vector_to_f32(m, L->bk) || vector_to_f32(m, L->bv))
+            return -1;
+    }
+    return 0;
+}
+
+const pl_tensor *pl_find_tensor(const pl_model *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].name && !strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+void pl_model_release(pl_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_tensors; i++) free(m->tensors[i].name);
+    free(m->tensors);
+    free(m->layers);
+    while (m->heap) {
+        void **node = m->heap;
+        m->heap = node[1];
+        free(node[0]);
+        free(node);
+    }
+    pl_unmap_file(&m->map);
+}
+
+void pl_model_free(pl_model *m) {
+    pl_model_release(m);
+    free(m);
+}
+
+void pl_model_config(const pl_model *m, pl_config *out) { *out = m->cfg; }
+
+int pl_model_n_tensors(const pl_model *m) { return m->n_tensors; }
+
+uint64_t pl_model_file_size(const pl_model *m) { return m->map.size; }
+
+int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out) {
+    if (i < 0 || i >= m->n_tensors) {
+        pl_set_error("tensor index %d out of range", i);
+        return -1;
+    }
+    const pl_tensor *t = &m->tensors[i];
+    out->name = t->name;
+    out->type = t->type;
+    out->n_dims = t->n_dims;
+    memcpy(out->ne, t->ne, sizeof t->ne);
+    out->data = t->data;
+    out->nbytes = t->nbytes;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ context */
+
+struct pl_context {
+    pl_model *m;
+    int n_ctx;
+    int n_threads;
+    float *key_cache;   /* [layer][position][kv_dim] */
+    float *value_cache; /* [layer][position][kv_dim] */
+    float *inv_freq;    /* [head_dim / 2]: RoPE angle per position for each rotated pair */
+    /* scratch for a batch of up to `capacity` tokens */
+    int capacity;
+    float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
+    void *act;          /* quantized activations */
+    float *att;         /* [thread][n_ctx] attention scores */
+    int att_threads;
+};
+
+/* Per-pair rotation speeds, with the scaling the metadata asks for folded in. */
+static void compute_inv_freq(const pl_model *m, float *inv_freq) {
+    const pl_config *c = &m->cfg;
+    const int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)c->rope_base, -2.0 * i / c->head_dim);
+        if (c->rope_scaling == PL_ROPE_SCALING_LINEAR) {
+            f /= c->rope_scale_factor;
+        } else if (c->rope_scaling == PL_ROPE_SCALING_LLAMA3) {
+            /* long wavelengths are slowed by the factor, short ones kept, a blend between */
+            double wavelen = 2.0 * M_PI / f;
+            double low_wavelen = c->rope_orig_ctx / c->rope_low_freq_factor;
+            double high_wavelen = c->rope_orig_ctx / c->rope_high_freq_factor;
+            if (wavelen > low_wavelen) {
+                f /= c->rope_scale_factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (c->rope_orig_ctx / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_scale_factor + smooth * f;
+            }
+        }
+        if (m->rope_freqs) f /= ((const float *)m->rope_freqs->data)[i];
+        inv_freq[i] = (float)f;
+    }
+}
+
+static int grow_scratch(pl_context *c, int n_tok) {
+    if (n_tok <= c->capacity) return 0;
+    const pl_config *p = &c->m->cfg;
+    const int q_dim = p->n_heads * p->head_dim, kv_dim = p->n_kv_heads * p->head_dim;
+    const int widest = p->dim > p->hidden_dim ? (p->dim > q_dim ? p->dim : q_dim) : (p->hidden_dim > q_dim ? p->hidden_dim : q_dim);
+    float **bufs[] = {&c->x, &c->xb, &c->xb2, &c->q, &c->k, &c->v, &c->hb, &c->hb2};
+    size_t sizes[] = {p->dim, widest, q_dim, q_dim, kv_dim, kv_dim, p->hidden_dim, p->hidden_dim};
+    for (int i = 0; i < 8; i++) {
+        float *nb = realloc(*bufs[i], sizes[i] * (size_t)n_tok * sizeof(float));
+        if (!nb) goto oom;
+        *bufs[i] = nb;
+    }
+    size_t act = pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 64;
+    void *na = realloc(c->act, act);
+    if (!na) goto oom;
+    c->act = na;
+    c->capacity = n_tok;
+    return 0;
+oom:
+    pl_set_error("out of memory for a batch of %d tokens", n_tok);
+    return -1;
+}
+
+int pl_set_threads(pl_context *c, int n_threads) {
+    if (n_threads <= 0) n_threads = omp_get_num_procs();
+    if (n_threads > 1024) n_threads = 1024;
+    if (n_threads > c->att_threads) {
+        float *na = realloc(c->att, (size_t)n_threads * c->n_ctx * sizeof(float));
+        if (!na) {
+            pl_set_error("out of memory");
+            return -1;
+        }
+        c->att = na;
+        c->att_threads = n_threads;
+    }
+    c->n_threads = n_threads;
+    return 0;
+}
+
+pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
+    pl_clear_error();
+    if (n_ctx <= 0 || n_ctx > (1 << 24)) {
+        pl_set_error("n_ctx must be between 1 and %d (got %d)", 1 << 24, n_ctx);
+        return NULL;
+    }
+    pl_context *c = calloc(1, sizeof *c);
+    if (!c) {
+        pl_set_error("out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->n_ctx = n_ctx;
+    const pl_config *p = &m->cfg;
+    size_t kv = (size_t)p->n_layers * n_ctx * p->n_kv_heads * p->head_dim;
+    c->key_cache = calloc(kv, sizeof(float));
+    c->value_cache = calloc(kv, sizeof(float));
+    c->inv_freq = malloc((size_t)(p->head_dim / 2) * sizeof(float));
+    if (!c->key_cache || !c->value_cache || !c->inv_freq) {
+        pl_set_error("out of memory for a KV cache of %d positions (%.1f MiB)", n_ctx,
+                     2.0 * kv * sizeof(float) / 1048576.0);
+        pl_context_free(c);
+        return NULL;
+    }
+    compute_inv_freq(m, c->inv_freq);
+    if (pl_set_threads(c, n_threads) || grow_scratch(c, 1)) {
+        pl_context_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void pl_context_free(pl_context *c) {
+    if (!c) return;
+    float *bufs[] = {c->key_cache, c->value_cache, c->inv_freq, c->x, c->xb, c->xb2, c->q,
+                     c->k, c->v, c->hb, c->hb2, c->att};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(c->act);
+    free(c);
+}
+
+int pl_context_n_ctx(const pl_context *c) { return c->n_ctx; }
+
+/* ------------------------------------------------------------------ the math */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+/* Rotate each pair of a head by pos * inv_freq[i]; `neox` pairs i with i + d/2, otherwise 2i with 2i+1. */
+static void rope(float *head, int head_dim, int pos, const float *inv_freq, int neox) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float theta = (float)pos * inv_freq[i];
+        float cs = cosf(theta), sn = sinf(theta);
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * cs - x1 * sn;
+        head[b] = x0 * sn + x1 * cs;
+    }
+}
+
+static void softmax(float *x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Y[t] = W . X[t] for a weight tensor; out rows are `rows` floats apart. */
+static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok, float *y) {
+    pl_matmul_rows(w->type, w->data, (int)w->ne[1], (int)w->ne[0], x, n_tok, y, (size_t)w->ne[1], c->act);
+}
+
+/*
+ * Causal attention of n_tok queries at positions n_past.. over the cache.
+ * Query head h reads key/value head h / (n_heads / n_kv_heads) (grouped-query attention).
+ */
+static void attention(pl_context *c, int layer, int n_tok, int n_past) {
+    const pl_config *p = &c->m->cfg;
+    const int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd;
+    const int group = p->n_heads / p->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *kc = c->key_cache + (size_t)layer * c->n_ctx * kv_dim;
+    const float *vc = c->value_cache + (size_t)layer * c->n_ctx * kv_dim;
+
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int t = 0; t < n_tok; t++) {
+        for (int h = 0; h < p->n_heads; h++) {
+            const float *q = c->q + (size_t)t * q_dim + h * hd;
+            float *att = c->att + (size_t)omp_get_thread_num() * c->n_ctx;
+            const int kv_off = (h / group) * hd;
+            const int n_pos = n_past + t + 1;
+            for (int s = 0; s < n_pos; s++) {
+                const float *k = kc + (size_t)s * kv_dim + kv_off;
+                float dot = 0.0f;
+                for (int i = 0; i < hd; i++) dot += q[i] * k[i];
+                att[s] = dot * scale;
+            }
+            softmax(att, n_pos);
+            float *out = c->xb2 + (size_t)t * q_dim + h * hd;
+            memset(out, 0, (size_t)hd * sizeof(float));
+            for (int s = 0; s < n_pos; s++) {
+                const float *v = vc + (size_t)s * kv_dim + kv_off;
+                const float a = att[s];
+                for (int i = 0; i < hd; i++) out[i] += a * v[i];
+            }
+        }
+    }
+}
+
+static void add_bias(float *x, const pl_tensor *b, int n_tok, int n) {
+    if (!b) return;
+    const float *bias = b->data;
+    for (int t = 0; t < n_tok; t++)
+        for (int i = 0; i < n; i++) x[(size_t)t * n + i] += bias[i];
+}
+
+static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
+    const pl_config *p = &c->m->cfg;
+    const pl_layer *L = &c->m->layers[l];
+    const int dim = p->dim, hd = p->head_dim, hidden = p->hidden_dim;
+    const int q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd;
+    const int neox = p->rope_type == PL_ROPE_NEOX;
+
+    for (int t = 0; t < n_tok; t++)
+        rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm->data, dim, p->norm_eps);
+    matmul(c, L->wq, c->xb, n_tok, c->q);
+    matmul(c, L->wk, c->xb, n_tok, c->k);
+    matmul(c, L->wv, c->xb, n_tok, c->v);
+    add_bias(c->q, L->bq, n_tok, q_dim);
+    add_bias(c->k, L->bk, n_tok, kv_dim);
+    add_bias(c->v, L->bv, n_tok, kv_dim);
+
+    float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
+    float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
+    for (int t = 0; t < n_tok; t++) {
+        const int pos = n_past + t;
+        for (int h = 0; h < p->n_heads; h++) rope(c->q + (size_t)t * q_dim + h * hd, hd, pos, c->inv_freq, neox);
+        for (int h = 0; h < p->n_kv_heads; h++) rope(c->k + (size_t)t * kv_dim + h * hd, hd, pos, c->inv_freq, neox);
+        memcpy(kc + (size_t)pos * kv_dim, c->k + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+        memcpy(vc + (size_t)pos * kv_dim, c->v + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+    }
+    attention(c, l, n_tok, n_past);
+
+    matmul(c, L->wo, c->xb2, n_tok, c->xb);
+    for (size_t i = 0; i < (size_t)n_tok * dim; i++) c->x[i] += c->xb[i];
+
+    for (int t = 0; t < n_tok; t++)
+        rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm->data, dim, p->norm_eps);
+    matmul(c, L->w_gate, c->xb, n_tok, c->hb);
+    matmul(c, L->w_up, c->xb, n_tok, c->hb2);
+    for (size_t i = 0; i < (size_t)n_tok * hidden; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    matmul(c, L->w_down, c->hb, n_tok, c->xb);
+    for (size_t i = 0; i < (size_t)n_tok * dim; i++) c->x[i] += c->xb[i];
+}
+
+int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
+    pl_clear_error();
+    const pl_model *m = c->m;
+    const pl_config *p = &m->cfg;
+    if (n_tokens <= 0) {
+        pl_set_error("eval needs at least one token");
+        return -1;
+    }
+    if (n_past < 0 || n_past > c->n_ctx || n_tokens > c->n_ctx - n_past) {
+        pl_set_error("context overflow: %d cached + %d new tokens exceed n_ctx = %d", n_past, n_tokens, c->n_ctx);
+        return -1;
+    }
+    for (int t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= p->n_vocab) {
+            pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, p->n_vocab);
+            return -1;
+        }
+    if (grow_scratch(c, n_tokens)) return -1;
+    omp_set_num_threads(c->n_threads);
+
+    const int dim = p->dim;
+    const size_t emb_row = (size_t)pl_type_nbytes(m->tok_embd->type, dim);
+    for (int t = 0; t < n_tokens; t++)
+        dequantize_row(m->tok_embd->type, (const char *)m->tok_embd->data + (size_t)tokens[t] * emb_row,
+                       c->x + (size_t)t * dim, dim);
+
+    for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
+
+    /* only the rows whose logits are wanted go through the final norm and output layer */
+    const int first = logits_all ? 0 : n_tokens - 1, n_out = n_tokens - first;
+    for (int t = first; t < n_tokens; t++)
+        rmsnorm(c->xb + (size_t)(t - first) * dim, c->x + (size_t)t * dim, m->output_norm->data, dim, p->norm_eps);
+    matmul(c, m->output, c->xb, n_out, logits);
+    return 0;
+}
+
+int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
+    pl_clear_error();
+    if (n_keep < 0 || n_discard <= 0 || n_past > c->n_ctx || n_keep + n_discard > n_past) {
+        pl_set_error("bad context shift: n_past=%d n_keep=%d n_discard=%d", n_past, n_keep, n_discard);
+        return -1;
+    }
+    const pl_config *p = &c->m->cfg;
+    const int hd = p->head_dim, kv_dim = p->n_kv_heads * hd;
+    const int neox = p->rope_type == PL_ROPE_NEOX;
+    for (int l = 0; l < p->n_layers; l++) {
+        float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
+        float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
+        for (int s = n_keep + n_discard; s < n_past; s++) {
+            float *kd = kc + (size_t)(s - n_discard) * kv_dim;
+            memmove(kd, kc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
+            memmove(vc + (size_t)(s - n_discard) * kv_dim, vc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
+            /* rotations compose: turning back by n_discard positions lands on the new position */
+            for (int h = 0; h < p->n_kv_heads; h++) rope(kd + h * hd, hd, -n_discard, c->inv_freq, neox);
+        }
+    }
+    return n_past - n_discard;
+}

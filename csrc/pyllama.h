@@ -1,0 +1,121 @@
+/*
+ * pyllama.h - the whole boundary between the C core and Python.
+ *
+ * setup.py derives cffi's cdef from the region between the CDEF markers below,
+ * so every declaration Python can see is written exactly once, here.
+ * Keep that region free of preprocessor lines other than plain integer #defines.
+ *
+ * Conventions: functions that can fail return 0 on success (or a pointer), and
+ * a nonzero code (or NULL) on failure with a message in pl_last_error().
+ */
+#ifndef PYLLAMA_H
+#define PYLLAMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+
+/* Tensor types. The numbers are GGML's, so a GGUF type id maps directly. */
+#define PL_TYPE_F32 0
+#define PL_TYPE_F16 1
+#define PL_TYPE_Q4_0 2
+#define PL_TYPE_Q4_1 3
+#define PL_TYPE_Q8_0 8
+#define PL_TYPE_BF16 30
+
+/* Instruction-set paths for the kernels; PL_ISA_AUTO picks the best one the CPU has. */
+#define PL_ISA_AUTO -1
+#define PL_ISA_SCALAR 0
+#define PL_ISA_AVX2 1
+#define PL_ISA_NEON 2
+
+/* Rotary layouts: which elements of a head are rotated together. */
+#define PL_ROPE_NORM 0 /* adjacent pairs (x[2i], x[2i+1]): llama2.c's run.c, llama.cpp for `llama` */
+#define PL_ROPE_NEOX 1 /* half split (x[i], x[i+d/2]): llama.cpp for qwen2, gemma3 */
+
+/* RoPE frequency scaling */
+#define PL_ROPE_SCALING_NONE 0
+#define PL_ROPE_SCALING_LINEAR 1
+#define PL_ROPE_SCALING_LLAMA3 2
+
+typedef struct pl_model pl_model;
+typedef struct pl_context pl_context;
+
+typedef struct {
+    int n_vocab;
+    int dim;          /* embedding width */
+    int hidden_dim;   /* feed-forward width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int n_ctx_train;  /* context length the model was trained with */
+    float norm_eps;
+    float rope_base;
+    int rope_type;    /* PL_ROPE_NORM or PL_ROPE_NEOX */
+    int rope_scaling; /* PL_ROPE_SCALING_* */
+    float rope_scale_factor;        /* linear / llama3 factor */
+    float rope_low_freq_factor;     /* llama3 */
+    float rope_high_freq_factor;    /* llama3 */
+    int rope_orig_ctx;              /* llama3 original context */
+    int tied_output;  /* 1 when the output layer reuses token_embd */
+    int has_qkv_bias; /* 1 for qwen2-style attention biases */
+} pl_config;
+
+typedef struct {
+    const char *name;
+    int type;          /* PL_TYPE_* */
+    int n_dims;
+    int64_t ne[4];     /* GGML order: ne[0] is the contiguous (row) length */
+    const void *data;  /* points into the mapped file (or the heap for llama2.c conversions) */
+    uint64_t nbytes;
+} pl_tensor_info;
+
+/* Error message of the last failed call on this thread ("" when none). */
+const char *pl_last_error(void);
+
+/* Loading. Weights stay in the mapped file; nothing is copied except where a
+ * format needs conversion. */
+pl_model *pl_load_gguf(const char *path);
+/* llama2.c checkpoints carry no rope base and no BOS/EOS ids: pass them (run.c: 10000, 1, 2). */
+pl_model *pl_load_llama2c(const char *path, float rope_base);
+void pl_model_free(pl_model *m);
+void pl_model_config(const pl_model *m, pl_config *out);
+int pl_model_n_tensors(const pl_model *m);
+int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
+uint64_t pl_model_file_size(const pl_model *m);
+
+/* A context owns the KV cache and scratch buffers for one sequence. */
+pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads);
+void pl_context_free(pl_context *c);
+int pl_context_n_ctx(const pl_context *c);
+int pl_set_threads(pl_context *c, int n_threads);
+
+/*
+ * Run the transformer over tokens[0..n_tokens) at positions n_past.. and write
+ * logits: for the last token only (n_vocab floats) or, when logits_all is
+ * nonzero, for every token (n_tokens * n_vocab floats). One call per batch:
+ * this is the hot path.
+ */
+int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
+            float *logits, int logits_all);
+
+/* Drop cached positions from n_keep+n_discard onward by sliding them down by n_discard
+ * (context shift): keys are re-rotated to their new positions. Returns the new length. */
+int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);
+
+/* Kernels, exposed for tests and benchmarks. */
+int pl_cpu_isa(void);                 /* best path this CPU supports */
+int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
+int pl_type_block_size(int type);     /* elements per block */
+int pl_type_block_bytes(int type);    /* bytes per block */
+int pl_dequantize(int type, const void *src, float *dst, int64_t n);
+/* y[r] = W[r,:] . x for r < rows, W stored row-major with `cols` elements per row. */
+int pl_matvec(int type, const void *w, const float *x, float *y, int rows, int cols, int n_threads);
+/* Y[t,r] = W[r,:] . X[t,:] for t < n_tokens (prefill). */
+int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int cols, int n_tokens, int n_threads);
+
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * quants.h - tensor storage formats, byte for byte as GGML lays them out in GGUF.
+ *
+ * Q8_0:  32 values = fp16 scale d, 32 x int8 q;            x = d * q
+ * Q4_0:  32 values = fp16 scale d, 16 bytes of nibbles;    x = d * (q - 8)
+ * Q4_1:  32 values = fp16 scale d, fp16 min m, 16 bytes;   x = d * q + m
+ * In the 4-bit formats byte j holds value j in its low nibble and value j+16
+ * in its high nibble.
+ */
+#ifndef PL_QUANTS_H
+#define PL_QUANTS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define QK 32
+
+typedef uint16_t pl_fp16;
+typedef uint16_t pl_bf16;
+
+typedef struct { pl_fp16 d; int8_t qs[QK]; } block_q8_0;
+typedef struct { pl_fp16 d; uint8_t qs[QK / 2]; } block_q4_0;
+typedef struct { pl_fp16 d; pl_fp16 m; uint8_t qs[QK / 2]; } block_q4_1;
+
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+
+/* IEEE half <-> float without relying on compiler extensions (exact for every half). */
+static inline float fp16_to_f32(pl_fp16 h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) { mant <<= 1; exp--; }
+            mant &= 0x3ff;
+            bits = sign | (exp << 23) | (mant << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* float -> half, round to nearest even (used when writing files / KV cache). */
+static inline pl_fp16 f32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000) /* inf or nan */
+        return (pl_fp16)(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));
+    if (absx >= 0x477ff000) /* rounds to >= 65520: overflow to inf */
+        return (pl_fp16)(sign | 0x7c00);
+    if (absx < 0x38800000) { /* result is subnormal or zero */
+        float a;
+        memcpy(&a, &absx, 4);
+        /* scale so that the half subnormal unit (2^-24) becomes 1, then round to even */
+        float scaled = a * 16777216.0f;
+        uint32_t q = (uint32_t)scaled;
+        float rem = scaled - (float)q;
+        if (rem > 0.5f || (rem == 0.5f && (q & 1))) q++;
+        return (pl_fp16)(sign | q);
+    }
+    uint32_t mant = absx & 0x7fffff;
+    uint32_t exp = (absx >> 23) - 127 + 15;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (pl_fp16)(sign | h);
+}
+
+static inline float bf16_to_f32(pl_bf16 h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* scalar dequantizers: the reference every other path is compared with */
+void dequantize_row(int type, const void *src, float *dst, int64_t n);
+
+#endif

@@ -1,0 +1,148 @@
+/*
+ * util.c - error reporting, file mapping and the table of tensor types.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "quants.h"
+
+/* One message per thread, so Python threads using separate models don't trample each other. */
+static __thread char error_message[512];
+
+const char *pl_last_error(void) { return error_message; }
+
+void pl_clear_error(void) { error_message[0] = '\0'; }
+
+void pl_set_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    va_end(ap);
+}
+
+int pl_map_file(const char *path, pl_mapping *out) {
+    out->data = NULL;
+    out->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        pl_set_error("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        pl_set_error("%s is not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_size == 0) {
+        pl_set_error("%s is empty", path);
+        close(fd);
+        return -1;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd); /* the mapping keeps the file alive */
+    if (p == MAP_FAILED) {
+        pl_set_error("cannot map %s: %s", path, strerror(errno));
+        return -1;
+    }
+    out->data = p;
+    out->size = (uint64_t)st.st_size;
+    return 0;
+}
+
+void pl_unmap_file(pl_mapping *m) {
+    if (m->data) munmap((void *)m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+/* ---- tensor types ---- */
+
+typedef struct {
+    int type;
+    const char *name;
+    int block_size;
+    int block_bytes;
+} type_traits;
+
+static const type_traits TYPES[] = {
+    {PL_TYPE_F32, "F32", 1, 4},
+    {PL_TYPE_F16, "F16", 1, 2},
+    {PL_TYPE_BF16, "BF16", 1, 2},
+    {PL_TYPE_Q8_0, "Q8_0", QK, sizeof(block_q8_0)},
+    {PL_TYPE_Q4_0, "Q4_0", QK, sizeof(block_q4_0)},
+    {PL_TYPE_Q4_1, "Q4_1", QK, sizeof(block_q4_1)},
+};
+#define N_TYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
+
+/* GGML's names for types we read but cannot compute with, so errors can name them. */
+static const char *other_type_name(int type) {
+    switch (type) {
+    case 6: return "Q5_0";
+    case 7: return "Q5_1";
+    case 9: return "Q8_1";
+    case 10: return "Q2_K";
+    case 11: return "Q3_K";
+    case 12: return "Q4_K";
+    case 13: return "Q5_K";
+    case 14: return "Q6_K";
+    case 15: return "Q8_K";
+    case 16: return "IQ2_XXS";
+    case 17: return "IQ2_XS";
+    case 18: return "IQ3_XXS";
+    case 19: return "IQ1_S";
+    case 20: return "IQ4_NL";
+    case 21: return "IQ3_S";
+    case 22: return "IQ2_S";
+    case 23: return "IQ4_XS";
+    case 24: return "I8";
+    case 25: return "I16";
+    case 26: return "I32";
+    case 27: return "I64";
+    case 28: return "F64";
+    case 29: return "IQ1_M";
+    case 34: return "TQ1_0";
+    case 35: return "TQ2_0";
+    default: return NULL;
+    }
+}
+
+static const type_traits *traits(int type) {
+    for (int i = 0; i < N_TYPES; i++)
+        if (TYPES[i].type == type) return &TYPES[i];
+    return NULL;
+}
+
+int pl_type_supported(int type) { return traits(type) != NULL; }
+
+const char *pl_type_name(int type) {
+    const type_traits *t = traits(type);
+    if (t) return t->name;
+    const char *other = other_type_name(type);
+    return other ? other : "unknown";
+}
+
+int pl_type_block_size(int type) {
+    const type_traits *t = traits(type);
+    return t ? t->block_size : -1;
+}
+
+int pl_type_block_bytes(int type) {
+    const type_traits *t = traits(type);
+    return t ? t->block_bytes : -1;
+}
+
+int64_t pl_type_nbytes(int type, int64_t n) {
+    const type_traits *t = traits(type);
+    if (!t || n < 0 || n % t->block_size) return -1;
+    int64_t blocks = n / t->block_size;
+    if (blocks > INT64_MAX / t->block_bytes) return -1;
+    return blocks * t->block_bytes;
+}

@@ -1,0 +1,30 @@
+"""pyllama: a C transformer core under a thin Python layer. See README.md."""
+from setuptools import setup
+
+setup(
+    name="pyllama",
+    version="0.1.0",
+    description="Run Llama-family GGUF models and llama2.c checkpoints from Python with a hand-written C core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["pyllama", "pyllama.models_data"],
+    # the model catalog lives in models/ at the top of the repository
+    package_dir={"pyllama.models_data": "models"},
+    package_data={"pyllama.models_data": ["*.json"]},
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["pyllama/_build.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.15",
+        "numpy>=1.23",
+        "sentencepiece>=0.1.99",
+        "tokenizers>=0.15",  # byte-level BPE merges, exact and fast
+        "jinja2>=3.1",       # sandboxed rendering of chat templates shipped in model files
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "gguf>=0.10", "pytest-benchmark>=4", "pexpect>=4.8"],
+        "hub": ["huggingface_hub>=0.20"],
+    },
+    entry_points={"console_scripts": ["pyllama=pyllama.__main__:main"]},
+    zip_safe=False,
+)
