@@ -79,6 +79,8 @@ static int isa_of(const pl_kernel_set *s) {
     return PL_ISA_SCALAR;
 }
 
+int pl_current_isa(void) { return isa_of(pl_kernels()); }
+
 int pl_set_isa(int isa) {
     if (isa == PL_ISA_AUTO) {
         current_set = set_for(pl_cpu_isa());

@@ -108,6 +108,7 @@ int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
+int pl_current_isa(void);             /* the path in use */
 int pl_type_block_size(int type);     /* elements per block */
 int pl_type_block_bytes(int type);    /* bytes per block */
 int pl_dequantize(int type, const void *src, float *dst, int64_t n);
