@@ -1,0 +1,435 @@
+/*
+ * kernels_avx2.c - the x86-64 kernels: AVX2 + FMA + F16C.
+ *
+ * The build compiles every file for baseline x86-64; each function here carries
+ * a target attribute instead, and dispatch.c calls this table only after cpuid
+ * reports AVX2, FMA and F16C. So one binary runs on any x86-64.
+ *
+ * Two shapes of work:
+ *  - rows(): one activation (decode). Weights stream from memory once, so the
+ *    job is to keep up with memory: 4 rows per pass share each activation load.
+ *  - tile(): many activations (prefill). Compute-bound. Float types use a
+ *    4 rows x 3 tokens register tile. Quantized types repack 8 rows at a time
+ *    into a small buffer where each 32-bit lane holds 4 values of one row, so a
+ *    single maddubs multiplies 8 rows by the same 4 activation bytes (broadcast)
+ *    and the result lanes are the 8 rows: no horizontal sums, one float convert
+ *    and one scale per 8 rows x 32 values.
+ *
+ * Integer products: maddubs wants an unsigned and a signed operand. Q4 nibbles
+ * (0..15) are the unsigned side as they are; Q4_0's "- 8" is applied in float
+ * through the activation block's s = d * sum(q). Q8_0 uses |w| and sign(a, w).
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pyllama.h"
+
+#if defined(__GNUC__)
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#else
+#define AVX2
+#define AVX2_INLINE static inline
+#endif
+
+#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+
+/* ------------------------------------------------------------------ helpers */
+
+AVX2_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_INLINE float half(uint16_t h) { return _cvtsh_ss(h); }
+
+AVX2_INLINE __m256i bcast32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* 32 nibbles of a Q4 block as bytes 0..15: low nibbles first, then high ones */
+AVX2_INLINE __m256i q4_unpack(const uint8_t *qs) {
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(0x0f));
+}
+
+/* sum of 32 products as 8 int32 lanes -> float lanes */
+AVX2_INLINE __m256 dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+/* Q8_0 weights are signed: |w| x sign(a, w) */
+AVX2_INLINE __m256 dot_s8s8(__m256i w, __m256i a) {
+    return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+
+/* ------------------------------------------------------- activation quantize */
+
+AVX2 static void quantize_q8x(const float *x, block_q8x *y, int n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m256 vid = _mm256_set1_ps(id);
+        const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), rnd));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), rnd));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), rnd));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), rnd));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        /* packs work within 128-bit lanes: fix the order with one permute */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, p);
+        y[b].d = d;
+        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+/* ------------------------------------------------------------ float weights */
+
+/* 8 weights of each float type as floats */
+AVX2_INLINE __m256 load8(int type, const void *w, int k) {
+    if (type == PL_TYPE_F32) return _mm256_loadu_ps((const float *)w + k);
+    if (type == PL_TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
+    __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+}
+
+AVX2_INLINE float load1(int type, const void *w, int k) {
+    if (type == PL_TYPE_F32) return ((const float *)w)[k];
+    if (type == PL_TYPE_F16) return half(((const uint16_t *)w)[k]);
+    return bf16_to_f32(((const uint16_t *)w)[k]);
+}
+
+/* R rows x T tokens, one register accumulator each; n any length */
+AVX2_INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const float *x, size_t xs,
+                       float *y, size_t ys, int r, int n) {
+    __m256 acc[4][3];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 xv[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * xs + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            __m256 wv = load8(type, ROW(w, rb, r + i), k);
+#pragma GCC unroll 3
+            for (int t = 0; t < T; t++) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            float s = hsum8(acc[i][t]);
+            for (int j = k; j < n; j++) s += load1(type, ROW(w, rb, r + i), j) * x[t * xs + j];
+            y[t * ys + r + i] = s;
+        }
+}
+
+#define FLOAT_KERNELS(NAME, TYPE)                                                               \
+    AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
+                                 int r1, int n) {                                               \
+        int r = r0;                                                                             \
+        for (; r + 4 <= r1; r += 4) ftile(TYPE, 4, 1, w, rb, (const float *)act, 0, y, 0, r, n); \
+        for (; r < r1; r++) ftile(TYPE, 1, 1, w, rb, (const float *)act, 0, y, 0, r, n);       \
+    }                                                                                           \
+    AVX2 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, \
+                                 size_t ys, int r0, int r1, int nt, int n) {                    \
+        const float *x = (const float *)act;                                                    \
+        const size_t xs = as / sizeof(float);                                                   \
+        int r = r0;                                                                             \
+        for (; r + 4 <= r1; r += 4) {                                                           \
+            int t = 0;                                                                          \
+            for (; t + 3 <= nt; t += 3) ftile(TYPE, 4, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
+            for (; t < nt; t++) ftile(TYPE, 4, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
+        }                                                                                       \
+        for (; r < r1; r++) {                                                                   \
+            int t = 0;                                                                          \
+            for (; t + 3 <= nt; t += 3) ftile(TYPE, 1, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
+            for (; t < nt; t++) ftile(TYPE, 1, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
+        }                                                                                       \
+    }
+
+FLOAT_KERNELS(f32, PL_TYPE_F32)
+FLOAT_KERNELS(f16, PL_TYPE_F16)
+FLOAT_KERNELS(bf16, PL_TYPE_BF16)
+
+/* --------------------------------------------------- quantized weights: rows */
+
+/*
+ * Per weight block: an 8-lane float vector of 32 integer products, scaled by
+ * dw * da. Q4_0's "- 8" is taken off in the integers (8 * pair sums of the
+ * activation, once per block for all rows), so a weight near its zero point
+ * gives no cancellation against a large activation. Q4_1's m * s term goes to
+ * a second accumulator: [d, m] * [da, s] is one 4-wide multiply per block.
+ */
+AVX2_INLINE void qrows(int type, int R, const void *w, size_t rb, const block_q8x *a, float *y, int r, int n) {
+    __m256 acc[4];
+    __m128 off[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) {
+        acc[i] = _mm256_setzero_ps();
+        off[i] = _mm_setzero_ps();
+    }
+    const int nb = n / QK;
+    for (int b = 0; b < nb; b++) {
+        const __m256i av = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        const __m256 da = _mm256_broadcast_ss(&a[b].d);
+        __m256i c16 = _mm256_setzero_si256();
+        if (type == PL_TYPE_Q4_0) c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            if (type == PL_TYPE_Q8_0) {
+                const block_q8_0 *wb = (const block_q8_0 *)ROW(w, rb, r + i) + b;
+                __m256 p = dot_s8s8(_mm256_loadu_si256((const __m256i *)wb->qs), av);
+                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), da);
+                acc[i] = _mm256_fmadd_ps(p, sc, acc[i]);
+            } else if (type == PL_TYPE_Q4_0) {
+                const block_q4_0 *wb = (const block_q4_0 *)ROW(w, rb, r + i) + b;
+                __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(wb->qs), av), c16);
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), da);
+                acc[i] = _mm256_fmadd_ps(p, sc, acc[i]);
+            } else {
+                const block_q4_1 *wb = (const block_q4_1 *)ROW(w, rb, r + i) + b;
+                const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&a[b].d)); /* da, s */
+                uint32_t dm;
+                memcpy(&dm, &wb->d, 4); /* d in the low half, m in the high half */
+                __m256 p = dot_u8s8(q4_unpack(wb->qs), av);
+                __m128 sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)), ds); /* d*da, m*s */
+                off[i] = _mm_add_ps(off[i], sc);
+                acc[i] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[i]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) {
+        float s = hsum8(acc[i]);
+        if (type == PL_TYPE_Q4_1) s += _mm_cvtss_f32(_mm_shuffle_ps(off[i], off[i], 1));
+        y[r + i] = s;
+    }
+}
+
+#define QROWS(NAME, TYPE)                                                                      \
+    AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, \
+                                 int r1, int n) {                                              \
+        const block_q8x *a = (const block_q8x *)act;                                           \
+        int r = r0;                                                                            \
+        for (; r + 4 <= r1; r += 4) qrows(TYPE, 4, w, rb, a, y, r, n);                         \
+        for (; r < r1; r++) qrows(TYPE, 1, w, rb, a, y, r, n);                                 \
+    }
+
+QROWS(q8_0, PL_TYPE_Q8_0)
+QROWS(q4_0, PL_TYPE_Q4_0)
+QROWS(q4_1, PL_TYPE_Q4_1)
+
+/* --------------------------------------------------- quantized weights: tile */
+
+/*
+ * A packed chunk of 8 rows: for each weight block, q[g] holds values 4g..4g+3
+ * of rows 0..7 (4 bytes per row, row i in 32-bit lane i), then the 8 row scales
+ * and the 8 offset factors (Q4_0: -8*d, Q4_1: m). Q8_0 also keeps the signs.
+ */
+typedef struct {
+    __m256i q[8];
+    __m256i sgn[8]; /* Q8_0 only: the signed weights, for sign(a, w) */
+    __m256 d;
+    __m256 o;
+} pack8;
+
+#define KCHUNK 16 /* weight blocks packed at a time: 8 rows x 16 blocks ~ 10 KB, stays in L1 */
+#define PANEL 8
+
+/* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
+AVX2_INLINE void transpose8(__m256i v[8]) {
+    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, pack8 *pk) {
+    for (int b = 0; b < nb; b++) {
+        __m256i v[8];
+        float d[8], o[8];
+        for (int i = 0; i < 8; i++) {
+            const void *row = ROW(w, rb, r + i);
+            if (type == PL_TYPE_Q8_0) {
+                const block_q8_0 *wb = (const block_q8_0 *)row + b0 + b;
+                v[i] = _mm256_loadu_si256((const __m256i *)wb->qs);
+                d[i] = half(wb->d);
+                o[i] = 0.0f;
+            } else if (type == PL_TYPE_Q4_0) {
+                const block_q4_0 *wb = (const block_q4_0 *)row + b0 + b;
+                v[i] = q4_unpack(wb->qs);
+                d[i] = half(wb->d);
+                o[i] = 0.0f; /* the -8 is applied in the integers */
+            } else {
+                const block_q4_1 *wb = (const block_q4_1 *)row + b0 + b;
+                v[i] = q4_unpack(wb->qs);
+                d[i] = half(wb->d);
+                o[i] = half(wb->m);
+            }
+        }
+        transpose8(v);
+        for (int g = 0; g < 8; g++) {
+            if (type == PL_TYPE_Q8_0) {
+                pk[b].sgn[g] = v[g];
+                pk[b].q[g] = _mm256_sign_epi8(v[g], v[g]);
+            } else {
+                pk[b].q[g] = v[g];
+            }
+        }
+        pk[b].d = _mm256_loadu_ps(d);
+        pk[b].o = _mm256_loadu_ps(o);
+    }
+}
+
+/* 8 rows (lanes) x T tokens over nb packed blocks; adds into acc.
+ * For Q4_0, sq8[t][b] = 8 * sum of activation block b of token t. */
+AVX2_INLINE void qpanel(int type, int T, const pack8 *pk, int nb, const block_q8x *const *a,
+                        const int32_t *const *sq8, __m256 *acc) {
+    for (int b = 0; b < nb; b++) {
+        const pack8 *p = pk + b;
+#pragma GCC unroll 2
+        for (int t = 0; t < T; t++) {
+            const block_q8x *ab = a[t] + b;
+            __m256 f;
+            if (type == PL_TYPE_Q8_0) {
+                /* |w| * (+-a) pairs reach 2*128*127: widen each group to int32 */
+                __m256i s32 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int g = 0; g < 8; g++) {
+                    __m256i s16 = _mm256_maddubs_epi16(p->q[g], _mm256_sign_epi8(bcast32(ab->qs + 4 * g), p->sgn[g]));
+                    s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+                }
+                f = _mm256_cvtepi32_ps(s32);
+            } else {
+                /* nibble * int8 pairs stay within 2*15*127; eight of them fit int16 */
+                __m256i s16 = _mm256_maddubs_epi16(p->q[0], bcast32(ab->qs));
+#pragma GCC unroll 8
+                for (int g = 1; g < 8; g++)
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(p->q[g], bcast32(ab->qs + 4 * g)));
+                __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                if (type == PL_TYPE_Q4_0) s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(sq8[t][b]));
+                f = _mm256_cvtepi32_ps(s32);
+            }
+            acc[t] = _mm256_fmadd_ps(f, _mm256_mul_ps(p->d, _mm256_broadcast_ss(&ab->d)), acc[t]);
+            if (type == PL_TYPE_Q4_1) acc[t] = _mm256_fmadd_ps(p->o, _mm256_broadcast_ss(&ab->s), acc[t]);
+        }
+    }
+}
+
+AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, const void *act, size_t as,
+                       float *y, size_t ys, int r0, int r1, int nt, int n) {
+    const int nbt = n / QK;
+    int r = r0;
+    int32_t *sq8 = NULL;
+    if (nt >= 4 && r1 - r0 >= PANEL && type == PL_TYPE_Q4_0) {
+        sq8 = malloc((size_t)nt * nbt * sizeof(int32_t));
+        if (sq8) {
+            for (int t = 0; t < nt; t++) {
+                const block_q8x *ab = (const block_q8x *)((const char *)act + (size_t)t * as);
+                for (int b = 0; b < nbt; b++) {
+                    __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8),
+                                                       _mm256_loadu_si256((const __m256i *)ab[b].qs));
+                    __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+                    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+                    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+                    sq8[(size_t)t * nbt + b] = _mm_cvtsi128_si32(s4);
+                }
+            }
+        }
+    }
+    if (nt >= 4 && (type != PL_TYPE_Q4_0 || sq8)) {
+        pack8 pk[KCHUNK];
+        for (; r + PANEL <= r1; r += PANEL) {
+            for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
+                int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
+                pack_rows(type, w, rb, r, b0, nb, pk);
+                for (int t = 0; t < nt; t += 2) {
+                    int T = nt - t >= 2 ? 2 : 1;
+                    const block_q8x *a[2];
+                    const int32_t *s8[2] = {NULL, NULL};
+                    __m256 acc[2];
+                    for (int j = 0; j < T; j++) {
+                        a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+                        if (sq8) s8[j] = sq8 + (size_t)(t + j) * nbt + b0;
+                        acc[j] = b0 ? _mm256_loadu_ps(y + (t + j) * ys + r) : _mm256_setzero_ps();
+                    }
+                    if (T == 2) qpanel(type, 2, pk, nb, a, s8, acc);
+                    else qpanel(type, 1, pk, nb, a, s8, acc);
+                    for (int j = 0; j < T; j++) _mm256_storeu_ps(y + (t + j) * ys + r, acc[j]);
+                }
+            }
+        }
+    }
+    free(sq8);
+    if (r < r1)
+        for (int t = 0; t < nt; t++) rows((const char *)w, rb, (const char *)act + (size_t)t * as, y + t * ys, r, r1, n);
+}
+
+#define QTILE(NAME, TYPE)                                                                            \
+    AVX2 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y,      \
+                                 size_t ys, int r0, int r1, int nt, int n) {                         \
+        qtile(TYPE, rows_##NAME, w, rb, act, as, y, ys, r0, r1, nt, n);                              \
+    }
+
+QTILE(q8_0, PL_TYPE_Q8_0)
+QTILE(q4_0, PL_TYPE_Q4_0)
+QTILE(q4_1, PL_TYPE_Q4_1)
+
+const pl_kernel_set pl_kernels_avx2 = {
+    .name = "avx2",
+    .quantize_q8x = quantize_q8x,
+    .rows = {
+        [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
+        [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
+    },
+    .tile = {
+        [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
+        [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
+    },
+};
+
+#endif

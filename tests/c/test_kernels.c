@@ -1,0 +1,255 @@
+/*
+ * test_kernels.c - checks one SIMD kernel set against the scalar reference.
+ *
+ * Build with the scalar kernels, quants.c, util.c and the ISA file, defining
+ * TEST_AVX2 or TEST_NEON (tests/c/run_x86.sh, tests/c/run_neon.sh). For every
+ * weight type, random weights and activations:
+ *   - quantize_q8x must give byte-identical blocks (same rounding),
+ *   - rows() and tile() must match the scalar rows() and an independent double
+ *     precision dot of the dequantized operands, within float summation error,
+ *   - nothing outside [r0, r1) x [0, n_tok) of y may be written.
+ * Odd row counts, row ranges not starting at 0, n not a multiple of 256 and
+ * token counts on both sides of the kernels' blocking are all covered.
+ * Exits 1 on the first kind of mismatch (after printing every failure).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "kernels.h"
+
+#if defined(TEST_AVX2)
+#define SET pl_kernels_avx2
+#elif defined(TEST_NEON)
+#define SET pl_kernels_neon
+int pl_neon_has_dotprod(void);
+#else
+#error "define TEST_AVX2 or TEST_NEON"
+#endif
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t next_u32(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+static float uniform(float lo, float hi) { return lo + (hi - lo) * (float)(next_u32() & 0xffffff) / 16777216.0f; }
+static float gauss(void) {
+    float s = 0;
+    for (int i = 0; i < 4; i++) s += uniform(-1, 1);
+    return s;
+}
+
+static int failures = 0;
+#define FAIL(...)                          \
+    do {                                   \
+        fprintf(stderr, "FAIL: " __VA_ARGS__); \
+        fputc('\n', stderr);               \
+        failures++;                        \
+    } while (0)
+
+static const int types[] = {PL_TYPE_F32, PL_TYPE_F16, PL_TYPE_BF16, PL_TYPE_Q8_0, PL_TYPE_Q4_0, PL_TYPE_Q4_1};
+
+static int uses_q8x(int type) {
+    return type == PL_TYPE_Q8_0 || type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1;
+}
+
+static size_t row_bytes(int type, int n) { return (size_t)pl_type_nbytes(type, n); }
+
+/* random row of a type: floats from a gaussian, quant blocks as random bytes with sane scales */
+static void fill_row(int type, void *dst, int n) {
+    switch (type) {
+    case PL_TYPE_F32:
+        for (int i = 0; i < n; i++) ((float *)dst)[i] = gauss();
+        break;
+    case PL_TYPE_F16:
+        for (int i = 0; i < n; i++) ((pl_fp16 *)dst)[i] = f32_to_fp16(gauss());
+        break;
+    case PL_TYPE_BF16:
+        for (int i = 0; i < n; i++) {
+            float f = gauss();
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            ((pl_bf16 *)dst)[i] = (pl_bf16)(u >> 16);
+        }
+        break;
+    case PL_TYPE_Q8_0:
+        for (int b = 0; b < n / QK; b++) {
+            block_q8_0 *q = (block_q8_0 *)dst + b;
+            q->d = f32_to_fp16(uniform(0.001f, 0.05f));
+            for (int j = 0; j < QK; j++) q->qs[j] = (int8_t)(next_u32() & 0xff); /* includes -128 */
+        }
+        break;
+    case PL_TYPE_Q4_0:
+        for (int b = 0; b < n / QK; b++) {
+            block_q4_0 *q = (block_q4_0 *)dst + b;
+            q->d = f32_to_fp16(uniform(-0.1f, 0.1f));
+            for (int j = 0; j < QK / 2; j++) q->qs[j] = (uint8_t)next_u32();
+        }
+        break;
+    case PL_TYPE_Q4_1:
+        for (int b = 0; b < n / QK; b++) {
+            block_q4_1 *q = (block_q4_1 *)dst + b;
+            q->d = f32_to_fp16(uniform(0.001f, 0.1f));
+            q->m = f32_to_fp16(uniform(-0.8f, 0.2f));
+            for (int j = 0; j < QK / 2; j++) q->qs[j] = (uint8_t)next_u32();
+        }
+        break;
+    }
+}
+
+/* activations with awkward blocks: all zero, exact .5 ties, one huge value */
+static void fill_act(float *x, int n, int variant) {
+    for (int i = 0; i < n; i++) x[i] = gauss() * (variant & 1 ? 3.0f : 0.5f);
+    if (n >= 64) {
+        for (int j = 0; j < QK; j++) x[j] = 0.0f;
+        /* amax 127 makes d = 1: the values themselves are rounded, ties included */
+        for (int j = 0; j < QK; j++) x[QK + j] = (float)((j % 2 ? -1 : 1) * (j * 4 % 127)) + 0.5f;
+        x[QK + 3] = 127.0f;
+    }
+    if (n >= 128) x[2 * QK + 5] = 1e4f;
+}
+
+static int bad(float got, float want, double mag) {
+    double tol = 2e-5 * mag + 1e-6;
+    return !(fabs((double)got - (double)want) <= tol); /* NaN fails */
+}
+
+/* double-precision dot of dequantized row r and dequantized activation */
+static double ref_dot(int type, const void *row, const void *act, int n, double *mag) {
+    float *w = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
+    dequantize_row(type, row, w, n);
+    if (uses_q8x(type)) {
+        const block_q8x *a = act;
+        for (int i = 0; i < n; i++) x[i] = a[i / QK].d * a[i / QK].qs[i % QK];
+    } else {
+        memcpy(x, act, n * sizeof(float));
+    }
+    double s = 0, m = 0;
+    for (int i = 0; i < n; i++) {
+        s += (double)w[i] * x[i];
+        m += fabs((double)w[i] * x[i]);
+    }
+    free(w);
+    free(x);
+    *mag = m;
+    return s;
+}
+
+static void test_quantize(int n) {
+    float *x = malloc(n * sizeof(float));
+    block_q8x *a = malloc(n / QK * sizeof(block_q8x)), *b = malloc(n / QK * sizeof(block_q8x));
+    for (int v = 0; v < 4; v++) {
+        fill_act(x, n, v);
+        pl_kernels_scalar.quantize_q8x(x, a, n);
+        SET.quantize_q8x(x, b, n);
+        for (int i = 0; i < n / QK; i++) {
+            if (memcmp(a[i].qs, b[i].qs, QK) || a[i].d != b[i].d || a[i].s != b[i].s) {
+                FAIL("quantize_q8x n=%d block %d: d %g vs %g, s %g vs %g", n, i, a[i].d, b[i].d, a[i].s, b[i].s);
+                break;
+            }
+        }
+    }
+    free(x);
+    free(a);
+    free(b);
+}
+
+/* rows() and tile() for one type and shape */
+static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
+    const size_t rb = row_bytes(type, n);
+    const int q8 = uses_q8x(type);
+    const size_t as = q8 ? (size_t)(n / QK) * sizeof(block_q8x) : (size_t)n * sizeof(float);
+    const size_t ys = (size_t)rows + 3;
+    char *w = malloc(rb * rows);
+    float *x = malloc((size_t)nt * n * sizeof(float));
+    char *act = malloc(as * nt);
+    float *want = malloc(ys * nt * sizeof(float)), *got = malloc(ys * nt * sizeof(float));
+    for (int r = 0; r < rows; r++) fill_row(type, w + r * rb, n);
+    for (int t = 0; t < nt; t++) {
+        fill_act(x + (size_t)t * n, n, t);
+        if (q8) pl_kernels_scalar.quantize_q8x(x + (size_t)t * n, (block_q8x *)(act + t * as), n);
+        else memcpy(act + t * as, x + (size_t)t * n, n * sizeof(float));
+    }
+    pl_rows_fn ref = pl_kernels_scalar.rows[type];
+    for (int t = 0; t < nt; t++) ref(w, rb, act + t * as, want + t * ys, r0, r1, n);
+
+    for (int form = 0; form < 2; form++) {
+        const char *fname = form ? "tile" : "rows";
+        if (form == 1 && !SET.tile[type]) continue;
+        const float sentinel = -12345.0f;
+        for (size_t i = 0; i < ys * nt; i++) got[i] = sentinel;
+        if (form == 0) {
+            for (int t = 0; t < nt; t++) SET.rows[type](w, rb, act + t * as, got + t * ys, r0, r1, n);
+        } else {
+            SET.tile[type](w, rb, act, as, got, ys, r0, r1, nt, n);
+        }
+        int shown = 0;
+        for (int t = 0; t < nt; t++) {
+            for (size_t r = 0; r < ys; r++) {
+                float g = got[t * ys + r];
+                if ((int)r < r0 || (int)r >= r1) {
+                    if (g != sentinel && shown++ < 3)
+                        FAIL("%s %s n=%d rows [%d,%d) nt=%d: wrote y[%d][%zu] outside the range",
+                             SET.name, fname, n, r0, r1, nt, t, r);
+                    continue;
+                }
+                double mag, exact = ref_dot(type, w + r * rb, act + t * as, n, &mag);
+                if ((bad(g, want[t * ys + r], mag) || bad(g, (float)exact, mag)) && shown++ < 3)
+                    FAIL("%s %s type %s n=%d rows [%d,%d) nt=%d: y[%d][%zu] = %.7g, scalar %.7g, exact %.7g (sum |w x| %.4g)",
+                         SET.name, fname, pl_type_name(type), n, r0, r1, nt, t, r, g, want[t * ys + r], exact, mag);
+            }
+        }
+    }
+    free(w);
+    free(x);
+    free(act);
+    free(want);
+    free(got);
+}
+
+int main(void) {
+#if defined(TEST_NEON)
+    printf("NEON kernels, dot-product extension %s\n", pl_neon_has_dotprod() ? "in use" : "not present");
+#else
+    printf("kernel set %s\n", SET.name);
+#endif
+    static const int ns[] = {32, 64, 96, 160, 288, 576, 608, 1056, 1536};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) test_quantize(ns[i]);
+
+    int cases = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int type = types[ti];
+        if (!SET.rows[type]) {
+            FAIL("%s has no rows kernel for %s", SET.name, pl_type_name(type));
+            continue;
+        }
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+            int n = ns[i];
+            /* row ranges: odd, offset, shorter and longer than the 4- and 8-row blocks */
+            static const int shapes[][3] = {{1, 0, 1}, {3, 0, 3}, {8, 0, 8}, {13, 2, 13}, {37, 3, 36}, {40, 8, 40}};
+            static const int toks[] = {1, 2, 3, 4, 5, 8, 11};
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+                for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+                    if (n > 608 && (s < 4 || k % 2)) continue; /* keep the run short */
+                    test_matmul(type, n, shapes[s][0], shapes[s][1], shapes[s][2], toks[k]);
+                    cases++;
+                }
+        }
+        /* a float row length that is not a multiple of 8 or 32 */
+        if (!uses_q8x(type)) {
+            test_matmul(type, 37, 9, 1, 9, 5);
+            test_matmul(type, 5, 5, 0, 5, 4);
+            cases += 2;
+        }
+    }
+    if (failures) {
+        printf("%d failures\n", failures);
+        return 1;
+    }
+    printf("ok: quantize_q8x and %d rows/tile cases match the scalar reference\n", cases);
+    return 0;
+}
