@@ -1,0 +1,508 @@
+"""Text generation on top of a model's ``eval``: the llama-cpp-python API.
+
+:class:`GenerationMixin` gives a model class ``generate``, ``create_completion``
+(also ``__call__``) and ``create_chat_completion``. It only uses these
+attributes of the model:
+
+``eval(tokens, logits_all=False)``, ``logits``, ``eval_logits``, ``n_tokens``,
+``input_ids``, ``truncate(n)``, ``shift_context(n_keep, n_discard)``,
+``reset()``, ``tokenizer``, ``metadata``, ``n_ctx()``, ``n_batch``, ``seed``,
+``context_overflow`` ("shift" or "error"), and optionally ``model_path`` and
+``chat_format``.
+
+Prompt caching: a new prompt is compared with the tokens already in the KV
+cache (``input_ids``); the common prefix is kept and only the rest is
+evaluated, in batches of ``n_batch``.
+
+Full context: with ``context_overflow="shift"`` the oldest half of the
+positions after the first ``n_keep`` (the BOS token, when the prompt starts
+with one) is dropped, as llama.cpp's ``main`` does; with ``"error"`` a
+:class:`ContextOverflowError` is raised. A prompt that does not fit the
+context raises either way.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ContextOverflowError
+from .sampling import Sampler, SamplingParams, log_softmax, make_rng
+
+__all__ = ["GenerationMixin", "StopStringFilter"]
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x = np.asarray(a[:n], dtype=np.int64)
+    y = np.asarray(b[:n], dtype=np.int64)
+    diff = np.nonzero(x != y)[0]
+    return int(diff[0]) if diff.size else n
+
+
+class StopStringFilter:
+    """Streams text while holding back anything that might be the start of a
+    stop string, so a stop string split across tokens never leaks."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in (stops or []) if s]
+        self.text = ""      # everything pushed
+        self.emitted = 0    # how much of it was released
+        self.stopped = False
+
+    def _held_back(self) -> int:
+        """Length of the longest suffix of text that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+    def push(self, piece: str) -> str:
+        """Add text; return what can safely be shown now. Sets ``stopped`` on a stop string."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        if self.stops:
+            # A stop string cannot start before `emitted` minus its length (held-back rule),
+            # so searching from there is enough.
+            start = max(0, self.emitted - max(len(s) for s in self.stops))
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                end = min(hits)
+                self.stopped = True
+                self.text = self.text[:end]
+                out = self.text[self.emitted:end]
+                self.emitted = end
+                return out
+        safe = len(self.text) - self._held_back()
+        if safe <= self.emitted:
+            return ""
+        out = self.text[self.emitted:safe]
+        self.emitted = safe
+        return out
+
+    def flush(self) -> str:
+        """Release the held-back text (generation ended without a stop string)."""
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
+
+
+class GenerationMixin:
+    """Sampling loop, completions and chat completions for a model with ``eval``."""
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _generation_rng(self) -> np.random.Generator:
+        rng = getattr(self, "_pl_rng", None)
+        if rng is None:
+            rng = make_rng(getattr(self, "seed", None))
+            self._pl_rng = rng
+        return rng
+
+    def set_seed(self, seed) -> None:
+        """Reseed the sampler (None or negative: random)."""
+        self._pl_rng = make_rng(seed)
+
+    def _timings(self) -> dict:
+        t = getattr(self, "last_timings", None)
+        if t is None:
+            t = self.last_timings = {}
+        return t
+
+    def _shift_or_raise(self, n_keep: int, needed: int) -> None:
+        n_ctx = self.n_ctx()
+        policy = getattr(self, "context_overflow", "shift")
+        if policy != "shift":
+            raise ContextOverflowError(
+                f"context window full: {self.n_tokens} tokens cached + {needed} new > n_ctx={n_ctx} "
+                f"(pass a larger n_ctx, fewer max_tokens, or context_overflow='shift')")
+        n_past = self.n_tokens
+        n_keep = min(n_keep, n_past)
+        n_discard = (n_past - n_keep) // 2
+        if n_discard <= 0:
+            raise ContextOverflowError(
+                f"context window full and nothing left to shift out (n_ctx={n_ctx}, n_keep={n_keep})")
+        self.shift_context(n_keep, n_discard)
+
+    def _eval_tokens(self, tokens, n_keep: int) -> None:
+        """Evaluate tokens in batches of n_batch, shifting the context when full."""
+        n_ctx = self.n_ctx()
+        n_batch = max(1, int(getattr(self, "n_batch", 512) or 512))
+        i = 0
+        while i < len(tokens):
+            room = n_ctx - self.n_tokens
+            if room <= 0:
+                self._shift_or_raise(n_keep, len(tokens) - i)
+                continue
+            take = min(n_batch, room, len(tokens) - i)
+            self.eval(tokens[i:i + take])
+            i += take
+
+    # -- token level -------------------------------------------------------------------
+
+    def generate(self, tokens, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
+                 reset: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 penalty_last_n: int = 64, logit_bias: dict | None = None, seed=None,
+                 n_keep: int | None = None) -> Iterator[int]:
+        """Evaluate ``tokens`` and yield sampled token ids forever (the caller stops).
+
+        Each yielded token is evaluated when the generator is resumed, so
+        stopping after a token never pays for its forward pass. With
+        ``reset=True`` (default) the KV cache keeps its longest common prefix
+        with ``tokens``; with ``reset=False`` the tokens are appended to it.
+        """
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("generate() needs at least one prompt token")
+        n_ctx = self.n_ctx()
+        if len(tokens) > n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {len(tokens)} tokens but the context window holds n_ctx={n_ctx}")
+        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                typical_p=typical_p, repeat_penalty=repeat_penalty,
+                                frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty, penalty_last_n=penalty_last_n,
+                                logit_bias=logit_bias)
+        if seed is not None:
+            self.set_seed(seed)
+        sampler = Sampler(params, self._generation_rng())
+
+        if reset:
+            # Keep at least one token to evaluate so fresh logits exist.
+            keep = _common_prefix(self.input_ids, tokens[:-1])
+            if keep < self.n_tokens:
+                if keep == 0:
+                    self.reset()
+                else:
+                    self.truncate(keep)
+            history = list(tokens)
+            pending = tokens[keep:]
+        else:
+            history = list(self.input_ids) + tokens
+            pending = tokens
+        if n_keep is None:
+            bos = getattr(self.tokenizer, "bos_id", None)
+            n_keep = 1 if (bos is not None and history and history[0] == bos) else 0
+
+        timings = self._timings()
+        timings.update(prompt_tokens=len(pending), prompt_s=0.0, gen_tokens=0, gen_s=0.0,
+                       sample_s=0.0)
+        t0 = time.perf_counter()
+        self._eval_tokens(pending, n_keep)
+        timings["prompt_s"] = time.perf_counter() - t0
+
+        while True:
+            t0 = time.perf_counter()
+            token = sampler.sample(self.logits, history)
+            timings["sample_s"] += time.perf_counter() - t0
+            history.append(token)
+            yield token
+            t0 = time.perf_counter()
+            self._eval_tokens([token], n_keep)
+            timings["gen_s"] += time.perf_counter() - t0
+            timings["gen_tokens"] += 1
+
+    # -- completions -------------------------------------------------------------------
+
+    def _model_name(self, model):
+        if model is not None:
+            return model
+        return str(getattr(self, "model_path", None) or "pyllama")
+
+    def _piece(self, token_id: int) -> str:
+        return self.tokenizer.detokenize([token_id]).decode("utf-8", errors="ignore")
+
+    def _top_logprobs(self, logprobs_row: np.ndarray, token: int, n: int) -> dict:
+        top = {}
+        if n > 0:
+            best = np.argpartition(-logprobs_row, min(n, logprobs_row.size) - 1)[:n]
+            best = best[np.argsort(-logprobs_row[best], kind="stable")]
+            for i in best:
+                top[self._piece(int(i))] = float(logprobs_row[i])
+        top[self._piece(token)] = float(logprobs_row[token])
+        return top
+
+    def _prompt_logprobs(self, prompt_tokens, n_top: int) -> list:
+        """Logprobs of the prompt tokens (echo=True with logprobs): re-evaluates the prompt."""
+        self.reset()
+        rows = []
+        n_batch = max(1, int(getattr(self, "n_batch", 512) or 512))
+        for i in range(0, len(prompt_tokens), n_batch):
+            self.eval(prompt_tokens[i:i + n_batch], logits_all=True)
+            rows.append(np.array(self.eval_logits, dtype=np.float32))
+        logits = np.concatenate(rows, axis=0)
+        out = [(prompt_tokens[0], None, None)]
+        for pos in range(1, len(prompt_tokens)):
+            lp = log_softmax(logits[pos - 1])
+            tok = prompt_tokens[pos]
+            out.append((tok, float(lp[tok]), self._top_logprobs(lp, tok, n_top)))
+        return out
+
+    def _completion_events(self, prompt, *, suffix=None, max_tokens=16, temperature=0.8,
+                           top_p=0.95, min_p=0.05, typical_p=1.0, logprobs=None, echo=False,
+                           stop=None, frequency_penalty=0.0, presence_penalty=0.0,
+                           repeat_penalty=1.0, top_k=40, seed=None, logit_bias=None,
+                           penalty_last_n=64, stop_ids=()):
+        """Check the arguments and return an iterator of ("text", str, logprob_entries)
+        events ending with ("end", finish_reason, usage)."""
+        tokenizer = self.tokenizer
+        if isinstance(prompt, str):
+            if prompt == "":
+                if tokenizer.bos_id is None:
+                    raise ValueError("empty prompt and the model has no BOS token to start from")
+                prompt_tokens = [tokenizer.bos_id]
+            else:
+                prompt_tokens = list(tokenizer.tokenize(prompt, add_bos=None, special=True))
+        else:
+            prompt_tokens = [int(t) for t in prompt]
+        if not prompt_tokens:
+            raise ValueError("the prompt has no tokens")
+        n_ctx = self.n_ctx()
+        if len(prompt_tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {len(prompt_tokens)} tokens but the context window holds n_ctx={n_ctx} "
+                f"(including at least one generated token); pass a larger n_ctx or a shorter prompt")
+        if max_tokens is None or max_tokens <= 0:
+            max_tokens = n_ctx - len(prompt_tokens)
+        if logprobs is not None and logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
+        if isinstance(stop, str):
+            stop = [stop]
+        end_ids = set(getattr(tokenizer, "eot_ids", ()) or ())
+        if tokenizer.eos_id is not None:
+            end_ids.add(tokenizer.eos_id)
+        end_ids.update(stop_ids or ())
+
+        if seed is not None:
+            self.set_seed(seed)
+
+        SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       typical_p=typical_p, repeat_penalty=repeat_penalty,
+                       penalty_last_n=penalty_last_n).validate()
+
+        # Arguments are checked above, eagerly; the work below runs as the caller iterates.
+        def events():
+            if echo:
+                prompt_text = tokenizer.detokenize(prompt_tokens).decode("utf-8", errors="replace")
+                entries = None
+                if logprobs is not None:
+                    entries = [(self._piece(t), lp, top) for t, lp, top in
+                               self._prompt_logprobs(prompt_tokens, logprobs)]
+                yield ("text", prompt_text, entries)
+
+            gen = self.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=min_p,
+                                typical_p=typical_p, temp=temperature, repeat_penalty=repeat_penalty,
+                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                                penalty_last_n=penalty_last_n, logit_bias=logit_bias)
+            decoder = tokenizer.stream()
+            stops = StopStringFilter(stop)
+            n_completion = 0
+            finish_reason = "length"
+            pending_entries = []  # logprob entries of tokens whose text is not released yet
+            try:
+                for token in gen:
+                    if token in end_ids:
+                        finish_reason = "stop"
+                        break
+                    n_completion += 1
+                    if logprobs is not None:
+                        lp = log_softmax(self.logits)
+                        pending_entries.append((self._piece(token), float(lp[token]),
+                                                self._top_logprobs(lp, token, logprobs)))
+                    out = stops.push(decoder.push(token))
+                    if out or stops.stopped:
+                        yield ("text", out, pending_entries if logprobs is not None else None)
+                        pending_entries = []
+                    if stops.stopped:
+                        finish_reason = "stop"
+                        break
+                    if n_completion >= max_tokens:
+                        break
+            finally:
+                gen.close()
+            if not stops.stopped:
+                out = stops.push(decoder.flush())
+                if stops.stopped:
+                    finish_reason = "stop"
+                out += stops.flush()
+                if out or pending_entries:
+                    yield ("text", out, pending_entries if logprobs is not None else None)
+            if suffix:
+                yield ("text", suffix, [] if logprobs is not None else None)
+            usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_completion,
+                     "total_tokens": len(prompt_tokens) + n_completion}
+            yield ("end", finish_reason, usage)
+
+        return events()
+
+    @staticmethod
+    def _logprobs_dict(entries, offset: int):
+        out = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+        for piece, lp, top in entries:
+            out["tokens"].append(piece)
+            out["text_offset"].append(offset)
+            out["token_logprobs"].append(lp)
+            out["top_logprobs"].append(top)
+            offset += len(piece)
+        return out, offset
+
+    def create_completion(self, prompt, suffix: str | None = None, max_tokens: int | None = 16,
+                          temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
+                          typical_p: float = 1.0, logprobs: int | None = None, echo: bool = False,
+                          stop=None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                          repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
+                          seed: int | None = None, model: str | None = None,
+                          logit_bias: dict | None = None, penalty_last_n: int = 64):
+        """OpenAI-style text completion (llama-cpp-python's shapes).
+
+        ``prompt`` is a string or a list of token ids. ``max_tokens`` None or
+        <= 0 generates until the context is full. ``stop`` strings end the
+        completion and are not included. ``stream=True`` returns an iterator
+        of chunks.
+        """
+        events = self._completion_events(
+            prompt, suffix=suffix, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            min_p=min_p, typical_p=typical_p, logprobs=logprobs, echo=echo, stop=stop,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            repeat_penalty=repeat_penalty, top_k=top_k, seed=seed, logit_bias=logit_bias,
+            penalty_last_n=penalty_last_n)
+        completion_id = f"cmpl-{uuid.uuid4()}"
+        created = int(time.time())
+        model_name = self._model_name(model)
+        if stream:
+            return self._stream_completion(events, completion_id, created, model_name)
+        text_parts, entries = [], []
+        finish_reason, usage = "length", None
+        for kind, value, extra in events:
+            if kind == "text":
+                text_parts.append(value)
+                if extra:
+                    entries.extend(extra)
+            else:
+                finish_reason, usage = value, extra
+        lp = self._logprobs_dict(entries, 0)[0] if logprobs is not None else None
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": [{"text": "".join(text_parts), "index": 0, "logprobs": lp,
+                         "finish_reason": finish_reason}],
+            "usage": usage,
+        }
+
+    def _stream_completion(self, events, completion_id, created, model_name):
+        offset = 0
+        for kind, value, extra in events:
+            if kind == "text":
+                lp = None
+                if extra is not None:
+                    lp, _ = self._logprobs_dict(extra, offset)
+                offset += len(value)
+                yield {"id": completion_id, "object": "text_completion", "created": created,
+                       "model": model_name,
+                       "choices": [{"text": value, "index": 0, "logprobs": lp,
+                                    "finish_reason": None}]}
+            else:
+                yield {"id": completion_id, "object": "text_completion", "created": created,
+                       "model": model_name,
+                       "choices": [{"text": "", "index": 0, "logprobs": None,
+                                    "finish_reason": value}]}
+
+    def __call__(self, prompt, *args, **kwargs):
+        """Same as :meth:`create_completion`."""
+        return self.create_completion(prompt, *args, **kwargs)
+
+    # -- chat ----------------------------------------------------------------------------
+
+    def create_chat_completion(self, messages, functions=None, function_call=None, tools=None,
+                               tool_choice=None, temperature: float = 0.2, top_p: float = 0.95,
+                               top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0,
+                               stream: bool = False, stop=None, seed: int | None = None,
+                               response_format=None, max_tokens: int | None = None,
+                               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                               repeat_penalty: float = 1.0, model: str | None = None,
+                               logit_bias: dict | None = None, logprobs: bool | None = None,
+                               top_logprobs: int | None = None, penalty_last_n: int = 64):
+        """OpenAI-style chat completion, rendered with the model's chat template.
+
+        Returns a ``chat.completion`` dict, or with ``stream=True`` an iterator
+        of ``chat.completion.chunk`` dicts (first delta carries the role).
+        Tools/functions are passed to the template; tool calls are not parsed.
+        """
+        from .chat_format import format_chat
+
+        if response_format is not None and response_format.get("type", "text") != "text":
+            raise ValueError(f"response_format {response_format.get('type')!r} is not supported "
+                             "(pyllama has no grammar-constrained sampling); use type 'text'")
+        if tools is None and functions:
+            tools = [{"type": "function", "function": f} for f in functions]
+        chat = format_chat(self, messages, tools=tools)
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = list(stop or []) + [s for s in chat.stop if s not in (stop or [])]
+        n_top = (top_logprobs or 0) if logprobs else None
+        events = self._completion_events(
+            chat.tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, logprobs=n_top, stop=stop, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, top_k=top_k,
+            seed=seed, logit_bias=logit_bias, penalty_last_n=penalty_last_n,
+            stop_ids=chat.stop_ids)
+        chat_id = f"chatcmpl-{uuid.uuid4()}"
+        created = int(time.time())
+        model_name = self._model_name(model)
+        if stream:
+            return self._stream_chat(events, chat_id, created, model_name, n_top)
+        parts, entries = [], []
+        finish_reason, usage = "length", None
+        for kind, value, extra in events:
+            if kind == "text":
+                parts.append(value)
+                if extra:
+                    entries.extend(extra)
+            else:
+                finish_reason, usage = value, extra
+        return {
+            "id": chat_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": [{"index": 0,
+                         "message": {"role": "assistant", "content": "".join(parts)},
+                         "logprobs": self._chat_logprobs(entries) if n_top is not None else None,
+                         "finish_reason": finish_reason}],
+            "usage": usage,
+        }
+
+    @staticmethod
+    def _chat_logprobs(entries):
+        return {"content": [
+            {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")),
+             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))}
+                              for t, v in (top or {}).items()]}
+            for piece, lp, top in entries]}
+
+    def _stream_chat(self, events, chat_id, created, model_name, n_top):
+        def chunk(delta, finish_reason=None, logprobs=None):
+            return {"id": chat_id, "object": "chat.completion.chunk", "created": created,
+                    "model": model_name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                 "finish_reason": finish_reason}]}
+
+        yield chunk({"role": "assistant"})
+        for kind, value, extra in events:
+            if kind == "text":
+                if value or extra:
+                    yield chunk({"content": value},
+                                logprobs=self._chat_logprobs(extra) if n_top is not None else None)
+            else:
+                yield chunk({}, finish_reason=value)

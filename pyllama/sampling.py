@@ -1,0 +1,214 @@
+"""Token sampling: turn a logits vector into the next token id.
+
+Everything here is vectorized numpy over the vocabulary; no Python loop runs
+per vocabulary entry. The chain follows llama.cpp's default order:
+
+    logit bias -> penalties -> top-k -> typical -> top-p -> min-p -> temperature -> draw
+
+Definitions (p = softmax of the current candidates' logits):
+
+* logit_bias: ``logits[id] += bias`` for each ``{id: bias}``.
+* repeat_penalty (llama.cpp / CTRL): every token that occurs in the last
+  ``penalty_last_n`` tokens has its logit divided by the penalty when
+  positive, multiplied by it when negative.
+* frequency_penalty / presence_penalty (OpenAI): ``logit -= count * frequency
+  + (count > 0) * presence`` with counts over the same window.
+* top_k: keep the k highest logits (k <= 0: keep all).
+* typical_p (locally typical sampling): keep the tokens whose surprisal
+  ``-log p`` is closest to the entropy, until their mass exceeds typical_p.
+* top_p (nucleus): keep the smallest set of most probable tokens whose mass
+  reaches top_p.
+* min_p: keep tokens with ``p >= min_p * max(p)``.
+* temperature: divide the logits by it; temperature <= 0 means greedy
+  (argmax after bias and penalties; the other filters do not matter).
+
+Each filter keeps at least ``min_keep`` (1) token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "SamplingParams",
+    "Sampler",
+    "make_rng",
+    "apply_logit_bias",
+    "apply_penalties",
+    "log_softmax",
+    "candidate_distribution",
+]
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    logit_bias: dict | None = field(default=None)
+    min_keep: int = 1
+
+    def validate(self) -> None:
+        def bad(name, value, why):
+            raise ValueError(f"{name}={value!r}: {why}")
+
+        if not np.isfinite(self.temperature):
+            bad("temperature", self.temperature, "must be a finite number")
+        if not 0.0 <= self.top_p <= 1.0:
+            bad("top_p", self.top_p, "must be in [0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad("min_p", self.min_p, "must be in [0, 1]")
+        if not 0.0 <= self.typical_p <= 1.0:
+            bad("typical_p", self.typical_p, "must be in [0, 1]")
+        if not self.repeat_penalty > 0.0:
+            bad("repeat_penalty", self.repeat_penalty, "must be > 0 (1.0 disables it)")
+        if self.penalty_last_n < -1:
+            bad("penalty_last_n", self.penalty_last_n, "must be >= -1 (-1: whole history, 0: off)")
+
+
+def make_rng(seed) -> np.random.Generator:
+    """A numpy Generator; seed None or negative picks a random seed."""
+    if seed is None or (isinstance(seed, (int, np.integer)) and seed < 0):
+        return np.random.default_rng()
+    return np.random.default_rng(int(seed))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    m = np.max(x)
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted)))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def _bias_arrays(logit_bias: dict | None, n_vocab: int):
+    if not logit_bias:
+        return None
+    ids = np.fromiter((int(k) for k in logit_bias.keys()), dtype=np.int64, count=len(logit_bias))
+    vals = np.fromiter((float(v) for v in logit_bias.values()), dtype=np.float64, count=len(logit_bias))
+    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+        bad = ids[(ids < 0) | (ids >= n_vocab)][0]
+        raise ValueError(f"logit_bias token id {int(bad)} is outside the vocabulary (0..{n_vocab - 1})")
+    return ids, vals
+
+
+def apply_logit_bias(logits: np.ndarray, logit_bias: dict | None) -> np.ndarray:
+    """Return a float64 copy of logits with the biases added."""
+    out = np.array(logits, dtype=np.float64)
+    arrays = _bias_arrays(logit_bias, out.shape[0])
+    if arrays is not None:
+        np.add.at(out, arrays[0], arrays[1])
+    return out
+
+
+def apply_penalties(logits: np.ndarray, history, repeat_penalty=1.0, frequency_penalty=0.0,
+                    presence_penalty=0.0, penalty_last_n=64) -> np.ndarray:
+    """Penalize tokens seen in the last ``penalty_last_n`` ids of ``history`` (in place on a float array)."""
+    if penalty_last_n == 0 or len(history) == 0:
+        return logits
+    if repeat_penalty == 1.0 and frequency_penalty == 0.0 and presence_penalty == 0.0:
+        return logits
+    window = history if penalty_last_n < 0 else history[-penalty_last_n:]
+    ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
+    ids_ok = (ids >= 0) & (ids < logits.shape[0])
+    ids, counts = ids[ids_ok], counts[ids_ok]
+    vals = logits[ids]
+    if repeat_penalty != 1.0:
+        vals = np.where(vals > 0, vals / repeat_penalty, vals * repeat_penalty)
+    vals = vals - counts * frequency_penalty - presence_penalty
+    logits[ids] = vals
+    return logits
+
+
+def _keep_sorted(ids, x, n):
+    return ids[:n], x[:n]
+
+
+def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParams | None = None):
+    """The distribution the sampler draws from: ``(ids, probs)``.
+
+    ``ids`` are sorted by decreasing probability (ties: lower id first); probs
+    sum to 1. With temperature <= 0 it is the single greedy token.
+    """
+    p = params or SamplingParams()
+    x = apply_logit_bias(logits, p.logit_bias)
+    apply_penalties(x, history, p.repeat_penalty, p.frequency_penalty, p.presence_penalty,
+                    p.penalty_last_n)
+    n = x.shape[0]
+    min_keep = max(1, int(p.min_keep))
+
+    if p.temperature <= 0.0:
+        best = int(np.argmax(x))
+        return np.array([best], dtype=np.int64), np.array([1.0])
+
+    # top-k, then sort the survivors by decreasing logit (stable on id).
+    k = int(p.top_k)
+    if 0 < k < n:
+        k = max(k, min_keep)
+        ids = np.argpartition(-x, k - 1)[:k]
+    else:
+        ids = np.arange(n)
+    order = np.lexsort((ids, -x[ids]))
+    ids = ids[order]
+    vals = x[ids]
+
+    # typical: keep the most "typical" tokens until their mass exceeds typical_p.
+    if p.typical_p < 1.0 and ids.size > min_keep:
+        probs = _softmax(vals)
+        logp = np.log(np.maximum(probs, 1e-300))
+        entropy = -np.sum(probs * logp)
+        shifted = np.abs(-logp - entropy)
+        t_order = np.argsort(shifted, kind="stable")
+        cum = np.cumsum(probs[t_order])
+        over = np.nonzero(cum > p.typical_p)[0]
+        last = (int(over[0]) + 1) if over.size else ids.size
+        last = max(last, min_keep)
+        keep = np.sort(t_order[:last])  # back to decreasing-logit order
+        ids, vals = ids[keep], vals[keep]
+
+    # top-p: smallest prefix whose mass reaches top_p.
+    if p.top_p < 1.0 and ids.size > min_keep:
+        cum = np.cumsum(_softmax(vals))
+        reach = np.nonzero(cum >= p.top_p)[0]
+        last = (int(reach[0]) + 1) if reach.size else ids.size
+        ids, vals = _keep_sorted(ids, vals, max(last, min_keep))
+
+    # min-p: tokens at least min_p times as likely as the best one.
+    if p.min_p > 0.0 and ids.size > min_keep:
+        threshold = vals[0] + np.log(p.min_p)
+        last = int(np.count_nonzero(vals >= threshold))  # vals is sorted: a prefix
+        ids, vals = _keep_sorted(ids, vals, max(last, min_keep))
+
+    probs = _softmax(vals / p.temperature)
+    return ids, probs
+
+
+class Sampler:
+    """Draws token ids with a given :class:`SamplingParams` and numpy Generator."""
+
+    def __init__(self, params: SamplingParams | None = None, rng: np.random.Generator | None = None):
+        self.params = params or SamplingParams()
+        self.params.validate()
+        self.rng = rng if rng is not None else make_rng(None)
+
+    def distribution(self, logits, history=()):
+        return candidate_distribution(logits, history, self.params)
+
+    def sample(self, logits, history=()) -> int:
+        ids, probs = candidate_distribution(logits, history, self.params)
+        if ids.size == 1:
+            return int(ids[0])
+        cum = np.cumsum(probs)
+        i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+        return int(ids[min(i, ids.size - 1)])
