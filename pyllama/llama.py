@@ -105,6 +105,10 @@ class Llama(GenerationMixin):
         if context_overflow not in ("shift", "error"):
             raise ValueError(f"context_overflow must be 'shift' or 'error' (got {context_overflow!r})")
 
+        if model_path is not None and not os.path.exists(model_path) and (
+            os.sep in str(model_path) or str(model_path).endswith((".gguf", ".bin"))
+        ):
+            raise FileNotFoundError(f"model file not found: {model_path}")
         self.model_path = models.resolve_model(model_path)
         if not os.path.isfile(self.model_path):
             raise FileNotFoundError(f"model file not found: {self.model_path}")

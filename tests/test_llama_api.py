@@ -1,0 +1,182 @@
+"""The Llama object's own contract: cache bookkeeping, batching, threads, errors, memory.
+
+These compare pyllama with itself only where the claim is an identity of the
+engine (a batch split in two must give the logits of the whole batch; threads
+must not change results); correctness of the numbers themselves is checked
+against the independent numpy reference in test_forward.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import pyllama
+from pyllama import ContextOverflowError, Llama, ModelError
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tiny_model_factory):
+    return str(tiny_model_factory())
+
+
+def fresh(path, **kw):
+    kw.setdefault("n_ctx", 64)
+    kw.setdefault("n_threads", 2)
+    return Llama(model_path=path, **kw)
+
+
+TOKENS = [5, 17, 3, 42, 9, 28, 11, 7, 30, 2, 19, 23]
+
+
+def test_shape_and_metadata(tiny_path):
+    llm = fresh(tiny_path)
+    assert llm.n_ctx() == 64
+    assert llm.n_vocab() == llm.config["n_vocab"] == len(llm.metadata["tokenizer.ggml.tokens"])
+    assert llm.metadata["general.architecture"] == "llama"
+    assert llm.logits.shape == (llm.n_vocab(),)
+
+
+def test_incremental_eval_equals_one_batch(tiny_path):
+    a = fresh(tiny_path)
+    a.eval(TOKENS)
+    b = fresh(tiny_path)
+    for t in TOKENS:
+        b.eval([t])
+    assert a.n_tokens == b.n_tokens == len(TOKENS)
+    assert a.input_ids == b.input_ids == TOKENS
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_n_batch_chunks_and_logits_all(tiny_path):
+    a = fresh(tiny_path, n_batch=512)
+    a.eval(TOKENS, logits_all=True)
+    b = fresh(tiny_path, n_batch=5)  # 12 tokens -> chunks of 5, 5, 2
+    b.eval(TOKENS, logits_all=True)
+    assert a.eval_logits.shape == (len(TOKENS), a.n_vocab())
+    np.testing.assert_allclose(a.eval_logits, b.eval_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(a.eval_logits[-1], a.logits)
+    # the logits of position i only depend on tokens up to i
+    c = fresh(tiny_path)
+    c.eval(TOKENS[:4])
+    np.testing.assert_allclose(c.logits, a.eval_logits[3], rtol=1e-5, atol=1e-5)
+
+
+def test_threads_do_not_change_results(tiny_path):
+    one = fresh(tiny_path, n_threads=1)
+    two = fresh(tiny_path, n_threads=2)
+    one.eval(TOKENS)
+    two.eval(TOKENS)
+    # each output row is computed by one thread with the same arithmetic
+    np.testing.assert_array_equal(one.logits, two.logits)
+
+
+def test_reset_and_truncate_reuse_the_cache(tiny_path):
+    ref = fresh(tiny_path)
+    ref.eval(TOKENS)
+    llm = fresh(tiny_path)
+    llm.eval([1, 2, 3, 4, 5])
+    llm.reset()
+    assert llm.n_tokens == 0 and llm.input_ids == []
+    llm.eval(TOKENS[:6] + [99 % llm.n_vocab()] * 3)
+    llm.truncate(6)
+    assert llm.input_ids == TOKENS[:6]
+    llm.eval(TOKENS[6:])
+    np.testing.assert_allclose(llm.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        llm.truncate(llm.n_tokens + 1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_context_shift_matches_fresh_evaluation(tiny_model_factory, arch):
+    """In a one-layer model the cached keys/values depend on each token alone (not on the
+    tokens it attended to), so after a shift the cache must equal a fresh evaluation of the
+    kept tokens: only the re-rotation of keys to their new positions is under test."""
+    tiny_path = str(tiny_model_factory(n_layers=1, arch=arch))
+    keep, discard, rest = TOKENS[:2], TOKENS[2:6], TOKENS[6:10]
+    shifted = fresh(tiny_path)
+    shifted.eval(keep + discard + rest)
+    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
+    assert shifted.input_ids == keep + rest and shifted.n_tokens == len(keep + rest)
+    shifted.eval([TOKENS[10]])
+    ref = fresh(tiny_path)
+    ref.eval(keep + rest + [TOKENS[10]])
+    # keys were re-rotated in float32: equal up to rounding, not bit for bit
+    np.testing.assert_allclose(shifted.logits, ref.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_context_overflow_is_a_clear_error(tiny_path):
+    llm = fresh(tiny_path, n_ctx=8)
+    llm.eval(TOKENS[:6])
+    with pytest.raises(ContextOverflowError, match="n_ctx = 8"):
+        llm.eval(TOKENS[:3])
+    assert llm.n_tokens == 6  # nothing was half-applied
+    llm.eval(TOKENS[:2])
+    assert llm.n_tokens == 8
+
+
+def test_bad_arguments(tiny_path, tmp_path):
+    with pytest.raises(ValueError, match="n_ctx"):
+        fresh(tiny_path, n_ctx=-1)
+    with pytest.raises(ValueError, match="n_batch"):
+        fresh(tiny_path, n_batch=0)
+    with pytest.raises(ValueError, match="n_threads"):
+        fresh(tiny_path, n_threads=0)
+    with pytest.raises(ValueError, match="context_overflow"):
+        fresh(tiny_path, context_overflow="wrap")
+    llm = fresh(tiny_path)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.eval([llm.n_vocab()])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.eval([-1])
+    with pytest.raises(FileNotFoundError):
+        Llama(model_path=str(tmp_path / "nope.gguf"))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelError):
+        Llama(model_path=str(junk))
+
+
+def test_n_ctx_zero_means_the_models_own(tiny_path):
+    llm = fresh(tiny_path, n_ctx=0)
+    assert llm.n_ctx() == llm.config["n_ctx_train"]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_weights_stay_in_the_file_mapping(default_model_path):
+    """Loading maps the file: resident memory grows by far less than the file until weights are read."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from pyllama._core import ffi, lib
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        before = rss()
+        m = lib.pl_load_gguf({os.fsencode(default_model_path)!r})
+        assert m != ffi.NULL, ffi.string(lib.pl_last_error())
+        after = rss()
+        print(after - before, lib.pl_model_file_size(m))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    grown, size = map(int, out.stdout.split())
+    assert size > 90_000_000
+    assert grown < size * 0.1, f"loading made {grown} bytes resident for a {size}-byte file"
+
+
+@pytest.mark.slow
+def test_default_model_loads_by_name(default_model_path):
+    llm = Llama(model_path=default_model_path, n_ctx=32)
+    cfg = llm.config
+    assert (cfg["n_layers"], cfg["dim"], cfg["hidden_dim"], cfg["n_heads"], cfg["n_kv_heads"]) == (30, 576, 1536, 9, 3)
+    assert cfg["rope_base"] == 100000.0 and cfg["tied_output"] == 1
+    assert llm.metadata["tokenizer.ggml.model"] == "gpt2"
+    assert pyllama.__version__
