@@ -1,0 +1,393 @@
+/*
+ * kernels_neon.c - the AArch64 kernels: NEON, plus the dot-product extension
+ * (SDOT, Armv8.2 "dotprod") when the CPU has it.
+ *
+ * NEON itself is part of every AArch64 CPU, so the file is built for baseline
+ * armv8-a; the SDOT functions carry a target attribute and are only called when
+ * the CPU reports the extension (Linux: AT_HWCAP & HWCAP_ASIMDDP; Apple: always).
+ * PYLLAMA_NEON_NODOT=1 in the environment forces the plain NEON path (tests).
+ *
+ * Same shapes as the AVX2 file:
+ *  - rows(): one activation, 4 rows per pass sharing the activation loads.
+ *  - tile(): float types use a 4 rows x 4 tokens register tile; quantized
+ *    types (with SDOT) repack 4 rows so that each 32-bit lane holds 4 values of
+ *    one row, and "sdot by element" multiplies the 4 rows by one 4-byte group of
+ *    the activation: the result lanes are the 4 rows, no horizontal sums.
+ *
+ * Quantized weights are unpacked to signed bytes (Q4_0: q - 8, Q4_1: q,
+ * Q8_0: as is), so every integer dot is int8 x int8 and exact.
+ */
+#if defined(__aarch64__)
+
+#include <arm_neon.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pyllama.h"
+
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+
+#if defined(__clang__)
+#define DOTPROD __attribute__((target("dotprod")))
+#else
+#define DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+
+/* ------------------------------------------------------------ CPU features */
+
+static int dotprod_state = -1; /* -1: not yet known */
+
+int pl_neon_has_dotprod(void) {
+    if (dotprod_state < 0) {
+        int has = 0;
+#if defined(__APPLE__)
+        has = 1;
+#elif defined(__linux__)
+        has = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
+        const char *e = getenv("PYLLAMA_NEON_NODOT");
+        if (e && *e && strcmp(e, "0")) has = 0;
+        dotprod_state = has;
+    }
+    return dotprod_state;
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+INLINE float half(uint16_t h) {
+    __fp16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
+}
+
+/* the 32 values of a weight block as signed bytes: lo = values 0..15, hi = 16..31 */
+INLINE void unpack(int type, const void *blk, int8x16_t *lo, int8x16_t *hi) {
+    if (type == PL_TYPE_Q8_0) {
+        const block_q8_0 *b = blk;
+        *lo = vld1q_s8(b->qs);
+        *hi = vld1q_s8(b->qs + 16);
+    } else {
+        const uint8_t *qs = type == PL_TYPE_Q4_0 ? ((const block_q4_0 *)blk)->qs : ((const block_q4_1 *)blk)->qs;
+        uint8x16_t v = vld1q_u8(qs);
+        int8x16_t l = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+        int8x16_t h = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        if (type == PL_TYPE_Q4_0) {
+            l = vsubq_s8(l, vdupq_n_s8(8));
+            h = vsubq_s8(h, vdupq_n_s8(8));
+        }
+        *lo = l;
+        *hi = h;
+    }
+}
+
+INLINE size_t block_bytes(int type) {
+    return type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+}
+
+/* scale d and (Q4_1) min m of a weight block */
+INLINE float wscale(const void *blk) { return half(*(const uint16_t *)blk); } /* d leads every block */
+INLINE float wmin(const void *blk) { return half(((const block_q4_1 *)blk)->m); }
+
+/* 32 int8 products as 4 int32 lanes, without SDOT (products fit int16: |w| <= 128, |a| <= 127) */
+INLINE int32x4_t dot32_plain(int8x16_t w0, int8x16_t a0, int8x16_t w1, int8x16_t a1) {
+    int16x8_t p0 = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+    int16x8_t p1 = vmull_high_s8(w0, a0);
+    int16x8_t p2 = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
+    int16x8_t p3 = vmull_high_s8(w1, a1);
+    int32x4_t s = vpaddlq_s16(p0);
+    s = vpadalq_s16(s, p1);
+    s = vpadalq_s16(s, p2);
+    return vpadalq_s16(s, p3);
+}
+
+/* ------------------------------------------------------- activation quantize */
+
+static void quantize_q8x(const float *x, block_q8x *y, int n) {
+    for (int b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        float32x4_t v[8];
+        float32x4_t m = vdupq_n_f32(0.0f);
+        for (int j = 0; j < 8; j++) {
+            v[j] = vld1q_f32(xb + 4 * j);
+            m = vmaxq_f32(m, vabsq_f32(v[j]));
+        }
+        float amax = vmaxvq_f32(m);
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j += 2) {
+            int32x4_t i0 = vcvtnq_s32_f32(vmulq_n_f32(v[j], id)); /* round half to even */
+            int32x4_t i1 = vcvtnq_s32_f32(vmulq_n_f32(v[j + 1], id));
+            sum = vaddq_s32(sum, vaddq_s32(i0, i1));
+            int16x8_t h = vcombine_s16(vqmovn_s32(i0), vqmovn_s32(i1));
+            vst1_s8(y[b].qs + 4 * j, vqmovn_s16(h));
+        }
+        y[b].d = d;
+        y[b].s = d * (float)vaddvq_s32(sum);
+    }
+}
+
+/* ------------------------------------------------------------ float weights */
+
+INLINE float32x4_t load4(int type, const void *w, int k) {
+    if (type == PL_TYPE_F32) return vld1q_f32((const float *)w + k);
+    uint16x4_t h = vld1_u16((const uint16_t *)w + k);
+    if (type == PL_TYPE_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
+    return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+}
+
+INLINE float load1(int type, const void *w, int k) {
+    if (type == PL_TYPE_F32) return ((const float *)w)[k];
+    if (type == PL_TYPE_F16) return half(((const uint16_t *)w)[k]);
+    return bf16_to_f32(((const uint16_t *)w)[k]);
+}
+
+/* R rows x T tokens (R, T <= 4), one accumulator each; n any length */
+INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const float *x, size_t xs, float *y,
+                  size_t ys, int r, int n) {
+    float32x4_t acc[4][4];
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++) acc[i][t] = vdupq_n_f32(0.0f);
+    int k = 0;
+    for (; k + 4 <= n; k += 4) {
+        float32x4_t xv[4];
+        for (int t = 0; t < T; t++) xv[t] = vld1q_f32(x + t * xs + k);
+        for (int i = 0; i < R; i++) {
+            float32x4_t wv = load4(type, ROW(w, rb, r + i), k);
+            for (int t = 0; t < T; t++) acc[i][t] = vfmaq_f32(acc[i][t], wv, xv[t]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++) {
+            float s = vaddvq_f32(acc[i][t]);
+            for (int j = k; j < n; j++) s += load1(type, ROW(w, rb, r + i), j) * x[t * xs + j];
+            y[t * ys + r + i] = s;
+        }
+}
+
+#define FLOAT_KERNELS(NAME, TYPE)                                                                        \
+    static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) { \
+        int r = r0;                                                                                      \
+        for (; r + 4 <= r1; r += 4) ftile(TYPE, 4, 1, w, rb, (const float *)act, 0, y, 0, r, n);          \
+        for (; r < r1; r++) ftile(TYPE, 1, 1, w, rb, (const float *)act, 0, y, 0, r, n);                  \
+    }                                                                                                    \
+    static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,    \
+                            int r0, int r1, int nt, int n) {                                             \
+        const float *x = (const float *)act;                                                             \
+        const size_t xs = as / sizeof(float);                                                            \
+        int r = r0;                                                                                      \
+        for (; r + 4 <= r1; r += 4) {                                                                    \
+            int t = 0;                                                                                   \
+            for (; t + 4 <= nt; t += 4) ftile(TYPE, 4, 4, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
+            for (; t < nt; t++) ftile(TYPE, 4, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);          \
+        }                                                                                                \
+        for (; r < r1; r++) {                                                                            \
+            int t = 0;                                                                                   \
+            for (; t + 4 <= nt; t += 4) ftile(TYPE, 1, 4, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
+            for (; t < nt; t++) ftile(TYPE, 1, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);          \
+        }                                                                                                \
+    }
+
+FLOAT_KERNELS(f32, PL_TYPE_F32)
+FLOAT_KERNELS(f16, PL_TYPE_F16)
+FLOAT_KERNELS(bf16, PL_TYPE_BF16)
+
+/* --------------------------------------------------- quantized weights: rows */
+
+/*
+ * R rows (<= 4) against one activation. Per block: an int32x4 of 32 products,
+ * converted and scaled by dw * da into a float accumulator; Q4_1 adds m * s.
+ * DOT selects SDOT or the widening-multiply fallback.
+ */
+#define QROWS_BODY(DOT)                                                                           \
+    float32x4_t acc[4];                                                                           \
+    float off[4];                                                                                 \
+    for (int i = 0; i < R; i++) {                                                                 \
+        acc[i] = vdupq_n_f32(0.0f);                                                               \
+        off[i] = 0.0f;                                                                            \
+    }                                                                                             \
+    const size_t bb = block_bytes(type);                                                          \
+    for (int b = 0; b < n / QK; b++) {                                                            \
+        const int8x16_t a0 = vld1q_s8(a[b].qs), a1 = vld1q_s8(a[b].qs + 16);                      \
+        for (int i = 0; i < R; i++) {                                                             \
+            const char *blk = (const char *)ROW(w, rb, r + i) + b * bb;                           \
+            int8x16_t w0, w1;                                                                     \
+            unpack(type, blk, &w0, &w1);                                                          \
+            int32x4_t p = DOT(w0, a0, w1, a1);                                                    \
+            acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), wscale(blk) * a[b].d);           \
+            if (type == PL_TYPE_Q4_1) off[i] += wmin(blk) * a[b].s;                                \
+        }                                                                                         \
+    }                                                                                             \
+    for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(acc[i]) + off[i];
+
+INLINE void qrows_plain(int type, int R, const void *w, size_t rb, const block_q8x *a, float *y, int r, int n) {
+    QROWS_BODY(dot32_plain)
+}
+
+DOTPROD INLINE int32x4_t dot32_sdot(int8x16_t w0, int8x16_t a0, int8x16_t w1, int8x16_t a1) {
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, a0), w1, a1);
+}
+
+DOTPROD INLINE void qrows_sdot(int type, int R, const void *w, size_t rb, const block_q8x *a, float *y, int r,
+                               int n) {
+    QROWS_BODY(dot32_sdot)
+}
+
+#define QROWS(NAME, TYPE)                                                                             \
+    static void rows_##NAME##_plain(const void *w, size_t rb, const void *act, float *y, int r0, int r1, \
+                                    int n) {                                                          \
+        int r = r0;                                                                                   \
+        for (; r + 4 <= r1; r += 4) qrows_plain(TYPE, 4, w, rb, act, y, r, n);                        \
+        for (; r < r1; r++) qrows_plain(TYPE, 1, w, rb, act, y, r, n);                                \
+    }                                                                                                 \
+    DOTPROD static void rows_##NAME##_sdot(const void *w, size_t rb, const void *act, float *y, int r0, \
+                                           int r1, int n) {                                           \
+        int r = r0;                                                                                   \
+        for (; r + 4 <= r1; r += 4) qrows_sdot(TYPE, 4, w, rb, act, y, r, n);                         \
+        for (; r < r1; r++) qrows_sdot(TYPE, 1, w, rb, act, y, r, n);                                 \
+    }                                                                                                 \
+    static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) { \
+        if (pl_neon_has_dotprod()) rows_##NAME##_sdot(w, rb, act, y, r0, r1, n);                      \
+        else rows_##NAME##_plain(w, rb, act, y, r0, r1, n);                                           \
+    }
+
+QROWS(q8_0, PL_TYPE_Q8_0)
+QROWS(q4_0, PL_TYPE_Q4_0)
+QROWS(q4_1, PL_TYPE_Q4_1)
+
+/* --------------------------------------------------- quantized weights: tile */
+
+/* 4 rows of one block: q[g] = values 4g..4g+3 of rows 0..3 (row i in 32-bit lane i) */
+typedef struct {
+    int8x16_t q[8];
+    float32x4_t d, m;
+} pack4;
+
+#define KCHUNK 32 /* 4 rows x 32 blocks = 5 KB of packed weights */
+#define PANEL 4
+
+INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, pack4 *pk) {
+    const size_t bb = block_bytes(type);
+    for (int b = 0; b < nb; b++) {
+        int8_t v[4][QK];
+        float d[4], m[4];
+        for (int i = 0; i < 4; i++) {
+            const char *blk = (const char *)ROW(w, rb, r + i) + (size_t)(b0 + b) * bb;
+            int8x16_t lo, hi;
+            unpack(type, blk, &lo, &hi);
+            vst1q_s8(v[i], lo);
+            vst1q_s8(v[i] + 16, hi);
+            d[i] = wscale(blk);
+            m[i] = type == PL_TYPE_Q4_1 ? wmin(blk) : 0.0f;
+        }
+        for (int g = 0; g < 8; g++) {
+            int8_t t[16];
+            for (int i = 0; i < 4; i++) memcpy(t + 4 * i, v[i] + 4 * g, 4);
+            pk[b].q[g] = vld1q_s8(t);
+        }
+        pk[b].d = vld1q_f32(d);
+        pk[b].m = vld1q_f32(m);
+    }
+}
+
+/* 4 rows (lanes) x T tokens (<= 4) over nb packed blocks, added into acc */
+DOTPROD INLINE void qpanel(int type, int T, const pack4 *pk, int nb, const block_q8x *const *a,
+                           float32x4_t *acc) {
+    for (int b = 0; b < nb; b++) {
+        const pack4 *p = pk + b;
+        for (int t = 0; t < T; t++) {
+            const block_q8x *ab = a[t] + b;
+            const int8x16_t a0 = vld1q_s8(ab->qs), a1 = vld1q_s8(ab->qs + 16);
+            int32x4_t s = vdotq_laneq_s32(vdupq_n_s32(0), p->q[0], a0, 0);
+            s = vdotq_laneq_s32(s, p->q[1], a0, 1);
+            s = vdotq_laneq_s32(s, p->q[2], a0, 2);
+            s = vdotq_laneq_s32(s, p->q[3], a0, 3);
+            s = vdotq_laneq_s32(s, p->q[4], a1, 0);
+            s = vdotq_laneq_s32(s, p->q[5], a1, 1);
+            s = vdotq_laneq_s32(s, p->q[6], a1, 2);
+            s = vdotq_laneq_s32(s, p->q[7], a1, 3);
+            acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(s), vmulq_n_f32(p->d, ab->d));
+            if (type == PL_TYPE_Q4_1) acc[t] = vfmaq_n_f32(acc[t], p->m, ab->s);
+        }
+    }
+}
+
+DOTPROD INLINE void qtile_sdot(int type, pl_rows_fn rows, const void *w, size_t rb, const void *act, size_t as,
+                               float *y, size_t ys, int r0, int r1, int nt, int n) {
+    const int nbt = n / QK;
+    int r = r0;
+    if (nt >= 4) {
+        pack4 pk[KCHUNK];
+        for (; r + PANEL <= r1; r += PANEL) {
+            for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
+                int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
+                pack_rows(type, w, rb, r, b0, nb, pk);
+                for (int t = 0; t < nt; t += 4) {
+                    int T = nt - t < 4 ? nt - t : 4;
+                    const block_q8x *a[4];
+                    float32x4_t acc[4];
+                    for (int j = 0; j < T; j++) {
+                        a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+                        acc[j] = b0 ? vld1q_f32(y + (t + j) * ys + r) : vdupq_n_f32(0.0f);
+                    }
+                    switch (T) {
+                    case 4: qpanel(type, 4, pk, nb, a, acc); break;
+                    case 3: qpanel(type, 3, pk, nb, a, acc); break;
+                    case 2: qpanel(type, 2, pk, nb, a, acc); break;
+                    default: qpanel(type, 1, pk, nb, a, acc); break;
+                    }
+                    for (int j = 0; j < T; j++) vst1q_f32(y + (t + j) * ys + r, acc[j]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < nt && r < r1; t++)
+        rows(w, rb, (const char *)act + (size_t)t * as, y + t * ys, r, r1, n);
+}
+
+#define QTILE(NAME, TYPE)                                                                             \
+    DOTPROD static void tile_##NAME##_sdot(const void *w, size_t rb, const void *act, size_t as, float *y, \
+                                           size_t ys, int r0, int r1, int nt, int n) {                \
+        qtile_sdot(TYPE, rows_##NAME##_sdot, w, rb, act, as, y, ys, r0, r1, nt, n);                   \
+    }                                                                                                 \
+    static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,  \
+                            int r0, int r1, int nt, int n) {                                          \
+        if (pl_neon_has_dotprod()) {                                                                  \
+            tile_##NAME##_sdot(w, rb, act, as, y, ys, r0, r1, nt, n);                                 \
+        } else {                                                                                      \
+            /* row blocks small enough to stay in cache while every token passes */                   \
+            for (int rbk = r0; rbk < r1; rbk += 16) {                                                 \
+                int re = rbk + 16 < r1 ? rbk + 16 : r1;                                               \
+                for (int t = 0; t < nt; t++)                                                          \
+                    rows_##NAME##_plain(w, rb, (const char *)act + (size_t)t * as, y + t * ys, rbk, re, n); \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+QTILE(q8_0, PL_TYPE_Q8_0)
+QTILE(q4_0, PL_TYPE_Q4_0)
+QTILE(q4_1, PL_TYPE_Q4_1)
+
+const pl_kernel_set pl_kernels_neon = {
+    .name = "neon",
+    .quantize_q8x = quantize_q8x,
+    .rows = {
+        [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
+        [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
+    },
+    .tile = {
+        [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
+        [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
+    },
+};
+
+#endif
