@@ -1,0 +1,70 @@
+/*
+ * kernel_speed.c - single-thread speed of each kernel form, straight from C
+ * (no Python, no threads): prefill tile() in GMAC/s and decode rows() in GB/s
+ * of weights streamed. Build and run: bench/kernel_speed.sh
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "kernels.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+#if defined(__x86_64__)
+    const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_avx2;
+#else
+    const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_neon;
+#endif
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_1, PL_TYPE_Q8_0, PL_TYPE_F16, PL_TYPE_BF16, PL_TYPE_F32};
+    const int rows = 1536, n = 576, nt = 64;            /* an FFN-up sized matrix, 64-token batch */
+    const int big_rows = 32768;                          /* decode: far beyond the caches */
+    float *x = malloc((size_t)nt * n * sizeof(float));
+    for (int i = 0; i < nt * n; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    block_q8x *a = malloc((size_t)nt * n / QK * sizeof(block_q8x));
+    k->quantize_q8x(x, a, nt * n);
+    float *y = malloc((size_t)nt * big_rows * sizeof(float));
+    printf("kernels %s, one thread\n%-6s %14s %14s\n", k->name, "type", "tile GMAC/s", "rows GB/s");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int type = types[ti];
+        size_t rb = (size_t)pl_type_nbytes(type, n);
+        int q8 = type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1 || type == PL_TYPE_Q8_0;
+        const void *act = q8 ? (const void *)a : (const void *)x;
+        size_t as = q8 ? (size_t)n / QK * sizeof(block_q8x) : (size_t)n * sizeof(float);
+        unsigned char *w = malloc(rb * big_rows);
+        for (size_t i = 0; i < rb * big_rows; i++) w[i] = (unsigned char)(i * 2654435761u >> 13);
+        if (type == PL_TYPE_F32) for (size_t i = 0; i < rb * big_rows / 4; i++) ((float *)w)[i] = 0.001f * (i % 100);
+        if (type == PL_TYPE_F16 || type == PL_TYPE_BF16) for (size_t i = 0; i < rb * big_rows / 2; i++) ((uint16_t *)w)[i] = 0x3c00 ^ (i & 0x3ff);
+        double gmac = 0, gbs = 0;
+        {
+            int reps = 0;
+            double t0 = now(), t1;
+            do {
+                if (k->tile[type]) k->tile[type](w, rb, act, as, y, rows, 0, rows, nt, n);
+                else for (int t = 0; t < nt; t++) k->rows[type](w, rb, (const char *)act + t * as, y + t * rows, 0, rows, n);
+                reps++;
+            } while ((t1 = now()) - t0 < 0.3);
+            gmac = (double)reps * rows * n * nt / (t1 - t0) / 1e9;
+        }
+        {
+            int reps = 0;
+            double t0 = now(), t1;
+            do {
+                k->rows[type](w, rb, act, y, 0, big_rows, n);
+                reps++;
+            } while ((t1 = now()) - t0 < 0.3);
+            gbs = (double)reps * rb * big_rows / (t1 - t0) / 1e9;
+        }
+        printf("%-6s %14.1f %14.1f\n", pl_type_name(type), gmac, gbs);
+        free(w);
+    }
+    return 0;
+}

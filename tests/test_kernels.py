@@ -1,0 +1,189 @@
+"""The SIMD kernels against the scalar reference and an independent numpy reference.
+
+(a) Through the extension: pl_matvec / pl_matmul for every weight type under each
+    instruction-set path this CPU has, compared with PL_ISA_SCALAR and with a
+    float64 numpy dot of the weights dequantized by the `gguf` package and the
+    activation quantized to 8-bit blocks by numpy (same definition, written here).
+(b) The standalone C harness (tests/c/test_kernels.c) for the x86 AVX2 kernels
+    natively and for the NEON kernels under qemu-aarch64 (both with and without the
+    dot-product extension). Skipped with the reason when a tool is missing.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+core = pytest.importorskip("pyllama._core", reason="the C core is not built (pip install -e .)")
+ffi, lib = core.ffi, core.lib
+
+ROOT = Path(__file__).resolve().parent.parent
+QK = 32
+TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+
+
+def _isas():
+    best = lib.pl_cpu_isa()
+    out = [("scalar", lib.PL_ISA_SCALAR)]
+    if best == lib.PL_ISA_AVX2:
+        out.append(("avx2", lib.PL_ISA_AVX2))
+    if best == lib.PL_ISA_NEON:
+        out.append(("neon", lib.PL_ISA_NEON))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_isa():
+    yield
+    lib.pl_set_isa(lib.PL_ISA_AUTO)
+
+
+def random_weights(rng: np.random.Generator, type_name: str, rows: int, cols: int) -> np.ndarray:
+    """Raw bytes of a rows x cols matrix in the GGML layout of type_name."""
+    nb = rows * cols // QK
+    if type_name == "F32":
+        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
+    if type_name == "F16":
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    if type_name == "BF16":
+        f = rng.standard_normal((rows, cols), dtype=np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    if type_name == "Q8_0":
+        blk = np.zeros(nb, dtype=[("d", "<f2"), ("qs", "i1", 32)])
+        blk["d"] = rng.uniform(0.001, 0.05, nb)
+        blk["qs"] = rng.integers(-128, 128, (nb, 32))
+    elif type_name == "Q4_0":
+        blk = np.zeros(nb, dtype=[("d", "<f2"), ("qs", "u1", 16)])
+        blk["d"] = rng.uniform(-0.1, 0.1, nb)
+        blk["qs"] = rng.integers(0, 256, (nb, 16))
+    else:  # Q4_1
+        blk = np.zeros(nb, dtype=[("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)])
+        blk["d"] = rng.uniform(0.001, 0.1, nb)
+        blk["m"] = rng.uniform(-0.8, 0.2, nb)
+        blk["qs"] = rng.integers(0, 256, (nb, 16))
+    return blk.view(np.uint8)
+
+
+def dequantize(type_name: str, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if type_name == "BF16":  # not every gguf release has BF16 helpers: widen by hand
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(rows, cols)
+    gq = pytest.importorskip("gguf.quants", reason="the gguf package provides the reference dequantizers")
+    from gguf import GGMLQuantizationType
+
+    qt = getattr(GGMLQuantizationType, type_name)
+    return np.asarray(gq.dequantize(raw.reshape(rows, -1), qt), dtype=np.float32).reshape(rows, cols)
+
+
+def quantize_act(x: np.ndarray) -> np.ndarray:
+    """The 8-bit activation blocks as floats d*q: amax/127 scale, round half to even, in float32."""
+    b = x.astype(np.float32).reshape(-1, QK)
+    d = np.abs(b).max(axis=1) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = np.rint(b * inv[:, None])
+    return (q * d[:, None]).reshape(x.shape)
+
+
+def reference(type_name, raw, x, rows, cols):
+    w = dequantize(type_name, raw, rows, cols).astype(np.float64)
+    xa = quantize_act(x) if type_name in ("Q8_0", "Q4_0", "Q4_1") else x
+    y = xa.astype(np.float64) @ w.T
+    mag = np.abs(xa.astype(np.float64)) @ np.abs(w).T
+    return y, mag
+
+
+def run_matmul(type_id, raw, x, rows, cols, n_tok, n_threads):
+    y = np.full((n_tok, rows), np.nan, dtype=np.float32)
+    xc = np.ascontiguousarray(x, dtype=np.float32)
+    wp = ffi.from_buffer(raw)
+    if n_tok == 1:
+        rc = lib.pl_matvec(type_id, wp, ffi.cast("float *", ffi.from_buffer(xc)),
+                           ffi.cast("float *", ffi.from_buffer(y)), rows, cols, n_threads)
+    else:
+        rc = lib.pl_matmul(type_id, wp, ffi.cast("float *", ffi.from_buffer(xc)),
+                           ffi.cast("float *", ffi.from_buffer(y)), rows, cols, n_tok, n_threads)
+    assert rc == 0, ffi.string(lib.pl_last_error()).decode()
+    return y
+
+
+SHAPES = [  # rows, cols, tokens, threads
+    (1, 32, 1, 1),
+    (13, 96, 1, 2),
+    (37, 288, 1, 2),
+    (64, 576, 1, 1),
+    (19, 160, 5, 2),
+    (40, 608, 9, 2),
+    (67, 1056, 33, 2),
+]
+
+
+@pytest.mark.parametrize("type_name", list(TYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_matches_scalar_and_numpy(type_name, shape):
+    rows, cols, n_tok, n_threads = shape
+    rng = np.random.default_rng(rows * 1000 + cols + n_tok)
+    raw = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal((n_tok, cols), dtype=np.float32)
+    x[:, 5] *= 50.0  # an outlier, as real activations have
+    want, mag = reference(type_name, raw, x, rows, cols)
+    tol = 3e-5 * mag + 1e-5
+    results = {}
+    for name, isa in _isas():
+        assert lib.pl_set_isa(isa) == isa
+        got = run_matmul(TYPES[type_name], raw, x, rows, cols, n_tok, n_threads)
+        assert np.all(np.isfinite(got)), f"{name}: unwritten or non-finite outputs"
+        err = np.abs(got.astype(np.float64) - want)
+        assert np.all(err <= tol), (
+            f"{name} {type_name} {shape}: worst error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+        )
+        results[name] = got
+    for name, got in results.items():
+        np.testing.assert_allclose(got, results["scalar"], rtol=0, atol=float(tol.max()), err_msg=name)
+
+
+def test_q4_0_outlier_against_near_zero_weights():
+    """Weights at their zero point (q = 8) times a huge activation: no cancellation error."""
+    rows, cols = 16, 256
+    rng = np.random.default_rng(7)
+    blk = np.zeros(rows * cols // QK, dtype=[("d", "<f2"), ("qs", "u1", 16)])
+    blk["d"] = 0.05
+    blk["qs"] = 0x88  # every value q = 8 -> weight 0
+    blk["qs"][:, 3] = 0x89  # except one value 1*d per block
+    raw = blk.view(np.uint8)
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    x[0, ::32] = 1e4
+    want, mag = reference("Q4_0", raw, x, rows, cols)
+    for name, isa in _isas():
+        lib.pl_set_isa(isa)
+        got = run_matmul(TYPES["Q4_0"], raw, x, rows, cols, 1, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _run_script(script: str):
+    proc = subprocess.run(["sh", str(ROOT / "tests" / "c" / script)], capture_output=True, text=True, timeout=900)
+    if proc.returncode == 77:
+        pytest.skip((proc.stdout + proc.stderr).strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 harness is x86-64 only")
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_c_harness_avx2():
+    out = _run_script("run_x86.sh")
+    assert "match the scalar reference" in out
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the NEON harness runs under qemu-user on Linux")
+def test_c_harness_neon_under_qemu():
+    if platform.machine() != "aarch64" and (shutil.which("aarch64-linux-gnu-gcc") is None
+                                           or shutil.which("qemu-aarch64") is None):
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("aarch64-linux-gnu-gcc / qemu-aarch64 missing and not installable here")
+    out = _run_script("run_neon.sh")
+    assert out.count("match the scalar reference") == 2, out
+    assert "dot-product extension in use" in out and "not present" in out, out
