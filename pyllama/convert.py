@@ -470,7 +470,8 @@ def tokenizer_bin_from_gguf(metadata: dict) -> tuple[list, list, int]:
     SentencePiece vocabularies (`llama`) follow llama2.c's tokenizer.py: '▁' becomes ' ' and
     BOS/EOS become '\\n<s>\\n'-style.  Byte-level BPE vocabularies (`gpt2`) store each token's
     raw bytes (the byte-level mapping undone; control tokens keep their text) and get scores
-    from the merge ranks, so greedy highest-score merging follows the merge order.
+    from the merge ranks (-(rank + 1); single bytes 0; tokens made by no merge -1e9), so greedy
+    highest-score merging follows the merge order.
     """
     model = metadata.get("tokenizer.ggml.model")
     tokens = metadata.get("tokenizer.ggml.tokens")
@@ -502,7 +503,7 @@ def tokenizer_bin_from_gguf(metadata: dict) -> tuple[list, list, int]:
             else:
                 out.append(bytes(dec[ch] for ch in t))
             r = rank.get(t)
-            scores.append(-float(r) if r is not None else (0.0 if len(out[-1]) == 1 else -1e9))
+            scores.append(-float(r + 1) if r is not None else (0.0 if len(out[-1]) == 1 else -1e9))
     else:
         raise ModelError(f"tokenizer model {model!r} cannot be exported to tokenizer.bin (supported: llama, gpt2)")
     return out, scores, max((len(b) for b in out), default=0)
@@ -543,7 +544,22 @@ def read_tokenizer_bin(path, vocab_size: int) -> tuple[list, np.ndarray, int]:
 
 
 def gguf_vocab_from_tokenizer_bin(tokens: list, scores, bos_id: int = 1, eos_id: int = 2) -> dict:
-    """GGUF `llama` (SentencePiece) tokenizer metadata from llama2.c tokenizer.bin entries."""
+    """GGUF tokenizer metadata from llama2.c tokenizer.bin entries.
+
+    A SentencePiece vocabulary (llama2.c's own: it has the byte tokens <0x00>..<0xFF>) becomes
+    a `llama` vocabulary, exactly.  Otherwise the entries are taken as a byte-level BPE vocabulary
+    as written by :func:`tokenizer_bin_from_gguf`, and become a `gpt2` vocabulary whose merges are
+    rebuilt from the scores (merge rank = -score - 1): each merged token is split into two tokens
+    that exist before its rank.  That split is ambiguous (and several merges yielding one token
+    collapse to one), so the result approximates the original merges: when the original GGUF is
+    at hand, copy its vocabulary instead (``llama2c_to_gguf(..., vocab_from=GGUF)``).
+    """
+    if b"<0x00>" in tokens:
+        return _spm_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id)
+    return _bpe_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id)
+
+
+def _spm_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id) -> dict:
     texts, types = [], []
     for i, b in enumerate(tokens):
         t = b.decode("utf-8", "surrogateescape")
@@ -572,13 +588,60 @@ def gguf_vocab_from_tokenizer_bin(tokens: list, scores, bos_id: int = 1, eos_id:
     return md
 
 
+def _bpe_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id) -> dict:
+    enc = {b: ch for ch, b in _gpt2_byte_decoder().items()}
+    scores = np.asarray(scores, dtype=np.float64)
+    texts, types, ranked = [], [], []
+    for i, (b, s) in enumerate(zip(tokens, scores)):
+        if len(b) == 1 or (-1e8 < s <= -1 and s == int(s)):
+            texts.append("".join(enc[x] for x in b))
+            types.append(1)  # NORMAL
+            if len(b) > 1:
+                ranked.append((int(-s - 1), b))
+        else:  # made by no merge: an added/control token, kept as text
+            texts.append(b.decode("utf-8", "surrogateescape"))
+            types.append(3)  # CONTROL
+    ranked.sort()
+    # rebuild merges in rank order: split each merged token into two earlier tokens; of
+    # several possible splits take the one whose newer half is oldest (on SmolLM2's
+    # vocabulary this reproduces 92% of the merges exactly)
+    made = {b: -1 for b in tokens if len(b) == 1}
+    merges = []
+    for r, b in ranked:
+        splits = [(max(made[b[:k]], made[b[k:]]), k) for k in range(1, len(b)) if b[:k] in made and b[k:] in made]
+        if splits:
+            k = min(splits)[1]
+            merges.append(texts_of(b[:k], enc) + " " + texts_of(b[k:], enc))
+        made[b] = r
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": GGUFValue(texts, (ValueType.ARRAY, ValueType.STRING)),
+        "tokenizer.ggml.token_type": np.asarray(types, dtype=np.int32),
+        "tokenizer.ggml.merges": GGUFValue(merges, (ValueType.ARRAY, ValueType.STRING)),
+        "tokenizer.ggml.bos_token_id": GGUFValue(bos_id, ValueType.UINT32),
+        "tokenizer.ggml.eos_token_id": GGUFValue(eos_id, ValueType.UINT32),
+    }
+
+
+def texts_of(b: bytes, enc: dict) -> str:
+    return "".join(enc[x] for x in b)
+
+
 # ----------------------------------------------------------------------------------------
 # llama2.c -> GGUF
 
 
 def llama2c_to_gguf(in_path, out_path, tokenizer_path=None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
-                    bos_id: int = 1, eos_id: int = 2, name: str | None = None, progress: bool = True) -> Llama2cConfig:
-    """Convert a llama2.c checkpoint (v0, v1 or v2) to a GGUF file with float32 tensors."""
+                    bos_id: int = 1, eos_id: int = 2, name: str | None = None, progress: bool = True,
+                    vocab_from=None) -> Llama2cConfig:
+    """Convert a llama2.c checkpoint (v0, v1 or v2) to a GGUF file with float32 tensors.
+
+    The vocabulary comes from `tokenizer_path` (a llama2.c tokenizer.bin), or is copied exactly
+    (every ``tokenizer.*`` key) from the GGUF file `vocab_from`; bos_id/eos_id apply to the
+    former and when neither is given.
+    """
+    if tokenizer_path is not None and vocab_from is not None:
+        raise ValueError("give tokenizer_path or vocab_from, not both")
     c, weights = read_llama2c(in_path)
     md = {
         "general.architecture": "llama",
@@ -595,7 +658,16 @@ def llama2c_to_gguf(in_path, out_path, tokenizer_path=None, rope_base: float = 1
         "llama.attention.layer_norm_rms_epsilon": GGUFValue(norm_eps, ValueType.FLOAT32),
         "llama.vocab_size": GGUFValue(c.vocab_size, ValueType.UINT32),
     }
-    if tokenizer_path is not None:
+    if vocab_from is not None:
+        g = read_gguf(vocab_from)
+        g.close()
+        typed = g.typed_metadata()
+        tok = {k: v for k, v in typed.items() if k.startswith("tokenizer.")}
+        n = len(g.metadata.get("tokenizer.ggml.tokens", ()))
+        if n and n != c.vocab_size:
+            raise ModelError(f"{vocab_from}: vocabulary has {n} tokens but the checkpoint has vocab_size {c.vocab_size}")
+        md.update(tok)
+    elif tokenizer_path is not None:
         toks, scores, _ = read_tokenizer_bin(tokenizer_path, c.vocab_size)
         md.update(gguf_vocab_from_tokenizer_bin(toks, scores, bos_id, eos_id))
     else:
@@ -642,6 +714,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, help="llama2.c seq_len (default: the GGUF's context length)")
     ap.add_argument("--tokenizer-out", help="also write the GGUF vocabulary as a llama2.c tokenizer.bin")
     ap.add_argument("--tokenizer", help="llama2.c tokenizer.bin to embed when writing GGUF")
+    ap.add_argument("--vocab-from", help="GGUF file whose tokenizer.* metadata to copy when writing GGUF")
     ap.add_argument("--rope-base", type=float, default=10000.0, help="rope base for GGUF output (run.c: 10000)")
     ap.add_argument("--norm-eps", type=float, default=1e-5, help="RMSNorm epsilon for GGUF output (run.c: 1e-5)")
     ap.add_argument("--bos-id", type=int, default=1)
@@ -655,8 +728,10 @@ def main(argv=None) -> int:
         if fmt == "gguf":
             if src_gguf:
                 ap.error("the input is already GGUF")
+            if args.tokenizer and args.vocab_from:
+                ap.error("give --tokenizer or --vocab-from, not both")
             c = llama2c_to_gguf(args.input, args.output, args.tokenizer, args.rope_base, args.norm_eps,
-                                args.bos_id, args.eos_id, progress=progress)
+                                args.bos_id, args.eos_id, progress=progress, vocab_from=args.vocab_from)
             log(f"wrote {args.output} (GGUF, F32) from llama2.c v{c.version}")
         else:
             if not src_gguf:

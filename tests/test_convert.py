@@ -396,14 +396,20 @@ def test_gpt2_byte_level_tokens_become_raw_bytes():
     assert len(dec) == 256 and sorted(dec.values()) == list(range(256))
     md = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.tokens": ["<|endoftext|>", "a", "b", "Ġ", "Ċ", "ab", "Ġab", "Ã©"],
-        "tokenizer.ggml.token_type": np.array([3, 1, 1, 1, 1, 1, 1, 1], np.int32),
-        "tokenizer.ggml.merges": ["a b", "Ġ ab"],
+        "tokenizer.ggml.tokens": ["<|endoftext|>", "a", "b", "Ġ", "Ċ", "ab", "Ġab", "Ã", "©", "Ã©"],
+        "tokenizer.ggml.token_type": np.array([3, 1, 1, 1, 1, 1, 1, 1, 1, 1], np.int32),
+        "tokenizer.ggml.merges": ["a b", "Ġ ab", "Ã ©"],
     }
     toks, scores, mx = convert.tokenizer_bin_from_gguf(md)
-    assert toks == [b"<|endoftext|>", b"a", b"b", b" ", b"\n", b"ab", b" ab", "é".encode()]
-    assert scores[5] == 0.0 and scores[6] == -1.0  # merge rank order: earlier merges score higher
+    assert toks == [b"<|endoftext|>", b"a", b"b", b" ", b"\n", b"ab", b" ab", b"\xc3", b"\xa9", "é".encode()]
+    # merge rank r scores -(r + 1): earlier merges score higher; bytes 0; no merge -1e9
+    assert scores[5] == -1.0 and scores[6] == -2.0 and scores[1] == 0.0 and scores[0] == -1e9
     assert mx == len(b"<|endoftext|>")
+    back = convert.gguf_vocab_from_tokenizer_bin(toks, scores, 0, 0)
+    assert back["tokenizer.ggml.model"] == "gpt2"
+    assert back["tokenizer.ggml.tokens"].value == md["tokenizer.ggml.tokens"]
+    assert back["tokenizer.ggml.token_type"].tolist() == md["tokenizer.ggml.token_type"].tolist()
+    assert back["tokenizer.ggml.merges"].value == md["tokenizer.ggml.merges"]
 
 
 def test_default_model_tokenizer_export(tmp_path):
@@ -426,3 +432,27 @@ def test_default_model_tokenizer_export(tmp_path):
     for t, b, ty in zip(tok, toks, types):
         if ty == 1:
             assert "".join(enc[x] for x in b) == t
+    # back to a gpt2 vocabulary: tokens and types exact; merges rebuilt from the scores are
+    # valid (each joins two earlier tokens into a token) and mostly the original ones
+    back = convert.gguf_vocab_from_tokenizer_bin(toks, scores, 1, 2)
+    assert back["tokenizer.ggml.tokens"].value == tok
+    assert back["tokenizer.ggml.token_type"].tolist() == types.tolist()
+    merges = back["tokenizer.ggml.merges"].value
+    assert len(merges) == len(md["tokenizer.ggml.merges"])
+    vocab = set(tok)
+    assert all(m.replace(" ", "", 1) in vocab and len(m.split(" ")) == 2 for m in merges)
+    same = sum(a == b for a, b in zip(merges, md["tokenizer.ggml.merges"]))
+    assert same > 0.9 * len(merges)
+
+
+def test_vocab_from_copies_the_gguf_vocabulary(tmp_path):
+    src = write_tiny_gguf(tmp_path / "t.gguf", random_weights())
+    v0 = str(tmp_path / "t.bin")
+    convert.gguf_to_llama2c(src, v0, progress=False)
+    back = str(tmp_path / "b.gguf")
+    assert convert.main([v0, back, "--vocab-from", src, "-q"]) == 0
+    a, b = gguf.GGUFReader(src).fields, gguf.GGUFReader(back).fields
+    keys = [k for k in a if k.startswith("tokenizer.")]
+    assert keys and keys == [k for k in b if k.startswith("tokenizer.")]
+    for k in keys:
+        assert a[k].types == b[k].types and a[k].contents() == b[k].contents(), k
