@@ -110,38 +110,79 @@ size_t pl_act_bytes(int type, int cols, int n_tok) {
 /* Rows handed to one kernel call in the token loop: small enough that the
  * weights stay in L1/L2 while every token of the batch passes over them. */
 #define ROW_BLOCK 16
+/* Thread shares start on multiples of this, so SIMD kernels see whole row groups. */
+#define ROW_ALIGN 8
 
-void pl_matmul_rows(int type, const void *w, int rows, int cols,
-                    const float *x, int n_tok, float *y, size_t y_stride, void *scratch) {
+/* Rows [r0, r1) of one part, for every token. */
+static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols, const float *x,
+                      const char *q8, size_t q8_stride, int n_tok, int r0, int r1) {
+    const size_t row_bytes = (size_t)pl_type_nbytes(p->type, cols);
+    const int uses_q8 = pl_type_uses_q8x(p->type);
+    const char *act = uses_q8 ? q8 : (const char *)x;
+    const size_t astride = uses_q8 ? q8_stride : (size_t)cols * sizeof(float);
+    if (n_tok > 1 && k->tile[p->type]) {
+        k->tile[p->type](p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
+        return;
+    }
+    for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
+        int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        for (int t = 0; t < n_tok; t++)
+            k->rows[p->type](p->w, row_bytes, act + t * astride, p->y + t * p->y_stride, rb, re, cols);
+    }
+}
+
+/* This thread's share [*r0, *r1) of n rows, aligned to ROW_ALIGN. */
+static void thread_share(int n, int *r0, int *r1) {
+    int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+    int groups = (n + ROW_ALIGN - 1) / ROW_ALIGN;
+    int g0 = (int)((long long)groups * ith / nth), g1 = (int)((long long)groups * (ith + 1) / nth);
+    *r0 = g0 * ROW_ALIGN < n ? g0 * ROW_ALIGN : n;
+    *r1 = g1 * ROW_ALIGN < n ? g1 * ROW_ALIGN : n;
+}
+
+void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const float *x, int n_tok,
+                     void *scratch, int same_rows, pl_epilogue_fn epilogue, void *arg) {
     const pl_kernel_set *k = pl_kernels();
-    const size_t row_bytes = (size_t)pl_type_nbytes(type, cols);
-    const int q8 = pl_type_uses_q8x(type);
-    const size_t astride = act_stride(type, cols);
-    const char *act = q8 ? (const char *)scratch : (const char *)x;
+    int any_q8 = 0, total = 0;
+    for (int i = 0; i < n_parts; i++) {
+        any_q8 |= pl_type_uses_q8x(parts[i].type);
+        total += parts[i].rows;
+    }
+    const size_t q8_stride = (size_t)(cols / QK) * sizeof(block_q8x);
 
 #pragma omp parallel
     {
-        if (q8) {
+        if (any_q8) { /* quantize the shared input once for every part */
 #pragma omp for schedule(static)
             for (int t = 0; t < n_tok; t++)
-                k->quantize_q8x(x + (size_t)t * cols, (block_q8x *)((char *)scratch + t * astride), cols);
+                k->quantize_q8x(x + (size_t)t * cols, (block_q8x *)((char *)scratch + t * q8_stride), cols);
         }
-        /* contiguous, equal shares of the rows so every thread streams its own part of W */
-        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-        int per = (rows + nth - 1) / nth;
-        int r0 = ith * per, r1 = r0 + per < rows ? r0 + per : rows;
-        if (r0 < r1) {
-            if (n_tok > 1 && k->tile[type]) {
-                k->tile[type](w, row_bytes, act, astride, y, y_stride, r0, r1, n_tok, cols);
-            } else {
-                for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
-                    int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-                    for (int t = 0; t < n_tok; t++)
-                        k->rows[type](w, row_bytes, act + t * astride, y + t * y_stride, rb, re, cols);
-                }
+        int r0, r1;
+        if (same_rows) {
+            /* the same rows of every part on one thread, so the epilogue can combine them */
+            thread_share(parts[0].rows, &r0, &r1);
+            if (r0 < r1) {
+                for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, scratch, q8_stride, n_tok, r0, r1);
+                if (epilogue) epilogue(arg, r0, r1);
+            }
+        } else {
+            /* the parts' rows end to end, shared out evenly */
+            thread_share(total, &r0, &r1);
+            int base = 0;
+            for (int i = 0; i < n_parts; i++) {
+                int a = r0 - base > 0 ? r0 - base : 0;
+                int b = r1 - base < parts[i].rows ? r1 - base : parts[i].rows;
+                if (a < b) part_rows(k, &parts[i], cols, x, scratch, q8_stride, n_tok, a, b);
+                base += parts[i].rows;
             }
         }
     }
+}
+
+void pl_matmul_rows(int type, const void *w, int rows, int cols,
+                    const float *x, int n_tok, float *y, size_t y_stride, void *scratch) {
+    pl_matmul_part part = {type, w, rows, y, y_stride};
+    pl_matmul_parts(&part, 1, cols, x, n_tok, scratch, 0, NULL, NULL);
 }
 
 static int check_matmul_args(int type, int rows, int cols, int n_tok, int n_threads) {

@@ -70,6 +70,29 @@ void pl_model_release(pl_model *m);
  * Y[t, r] = W[r, :] . X[t, :], t < n_tok, r < rows; X rows are `cols` floats apart,
  * Y rows `rows` floats apart. scratch must hold pl_act_bytes(type, cols, n_tok). */
 size_t pl_act_bytes(int type, int cols, int n_tok);
+
+/* One weight matrix of a fused product: y[t * y_stride + r] = W[r, :] . X[t, :] for r < rows. */
+typedef struct {
+    int type;
+    const void *w;
+    int rows;
+    float *y;
+    size_t y_stride;
+} pl_matmul_part;
+
+/* Called by each thread on the rows [r0, r1) it just finished (same_rows mode). */
+typedef void (*pl_epilogue_fn)(void *arg, int r0, int r1);
+
+/*
+ * Several matrices applied to the same input in one parallel region (Q, K and V;
+ * gate and up): the input is quantized once and threads synchronise once.
+ * same_rows = 0: the parts' rows are laid end to end and shared out evenly.
+ * same_rows = 1: all parts have the same row count and each thread takes the
+ * same rows of every part, then runs epilogue on them (e.g. SwiGLU).
+ */
+void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const float *x, int n_tok,
+                     void *scratch, int same_rows, pl_epilogue_fn epilogue, void *arg);
+
 void pl_matmul_rows(int type, const void *w, int rows, int cols,
                     const float *x, int n_tok, float *y, size_t y_stride, void *scratch);
 

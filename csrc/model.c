@@ -335,6 +335,22 @@ static void softmax(float *x, int n) {
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* SwiGLU on the rows a thread has just computed: gate = silu(gate) * up. */
+typedef struct {
+    float *gate;
+    const float *up;
+    int n_tok, hidden;
+} swiglu_rows;
+
+static void swiglu(void *arg, int r0, int r1) {
+    swiglu_rows *a = arg;
+    for (int t = 0; t < a->n_tok; t++) {
+        float *g = a->gate + (size_t)t * a->hidden;
+        const float *u = a->up + (size_t)t * a->hidden;
+        for (int r = r0; r < r1; r++) g[r] = silu(g[r]) * u[r];
+    }
+}
+
 /* Y[t] = W . X[t] for a weight tensor; out rows are `rows` floats apart. */
 static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok, float *y) {
     pl_matmul_rows(w->type, w->data, (int)w->ne[1], (int)w->ne[0], x, n_tok, y, (size_t)w->ne[1], c->act);
@@ -393,9 +409,12 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
 
     for (int t = 0; t < n_tok; t++)
         rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm->data, dim, p->norm_eps);
-    matmul(c, L->wq, c->xb, n_tok, c->q);
-    matmul(c, L->wk, c->xb, n_tok, c->k);
-    matmul(c, L->wv, c->xb, n_tok, c->v);
+    const pl_matmul_part qkv[3] = {
+        {L->wq->type, L->wq->data, q_dim, c->q, (size_t)q_dim},
+        {L->wk->type, L->wk->data, kv_dim, c->k, (size_t)kv_dim},
+        {L->wv->type, L->wv->data, kv_dim, c->v, (size_t)kv_dim},
+    };
+    pl_matmul_parts(qkv, 3, dim, c->xb, n_tok, c->act, 0, NULL, NULL);
     add_bias(c->q, L->bq, n_tok, q_dim);
     add_bias(c->k, L->bk, n_tok, kv_dim);
     add_bias(c->v, L->bv, n_tok, kv_dim);
@@ -416,9 +435,12 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
 
     for (int t = 0; t < n_tok; t++)
         rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm->data, dim, p->norm_eps);
-    matmul(c, L->w_gate, c->xb, n_tok, c->hb);
-    matmul(c, L->w_up, c->xb, n_tok, c->hb2);
-    for (size_t i = 0; i < (size_t)n_tok * hidden; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+    const pl_matmul_part gate_up[2] = {
+        {L->w_gate->type, L->w_gate->data, hidden, c->hb, (size_t)hidden},
+        {L->w_up->type, L->w_up->data, hidden, c->hb2, (size_t)hidden},
+    };
+    swiglu_rows args = {c->hb, c->hb2, n_tok, hidden};
+    pl_matmul_parts(gate_up, 2, dim, c->xb, n_tok, c->act, 1, swiglu, &args);
     matmul(c, L->w_down, c->hb, n_tok, c->xb);
     for (size_t i = 0; i < (size_t)n_tok * dim; i++) c->x[i] += c->xb[i];
 }
