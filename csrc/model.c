@@ -187,6 +187,7 @@ struct pl_context {
     /* scratch for a batch of up to `capacity` tokens */
     int capacity;
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
+    float *rope_cs;     /* [token][head_dim]: cos, sin per rotated pair */
     void *act;          /* quantized activations */
     float *att;         /* [thread][n_ctx] attention scores */
     int att_threads;
@@ -223,9 +224,9 @@ static int grow_scratch(pl_context *c, int n_tok) {
     const pl_config *p = &c->m->cfg;
     const int q_dim = p->n_heads * p->head_dim, kv_dim = p->n_kv_heads * p->head_dim;
     const int widest = p->dim > p->hidden_dim ? (p->dim > q_dim ? p->dim : q_dim) : (p->hidden_dim > q_dim ? p->hidden_dim : q_dim);
-    float **bufs[] = {&c->x, &c->xb, &c->xb2, &c->q, &c->k, &c->v, &c->hb, &c->hb2};
-    size_t sizes[] = {p->dim, widest, q_dim, q_dim, kv_dim, kv_dim, p->hidden_dim, p->hidden_dim};
-    for (int i = 0; i < 8; i++) {
+    float **bufs[] = {&c->x, &c->xb, &c->xb2, &c->q, &c->k, &c->v, &c->hb, &c->hb2, &c->rope_cs};
+    size_t sizes[] = {p->dim, widest, q_dim, q_dim, kv_dim, kv_dim, p->hidden_dim, p->hidden_dim, p->head_dim};
+    for (int i = 0; i < 9; i++) {
         float *nb = realloc(*bufs[i], sizes[i] * (size_t)n_tok * sizeof(float));
         if (!nb) goto oom;
         *bufs[i] = nb;
@@ -292,7 +293,7 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
 void pl_context_free(pl_context *c) {
     if (!c) return;
     float *bufs[] = {c->key_cache, c->value_cache, c->inv_freq, c->x, c->xb, c->xb2, c->q,
-                     c->k, c->v, c->hb, c->hb2, c->att};
+                     c->k, c->v, c->hb, c->hb2, c->rope_cs, c->att};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c->act);
     free(c);
@@ -309,28 +310,24 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-/* Rotate each pair of a head by pos * inv_freq[i]; `neox` pairs i with i + d/2, otherwise 2i with 2i+1. */
-static void rope(float *head, int head_dim, int pos, const float *inv_freq, int neox) {
-    const int half = head_dim / 2;
+/* cos and sin of pos * inv_freq[i] for each rotated pair: computed once per position, used by every head and layer. */
+static void rope_angles(float *cs, int pos, const float *inv_freq, int half) {
     for (int i = 0; i < half; i++) {
         float theta = (float)pos * inv_freq[i];
-        float cs = cosf(theta), sn = sinf(theta);
-        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-        float x0 = head[a], x1 = head[b];
-        head[a] = x0 * cs - x1 * sn;
-        head[b] = x0 * sn + x1 * cs;
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
     }
 }
 
-static void softmax(float *x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+/* Rotate each pair of a head by its angle; `neox` pairs i with i + d/2, otherwise 2i with 2i+1. */
+static void rope(float *head, int head_dim, const float *cs, int neox) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+        head[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
     }
-    for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
@@ -357,6 +354,45 @@ static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok,
 }
 
 /*
+ * Kernels for attention over the fp32 cache. `omp simd` lets the compiler
+ * vectorize the reductions (it may reorder the sum); on x86-64 Linux GCC also
+ * builds an AVX2+FMA clone picked at load time, keeping the build portable.
+ */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+/* out = softmax(q . K[s] * scale for s < n_pos) . V, for one head. */
+MULTIVERSION
+static void attend_head(const float *q, const float *kc, const float *vc, size_t kv_stride, int n_pos, int hd,
+                        float scale, float *att, float *out) {
+    float max = -INFINITY;
+    for (int s = 0; s < n_pos; s++) {
+        const float *k = kc + (size_t)s * kv_stride;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int i = 0; i < hd; i++) dot += q[i] * k[i];
+        att[s] = dot * scale;
+        max = att[s] > max ? att[s] : max;
+    }
+    float sum = 0.0f;
+    for (int s = 0; s < n_pos; s++) {
+        att[s] = expf(att[s] - max);
+        sum += att[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < hd; i++) out[i] = 0.0f;
+    for (int s = 0; s < n_pos; s++) {
+        const float *v = vc + (size_t)s * kv_stride;
+        const float a = att[s] * inv;
+#pragma omp simd
+        for (int i = 0; i < hd; i++) out[i] += a * v[i];
+    }
+}
+
+/*
  * Causal attention of n_tok queries at positions n_past.. over the cache.
  * Query head h reads key/value head h / (n_heads / n_kv_heads) (grouped-query attention).
  */
@@ -371,24 +407,10 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int t = 0; t < n_tok; t++) {
         for (int h = 0; h < p->n_heads; h++) {
-            const float *q = c->q + (size_t)t * q_dim + h * hd;
-            float *att = c->att + (size_t)omp_get_thread_num() * c->n_ctx;
             const int kv_off = (h / group) * hd;
-            const int n_pos = n_past + t + 1;
-            for (int s = 0; s < n_pos; s++) {
-                const float *k = kc + (size_t)s * kv_dim + kv_off;
-                float dot = 0.0f;
-                for (int i = 0; i < hd; i++) dot += q[i] * k[i];
-                att[s] = dot * scale;
-            }
-            softmax(att, n_pos);
-            float *out = c->xb2 + (size_t)t * q_dim + h * hd;
-            memset(out, 0, (size_t)hd * sizeof(float));
-            for (int s = 0; s < n_pos; s++) {
-                const float *v = vc + (size_t)s * kv_dim + kv_off;
-                const float a = att[s];
-                for (int i = 0; i < hd; i++) out[i] += a * v[i];
-            }
+            attend_head(c->q + (size_t)t * q_dim + h * hd, kc + kv_off, vc + kv_off, (size_t)kv_dim,
+                        n_past + t + 1, hd, scale, c->att + (size_t)omp_get_thread_num() * c->n_ctx,
+                        c->xb2 + (size_t)t * q_dim + h * hd);
         }
     }
 }
@@ -423,8 +445,9 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
     float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
     for (int t = 0; t < n_tok; t++) {
         const int pos = n_past + t;
-        for (int h = 0; h < p->n_heads; h++) rope(c->q + (size_t)t * q_dim + h * hd, hd, pos, c->inv_freq, neox);
-        for (int h = 0; h < p->n_kv_heads; h++) rope(c->k + (size_t)t * kv_dim + h * hd, hd, pos, c->inv_freq, neox);
+        const float *cs = c->rope_cs + (size_t)t * hd;
+        for (int h = 0; h < p->n_heads; h++) rope(c->q + (size_t)t * q_dim + h * hd, hd, cs, neox);
+        for (int h = 0; h < p->n_kv_heads; h++) rope(c->k + (size_t)t * kv_dim + h * hd, hd, cs, neox);
         memcpy(kc + (size_t)pos * kv_dim, c->k + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
         memcpy(vc + (size_t)pos * kv_dim, c->v + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
     }
@@ -471,6 +494,8 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
         dequantize_row(m->tok_embd->type, (const char *)m->tok_embd->data + (size_t)tokens[t] * emb_row,
                        c->x + (size_t)t * dim, dim);
 
+    for (int t = 0; t < n_tokens; t++)
+        rope_angles(c->rope_cs + (size_t)t * p->head_dim, n_past + t, c->inv_freq, p->head_dim / 2);
     for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
 
     /* only the rows whose logits are wanted go through the final norm and output layer */
@@ -490,6 +515,7 @@ int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
     const pl_config *p = &c->m->cfg;
     const int hd = p->head_dim, kv_dim = p->n_kv_heads * hd;
     const int neox = p->rope_type == PL_ROPE_NEOX;
+    rope_angles(c->rope_cs, -n_discard, c->inv_freq, hd / 2);
     for (int l = 0; l < p->n_layers; l++) {
         float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
         float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
@@ -498,7 +524,7 @@ int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
             memmove(kd, kc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
             memmove(vc + (size_t)(s - n_discard) * kv_dim, vc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
             /* rotations compose: turning back by n_discard positions lands on the new position */
-            for (int h = 0; h < p->n_kv_heads; h++) rope(kd + h * hd, hd, -n_discard, c->inv_freq, neox);
+            for (int h = 0; h < p->n_kv_heads; h++) rope(kd + h * hd, hd, c->rope_cs, neox);
         }
     }
     return n_past - n_discard;
