@@ -83,7 +83,7 @@ _CACHE_LIMIT = 200_000
 
 
 class ByteLevelBpe:
-    """Encoder for one ``gpt2`` vocabulary with pre-tokenizer `pre`.
+    r"""Encoder for one ``gpt2`` vocabulary with pre-tokenizer `pre`.
 
     The split expressions run in the `regex` module (it knows ``\p{L}``); each
     distinct pre-token is then mapped to the byte alphabet and merged by the

@@ -17,8 +17,10 @@ vocabularies and llama2.c ``tokenizer.bin`` files:
 
 Speed: merges never cross a point where the vocabulary has no piece spanning
 it, so the text is cut into short segments (before each "▁" that follows a
-character no piece puts in front of a "▁"), and each distinct segment is
-encoded once and cached. English text then costs a dictionary lookup per word.
+character no piece puts in front of a "▁"; inside a new segment, between any
+two characters that no piece holds side by side), and each distinct segment
+is encoded once and cached. English text then costs a dictionary lookup per
+word.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class SpmBpe:
                 i = p.find(SPACE, i + 1)
         avoid = re.escape(SPACE + "".join(sorted(glued)))
         self._cut = re.compile(f"(?<=[^{avoid}])(?={SPACE})")
+        # every two characters that stand side by side in some piece
+        self._pairs = {p[i:i + 2] for p in pieces for i in range(len(p) - 1)}
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` (spaces must already be "▁")."""
@@ -63,21 +67,42 @@ class SpmBpe:
         for seg in self._cut.split(text):
             ids = cache.get(seg)
             if ids is None:
-                ids = self._encode_segment(seg)
+                ids = self._encode_cut(seg)
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
                 cache[seg] = ids
             out.extend(ids)
         return out
 
+    def _encode_cut(self, seg: str) -> tuple:
+        """Encode a segment, cut further where two neighbouring characters
+        occur together in no piece (as in "word" + ","): no merge spans such
+        a point, and the parts are shared between segments through the cache."""
+        pairs, cache = self._pairs, self._cache
+        parts, start = [], 0
+        for i in range(1, len(seg)):
+            if seg[i - 1:i + 1] not in pairs:
+                parts.append(seg[start:i])
+                start = i
+        if not parts:
+            return self._encode_segment(seg)
+        parts.append(seg[start:])
+        out = []
+        for part in parts:
+            ids = cache.get(part)
+            if ids is None:
+                ids = cache[part] = self._encode_segment(part)
+            out.extend(ids)
+        return tuple(out)
+
     def _encode_segment(self, seg: str) -> tuple:
         n = len(seg)
         if n == 0:
             return ()
         pieces = self.pieces
-        whole = pieces.get(seg)
         if n == 1:
-            return (whole[0],) if whole else self._fallback(seg)
+            hit = pieces.get(seg)
+            return (hit[0],) if hit else self._fallback(seg)
         # symbol i covers seg[i : i + size[i]]; merged-away symbols have size 0
         size = [1] * n
         nxt = list(range(1, n + 1))

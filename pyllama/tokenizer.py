@@ -206,7 +206,11 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, md: dict) -> "Tokenizer":
-        """Build the tokenizer of a GGUF file from its metadata dict alone."""
+        """Build the tokenizer of a GGUF file from its metadata dict alone
+        (values plain, as :func:`pyllama.gguf.read_metadata` gives them, or
+        wrapped in :class:`pyllama.gguf.GGUFValue`)."""
+        from .gguf import GGUFValue
+        md = {k: v.value if isinstance(v, GGUFValue) else v for k, v in md.items()}
         model = md.get("tokenizer.ggml.model")
         if model is None:
             raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.model' (no vocabulary)")
@@ -278,7 +282,12 @@ class Tokenizer:
     @classmethod
     def from_llama2c(cls, path, vocab_size: int | None = None) -> "Tokenizer":
         """Load llama2.c's ``tokenizer.bin``: int32 max_token_length, then per
-        token float32 score, int32 length, bytes. Ids 0/1/2 are <unk>, <s>, </s>."""
+        token float32 score, int32 length, bytes. Ids 0/1/2 are <unk>, <s>, </s>.
+
+        Encoding is llama2.c's ``encode`` (= SentencePiece BPE): a dummy-prefix
+        space, then highest-score merges, byte fallback ``<0xXX>`` for the rest.
+        A file without byte pieces is taken as a byte-level BPE vocabulary
+        exported by :mod:`pyllama.convert` and rebuilt there (approximately)."""
         path = os.fspath(path)
         try:
             with open(path, "rb") as f:
@@ -306,6 +315,12 @@ class Tokenizer:
             raise TokenizerError(f"{path}: has {len(tokens)} tokens, the model needs {vocab_size}")
         if len(tokens) < 3:
             raise TokenizerError(f"{path}: only {len(tokens)} tokens")
+        if "<0x00>" not in tokens:
+            # not SentencePiece: a byte-level BPE vocabulary exported by pyllama.convert
+            # (raw token bytes, scores from merge ranks); its merges are rebuilt there
+            from .convert import gguf_vocab_from_tokenizer_bin
+            raw = [t.encode("utf-8", "surrogateescape") for t in tokens]
+            return cls.from_gguf_metadata(gguf_vocab_from_tokenizer_bin(raw, scores))
         types = []
         for i, t in enumerate(tokens):
             if i == 0:
