@@ -22,6 +22,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,6 +143,20 @@ AVX2_INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const f
 #pragma GCC unroll 3
             for (int t = 0; t < T; t++) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
         }
+    }
+    if (R == 4) { /* four row sums at once: two rounds of hadd, one add of the halves */
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][t], acc[1][t]), _mm256_hadd_ps(acc[2][t], acc[3][t]));
+            __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            float s[4];
+            _mm_storeu_ps(s, s4);
+            for (int i = 0; i < 4; i++) {
+                for (int j = k; j < n; j++) s[i] += load1(type, ROW(w, rb, r + i), j) * x[t * xs + j];
+                y[t * ys + r + i] = s[i];
+            }
+        }
+        return;
     }
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
@@ -418,6 +433,108 @@ AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, cons
 QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
+
+/* ---------------------------------------------------------------- attention */
+
+/* e^x for 8 lanes: 2^(x log2 e) split into 2^n * 2^f, f in [-0.5, 0.5], degree-6
+ * polynomial (about 2 ulp); x below -87.3 gives 0, so masked scores vanish. */
+AVX2_INLINE __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.37626f);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(t, n); /* 2^f, f in [-0.5, 0.5] */
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    /* n = -127 (x near the floor) would make a bad exponent: flush to 0 */
+    return _mm256_and_ps(r, _mm256_cmp_ps(n, _mm256_set1_ps(-126.5f), _CMP_GT_OQ));
+}
+
+/* softmax(scale * a[0..n)) in place; returns nothing, a sums to 1 */
+AVX2_INLINE void softmax_scaled(float *a, int n, float scale) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    int s = 0;
+    for (; s + 8 <= n; s += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(a + s));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float m = _mm_cvtss_f32(m4);
+    for (; s < n; s++) m = a[s] > m ? a[s] : m;
+    const __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(m * scale);
+    __m256 sum = _mm256_setzero_ps();
+    for (s = 0; s + 8 <= n; s += 8) {
+        __m256 e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(a + s), vs, vm));
+        _mm256_storeu_ps(a + s, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float tail = 0.0f;
+    if (s < n) { /* the last few through the same exp, on a padded vector */
+        float buf[8];
+        int k = 0;
+        for (; k < n - s; k++) buf[k] = a[s + k];
+        for (; k < 8; k++) buf[k] = -INFINITY;
+        __m256 e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(buf), vs, vm));
+        _mm256_storeu_ps(buf, e);
+        for (k = 0; k < n - s; k++) {
+            a[s + k] = buf[k];
+            tail += buf[k];
+        }
+    }
+    const float inv = 1.0f / (hsum8(sum) + tail);
+    const __m256 vi = _mm256_set1_ps(inv);
+    for (s = 0; s + 8 <= n; s += 8) _mm256_storeu_ps(a + s, _mm256_mul_ps(_mm256_loadu_ps(a + s), vi));
+    for (; s < n; s++) a[s] *= inv;
+}
+
+/*
+ * Attention of the `group` query heads that share one key/value head, for one
+ * token that sees cache positions 0..n_pos-1 (see kernels.h for the layout):
+ * scores with the 4-position x 3-head float tile, a vectorised softmax, then
+ * the weighted sum of value rows, 3 heads x 16 values per pass.
+ */
+AVX2 void pl_attend_avx2(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
+                         int n_pos, float scale, float *out, float *att) {
+    tile_f32(k, kv_stride * sizeof(float), q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+    for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
+    for (int j0 = 0; j0 < group; j0 += 3) {
+        const int J = group - j0 < 3 ? group - j0 : 3;
+        const float *p0 = att + (size_t)j0 * n_pos;
+        int c = 0;
+        for (; c + 16 <= hd; c += 16) {
+            __m256 acc[3][2];
+            for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+            for (int s = 0; s < n_pos; s++) {
+                const float *vr = v + (size_t)s * kv_stride + c;
+                __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+#pragma GCC unroll 3
+                for (int j = 0; j < 3; j++) {
+                    if (j < J) {
+                        __m256 pj = _mm256_broadcast_ss(p0 + (size_t)j * n_pos + s);
+                        acc[j][0] = _mm256_fmadd_ps(pj, v0, acc[j][0]);
+                        acc[j][1] = _mm256_fmadd_ps(pj, v1, acc[j][1]);
+                    }
+                }
+            }
+            for (int j = 0; j < J; j++) {
+                _mm256_storeu_ps(out + (size_t)(j0 + j) * hd + c, acc[j][0]);
+                _mm256_storeu_ps(out + (size_t)(j0 + j) * hd + c + 8, acc[j][1]);
+            }
+        }
+        for (; c < hd; c++) /* head sizes that are not a multiple of 16 */
+            for (int j = 0; j < J; j++) {
+                float o = 0.0f;
+                for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * v[(size_t)s * kv_stride + c];
+                out[(size_t)(j0 + j) * hd + c] = o;
+            }
+    }
+}
 
 const pl_kernel_set pl_kernels_avx2 = {
     .name = "avx2",

@@ -20,6 +20,7 @@
 #if defined(__aarch64__)
 
 #include <arm_neon.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -376,6 +377,89 @@ DOTPROD INLINE void qtile_sdot(int type, pl_rows_fn rows, const void *w, size_t 
 QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
+
+/* ---------------------------------------------------------------- attention */
+
+/* e^x for 4 lanes: 2^n * 2^f with f in [-0.5, 0.5] and a degree-6 polynomial (about 2 ulp) */
+INLINE float32x4_t exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.33654f)), vdupq_n_f32(88.37626f));
+    float32x4_t t = vmulq_n_f32(x, 1.44269504088896341f);
+    float32x4_t n = vrndnq_f32(t);
+    float32x4_t f = vsubq_f32(t, n);
+    float32x4_t p = vdupq_n_f32(1.535336188319500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.339887440266574e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(9.618437357674640e-3f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(5.550332471162809e-2f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(2.402264791363012e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(6.931472028550421e-1f), p, f);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+INLINE void softmax_scaled(float *a, int n, float scale) {
+    float32x4_t mx = vdupq_n_f32(-INFINITY);
+    int s = 0;
+    for (; s + 4 <= n; s += 4) mx = vmaxq_f32(mx, vld1q_f32(a + s));
+    float m = vmaxvq_f32(mx);
+    for (; s < n; s++) m = a[s] > m ? a[s] : m;
+    const float ms = m * scale;
+    float32x4_t sum = vdupq_n_f32(0.0f);
+    for (s = 0; s + 4 <= n; s += 4) {
+        float32x4_t e = exp4(vsubq_f32(vmulq_n_f32(vld1q_f32(a + s), scale), vdupq_n_f32(ms)));
+        vst1q_f32(a + s, e);
+        sum = vaddq_f32(sum, e);
+    }
+    float tail = 0.0f;
+    if (s < n) {
+        float buf[4] = {0, 0, 0, 0};
+        for (int k = 0; k < n - s; k++) buf[k] = a[s + k] * scale - ms;
+        vst1q_f32(buf, exp4(vld1q_f32(buf)));
+        for (int k = 0; k < n - s; k++) {
+            a[s + k] = buf[k];
+            tail += buf[k];
+        }
+    }
+    const float inv = 1.0f / (vaddvq_f32(sum) + tail);
+    for (s = 0; s + 4 <= n; s += 4) vst1q_f32(a + s, vmulq_n_f32(vld1q_f32(a + s), inv));
+    for (; s < n; s++) a[s] *= inv;
+}
+
+/* The same job as pl_attend_avx2 (see kernels.h): 4-position x 4-head score
+ * tile, vectorised softmax, weighted value sum 4 heads x 8 values per pass. */
+void pl_attend_neon(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
+                    int n_pos, float scale, float *out, float *att) {
+    tile_f32(k, kv_stride * sizeof(float), q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+    for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
+    for (int j0 = 0; j0 < group; j0 += 4) {
+        const int J = group - j0 < 4 ? group - j0 : 4;
+        const float *p0 = att + (size_t)j0 * n_pos;
+        int c = 0;
+        for (; c + 8 <= hd; c += 8) {
+            float32x4_t acc[4][2];
+            for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = vdupq_n_f32(0.0f);
+            for (int s = 0; s < n_pos; s++) {
+                const float *vr = v + (size_t)s * kv_stride + c;
+                float32x4_t v0 = vld1q_f32(vr), v1 = vld1q_f32(vr + 4);
+                for (int j = 0; j < J; j++) {
+                    float pj = p0[(size_t)j * n_pos + s];
+                    acc[j][0] = vfmaq_n_f32(acc[j][0], v0, pj);
+                    acc[j][1] = vfmaq_n_f32(acc[j][1], v1, pj);
+                }
+            }
+            for (int j = 0; j < J; j++) {
+                vst1q_f32(out + (size_t)(j0 + j) * hd + c, acc[j][0]);
+                vst1q_f32(out + (size_t)(j0 + j) * hd + c + 4, acc[j][1]);
+            }
+        }
+        for (; c < hd; c++)
+            for (int j = 0; j < J; j++) {
+                float o = 0.0f;
+                for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * v[(size_t)s * kv_stride + c];
+                out[(size_t)(j0 + j) * hd + c] = o;
+            }
+    }
+}
 
 const pl_kernel_set pl_kernels_neon = {
     .name = "neon",

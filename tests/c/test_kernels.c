@@ -20,14 +20,21 @@
 #include "internal.h"
 #include "kernels.h"
 
+/* attention for the query heads of one key/value head (kernels_avx2.c / kernels_neon.c) */
+typedef void (*attend_fn)(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
+                          int n_pos, float scale, float *out, float *att);
 #if defined(TEST_AVX2)
 #define SET pl_kernels_avx2
+#define ATTEND pl_attend_avx2
 #elif defined(TEST_NEON)
 #define SET pl_kernels_neon
+#define ATTEND pl_attend_neon
 int pl_neon_has_dotprod(void);
 #else
 #error "define TEST_AVX2 or TEST_NEON"
 #endif
+void ATTEND(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride, int n_pos,
+            float scale, float *out, float *att);
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next_u32(void) {
@@ -211,6 +218,52 @@ static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
     free(got);
 }
 
+/* attention against a double-precision softmax(q.k * scale) . v */
+static void test_attend(int group, int hd, int n_kv, int n_pos) {
+    const size_t kv_stride = (size_t)n_kv * hd;
+    float *q = malloc(sizeof(float) * group * hd), *out = malloc(sizeof(float) * (group * hd + 1));
+    float *k = malloc(sizeof(float) * kv_stride * n_pos), *v = malloc(sizeof(float) * kv_stride * n_pos);
+    float *att = malloc(sizeof(float) * group * n_pos);
+    double *p = malloc(sizeof(double) * n_pos);
+    for (int i = 0; i < group * hd; i++) q[i] = gauss() * 2.0f;
+    for (size_t i = 0; i < kv_stride * n_pos; i++) {
+        k[i] = gauss();
+        v[i] = gauss();
+    }
+    const int head = n_kv > 1 ? 1 : 0; /* use the second kv head when there is one: strided rows */
+    const float scale = 1.0f / sqrtf((float)hd);
+    out[group * hd] = -777.0f;
+    ATTEND(q, group, hd, k + head * hd, v + head * hd, kv_stride, n_pos, scale, out, att);
+    if (out[group * hd] != -777.0f) FAIL("attend group=%d hd=%d n_pos=%d wrote past the output", group, hd, n_pos);
+    int shown = 0;
+    for (int j = 0; j < group; j++) {
+        double mx = -1e300, sum = 0;
+        for (int s = 0; s < n_pos; s++) {
+            double d = 0;
+            for (int i = 0; i < hd; i++) d += (double)q[j * hd + i] * k[s * kv_stride + head * hd + i];
+            p[s] = d * scale;
+            mx = p[s] > mx ? p[s] : mx;
+        }
+        for (int s = 0; s < n_pos; s++) sum += (p[s] = exp(p[s] - mx));
+        for (int i = 0; i < hd; i++) {
+            double o = 0, mag = 0;
+            for (int s = 0; s < n_pos; s++) {
+                o += p[s] / sum * v[s * kv_stride + head * hd + i];
+                mag += p[s] / sum * fabs(v[s * kv_stride + head * hd + i]);
+            }
+            if (!(fabs(out[j * hd + i] - o) <= 2e-5 * mag + 1e-6) && shown++ < 3)
+                FAIL("attend group=%d hd=%d n_pos=%d: out[%d][%d] = %.7g, want %.7g", group, hd, n_pos, j, i,
+                     out[j * hd + i], o);
+        }
+    }
+    free(q);
+    free(out);
+    free(k);
+    free(v);
+    free(att);
+    free(p);
+}
+
 int main(void) {
 #if defined(TEST_NEON)
     printf("NEON kernels, dot-product extension %s\n", pl_neon_has_dotprod() ? "in use" : "not present");
@@ -246,10 +299,18 @@ int main(void) {
             cases += 2;
         }
     }
+    static const int groups[] = {1, 3, 4, 5, 8}, hds[] = {64, 128, 48, 40}, npos[] = {1, 2, 7, 33, 300};
+    for (size_t g = 0; g < 5; g++)
+        for (size_t h = 0; h < 4; h++)
+            for (size_t s = 0; s < 5; s++) {
+                test_attend(groups[g], hds[h], 3, npos[s]);
+                cases++;
+            }
+    test_attend(2, 64, 1, 100); /* a single kv head: contiguous rows */
     if (failures) {
         printf("%d failures\n", failures);
         return 1;
     }
-    printf("ok: quantize_q8x and %d rows/tile cases match the scalar reference\n", cases);
+    printf("ok: quantize_q8x, %d rows/tile/attention cases match the scalar reference\n", cases);
     return 0;
 }
