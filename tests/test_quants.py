@@ -168,9 +168,15 @@ def c_matmul(name, raw, X, rows, cols, n_threads=1):
 SHAPES = [(1, 32), (7, 64), (67, 96), (130, 512)]
 
 
+@pytest.mark.parametrize("isa", ["scalar", "best"])
 @pytest.mark.parametrize("rows,cols", SHAPES)
 @pytest.mark.parametrize("name", list(TYPES))
-def test_matvec_scalar_vs_float64(name, rows, cols):
+def test_matvec_vs_float64(name, rows, cols, isa):
+    """The scalar path, and the best path this CPU has (same bounds: only summation order differs)."""
+    if isa == "best":
+        if lib.pl_cpu_isa() == lib.PL_ISA_SCALAR:
+            pytest.skip("this CPU has no faster kernel path")
+        lib.pl_set_isa(lib.pl_cpu_isa())
     rng = np.random.default_rng(rows * 1000 + cols)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = encode_matrix(name, w)
