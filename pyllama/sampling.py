@@ -88,7 +88,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
+    e = np.exp(x - np.max(x)).astype(np.float64)
     return e / e.sum()
 
 
@@ -104,11 +104,11 @@ def _bias_arrays(logit_bias: dict | None, n_vocab: int):
 
 
 def apply_logit_bias(logits: np.ndarray, logit_bias: dict | None) -> np.ndarray:
-    """Return a float64 copy of logits with the biases added."""
-    out = np.array(logits, dtype=np.float64)
+    """Return a float32 copy of logits with the biases added."""
+    out = np.array(logits, dtype=np.float32)
     arrays = _bias_arrays(logit_bias, out.shape[0])
     if arrays is not None:
-        np.add.at(out, arrays[0], arrays[1])
+        np.add.at(out, arrays[0], arrays[1].astype(np.float32))
     return out
 
 
@@ -131,15 +131,57 @@ def apply_penalties(logits: np.ndarray, history, repeat_penalty=1.0, frequency_p
     return logits
 
 
-def _keep_sorted(ids, x, n):
-    return ids[:n], x[:n]
+def _order(ids, vals):
+    """Positions sorting candidates by decreasing logit, ties by increasing id."""
+    return np.lexsort((ids, -vals))
+
+
+_SORT_LIMIT = 4096  # candidate sets up to this size are returned sorted
+_N_BINS = 4096
+
+
+def _top_prefix(ids, vals, weights, target):
+    """Positions of the shortest run of highest logits (in the sorted order:
+    decreasing logit, ties by id) whose ``weights`` sum reaches ``target``
+    (weights None: count tokens). Returns ``(positions, is_sorted)``.
+
+    Instead of sorting the vocabulary, the logits are binned below the maximum
+    (one O(n) pass); every bin above the one where the running weight reaches
+    the target lies wholly inside the prefix, and only that boundary bin is sorted.
+    """
+    n = vals.size
+    top = np.max(vals)
+    if not np.isfinite(top) or n <= 256:
+        w = np.ones(n) if weights is None else weights
+        sel = np.arange(n)[_order(ids, vals)]
+        reach = np.nonzero(np.cumsum(w[sel]) >= target)[0]
+        return sel[:(int(reach[0]) + 1) if reach.size else n], True
+    low = max(float(np.min(vals)), float(top) - 64.0)  # -inf logits land in the last bin
+    scale = (_N_BINS - 1) / max(float(top) - low, 1e-30)
+    bins = np.minimum((top - vals) * scale, _N_BINS - 1).astype(np.intp)  # larger logit, smaller bin
+    per_bin = np.bincount(bins, weights=weights, minlength=_N_BINS)
+    reach = np.nonzero(np.cumsum(per_bin) >= target)[0]
+    b = int(reach[0]) if reach.size else _N_BINS - 1
+    w = np.ones(n) if weights is None else weights
+    core = np.flatnonzero(bins < b)
+    band = np.flatnonzero(bins == b)
+    band = band[_order(ids[band], vals[band])]
+    need = target - (w[core].sum() if core.size else 0.0)
+    hit = np.nonzero(np.cumsum(w[band]) >= need)[0]
+    band = band[:(int(hit[0]) + 1) if hit.size else band.size]
+    sel = np.concatenate([core, band])
+    if sel.size <= _SORT_LIMIT:
+        return sel[_order(ids[sel], vals[sel])], True
+    return sel, False
 
 
 def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParams | None = None):
-    """The distribution the sampler draws from: ``(ids, probs)``.
+    """The distribution the sampler draws from: ``(ids, probs)``; probs sum to 1.
 
-    ``ids`` are sorted by decreasing probability (ties: lower id first); probs
-    sum to 1. With temperature <= 0 it is the single greedy token.
+    When filters leave at most 4096 candidates, ``ids`` are sorted by
+    decreasing probability (ties: lower id first); larger sets are left
+    unsorted (sorting the whole vocabulary every token would cost more than
+    the draw is worth). With temperature <= 0 it is the single greedy token.
     """
     p = params or SamplingParams()
     x = apply_logit_bias(logits, p.logit_bias)
@@ -147,21 +189,21 @@ def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParam
                     p.penalty_last_n)
     n = x.shape[0]
     min_keep = max(1, int(p.min_keep))
+    if np.isnan(np.max(x)):
+        raise ValueError("the logits contain NaN (the model produced invalid numbers)")
 
     if p.temperature <= 0.0:
         best = int(np.argmax(x))
         return np.array([best], dtype=np.int64), np.array([1.0])
 
-    # top-k, then sort the survivors by decreasing logit (stable on id).
+    ids, vals, is_sorted = np.arange(n), x, False
+
+    # top-k: the k highest logits.
     k = int(p.top_k)
     if 0 < k < n:
         k = max(k, min_keep)
-        ids = np.argpartition(-x, k - 1)[:k]
-    else:
-        ids = np.arange(n)
-    order = np.lexsort((ids, -x[ids]))
-    ids = ids[order]
-    vals = x[ids]
+        sel, is_sorted = _top_prefix(ids, vals, None, k)
+        ids, vals = ids[sel], vals[sel]
 
     # typical: keep the most "typical" tokens until their mass exceeds typical_p.
     if p.typical_p < 1.0 and ids.size > min_keep:
@@ -173,22 +215,35 @@ def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParam
         cum = np.cumsum(probs[t_order])
         over = np.nonzero(cum > p.typical_p)[0]
         last = (int(over[0]) + 1) if over.size else ids.size
-        last = max(last, min_keep)
-        keep = np.sort(t_order[:last])  # back to decreasing-logit order
-        ids, vals = ids[keep], vals[keep]
+        keep = t_order[:max(last, min_keep)]
+        keep = keep[_order(ids[keep], vals[keep])]  # back to decreasing-logit order
+        ids, vals, is_sorted = ids[keep], vals[keep], True
 
-    # top-p: smallest prefix whose mass reaches top_p.
+    # top-p: smallest set of most probable tokens whose mass reaches top_p.
     if p.top_p < 1.0 and ids.size > min_keep:
-        cum = np.cumsum(_softmax(vals))
-        reach = np.nonzero(cum >= p.top_p)[0]
-        last = (int(reach[0]) + 1) if reach.size else ids.size
-        ids, vals = _keep_sorted(ids, vals, max(last, min_keep))
+        probs = _softmax(vals)
+        if is_sorted:
+            reach = np.nonzero(np.cumsum(probs) >= p.top_p)[0]
+            sel = np.arange(max((int(reach[0]) + 1) if reach.size else ids.size, min_keep))
+        else:
+            sel, is_sorted = _top_prefix(ids, vals, probs, p.top_p)
+            if sel.size < min_keep:
+                sel, is_sorted = _top_prefix(ids, vals, None, min_keep)
+        ids, vals = ids[sel], vals[sel]
 
     # min-p: tokens at least min_p times as likely as the best one.
     if p.min_p > 0.0 and ids.size > min_keep:
-        threshold = vals[0] + np.log(p.min_p)
-        last = int(np.count_nonzero(vals >= threshold))  # vals is sorted: a prefix
-        ids, vals = _keep_sorted(ids, vals, max(last, min_keep))
+        threshold = np.max(vals) + np.log(p.min_p)
+        if is_sorted:  # a prefix
+            last = max(int(np.count_nonzero(vals >= threshold)), min_keep)
+            ids, vals = ids[:last], vals[:last]
+        else:
+            sel = np.flatnonzero(vals >= threshold)
+            if sel.size < min_keep:
+                sel = _top_prefix(ids, vals, None, min_keep)[0]
+            if sel.size <= _SORT_LIMIT:
+                sel, is_sorted = sel[_order(ids[sel], vals[sel])], True
+            ids, vals = ids[sel], vals[sel]
 
     probs = _softmax(vals / p.temperature)
     return ids, probs

@@ -1,0 +1,249 @@
+"""Interactive chat in the terminal: ``python -m pyllama.chat``.
+
+Replies stream token by token; after each one a dim line on stderr shows the
+prompt and generation speed. Commands: ``/reset`` (forget the conversation),
+``/system TEXT`` (new system prompt, starts over), ``/exit``. Ctrl-C stops a
+reply (the program keeps running), Ctrl-D exits.
+
+When stdin is not a terminal, each input line is one user message and only
+the replies are printed (one per message), so scripts can drive it:
+
+    printf 'What is the capital of France?\\n' | python -m pyllama.chat -t 0
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "commands: /reset  /system TEXT  /exit  (Ctrl-C stops a reply, Ctrl-D exits)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) on bad arguments; still exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
+    ap.add_argument("-m", "--model", default=None,
+                    help="GGUF file, llama2.c checkpoint or catalog name (default: the default model, "
+                         "fetched on first use)")
+    ap.add_argument("-c", "--ctx-size", type=int, default=n_ctx_default, metavar="N_CTX",
+                    help=f"context length in tokens (default {n_ctx_default}; 0: the model's own)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="CPU threads (default: all available)")
+    ap.add_argument("--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
+    ap.add_argument("--tokenizer", default=None, metavar="PATH",
+                    help="tokenizer for llama2.c checkpoints (tokenizer.bin or .model)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print loading details to stderr")
+
+
+def check_positive(ap, name, value, allow_zero=False):
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        ap.error(f"{name} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+
+def load_model(args, **extra):
+    """Open the model named on the command line; on failure print one line and exit 1."""
+    from .errors import PyllamaError
+
+    try:
+        from .llama import Llama
+
+        return Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
+                     seed=args.seed, verbose=args.verbose, tokenizer_path=args.tokenizer, **extra)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise SystemExit(130)
+    except (PyllamaError, OSError, ValueError, MemoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def dim(text: str, stream) -> str:
+    if getattr(stream, "isatty", lambda: False)():
+        return f"\x1b[2m{text}\x1b[0m"
+    return text
+
+
+def stats_line(timings: dict) -> str:
+    def rate(n, s):
+        return f"{n / s:.1f} tok/s" if s > 0 and n > 0 else "- tok/s"
+
+    p_n, p_s = timings.get("prompt_tokens", 0), timings.get("prompt_s", 0.0)
+    g_n = timings.get("gen_tokens", 0)
+    g_s = timings.get("gen_s", 0.0) + timings.get("sample_s", 0.0)
+    return f"[prompt {p_n} tok, {rate(p_n, p_s)} | generation {g_n} tok, {rate(g_n, g_s)}]"
+
+
+class ChatSession:
+    """A conversation with a model: history, trimming to the context, streaming replies."""
+
+    def __init__(self, llm, system: str | None = None, max_tokens: int | None = None, **sampling):
+        self.llm = llm
+        self.system = system
+        self.max_tokens = max_tokens if max_tokens and max_tokens > 0 else None
+        self.sampling = sampling
+        self.messages: list[dict] = []
+        self.reset()
+
+    def reset(self, system: str | None = None) -> None:
+        if system is not None:
+            self.system = system or None
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def _fit(self) -> None:
+        """Drop the oldest exchanges until the prompt leaves room for a reply."""
+        from .chat_format import format_chat
+        from .errors import ContextOverflowError
+
+        n_ctx = self.llm.n_ctx()
+        reserve = min(self.max_tokens or n_ctx // 4, n_ctx // 2)
+        first = 1 if self.system else 0
+        while True:
+            n = len(format_chat(self.llm, self.messages).tokens)
+            if n + reserve <= n_ctx:
+                return
+            if len(self.messages) - first <= 1:
+                if n < n_ctx:
+                    return  # only the new message left: let it run in what remains
+                self.messages.pop()
+                raise ContextOverflowError(
+                    f"the message is {n} tokens with the chat template, more than the context "
+                    f"window (n_ctx={n_ctx}); restart with a larger -c")
+            del self.messages[first]  # oldest user (or assistant) message
+
+    def reply(self, text: str, out) -> tuple[str, bool]:
+        """Stream the reply to ``text`` into ``out``; returns (reply, interrupted)."""
+        self.messages.append({"role": "user", "content": text})
+        self._fit()
+        parts: list[str] = []
+        interrupted = False
+        stream = self.llm.create_chat_completion(self.messages, stream=True,
+                                                 max_tokens=self.max_tokens, **self.sampling)
+        try:
+            for chunk in stream:
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    parts.append(piece)
+                    out.write(piece)
+                    out.flush()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stream.close()
+        reply = "".join(parts)
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply, interrupted
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = ArgumentParser(
+        prog="python -m pyllama.chat",
+        description="Chat with a model in the terminal. " + HELP + ". With stdin not a terminal: "
+                    "one user message per line, only replies printed.")
+    add_model_args(ap, n_ctx_default=2048)
+    ap.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    ap.add_argument("-t", "--temp", type=float, default=0.2, help="temperature (0: greedy; default 0.2)")
+    ap.add_argument("--top-k", type=int, default=40, help="top-k (0: off; default 40)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="top-p (1: off; default 0.95)")
+    ap.add_argument("--min-p", type=float, default=0.05, help="min-p (0: off; default 0.05)")
+    ap.add_argument("--repeat-penalty", type=float, default=1.1, help="repeat penalty (1: off; default 1.1)")
+    ap.add_argument("-n", "--max-tokens", type=int, default=-1, metavar="N",
+                    help="longest reply in tokens (-1: until the model ends its turn)")
+    ap.add_argument("--chat-format", default=None,
+                    help="built-in template (chatml, llama-2, llama-3, mistral, gemma) instead of the file's")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    check_positive(ap, "--ctx-size", args.ctx_size, allow_zero=True)
+    check_positive(ap, "--threads", args.threads)
+    if args.temp < 0:
+        ap.error(f"--temp must be >= 0 (got {args.temp})")
+    if args.chat_format is not None:
+        from .chat_format import BUILTIN_TEMPLATES
+
+        if args.chat_format not in BUILTIN_TEMPLATES:
+            ap.error(f"--chat-format must be one of {', '.join(BUILTIN_TEMPLATES)}")
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        sys.stderr.write(dim("loading model...", sys.stderr) + "\n")
+    llm = load_model(args, chat_format=args.chat_format)
+
+    from .errors import PyllamaError
+
+    session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, temperature=args.temp,
+                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty)
+    if interactive:
+        sys.stderr.write(dim(f"{llm.model_path}\n{HELP}", sys.stderr) + "\n")
+    out = sys.stdout
+    while True:
+        try:
+            if interactive:
+                line = input("> ")
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    break
+        except EOFError:
+            if interactive:
+                sys.stderr.write("\n")
+            break
+        except KeyboardInterrupt:  # at the prompt: drop the line, keep going
+            sys.stderr.write("\n")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            cmd, _, rest = text.partition(" ")
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                session.reset()
+                if interactive:
+                    sys.stderr.write(dim("(conversation cleared)", sys.stderr) + "\n")
+                continue
+            if cmd == "/system":
+                session.reset(system=rest.strip())
+                if interactive:
+                    sys.stderr.write(dim("(system prompt set; conversation cleared)", sys.stderr) + "\n")
+                continue
+            if cmd in ("/help", "/?"):
+                sys.stderr.write(HELP + "\n")
+                continue
+            sys.stderr.write(f"unknown command {cmd}; {HELP}\n")
+            continue
+        try:
+            _, interrupted = session.reply(text, out)
+        except PyllamaError as e:
+            out.write("\n")
+            out.flush()
+            print(f"error: {e}", file=sys.stderr)
+            if not interactive:
+                return 1
+            continue
+        out.write("\n")
+        out.flush()
+        if interactive:
+            note = " (interrupted)" if interrupted else ""
+            sys.stderr.write(dim(stats_line(getattr(llm, "last_timings", {}) or {}) + note, sys.stderr)
+                             + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130)
