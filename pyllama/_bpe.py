@@ -120,6 +120,10 @@ class ByteLevelBpe:
         except Exception as e:
             raise TokenizerError(f"inconsistent BPE vocabulary/merges: {e}") from e
         self._to_alphabet = str.maketrans({b: c for b, c in enumerate(BYTE_TO_CHAR)})
+        # bytes without a token of their own: llama.cpp leaves them unmerged and then
+        # drops them, so they separate what is merged on either side
+        missing = "".join(c for c in BYTE_TO_CHAR if c not in vocab)
+        self._missing = regex.compile("[" + regex.escape(missing) + "]") if missing else None
         self._cache: dict[str, tuple] = {}
 
     def pre_tokenize(self, text: str) -> list[str]:
@@ -139,7 +143,8 @@ class ByteLevelBpe:
             ids = cache.get(piece)
             if ids is None:
                 symbols = piece.encode("utf-8").decode("latin-1").translate(self._to_alphabet)
-                ids = tuple(t.id for t in self._model.tokenize(symbols))
+                runs = self._missing.split(symbols) if self._missing is not None else (symbols,)
+                ids = tuple(t.id for run in runs if run for t in self._model.tokenize(run))
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
                 cache[piece] = ids

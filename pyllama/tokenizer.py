@@ -21,7 +21,12 @@ Behaviour follows llama.cpp, the reference for GGUF vocabularies:
 * **Input text**: ``str``, or ``bytes`` holding UTF-8. Every byte that is not
   part of a valid UTF-8 sequence (and every lone surrogate in a ``str``) is
   replaced by U+FFFD before tokenizing -- one U+FFFD per bad byte, as
-  sentencepiece and llama.cpp's BPE pre-tokenizer do.
+  sentencepiece and llama.cpp's BPE pre-tokenizer do. (llama.cpp differs in
+  two corners: its SentencePiece path passes invalid bytes to byte fallback,
+  and its BPE path accepts UTF-8-encoded surrogates.) A byte-level BPE
+  vocabulary may lack tokens for some bytes (SmolLM has none for 0xF1, so
+  none for U+40000..U+7FFFF); such bytes are dropped, as llama.cpp drops them,
+  and ``detokenize(tokenize(s)) == s`` holds for every text without them.
 * ``detokenize(ids)`` returns the raw bytes (tokens may end inside a UTF-8
   character); control and unknown tokens render as nothing unless
   ``special=True``. For vocabularies with ``add_space_prefix`` (SentencePiece)
@@ -59,6 +64,7 @@ _FIM_EOG_TEXTS = (
     ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     ("<|file_sep|>",),
 )
+_FIM_KIND = {t: k for k, texts in enumerate(_FIM_EOG_TEXTS) for t in texts}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -91,9 +97,9 @@ def _llama_cpp_types(tokens, types, fim_ids=(None, None, None)) -> tuple[list, s
     for i, t in enumerate(tokens):
         if t in _EOG_TEXTS:
             eog.add(i)
-        for k, texts in enumerate(_FIM_EOG_TEXTS):
-            if fim[k] is None and t in texts:
-                fim[k] = i
+        k = _FIM_KIND.get(t)
+        if k is not None and fim[k] is None:  # the lowest id, when several match
+            fim[k] = i
     eog.update(i for i in fim if i is not None)
     types = list(types)
     for i in eog:

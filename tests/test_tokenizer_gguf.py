@@ -195,3 +195,53 @@ def test_from_file_reads_only_metadata(tmp_path, default_model_path):
     tok = Tokenizer.from_file(cut)
     assert tok.tokenize("Hello world", add_bos=False) == reference("smollm2-135m")["entries"][1]["plain"]
     assert os.path.getsize(cut) < 5_000_000
+
+
+# ------------------------------------------------ live comparison with llama.cpp (optional)
+
+_llama_cpp_vocabs: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_llama_cpp():
+    yield
+    for llm in _llama_cpp_vocabs.values():
+        llm.close()  # before interpreter shutdown, where llama-cpp-python's __del__ fails
+    _llama_cpp_vocabs.clear()
+
+
+def llama_cpp_vocab(name: str, tok_factory_request, tmp_path_factory):
+    """llama.cpp's tokenizer (llama-cpp-python, vocab only) for recording `name`."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    if name not in _llama_cpp_vocabs:
+        if name in REAL:
+            default = tok_factory_request.getfixturevalue("default_model_path") if name == "smollm2-135m" else None
+            path = model_file(name, default)
+        else:
+            from pyllama.gguf import read_metadata, write_gguf
+            source = rec.DERIVED[name][0]
+            src = rec.LLAMA2_MODEL if source.endswith(".model") else \
+                tok_factory_request.getfixturevalue("default_model_path")
+            hparams = tok_factory_request.getfixturevalue("default_model_path")
+            md = {k: v for k, v in read_metadata(hparams).items() if not k.startswith("tokenizer.")}
+            md.update(rec.derived_metadata(name, src))
+            path = str(tmp_path_factory.mktemp("vocab") / f"{name}.gguf")
+            write_gguf(path, md, [])
+        _llama_cpp_vocabs[name] = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    return _llama_cpp_vocabs[name]
+
+
+TRICKY = list("aZ 1\t\n\r\u00a0\u2009\u3000\u0085\u1680\u2028\u200b\u0301\u0663\uff11\u00b2\u2167\u00bd\u00e9.,!'"
+              "sStTdDlLmMrReEvV<|>_-\u4e2d\U0001f600\u00ad\ufeff") + ["<|im_start|>", "<|im_end|>", "<s>", "</s>",
+                                                                     "<start_of_turn>", "<tool_call>", "\n\n\n"]
+
+
+@ALL
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=30), st.lists(st.sampled_from(TRICKY), max_size=20).map("".join)),
+       special=st.booleans())
+def test_random_text_matches_llama_cpp_live(tokenizer, request, tmp_path_factory, text, special):
+    name, tok = tokenizer
+    llm = llama_cpp_vocab(name, request, tmp_path_factory)
+    want = llm.tokenize(text.encode(), add_bos=False, special=special)
+    assert tok.tokenize(text, add_bos=False, special=special) == want
