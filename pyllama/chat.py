@@ -108,7 +108,6 @@ class ChatSession:
             if len(self.messages) - first <= 1:
                 if n < n_ctx:
                     return  # only the new message left: let it run in what remains
-                self.messages.pop()
                 raise ContextOverflowError(
                     f"the message is {n} tokens with the chat template, more than the context "
                     f"window (n_ctx={n_ctx}); restart with a larger -c")
@@ -117,24 +116,33 @@ class ChatSession:
     def reply(self, text: str, out) -> tuple[str, bool]:
         """Stream the reply to ``text`` into ``out``; returns (reply, interrupted)."""
         self.messages.append({"role": "user", "content": text})
-        self._fit()
         parts: list[str] = []
         interrupted = False
-        stream = self.llm.create_chat_completion(self.messages, stream=True,
-                                                 max_tokens=self.max_tokens, **self.sampling)
+        stream = None
         try:
+            self._fit()
+            stream = self.llm.create_chat_completion(self.messages, stream=True,
+                                                     max_tokens=self.max_tokens, **self.sampling)
             for chunk in stream:
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:
-                    parts.append(piece)
                     out.write(piece)
+                    parts.append(piece)
                     out.flush()
         except KeyboardInterrupt:
             interrupted = True
+        except BaseException:
+            if self.messages and self.messages[-1]["role"] == "user":
+                self.messages.pop()
+            raise
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
         reply = "".join(parts)
-        self.messages.append({"role": "assistant", "content": reply})
+        if interrupted and not parts:  # stopped before any answer: as if never asked
+            self.messages.pop()
+        else:
+            self.messages.append({"role": "assistant", "content": reply})
         return reply, interrupted
 
 

@@ -13,6 +13,7 @@ by name: chatml, llama-2, llama-3, mistral, gemma.
 from __future__ import annotations
 
 import datetime
+import json
 import operator
 from dataclasses import dataclass
 
@@ -179,11 +180,18 @@ def _strftime_now(fmt):
     return datetime.datetime.now().strftime(str(fmt))
 
 
+def _tojson(value, indent=None, separators=None, sort_keys=False):
+    # Like Hugging Face's: plain JSON (Jinja's own tojson HTML-escapes <, >, & and ').
+    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
 def _environment() -> _Sandbox:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, undefined=_StrictUnsafeUndefined,
                    loader=jinja2.BaseLoader(), autoescape=False)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
     return env
 
 

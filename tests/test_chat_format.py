@@ -71,6 +71,12 @@ def test_strftime_now_and_tools_available():
     assert len(year) == 4 and year.isdigit() and tool == "f"
 
 
+def test_tojson_is_plain_json_in_given_order():
+    tools = [{"name": "f", "description": "a <b> & 'c'", "parameters": {"z": 1, "a": 2}}]
+    out = render_template("{{ tools[0] | tojson }}", [], tools=tools)
+    assert out == '{"name": "f", "description": "a <b> & \'c\'", "parameters": {"z": 1, "a": 2}}'
+
+
 @pytest.mark.parametrize("evil", [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ ''.__class__ }}",
