@@ -114,9 +114,34 @@ def test_context_shift_and_error_on_real_model(default_model_path):
         assert r["usage"]["completion_tokens"] == 14
         assert r["choices"][0]["finish_reason"] == "length"
         assert small.n_tokens <= 12
-    with Llama(model_path=default_model_path, n_ctx=12, verbose=False,
-               context_overflow="error") as strict:
+        small.context_overflow = "error"
         with pytest.raises(ContextOverflowError, match="n_ctx"):
-            strict.create_completion("Once upon a time", temperature=0, max_tokens=14, logit_bias=no_eot)
+            small.create_completion("Once upon a time", temperature=0, max_tokens=14, logit_bias=no_eot)
         with pytest.raises(ContextOverflowError, match="n_ctx=12"):
-            strict.create_completion("word " * 20)
+            small.create_completion("word " * 20)
+
+
+def test_chat_prompt_matches_llama_cpp_python(llm, default_model_path):
+    """The rendered and tokenized chat prompt equals llama-cpp-python's for the file's template."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference here")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from pyllama.chat_format import format_chat
+
+    ref = llama_cpp.Llama(model_path=default_model_path, vocab_only=True, verbose=False)
+    tok = llm.tokenizer
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
+                                    eos_token=tok.token_text(tok.eos_id),
+                                    bos_token=tok.token_text(tok.bos_id))
+    conversations = [
+        [{"role": "user", "content": QUESTION}],
+        first_turn() + [{"role": "assistant", "content": "Paris."},
+                        {"role": "user", "content": "Ünïcode & <tags>, 123 numbers\n\n  spaced"}],
+    ]
+    for messages in conversations:
+        expected = formatter(messages=messages)
+        ref_tokens = ref.tokenize(expected.prompt.encode("utf-8"),
+                                  add_bos=not expected.added_special, special=True)
+        ours = format_chat(llm, messages)
+        assert ours.text == expected.prompt
+        assert ours.tokens == ref_tokens
