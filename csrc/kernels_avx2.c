@@ -281,6 +281,7 @@ typedef struct {
 
 #define KCHUNK 16 /* weight blocks packed at a time: 8 rows x 16 blocks ~ 10 KB, stays in L1 */
 #define PANEL 8
+#define TOK 4 /* tokens per pass over a packed chunk */
 
 /* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
 AVX2_INLINE void transpose8(__m256i v[8]) {
@@ -345,7 +346,7 @@ AVX2_INLINE void qpanel(int type, int T, const pack8 *pk, int nb, const block_q8
                         const int32_t *const *sq8, __m256 *acc) {
     for (int b = 0; b < nb; b++) {
         const pack8 *p = pk + b;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const block_q8x *ab = a[t] + b;
             __m256 f;
@@ -402,18 +403,22 @@ AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, cons
             for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
                 int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
                 pack_rows(type, w, rb, r, b0, nb, pk);
-                for (int t = 0; t < nt; t += 2) {
-                    int T = nt - t >= 2 ? 2 : 1;
-                    const block_q8x *a[2];
-                    const int32_t *s8[2] = {NULL, NULL};
-                    __m256 acc[2];
+                for (int t = 0; t < nt; t += TOK) {
+                    int T = nt - t >= TOK ? TOK : nt - t;
+                    const block_q8x *a[TOK];
+                    const int32_t *s8[TOK] = {NULL};
+                    __m256 acc[TOK];
                     for (int j = 0; j < T; j++) {
                         a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
                         if (sq8) s8[j] = sq8 + (size_t)(t + j) * nbt + b0;
                         acc[j] = b0 ? _mm256_loadu_ps(y + (t + j) * ys + r) : _mm256_setzero_ps();
                     }
-                    if (T == 2) qpanel(type, 2, pk, nb, a, s8, acc);
-                    else qpanel(type, 1, pk, nb, a, s8, acc);
+                    switch (T) {
+                    case TOK: qpanel(type, TOK, pk, nb, a, s8, acc); break;
+                    case 3: qpanel(type, 3, pk, nb, a, s8, acc); break;
+                    case 2: qpanel(type, 2, pk, nb, a, s8, acc); break;
+                    default: qpanel(type, 1, pk, nb, a, s8, acc); break;
+                    }
                     for (int j = 0; j < T; j++) _mm256_storeu_ps(y + (t + j) * ys + r, acc[j]);
                 }
             }
