@@ -11,6 +11,7 @@
  *         n_tensors x (string name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset),
  *         padding to general.alignment, tensor data (offsets relative to here).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,7 +360,7 @@ static int read_config(const metadata *md, pl_config *cfg) {
     if (get_float(md, key, &cfg->norm_eps) < 0) return -1;
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
     if (get_float(md, key, &cfg->rope_base) < 0) return -1;
-    if (!(cfg->norm_eps >= 0.0f && cfg->norm_eps < 1.0f) || !(cfg->rope_base > 1.0f)) {
+    if (!(cfg->norm_eps >= 0.0f && cfg->norm_eps < 1.0f) || !(cfg->rope_base > 1.0f) || !isfinite(cfg->rope_base)) {
         pl_set_error("bad rms epsilon (%g) or rope base (%g)", cfg->norm_eps, cfg->rope_base);
         return -1;
     }
@@ -375,7 +376,7 @@ static int read_config(const metadata *md, pl_config *cfg) {
     snprintf(key, sizeof key, "%s.rope.scale_linear", arch); /* older files */
     if (get_float(md, key, &cfg->rope_scale_factor) < 0) return -1;
     if (find_kv(md, key) && !scaling[0]) strcpy(scaling, "linear");
-    if (!(cfg->rope_scale_factor > 0.0f)) {
+    if (!(cfg->rope_scale_factor > 0.0f) || !isfinite(cfg->rope_scale_factor)) {
         pl_set_error("rope scaling factor must be positive");
         return -1;
     }

@@ -146,7 +146,7 @@ static int check_config(pl_config *c, const int32_t h[7], float rope_base) {
     }
     c->head_dim = c->dim / c->n_heads;
     c->norm_eps = 1e-5f; /* run.c's constant */
-    c->rope_base = rope_base > 1.0f ? rope_base : 10000.0f;
+    c->rope_base = rope_base > 1.0f && isfinite(rope_base) ? rope_base : 10000.0f;
     c->rope_type = PL_ROPE_NORM;
     c->rope_scale_factor = 1.0f;
     return 0;
@@ -239,6 +239,14 @@ pl_model *pl_load_llama2c(const char *path, float rope_base) {
             goto fail;
     }
     if (!shared && add_tensor(&ld, "output.weight", dim, c->n_vocab, q)) goto fail;
+    if (ld.p != ld.end) {
+        /* llama2.c files hold exactly their weights: extra bytes mean the header lies about a size */
+        pl_set_error("llama2.c file has %llu bytes after the last tensor: the header (dim %d, hidden_dim %d, "
+                     "%d layers, vocab %d, seq_len %d) does not match the weights",
+                     (unsigned long long)(ld.end - ld.p), c->dim, c->hidden_dim, c->n_layers, c->n_vocab,
+                     c->n_ctx_train);
+        goto fail;
+    }
     if (pl_model_bind(m)) goto fail;
     return m;
 

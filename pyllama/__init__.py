@@ -4,7 +4,8 @@
     >>> llm = Llama()                      # the default model, fetched on first use
     >>> llm("The capital of France is", max_tokens=8)["choices"][0]["text"]
 """
-from .errors import ContextOverflowError, FetchError, ModelError, PyllamaError, TokenizerError
+from .errors import (ChatTemplateError, ContextOverflowError, FetchError, ModelError, PyllamaError,
+                     TokenizerError)
 from .llama import Llama
 from .tokenizer import Tokenizer
 
@@ -17,6 +18,7 @@ __all__ = [
     "ModelError",
     "ContextOverflowError",
     "TokenizerError",
+    "ChatTemplateError",
     "FetchError",
     "__version__",
 ]

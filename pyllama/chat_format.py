@@ -21,14 +21,10 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import PyllamaError
+from .errors import ChatTemplateError
 
 __all__ = ["ChatTemplateError", "BUILTIN_TEMPLATES", "render_template", "ChatPrompt",
            "template_for", "format_chat"]
-
-
-class ChatTemplateError(PyllamaError, ValueError):
-    """A chat template is invalid, unsafe, or raised an error while rendering."""
 
 
 # ---------------------------------------------------------------------------

@@ -25,3 +25,7 @@ class TokenizerError(PyllamaError, ValueError):
 
 class FetchError(PyllamaError, RuntimeError):
     """A model could not be found or downloaded."""
+
+
+class ChatTemplateError(PyllamaError, ValueError):
+    """A chat template is invalid, unsafe, or raised an error while rendering."""

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         out = sys.stdout
         out.write(args.prompt)
         out.flush()
-        decoder = tok.stream()
+        decoder = tok.stream(prev_ids=prompt)
         n = 0
         t_start = time.perf_counter()
         t_first = None

@@ -219,7 +219,7 @@ class GenerationMixin:
         return str(getattr(self, "model_path", None) or "pyllama")
 
     def _piece(self, token_id: int) -> str:
-        return self.tokenizer.detokenize([token_id]).decode("utf-8", errors="ignore")
+        return self.tokenizer.token_to_piece(token_id).decode("utf-8", errors="ignore")
 
     def _top_logprobs(self, logprobs_row: np.ndarray, token: int, n: int) -> dict:
         top = {}
@@ -303,7 +303,8 @@ class GenerationMixin:
                                 typical_p=typical_p, temp=temperature, repeat_penalty=repeat_penalty,
                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                                 penalty_last_n=penalty_last_n, logit_bias=logit_bias)
-            decoder = tokenizer.stream()
+            # prev_ids: a SentencePiece continuation keeps its leading space ("is" + " Paris")
+            decoder = tokenizer.stream(prev_ids=prompt_tokens)
             stops = StopStringFilter(stop)
             n_completion = 0
             finish_reason = "length"

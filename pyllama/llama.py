@@ -195,7 +195,8 @@ class Llama(GenerationMixin):
                         f"{self.model_path} is a llama2.c checkpoint, which has no vocabulary: pass "
                         "tokenizer_path= (a llama2.c tokenizer.bin or a SentencePiece .model)"
                     )
-            tok = Tokenizer.from_file(tokenizer_path)
+            # a tokenizer.bin has no count of its own: llama2.c reads as many entries as the model has
+            tok = Tokenizer.from_file(tokenizer_path, vocab_size=self._n_vocab)
         if tok.n_vocab != self._n_vocab:
             raise ModelError(
                 f"the tokenizer has {tok.n_vocab} tokens but the model's embedding has {self._n_vocab} rows"
@@ -238,7 +239,8 @@ class Llama(GenerationMixin):
     def detokenize(self, tokens: Sequence[int], prev_tokens: Optional[Sequence[int]] = None,
                    special: bool = False) -> bytes:
         """Token ids to raw bytes (may end inside a UTF-8 character)."""
-        return self.tokenizer.detokenize(list(tokens), special=special)
+        prev = list(prev_tokens) if prev_tokens is not None else None
+        return self.tokenizer.detokenize(list(tokens), special=special, prev_ids=prev)
 
     @property
     def logits(self) -> np.ndarray:

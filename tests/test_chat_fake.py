@@ -73,7 +73,7 @@ class FakeTokenizer:
                 i += 1
         return out
 
-    def token_to_piece(self, token_id):
+    def token_to_piece(self, token_id, special=False):
         return bytes([token_id]) if token_id < 256 else SPECIAL[token_id]
 
     def token_text(self, token_id):
@@ -85,7 +85,7 @@ class FakeTokenizer:
     def decode(self, ids):
         return self.detokenize(ids).decode("utf-8", errors="replace")
 
-    def stream(self, special=False):
+    def stream(self, special=False, prev_ids=None):  # bytes have no leading-space rule
         return _Stream(self, special)
 
 
