@@ -49,7 +49,7 @@ struct pl_model {
     pl_mapping map;
     pl_tensor *tensors;
     int n_tensors;
-    void *heap;                 /* weights a loader had to convert (llama2.c Q8 groups) */
+    void *heap;                 /* blocks from pl_model_alloc: converted weights (llama2.c Q8 groups, non-F32 norms) */
     const pl_tensor *tok_embd;
     const pl_tensor *output_norm;
     const pl_tensor *output;    /* == tok_embd when tied */
@@ -59,6 +59,9 @@ struct pl_model {
 
 /* Look a tensor up by name; NULL when absent. */
 const pl_tensor *pl_find_tensor(const pl_model *m, const char *name);
+
+/* Memory freed with the model (for weights a loader had to convert). */
+void *pl_model_alloc(pl_model *m, size_t bytes);
 
 /* Bind and check every tensor the architecture needs (model.c). Returns 0 or sets the error. */
 int pl_model_bind(pl_model *m);

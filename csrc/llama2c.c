@@ -77,17 +77,8 @@ static int add_tensor(loader *ld, const char *name, int64_t ne0, int64_t ne1, in
     }
     const int8_t *q = (const int8_t *)ld->p;
     const uint8_t *scales = ld->p + n;
-    block_q8_0 *blocks = malloc((size_t)(n / QK) * sizeof(block_q8_0));
-    void **node = malloc(2 * sizeof(void *));
-    if (!blocks || !node) {
-        free(blocks);
-        free(node);
-        pl_set_error("out of memory");
-        return -1;
-    }
-    node[0] = blocks;
-    node[1] = m->heap;
-    m->heap = node;
+    block_q8_0 *blocks = pl_model_alloc(m, (size_t)(n / QK) * sizeof(block_q8_0));
+    if (!blocks) return -1;
     for (int64_t b = 0; b < n / QK; b++) {
         float s;
         memcpy(&s, scales + (size_t)((b * QK) / gs) * 4, 4);

@@ -38,29 +38,30 @@ static const pl_tensor *find_checked(pl_model *m, const char *name, int64_t ne0,
     return t;
 }
 
+/* Memory owned by the model (converted weights): a singly linked list of blocks,
+ * each block's first pointer-sized slot links to the next. Freed with the model. */
+void *pl_model_alloc(pl_model *m, size_t bytes) {
+    const size_t head = 64; /* keeps the payload 64-byte aligned for SIMD loads */
+    void **block = aligned_alloc(64, (head + bytes + 63) / 64 * 64);
+    if (!block) {
+        pl_set_error("out of memory (%zu bytes for converted weights)", bytes);
+        return NULL;
+    }
+    block[0] = m->heap;
+    m->heap = block;
+    return (char *)block + head;
+}
+
 /* Vectors (norms, biases) are used as floats; convert the rare non-F32 one once. */
 static int vector_to_f32(pl_model *m, const pl_tensor *t) {
     if (!t || t->type == PL_TYPE_F32) return 0;
-    float *f = malloc((size_t)t->ne[0] * sizeof(float));
-    if (!f) {
-        pl_set_error("out of memory");
-        return -1;
-    }
+    float *f = pl_model_alloc(m, (size_t)t->ne[0] * sizeof(float));
+    if (!f) return -1;
     dequantize_row(t->type, t->data, f, t->ne[0]);
     pl_tensor *w = (pl_tensor *)t;
     w->data = f;
     w->type = PL_TYPE_F32;
     w->nbytes = (uint64_t)t->ne[0] * sizeof(float);
-    /* remember it for freeing: chain through a small list kept in heap blocks */
-    void **node = malloc(2 * sizeof(void *));
-    if (!node) {
-        free(f);
-        pl_set_error("out of memory");
-        return -1;
-    }
-    node[0] = f;
-    node[1] = m->heap;
-    m->heap = node;
     return 0;
 }
 
@@ -141,10 +142,9 @@ void pl_model_release(pl_model *m) {
     free(m->tensors);
     free(m->layers);
     while (m->heap) {
-        void **node = m->heap;
-        m->heap = node[1];
-        free(node[0]);
-        free(node);
+        void **block = m->heap;
+        m->heap = block[0];
+        free(block);
     }
     pl_unmap_file(&m->map);
 }
