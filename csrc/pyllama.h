@@ -105,6 +105,28 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
  * (context shift): keys are re-rotated to their new positions. Returns the new length. */
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);
 
+/* Sampling parameters (llama.cpp's order: bias, penalties, top-k, top-p, min-p, temperature). */
+typedef struct {
+    float temperature;       /* <= 0: greedy */
+    int top_k;               /* <= 0: off */
+    float top_p;             /* >= 1: off */
+    float min_p;             /* <= 0: off */
+    float repeat_penalty;    /* 1: off; positive logits divided, negative multiplied */
+    float frequency_penalty; /* minus count * this */
+    float presence_penalty;  /* minus this once per distinct token */
+} pl_sampler;
+
+/*
+ * Choose the next token. recent[0..n_recent) is the penalty window; bias_ids/vals
+ * a logit bias. work holds n_vocab floats, cand n_vocab ids, probs n_vocab
+ * doubles; on return cand[0..*n_cand) and probs[...] are the distribution the
+ * draw used (highest first). rng (splitmix64 state) is advanced; NULL = no draw.
+ * Returns the token id, or -1 (NaN logits).
+ */
+int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
+              float *work, int32_t *cand, double *probs, int *n_cand);
+
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */

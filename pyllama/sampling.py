@@ -250,20 +250,89 @@ def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParam
 
 
 class Sampler:
-    """Draws token ids with a given :class:`SamplingParams` and numpy Generator."""
+    """Draws token ids with a given :class:`SamplingParams` and numpy Generator.
+
+    The draw runs in C (``pl_sample`` in csrc/sampling.c: one call per token, no
+    sort of the vocabulary); :func:`candidate_distribution` above is the numpy
+    definition it is tested against, and serves the settings the C path lacks
+    (typical sampling, min_keep > 1).
+    """
 
     def __init__(self, params: SamplingParams | None = None, rng: np.random.Generator | None = None):
         self.params = params or SamplingParams()
         self.params.validate()
         self.rng = rng if rng is not None else make_rng(None)
+        self._c = None  # buffers for the C sampler, made on first use
 
     def distribution(self, logits, history=()):
         return candidate_distribution(logits, history, self.params)
 
+    @property
+    def uses_c(self) -> bool:
+        return self.params.typical_p >= 1.0 and self.params.min_keep <= 1
+
     def sample(self, logits, history=()) -> int:
+        if self.uses_c:
+            return self._c_sample(logits, history, draw=True)[0]
         ids, probs = candidate_distribution(logits, history, self.params)
         if ids.size == 1:
             return int(ids[0])
         cum = np.cumsum(probs)
         i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
         return int(ids[min(i, ids.size - 1)])
+
+    def c_distribution(self, logits, history=()):
+        """The C sampler's distribution ``(ids, probs)``, highest first (for tests)."""
+        _, ids, probs = self._c_sample(logits, history, draw=False)
+        return ids, probs
+
+    def _setup_c(self, n_vocab: int):
+        from ._core import ffi
+
+        p = self.params
+        bias = _bias_arrays(p.logit_bias, n_vocab)
+        c = {
+            "n": n_vocab,
+            "params": ffi.new("pl_sampler *", {
+                "temperature": p.temperature, "top_k": int(p.top_k), "top_p": p.top_p, "min_p": p.min_p,
+                "repeat_penalty": p.repeat_penalty, "frequency_penalty": p.frequency_penalty,
+                "presence_penalty": p.presence_penalty}),
+            "work": np.empty(n_vocab, dtype=np.float32),
+            "cand": np.empty(n_vocab, dtype=np.int32),
+            "probs": np.empty(n_vocab, dtype=np.float64),
+            "n_cand": ffi.new("int *"),
+            # the C generator's state is drawn from the numpy one, so seeds stay reproducible
+            "rng": ffi.new("uint64_t *", int(self.rng.integers(0, 2**63))),
+            "bias_ids": np.ascontiguousarray(bias[0], dtype=np.int32) if bias else np.zeros(0, np.int32),
+            "bias_vals": np.ascontiguousarray(bias[1], dtype=np.float32) if bias else np.zeros(0, np.float32),
+            "penalize": p.penalty_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0
+                                                   or p.presence_penalty != 0.0),
+        }
+        for k, ctype in (("work", "float[]"), ("cand", "int32_t[]"), ("probs", "double[]"),
+                         ("bias_ids", "int32_t[]"), ("bias_vals", "float[]")):
+            c[k + "_p"] = ffi.from_buffer(ctype, c[k])
+        self._c = c
+        return c
+
+    def _c_sample(self, logits, history, draw: bool):
+        from ._core import ffi, lib
+
+        x = np.ascontiguousarray(logits, dtype=np.float32)
+        n = x.shape[0]
+        c = self._c if self._c is not None and self._c["n"] == n else self._setup_c(n)
+        recent = ffi.NULL
+        n_recent = 0
+        if c["penalize"] and len(history):
+            last_n = self.params.penalty_last_n
+            window = history if last_n < 0 else history[-last_n:]
+            recent_arr = np.ascontiguousarray(window, dtype=np.int32)
+            recent, n_recent = ffi.from_buffer("int32_t[]", recent_arr), len(recent_arr)
+        token = lib.pl_sample(ffi.from_buffer("float[]", x), n, c["params"], recent, n_recent,
+                              c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]),
+                              c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
+        if token < 0:
+            raise ValueError(ffi.string(lib.pl_last_error()).decode())
+        if draw:
+            return int(token), None, None
+        k = c["n_cand"][0]
+        return int(token), c["cand"][:k].astype(np.int64), c["probs"][:k].copy()

@@ -1,0 +1,236 @@
+/*
+ * sampling.c - choosing the next token from the logits, in llama.cpp's order:
+ * logit bias -> repetition penalties -> top-k -> top-p -> min-p -> temperature -> draw.
+ *
+ * It runs once per generated token over the whole vocabulary, so it must cost
+ * little next to a forward pass: no full sort of the vocabulary. The k-th
+ * largest logit (top-k) and the top-p boundary are found by bucketing the
+ * logits below the maximum in one pass and sorting only the boundary bucket.
+ * pyllama/sampling.py holds the numpy definition this is tested against.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define N_BUCKETS 4096
+#define BUCKET_RANGE 64.0f /* logits more than this below the maximum share the last bucket */
+
+/* splitmix64: a tiny, good-quality generator whose whole state is one integer Python can hold */
+static double next_uniform(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0); /* [0, 1) with 53 bits */
+}
+
+/* Candidates are ordered by decreasing logit, ties by increasing id (as numpy's lexsort does). */
+static __thread const float *sort_vals;
+static int by_logit(const void *a, const void *b) {
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    float x = sort_vals[i], y = sort_vals[j];
+    if (x != y) return x > y ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+static void sort_candidates(int32_t *ids, int n, const float *vals) {
+    sort_vals = vals; /* qsort has no context argument; the values ride in a thread-local */
+    qsort(ids, (size_t)n, sizeof(int32_t), by_logit);
+}
+
+/*
+ * Keep the shortest run of highest logits whose weight reaches `target`
+ * (weight = exp(v - vmax) / z when z > 0, else 1 per token), sorted.
+ * ids[0..n) is rewritten; returns the new count.
+ */
+static int top_prefix(int32_t *ids, int n, const float *vals, float vmax, double z, double target) {
+    double weight[N_BUCKETS] = {0};
+    const float scale = (N_BUCKETS - 1) / BUCKET_RANGE;
+    for (int i = 0; i < n; i++) {
+        float d = (vmax - vals[ids[i]]) * scale;
+        int b = d < N_BUCKETS - 1 ? (int)d : N_BUCKETS - 1;
+        weight[b] += z > 0 ? exp((double)vals[ids[i]] - vmax) / z : 1.0;
+    }
+    int edge = N_BUCKETS - 1;
+    double before = 0.0; /* weight of the buckets above the edge */
+    for (int b = 0; b < N_BUCKETS; b++) {
+        if (before + weight[b] >= target) {
+            edge = b;
+            break;
+        }
+        before += weight[b];
+    }
+    /* buckets above the edge are kept whole; the edge bucket is sorted and cut */
+    int n_core = 0, n_edge = 0;
+    int32_t *edge_ids = malloc((size_t)n * sizeof(int32_t));
+    if (!edge_ids) return n; /* out of memory: keep everything rather than fail the draw */
+    for (int i = 0; i < n; i++) {
+        float d = (vmax - vals[ids[i]]) * scale;
+        int b = d < N_BUCKETS - 1 ? (int)d : N_BUCKETS - 1;
+        if (b < edge) ids[n_core++] = ids[i];
+        else if (b == edge) edge_ids[n_edge++] = ids[i];
+    }
+    sort_candidates(edge_ids, n_edge, vals);
+    double acc = before;
+    int take = 0;
+    while (take < n_edge) {
+        acc += z > 0 ? exp((double)vals[edge_ids[take]] - vmax) / z : 1.0;
+        take++;
+        if (acc >= target) break;
+    }
+    memcpy(ids + n_core, edge_ids, (size_t)take * sizeof(int32_t));
+    free(edge_ids);
+    sort_candidates(ids, n_core + take, vals);
+    return n_core + take;
+}
+
+/*
+ * The k highest of n logits, sorted, into ids. A strided sample of the logits
+ * gives a threshold that about 4k + 64 of them pass; only those are sorted. If
+ * the guess lets too few through (a strange distribution), fall back to buckets.
+ */
+static int top_k_sorted(int32_t *ids, int n, const float *vals, float vmax, int k) {
+    enum { SAMPLE = 1024 };
+    if (n > 8 * SAMPLE && k < n / 16) {
+        /* the want-th largest of the sample: its value lets ~4k+64 logits through */
+        const int want = (int)(((long)k * 4 + 64) * SAMPLE / n) + 1;
+        const int stride = n / SAMPLE;
+        float top[SAMPLE]; /* top[0..kept) sorted decreasing: the largest sample values so far */
+        int kept = 0;
+        for (int i = 0; i < SAMPLE; i++) {
+            float x = vals[i * stride];
+            if (kept == want + 1 && x <= top[kept - 1]) continue;
+            int j = kept < want + 1 ? kept++ : kept - 1;
+            while (j > 0 && top[j - 1] < x) {
+                top[j] = top[j - 1];
+                j--;
+            }
+            top[j] = x;
+        }
+        const float threshold = top[kept - 1];
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+            ids[m] = i;
+            m += vals[i] >= threshold; /* branch-free compaction */
+        }
+        if (m >= k) {
+            sort_candidates(ids, m, vals);
+            return k;
+        }
+    }
+    for (int i = 0; i < n; i++) ids[i] = i;
+    return top_prefix(ids, n, vals, vmax, 0.0, (double)k);
+}
+
+static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent) {
+    if (s->repeat_penalty == 1.0f && s->frequency_penalty == 0.0f && s->presence_penalty == 0.0f) return;
+    for (int i = 0; i < n_recent; i++) {
+        int32_t t = recent[i];
+        if (t < 0 || t >= n_vocab) continue;
+        int first = 1, count = 0;
+        for (int j = 0; j < n_recent; j++) {
+            if (recent[j] != t) continue;
+            if (j < i) first = 0;
+            count++;
+        }
+        if (!first) continue; /* each distinct token once */
+        float x = v[t];
+        if (s->repeat_penalty != 1.0f) x = x > 0 ? x / s->repeat_penalty : x * s->repeat_penalty;
+        v[t] = x - (float)count * s->frequency_penalty - s->presence_penalty;
+    }
+}
+
+int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
+              float *work, int32_t *cand, double *probs, int *n_cand) {
+    float *v = work;
+    memcpy(v, logits, (size_t)n_vocab * sizeof(float));
+    for (int i = 0; i < n_bias; i++)
+        if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) v[bias_ids[i]] += bias_vals[i];
+    apply_penalties(v, n_vocab, s, recent, n_recent);
+
+    /* two vectorizable passes (a running argmax is one long dependency chain) */
+    float vmax = -INFINITY;
+    int nan = 0;
+#pragma omp simd reduction(max : vmax) reduction(| : nan)
+    for (int i = 0; i < n_vocab; i++) {
+        vmax = v[i] > vmax ? v[i] : vmax;
+        nan |= v[i] != v[i];
+    }
+    if (nan) {
+        pl_set_error("the logits contain NaN (the model produced invalid numbers)");
+        return -1;
+    }
+    int best = 0;
+    while (best < n_vocab - 1 && v[best] != vmax) best++;
+    if (s->temperature <= 0.0f) { /* greedy */
+        cand[0] = best;
+        probs[0] = 1.0;
+        *n_cand = 1;
+        return best;
+    }
+
+    int n = n_vocab, sorted = 0;
+    if (s->top_k > 0 && s->top_k < n) {
+        n = top_k_sorted(cand, n, v, vmax, s->top_k);
+        sorted = 1;
+    } else {
+        for (int i = 0; i < n; i++) cand[i] = i;
+    }
+    if (s->top_p < 1.0f && n > 1) {
+        double z = 0.0;
+        for (int i = 0; i < n; i++) z += exp((double)v[cand[i]] - vmax);
+        if (!sorted && s->min_p > 0.0f) {
+            /* min-p keeps a prefix of the sorted order, and so does top-p: the result is the
+             * shorter one, so top-p only has to look inside min-p's (small) set */
+            const float threshold = vmax + logf(s->min_p);
+            int m = 0;
+            for (int i = 0; i < n; i++)
+                if (v[cand[i]] >= threshold) cand[m++] = cand[i];
+            n = m;
+            sort_candidates(cand, n, v);
+            sorted = 1;
+        }
+        if (sorted) {
+            double acc = 0.0;
+            int keep = n;
+            for (int i = 0; i < n; i++) {
+                acc += exp((double)v[cand[i]] - vmax) / z;
+                if (acc >= s->top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            n = keep;
+        } else {
+            n = top_prefix(cand, n, v, vmax, z, (double)s->top_p);
+            sorted = 1;
+        }
+    }
+    if (s->min_p > 0.0f && n > 1) {
+        const float threshold = vmax + logf(s->min_p);
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (v[cand[i]] >= threshold) cand[m++] = cand[i];
+        n = m;
+    }
+
+    /* temperature, then the distribution the draw uses */
+    double z = 0.0;
+    for (int i = 0; i < n; i++) {
+        probs[i] = exp(((double)v[cand[i]] - vmax) / s->temperature);
+        z += probs[i];
+    }
+    for (int i = 0; i < n; i++) probs[i] /= z;
+    *n_cand = n;
+    if (!rng) return cand[0];
+
+    double u = next_uniform(rng), acc = 0.0;
+    for (int i = 0; i < n; i++) {
+        acc += probs[i];
+        if (u < acc) return cand[i];
+    }
+    return cand[n - 1]; /* rounding left u above the last partial sum */
+}
