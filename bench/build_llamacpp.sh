@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-bench` and `llama-perplexity` from the llama.cpp source that ships inside the
+# llama-cpp-python sdist on PyPI (vendor/llama.cpp), for side-by-side benchmarks and perplexity references.
+#
+# Usage: bench/build_llamacpp.sh [VERSION]        (default VERSION: 0.3.36, or $LLAMACPP_PY_VERSION)
+# Environment:
+#   LLAMACPP_DIR   where to build (default ~/.cache/pyllama/llama.cpp-VERSION); nothing goes into the repository
+#   JOBS           parallel compile jobs (default: number of cores)
+# Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
+# Idempotent: does nothing when both binaries already exist.
+set -euo pipefail
+
+VER="${1:-${LLAMACPP_PY_VERSION:-0.3.36}}"
+DIR="${LLAMACPP_DIR:-$HOME/.cache/pyllama/llama.cpp-$VER}"
+JOBS="${JOBS:-$(nproc)}"
+PY="${PYTHON:-python3}"
+BIN="$DIR/build/bin"
+
+log() { echo "build_llamacpp: $*" >&2; }
+
+# Which llama.cpp this is: the sdist carries no git metadata (the binaries say "commit unknown"),
+# so record the sdist and its sha256 next to the binaries, in VERSION.txt.
+write_version() {
+    {
+        echo "llama.cpp from vendor/llama.cpp of the llama-cpp-python $VER sdist (PyPI)"
+        (cd "$DIR/sdist" && sha256sum ./*.tar.gz)
+        "$BIN/llama-perplexity" --version 2>&1 | grep -E '^(version|built)' || true
+        echo "cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF, targets llama-bench llama-perplexity"
+    } > "$DIR/VERSION.txt"
+}
+
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" ]]; then
+    log "already built in $BIN"
+    [[ -f "$DIR/VERSION.txt" ]] && grep -q sha256 "$DIR/VERSION.txt" 2>/dev/null || write_version
+    echo "$BIN"
+    exit 0
+fi
+
+mkdir -p "$DIR"
+SRC="$DIR/src"
+if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
+    log "downloading the llama-cpp-python $VER sdist"
+    # --no-binary for this package only: with ':all:' pip would also build its build backend's own
+    # dependencies (cmake, ninja, ...) from source just to read the sdist's metadata.
+    "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VER" -d "$DIR/sdist" >&2
+    TARBALL=$(ls "$DIR"/sdist/llama_cpp_python-"$VER".tar.gz 2>/dev/null || ls "$DIR"/sdist/*.tar.gz | head -n 1)
+    log "unpacking $TARBALL"
+    rm -rf "$DIR/unpack" && mkdir -p "$DIR/unpack"
+    tar -xzf "$TARBALL" -C "$DIR/unpack"
+    VENDOR=$(ls -d "$DIR"/unpack/*/vendor/llama.cpp)
+    rm -rf "$SRC"
+    mv "$VENDOR" "$SRC"
+    rm -f "$SRC/.git"  # a submodule pointer into the llama-cpp-python repository, which is not here
+    rm -rf "$DIR/unpack"
+fi
+
+log "configuring (GGML_NATIVE=ON, Release)"
+cmake -S "$SRC" -B "$DIR/build" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
+
+log "building llama-bench and llama-perplexity with $JOBS jobs (several minutes)"
+nice -n 10 cmake --build "$DIR/build" --target llama-bench llama-perplexity -j "$JOBS" >&2
+
+"$BIN/llama-bench" --help > /dev/null 2>&1 || { log "llama-bench does not run"; exit 1; }
+write_version
+log "done: $BIN"
+echo "$BIN"
