@@ -168,12 +168,26 @@ AVX2_INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const f
         }
 }
 
+/* one float row, four accumulator chains (see qrow for why one row at a time) */
+AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= n; k += 32) {
+        a0 = _mm256_fmadd_ps(load8(type, w, k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load8(type, w, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(load8(type, w, k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(load8(type, w, k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    for (; k + 8 <= n; k += 8) a0 = _mm256_fmadd_ps(load8(type, w, k), _mm256_loadu_ps(x + k), a0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < n; k++) s += load1(type, w, k) * x[k];
+    return s;
+}
+
 #define FLOAT_KERNELS(NAME, TYPE)                                                               \
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
                                  int r1, int n) {                                               \
-        int r = r0;                                                                             \
-        for (; r + 4 <= r1; r += 4) ftile(TYPE, 4, 1, w, rb, (const float *)act, 0, y, 0, r, n); \
-        for (; r < r1; r++) ftile(TYPE, 1, 1, w, rb, (const float *)act, 0, y, 0, r, n);       \
+        for (int r = r0; r < r1; r++) y[r] = frow(TYPE, ROW(w, rb, r), (const float *)act, n);   \
     }                                                                                           \
     AVX2 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, \
                                  size_t ys, int r0, int r1, int nt, int n) {                    \
@@ -205,60 +219,86 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
  * gives no cancellation against a large activation. Q4_1's m * s term goes to
  * a second accumulator: [d, m] * [da, s] is one 4-wide multiply per block.
  */
-AVX2_INLINE void qrows(int type, int R, const void *w, size_t rb, const block_q8x *a, float *y, int r, int n) {
-    __m256 acc[4];
-    __m128 off[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++) {
-        acc[i] = _mm256_setzero_ps();
-        off[i] = _mm_setzero_ps();
+/* one weight block against activation block ab: adds into acc (and off for Q4_1) */
+AVX2_INLINE void qblock(int type, const void *blk, const block_q8x *ab, __m256 *acc, __m128 *off) {
+    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
+    if (type == PL_TYPE_Q8_0) {
+        const block_q8_0 *wb = blk;
+        __m256 p = dot_s8s8(_mm256_loadu_si256((const __m256i *)wb->qs), av);
+        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), _mm256_broadcast_ss(&ab->d));
+        *acc = _mm256_fmadd_ps(p, sc, *acc);
+    } else if (type == PL_TYPE_Q4_0) {
+        const block_q4_0 *wb = blk;
+        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
+        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(wb->qs), av), c16);
+        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), _mm256_broadcast_ss(&ab->d));
+        *acc = _mm256_fmadd_ps(p, sc, *acc);
+    } else {
+        const block_q4_1 *wb = blk;
+        const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&ab->d)); /* da, s */
+        uint32_t dm;
+        memcpy(&dm, &wb->d, 4); /* d in the low half, m in the high half */
+        __m256 p = dot_u8s8(q4_unpack(wb->qs), av);
+        __m128 sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)), ds); /* d*da, m*s */
+        *off = _mm_add_ps(*off, sc);
+        *acc = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), *acc);
     }
+}
+
+/*
+ * One row at a time, two accumulator chains (even and odd blocks). Decode streams
+ * the weights from memory, and on the machines measured (bench/RESULTS.md) a
+ * single sequential stream per core reads DRAM much faster than several rows
+ * interleaved (Q8_0: 24 vs 6 GB/s), so rows are not interleaved here.
+ */
+AVX2_INLINE void qrow(int type, const void *row, const block_q8x *a, float *y, int n) {
+    const size_t bb = type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_0 ? sizeof(block_q4_0)
+                                                                                         : sizeof(block_q4_1);
+    const char *w = row;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
     const int nb = n / QK;
-    for (int b = 0; b < nb; b++) {
-        const __m256i av = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        const __m256 da = _mm256_broadcast_ss(&a[b].d);
-        __m256i c16 = _mm256_setzero_si256();
-        if (type == PL_TYPE_Q4_0) c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++) {
-            if (type == PL_TYPE_Q8_0) {
-                const block_q8_0 *wb = (const block_q8_0 *)ROW(w, rb, r + i) + b;
-                __m256 p = dot_s8s8(_mm256_loadu_si256((const __m256i *)wb->qs), av);
-                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), da);
-                acc[i] = _mm256_fmadd_ps(p, sc, acc[i]);
-            } else if (type == PL_TYPE_Q4_0) {
-                const block_q4_0 *wb = (const block_q4_0 *)ROW(w, rb, r + i) + b;
-                __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(wb->qs), av), c16);
-                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-                __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), da);
-                acc[i] = _mm256_fmadd_ps(p, sc, acc[i]);
-            } else {
-                const block_q4_1 *wb = (const block_q4_1 *)ROW(w, rb, r + i) + b;
-                const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&a[b].d)); /* da, s */
-                uint32_t dm;
-                memcpy(&dm, &wb->d, 4); /* d in the low half, m in the high half */
-                __m256 p = dot_u8s8(q4_unpack(wb->qs), av);
-                __m128 sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)), ds); /* d*da, m*s */
-                off[i] = _mm_add_ps(off[i], sc);
-                acc[i] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), acc[i]);
-            }
-        }
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        qblock(type, w + b * bb, a + b, &acc0, &off0);
+        qblock(type, w + (b + 1) * bb, a + b + 1, &acc1, &off1);
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++) {
-        float s = hsum8(acc[i]);
-        if (type == PL_TYPE_Q4_1) s += _mm_cvtss_f32(_mm_shuffle_ps(off[i], off[i], 1));
-        y[r + i] = s;
+    if (b < nb) qblock(type, w + b * bb, a + b, &acc0, &off0);
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    if (type == PL_TYPE_Q4_1) {
+        __m128 o = _mm_add_ps(off0, off1);
+        s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1));
     }
+    *y = s;
+}
+
+/* Q4: two rows per pass share the activation work (measured: faster than one, and than four) */
+AVX2_INLINE void qrow2(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r, int n) {
+    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    const char *w0 = ROW(w, rb, r), *w1 = ROW(w, rb, r + 1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+    for (int b = 0; b < n / QK; b++) {
+        qblock(type, w0 + b * bb, a + b, &acc0, &off0);
+        qblock(type, w1 + b * bb, a + b, &acc1, &off1);
+    }
+    float s0 = hsum8(acc0), s1 = hsum8(acc1);
+    if (type == PL_TYPE_Q4_1) {
+        s0 += _mm_cvtss_f32(_mm_shuffle_ps(off0, off0, 1));
+        s1 += _mm_cvtss_f32(_mm_shuffle_ps(off1, off1, 1));
+    }
+    y[r] = s0;
+    y[r + 1] = s1;
 }
 
 #define QROWS(NAME, TYPE)                                                                      \
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, \
                                  int r1, int n) {                                              \
-        const block_q8x *a = (const block_q8x *)act;                                           \
         int r = r0;                                                                            \
-        for (; r + 4 <= r1; r += 4) qrows(TYPE, 4, w, rb, a, y, r, n);                         \
-        for (; r < r1; r++) qrows(TYPE, 1, w, rb, a, y, r, n);                                 \
+        if (TYPE != PL_TYPE_Q8_0)                                                              \
+            for (; r + 2 <= r1; r += 2) qrow2(TYPE, w, rb, (const block_q8x *)act, y, r, n);   \
+        for (; r < r1; r++) qrow(TYPE, ROW(w, rb, r), (const block_q8x *)act, y + r, n);       \
     }
 
 QROWS(q8_0, PL_TYPE_Q8_0)
