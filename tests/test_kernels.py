@@ -187,3 +187,58 @@ def test_c_harness_neon_under_qemu():
     out = _run_script("run_neon.sh")
     assert out.count("match the scalar reference") == 2, out
     assert "dot-product extension in use" in out and "not present" in out, out
+
+
+# ---------------------------------------------------------------- the speed tools, on a tiny model
+
+
+def test_bench_cli_json_fields(tiny_model_factory, capsys):
+    """`python -m pyllama.bench --json` emits llama-bench's fields, one record per test and thread count."""
+    import json
+
+    from pyllama import bench
+
+    path = str(tiny_model_factory())
+    assert bench.main(["-m", path, "-p", "8", "-n", "4", "-t", "1,2", "-r", "2", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["n_threads"], r["n_prompt"], r["n_gen"]) for r in records] == [(1, 8, 0), (1, 0, 4), (2, 8, 0), (2, 0, 4)]
+    for r in records:
+        for field in ("model_filename", "model_type", "model_size", "model_n_params", "avg_ts", "stddev_ts"):
+            assert field in r, field
+        assert r["model_size"] > 0 and r["model_n_params"] > 0 and r["avg_ts"] > 0
+        assert len(r["samples_ts"]) == 2
+
+
+def test_bench_cli_table(tiny_model_factory, capsys):
+    from pyllama import bench
+
+    path = str(tiny_model_factory())
+    assert bench.main(["-m", path, "-p", "8", "-n", "0", "-r", "1", "-t", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| model") and "t/s" in lines[0]
+    assert len(lines) == 3 and "pp8" in lines[2]
+
+
+def test_perplexity_matches_a_direct_computation(tiny_model_factory):
+    """pyllama.perplexity's windows and scoring, recomputed here from full-sequence logits."""
+    from pyllama import Llama
+    from pyllama.perplexity import perplexity
+
+    llm = Llama(model_path=str(tiny_model_factory()), n_ctx=16, n_threads=1)
+    rng = np.random.default_rng(3)
+    tokens = [int(t) for t in rng.integers(0, llm.n_vocab(), 50)]
+    ppl, err, running = perplexity(llm, tokens, 16, out=open(os.devnull, "w"))
+    nll = []
+    for c in range(len(tokens) // 16):  # 3 windows; score positions 8..14 predicting 9..15
+        window = tokens[c * 16:(c + 1) * 16]
+        if llm.tokenizer.add_bos and llm.token_bos() >= 0:
+            window[0] = llm.token_bos()
+        llm.reset()
+        llm.eval(window, logits_all=True)
+        for i in range(8, 15):
+            row = llm.eval_logits[i].astype(np.float64)
+            nll.append(np.log(np.exp(row - row.max()).sum()) + row.max() - row[window[i + 1]])
+    nll = np.array(nll)
+    assert len(running) == 3
+    assert ppl == pytest.approx(np.exp(nll.mean()), rel=1e-9)
+    assert err == pytest.approx(np.sqrt(nll.var() / (len(nll) - 1)) * np.exp(nll.mean()), rel=1e-6)
