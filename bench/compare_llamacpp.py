@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""pyllama against llama.cpp's llama-bench, side by side on the same model files.
+
+    python bench/compare_llamacpp.py [-m MODEL ...] [-p 512] [-n 128] [-t 2] [-r 3] [--rounds 1]
+                                     [--llama-bench PATH] [--no-variants] [--json-out FILE]
+
+For every model file and test (ppN = prefill of N tokens, tgN = N decode steps) it runs
+llama.cpp's `llama-bench ... -o json` and then pyllama's `python -m pyllama.bench ... --json`
+(or, when that tool is missing, an equivalent timing of `pyllama.Llama.eval` from Python),
+alternating the two engines test by test so that both see the same machine load. With
+--rounds R the alternation is repeated R times (the engine that goes first swaps each round)
+and the samples of all rounds are pooled.
+
+Models: the ones given with -m, else the default model (pyllama.models.default_model_path())
+plus, when bench/make_variants.py exists, the Q4_0/Q8_0/F16/F32 variants it writes.
+llama-bench: --llama-bench, else $LLAMA_BENCH, else the binary bench/build_llamacpp.sh built.
+
+Prints a markdown table: tokens/s of each engine (mean ± sd over repetitions, as llama-bench
+reports them) and the ratio pyllama / llama.cpp; then the best repetition of each and their
+ratio, which is the steadier figure on a machine shared with other work (a 2-thread run whose
+thread is preempted can lose an order of magnitude in one repetition). The load average
+before and after heads the table. Progress -> stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def log(msg: str) -> None:
+    print(f"compare_llamacpp: {msg}", file=sys.stderr, flush=True)
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def find_llama_bench(explicit: str | None) -> str:
+    for cand in (explicit, os.environ.get("LLAMA_BENCH")):
+        if cand:
+            if not os.access(cand, os.X_OK):
+                sys.exit(f"compare_llamacpp: {cand} is not an executable llama-bench")
+            return cand
+    script = os.path.join(HERE, "build_llamacpp.sh")
+    log("locating llama-bench through bench/build_llamacpp.sh (builds it on first use: several minutes)")
+    res = subprocess.run(["bash", script], stdout=subprocess.PIPE, text=True)
+    if res.returncode != 0 or not res.stdout.strip():
+        sys.exit("compare_llamacpp: bench/build_llamacpp.sh failed; pass --llama-bench PATH")
+    return os.path.join(res.stdout.strip().splitlines()[-1], "llama-bench")
+
+
+def default_models(no_variants: bool) -> list[str]:
+    sys.path.insert(0, ROOT)
+    from pyllama.models import default_model_path
+
+    models = [default_model_path()]
+    variants = os.path.join(HERE, "make_variants.py")
+    if no_variants or not os.path.exists(variants):
+        if not no_variants:
+            log("bench/make_variants.py not found: only the default model")
+        return models
+    log("bench/make_variants.py: making (or finding) the requantized variants")
+    res = subprocess.run([sys.executable, variants], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        sys.exit(f"compare_llamacpp: bench/make_variants.py failed (exit {res.returncode})")
+    for line in res.stdout.splitlines():  # it prints the paths of the files it made, one per line
+        for word in line.split():
+            if word.endswith(".gguf") and os.path.isfile(word) and word not in models:
+                models.append(os.path.abspath(word))
+    return models
+
+
+def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
+    cmd = [exe, "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
+           "-r", str(reps), "-o", "json"]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+    rows = json.loads(res.stdout)
+    if len(rows) != 1:
+        sys.exit(f"compare_llamacpp: expected one result from llama-bench, got {len(rows)}")
+    return rows[0]
+
+
+def have_pyllama_bench() -> bool:
+    return os.path.exists(os.path.join(ROOT, "pyllama", "bench.py"))
+
+
+def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
+    if have_pyllama_bench():
+        cmd = [sys.executable, "-m", "pyllama.bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
+               "-t", str(threads), "-r", str(reps), "--json"]
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        if res.returncode != 0:
+            sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+        rows = json.loads(res.stdout)
+        if len(rows) != 1:
+            sys.exit(f"compare_llamacpp: expected one result from pyllama.bench, got {len(rows)}")
+        return rows[0]
+    return time_pyllama_directly(model, n_prompt, n_gen, threads, reps)
+
+
+def time_pyllama_directly(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
+    """Fallback when pyllama.bench is absent: the same measurement, in this process."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from pyllama import Llama
+
+    llm = Llama(model_path=model, n_ctx=max(n_prompt + n_gen, 16), n_threads=threads, n_batch=max(n_prompt, 1))
+    rng = np.random.default_rng(1234)
+    samples = []
+    for rep in range(reps + 1):  # the first run is a warm-up
+        llm.reset()
+        if n_prompt:
+            tokens = rng.integers(0, llm.n_vocab(), n_prompt, dtype=np.int32)
+            t0 = time.perf_counter()
+            llm.eval(tokens)
+            dt, n = time.perf_counter() - t0, n_prompt
+        else:
+            token = int(rng.integers(0, llm.n_vocab()))
+            t0 = time.perf_counter()
+            for _ in range(n_gen):
+                llm.eval([token])
+                token = int(np.argmax(llm.logits))
+            dt, n = time.perf_counter() - t0, n_gen
+        if rep:
+            samples.append(n / dt)
+    return {"avg_ts": statistics.fmean(samples), "samples_ts": samples,
+            "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0}
+
+
+def summarize(samples: list[float]) -> tuple[float, float]:
+    return statistics.fmean(samples), (statistics.stdev(samples) if len(samples) > 1 else 0.0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", action="append", dest="models", help="model file (repeatable)")
+    p.add_argument("-p", "--n-prompt", type=int, default=512)
+    p.add_argument("-n", "--n-gen", type=int, default=128)
+    p.add_argument("-t", "--threads", type=int, default=2)
+    p.add_argument("-r", "--repetitions", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1, help="repeat the alternation this many times")
+    p.add_argument("--llama-bench", help="path of llama-bench (default: $LLAMA_BENCH or the cache build)")
+    p.add_argument("--no-variants", action="store_true", help="skip bench/make_variants.py's files")
+    p.add_argument("--json-out", help="also write every raw result to this JSON file")
+    args = p.parse_args(argv)
+
+    exe = find_llama_bench(args.llama_bench)
+    models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)
+    for m in models:
+        if not os.path.isfile(m):
+            sys.exit(f"compare_llamacpp: model file {m} does not exist")
+    tests = [(f"pp{args.n_prompt}", args.n_prompt, 0)] if args.n_prompt else []
+    tests += [(f"tg{args.n_gen}", 0, args.n_gen)] if args.n_gen else []
+
+    load_before = load_average()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    info: dict[str, dict] = {}
+    raw = []
+    for rnd in range(args.rounds):
+        for model in models:
+            for name, n_prompt, n_gen in tests:
+                order = ("llama.cpp", "pyllama") if rnd % 2 == 0 else ("pyllama", "llama.cpp")
+                for engine in order:
+                    log(f"round {rnd + 1}/{args.rounds} {os.path.basename(model)} {name} {engine} "
+                        f"(load {load_average()})")
+                    if engine == "llama.cpp":
+                        r = run_llama_bench(exe, model, n_prompt, n_gen, args.threads, args.repetitions)
+                        info.setdefault(model, r)
+                    else:
+                        r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions)
+                    samples.setdefault((model, name, engine), []).extend(r.get("samples_ts") or [r["avg_ts"]])
+                    raw.append({"round": rnd, "model": model, "test": name, "engine": engine, **r})
+    load_after = load_average()
+
+    first = next(iter(info.values()), {})
+    build = f"{first.get('build_commit', '?')}/{first.get('build_number', '?')}"
+    lines = [
+        f"pyllama vs llama.cpp ({exe}, build {build}), {args.threads} threads, {args.repetitions} repetitions x {args.rounds} round(s), {started}, "
+        f"{platform.machine()} {os.cpu_count()} CPUs; load average before {load_before}, after {load_after}",
+        "",
+        "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "
+        "| llama.cpp best | pyllama best | ratio of bests |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model in models:
+        meta = info.get(model, {})
+        size = meta.get("model_size", os.path.getsize(model)) / 2**20
+        for name, _, _ in tests:
+            lm, ls = summarize(samples[(model, name, "llama.cpp")])
+            pm, ps = summarize(samples[(model, name, "pyllama")])
+            lb, pb = max(samples[(model, name, "llama.cpp")]), max(samples[(model, name, "pyllama")])
+            lines.append(f"| {os.path.basename(model)} | {meta.get('model_type', '?')} | {size:.1f} | {name} "
+                         f"| {lm:.1f} ± {ls:.1f} | {pm:.1f} ± {ps:.1f} | {pm / lm:.2f} "
+                         f"| {lb:.1f} | {pb:.1f} | {pb / lb:.2f} |")
+    if not have_pyllama_bench():
+        lines.append("\n(pyllama timed in-process: pyllama.bench was not available)")
+    print("\n".join(lines))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump({"llama_bench": exe, "load_before": load_before, "load_after": load_after,
+                       "results": raw}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
