@@ -1,0 +1,28 @@
+"""A plain decode or prefill loop to run under a profiler (perf record python bench/profile_decode.py ...).
+
+    python bench/profile_decode.py [-m MODEL] [-t THREADS] tg N     # N x (eval([tok]) + argmax) from an empty cache
+    python bench/profile_decode.py [-m MODEL] [-t THREADS] pp R     # R x (reset + eval of 512 tokens)
+"""
+import argparse
+
+import numpy as np
+
+from pyllama import Llama
+
+p = argparse.ArgumentParser()
+p.add_argument("-m", "--model", default=None)
+p.add_argument("-t", "--threads", type=int, default=2)
+p.add_argument("mode", choices=["tg", "pp"])
+p.add_argument("n", type=int)
+a = p.parse_args()
+llm = Llama(a.model, n_ctx=max(600, a.n + 8), n_threads=a.threads)
+if a.mode == "tg":
+    tok = 1
+    for _ in range(a.n):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.logits))
+else:
+    toks = np.arange(100, 612, dtype=np.int32)
+    for _ in range(a.n):
+        llm.reset()
+        llm.eval(toks)
