@@ -43,12 +43,24 @@ typedef void (*pl_rows_fn)(const void *w, size_t row_bytes, const void *act,
 typedef void (*pl_tile_fn)(const void *w, size_t row_bytes, const void *act, size_t act_stride,
                            float *y, size_t y_stride, int r0, int r1, int n_tok, int n);
 
+/*
+ * Attention of the `group` query heads that share one key/value head, for one
+ * token that sees cache positions 0..n_pos-1. q: the group's query heads back to
+ * back (hd floats each); k, v: this kv head's slice at position 0, positions
+ * kv_stride floats apart; out: the group's outputs back to back; att: scratch
+ * for group * n_pos floats. scale must be positive.
+ */
+typedef void (*pl_attend_fn)(const float *q, int group, int hd, const float *k, const float *v,
+                             size_t kv_stride, int n_pos, float scale, float *out, float *att);
+#define PL_KERNELS_HAVE_ATTEND 1
+
 typedef struct {
     const char *name;
     /* quantize n floats (n % 32 == 0) into n/32 activation blocks */
     void (*quantize_q8x)(const float *x, block_q8x *y, int n);
     pl_rows_fn rows[PL_TYPE_SLOTS];
     pl_tile_fn tile[PL_TYPE_SLOTS];
+    pl_attend_fn attend;
 } pl_kernel_set;
 
 extern const pl_kernel_set pl_kernels_scalar;

@@ -97,6 +97,27 @@ DEFINE_ROWS(q8_0, block_q8_0, block_q8x)
 DEFINE_ROWS(q4_0, block_q4_0, block_q8x)
 DEFINE_ROWS(q4_1, block_q4_1, block_q8x)
 
+/* out = softmax(q . K[s] * scale for s < n_pos) . V, for each head of the group. */
+static void attend(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
+                   int n_pos, float scale, float *out, float *att) {
+    for (int j = 0; j < group; j++) {
+        const float *qj = q + (size_t)j * hd;
+        float *aj = att + (size_t)j * n_pos, *oj = out + (size_t)j * hd;
+        float max = -INFINITY;
+        for (int s = 0; s < n_pos; s++) {
+            aj[s] = dot_f32(k + (size_t)s * kv_stride, qj, hd) * scale;
+            max = aj[s] > max ? aj[s] : max;
+        }
+        float sum = 0.0f;
+        for (int s = 0; s < n_pos; s++) sum += (aj[s] = expf(aj[s] - max));
+        for (int i = 0; i < hd; i++) oj[i] = 0.0f;
+        for (int s = 0; s < n_pos; s++) {
+            const float a = aj[s] / sum;
+            for (int i = 0; i < hd; i++) oj[i] += a * v[(size_t)s * kv_stride + i];
+        }
+    }
+}
+
 const pl_kernel_set pl_kernels_scalar = {
     .name = "scalar",
     .quantize_q8x = quantize_q8x,
@@ -108,4 +129,5 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q4_0] = rows_q4_0,
         [PL_TYPE_Q4_1] = rows_q4_1,
     },
+    .attend = attend,
 };

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kernels.h"
 #include "quants.h"
 
 /* ------------------------------------------------------------------ binding */
@@ -189,7 +190,7 @@ struct pl_context {
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
     float *rope_cs;     /* [token][head_dim]: cos, sin per rotated pair */
     void *act;          /* quantized activations */
-    float *att;         /* [thread][n_ctx] attention scores */
+    float *att;         /* [thread][group][n_ctx] attention scores */
     int att_threads;
 };
 
@@ -246,7 +247,8 @@ int pl_set_threads(pl_context *c, int n_threads) {
     if (n_threads <= 0) n_threads = omp_get_num_procs();
     if (n_threads > 1024) n_threads = 1024;
     if (n_threads > c->att_threads) {
-        float *na = realloc(c->att, (size_t)n_threads * c->n_ctx * sizeof(float));
+        const int group = c->m->cfg.n_heads / c->m->cfg.n_kv_heads;
+        float *na = realloc(c->att, (size_t)n_threads * group * c->n_ctx * sizeof(float));
         if (!na) {
             pl_set_error("out of memory");
             return -1;
@@ -354,47 +356,10 @@ static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok,
 }
 
 /*
- * Kernels for attention over the fp32 cache. `omp simd` lets the compiler
- * vectorize the reductions (it may reorder the sum); on x86-64 Linux GCC also
- * builds an AVX2+FMA clone picked at load time, keeping the build portable.
- */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define MULTIVERSION
-#endif
-
-/* out = softmax(q . K[s] * scale for s < n_pos) . V, for one head. */
-MULTIVERSION
-static void attend_head(const float *q, const float *kc, const float *vc, size_t kv_stride, int n_pos, int hd,
-                        float scale, float *att, float *out) {
-    float max = -INFINITY;
-    for (int s = 0; s < n_pos; s++) {
-        const float *k = kc + (size_t)s * kv_stride;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int i = 0; i < hd; i++) dot += q[i] * k[i];
-        att[s] = dot * scale;
-        max = att[s] > max ? att[s] : max;
-    }
-    float sum = 0.0f;
-    for (int s = 0; s < n_pos; s++) {
-        att[s] = expf(att[s] - max);
-        sum += att[s];
-    }
-    const float inv = 1.0f / sum;
-    for (int i = 0; i < hd; i++) out[i] = 0.0f;
-    for (int s = 0; s < n_pos; s++) {
-        const float *v = vc + (size_t)s * kv_stride;
-        const float a = att[s] * inv;
-#pragma omp simd
-        for (int i = 0; i < hd; i++) out[i] += a * v[i];
-    }
-}
-
-/*
- * Causal attention of n_tok queries at positions n_past.. over the cache.
- * Query head h reads key/value head h / (n_heads / n_kv_heads) (grouped-query attention).
+ * Causal attention of n_tok queries at positions n_past.. over the cache, through
+ * the kernel table: one call per (token, key/value head) handles the n_heads/n_kv_heads
+ * query heads that share it (grouped-query attention), so K and V rows are read once
+ * for the group. Work items are uneven (later tokens see more positions): dynamic schedule.
  */
 static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const pl_config *p = &c->m->cfg;
@@ -403,14 +368,15 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const float scale = 1.0f / sqrtf((float)hd);
     const float *kc = c->key_cache + (size_t)layer * c->n_ctx * kv_dim;
     const float *vc = c->value_cache + (size_t)layer * c->n_ctx * kv_dim;
+    const pl_attend_fn attend = pl_kernels()->attend;
 
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int t = 0; t < n_tok; t++) {
-        for (int h = 0; h < p->n_heads; h++) {
-            const int kv_off = (h / group) * hd;
-            attend_head(c->q + (size_t)t * q_dim + h * hd, kc + kv_off, vc + kv_off, (size_t)kv_dim,
-                        n_past + t + 1, hd, scale, c->att + (size_t)omp_get_thread_num() * c->n_ctx,
-                        c->xb2 + (size_t)t * q_dim + h * hd);
+        for (int g = 0; g < p->n_kv_heads; g++) {
+            const size_t qo = (size_t)t * q_dim + (size_t)g * group * hd;
+            attend(c->q + qo, group, hd, kc + (size_t)g * hd, vc + (size_t)g * hd, (size_t)kv_dim,
+                   n_past + t + 1, scale, c->xb2 + qo,
+                   c->att + (size_t)omp_get_thread_num() * group * c->n_ctx);
         }
     }
 }
