@@ -115,10 +115,10 @@ size_t pl_act_bytes(int type, int cols, int n_tok) {
 
 /* Rows [r0, r1) of one part, for every token. */
 static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols, const float *x,
-                      const char *q8, size_t q8_stride, int n_tok, int r0, int r1) {
+                      const void *q8, size_t q8_stride, int n_tok, int r0, int r1) {
     const size_t row_bytes = (size_t)pl_type_nbytes(p->type, cols);
     const int uses_q8 = pl_type_uses_q8x(p->type);
-    const char *act = uses_q8 ? q8 : (const char *)x;
+    const char *act = uses_q8 ? (const char *)q8 : (const char *)x;
     const size_t astride = uses_q8 ? q8_stride : (size_t)cols * sizeof(float);
     if (n_tok > 1 && k->tile[p->type]) {
         k->tile[p->type](p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
@@ -140,16 +140,51 @@ static void thread_share(int n, int *r0, int *r1) {
     *r1 = g1 * ROW_ALIGN < n ? g1 * ROW_ALIGN : n;
 }
 
+void pl_quantize_act(const float *x, int n_tok, int cols, void *xq) {
+    const pl_kernel_set *k = pl_kernels();
+    const size_t stride = (size_t)(cols / QK) * sizeof(block_q8x);
+    for (int t = 0; t < n_tok; t++)
+        k->quantize_q8x(x + (size_t)t * cols, (block_q8x *)((char *)xq + t * stride), cols);
+}
+
+int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts) {
+    for (int i = 0; i < n_parts; i++)
+        if (pl_type_uses_q8x(parts[i].type)) return 1;
+    return 0;
+}
+
+void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const float *x, const void *xq,
+                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg) {
+    const pl_kernel_set *k = pl_kernels();
+    const size_t q8_stride = (size_t)(cols / QK) * sizeof(block_q8x);
+    int r0, r1;
+    if (same_rows) {
+        /* the same rows of every part on one thread, so the epilogue can combine them */
+        thread_share(parts[0].rows, &r0, &r1);
+        if (r0 < r1) {
+            for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, r0, r1);
+            if (epilogue) epilogue(arg, r0, r1);
+        }
+        return;
+    }
+    /* the parts' rows end to end, shared out evenly */
+    int total = 0;
+    for (int i = 0; i < n_parts; i++) total += parts[i].rows;
+    thread_share(total, &r0, &r1);
+    int base = 0;
+    for (int i = 0; i < n_parts; i++) {
+        int a = r0 - base > 0 ? r0 - base : 0;
+        int b = r1 - base < parts[i].rows ? r1 - base : parts[i].rows;
+        if (a < b) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, a, b);
+        base += parts[i].rows;
+    }
+}
+
 void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const float *x, int n_tok,
                      void *scratch, int same_rows, pl_epilogue_fn epilogue, void *arg) {
     const pl_kernel_set *k = pl_kernels();
-    int any_q8 = 0, total = 0;
-    for (int i = 0; i < n_parts; i++) {
-        any_q8 |= pl_type_uses_q8x(parts[i].type);
-        total += parts[i].rows;
-    }
+    const int any_q8 = pl_parts_need_q8(parts, n_parts);
     const size_t q8_stride = (size_t)(cols / QK) * sizeof(block_q8x);
-
 #pragma omp parallel
     {
         if (any_q8) { /* quantize the shared input once for every part */
@@ -157,25 +192,7 @@ void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const f
             for (int t = 0; t < n_tok; t++)
                 k->quantize_q8x(x + (size_t)t * cols, (block_q8x *)((char *)scratch + t * q8_stride), cols);
         }
-        int r0, r1;
-        if (same_rows) {
-            /* the same rows of every part on one thread, so the epilogue can combine them */
-            thread_share(parts[0].rows, &r0, &r1);
-            if (r0 < r1) {
-                for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, scratch, q8_stride, n_tok, r0, r1);
-                if (epilogue) epilogue(arg, r0, r1);
-            }
-        } else {
-            /* the parts' rows end to end, shared out evenly */
-            thread_share(total, &r0, &r1);
-            int base = 0;
-            for (int i = 0; i < n_parts; i++) {
-                int a = r0 - base > 0 ? r0 - base : 0;
-                int b = r1 - base < parts[i].rows ? r1 - base : parts[i].rows;
-                if (a < b) part_rows(k, &parts[i], cols, x, scratch, q8_stride, n_tok, a, b);
-                base += parts[i].rows;
-            }
-        }
+        pl_matmul_share(parts, n_parts, cols, x, any_q8 ? scratch : NULL, n_tok, same_rows, epilogue, arg);
     }
 }
 

@@ -96,6 +96,17 @@ typedef void (*pl_epilogue_fn)(void *arg, int r0, int r1);
 void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const float *x, int n_tok,
                      void *scratch, int same_rows, pl_epilogue_fn epilogue, void *arg);
 
+/*
+ * The same, for a caller already inside a parallel region (the forward pass
+ * keeps one team for the whole batch): computes only this thread's share of
+ * the rows and does not wait for the others. xq holds the input quantized by
+ * pl_quantize_act when any part is of a quantized type (else NULL).
+ */
+void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const float *x, const void *xq,
+                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg);
+void pl_quantize_act(const float *x, int n_tok, int cols, void *xq);
+int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
+
 void pl_matmul_rows(int type, const void *w, int rows, int cols,
                     const float *x, int n_tok, float *y, size_t y_stride, void *scratch);
 

@@ -189,9 +189,13 @@ struct pl_context {
     int capacity;
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
     float *rope_cs;     /* [token][head_dim]: cos, sin per rotated pair */
-    void *act;          /* quantized activations */
+    /* per thread: each thread normalizes and quantizes a product's whole input for
+     * itself, which costs less than making the others wait for one copy */
+    float *xn;          /* [thread][token][dim] normalized input */
+    char *act;          /* [thread][...] quantized input */
+    size_t act_stride;  /* bytes per thread in act */
     float *att;         /* [thread][group][n_ctx] attention scores */
-    int att_threads;
+    int att_threads;    /* threads the per-thread buffers are sized for */
 };
 
 /* Per-pair rotation speeds, with the scaling the metadata asks for folded in. */
@@ -225,15 +229,17 @@ static int grow_scratch(pl_context *c, int n_tok) {
     const pl_config *p = &c->m->cfg;
     const int q_dim = p->n_heads * p->head_dim, kv_dim = p->n_kv_heads * p->head_dim;
     const int widest = p->dim > p->hidden_dim ? (p->dim > q_dim ? p->dim : q_dim) : (p->hidden_dim > q_dim ? p->hidden_dim : q_dim);
-    float **bufs[] = {&c->x, &c->xb, &c->xb2, &c->q, &c->k, &c->v, &c->hb, &c->hb2, &c->rope_cs};
-    size_t sizes[] = {p->dim, widest, q_dim, q_dim, kv_dim, kv_dim, p->hidden_dim, p->hidden_dim, p->head_dim};
-    for (int i = 0; i < 9; i++) {
+    const size_t nth = (size_t)c->att_threads;
+    float **bufs[] = {&c->x, &c->xb, &c->xb2, &c->q, &c->k, &c->v, &c->hb, &c->hb2, &c->rope_cs, &c->xn};
+    size_t sizes[] = {p->dim, p->dim, q_dim, q_dim, kv_dim, kv_dim, p->hidden_dim, p->hidden_dim, p->head_dim,
+                      nth * p->dim};
+    for (int i = 0; i < 10; i++) {
         float *nb = realloc(*bufs[i], sizes[i] * (size_t)n_tok * sizeof(float));
         if (!nb) goto oom;
         *bufs[i] = nb;
     }
-    size_t act = pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 64;
-    void *na = realloc(c->act, act);
+    c->act_stride = (pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 63) / 64 * 64;
+    char *na = realloc(c->act, nth * c->act_stride);
     if (!na) goto oom;
     c->act = na;
     c->capacity = n_tok;
@@ -255,6 +261,7 @@ int pl_set_threads(pl_context *c, int n_threads) {
         }
         c->att = na;
         c->att_threads = n_threads;
+        c->capacity = 0; /* per-thread batch buffers are resized by the next eval */
     }
     c->n_threads = n_threads;
     return 0;
@@ -295,7 +302,7 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
 void pl_context_free(pl_context *c) {
     if (!c) return;
     float *bufs[] = {c->key_cache, c->value_cache, c->inv_freq, c->x, c->xb, c->xb2, c->q,
-                     c->k, c->v, c->hb, c->hb2, c->rope_cs, c->att};
+                     c->k, c->v, c->hb, c->hb2, c->rope_cs, c->xn, c->att};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c->act);
     free(c);
@@ -350,9 +357,49 @@ static void swiglu(void *arg, int r0, int r1) {
     }
 }
 
-/* Y[t] = W . X[t] for a weight tensor; out rows are `rows` floats apart. */
-static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok, float *y) {
-    pl_matmul_rows(w->type, w->data, (int)w->ne[1], (int)w->ne[0], x, n_tok, y, (size_t)w->ne[1], c->act);
+/* ---- the forward pass: one OpenMP team for the whole batch ----
+ *
+ * Threads split every matrix product by output rows and meet at a barrier
+ * before anything reads the product. Each thread normalizes (and quantizes)
+ * a product's input for itself: for one token that is a few hundred values,
+ * cheaper than a barrier. Per layer there are six meeting points: after QKV,
+ * after RoPE and the cache store, after attention, after Wo (+ residual),
+ * after gate/up (+ SwiGLU), after down (+ residual).
+ */
+
+static float *thread_xn(pl_context *c) {
+    return c->xn + (size_t)omp_get_thread_num() * c->capacity * c->m->cfg.dim;
+}
+
+/* The input quantized into this thread's buffer when some part needs it, else NULL. */
+static const void *thread_quantize(pl_context *c, const pl_matmul_part *parts, int n_parts, const float *x,
+                                   int n_tok, int cols) {
+    if (!pl_parts_need_q8(parts, n_parts)) return NULL;
+    void *xq = c->act + (size_t)omp_get_thread_num() * c->act_stride;
+    pl_quantize_act(x, n_tok, cols, xq);
+    return xq;
+}
+
+/* RMSNorm of every token into this thread's buffer. */
+static float *thread_rmsnorm(pl_context *c, const float *x, const float *w, int first, int n_tok) {
+    const int dim = c->m->cfg.dim;
+    float *xn = thread_xn(c);
+    for (int t = 0; t < n_tok; t++)
+        rmsnorm(xn + (size_t)t * dim, x + (size_t)(first + t) * dim, w, dim, c->m->cfg.norm_eps);
+    return xn;
+}
+
+/* Epilogue: x[t][r] += y[t][r] on the rows a thread just computed (the residual connection). */
+typedef struct {
+    float *x;
+    const float *y;
+    int n_tok, n;
+} residual_rows;
+
+static void add_residual(void *arg, int r0, int r1) {
+    residual_rows *a = arg;
+    for (int t = 0; t < a->n_tok; t++)
+        for (int r = r0; r < r1; r++) a->x[(size_t)t * a->n + r] += a->y[(size_t)t * a->n + r];
 }
 
 /*
@@ -360,6 +407,7 @@ static void matmul(pl_context *c, const pl_tensor *w, const float *x, int n_tok,
  * the kernel table: one call per (token, key/value head) handles the n_heads/n_kv_heads
  * query heads that share it (grouped-query attention), so K and V rows are read once
  * for the group. Work items are uneven (later tokens see more positions): dynamic schedule.
+ * Called by every thread of the team; returns when all (token, head) items are done.
  */
 static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const pl_config *p = &c->m->cfg;
@@ -370,7 +418,7 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const float *vc = c->value_cache + (size_t)layer * c->n_ctx * kv_dim;
     const pl_attend_fn attend = pl_kernels()->attend;
 
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp for collapse(2) schedule(dynamic, 1)
     for (int t = 0; t < n_tok; t++) {
         for (int g = 0; g < p->n_kv_heads; g++) {
             const size_t qo = (size_t)t * q_dim + (size_t)g * group * hd;
@@ -381,13 +429,13 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     }
 }
 
-static void add_bias(float *x, const pl_tensor *b, int n_tok, int n) {
+static void add_bias(float *x, const pl_tensor *b, int n) {
     if (!b) return;
     const float *bias = b->data;
-    for (int t = 0; t < n_tok; t++)
-        for (int i = 0; i < n; i++) x[(size_t)t * n + i] += bias[i];
+    for (int i = 0; i < n; i++) x[i] += bias[i];
 }
 
+/* Called by every thread of the team. */
 static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
     const pl_config *p = &c->m->cfg;
     const pl_layer *L = &c->m->layers[l];
@@ -395,43 +443,55 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
     const int q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd;
     const int neox = p->rope_type == PL_ROPE_NEOX;
 
-    for (int t = 0; t < n_tok; t++)
-        rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm->data, dim, p->norm_eps);
+    /* q, k, v = Wq, Wk, Wv . rmsnorm(x) */
     const pl_matmul_part qkv[3] = {
         {L->wq->type, L->wq->data, q_dim, c->q, (size_t)q_dim},
         {L->wk->type, L->wk->data, kv_dim, c->k, (size_t)kv_dim},
         {L->wv->type, L->wv->data, kv_dim, c->v, (size_t)kv_dim},
     };
-    pl_matmul_parts(qkv, 3, dim, c->xb, n_tok, c->act, 0, NULL, NULL);
-    add_bias(c->q, L->bq, n_tok, q_dim);
-    add_bias(c->k, L->bk, n_tok, kv_dim);
-    add_bias(c->v, L->bv, n_tok, kv_dim);
+    float *xn = thread_rmsnorm(c, c->x, L->attn_norm->data, 0, n_tok);
+    pl_matmul_share(qkv, 3, dim, xn, thread_quantize(c, qkv, 3, xn, n_tok, dim), n_tok, 0, NULL, NULL);
+#pragma omp barrier
 
+    /* biases, rotary embeddings, and the new keys and values into the cache */
     float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
     float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
+#pragma omp for schedule(static)
     for (int t = 0; t < n_tok; t++) {
-        const int pos = n_past + t;
+        float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * kv_dim;
+        add_bias(q, L->bq, q_dim);
+        add_bias(k, L->bk, kv_dim);
+        add_bias(v, L->bv, kv_dim);
         const float *cs = c->rope_cs + (size_t)t * hd;
-        for (int h = 0; h < p->n_heads; h++) rope(c->q + (size_t)t * q_dim + h * hd, hd, cs, neox);
-        for (int h = 0; h < p->n_kv_heads; h++) rope(c->k + (size_t)t * kv_dim + h * hd, hd, cs, neox);
-        memcpy(kc + (size_t)pos * kv_dim, c->k + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
-        memcpy(vc + (size_t)pos * kv_dim, c->v + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+        for (int h = 0; h < p->n_heads; h++) rope(q + h * hd, hd, cs, neox);
+        for (int h = 0; h < p->n_kv_heads; h++) rope(k + h * hd, hd, cs, neox);
+        memcpy(kc + (size_t)(n_past + t) * kv_dim, k, (size_t)kv_dim * sizeof(float));
+        memcpy(vc + (size_t)(n_past + t) * kv_dim, v, (size_t)kv_dim * sizeof(float));
     }
     attention(c, l, n_tok, n_past);
 
-    matmul(c, L->wo, c->xb2, n_tok, c->xb);
-    for (size_t i = 0; i < (size_t)n_tok * dim; i++) c->x[i] += c->xb[i];
+    /* x += Wo . attention */
+    const pl_matmul_part wo = {L->wo->type, L->wo->data, dim, c->xb, (size_t)dim};
+    residual_rows res = {c->x, c->xb, n_tok, dim};
+    pl_matmul_share(&wo, 1, q_dim, c->xb2, thread_quantize(c, &wo, 1, c->xb2, n_tok, q_dim), n_tok, 1,
+                    add_residual, &res);
+#pragma omp barrier
 
-    for (int t = 0; t < n_tok; t++)
-        rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm->data, dim, p->norm_eps);
+    /* h = silu(Wgate . rmsnorm(x)) * (Wup . rmsnorm(x)) */
     const pl_matmul_part gate_up[2] = {
         {L->w_gate->type, L->w_gate->data, hidden, c->hb, (size_t)hidden},
         {L->w_up->type, L->w_up->data, hidden, c->hb2, (size_t)hidden},
     };
-    swiglu_rows args = {c->hb, c->hb2, n_tok, hidden};
-    pl_matmul_parts(gate_up, 2, dim, c->xb, n_tok, c->act, 1, swiglu, &args);
-    matmul(c, L->w_down, c->hb, n_tok, c->xb);
-    for (size_t i = 0; i < (size_t)n_tok * dim; i++) c->x[i] += c->xb[i];
+    swiglu_rows act = {c->hb, c->hb2, n_tok, hidden};
+    xn = thread_rmsnorm(c, c->x, L->ffn_norm->data, 0, n_tok);
+    pl_matmul_share(gate_up, 2, dim, xn, thread_quantize(c, gate_up, 2, xn, n_tok, dim), n_tok, 1, swiglu, &act);
+#pragma omp barrier
+
+    /* x += Wdown . h */
+    const pl_matmul_part down = {L->w_down->type, L->w_down->data, dim, c->xb, (size_t)dim};
+    pl_matmul_share(&down, 1, hidden, c->hb, thread_quantize(c, &down, 1, c->hb, n_tok, hidden), n_tok, 1,
+                    add_residual, &res);
+#pragma omp barrier
 }
 
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
@@ -452,23 +512,25 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
             return -1;
         }
     if (grow_scratch(c, n_tokens)) return -1;
-    omp_set_num_threads(c->n_threads);
 
     const int dim = p->dim;
     const size_t emb_row = (size_t)pl_type_nbytes(m->tok_embd->type, dim);
-    for (int t = 0; t < n_tokens; t++)
+    for (int t = 0; t < n_tokens; t++) {
         dequantize_row(m->tok_embd->type, (const char *)m->tok_embd->data + (size_t)tokens[t] * emb_row,
                        c->x + (size_t)t * dim, dim);
-
-    for (int t = 0; t < n_tokens; t++)
         rope_angles(c->rope_cs + (size_t)t * p->head_dim, n_past + t, c->inv_freq, p->head_dim / 2);
-    for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
+    }
 
     /* only the rows whose logits are wanted go through the final norm and output layer */
     const int first = logits_all ? 0 : n_tokens - 1, n_out = n_tokens - first;
-    for (int t = first; t < n_tokens; t++)
-        rmsnorm(c->xb + (size_t)(t - first) * dim, c->x + (size_t)t * dim, m->output_norm->data, dim, p->norm_eps);
-    matmul(c, m->output, c->xb, n_out, logits);
+    const pl_matmul_part out = {m->output->type, m->output->data, p->n_vocab, logits, (size_t)p->n_vocab};
+
+#pragma omp parallel num_threads(c->n_threads)
+    {
+        for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
+        float *xn = thread_rmsnorm(c, c->x, m->output_norm->data, first, n_out);
+        pl_matmul_share(&out, 1, dim, xn, thread_quantize(c, &out, 1, xn, n_out, dim), n_out, 0, NULL, NULL);
+    }
     return 0;
 }
 
