@@ -12,6 +12,8 @@
  */
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,6 +198,7 @@ struct pl_context {
     size_t act_stride;  /* bytes per thread in act */
     float *att;         /* [thread][group][n_ctx] attention scores */
     int att_threads;    /* threads the per-thread buffers are sized for */
+    atomic_int barrier_arrived, barrier_phase; /* team_barrier's state */
 };
 
 /* Per-pair rotation speeds, with the scaling the metadata asks for folded in. */
@@ -357,6 +360,38 @@ static void swiglu(void *arg, int r0, int r1) {
     }
 }
 
+/* ---- a barrier that gives the CPU away ----
+ *
+ * libgomp's barrier spins for milliseconds before sleeping. When the cores are
+ * shared with other work (a laptop), the spinning thread occupies the core its
+ * partner needs to reach the barrier, and a decode step with ~200 barriers goes
+ * from 5 ms to 700 ms (bench/RESULTS.md, section 4b). This one spins briefly,
+ * then yields the core on every check.
+ */
+static void cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static void team_barrier(pl_context *c) {
+    const int n = omp_get_num_threads();
+    if (n == 1) return;
+    const int phase = atomic_load_explicit(&c->barrier_phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&c->barrier_arrived, 1, memory_order_acq_rel) == n - 1) {
+        /* last to arrive: reset the count, then release the others */
+        atomic_store_explicit(&c->barrier_arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&c->barrier_phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&c->barrier_phase, memory_order_acquire) == phase; spins++) {
+        if (spins < 256) cpu_relax();
+        else sched_yield();
+    }
+}
+
 /* ---- the forward pass: one OpenMP team for the whole batch ----
  *
  * Threads split every matrix product by output rows and meet at a barrier
@@ -407,7 +442,7 @@ static void add_residual(void *arg, int r0, int r1) {
  * the kernel table: one call per (token, key/value head) handles the n_heads/n_kv_heads
  * query heads that share it (grouped-query attention), so K and V rows are read once
  * for the group. Work items are uneven (later tokens see more positions): dynamic schedule.
- * Called by every thread of the team; returns when all (token, head) items are done.
+ * Called by every thread of the team; a thread returns when no items are left (no barrier).
  */
 static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const pl_config *p = &c->m->cfg;
@@ -418,7 +453,7 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const float *vc = c->value_cache + (size_t)layer * c->n_ctx * kv_dim;
     const pl_attend_fn attend = pl_kernels()->attend;
 
-#pragma omp for collapse(2) schedule(dynamic, 1)
+#pragma omp for collapse(2) schedule(dynamic, 1) nowait
     for (int t = 0; t < n_tok; t++) {
         for (int g = 0; g < p->n_kv_heads; g++) {
             const size_t qo = (size_t)t * q_dim + (size_t)g * group * hd;
@@ -451,12 +486,12 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
     };
     float *xn = thread_rmsnorm(c, c->x, L->attn_norm->data, 0, n_tok);
     pl_matmul_share(qkv, 3, dim, xn, thread_quantize(c, qkv, 3, xn, n_tok, dim), n_tok, 0, NULL, NULL);
-#pragma omp barrier
+team_barrier(c);
 
     /* biases, rotary embeddings, and the new keys and values into the cache */
     float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
     float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int t = 0; t < n_tok; t++) {
         float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * kv_dim;
         add_bias(q, L->bq, q_dim);
@@ -468,14 +503,16 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
         memcpy(kc + (size_t)(n_past + t) * kv_dim, k, (size_t)kv_dim * sizeof(float));
         memcpy(vc + (size_t)(n_past + t) * kv_dim, v, (size_t)kv_dim * sizeof(float));
     }
+    team_barrier(c);
     attention(c, l, n_tok, n_past);
+    team_barrier(c);
 
     /* x += Wo . attention */
     const pl_matmul_part wo = {L->wo->type, L->wo->data, dim, c->xb, (size_t)dim};
     residual_rows res = {c->x, c->xb, n_tok, dim};
     pl_matmul_share(&wo, 1, q_dim, c->xb2, thread_quantize(c, &wo, 1, c->xb2, n_tok, q_dim), n_tok, 1,
                     add_residual, &res);
-#pragma omp barrier
+team_barrier(c);
 
     /* h = silu(Wgate . rmsnorm(x)) * (Wup . rmsnorm(x)) */
     const pl_matmul_part gate_up[2] = {
@@ -485,13 +522,13 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
     swiglu_rows act = {c->hb, c->hb2, n_tok, hidden};
     xn = thread_rmsnorm(c, c->x, L->ffn_norm->data, 0, n_tok);
     pl_matmul_share(gate_up, 2, dim, xn, thread_quantize(c, gate_up, 2, xn, n_tok, dim), n_tok, 1, swiglu, &act);
-#pragma omp barrier
+team_barrier(c);
 
     /* x += Wdown . h */
     const pl_matmul_part down = {L->w_down->type, L->w_down->data, dim, c->xb, (size_t)dim};
     pl_matmul_share(&down, 1, hidden, c->hb, thread_quantize(c, &down, 1, c->hb, n_tok, hidden), n_tok, 1,
                     add_residual, &res);
-#pragma omp barrier
+team_barrier(c);
 }
 
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
