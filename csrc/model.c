@@ -531,25 +531,10 @@ team_barrier(c);
 team_barrier(c);
 }
 
-int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
-    pl_clear_error();
+/* One forward pass over n_tokens tokens (already validated) at positions n_past.. */
+static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
     const pl_model *m = c->m;
     const pl_config *p = &m->cfg;
-    if (n_tokens <= 0) {
-        pl_set_error("eval needs at least one token");
-        return -1;
-    }
-    if (n_past < 0 || n_past > c->n_ctx || n_tokens > c->n_ctx - n_past) {
-        pl_set_error("context overflow: %d cached + %d new tokens exceed n_ctx = %d", n_past, n_tokens, c->n_ctx);
-        return -1;
-    }
-    for (int t = 0; t < n_tokens; t++)
-        if (tokens[t] < 0 || tokens[t] >= p->n_vocab) {
-            pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, p->n_vocab);
-            return -1;
-        }
-    if (grow_scratch(c, n_tokens)) return -1;
-
     const int dim = p->dim;
     const size_t emb_row = (size_t)pl_type_nbytes(m->tok_embd->type, dim);
     for (int t = 0; t < n_tokens; t++) {
@@ -565,8 +550,40 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
 #pragma omp parallel num_threads(c->n_threads)
     {
         for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
-        float *xn = thread_rmsnorm(c, c->x, m->output_norm->data, first, n_out);
-        pl_matmul_share(&out, 1, dim, xn, thread_quantize(c, &out, 1, xn, n_out, dim), n_out, 0, NULL, NULL);
+        if (logits) { /* NULL: a slice of a longer prompt, only filling the cache */
+            float *xn = thread_rmsnorm(c, c->x, m->output_norm->data, first, n_out);
+            pl_matmul_share(&out, 1, dim, xn, thread_quantize(c, &out, 1, xn, n_out, dim), n_out, 0, NULL, NULL);
+        }
+    }
+}
+
+/* Tokens per forward pass: a long prompt goes through in slices of this many, so the
+ * activation buffers stay small (prefill speed is the same from about 64 tokens on). */
+#define MAX_UBATCH 128
+
+int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
+    pl_clear_error();
+    const pl_config *p = &c->m->cfg;
+    if (n_tokens <= 0) {
+        pl_set_error("eval needs at least one token");
+        return -1;
+    }
+    if (n_past < 0 || n_past > c->n_ctx || n_tokens > c->n_ctx - n_past) {
+        pl_set_error("context overflow: %d cached + %d new tokens exceed n_ctx = %d", n_past, n_tokens, c->n_ctx);
+        return -1;
+    }
+    for (int t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= p->n_vocab) {
+            pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, p->n_vocab);
+            return -1;
+        }
+    if (grow_scratch(c, n_tokens < MAX_UBATCH ? n_tokens : MAX_UBATCH)) return -1;
+
+    for (int start = 0; start < n_tokens; start += MAX_UBATCH) {
+        const int n = n_tokens - start < MAX_UBATCH ? n_tokens - start : MAX_UBATCH;
+        const int last = start + n == n_tokens;
+        if (logits_all) forward(c, tokens + start, n, n_past + start, logits + (size_t)start * p->n_vocab, 1);
+        else forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0);
     }
     return 0;
 }

@@ -180,3 +180,20 @@ def test_default_model_loads_by_name(default_model_path):
     assert cfg["rope_base"] == 100000.0 and cfg["tied_output"] == 1
     assert llm.metadata["tokenizer.ggml.model"] == "gpt2"
     assert pyllama.__version__
+
+
+def test_long_batches_are_sliced_without_changing_results(tiny_model_factory):
+    """The C core runs a long prompt in slices of 128 tokens (MAX_UBATCH in model.c):
+    slice boundaries must not show in the logits."""
+    path = str(tiny_model_factory(context_length=512))
+    tokens = [int(t) for t in np.random.default_rng(5).integers(0, 200, 300)]
+    whole = fresh(path, n_ctx=512, n_batch=512)
+    whole.eval(tokens, logits_all=True)
+    pieces = fresh(path, n_ctx=512, n_batch=512)
+    for start in range(0, 300, 50):  # boundaries that are not multiples of 128
+        pieces.eval(tokens[start:start + 50], logits_all=True)
+        np.testing.assert_allclose(pieces.eval_logits, whole.eval_logits[start:start + 50], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pieces.logits, whole.logits, rtol=1e-5, atol=1e-5)
+    last_only = fresh(path, n_ctx=512, n_batch=512)
+    last_only.eval(tokens)
+    np.testing.assert_allclose(last_only.logits, whole.logits, rtol=1e-5, atol=1e-5)
