@@ -222,6 +222,29 @@ static int parse_metadata(cursor *c, uint64_t n_kv, metadata *md) {
     return 0;
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp((*(const pl_tensor *const *)a)->name, (*(const pl_tensor *const *)b)->name);
+}
+
+/* Sorted, so a file with a million tensor infos costs n log n, not n^2, to check. */
+static int check_unique_names(pl_model *m) {
+    const pl_tensor **sorted = malloc((size_t)m->n_tensors * sizeof *sorted);
+    if (!sorted) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    for (int i = 0; i < m->n_tensors; i++) sorted[i] = &m->tensors[i];
+    qsort(sorted, (size_t)m->n_tensors, sizeof *sorted, by_name);
+    for (int i = 1; i < m->n_tensors; i++)
+        if (!strcmp(sorted[i - 1]->name, sorted[i]->name)) {
+            pl_set_error("tensor '%s' appears twice", sorted[i]->name);
+            free(sorted);
+            return -1;
+        }
+    free(sorted);
+    return 0;
+}
+
 static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64_t *offsets) {
     for (uint64_t i = 0; i < n_tensors; i++) {
         pl_tensor *t = &m->tensors[i];
@@ -276,13 +299,8 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
             return -1;
         }
         t->nbytes = (uint64_t)nbytes;
-        for (uint64_t j = 0; j < i; j++)
-            if (!strcmp(m->tensors[j].name, t->name)) {
-                pl_set_error("tensor '%s' appears twice", t->name);
-                return -1;
-            }
     }
-    return 0;
+    return check_unique_names(m);
 }
 
 /* Fill cfg from the architecture's metadata keys. */
@@ -458,8 +476,10 @@ pl_model *pl_load_gguf(const char *path) {
 
     int64_t alignment = 32;
     if (get_int(&md, "general.alignment", 1, 1 << 20, &alignment) < 0) goto fail;
-    if (alignment & (alignment - 1)) {
-        pl_set_error("metadata key 'general.alignment' = %lld is not a power of two", (long long)alignment);
+    if ((alignment & (alignment - 1)) || alignment % 8) {
+        /* the spec asks for a multiple of 8; weights are read as floats straight from the file */
+        pl_set_error("metadata key 'general.alignment' = %lld is not a power of two multiple of 8",
+                     (long long)alignment);
         goto fail;
     }
     uint64_t data_start = (uint64_t)(c.p - c.start);

@@ -163,6 +163,8 @@ int pl_model_n_tensors(const pl_model *m) { return m->n_tensors; }
 
 uint64_t pl_model_file_size(const pl_model *m) { return m->map.size; }
 
+const void *pl_model_file_data(const pl_model *m) { return m->map.data; }
+
 int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out) {
     if (i < 0 || i >= m->n_tensors) {
         pl_set_error("tensor index %d out of range", i);
@@ -241,13 +243,15 @@ static int grow_scratch(pl_context *c, int n_tok) {
         if (!nb) goto oom;
         *bufs[i] = nb;
     }
-    c->act_stride = (pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 63) / 64 * 64;
-    char *na = realloc(c->act, nth * c->act_stride);
+    const size_t stride = (pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 63) / 64 * 64;
+    char *na = realloc(c->act, nth * stride);
     if (!na) goto oom;
     c->act = na;
+    c->act_stride = stride; /* only now: a failed realloc must leave the old, consistent pair */
     c->capacity = n_tok;
     return 0;
 oom:
+    c->capacity = 0; /* some buffers may be larger, none is trusted until a full regrow */
     pl_set_error("out of memory for a batch of %d tokens", n_tok);
     return -1;
 }
@@ -283,6 +287,7 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
     }
     c->m = m;
     c->n_ctx = n_ctx;
+    (void)pl_kernels(); /* choose the kernel set now, not racily inside the first parallel region */
     const pl_config *p = &m->cfg;
     size_t kv = (size_t)p->n_layers * n_ctx * p->n_kv_heads * p->head_dim;
     c->key_cache = calloc(kv, sizeof(float));
@@ -590,7 +595,8 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
 
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
     pl_clear_error();
-    if (n_keep < 0 || n_discard <= 0 || n_past > c->n_ctx || n_keep + n_discard > n_past) {
+    if (n_past < 0 || n_past > c->n_ctx || n_keep < 0 || n_keep > n_past || n_discard <= 0 ||
+        n_discard > n_past - n_keep) { /* written so that no sum can overflow */
         pl_set_error("bad context shift: n_past=%d n_keep=%d n_discard=%d", n_past, n_keep, n_discard);
         return -1;
     }

@@ -85,6 +85,7 @@ void pl_model_config(const pl_model *m, pl_config *out);
 int pl_model_n_tensors(const pl_model *m);
 int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);
+const void *pl_model_file_data(const pl_model *m); /* start of the mapped file */
 
 /* A context owns the KV cache and scratch buffers for one sequence. */
 pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads);

@@ -124,21 +124,21 @@ static int top_k_sorted(int32_t *ids, int n, const float *vals, float vmax, int 
     return top_prefix(ids, n, vals, vmax, 0.0, (double)k);
 }
 
-static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent) {
+/* counts is n_vocab ints of scratch; only the entries of recent tokens are touched */
+static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
+                            int32_t *counts) {
     if (s->repeat_penalty == 1.0f && s->frequency_penalty == 0.0f && s->presence_penalty == 0.0f) return;
+    for (int i = 0; i < n_recent; i++)
+        if (recent[i] >= 0 && recent[i] < n_vocab) counts[recent[i]] = 0;
+    for (int i = 0; i < n_recent; i++)
+        if (recent[i] >= 0 && recent[i] < n_vocab) counts[recent[i]]++;
     for (int i = 0; i < n_recent; i++) {
         int32_t t = recent[i];
-        if (t < 0 || t >= n_vocab) continue;
-        int first = 1, count = 0;
-        for (int j = 0; j < n_recent; j++) {
-            if (recent[j] != t) continue;
-            if (j < i) first = 0;
-            count++;
-        }
-        if (!first) continue; /* each distinct token once */
+        if (t < 0 || t >= n_vocab || counts[t] == 0) continue; /* each distinct token once */
         float x = v[t];
         if (s->repeat_penalty != 1.0f) x = x > 0 ? x / s->repeat_penalty : x * s->repeat_penalty;
-        v[t] = x - (float)count * s->frequency_penalty - s->presence_penalty;
+        v[t] = x - (float)counts[t] * s->frequency_penalty - s->presence_penalty;
+        counts[t] = 0;
     }
 }
 
@@ -149,7 +149,7 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
     memcpy(v, logits, (size_t)n_vocab * sizeof(float));
     for (int i = 0; i < n_bias; i++)
         if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) v[bias_ids[i]] += bias_vals[i];
-    apply_penalties(v, n_vocab, s, recent, n_recent);
+    apply_penalties(v, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
 
     /* two vectorizable passes (a running argmax is one long dependency chain) */
     float vmax = -INFINITY;
@@ -163,9 +163,13 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         pl_set_error("the logits contain NaN (the model produced invalid numbers)");
         return -1;
     }
+    if (vmax == -INFINITY) {
+        pl_set_error("every token has logit -inf (a logit_bias that bans the whole vocabulary?)");
+        return -1;
+    }
     int best = 0;
     while (best < n_vocab - 1 && v[best] != vmax) best++;
-    if (s->temperature <= 0.0f) { /* greedy */
+    if (s->temperature <= 0.0f || vmax == INFINITY) { /* greedy, or a token forced by a +inf bias */
         cand[0] = best;
         probs[0] = 1.0;
         *n_cand = 1;
@@ -217,6 +221,10 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         n = m;
     }
 
+    if (n <= 0) { /* cannot happen with parameters in range; keep the best token rather than read cand[-1] */
+        cand[0] = best;
+        n = 1;
+    }
     /* temperature, then the distribution the draw uses */
     double z = 0.0;
     for (int i = 0; i < n; i++) {

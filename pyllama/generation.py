@@ -95,6 +95,24 @@ class StopStringFilter:
         return out
 
 
+# llama-cpp-python options pyllama does not implement, with the values that mean "off":
+# code written for llama-cpp-python often passes them explicitly.
+_NEUTRAL_OPTIONS = {
+    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "grammar": None,
+    "stopping_criteria": None, "logits_processor": None, "logprobs_processor": None,
+}
+
+
+def _check_llama_cpp_options(options: dict) -> None:
+    for name, value in options.items():
+        if name not in _NEUTRAL_OPTIONS:
+            raise TypeError(f"unexpected keyword argument {name!r}")
+        if name in ("mirostat_tau", "mirostat_eta"):
+            continue  # only matter when mirostat_mode is on
+        if value != _NEUTRAL_OPTIONS[name]:
+            raise ValueError(f"{name}={value!r} is not supported by pyllama (leave it at {_NEUTRAL_OPTIONS[name]!r})")
+
+
 class GenerationMixin:
     """Sampling loop, completions and chat completions for a model with ``eval``."""
 
@@ -362,14 +380,16 @@ class GenerationMixin:
                           stop=None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                           repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
                           seed: int | None = None, model: str | None = None,
-                          logit_bias: dict | None = None, penalty_last_n: int = 64):
+                          logit_bias: dict | None = None, penalty_last_n: int = 64, **llama_cpp_options):
         """OpenAI-style text completion (llama-cpp-python's shapes).
 
         ``prompt`` is a string or a list of token ids. ``max_tokens`` None or
         <= 0 generates until the context is full. ``stop`` strings end the
         completion and are not included. ``stream=True`` returns an iterator
-        of chunks.
+        of chunks. llama-cpp-python options pyllama lacks (mirostat, tfs_z, grammar, ...)
+        are accepted at their neutral values and refused otherwise.
         """
+        _check_llama_cpp_options(llama_cpp_options)
         events = self._completion_events(
             prompt, suffix=suffix, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             min_p=min_p, typical_p=typical_p, logprobs=logprobs, echo=echo, stop=stop,
@@ -433,13 +453,15 @@ class GenerationMixin:
                                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                                repeat_penalty: float = 1.0, model: str | None = None,
                                logit_bias: dict | None = None, logprobs: bool | None = None,
-                               top_logprobs: int | None = None, penalty_last_n: int = 64):
+                               top_logprobs: int | None = None, penalty_last_n: int = 64,
+                               **llama_cpp_options):
         """OpenAI-style chat completion, rendered with the model's chat template.
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` an iterator
         of ``chat.completion.chunk`` dicts (first delta carries the role).
         Tools/functions are passed to the template; tool calls are not parsed.
         """
+        _check_llama_cpp_options(llama_cpp_options)
         from .chat_format import format_chat
 
         if response_format is not None and response_format.get("type", "text") != "text":

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ._core import ffi, lib
-from .errors import ContextOverflowError, ModelError
+from .errors import ContextOverflowError, ModelError, PyllamaError
 from .generation import GenerationMixin
 
 ROPE_TYPES = {lib.PL_ROPE_NORM: "norm", lib.PL_ROPE_NEOX: "neox"}
@@ -96,8 +96,8 @@ class Llama(GenerationMixin):
 
         self._ctx = ffi.NULL
         self._model = ffi.NULL
-        if not isinstance(n_ctx, int) or n_ctx < 0:
-            raise ValueError(f"n_ctx must be a non-negative integer (got {n_ctx!r})")
+        if not isinstance(n_ctx, int) or not 0 <= n_ctx <= 1 << 24:
+            raise ValueError(f"n_ctx must be an integer from 0 to {1 << 24} (got {n_ctx!r})")
         if not isinstance(n_batch, int) or n_batch < 1:
             raise ValueError(f"n_batch must be a positive integer (got {n_batch!r})")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
@@ -223,6 +223,9 @@ class Llama(GenerationMixin):
 
     @n_threads.setter
     def n_threads(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_threads must be a positive integer (got {n!r})")
+        self._live()
         if lib.pl_set_threads(self._ctx, int(n)) != 0:
             raise ValueError(_error("could not set threads"))
         self._n_threads = int(n)
@@ -253,6 +256,7 @@ class Llama(GenerationMixin):
         Afterwards ``logits`` holds the last position's logits and, with
         ``logits_all=True``, ``eval_logits`` holds one row per token.
         """
+        self._live()
         ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         n = len(ids)
         if n == 0:
@@ -272,9 +276,10 @@ class Llama(GenerationMixin):
             rc = lib.pl_eval(self._ctx, ffi.from_buffer("int32_t[]", chunk), len(chunk), self.n_tokens,
                              ffi.from_buffer("float[]", out), 1 if logits_all else 0)
             if rc != 0:
-                raise RuntimeError(_error("evaluation failed"))
-            self.n_tokens += len(chunk)
+                raise PyllamaError(_error("evaluation failed"))
+            # input_ids first: n_tokens never counts a token input_ids lacks (Ctrl-C between the two)
             self.input_ids.extend(int(t) for t in chunk)
+            self.n_tokens += len(chunk)
         if logits_all:
             self._logits[:] = all_logits[-1]
             self.eval_logits = all_logits
@@ -288,6 +293,10 @@ class Llama(GenerationMixin):
 
     def shift_context(self, n_keep: int, n_discard: int) -> None:
         """Forget n_discard positions after the first n_keep and slide the rest down."""
+        self._live()
+        if not (0 <= n_keep <= self.n_tokens and 0 < n_discard <= self.n_tokens - n_keep):
+            raise ValueError(f"cannot discard {n_discard} tokens after the first {n_keep} "
+                             f"of {self.n_tokens} cached tokens")
         new = lib.pl_kv_shift(self._ctx, self.n_tokens, n_keep, n_discard)
         if new < 0:
             raise ValueError(_error("bad context shift"))
@@ -302,18 +311,39 @@ class Llama(GenerationMixin):
     # ------------------------------------------------------------ tensors, cleanup
 
     def tensors(self) -> list[dict[str, Any]]:
-        """Name, type, shape and a zero-copy numpy byte view of each tensor."""
+        """Name, type, shape and raw bytes (numpy uint8) of each tensor as the C core uses it.
+
+        Bytes that sit in the model file are a zero-copy view of a Python mmap of it, so
+        they stay valid after ``close()``; tensors a loader converted are copied.
+        """
+        import mmap
+
+        self._live()
+        if getattr(self, "_file_map", None) is None:
+            with open(self.model_path, "rb") as f:
+                self._file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        base = int(ffi.cast("uintptr_t", lib.pl_model_file_data(self._model)))
+        size = len(self._file_map)
         out = []
         info = ffi.new("pl_tensor_info *")
         for i in range(lib.pl_model_n_tensors(self._model)):
             lib.pl_model_tensor(self._model, i, info)
             shape = tuple(info.ne[d] for d in range(info.n_dims))
-            data = np.frombuffer(ffi.buffer(info.data, info.nbytes), dtype=np.uint8)
+            offset = int(ffi.cast("uintptr_t", info.data)) - base
+            if 0 <= offset and offset + info.nbytes <= size:
+                data = np.frombuffer(self._file_map, dtype=np.uint8, count=info.nbytes, offset=offset)
+            else:
+                data = np.frombuffer(bytes(ffi.buffer(info.data, info.nbytes)), dtype=np.uint8)
             out.append({"name": ffi.string(info.name).decode(), "type": info.type, "shape": shape, "data": data})
         return out
 
+    def _live(self) -> None:
+        if self._ctx == ffi.NULL:
+            raise PyllamaError("this Llama has been closed")
+
     def close(self) -> None:
         """Free the KV cache and unmap the weights (also done when the object is collected)."""
+        self._file_map = None  # views from tensors() keep their own reference to the Python mmap
         if getattr(self, "_ctx", ffi.NULL) != ffi.NULL:
             lib.pl_context_free(self._ctx)
             self._ctx = ffi.NULL

@@ -97,6 +97,8 @@ def _bias_arrays(logit_bias: dict | None, n_vocab: int):
         return None
     ids = np.fromiter((int(k) for k in logit_bias.keys()), dtype=np.int64, count=len(logit_bias))
     vals = np.fromiter((float(v) for v in logit_bias.values()), dtype=np.float64, count=len(logit_bias))
+    if np.isnan(vals).any():
+        raise ValueError("logit_bias values must be numbers (got NaN)")
     if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
         bad = ids[(ids < 0) | (ids >= n_vocab)][0]
         raise ValueError(f"logit_bias token id {int(bad)} is outside the vocabulary (0..{n_vocab - 1})")

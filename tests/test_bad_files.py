@@ -91,8 +91,10 @@ def run_cases(cases: list[Case], tmp_path: Path) -> dict[str, dict]:
         round_no += 1
         spec = tmp_path / f"batch_{round_no}.json"
         spec.write_text(json.dumps([dataclasses.asdict(c) for c in pending]))
+        err_path = tmp_path / f"batch_{round_no}.stderr"  # a file: a chatty child cannot fill a pipe
+        err_file = open(err_path, "wb")
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(spec)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env)
+                                stderr=err_file, env=env)
         current, buf, deadline = None, b"", time.monotonic() + HANG_S + 30  # + interpreter start
         hung = False
         while True:
@@ -115,15 +117,17 @@ def run_cases(cases: list[Case], tmp_path: Path) -> dict[str, dict]:
                     results[msg["id"]] = msg
                     current = None
         proc.wait()
-        stderr = proc.stderr.read().decode("utf-8", "replace")[-2000:]
+        err_file.close()
+        stderr = err_path.read_bytes().decode("utf-8", "replace")[-2000:]
         if current is not None:
             kind = "hang" if hung else f"crash (returncode {proc.returncode})"
             results[current] = {"id": current, "result": kind, "msg": stderr}
-        elif proc.returncode != 0 and not hung:
-            # died outside any case (e.g. the import failed): report every pending case
+        elif hung or proc.returncode != 0:
+            # stalled or died outside any case (e.g. the import hung or failed): report every
+            # pending case rather than start another child that would do the same
+            why = "child stalled before its first case" if hung else f"child failed (rc {proc.returncode})"
             for c in pending:
-                results.setdefault(c.id, {"id": c.id, "result": f"child failed (rc {proc.returncode})",
-                                          "msg": stderr})
+                results.setdefault(c.id, {"id": c.id, "result": why, "msg": stderr})
         pending = [c for c in pending if c.id not in results]
     return results
 

@@ -375,3 +375,18 @@ def test_stop_filter(pieces, stops, expect):
     f = StopStringFilter(stops)
     out = "".join(f.push(p) for p in pieces) + ("" if f.stopped else f.flush())
     assert out == expect
+
+
+def test_llama_cpp_python_options_at_neutral_values_are_accepted():
+    from test_chat_fake import FakeLlama
+
+    llm = FakeLlama()
+    out = llm.create_completion("ab", max_tokens=3, temperature=0, tfs_z=1.0, mirostat_mode=0,
+                                mirostat_tau=5.0, grammar=None, logits_processor=None)
+    assert out["object"] == "text_completion"
+    with pytest.raises(ValueError, match="mirostat_mode"):
+        llm.create_completion("ab", max_tokens=3, mirostat_mode=2)
+    with pytest.raises(TypeError, match="no_such_option"):
+        llm.create_completion("ab", max_tokens=3, no_such_option=1)
+    with pytest.raises(ValueError, match="grammar"):
+        llm.create_chat_completion([{"role": "user", "content": "hi"}], grammar="root ::= x")

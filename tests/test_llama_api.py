@@ -197,3 +197,51 @@ def test_long_batches_are_sliced_without_changing_results(tiny_model_factory):
     last_only = fresh(path, n_ctx=512, n_batch=512)
     last_only.eval(tokens)
     np.testing.assert_allclose(last_only.logits, whole.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_closed_model_raises_instead_of_crashing(tiny_path):
+    llm = fresh(tiny_path)
+    views = llm.tensors()
+    expected = {t["name"]: t["data"].copy() for t in views}
+    llm.close()
+    for t in views:  # views of the file stay readable after close
+        np.testing.assert_array_equal(t["data"], expected[t["name"]])
+    with pytest.raises(pyllama.PyllamaError, match="closed"):
+        llm.eval([1])
+    with pytest.raises(pyllama.PyllamaError, match="closed"):
+        llm.shift_context(0, 1)
+    with pytest.raises(pyllama.PyllamaError, match="closed"):
+        llm("hello", max_tokens=2)
+
+
+def test_tensor_views_match_the_gguf_package(tiny_path):
+    import gguf
+
+    reader = gguf.GGUFReader(tiny_path)
+    ref = {t.name: np.asarray(t.data).view(np.uint8).reshape(-1) for t in reader.tensors}
+    llm = fresh(tiny_path)
+    for t in llm.tensors():
+        np.testing.assert_array_equal(t["data"], ref[t["name"]], err_msg=t["name"])
+
+
+def test_bad_shift_and_thread_arguments(tiny_path):
+    llm = fresh(tiny_path)
+    llm.eval(TOKENS[:5])
+    for keep, discard in [(2**31 - 1, 1), (-1, 1), (0, 0), (3, 3), (0, 6)]:
+        with pytest.raises(ValueError):
+            llm.shift_context(keep, discard)
+    assert llm.n_tokens == 5
+    with pytest.raises(ValueError, match="n_threads"):
+        llm.n_threads = 0
+    with pytest.raises(ValueError, match="n_ctx"):
+        fresh(tiny_path, n_ctx=2**25)
+
+
+def test_c_kv_shift_rejects_overflowing_arguments(tiny_path):
+    from pyllama._core import lib
+
+    llm = fresh(tiny_path)
+    llm.eval(TOKENS[:5])
+    assert lib.pl_kv_shift(llm._ctx, 5, 2**31 - 1, 1) == -1  # n_keep + n_discard would overflow
+    assert lib.pl_kv_shift(llm._ctx, 5, 1, 2**31 - 1) == -1
+    assert lib.pl_kv_shift(llm._ctx, -1, 0, 1) == -1
