@@ -52,7 +52,6 @@ typedef void (*pl_tile_fn)(const void *w, size_t row_bytes, const void *act, siz
  */
 typedef void (*pl_attend_fn)(const float *q, int group, int hd, const float *k, const float *v,
                              size_t kv_stride, int n_pos, float scale, float *out, float *att);
-#define PL_KERNELS_HAVE_ATTEND 1
 
 typedef struct {
     const char *name;

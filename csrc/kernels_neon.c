@@ -472,9 +472,7 @@ const pl_kernel_set pl_kernels_neon = {
         [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
     },
-#ifdef PL_KERNELS_HAVE_ATTEND /* defined by kernels.h once the table has the entry */
     .attend = pl_attend_neon,
-#endif
 };
 
 #endif
