@@ -60,6 +60,8 @@ typedef struct {
     pl_rows_fn rows[PL_TYPE_SLOTS];
     pl_tile_fn tile[PL_TYPE_SLOTS];
     pl_attend_fn attend;
+    /* SwiGLU's activation: g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] */
+    void (*silu_mul)(float *g, const float *u, int n);
 } pl_kernel_set;
 
 extern const pl_kernel_set pl_kernels_scalar;

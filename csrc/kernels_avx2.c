@@ -502,6 +502,19 @@ AVX2_INLINE __m256 exp8(__m256 x) {
     return _mm256_and_ps(r, _mm256_cmp_ps(n, _mm256_set1_ps(-126.5f), _CMP_GT_OQ));
 }
 
+/* g = silu(g) * u: the exp of 8 lanes at once (expf was ~7% of a prefill) */
+AVX2 static void silu_mul(float *g, const float *u, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 /* softmax(scale * a[0..n)) in place; returns nothing, a sums to 1 */
 AVX2_INLINE void softmax_scaled(float *a, int n, float scale) {
     __m256 mx = _mm256_set1_ps(-INFINITY);
@@ -593,6 +606,7 @@ const pl_kernel_set pl_kernels_avx2 = {
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
     },
     .attend = pl_attend_avx2,
+    .silu_mul = silu_mul,
 };
 
 #endif

@@ -397,6 +397,18 @@ INLINE float32x4_t exp4(float32x4_t x) {
     return vmulq_f32(p, vreinterpretq_f32_s32(e));
 }
 
+/* g = silu(g) * u, four lanes at once */
+static void silu_mul(float *g, const float *u, int n) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t x = vld1q_f32(g + i);
+        float32x4_t s = vdivq_f32(x, vaddq_f32(one, exp4(vnegq_f32(x))));
+        vst1q_f32(g + i, vmulq_f32(s, vld1q_f32(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 INLINE void softmax_scaled(float *a, int n, float scale) {
     float32x4_t mx = vdupq_n_f32(-INFINITY);
     int s = 0;
@@ -473,6 +485,7 @@ const pl_kernel_set pl_kernels_neon = {
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
     },
     .attend = pl_attend_neon,
+    .silu_mul = silu_mul,
 };
 
 #endif

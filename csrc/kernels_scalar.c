@@ -118,6 +118,10 @@ static void attend(const float *q, int group, int hd, const float *k, const floa
     }
 }
 
+static void silu_mul(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 const pl_kernel_set pl_kernels_scalar = {
     .name = "scalar",
     .quantize_q8x = quantize_q8x,
@@ -130,4 +134,5 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q4_1] = rows_q4_1,
     },
     .attend = attend,
+    .silu_mul = silu_mul,
 };

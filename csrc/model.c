@@ -347,8 +347,6 @@ static void rope(float *head, int head_dim, const float *cs, int neox) {
     }
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
 /* SwiGLU on the rows a thread has just computed: gate = silu(gate) * up. */
 typedef struct {
     float *gate;
@@ -358,11 +356,9 @@ typedef struct {
 
 static void swiglu(void *arg, int r0, int r1) {
     swiglu_rows *a = arg;
-    for (int t = 0; t < a->n_tok; t++) {
-        float *g = a->gate + (size_t)t * a->hidden;
-        const float *u = a->up + (size_t)t * a->hidden;
-        for (int r = r0; r < r1; r++) g[r] = silu(g[r]) * u[r];
-    }
+    const pl_kernel_set *k = pl_kernels();
+    for (int t = 0; t < a->n_tok; t++)
+        k->silu_mul(a->gate + (size_t)t * a->hidden + r0, a->up + (size_t)t * a->hidden + r0, r1 - r0);
 }
 
 /* ---- a barrier that gives the CPU away ----

@@ -264,6 +264,22 @@ static void test_attend(int group, int hd, int n_kv, int n_pos) {
     free(p);
 }
 
+/* silu_mul against the scalar set, over the range the model sees and beyond (exp's clamps) */
+static void test_silu_mul(int n) {
+    float *g = malloc(n * sizeof(float)), *g0 = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        g[i] = g0[i] = i % 17 == 0 ? uniform(-120, 120) : gauss() * 4;
+        u[i] = gauss();
+    }
+    SET.silu_mul(g, u, n);
+    pl_kernels_scalar.silu_mul(g0, u, n);
+    for (int i = 0; i < n; i++)
+        if (bad(g[i], g0[i], fabs((double)g0[i]) + 1e-6)) FAIL("silu_mul n=%d i=%d: %g vs %g", n, i, g[i], g0[i]);
+    free(g);
+    free(g0);
+    free(u);
+}
+
 int main(void) {
 #if defined(TEST_NEON)
     printf("NEON kernels, dot-product extension %s\n", pl_neon_has_dotprod() ? "in use" : "not present");
@@ -272,6 +288,8 @@ int main(void) {
 #endif
     static const int ns[] = {32, 64, 96, 160, 288, 576, 608, 1056, 1536};
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) test_quantize(ns[i]);
+    static const int silu_ns[] = {1, 7, 8, 13, 1536};
+    for (size_t i = 0; i < sizeof silu_ns / sizeof silu_ns[0]; i++) test_silu_mul(silu_ns[i]);
 
     int cases = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
