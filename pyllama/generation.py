@@ -113,6 +113,20 @@ def _check_llama_cpp_options(options: dict) -> None:
             raise ValueError(f"{name}={value!r} is not supported by pyllama (leave it at {_NEUTRAL_OPTIONS[name]!r})")
 
 
+def _collect(events):
+    """Drain the generation events of a non-streamed call: (text, logprob entries, finish reason, usage)."""
+    parts, entries = [], []
+    finish_reason, usage = "length", None
+    for kind, value, extra in events:
+        if kind == "text":
+            parts.append(value)
+            if extra:
+                entries.extend(extra)
+        else:
+            finish_reason, usage = value, extra
+    return "".join(parts), entries, finish_reason, usage
+
+
 class GenerationMixin:
     """Sampling loop, completions and chat completions for a model with ``eval``."""
 
@@ -401,22 +415,14 @@ class GenerationMixin:
         model_name = self._model_name(model)
         if stream:
             return self._stream_completion(events, completion_id, created, model_name)
-        text_parts, entries = [], []
-        finish_reason, usage = "length", None
-        for kind, value, extra in events:
-            if kind == "text":
-                text_parts.append(value)
-                if extra:
-                    entries.extend(extra)
-            else:
-                finish_reason, usage = value, extra
+        text, entries, finish_reason, usage = _collect(events)
         lp = self._logprobs_dict(entries, 0)[0] if logprobs is not None else None
         return {
             "id": completion_id,
             "object": "text_completion",
             "created": created,
             "model": model_name,
-            "choices": [{"text": "".join(text_parts), "index": 0, "logprobs": lp,
+            "choices": [{"text": text, "index": 0, "logprobs": lp,
                          "finish_reason": finish_reason}],
             "usage": usage,
         }
@@ -485,22 +491,14 @@ class GenerationMixin:
         model_name = self._model_name(model)
         if stream:
             return self._stream_chat(events, chat_id, created, model_name, n_top)
-        parts, entries = [], []
-        finish_reason, usage = "length", None
-        for kind, value, extra in events:
-            if kind == "text":
-                parts.append(value)
-                if extra:
-                    entries.extend(extra)
-            else:
-                finish_reason, usage = value, extra
+        text, entries, finish_reason, usage = _collect(events)
         return {
             "id": chat_id,
             "object": "chat.completion",
             "created": created,
             "model": model_name,
             "choices": [{"index": 0,
-                         "message": {"role": "assistant", "content": "".join(parts)},
+                         "message": {"role": "assistant", "content": text},
                          "logprobs": self._chat_logprobs(entries) if n_top is not None else None,
                          "finish_reason": finish_reason}],
             "usage": usage,
