@@ -2,13 +2,14 @@
  * model.c - the Llama-family transformer: binding weights, the KV cache and
  * the forward pass.
  *
- * One pl_eval call runs a whole batch of tokens through every layer:
+ * One pl_eval call runs a batch of tokens (in slices of MAX_UBATCH) through every layer:
  *   x = embed(tokens)
  *   per layer:  x += Wo . attention(rope(Wq . rmsnorm(x)), rope(Wk . rmsnorm(x)), Wv . rmsnorm(x))
  *               x += Wdown . (silu(Wgate . rmsnorm(x)) * (Wup . rmsnorm(x)))
  *   logits = Wout . rmsnorm(x)
- * Matrix products go through dispatch.c (OpenMP across output rows); the rest
- * is cheap next to them and written plainly.
+ * One OpenMP team does a whole forward pass: matrix products (dispatch.c) are
+ * split by output rows, attention by (token, key/value head); the rest is cheap
+ * next to them and written plainly.
  */
 #include <math.h>
 #include <omp.h>
