@@ -273,31 +273,110 @@ AVX2_INLINE void qrow(int type, const void *row, const block_q8x *a, float *y, i
     *y = s;
 }
 
-/* Q4: two rows per pass share the activation work (measured: faster than one, and than four) */
-AVX2_INLINE void qrow2(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r, int n) {
+/*
+ * Q4 rows, two blocks per step. The activation is rearranged once per call
+ * (q4pair, shared by every row): for blocks 2j and 2j+1, lo = [a0[0..15] | a1[0..15]]
+ * and hi = [a0[16..31] | a1[16..31]], matching one 32-byte vector that holds both
+ * weight blocks' nibble bytes (block 2j in the low 128-bit lane). Then per two
+ * blocks: 2 maddubs, 1 madd, 1 convert, 1 FMA, and the two fp16 scales convert
+ * together. Lanes 0-3 carry block 2j, lanes 4-7 block 2j+1. One row at a time:
+ * two rows per pass was faster in L2 but slower from DRAM (bench/RESULTS.md).
+ * Q4_0's "- 8" stays in the integers: c = 8 * pair sums of the activation,
+ * computed here once for all rows.
+ */
+typedef struct {
+    __m256i lo, hi, c;
+    __m128 ds; /* Q4_0: da0, da1, s0, s1;  Q4_1: da0, s0, da1, s1 */
+} q4pair;
+
+AVX2_INLINE void q4pair_prep(int type, const block_q8x *a, q4pair *p, int np) {
+    const __m256i c8 = _mm256_set1_epi8(8);
+    for (int j = 0; j < np; j++) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)a[2 * j].qs);
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)a[2 * j + 1].qs);
+        p[j].lo = _mm256_permute2x128_si256(v0, v1, 0x20);
+        p[j].hi = _mm256_permute2x128_si256(v0, v1, 0x31);
+        p[j].c = _mm256_add_epi16(_mm256_maddubs_epi16(c8, p[j].lo), _mm256_maddubs_epi16(c8, p[j].hi));
+        p[j].ds = type == PL_TYPE_Q4_0 ? _mm_setr_ps(a[2 * j].d, a[2 * j + 1].d, a[2 * j].s, a[2 * j + 1].s)
+                                       : _mm_setr_ps(a[2 * j].d, a[2 * j].s, a[2 * j + 1].d, a[2 * j + 1].s);
+    }
+}
+
+/* two weight blocks (at wp, wp + bb) against pair ap */
+AVX2_INLINE void q4pair_block(int type, const char *wp, const q4pair *ap, __m256 *acc, __m128 *off) {
     const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
-    const char *w0 = ROW(w, rb, r), *w1 = ROW(w, rb, r + 1);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
-    for (int b = 0; b < n / QK; b++) {
-        qblock(type, w0 + b * bb, a + b, &acc0, &off0);
-        qblock(type, w1 + b * bb, a + b, &acc1, &off1);
+    const size_t qo = type == PL_TYPE_Q4_0 ? 2 : 4;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i x = _mm256_loadu2_m128i((const __m128i *)(wp + bb + qo), (const __m128i *)(wp + qo));
+    __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ap->lo), _mm256_maddubs_epi16(wh, ap->hi));
+    if (type == PL_TYPE_Q4_0) s16 = _mm256_sub_epi16(s16, ap->c);
+    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    __m128 sc;
+    __m256i idx;
+    if (type == PL_TYPE_Q4_0) {
+        uint16_t d0, d1;
+        memcpy(&d0, wp, 2);
+        memcpy(&d1, wp + bb, 2);
+        __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16)));
+        sc = _mm_mul_ps(f, ap->ds); /* d0*da0, d1*da1, 0, 0 */
+        idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    } else {
+        uint32_t dm0, dm1;
+        memcpy(&dm0, wp, 4);
+        memcpy(&dm1, wp + bb, 4);
+        __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)((uint64_t)dm0 | (uint64_t)dm1 << 32)));
+        sc = _mm_mul_ps(f, ap->ds); /* d0*da0, m0*s0, d1*da1, m1*s1 */
+        *off = _mm_add_ps(*off, sc);
+        idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
     }
-    float s0 = hsum8(acc0), s1 = hsum8(acc1);
-    if (type == PL_TYPE_Q4_1) {
-        s0 += _mm_cvtss_f32(_mm_shuffle_ps(off0, off0, 1));
-        s1 += _mm_cvtss_f32(_mm_shuffle_ps(off1, off1, 1));
+    __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx);
+    *acc = _mm256_fmadd_ps(pf, sc8, *acc);
+}
+
+AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
+                        int n) {
+    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    const int nb = n / QK, np = nb / 2;
+    q4pair stackbuf[256];
+    q4pair *ap = stackbuf;
+    if (np > 256) {
+        ap = aligned_alloc(32, sizeof(q4pair) * (size_t)np);
+        if (!ap) { /* fall back to one block at a time */
+            for (int r = r0; r < r1; r++) qrow(type, ROW(w, rb, r), a, y + r, n);
+            return;
+        }
     }
-    y[r] = s0;
-    y[r + 1] = s1;
+    q4pair_prep(type, a, ap, np);
+    for (int r = r0; r < r1; r++) {
+        const char *wr = ROW(w, rb, r);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+        int j = 0;
+        for (; j + 2 <= np; j += 2) {
+            q4pair_block(type, wr + (size_t)(2 * j) * bb, ap + j, &acc0, &off0);
+            q4pair_block(type, wr + (size_t)(2 * j + 2) * bb, ap + j + 1, &acc1, &off1);
+        }
+        if (j < np) q4pair_block(type, wr + (size_t)(2 * j) * bb, ap + j, &acc0, &off0);
+        if (nb & 1) qblock(type, wr + (size_t)(nb - 1) * bb, a + nb - 1, &acc1, &off1);
+        float s = hsum8(_mm256_add_ps(acc0, acc1));
+        if (type == PL_TYPE_Q4_1) {
+            __m128 o = _mm_add_ps(off0, off1);
+            s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(o, o, 3));
+        }
+        y[r] = s;
+    }
+    if (ap != stackbuf) free(ap);
 }
 
 #define QROWS(NAME, TYPE)                                                                      \
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, \
                                  int r1, int n) {                                              \
         int r = r0;                                                                            \
-        if (TYPE != PL_TYPE_Q8_0)                                                              \
-            for (; r + 2 <= r1; r += 2) qrow2(TYPE, w, rb, (const block_q8x *)act, y, r, n);   \
+        if (TYPE != PL_TYPE_Q8_0) {                                                            \
+            q4rows(TYPE, w, rb, (const block_q8x *)act, y, r0, r1, n);                         \
+            return;                                                                            \
+        }                                                                                      \
         for (; r < r1; r++) qrow(TYPE, ROW(w, rb, r), (const block_q8x *)act, y + r, n);       \
     }
 
