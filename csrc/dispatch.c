@@ -196,12 +196,6 @@ void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const f
     }
 }
 
-void pl_matmul_rows(int type, const void *w, int rows, int cols,
-                    const float *x, int n_tok, float *y, size_t y_stride, void *scratch) {
-    pl_matmul_part part = {type, w, rows, y, y_stride};
-    pl_matmul_parts(&part, 1, cols, x, n_tok, scratch, 0, NULL, NULL);
-}
-
 static int check_matmul_args(int type, int rows, int cols, int n_tok, int n_threads) {
     if (!pl_type_supported(type)) {
         pl_set_error("unsupported tensor type %s (%d)", pl_type_name(type), type);
@@ -224,7 +218,8 @@ int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int c
         pl_set_error("out of memory");
         return -1;
     }
-    pl_matmul_rows(type, w, rows, cols, x, n_tok, y, (size_t)rows, scratch);
+    const pl_matmul_part part = {type, w, rows, y, (size_t)rows};
+    pl_matmul_parts(&part, 1, cols, x, n_tok, scratch, 0, NULL, NULL);
     free(scratch);
     return 0;
 }

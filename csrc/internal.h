@@ -70,8 +70,8 @@ int pl_model_bind(pl_model *m);
 void pl_model_release(pl_model *m);
 
 /* ---- matrix products through the kernel table (dispatch.c) ----
- * Y[t, r] = W[r, :] . X[t, :], t < n_tok, r < rows; X rows are `cols` floats apart,
- * Y rows `rows` floats apart. scratch must hold pl_act_bytes(type, cols, n_tok). */
+ * Bytes of quantized activations for n_tok rows of cols values (0 for float weight types):
+ * the scratch pl_matmul_parts needs. */
 size_t pl_act_bytes(int type, int cols, int n_tok);
 
 /* One weight matrix of a fused product: y[t * y_stride + r] = W[r, :] . X[t, :] for r < rows. */
@@ -106,8 +106,5 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
                      int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg);
 void pl_quantize_act(const float *x, int n_tok, int cols, void *xq);
 int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
-
-void pl_matmul_rows(int type, const void *w, int rows, int cols,
-                    const float *x, int n_tok, float *y, size_t y_stride, void *scratch);
 
 #endif
