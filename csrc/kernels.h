@@ -47,11 +47,12 @@ typedef void (*pl_tile_fn)(const void *w, size_t row_bytes, const void *act, siz
  * Attention of the `group` query heads that share one key/value head, for one
  * token that sees cache positions 0..n_pos-1. q: the group's query heads back to
  * back (hd floats each); k, v: this kv head's slice at position 0, positions
- * kv_stride floats apart; out: the group's outputs back to back; att: scratch
+ * kv_stride elements apart, stored as k_type / v_type (PL_TYPE_F32 or PL_TYPE_F16:
+ * the KV cache's types); out: the group's outputs back to back; att: scratch
  * for group * n_pos floats. scale must be positive.
  */
-typedef void (*pl_attend_fn)(const float *q, int group, int hd, const float *k, const float *v,
-                             size_t kv_stride, int n_pos, float scale, float *out, float *att);
+typedef void (*pl_attend_fn)(const float *q, int group, int hd, int k_type, const void *k, int v_type,
+                             const void *v, size_t kv_stride, int n_pos, float scale, float *out, float *att);
 
 typedef struct {
     const char *name;
@@ -62,6 +63,8 @@ typedef struct {
     pl_attend_fn attend;
     /* SwiGLU's activation: g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] */
     void (*silu_mul)(float *g, const float *u, int n);
+    /* float -> IEEE half, round to nearest even (new keys and values into an F16 cache) */
+    void (*to_f16)(const float *x, pl_fp16 *y, int n);
 } pl_kernel_set;
 
 extern const pl_kernel_set pl_kernels_scalar;

@@ -630,47 +630,67 @@ AVX2_INLINE void softmax_scaled(float *a, int n, float scale) {
     for (; s < n; s++) a[s] *= inv;
 }
 
+/* out[j] = sum_s p[j][s] * V[s] for the J <= 3 heads whose probabilities start at p0,
+ * 16 values per pass; v_type is a constant wherever this is inlined */
+AVX2_INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, size_t kv_stride, int n_pos,
+                                 int hd, float *out) {
+    const size_t row_bytes = kv_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
+    int c = 0;
+    for (; c + 16 <= hd; c += 16) {
+        __m256 acc[3][2];
+        for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+        for (int s = 0; s < n_pos; s++) {
+            const void *vr = (const char *)v + (size_t)s * row_bytes;
+            __m256 v0 = load8(v_type, vr, c), v1 = load8(v_type, vr, c + 8);
+#pragma GCC unroll 3
+            for (int j = 0; j < 3; j++) {
+                if (j < J) {
+                    __m256 pj = _mm256_broadcast_ss(p0 + (size_t)j * n_pos + s);
+                    acc[j][0] = _mm256_fmadd_ps(pj, v0, acc[j][0]);
+                    acc[j][1] = _mm256_fmadd_ps(pj, v1, acc[j][1]);
+                }
+            }
+        }
+        for (int j = 0; j < J; j++) {
+            _mm256_storeu_ps(out + (size_t)j * hd + c, acc[j][0]);
+            _mm256_storeu_ps(out + (size_t)j * hd + c + 8, acc[j][1]);
+        }
+    }
+    for (; c < hd; c++) /* head sizes that are not a multiple of 16 */
+        for (int j = 0; j < J; j++) {
+            float o = 0.0f;
+            for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * load1(v_type, (const char *)v + (size_t)s * row_bytes, c);
+            out[(size_t)j * hd + c] = o;
+        }
+}
+
 /*
  * Attention of the `group` query heads that share one key/value head, for one
  * token that sees cache positions 0..n_pos-1 (see kernels.h for the layout):
  * scores with the 4-position x 3-head float tile, a vectorised softmax, then
  * the weighted sum of value rows, 3 heads x 16 values per pass.
  */
-AVX2 void pl_attend_avx2(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
-                         int n_pos, float scale, float *out, float *att) {
-    tile_f32(k, kv_stride * sizeof(float), q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+AVX2 void pl_attend_avx2(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
+                         size_t kv_stride, int n_pos, float scale, float *out, float *att) {
+    if (k_type == PL_TYPE_F16)
+        tile_f16(k, kv_stride * 2, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+    else
+        tile_f32(k, kv_stride * 4, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
     for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
     for (int j0 = 0; j0 < group; j0 += 3) {
         const int J = group - j0 < 3 ? group - j0 : 3;
         const float *p0 = att + (size_t)j0 * n_pos;
-        int c = 0;
-        for (; c + 16 <= hd; c += 16) {
-            __m256 acc[3][2];
-            for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-            for (int s = 0; s < n_pos; s++) {
-                const float *vr = v + (size_t)s * kv_stride + c;
-                __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
-#pragma GCC unroll 3
-                for (int j = 0; j < 3; j++) {
-                    if (j < J) {
-                        __m256 pj = _mm256_broadcast_ss(p0 + (size_t)j * n_pos + s);
-                        acc[j][0] = _mm256_fmadd_ps(pj, v0, acc[j][0]);
-                        acc[j][1] = _mm256_fmadd_ps(pj, v1, acc[j][1]);
-                    }
-                }
-            }
-            for (int j = 0; j < J; j++) {
-                _mm256_storeu_ps(out + (size_t)(j0 + j) * hd + c, acc[j][0]);
-                _mm256_storeu_ps(out + (size_t)(j0 + j) * hd + c + 8, acc[j][1]);
-            }
-        }
-        for (; c < hd; c++) /* head sizes that are not a multiple of 16 */
-            for (int j = 0; j < J; j++) {
-                float o = 0.0f;
-                for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * v[(size_t)s * kv_stride + c];
-                out[(size_t)(j0 + j) * hd + c] = o;
-            }
+        if (v_type == PL_TYPE_F16) weighted_values(PL_TYPE_F16, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
+        else weighted_values(PL_TYPE_F32, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
     }
+}
+
+/* F16C's conversion rounds to nearest even, as f32_to_fp16 does */
+AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
 const pl_kernel_set pl_kernels_avx2 = {
@@ -686,6 +706,7 @@ const pl_kernel_set pl_kernels_avx2 = {
     },
     .attend = pl_attend_avx2,
     .silu_mul = silu_mul,
+    .to_f16 = to_f16,
 };
 
 #endif

@@ -437,40 +437,59 @@ INLINE void softmax_scaled(float *a, int n, float scale) {
     for (; s < n; s++) a[s] *= inv;
 }
 
+/* out[j] = sum_s p[j][s] * V[s] for the J <= 4 heads whose probabilities start at p0,
+ * 8 values per pass; v_type is a constant wherever this is inlined */
+INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, size_t kv_stride, int n_pos, int hd,
+                            float *out) {
+    const size_t row_bytes = kv_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
+    int c = 0;
+    for (; c + 8 <= hd; c += 8) {
+        float32x4_t acc[4][2];
+        for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = vdupq_n_f32(0.0f);
+        for (int s = 0; s < n_pos; s++) {
+            const void *vr = (const char *)v + (size_t)s * row_bytes;
+            float32x4_t v0 = load4(v_type, vr, c), v1 = load4(v_type, vr, c + 4);
+            for (int j = 0; j < J; j++) {
+                float pj = p0[(size_t)j * n_pos + s];
+                acc[j][0] = vfmaq_n_f32(acc[j][0], v0, pj);
+                acc[j][1] = vfmaq_n_f32(acc[j][1], v1, pj);
+            }
+        }
+        for (int j = 0; j < J; j++) {
+            vst1q_f32(out + (size_t)j * hd + c, acc[j][0]);
+            vst1q_f32(out + (size_t)j * hd + c + 4, acc[j][1]);
+        }
+    }
+    for (; c < hd; c++)
+        for (int j = 0; j < J; j++) {
+            float o = 0.0f;
+            for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * load1(v_type, (const char *)v + (size_t)s * row_bytes, c);
+            out[(size_t)j * hd + c] = o;
+        }
+}
+
 /* The same job as pl_attend_avx2 (see kernels.h): 4-position x 4-head score
  * tile, vectorised softmax, weighted value sum 4 heads x 8 values per pass. */
-void pl_attend_neon(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
-                    int n_pos, float scale, float *out, float *att) {
-    tile_f32(k, kv_stride * sizeof(float), q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+void pl_attend_neon(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
+                    size_t kv_stride, int n_pos, float scale, float *out, float *att) {
+    if (k_type == PL_TYPE_F16)
+        tile_f16(k, kv_stride * 2, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+    else
+        tile_f32(k, kv_stride * 4, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
     for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
     for (int j0 = 0; j0 < group; j0 += 4) {
         const int J = group - j0 < 4 ? group - j0 : 4;
         const float *p0 = att + (size_t)j0 * n_pos;
-        int c = 0;
-        for (; c + 8 <= hd; c += 8) {
-            float32x4_t acc[4][2];
-            for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = vdupq_n_f32(0.0f);
-            for (int s = 0; s < n_pos; s++) {
-                const float *vr = v + (size_t)s * kv_stride + c;
-                float32x4_t v0 = vld1q_f32(vr), v1 = vld1q_f32(vr + 4);
-                for (int j = 0; j < J; j++) {
-                    float pj = p0[(size_t)j * n_pos + s];
-                    acc[j][0] = vfmaq_n_f32(acc[j][0], v0, pj);
-                    acc[j][1] = vfmaq_n_f32(acc[j][1], v1, pj);
-                }
-            }
-            for (int j = 0; j < J; j++) {
-                vst1q_f32(out + (size_t)(j0 + j) * hd + c, acc[j][0]);
-                vst1q_f32(out + (size_t)(j0 + j) * hd + c + 4, acc[j][1]);
-            }
-        }
-        for (; c < hd; c++)
-            for (int j = 0; j < J; j++) {
-                float o = 0.0f;
-                for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * v[(size_t)s * kv_stride + c];
-                out[(size_t)(j0 + j) * hd + c] = o;
-            }
+        if (v_type == PL_TYPE_F16) weighted_values(PL_TYPE_F16, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
+        else weighted_values(PL_TYPE_F32, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
     }
+}
+
+/* vcvt_f16_f32 rounds by the FPCR mode, round to nearest even unless a program changed it */
+static void to_f16(const float *x, pl_fp16 *y, int n) {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
 const pl_kernel_set pl_kernels_neon = {
@@ -486,6 +505,7 @@ const pl_kernel_set pl_kernels_neon = {
     },
     .attend = pl_attend_neon,
     .silu_mul = silu_mul,
+    .to_f16 = to_f16,
 };
 
 #endif

@@ -97,15 +97,22 @@ DEFINE_ROWS(q8_0, block_q8_0, block_q8x)
 DEFINE_ROWS(q4_0, block_q4_0, block_q8x)
 DEFINE_ROWS(q4_1, block_q4_1, block_q8x)
 
+/* element i of a KV cache row of type PL_TYPE_F32 or PL_TYPE_F16 */
+static float kv_at(int type, const void *row, size_t i) {
+    return type == PL_TYPE_F16 ? fp16_to_f32(((const pl_fp16 *)row)[i]) : ((const float *)row)[i];
+}
+
 /* out = softmax(q . K[s] * scale for s < n_pos) . V, for each head of the group. */
-static void attend(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
-                   int n_pos, float scale, float *out, float *att) {
+static void attend(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
+                   size_t kv_stride, int n_pos, float scale, float *out, float *att) {
     for (int j = 0; j < group; j++) {
         const float *qj = q + (size_t)j * hd;
         float *aj = att + (size_t)j * n_pos, *oj = out + (size_t)j * hd;
         float max = -INFINITY;
         for (int s = 0; s < n_pos; s++) {
-            aj[s] = dot_f32(k + (size_t)s * kv_stride, qj, hd) * scale;
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++) d += kv_at(k_type, k, (size_t)s * kv_stride + i) * qj[i];
+            aj[s] = d * scale;
             max = aj[s] > max ? aj[s] : max;
         }
         float sum = 0.0f;
@@ -113,9 +120,13 @@ static void attend(const float *q, int group, int hd, const float *k, const floa
         for (int i = 0; i < hd; i++) oj[i] = 0.0f;
         for (int s = 0; s < n_pos; s++) {
             const float a = aj[s] / sum;
-            for (int i = 0; i < hd; i++) oj[i] += a * v[(size_t)s * kv_stride + i];
+            for (int i = 0; i < hd; i++) oj[i] += a * kv_at(v_type, v, (size_t)s * kv_stride + i);
         }
     }
+}
+
+static void to_f16(const float *x, pl_fp16 *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
 static void silu_mul(float *g, const float *u, int n) {
@@ -135,4 +146,5 @@ const pl_kernel_set pl_kernels_scalar = {
     },
     .attend = attend,
     .silu_mul = silu_mul,
+    .to_f16 = to_f16,
 };

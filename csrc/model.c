@@ -187,8 +187,9 @@ struct pl_context {
     pl_model *m;
     int n_ctx;
     int n_threads;
-    float *key_cache;   /* [layer][position][kv_dim] */
-    float *value_cache; /* [layer][position][kv_dim] */
+    void *key_cache;    /* [layer][position][kv_dim] of k_type */
+    void *value_cache;  /* [layer][position][kv_dim] of v_type */
+    int k_type, v_type; /* PL_TYPE_F16 (as llama.cpp) or PL_TYPE_F32 */
     float *inv_freq;    /* [head_dim / 2]: RoPE angle per position for each rotated pair */
     /* scratch for a batch of up to `capacity` tokens */
     int capacity;
@@ -275,11 +276,22 @@ int pl_set_threads(pl_context *c, int n_threads) {
     return 0;
 }
 
-pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
+/* bytes per cached key or value element */
+static size_t kv_size(int type) { return type == PL_TYPE_F16 ? sizeof(pl_fp16) : sizeof(float); }
+
+pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, int type_v) {
     pl_clear_error();
     if (n_ctx <= 0 || n_ctx > (1 << 24)) {
         pl_set_error("n_ctx must be between 1 and %d (got %d)", 1 << 24, n_ctx);
         return NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        const int t = i ? type_v : type_k;
+        if (t != PL_TYPE_F32 && t != PL_TYPE_F16) {
+            pl_set_error("%s cache type %d is not supported (use %d for F32 or %d for F16)", i ? "value" : "key",
+                         t, PL_TYPE_F32, PL_TYPE_F16);
+            return NULL;
+        }
     }
     pl_context *c = calloc(1, sizeof *c);
     if (!c) {
@@ -288,15 +300,17 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
     }
     c->m = m;
     c->n_ctx = n_ctx;
+    c->k_type = type_k;
+    c->v_type = type_v;
     (void)pl_kernels(); /* choose the kernel set now, not racily inside the first parallel region */
     const pl_config *p = &m->cfg;
     size_t kv = (size_t)p->n_layers * n_ctx * p->n_kv_heads * p->head_dim;
-    c->key_cache = calloc(kv, sizeof(float));
-    c->value_cache = calloc(kv, sizeof(float));
+    c->key_cache = calloc(kv, kv_size(type_k));
+    c->value_cache = calloc(kv, kv_size(type_v));
     c->inv_freq = malloc((size_t)(p->head_dim / 2) * sizeof(float));
     if (!c->key_cache || !c->value_cache || !c->inv_freq) {
         pl_set_error("out of memory for a KV cache of %d positions (%.1f MiB)", n_ctx,
-                     2.0 * kv * sizeof(float) / 1048576.0);
+                     (double)kv * (kv_size(type_k) + kv_size(type_v)) / 1048576.0);
         pl_context_free(c);
         return NULL;
     }
@@ -310,7 +324,7 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads) {
 
 void pl_context_free(pl_context *c) {
     if (!c) return;
-    float *bufs[] = {c->key_cache, c->value_cache, c->inv_freq, c->x, c->xb, c->xb2, c->q,
+    void *bufs[] = {c->key_cache, c->value_cache, c->inv_freq, c->x, c->xb, c->xb2, c->q,
                      c->k, c->v, c->hb, c->hb2, c->rope_cs, c->xn, c->att};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c->act);
@@ -318,6 +332,18 @@ void pl_context_free(pl_context *c) {
 }
 
 int pl_context_n_ctx(const pl_context *c) { return c->n_ctx; }
+
+/* Where position `pos` of layer `layer` starts in a cache of `type` elements. */
+static void *kv_row(void *cache, int type, const pl_context *c, int layer, int pos) {
+    const size_t kv_dim = (size_t)c->m->cfg.n_kv_heads * c->m->cfg.head_dim;
+    return (char *)cache + (((size_t)layer * c->n_ctx + pos) * kv_dim) * kv_size(type);
+}
+
+/* Store n floats into a cache row, converting when the cache holds halves. */
+static void kv_store(void *dst, int type, const float *src, int n) {
+    if (type == PL_TYPE_F16) pl_kernels()->to_f16(src, dst, n);
+    else memcpy(dst, src, (size_t)n * sizeof(float));
+}
 
 /* ------------------------------------------------------------------ the math */
 
@@ -451,15 +477,16 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd;
     const int group = p->n_heads / p->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
-    const float *kc = c->key_cache + (size_t)layer * c->n_ctx * kv_dim;
-    const float *vc = c->value_cache + (size_t)layer * c->n_ctx * kv_dim;
+    const char *kc = kv_row(c->key_cache, c->k_type, c, layer, 0);
+    const char *vc = kv_row(c->value_cache, c->v_type, c, layer, 0);
+    const size_t kh = (size_t)hd * kv_size(c->k_type), vh = (size_t)hd * kv_size(c->v_type);
     const pl_attend_fn attend = pl_kernels()->attend;
 
 #pragma omp for collapse(2) schedule(dynamic, 1) nowait
     for (int t = 0; t < n_tok; t++) {
         for (int g = 0; g < p->n_kv_heads; g++) {
             const size_t qo = (size_t)t * q_dim + (size_t)g * group * hd;
-            attend(c->q + qo, group, hd, kc + (size_t)g * hd, vc + (size_t)g * hd, (size_t)kv_dim,
+            attend(c->q + qo, group, hd, c->k_type, kc + g * kh, c->v_type, vc + g * vh, (size_t)kv_dim,
                    n_past + t + 1, scale, c->xb2 + qo,
                    c->att + (size_t)omp_get_thread_num() * group * c->n_ctx);
         }
@@ -491,8 +518,6 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
 team_barrier(c);
 
     /* biases, rotary embeddings, and the new keys and values into the cache */
-    float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
-    float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
 #pragma omp for schedule(static) nowait
     for (int t = 0; t < n_tok; t++) {
         float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * kv_dim;
@@ -502,8 +527,8 @@ team_barrier(c);
         const float *cs = c->rope_cs + (size_t)t * hd;
         for (int h = 0; h < p->n_heads; h++) rope(q + h * hd, hd, cs, neox);
         for (int h = 0; h < p->n_kv_heads; h++) rope(k + h * hd, hd, cs, neox);
-        memcpy(kc + (size_t)(n_past + t) * kv_dim, k, (size_t)kv_dim * sizeof(float));
-        memcpy(vc + (size_t)(n_past + t) * kv_dim, v, (size_t)kv_dim * sizeof(float));
+        kv_store(kv_row(c->key_cache, c->k_type, c, l, n_past + t), c->k_type, k, kv_dim);
+        kv_store(kv_row(c->value_cache, c->v_type, c, l, n_past + t), c->v_type, v, kv_dim);
     }
     team_barrier(c);
     attention(c, l, n_tok, n_past);
@@ -601,15 +626,18 @@ int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
     const int hd = p->head_dim, kv_dim = p->n_kv_heads * hd;
     const int neox = p->rope_type == PL_ROPE_NEOX;
     rope_angles(c->rope_cs, -n_discard, c->inv_freq, hd / 2);
+    float *key = c->k; /* scratch for one key row as floats (the context always has room for a token) */
+    const size_t kb = (size_t)kv_dim * kv_size(c->k_type), vb = (size_t)kv_dim * kv_size(c->v_type);
     for (int l = 0; l < p->n_layers; l++) {
-        float *kc = c->key_cache + (size_t)l * c->n_ctx * kv_dim;
-        float *vc = c->value_cache + (size_t)l * c->n_ctx * kv_dim;
         for (int s = n_keep + n_discard; s < n_past; s++) {
-            float *kd = kc + (size_t)(s - n_discard) * kv_dim;
-            memmove(kd, kc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
-            memmove(vc + (size_t)(s - n_discard) * kv_dim, vc + (size_t)s * kv_dim, (size_t)kv_dim * sizeof(float));
+            char *kd = kv_row(c->key_cache, c->k_type, c, l, s - n_discard);
+            memmove(kd, kv_row(c->key_cache, c->k_type, c, l, s), kb);
+            memmove(kv_row(c->value_cache, c->v_type, c, l, s - n_discard), kv_row(c->value_cache, c->v_type, c, l, s), vb);
             /* rotations compose: turning back by n_discard positions lands on the new position */
-            for (int h = 0; h < p->n_kv_heads; h++) rope(kd + h * hd, hd, c->rope_cs, neox);
+            if (c->k_type == PL_TYPE_F16) dequantize_row(PL_TYPE_F16, kd, key, kv_dim);
+            else memcpy(key, kd, kb);
+            for (int h = 0; h < p->n_kv_heads; h++) rope(key + h * hd, hd, c->rope_cs, neox);
+            kv_store(kd, c->k_type, key, kv_dim);
         }
     }
     return n_past - n_discard;

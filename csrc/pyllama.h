@@ -87,8 +87,10 @@ int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);
 const void *pl_model_file_data(const pl_model *m); /* start of the mapped file */
 
-/* A context owns the KV cache and scratch buffers for one sequence. */
-pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads);
+/* A context owns the KV cache and scratch buffers for one sequence. type_k and
+ * type_v are the cache's element types: PL_TYPE_F16 (half the memory and reads;
+ * llama.cpp's default) or PL_TYPE_F32 (keys and values exactly as computed). */
+pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, int type_v);
 void pl_context_free(pl_context *c);
 int pl_context_n_ctx(const pl_context *c);
 int pl_set_threads(pl_context *c, int n_threads);

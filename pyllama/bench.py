@@ -102,7 +102,8 @@ def bench_model(path: str, args, emit) -> None:
 
     n_ctx = max(max(args.n_prompt) + max(args.n_gen), 16)
     print(f"pyllama.bench: loading {path}", file=sys.stderr)
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=args.threads[0], n_batch=args.batch_size)
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=args.threads[0], n_batch=args.batch_size,
+                type_k=args.cache_type_k, type_v=args.cache_type_v)
     info = describe(llm)
     rng = np.random.default_rng(1234)
     for n_threads in args.threads:
@@ -135,6 +136,8 @@ def bench_model(path: str, args, emit) -> None:
                 "cpu_info": platform.processor() or platform.machine(),
                 "n_threads": n_threads,
                 "n_batch": args.batch_size,
+                "type_k": args.cache_type_k,
+                "type_v": args.cache_type_v,
                 "n_prompt": n_prompt,
                 "n_gen": n_gen,
                 "test_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -170,6 +173,10 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prefill call")
     p.add_argument("--isa", choices=["auto", "scalar", "avx2", "neon"], default="auto",
                    help="force a kernel path (default: the best this CPU has)")
+    p.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for keys (default f16, as llama.cpp)")
+    p.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for values (default f16)")
     p.add_argument("--json", action="store_true", help="print llama-bench's JSON fields instead of a table")
     args = p.parse_args(argv)
     if args.repetitions < 1:

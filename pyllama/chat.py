@@ -34,6 +34,10 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads (default: all available)")
     ap.add_argument("--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
+    ap.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for keys (default f16, as llama.cpp)")
+    ap.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for values (default f16)")
     ap.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="tokenizer for llama2.c checkpoints (tokenizer.bin or .model)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print loading details to stderr")
@@ -52,7 +56,8 @@ def load_model(args, **extra):
         from .llama import Llama
 
         return Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
-                     seed=args.seed, verbose=args.verbose, tokenizer_path=args.tokenizer, **extra)
+                     seed=args.seed, verbose=args.verbose, tokenizer_path=args.tokenizer,
+                     type_k=args.cache_type_k, type_v=args.cache_type_v, **extra)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         raise SystemExit(130)

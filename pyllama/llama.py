@@ -39,6 +39,20 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_KV_TYPES = {0: lib.PL_TYPE_F32, 1: lib.PL_TYPE_F16, "f32": lib.PL_TYPE_F32, "f16": lib.PL_TYPE_F16}
+
+
+def _kv_type(name: str, value: Optional[int | str]) -> int:
+    """A KV cache element type from a GGML type id or name (None: F16)."""
+    if value is None:
+        return lib.PL_TYPE_F16
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or not isinstance(key, (int, str)) or key not in _KV_TYPES:
+        raise ValueError(f"{name} must be 1 / 'f16' or 0 / 'f32' (got {value!r}); "
+                         "pyllama's KV cache holds F16 or F32 values")
+    return _KV_TYPES[key]
+
+
 def detect_format(path: str) -> str:
     """'gguf' or 'llama2c', from the file's first bytes."""
     with open(path, "rb") as f:
@@ -71,6 +85,14 @@ class Llama(GenerationMixin):
         context_overflow: what generation does when the context is full:
             "shift" (drop the oldest half after the prompt start, like llama.cpp)
             or "error" (raise ContextOverflowError).
+        type_k, type_v: element type of the cached keys / values, as GGML type
+            ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
+            Default F16, as llama.cpp: half the memory and cache reads of F32;
+            F32 keeps keys and values exactly as computed.
+
+    ``metadata`` holds the GGUF file's scalar keys (strings, numbers); its arrays
+    (the vocabulary and merges, ~10 MB of Python strings for a 49k vocabulary) are
+    not kept: read them with :func:`pyllama.gguf.read_metadata` when needed.
     """
 
     def __init__(
@@ -91,6 +113,8 @@ class Llama(GenerationMixin):
         n_gpu_layers: int = 0,
         use_mmap: bool = True,
         logits_all: bool = False,
+        type_k: Optional[int | str] = None,
+        type_v: Optional[int | str] = None,
     ):
         from . import models
 
@@ -102,6 +126,7 @@ class Llama(GenerationMixin):
             raise ValueError(f"n_batch must be a positive integer (got {n_batch!r})")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be a positive integer (got {n_threads!r})")
+        kv_types = (_kv_type("type_k", type_k), _kv_type("type_v", type_v))
         if context_overflow not in ("shift", "error"):
             raise ValueError(f"context_overflow must be 'shift' or 'error' (got {context_overflow!r})")
 
@@ -138,6 +163,8 @@ class Llama(GenerationMixin):
         self._n_vocab = cfg.n_vocab
 
         self.tokenizer = self._load_tokenizer(tokenizer_path)
+        # like llama-cpp-python's: scalars only (the arrays were for the tokenizer)
+        self.metadata = {k: v for k, v in self.metadata.items() if not isinstance(v, (list, tuple))}
         if self.format == "llama2c":
             if bos_token_id is not None:
                 self.tokenizer.bos_id = bos_token_id
@@ -147,7 +174,7 @@ class Llama(GenerationMixin):
         if n_ctx == 0:
             n_ctx = cfg.n_ctx_train
         self._n_threads = n_threads or _default_threads()
-        self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads)
+        self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads, *kv_types)
         if self._ctx == ffi.NULL:
             raise MemoryError(_error("could not create the context"))
         self._n_ctx = n_ctx

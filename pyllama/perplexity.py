@@ -83,6 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("-c", "--ctx-size", type=int, default=512, help="window length in tokens (n_ctx)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per evaluation call")
+    p.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for keys (default f16, as llama.cpp)")
+    p.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for values (default f16)")
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (default: all)")
     args = p.parse_args(argv)
     if args.ctx_size < 4:
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
     with open(args.file, "rb") as fh:
         text = fh.read().decode("utf-8", errors="replace")
     llm = Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
-                n_batch=min(args.batch_size, args.ctx_size))
+                n_batch=min(args.batch_size, args.ctx_size), type_k=args.cache_type_k, type_v=args.cache_type_v)
     t0 = time.perf_counter()
     tokens = llm.tokenize(text, add_bos=True)
     print(f"perplexity: tokenizing the input took {(time.perf_counter() - t0) * 1000:.0f} ms, "

@@ -156,8 +156,11 @@ def quantize_activations_q8(x):
     return (q.astype(np.float64) * d.astype(np.float64)).reshape(shape)
 
 
-def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None):
-    """Logits (len(tokens), n_vocab) in float64 for tokens at positions 0..n-1 (causal)."""
+def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_half=False):
+    """Logits (len(tokens), n_vocab) in float64 for tokens at positions 0..n-1 (causal).
+
+    kv_half: keys (after RoPE) and values rounded to IEEE half, as an F16 KV cache
+    stores them (numpy's float16 cast rounds to nearest even)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
     H, KV, hd = model.n_heads, model.n_kv_heads, model.head_dim
@@ -185,6 +188,9 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None):
         v = matmul(xn, p + "attn_v.weight", p + "attn_v.bias").reshape(n, KV, hd)
         q = apply_rope(q, angles, model.n_rot, model.rope_neox)
         k = apply_rope(k, angles, model.n_rot, model.rope_neox)
+        if kv_half:
+            k = k.astype(np.float16).astype(np.float64)
+            v = v.astype(np.float16).astype(np.float64)
         att_out = np.empty((n, H, hd))
         for h in range(H):
             kh = k[:, h // group, :]

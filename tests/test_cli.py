@@ -53,6 +53,8 @@ def test_help(cmd):
     ("pyllama.generate", ["-n", "x"]),
     ("pyllama.generate", ["--top-p", "2"]),
     ("pyllama.generate", ["--threads", "0"]),
+    ("pyllama.generate", ["-ctk", "q8_0"]),
+    ("pyllama.chat", ["--cache-type-v", "f64"]),
 ])
 def test_bad_arguments_one_line_exit_2(cmd, args):
     p = run(cmd, *args)
@@ -89,9 +91,10 @@ def test_chat_through_a_pipe(default_model_path):
 
 
 @pytest.mark.slow
-def test_generate_cli(default_model_path):
+@pytest.mark.parametrize("cache", [[], ["-ctk", "f32", "-ctv", "f32"]])
+def test_generate_cli(default_model_path, cache):
     p = run("pyllama.generate", "-m", default_model_path, "-p", "The capital of France is",
-            "-n", "4", "-t", "0", "-c", "64")
+            "-n", "4", "-t", "0", "-c", "64", *cache)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("The capital of France is") and "Paris" in p.stdout
     assert "achieved tok/s:" in p.stderr

@@ -36,9 +36,36 @@ TOKENS = [5, 17, 3, 42, 9, 28, 11, 7, 30, 2, 19, 23]
 def test_shape_and_metadata(tiny_path):
     llm = fresh(tiny_path)
     assert llm.n_ctx() == 64
-    assert llm.n_vocab() == llm.config["n_vocab"] == len(llm.metadata["tokenizer.ggml.tokens"])
+    from pyllama.gguf import read_metadata
+
+    assert llm.n_vocab() == llm.config["n_vocab"] == len(read_metadata(tiny_path)["tokenizer.ggml.tokens"])
     assert llm.metadata["general.architecture"] == "llama"
+    # like llama-cpp-python's metadata: scalars only, the vocabulary arrays are not kept
+    assert "tokenizer.ggml.tokens" not in llm.metadata
+    assert not any(isinstance(v, (list, tuple)) for v in llm.metadata.values())
     assert llm.logits.shape == (llm.n_vocab(),)
+
+
+@pytest.mark.parametrize("bad", [2, "q8_0", "F64", True, 1.0, [1]])
+def test_bad_kv_cache_type_is_refused(tiny_path, bad):
+    with pytest.raises(ValueError, match="type_k"):
+        Llama(model_path=tiny_path, n_ctx=16, type_k=bad)
+    with pytest.raises(ValueError, match="type_v"):
+        Llama(model_path=tiny_path, n_ctx=16, type_v=bad)
+
+
+def test_kv_cache_types_agree(tiny_path):
+    """F16 and F32 caches (GGML ids or names, mixed) give logits within half rounding of each other."""
+    out = {}
+    for tk, tv in [(0, 0), ("f16", "F16"), (1, "f32"), (None, None)]:
+        llm = fresh(tiny_path, type_k=tk, type_v=tv)
+        llm.eval(TOKENS)
+        out[tk, tv] = np.array(llm.logits, dtype=np.float64)
+    f32 = out[0, 0]
+    assert np.array_equal(out[None, None], out["f16", "F16"])  # F16 is the default
+    for key, lg in out.items():
+        err = np.abs(lg - f32).max() / np.abs(f32).max()
+        assert err < 4e-3, (key, err)
 
 
 def test_incremental_eval_equals_one_batch(tiny_path):
@@ -91,22 +118,25 @@ def test_reset_and_truncate_reuse_the_cache(tiny_path):
         llm.truncate(llm.n_tokens + 1)
 
 
+@pytest.mark.parametrize("kv", ["f32", "f16"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_context_shift_matches_fresh_evaluation(tiny_model_factory, arch):
+def test_context_shift_matches_fresh_evaluation(tiny_model_factory, arch, kv):
     """In a one-layer model the cached keys/values depend on each token alone (not on the
     tokens it attended to), so after a shift the cache must equal a fresh evaluation of the
     kept tokens: only the re-rotation of keys to their new positions is under test."""
     tiny_path = str(tiny_model_factory(n_layers=1, arch=arch))
     keep, discard, rest = TOKENS[:2], TOKENS[2:6], TOKENS[6:10]
-    shifted = fresh(tiny_path)
+    shifted = fresh(tiny_path, type_k=kv, type_v=kv)
     shifted.eval(keep + discard + rest)
     shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
     assert shifted.input_ids == keep + rest and shifted.n_tokens == len(keep + rest)
     shifted.eval([TOKENS[10]])
-    ref = fresh(tiny_path)
+    ref = fresh(tiny_path, type_k=kv, type_v=kv)
     ref.eval(keep + rest + [TOKENS[10]])
-    # keys were re-rotated in float32: equal up to rounding, not bit for bit
-    np.testing.assert_allclose(shifted.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    # keys were re-rotated in float32: equal up to rounding, not bit for bit; an F16 cache
+    # rounds a shifted key to half twice (stored, then re-rotated), 2^-11 relative each time
+    tol = 1e-4 if kv == "f32" else 1e-3 * float(np.abs(ref.logits).max())
+    np.testing.assert_allclose(shifted.logits, ref.logits, rtol=1e-4, atol=tol)
 
 
 def test_context_overflow_is_a_clear_error(tiny_path):

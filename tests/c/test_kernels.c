@@ -20,21 +20,14 @@
 #include "internal.h"
 #include "kernels.h"
 
-/* attention for the query heads of one key/value head (kernels_avx2.c / kernels_neon.c) */
-typedef void (*attend_fn)(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride,
-                          int n_pos, float scale, float *out, float *att);
 #if defined(TEST_AVX2)
 #define SET pl_kernels_avx2
-#define ATTEND pl_attend_avx2
 #elif defined(TEST_NEON)
 #define SET pl_kernels_neon
-#define ATTEND pl_attend_neon
 int pl_neon_has_dotprod(void);
 #else
 #error "define TEST_AVX2 or TEST_NEON"
 #endif
-void ATTEND(const float *q, int group, int hd, const float *k, const float *v, size_t kv_stride, int n_pos,
-            float scale, float *out, float *att);
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next_u32(void) {
@@ -218,22 +211,36 @@ static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
     free(got);
 }
 
-/* attention against a double-precision softmax(q.k * scale) . v */
-static void test_attend(int group, int hd, int n_kv, int n_pos) {
+/* n random values in a KV cache of `type`; vals gets the values the cache really holds */
+static void *fill_kv(int type, size_t n, float *vals) {
+    void *buf = malloc(n * (type == PL_TYPE_F16 ? 2 : 4));
+    for (size_t i = 0; i < n; i++) {
+        float x = gauss();
+        if (type == PL_TYPE_F16) {
+            ((pl_fp16 *)buf)[i] = f32_to_fp16(x);
+            x = fp16_to_f32(((pl_fp16 *)buf)[i]);
+        } else {
+            ((float *)buf)[i] = x;
+        }
+        vals[i] = x;
+    }
+    return buf;
+}
+
+/* attention of one kernel set against a double-precision softmax(q.k * scale) . v */
+static void test_attend(const pl_kernel_set *set, int k_type, int v_type, int group, int hd, int n_kv, int n_pos) {
     const size_t kv_stride = (size_t)n_kv * hd;
     float *q = malloc(sizeof(float) * group * hd), *out = malloc(sizeof(float) * (group * hd + 1));
     float *k = malloc(sizeof(float) * kv_stride * n_pos), *v = malloc(sizeof(float) * kv_stride * n_pos);
     float *att = malloc(sizeof(float) * group * n_pos);
     double *p = malloc(sizeof(double) * n_pos);
     for (int i = 0; i < group * hd; i++) q[i] = gauss() * 2.0f;
-    for (size_t i = 0; i < kv_stride * n_pos; i++) {
-        k[i] = gauss();
-        v[i] = gauss();
-    }
+    char *kc = fill_kv(k_type, kv_stride * n_pos, k), *vc = fill_kv(v_type, kv_stride * n_pos, v);
     const int head = n_kv > 1 ? 1 : 0; /* use the second kv head when there is one: strided rows */
+    const size_t ko = (size_t)head * hd * (k_type == PL_TYPE_F16 ? 2 : 4), vo = (size_t)head * hd * (v_type == PL_TYPE_F16 ? 2 : 4);
     const float scale = 1.0f / sqrtf((float)hd);
     out[group * hd] = -777.0f;
-    ATTEND(q, group, hd, k + head * hd, v + head * hd, kv_stride, n_pos, scale, out, att);
+    set->attend(q, group, hd, k_type, kc + ko, v_type, vc + vo, kv_stride, n_pos, scale, out, att);
     if (out[group * hd] != -777.0f) FAIL("attend group=%d hd=%d n_pos=%d wrote past the output", group, hd, n_pos);
     int shown = 0;
     for (int j = 0; j < group; j++) {
@@ -252,16 +259,49 @@ static void test_attend(int group, int hd, int n_kv, int n_pos) {
                 mag += p[s] / sum * fabs(v[s * kv_stride + head * hd + i]);
             }
             if (!(fabs(out[j * hd + i] - o) <= 2e-5 * mag + 1e-6) && shown++ < 3)
-                FAIL("attend group=%d hd=%d n_pos=%d: out[%d][%d] = %.7g, want %.7g", group, hd, n_pos, j, i,
-                     out[j * hd + i], o);
+                FAIL("%s attend K %s V %s group=%d hd=%d n_pos=%d: out[%d][%d] = %.7g, want %.7g", set->name,
+                     pl_type_name(k_type), pl_type_name(v_type), group, hd, n_pos, j, i, out[j * hd + i], o);
         }
     }
     free(q);
     free(out);
     free(k);
     free(v);
+    free(kc);
+    free(vc);
     free(att);
     free(p);
+}
+
+/* float -> half must give the scalar reference's bits (round to nearest even), subnormals and overflow included */
+static void test_to_f16(int n) {
+    float *x = malloc(n * sizeof(float));
+    pl_fp16 *got = malloc((n + 1) * sizeof(pl_fp16)), *want = malloc(n * sizeof(pl_fp16));
+    for (int i = 0; i < n; i++) {
+        switch (i % 5) {
+        case 0: x[i] = gauss() * 3; break;
+        case 1: x[i] = gauss() * 1e-5f; break;          /* half subnormals */
+        case 2: x[i] = uniform(-70000, 70000); break;   /* past the largest half */
+        case 3: { /* exactly halfway between two neighbouring halves: the tie-break decides */
+            pl_fp16 h = (pl_fp16)(next_u32() & 0x7bfe);
+            x[i] = (fp16_to_f32(h) + fp16_to_f32((pl_fp16)(h + 1))) * 0.5f;
+            break;
+        }
+        default: x[i] = uniform(-1, 1);
+        }
+    }
+    got[n] = 0x5555;
+    SET.to_f16(x, got, n);
+    pl_kernels_scalar.to_f16(x, want, n);
+    for (int i = 0; i < n; i++)
+        if (got[i] != want[i] || want[i] != f32_to_fp16(x[i])) {
+            FAIL("to_f16 n=%d i=%d x=%.9g: 0x%04x, want 0x%04x", n, i, x[i], got[i], want[i]);
+            break;
+        }
+    if (got[n] != 0x5555) FAIL("to_f16 n=%d wrote past the end", n);
+    free(x);
+    free(got);
+    free(want);
 }
 
 /* silu_mul against the scalar set, over the range the model sees and beyond (exp's clamps) */
@@ -290,6 +330,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) test_quantize(ns[i]);
     static const int silu_ns[] = {1, 7, 8, 13, 1536};
     for (size_t i = 0; i < sizeof silu_ns / sizeof silu_ns[0]; i++) test_silu_mul(silu_ns[i]);
+    for (size_t i = 0; i < sizeof silu_ns / sizeof silu_ns[0]; i++) test_to_f16(silu_ns[i] + 1000);
 
     int cases = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -318,13 +359,19 @@ int main(void) {
         }
     }
     static const int groups[] = {1, 3, 4, 5, 8}, hds[] = {64, 128, 48, 40}, npos[] = {1, 2, 7, 33, 300};
-    for (size_t g = 0; g < 5; g++)
-        for (size_t h = 0; h < 4; h++)
-            for (size_t s = 0; s < 5; s++) {
-                test_attend(groups[g], hds[h], 3, npos[s]);
-                cases++;
-            }
-    test_attend(2, 64, 1, 100); /* a single kv head: contiguous rows */
+    static const int kv_types[][2] = {{PL_TYPE_F32, PL_TYPE_F32}, {PL_TYPE_F16, PL_TYPE_F16}, {PL_TYPE_F16, PL_TYPE_F32}};
+    const pl_kernel_set *sets[] = {&SET, &pl_kernels_scalar};
+    for (int si = 0; si < 2; si++)
+        for (size_t kt = 0; kt < 3; kt++)
+            for (size_t g = 0; g < 5; g++)
+                for (size_t h = 0; h < 4; h++)
+                    for (size_t s = 0; s < 5; s++) {
+                        if (si == 1 && (h % 2 || s == 4)) continue; /* the scalar set: fewer, it is slow */
+                        test_attend(sets[si], kv_types[kt][0], kv_types[kt][1], groups[g], hds[h], 3, npos[s]);
+                        cases++;
+                    }
+    test_attend(&SET, PL_TYPE_F32, PL_TYPE_F32, 2, 64, 1, 100); /* a single kv head: contiguous rows */
+    test_attend(&SET, PL_TYPE_F16, PL_TYPE_F16, 2, 64, 1, 100);
     if (failures) {
         printf("%d failures\n", failures);
         return 1;
