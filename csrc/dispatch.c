@@ -2,9 +2,10 @@
  * dispatch.c - picks the kernel set for this CPU at run time and runs matrix
  * products across the OpenMP team.
  *
- * One build serves every x86-64 CPU: the AVX2 kernels are compiled with
- * per-function target attributes and only called when cpuid says the CPU has
- * AVX2, FMA and F16C. PYLLAMA_ISA=scalar|avx2|neon in the environment forces a path.
+ * One build serves every x86-64 CPU: the AVX2 and AVX-512 kernels are compiled
+ * with per-function target attributes and only called when cpuid says the CPU
+ * has AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI for the AVX-512 set).
+ * PYLLAMA_ISA=scalar|avx2|avx512|neon in the environment forces a path.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@ static const pl_kernel_set *current_set;
 #if defined(__x86_64__)
 /* Weak, so the core still links while a build leaves the AVX2 file out. */
 #pragma weak pl_kernels_avx2
+#pragma weak pl_kernels_avx512
 #endif
 
 static int cpu_has_avx2(void) {
@@ -30,10 +32,21 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
+static int cpu_has_avx512(void) {
+#if defined(__x86_64__)
+    return cpu_has_avx2() && pl_kernels_avx512 != NULL && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
 static const pl_kernel_set *set_for(int isa) {
     switch (isa) {
 #if defined(__x86_64__)
     case PL_ISA_AVX2: return cpu_has_avx2() ? &pl_kernels_avx2 : NULL;
+    case PL_ISA_AVX512: return cpu_has_avx512() ? pl_kernels_avx512() : NULL;
 #endif
 #if defined(__aarch64__)
     case PL_ISA_NEON: return &pl_kernels_neon;
@@ -47,7 +60,7 @@ int pl_cpu_isa(void) {
 #if defined(__aarch64__)
     return PL_ISA_NEON;
 #else
-    return cpu_has_avx2() ? PL_ISA_AVX2 : PL_ISA_SCALAR;
+    return cpu_has_avx512() ? PL_ISA_AVX512 : cpu_has_avx2() ? PL_ISA_AVX2 : PL_ISA_SCALAR;
 #endif
 }
 
@@ -56,6 +69,7 @@ static int isa_from_env(void) {
     if (!e || !*e) return PL_ISA_AUTO;
     if (!strcmp(e, "scalar")) return PL_ISA_SCALAR;
     if (!strcmp(e, "avx2")) return PL_ISA_AVX2;
+    if (!strcmp(e, "avx512")) return PL_ISA_AVX512;
     if (!strcmp(e, "neon")) return PL_ISA_NEON;
     return PL_ISA_AUTO;
 }
@@ -72,6 +86,7 @@ static int isa_of(const pl_kernel_set *s) {
     if (s == &pl_kernels_scalar) return PL_ISA_SCALAR;
 #if defined(__x86_64__)
     if (s == &pl_kernels_avx2) return PL_ISA_AVX2;
+    if (cpu_has_avx512() && s == pl_kernels_avx512()) return PL_ISA_AVX512;
 #endif
 #if defined(__aarch64__)
     if (s == &pl_kernels_neon) return PL_ISA_NEON;

@@ -70,6 +70,8 @@ typedef struct {
 extern const pl_kernel_set pl_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const pl_kernel_set pl_kernels_avx2;
+/* the AVX2 set with AVX-512 (F, BW, VL, VNNI) prefill tiles (kernels_avx512.c) */
+const pl_kernel_set *pl_kernels_avx512(void);
 #endif
 #if defined(__aarch64__)
 extern const pl_kernel_set pl_kernels_neon;

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("-t", "--threads", type=_int_list, default=None, help="thread counts (comma list)")
     p.add_argument("-r", "--repetitions", type=int, default=5, help="timed repetitions per test")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prefill call")
-    p.add_argument("--isa", choices=["auto", "scalar", "avx2", "neon"], default="auto",
+    p.add_argument("--isa", choices=["auto", "scalar", "avx2", "avx512", "neon"], default="auto",
                    help="force a kernel path (default: the best this CPU has)")
     p.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
                     help="KV cache type for keys (default f16, as llama.cpp)")
@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         os.environ["PYLLAMA_ISA"] = args.isa
         from ._core import lib
 
-        isa = {"scalar": lib.PL_ISA_SCALAR, "avx2": lib.PL_ISA_AVX2, "neon": lib.PL_ISA_NEON}[args.isa]
+        isa = {"scalar": lib.PL_ISA_SCALAR, "avx2": lib.PL_ISA_AVX2, "avx512": lib.PL_ISA_AVX512,
+               "neon": lib.PL_ISA_NEON}[args.isa]
         if lib.pl_set_isa(isa) != isa:
             p.error(f"--isa {args.isa} is not available on this CPU")
 

@@ -21,7 +21,8 @@ from .errors import ContextOverflowError, ModelError, PyllamaError
 from .generation import GenerationMixin
 
 ROPE_TYPES = {lib.PL_ROPE_NORM: "norm", lib.PL_ROPE_NEOX: "neox"}
-ISA_NAMES = {lib.PL_ISA_SCALAR: "scalar", lib.PL_ISA_AVX2: "avx2", lib.PL_ISA_NEON: "neon"}
+ISA_NAMES = {lib.PL_ISA_SCALAR: "scalar", lib.PL_ISA_AVX2: "avx2", lib.PL_ISA_AVX512: "avx512",
+             lib.PL_ISA_NEON: "neon"}
 
 # llama.cpp / llama2.c ids used when a llama2.c checkpoint says nothing
 LLAMA2C_BOS, LLAMA2C_EOS = 1, 2
@@ -259,7 +260,7 @@ class Llama(GenerationMixin):
 
     @property
     def isa(self) -> str:
-        """The kernel path in use: 'scalar', 'avx2' or 'neon'."""
+        """The kernel path in use: 'scalar', 'avx2', 'avx512' or 'neon'."""
         return ISA_NAMES.get(lib.pl_current_isa(), "scalar")
 
     def tokenize(self, text: Union[bytes, str], add_bos: bool = True, special: bool = False) -> list[int]:

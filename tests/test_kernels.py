@@ -30,8 +30,10 @@ TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
 def _isas():
     best = lib.pl_cpu_isa()
     out = [("scalar", lib.PL_ISA_SCALAR)]
-    if best == lib.PL_ISA_AVX2:
+    if best in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512):
         out.append(("avx2", lib.PL_ISA_AVX2))
+    if best == lib.PL_ISA_AVX512:
+        out.append(("avx512", lib.PL_ISA_AVX512))
     if best == lib.PL_ISA_NEON:
         out.append(("neon", lib.PL_ISA_NEON))
     return out

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Build tests/c/test_kernels.c against the AVX2 kernels and run it (x86-64 only).
-# The binary is compiled for baseline x86-64 like the extension; the kernels carry
+# Build tests/c/test_kernels.c against the AVX2 kernels and run it (x86-64 only); then,
+# when the CPU has AVX-512 F/BW/VL/VNNI, the same against the AVX-512 set.
+# The binaries are compiled for baseline x86-64 like the extension; the kernels carry
 # their own target attributes. Skips (exit 77) when the CPU lacks AVX2/FMA/F16C.
 # Usage: tests/c/run_x86.sh [extra CFLAGS, e.g. -fsanitize=address]
 set -eu
@@ -13,7 +14,19 @@ if ! grep -q avx2 /proc/cpuinfo 2>/dev/null || ! grep -q f16c /proc/cpuinfo || !
     exit 77
 fi
 CC=${CC:-cc}
-$CC -std=c11 -O2 -g -Wall -Wextra -DTEST_AVX2 "$@" -I"$root/csrc" \
-    "$here/test_kernels.c" "$root/csrc/kernels_scalar.c" "$root/csrc/kernels_avx2.c" \
-    "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/test_kernels_avx2"
+build() { # $1: TEST_AVX2 or TEST_AVX512, $2: output name, then extra flags
+    def=$1 name=$2
+    shift 2
+    $CC -std=c11 -O2 -g -Wall -Wextra -D"$def" "$@" -I"$root/csrc" \
+        "$here/test_kernels.c" "$root/csrc/kernels_scalar.c" "$root/csrc/kernels_avx2.c" \
+        "$root/csrc/kernels_avx512.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/$name"
+}
+build TEST_AVX2 test_kernels_avx2 "$@"
 "$out/test_kernels_avx2"
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo &&
+    grep -qw avx512_vnni /proc/cpuinfo; then
+    build TEST_AVX512 test_kernels_avx512 "$@"
+    "$out/test_kernels_avx512"
+else
+    echo "note: no AVX-512 VNNI on this CPU; the AVX-512 set was not run"
+fi

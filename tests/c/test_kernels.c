@@ -1,8 +1,8 @@
 /*
  * test_kernels.c - checks one SIMD kernel set against the scalar reference.
  *
- * Build with the scalar kernels, quants.c, util.c and the ISA file, defining
- * TEST_AVX2 or TEST_NEON (tests/c/run_x86.sh, tests/c/run_neon.sh). For every
+ * Build with the scalar kernels, quants.c, util.c and the ISA file(s), defining
+ * TEST_AVX2, TEST_AVX512 or TEST_NEON (tests/c/run_x86.sh, tests/c/run_neon.sh). For every
  * weight type, random weights and activations:
  *   - quantize_q8x must give byte-identical blocks (same rounding),
  *   - rows() and tile() must match the scalar rows() and an independent double
@@ -20,13 +20,15 @@
 #include "internal.h"
 #include "kernels.h"
 
-#if defined(TEST_AVX2)
+#if defined(TEST_AVX512)
+#define SET (*pl_kernels_avx512())
+#elif defined(TEST_AVX2)
 #define SET pl_kernels_avx2
 #elif defined(TEST_NEON)
 #define SET pl_kernels_neon
 int pl_neon_has_dotprod(void);
 #else
-#error "define TEST_AVX2 or TEST_NEON"
+#error "define TEST_AVX2, TEST_AVX512 or TEST_NEON"
 #endif
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;

@@ -1,0 +1,305 @@
+/*
+ * kernels_avx512.c - prefill kernels for x86-64 CPUs with AVX-512 (F, BW, VL, VNNI).
+ *
+ * The AVX-512 set is the AVX2 set with the tile() kernels replaced: decode (rows)
+ * is bound by memory, where wider registers buy nothing, while prefill is bound by
+ * arithmetic, and on cores with full-width 512-bit units (AMD Zen 5, Intel server
+ * cores) these tiles do twice the work per instruction of the AVX2 ones.
+ *
+ *  - Float weights: a 4 rows x 4 tokens register tile, 16 values per step; row
+ *    tails are masked loads instead of a scalar loop.
+ *  - Quantized weights: 16 rows are repacked so that each 32-bit lane holds 4
+ *    values of one row; one VNNI vpdpbusd then multiplies 16 rows by the same 4
+ *    activation bytes and adds the products into 16 int32 lanes, with no widening
+ *    steps and no horizontal sums. vpdpbusd wants unsigned weights: Q4 nibbles are
+ *    (0..15, Q4_0's "- 8" comes off as 8 x the activation block's sum); Q8_0 is
+ *    shifted by +128 and 128 x the sum comes off. The integer sums are exact, so
+ *    results differ from the scalar reference only in float rounding order.
+ *
+ * Like kernels_avx2.c, everything carries a target attribute and dispatch.c uses
+ * this set only after cpuid reports the features.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pyllama.h"
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+
+/* ------------------------------------------------------------ float weights */
+
+/* 16 weights of a float type as floats; lanes outside mask read nothing and are 0 */
+AVX512_INLINE __m512 load16(int type, const void *w, int k, __mmask16 m) {
+    if (type == PL_TYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
+    if (type == PL_TYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+/* R rows x T tokens (both <= 4), one accumulator each; n any length */
+AVX512_INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const float *x, size_t xs, float *y,
+                         size_t ys, int r, int n) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * xs + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            __m512 wv = load16(type, ROW(w, rb, r + i), k, m);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) y[t * ys + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* Rows [r, r+R) for every token; T = 4 tokens per pass, then the rest one by one. */
+AVX512_INLINE void ftile_rows(int type, int R, const void *w, size_t rb, const float *x, size_t xs, float *y,
+                              size_t ys, int r, int nt, int n) {
+    int t = 0;
+    for (; t + 4 <= nt; t += 4) ftile(type, R, 4, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);
+    for (; t < nt; t++) ftile(type, R, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);
+}
+
+#define WIDEN_MAX 4096 /* longest half-precision row widened on the stack (4 rows: 64 KB) */
+
+/*
+ * Half-precision weights are widened to float once per 4 rows and then used by
+ * every token: converting in the inner loop (once per 4 tokens) made the
+ * conversions, not the multiplies, the limit.
+ */
+#define FLOAT_TILE(NAME, TYPE)                                                                           \
+    AVX512 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y,        \
+                                   size_t ys, int r0, int r1, int nt, int n) {                           \
+        const float *x = (const float *)act;                                                             \
+        const size_t xs = as / sizeof(float);                                                            \
+        int r = r0;                                                                                      \
+        if (TYPE != PL_TYPE_F32 && nt >= 8 && n <= WIDEN_MAX) {                                          \
+            float wide[4 * WIDEN_MAX] __attribute__((aligned(64)));                                       \
+            for (; r + 4 <= r1; r += 4) {                                                                \
+                for (int i = 0; i < 4; i++)                                                              \
+                    for (int k = 0; k < n; k += 16) {                                                    \
+                        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1); \
+                        _mm512_mask_storeu_ps(wide + (size_t)i * n + k, m, load16(TYPE, ROW(w, rb, r + i), k, m)); \
+                    }                                                                                    \
+                ftile_rows(PL_TYPE_F32, 4, wide, (size_t)n * sizeof(float), x, xs, y + r, ys, 0, nt, n);      \
+            }                                                                                            \
+        }                                                                                                \
+        for (; r + 4 <= r1; r += 4) ftile_rows(TYPE, 4, w, rb, x, xs, y, ys, r, nt, n);                  \
+        for (; r < r1; r++) ftile_rows(TYPE, 1, w, rb, x, xs, y, ys, r, nt, n);                          \
+    }
+
+FLOAT_TILE(f32, PL_TYPE_F32)
+FLOAT_TILE(f16, PL_TYPE_F16)
+FLOAT_TILE(bf16, PL_TYPE_BF16)
+
+/* ------------------------------------------------------ quantized weights */
+
+#define PANEL 16  /* rows per packed panel: one per 32-bit lane of a zmm register */
+#define KCHUNK 16 /* blocks packed at a time: 16 x 640 bytes stays in L1 */
+#define TOK 8     /* tokens per pass over a packed chunk: 8 independent vpdpbusd chains */
+
+typedef struct {
+    __m512i q[8]; /* q[g] lane i: values 4g..4g+3 of row i, as unsigned bytes */
+    __m512 d, o;  /* per row: scale, and Q4_1's minimum (else 0) */
+} pack16;
+
+/* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
+AVX512_INLINE void transpose8(__m256i v[8]) {
+    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* 32 values of one weight block as unsigned bytes (block order), with its scale and minimum */
+AVX512_INLINE __m256i block_u8(int type, const void *row, int b, float *d, float *o) {
+    if (type == PL_TYPE_Q8_0) {
+        const block_q8_0 *wb = (const block_q8_0 *)row + b;
+        *d = _cvtsh_ss(wb->d);
+        *o = 0.0f;
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)wb->qs), _mm256_set1_epi8((char)0x80));
+    }
+    const uint8_t *qs;
+    if (type == PL_TYPE_Q4_0) {
+        const block_q4_0 *wb = (const block_q4_0 *)row + b;
+        *d = _cvtsh_ss(wb->d);
+        *o = 0.0f;
+        qs = wb->qs;
+    } else {
+        const block_q4_1 *wb = (const block_q4_1 *)row + b;
+        *d = _cvtsh_ss(wb->d);
+        *o = _cvtsh_ss(wb->m);
+        qs = wb->qs;
+    }
+    /* low nibbles are values 0..15, high nibbles 16..31 */
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(0x0f));
+}
+
+/* Pack blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row). */
+AVX512_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int nr, int b0, int nb, pack16 *pk) {
+    for (int b = 0; b < nb; b++) {
+        __m256i lo[8], hi[8];
+        float d[16], o[16];
+        for (int i = 0; i < 16; i++) {
+            const void *row = ROW(w, rb, r + (i < nr ? i : nr - 1));
+            __m256i v = block_u8(type, row, b0 + b, &d[i], &o[i]);
+            if (i < 8) lo[i] = v;
+            else hi[i - 8] = v;
+        }
+        transpose8(lo);
+        transpose8(hi);
+        for (int g = 0; g < 8; g++) pk[b].q[g] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1);
+        pk[b].d = _mm512_loadu_ps(d);
+        pk[b].o = _mm512_loadu_ps(o);
+    }
+}
+
+/* 16 rows (lanes) x T tokens over nb packed blocks, added into acc.
+ * off[t][b] = the integer to take off block b of token t (zero point x activation sum). */
+AVX512_INLINE void qpanel(int type, int T, const pack16 *pk, int nb, const block_q8x *const *a,
+                          const int32_t *const *off, __m512 *acc) {
+    for (int b = 0; b < nb; b++) {
+        const pack16 *p = pk + b;
+        __m512i s[TOK];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++)
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                int32_t av;
+                memcpy(&av, a[t][b].qs + 4 * g, 4);
+                s[t] = _mm512_dpbusd_epi32(s[t], p->q[g], _mm512_set1_epi32(av));
+            }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const block_q8x *ab = a[t] + b;
+            __m512i si = s[t];
+            if (type != PL_TYPE_Q4_1) si = _mm512_sub_epi32(si, _mm512_set1_epi32(off[t][b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(p->d, _mm512_set1_ps(ab->d)), acc[t]);
+            if (type == PL_TYPE_Q4_1) acc[t] = _mm512_fmadd_ps(p->o, _mm512_set1_ps(ab->s), acc[t]);
+        }
+    }
+}
+
+/* zero point x sum of each activation block: what the unsigned weights add on top of the true product */
+AVX512_INLINE void block_offsets(int type, const void *act, size_t as, int nt, int nbt, int32_t *off) {
+    const int zero = type == PL_TYPE_Q8_0 ? 128 : 8;
+    for (int t = 0; t < nt; t++) {
+        const block_q8x *ab = (const block_q8x *)((const char *)act + (size_t)t * as);
+        for (int b = 0; b < nbt; b++) {
+            __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)ab[b].qs));
+            __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            off[(size_t)t * nbt + b] = zero * _mm_cvtsi128_si32(s4);
+        }
+    }
+}
+
+AVX512_INLINE void qtile(int type, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                         int r0, int r1, int nt, int n) {
+    const int nbt = n / QK;
+    int32_t *off = NULL;
+    int32_t off_small[TOK * 64]; /* most calls: a few tokens of a model-width row */
+    if (type != PL_TYPE_Q4_1) {
+        const size_t need = (size_t)nt * nbt;
+        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
+        if (!off) { /* out of memory: the AVX2 tile needs no buffer of this size */
+            pl_kernels_avx2.tile[type](w, rb, act, as, y, ys, r0, r1, nt, n);
+            return;
+        }
+        block_offsets(type, act, as, nt, nbt, off);
+    }
+    pack16 pk[KCHUNK];
+    for (int r = r0; r < r1; r += PANEL) {
+        const int nr = r1 - r < PANEL ? r1 - r : PANEL;
+        const __mmask16 m = nr == PANEL ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
+            const int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
+            pack_rows(type, w, rb, r, nr, b0, nb, pk);
+            for (int t = 0; t < nt;) {
+                const int T = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const block_q8x *a[TOK];
+                const int32_t *o[TOK] = {NULL};
+                __m512 acc[TOK];
+                for (int j = 0; j < T; j++) {
+                    a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+                    if (off) o[j] = off + (size_t)(t + j) * nbt + b0;
+                    acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + r) : _mm512_setzero_ps();
+                }
+                switch (T) {
+                case 8: qpanel(type, 8, pk, nb, a, o, acc); break;
+                case 4: qpanel(type, 4, pk, nb, a, o, acc); break;
+                case 2: qpanel(type, 2, pk, nb, a, o, acc); break;
+                default: qpanel(type, 1, pk, nb, a, o, acc); break;
+                }
+                for (int j = 0; j < T; j++) _mm512_mask_storeu_ps(y + (t + j) * ys + r, m, acc[j]);
+                t += T;
+            }
+        }
+    }
+    if (off != off_small) free(off);
+}
+
+#define QTILE(NAME, TYPE)                                                                              \
+    AVX512 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y,      \
+                                   size_t ys, int r0, int r1, int nt, int n) {                         \
+        qtile(TYPE, w, rb, act, as, y, ys, r0, r1, nt, n);                                              \
+    }
+
+QTILE(q8_0, PL_TYPE_Q8_0)
+QTILE(q4_0, PL_TYPE_Q4_0)
+QTILE(q4_1, PL_TYPE_Q4_1)
+
+/* ------------------------------------------------------------------ the set */
+
+static pl_kernel_set avx512_set;
+
+/* Filled when the library loads (before any thread can ask for it). */
+__attribute__((constructor)) static void fill_avx512_set(void) {
+    avx512_set = pl_kernels_avx2;
+    avx512_set.name = "avx512";
+    avx512_set.tile[PL_TYPE_F32] = tile_f32;
+    avx512_set.tile[PL_TYPE_F16] = tile_f16;
+    avx512_set.tile[PL_TYPE_BF16] = tile_bf16;
+    avx512_set.tile[PL_TYPE_Q8_0] = tile_q8_0;
+    avx512_set.tile[PL_TYPE_Q4_0] = tile_q4_0;
+    avx512_set.tile[PL_TYPE_Q4_1] = tile_q4_1;
+}
+
+const pl_kernel_set *pl_kernels_avx512(void) { return &avx512_set; }
+
+#endif
