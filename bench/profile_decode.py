@@ -1,6 +1,6 @@
 """A plain decode or prefill loop to run under a profiler (perf record python bench/profile_decode.py ...).
 
-    python bench/profile_decode.py [-m MODEL] [-t THREADS] tg N     # N x (eval([tok]) + argmax) from an empty cache
+    python bench/profile_decode.py [-m MODEL] [-t THREADS] [-r R] tg N   # R x (reset, then N x (eval([tok]) + argmax))
     python bench/profile_decode.py [-m MODEL] [-t THREADS] pp R     # R x (reset + eval of 512 tokens)
 """
 import argparse
@@ -12,15 +12,18 @@ from pyllama import Llama
 p = argparse.ArgumentParser()
 p.add_argument("-m", "--model", default=None)
 p.add_argument("-t", "--threads", type=int, default=2)
+p.add_argument("-r", "--repeat", type=int, default=1, help="tg: decode runs of N tokens, each from an empty cache")
 p.add_argument("mode", choices=["tg", "pp"])
 p.add_argument("n", type=int)
 a = p.parse_args()
 llm = Llama(a.model, n_ctx=max(600, a.n + 8), n_threads=a.threads)
 if a.mode == "tg":
-    tok = 1
-    for _ in range(a.n):
-        llm.eval([tok])
-        tok = int(np.argmax(llm.logits))
+    for _ in range(a.repeat):
+        llm.reset()
+        tok = 1
+        for _ in range(a.n):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.logits))
 else:
     toks = np.arange(100, 612, dtype=np.int32)
     for _ in range(a.n):
