@@ -348,8 +348,14 @@ static void kv_store(void *dst, int type, const float *src, int n) {
 /* ------------------------------------------------------------------ the math */
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    /* four sums in double: independent chains (one chain of dependent adds cost
+     * ~1 us per call, dozens of calls per token), still exact enough to be order-blind */
+    double s4[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) s4[j] += (double)x[i + j] * x[i + j];
+    for (; i < n; i++) s4[0] += (double)x[i] * x[i];
+    const double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     float scale = (float)(1.0 / sqrt(ss / n + eps));
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
@@ -423,33 +429,45 @@ static void team_barrier(pl_context *c) {
 /* ---- the forward pass: one OpenMP team for the whole batch ----
  *
  * Threads split every matrix product by output rows and meet at a barrier
- * before anything reads the product. Each thread normalizes (and quantizes)
- * a product's input for itself: for one token that is a few hundred values,
- * cheaper than a barrier. Per layer there are six meeting points: after QKV,
- * after RoPE and the cache store, after attention, after Wo (+ residual),
- * after gate/up (+ SwiGLU), after down (+ residual).
+ * before anything reads the product. Per layer there are six meeting points:
+ * after QKV, after RoPE and the cache store, after attention, after Wo
+ * (+ residual), after gate/up (+ SwiGLU), after down (+ residual). A product's
+ * input (normalized and, for quantized weights, quantized) is made by each
+ * thread for itself when there are a few tokens (a few hundred values: cheaper
+ * than a barrier), and split over the team, with one more barrier, for a batch.
  */
 
-static float *thread_xn(pl_context *c) {
-    return c->xn + (size_t)omp_get_thread_num() * c->capacity * c->m->cfg.dim;
-}
+/* From this many tokens on, the team shares the work of preparing a product's input. */
+#define SHARED_INPUT_TOKENS 8
 
-/* The input quantized into this thread's buffer when some part needs it, else NULL. */
-static const void *thread_quantize(pl_context *c, const pl_matmul_part *parts, int n_parts, const float *x,
-                                   int n_tok, int cols) {
-    if (!pl_parts_need_q8(parts, n_parts)) return NULL;
-    void *xq = c->act + (size_t)omp_get_thread_num() * c->act_stride;
-    pl_quantize_act(x, n_tok, cols, xq);
-    return xq;
-}
-
-/* RMSNorm of every token into this thread's buffer. */
-static float *thread_rmsnorm(pl_context *c, const float *x, const float *w, int first, int n_tok) {
-    const int dim = c->m->cfg.dim;
-    float *xn = thread_xn(c);
-    for (int t = 0; t < n_tok; t++)
-        rmsnorm(xn + (size_t)t * dim, x + (size_t)(first + t) * dim, w, dim, c->m->cfg.norm_eps);
-    return xn;
+/*
+ * The input of a product over n_tok tokens: rmsnorm(x[first + t]) * norm_w, or x
+ * itself when norm_w is NULL; *xq gets the input quantized when any part needs it
+ * (else NULL). Called by every thread; the buffers are free again once the product
+ * that reads them is followed by a barrier (every product is).
+ */
+static const float *product_input(pl_context *c, const float *x, const float *norm_w, int first, int n_tok,
+                                  int cols, const pl_matmul_part *parts, int n_parts, const void **xq) {
+    const int shared = n_tok >= SHARED_INPUT_TOKENS && omp_get_num_threads() > 1;
+    const int slot = shared ? 0 : omp_get_thread_num();
+    float *xn = norm_w ? c->xn + (size_t)slot * c->capacity * c->m->cfg.dim : NULL;
+    void *q8 = pl_parts_need_q8(parts, n_parts) ? c->act + (size_t)slot * c->act_stride : NULL;
+    const float *in = xn ? xn : x + (size_t)first * cols;
+    const size_t q8_row = (size_t)(cols / QK) * sizeof(block_q8x);
+    if (shared) {
+#pragma omp for schedule(static) nowait
+        for (int t = 0; t < n_tok; t++) {
+            if (xn) rmsnorm(xn + (size_t)t * cols, x + (size_t)(first + t) * cols, norm_w, cols, c->m->cfg.norm_eps);
+            if (q8) pl_quantize_act(in + (size_t)t * cols, 1, cols, (char *)q8 + t * q8_row);
+        }
+        team_barrier(c);
+    } else {
+        for (int t = 0; t < n_tok && xn; t++)
+            rmsnorm(xn + (size_t)t * cols, x + (size_t)(first + t) * cols, norm_w, cols, c->m->cfg.norm_eps);
+        if (q8) pl_quantize_act(in, n_tok, cols, q8);
+    }
+    *xq = q8;
+    return in;
 }
 
 /* Epilogue: x[t][r] += y[t][r] on the rows a thread just computed (the residual connection). */
@@ -469,8 +487,11 @@ static void add_residual(void *arg, int r0, int r1) {
  * Causal attention of n_tok queries at positions n_past.. over the cache, through
  * the kernel table: one call per (token, key/value head) handles the n_heads/n_kv_heads
  * query heads that share it (grouped-query attention), so K and V rows are read once
- * for the group. Work items are uneven (later tokens see more positions): dynamic schedule.
- * Called by every thread of the team; a thread returns when no items are left (no barrier).
+ * for the group. With fewer such items than twice the threads (decode: 3 key/value
+ * heads on 2 threads leaves one idle a third of the time) each group is cut into
+ * single query heads instead. Work items are uneven (later tokens see more
+ * positions): dynamic schedule. Called by every thread of the team; a thread
+ * returns when no items are left (no barrier).
  */
 static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const pl_config *p = &c->m->cfg;
@@ -481,21 +502,22 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const char *vc = kv_row(c->value_cache, c->v_type, c, layer, 0);
     const size_t kh = (size_t)hd * kv_size(c->k_type), vh = (size_t)hd * kv_size(c->v_type);
     const pl_attend_fn attend = pl_kernels()->attend;
+    const int split = n_tok * p->n_kv_heads < 2 * omp_get_num_threads() ? group : 1;
+    const int per_item = group / split, n_items = p->n_kv_heads * split;
 
 #pragma omp for collapse(2) schedule(dynamic, 1) nowait
     for (int t = 0; t < n_tok; t++) {
-        for (int g = 0; g < p->n_kv_heads; g++) {
-            const size_t qo = (size_t)t * q_dim + (size_t)g * group * hd;
-            attend(c->q + qo, group, hd, c->k_type, kc + g * kh, c->v_type, vc + g * vh, (size_t)kv_dim,
+        for (int i = 0; i < n_items; i++) {
+            const int g = i / split; /* key/value head */
+            const size_t qo = (size_t)t * q_dim + (size_t)i * per_item * hd;
+            attend(c->q + qo, per_item, hd, c->k_type, kc + g * kh, c->v_type, vc + g * vh, (size_t)kv_dim,
                    n_past + t + 1, scale, c->xb2 + qo,
                    c->att + (size_t)omp_get_thread_num() * group * c->n_ctx);
         }
     }
 }
 
-static void add_bias(float *x, const pl_tensor *b, int n) {
-    if (!b) return;
-    const float *bias = b->data;
+static void add_bias(float *x, const float *bias, int n) {
     for (int i = 0; i < n; i++) x[i] += bias[i];
 }
 
@@ -513,22 +535,34 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
         {L->wk->type, L->wk->data, kv_dim, c->k, (size_t)kv_dim},
         {L->wv->type, L->wv->data, kv_dim, c->v, (size_t)kv_dim},
     };
-    float *xn = thread_rmsnorm(c, c->x, L->attn_norm->data, 0, n_tok);
-    pl_matmul_share(qkv, 3, dim, xn, thread_quantize(c, qkv, 3, xn, n_tok, dim), n_tok, 0, NULL, NULL);
+    const void *xq;
+    const float *in = product_input(c, c->x, L->attn_norm->data, 0, n_tok, dim, qkv, 3, &xq);
+    pl_matmul_share(qkv, 3, dim, in, xq, n_tok, 0, NULL, NULL);
 team_barrier(c);
 
     /* biases, rotary embeddings, and the new keys and values into the cache */
+    /* items: every query head and every key/value head of every token (one token's
+     * worth of work is too little to leave to one thread while the others wait) */
+    const int heads = p->n_heads + p->n_kv_heads;
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < n_tok; t++) {
-        float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * kv_dim;
-        add_bias(q, L->bq, q_dim);
-        add_bias(k, L->bk, kv_dim);
-        add_bias(v, L->bv, kv_dim);
+    for (int item = 0; item < n_tok * heads; item++) {
+        const int t = item / heads, h = item % heads;
         const float *cs = c->rope_cs + (size_t)t * hd;
-        for (int h = 0; h < p->n_heads; h++) rope(q + h * hd, hd, cs, neox);
-        for (int h = 0; h < p->n_kv_heads; h++) rope(k + h * hd, hd, cs, neox);
-        kv_store(kv_row(c->key_cache, c->k_type, c, l, n_past + t), c->k_type, k, kv_dim);
-        kv_store(kv_row(c->value_cache, c->v_type, c, l, n_past + t), c->v_type, v, kv_dim);
+        if (h < p->n_heads) {
+            float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
+            if (L->bq) add_bias(q, (const float *)L->bq->data + (size_t)h * hd, hd);
+            rope(q, hd, cs, neox);
+        } else {
+            const size_t o = (size_t)(h - p->n_heads) * hd;
+            float *k = c->k + (size_t)t * kv_dim + o, *v = c->v + (size_t)t * kv_dim + o;
+            if (L->bk) add_bias(k, (const float *)L->bk->data + o, hd);
+            if (L->bv) add_bias(v, (const float *)L->bv->data + o, hd);
+            rope(k, hd, cs, neox);
+            kv_store((char *)kv_row(c->key_cache, c->k_type, c, l, n_past + t) + o * kv_size(c->k_type), c->k_type,
+                     k, hd);
+            kv_store((char *)kv_row(c->value_cache, c->v_type, c, l, n_past + t) + o * kv_size(c->v_type),
+                     c->v_type, v, hd);
+        }
     }
     team_barrier(c);
     attention(c, l, n_tok, n_past);
@@ -537,8 +571,8 @@ team_barrier(c);
     /* x += Wo . attention */
     const pl_matmul_part wo = {L->wo->type, L->wo->data, dim, c->xb, (size_t)dim};
     residual_rows res = {c->x, c->xb, n_tok, dim};
-    pl_matmul_share(&wo, 1, q_dim, c->xb2, thread_quantize(c, &wo, 1, c->xb2, n_tok, q_dim), n_tok, 1,
-                    add_residual, &res);
+    in = product_input(c, c->xb2, NULL, 0, n_tok, q_dim, &wo, 1, &xq);
+    pl_matmul_share(&wo, 1, q_dim, in, xq, n_tok, 1, add_residual, &res);
 team_barrier(c);
 
     /* h = silu(Wgate . rmsnorm(x)) * (Wup . rmsnorm(x)) */
@@ -547,14 +581,14 @@ team_barrier(c);
         {L->w_up->type, L->w_up->data, hidden, c->hb2, (size_t)hidden},
     };
     swiglu_rows act = {c->hb, c->hb2, n_tok, hidden};
-    xn = thread_rmsnorm(c, c->x, L->ffn_norm->data, 0, n_tok);
-    pl_matmul_share(gate_up, 2, dim, xn, thread_quantize(c, gate_up, 2, xn, n_tok, dim), n_tok, 1, swiglu, &act);
+    in = product_input(c, c->x, L->ffn_norm->data, 0, n_tok, dim, gate_up, 2, &xq);
+    pl_matmul_share(gate_up, 2, dim, in, xq, n_tok, 1, swiglu, &act);
 team_barrier(c);
 
     /* x += Wdown . h */
     const pl_matmul_part down = {L->w_down->type, L->w_down->data, dim, c->xb, (size_t)dim};
-    pl_matmul_share(&down, 1, hidden, c->hb, thread_quantize(c, &down, 1, c->hb, n_tok, hidden), n_tok, 1,
-                    add_residual, &res);
+    in = product_input(c, c->hb, NULL, 0, n_tok, hidden, &down, 1, &xq);
+    pl_matmul_share(&down, 1, hidden, in, xq, n_tok, 1, add_residual, &res);
 team_barrier(c);
 }
 
@@ -578,8 +612,9 @@ static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_pa
     {
         for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
         if (logits) { /* NULL: a slice of a longer prompt, only filling the cache */
-            float *xn = thread_rmsnorm(c, c->x, m->output_norm->data, first, n_out);
-            pl_matmul_share(&out, 1, dim, xn, thread_quantize(c, &out, 1, xn, n_out, dim), n_out, 0, NULL, NULL);
+            const void *xq;
+            const float *in = product_input(c, c->x, m->output_norm->data, first, n_out, dim, &out, 1, &xq);
+            pl_matmul_share(&out, 1, dim, in, xq, n_out, 0, NULL, NULL);
         }
     }
 }
