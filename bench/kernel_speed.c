@@ -20,7 +20,9 @@ static double now(void) {
 
 int main(int argc, char **argv) {
 #if defined(__x86_64__)
-    const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_avx2;
+    const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar
+                             : argc > 1 && !strcmp(argv[1], "avx512") ? pl_kernels_avx512()
+                                                                      : &pl_kernels_avx2;
 #else
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_neon;
 #endif
