@@ -5,8 +5,10 @@
 
 Runs 64 greedy tokens on each prompt of tests/data/reference_greedy.json and stores the
 tokens and the logits of every step. --compare re-runs and reports, per prompt, the first
-step where the token sequences part and the largest logit difference (absolute, and
-relative to the logit spread of that step) over the steps both runs share.
+step where the token sequences part (and by how much the first run preferred its token
+there: a near-tie smaller than the logit change explains the split), and the largest
+logit difference (absolute, and relative to the logit spread of that step) over the
+steps both runs share.
 """
 import argparse
 import json
@@ -61,8 +63,13 @@ def main() -> int:
         upto = split + 1 if split is not None else len(t_new)  # logits agree in context up to here
         d = np.abs(old[f"logits{i}"][:upto] - r["logits"][:upto])
         spread = old[f"logits{i}"][:upto].max(1) - old[f"logits{i}"][:upto].min(1)
-        print(f"prompt {i}: {'same tokens' if split is None else f'tokens part at step {split}'}; "
-              f"max |logit diff| {d.max():.4f} (mean {d.mean():.5f}, {100 * (d.max(1) / spread).max():.2f}% of the spread)")
+        where = "same tokens"
+        if split is not None:  # how close the old run was to choosing the new token there
+            lo = old[f"logits{i}"][split]
+            where = (f"tokens part at step {split} (before: {t_old[split]} by {lo[t_old[split]] - lo[t_new[split]]:.3f} "
+                     f"logits over {t_new[split]})")
+        print(f"prompt {i}: {where}; max |logit diff| {d.max():.4f} (mean {d.mean():.5f}, "
+              f"{100 * (d.max(1) / spread).max():.2f}% of the spread)")
         same &= split is None
     print("all sequences identical" if same else "sequences differ (see above)")
     return 0 if same else 1

@@ -44,15 +44,27 @@ typedef void (*pl_tile_fn)(const void *w, size_t row_bytes, const void *act, siz
                            float *y, size_t y_stride, int r0, int r1, int n_tok, int n);
 
 /*
+ * Keys are cached transposed, in blocks of PL_KV_BLOCK positions: for one key/value
+ * head, block b holds head_dim rows of PL_KV_BLOCK values, the keys of positions
+ * b*PL_KV_BLOCK .. b*PL_KV_BLOCK+15, so element (position p, dimension d) sits at
+ * ((p / PL_KV_BLOCK) * head_dim + d) * PL_KV_BLOCK + p % PL_KV_BLOCK. A query then
+ * scores 16 positions with head_dim multiply-adds of q[d] into a vector of 16
+ * lanes, with no horizontal sums (head_dim = 64 left a dot product per position
+ * mostly summing lanes). Values stay one row per position.
+ */
+#define PL_KV_BLOCK 16
+
+/*
  * Attention of the `group` query heads that share one key/value head, for one
  * token that sees cache positions 0..n_pos-1. q: the group's query heads back to
- * back (hd floats each); k, v: this kv head's slice at position 0, positions
- * kv_stride elements apart, stored as k_type / v_type (PL_TYPE_F32 or PL_TYPE_F16:
- * the KV cache's types); out: the group's outputs back to back; att: scratch
- * for group * n_pos floats. scale must be positive.
+ * back (hd floats each); k: this kv head's key blocks (above); v: this kv head's
+ * value at position 0, positions v_stride elements apart; k_type / v_type:
+ * PL_TYPE_F32 or PL_TYPE_F16 (the KV cache's types); out: the group's outputs back
+ * to back; att: scratch for group * n_pos floats. scale must be positive. Key lanes
+ * past n_pos in the last block hold anything (stale keys) and must not affect the result.
  */
 typedef void (*pl_attend_fn)(const float *q, int group, int hd, int k_type, const void *k, int v_type,
-                             const void *v, size_t kv_stride, int n_pos, float scale, float *out, float *att);
+                             const void *v, size_t v_stride, int n_pos, float scale, float *out, float *att);
 
 typedef struct {
     const char *name;
@@ -70,8 +82,10 @@ typedef struct {
 extern const pl_kernel_set pl_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const pl_kernel_set pl_kernels_avx2;
-/* the AVX2 set with AVX-512 (F, BW, VL, VNNI) prefill tiles (kernels_avx512.c) */
+/* the AVX2 set with AVX-512 (F, BW, VL, VNNI) prefill tiles and attention (kernels_avx512.c) */
 const pl_kernel_set *pl_kernels_avx512(void);
+/* softmax(scale * a[0..n)) in place (kernels_avx2.c; used by both x86 attentions) */
+void pl_softmax_scaled_avx2(float *a, int n, float scale);
 #endif
 #if defined(__aarch64__)
 extern const pl_kernel_set pl_kernels_neon;

@@ -594,8 +594,9 @@ AVX2 static void silu_mul(float *g, const float *u, int n) {
     for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-/* softmax(scale * a[0..n)) in place; returns nothing, a sums to 1 */
-AVX2_INLINE void softmax_scaled(float *a, int n, float scale) {
+/* softmax(scale * a[0..n)) in place; returns nothing, a sums to 1. Shared with the
+ * AVX-512 attention (kernels.h). */
+AVX2 void pl_softmax_scaled_avx2(float *a, int n, float scale) {
     __m256 mx = _mm256_set1_ps(-INFINITY);
     int s = 0;
     for (; s + 8 <= n; s += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(a + s));
@@ -632,9 +633,9 @@ AVX2_INLINE void softmax_scaled(float *a, int n, float scale) {
 
 /* out[j] = sum_s p[j][s] * V[s] for the J <= 3 heads whose probabilities start at p0,
  * 16 values per pass; v_type is a constant wherever this is inlined */
-AVX2_INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, size_t kv_stride, int n_pos,
-                                 int hd, float *out) {
-    const size_t row_bytes = kv_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
+AVX2_INLINE void weighted_values(int v_type, const float *p0, const void *v, size_t v_stride, int n_pos, int hd,
+                                 float *out, int J) {
+    const size_t row_bytes = v_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
     int c = 0;
     for (; c + 16 <= hd; c += 16) {
         __m256 acc[3][2];
@@ -643,12 +644,10 @@ AVX2_INLINE void weighted_values(int v_type, const float *p0, int J, const void 
             const void *vr = (const char *)v + (size_t)s * row_bytes;
             __m256 v0 = load8(v_type, vr, c), v1 = load8(v_type, vr, c + 8);
 #pragma GCC unroll 3
-            for (int j = 0; j < 3; j++) {
-                if (j < J) {
-                    __m256 pj = _mm256_broadcast_ss(p0 + (size_t)j * n_pos + s);
-                    acc[j][0] = _mm256_fmadd_ps(pj, v0, acc[j][0]);
-                    acc[j][1] = _mm256_fmadd_ps(pj, v1, acc[j][1]);
-                }
+            for (int j = 0; j < J; j++) {
+                __m256 pj = _mm256_broadcast_ss(p0 + (size_t)j * n_pos + s);
+                acc[j][0] = _mm256_fmadd_ps(pj, v0, acc[j][0]);
+                acc[j][1] = _mm256_fmadd_ps(pj, v1, acc[j][1]);
             }
         }
         for (int j = 0; j < J; j++) {
@@ -664,24 +663,82 @@ AVX2_INLINE void weighted_values(int v_type, const float *p0, int J, const void 
         }
 }
 
+/* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against the first
+ * n_pos keys of one head's key blocks (kernels.h), into att rows n_pos apart: per
+ * block, q[d] x 16 keys of dimension d for every d, even and odd d into separate
+ * accumulators (12 independent multiply-add chains, 15 registers). */
+AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, int n_pos, float *att, int J) {
+    const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
+    for (int p0 = 0; p0 < n_pos; p0 += PL_KV_BLOCK) {
+        const char *blk = (const char *)k + (size_t)(p0 / PL_KV_BLOCK) * hd * row_bytes;
+        __m256 acc[2][3][2];
+        for (int e = 0; e < 2; e++)
+            for (int j = 0; j < 3; j++) acc[e][j][0] = acc[e][j][1] = _mm256_setzero_ps();
+        int d = 0;
+        for (; d + 2 <= hd; d += 2)
+#pragma GCC unroll 2
+            for (int e = 0; e < 2; e++) {
+                const void *row = blk + (size_t)(d + e) * row_bytes;
+                const __m256 k0 = load8(k_type, row, 0), k1 = load8(k_type, row, 8);
+#pragma GCC unroll 3
+                for (int j = 0; j < J; j++) {
+                    const __m256 qd = _mm256_broadcast_ss(q0 + (size_t)j * hd + d + e);
+                    acc[e][j][0] = _mm256_fmadd_ps(k0, qd, acc[e][j][0]);
+                    acc[e][j][1] = _mm256_fmadd_ps(k1, qd, acc[e][j][1]);
+                }
+            }
+        if (d < hd) { /* odd head size */
+            const void *row = blk + (size_t)d * row_bytes;
+            const __m256 k0 = load8(k_type, row, 0), k1 = load8(k_type, row, 8);
+            for (int j = 0; j < J; j++) {
+                const __m256 qd = _mm256_broadcast_ss(q0 + (size_t)j * hd + d);
+                acc[0][j][0] = _mm256_fmadd_ps(k0, qd, acc[0][j][0]);
+                acc[0][j][1] = _mm256_fmadd_ps(k1, qd, acc[0][j][1]);
+            }
+        }
+        const int n = n_pos - p0 < PL_KV_BLOCK ? n_pos - p0 : PL_KV_BLOCK;
+        for (int j = 0; j < J; j++) {
+            float tmp[PL_KV_BLOCK];
+            _mm256_storeu_ps(tmp, _mm256_add_ps(acc[0][j][0], acc[1][j][0]));
+            _mm256_storeu_ps(tmp + 8, _mm256_add_ps(acc[0][j][1], acc[1][j][1]));
+            memcpy(att + (size_t)j * n_pos + p0, tmp, (size_t)n * sizeof(float)); /* past n_pos: stale keys */
+        }
+    }
+}
+
 /*
  * Attention of the `group` query heads that share one key/value head, for one
  * token that sees cache positions 0..n_pos-1 (see kernels.h for the layout):
- * scores with the 4-position x 3-head float tile, a vectorised softmax, then
- * the weighted sum of value rows, 3 heads x 16 values per pass.
+ * scores from the transposed key blocks, 3 heads x 16 positions per pass, a
+ * vectorised softmax, then the weighted sum of value rows, 3 heads x 16 values per pass.
  */
+/* The kernels above with the type and the head count as constants, so that the
+ * accumulators stay in registers (a run-time count spilled them on every step). */
+#define SPECIALIZE(CALL, TYPE, J, ...)                                                   \
+    do {                                                                                 \
+        if ((TYPE) == PL_TYPE_F16) {                                                     \
+            if ((J) == 3) CALL(PL_TYPE_F16, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F16, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F16, 1, __VA_ARGS__);                                      \
+        } else {                                                                         \
+            if ((J) == 3) CALL(PL_TYPE_F32, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F32, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F32, 1, __VA_ARGS__);                                      \
+        }                                                                                \
+    } while (0)
+#define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
+#define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
+
 AVX2 void pl_attend_avx2(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
-                         size_t kv_stride, int n_pos, float scale, float *out, float *att) {
-    if (k_type == PL_TYPE_F16)
-        tile_f16(k, kv_stride * 2, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
-    else
-        tile_f32(k, kv_stride * 4, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
-    for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
+                         size_t v_stride, int n_pos, float scale, float *out, float *att) {
     for (int j0 = 0; j0 < group; j0 += 3) {
         const int J = group - j0 < 3 ? group - j0 : 3;
-        const float *p0 = att + (size_t)j0 * n_pos;
-        if (v_type == PL_TYPE_F16) weighted_values(PL_TYPE_F16, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
-        else weighted_values(PL_TYPE_F32, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
+        SPECIALIZE(KEY_SCORES, k_type, J, q + (size_t)j0 * hd, hd, k, n_pos, att + (size_t)j0 * n_pos);
+    }
+    for (int j = 0; j < group; j++) pl_softmax_scaled_avx2(att + (size_t)j * n_pos, n_pos, scale);
+    for (int j0 = 0; j0 < group; j0 += 3) {
+        const int J = group - j0 < 3 ? group - j0 : 3;
+        SPECIALIZE(WEIGHTED_VALUES, v_type, J, att + (size_t)j0 * n_pos, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
     }
 }
 

@@ -285,6 +285,121 @@ QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
 
+/* ---------------------------------------------------------------- attention */
+
+/* One cached element of a float type (F32 or F16) */
+AVX512_INLINE float load1(int type, const void *w, size_t i) {
+    return type == PL_TYPE_F16 ? _cvtsh_ss(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+/* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against NB key blocks
+ * from blk (kernels.h): q[d] x 16 keys of dimension d for every d, one zmm per block
+ * and head: 3 x NB independent multiply-add chains. */
+AVX512_INLINE void block_scores(int k_type, const float *q0, int hd, const char *blk, int J, int NB,
+                                float scores[3][4 * PL_KV_BLOCK]) {
+    const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4), blk_bytes = hd * row_bytes;
+    __m512 acc[3][4];
+    for (int j = 0; j < 3; j++)
+        for (int b = 0; b < 4; b++) acc[j][b] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) kv[b] = load16(k_type, blk + b * blk_bytes + d * row_bytes, 0, 0xffff);
+#pragma GCC unroll 3
+        for (int j = 0; j < J; j++) {
+            const __m512 qd = _mm512_set1_ps(q0[(size_t)j * hd + d]);
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) acc[j][b] = _mm512_fmadd_ps(kv[b], qd, acc[j][b]);
+        }
+    }
+    for (int j = 0; j < J; j++)
+        for (int b = 0; b < NB; b++) _mm512_storeu_ps(scores[j] + b * PL_KV_BLOCK, acc[j][b]);
+}
+
+AVX512_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, int n_pos, float *att, int J) {
+    const size_t blk_bytes = (size_t)hd * PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
+    float scores[3][4 * PL_KV_BLOCK];
+    for (int p0 = 0; p0 < n_pos;) {
+        const char *blk = (const char *)k + (size_t)(p0 / PL_KV_BLOCK) * blk_bytes;
+        const int left = (n_pos - p0 + PL_KV_BLOCK - 1) / PL_KV_BLOCK; /* blocks still to do */
+        const int NB = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        if (NB == 4) block_scores(k_type, q0, hd, blk, J, 4, scores);
+        else if (NB == 2) block_scores(k_type, q0, hd, blk, J, 2, scores);
+        else block_scores(k_type, q0, hd, blk, J, 1, scores);
+        const int n = n_pos - p0 < NB * PL_KV_BLOCK ? n_pos - p0 : NB * PL_KV_BLOCK; /* past n_pos: stale keys */
+        for (int j = 0; j < J; j++) memcpy(att + (size_t)j * n_pos + p0, scores[j], (size_t)n * sizeof(float));
+        p0 += NB * PL_KV_BLOCK;
+    }
+}
+
+/* out[j][c..c+16*NC) = sum_s p[j][s] * V[s][c..] for J <= 3 heads: 3 x NC chains */
+AVX512_INLINE void values_pass(int v_type, const float *p0, const char *v, size_t row_bytes, int n_pos, int hd,
+                               float *out, int J, int NC, int c) {
+    __m512 acc[3][4];
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < 4; i++) acc[j][i] = _mm512_setzero_ps();
+    for (int s = 0; s < n_pos; s++) {
+        const char *vr = v + (size_t)s * row_bytes;
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NC; i++) vv[i] = load16(v_type, vr, c + 16 * i, 0xffff);
+#pragma GCC unroll 3
+        for (int j = 0; j < J; j++) {
+            const __m512 pj = _mm512_set1_ps(p0[(size_t)j * n_pos + s]);
+#pragma GCC unroll 4
+            for (int i = 0; i < NC; i++) acc[j][i] = _mm512_fmadd_ps(pj, vv[i], acc[j][i]);
+        }
+    }
+    for (int j = 0; j < J; j++)
+        for (int i = 0; i < NC; i++) _mm512_storeu_ps(out + (size_t)j * hd + c + 16 * i, acc[j][i]);
+}
+
+/* out[j] = sum_s p[j][s] * V[s] for J <= 3 heads: 64 values (4 zmm, 12 chains) per pass */
+AVX512_INLINE void weighted_values(int v_type, const float *p0, const void *v, size_t v_stride, int n_pos, int hd,
+                                   float *out, int J) {
+    const size_t row_bytes = v_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
+    int c = 0;
+    for (; c + 64 <= hd; c += 64) values_pass(v_type, p0, v, row_bytes, n_pos, hd, out, J, 4, c);
+    for (; c + 16 <= hd; c += 16) values_pass(v_type, p0, v, row_bytes, n_pos, hd, out, J, 1, c);
+    for (; c < hd; c++) /* head sizes that are not a multiple of 16 */
+        for (int j = 0; j < J; j++) {
+            float o = 0.0f;
+            for (int s = 0; s < n_pos; s++) o += p0[(size_t)j * n_pos + s] * load1(v_type, (const char *)v + (size_t)s * row_bytes, c);
+            out[(size_t)j * hd + c] = o;
+        }
+}
+
+/* The head count and the cache types as constants, so the accumulators stay in registers. */
+#define SPECIALIZE(CALL, TYPE, J, ...)                                                   \
+    do {                                                                                 \
+        if ((TYPE) == PL_TYPE_F16) {                                                     \
+            if ((J) == 3) CALL(PL_TYPE_F16, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F16, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F16, 1, __VA_ARGS__);                                      \
+        } else {                                                                         \
+            if ((J) == 3) CALL(PL_TYPE_F32, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F32, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F32, 1, __VA_ARGS__);                                      \
+        }                                                                                \
+    } while (0)
+#define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
+#define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
+
+/* pl_attend_avx2's job (kernels.h) with 16-lane vectors: scores 3 heads x 64 positions
+ * per pass, values 3 heads x 64 columns per pass. */
+AVX512 static void attend(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
+                          size_t v_stride, int n_pos, float scale, float *out, float *att) {
+    for (int j0 = 0; j0 < group; j0 += 3) {
+        const int J = group - j0 < 3 ? group - j0 : 3;
+        SPECIALIZE(KEY_SCORES, k_type, J, q + (size_t)j0 * hd, hd, k, n_pos, att + (size_t)j0 * n_pos);
+    }
+    for (int j = 0; j < group; j++) pl_softmax_scaled_avx2(att + (size_t)j * n_pos, n_pos, scale);
+    for (int j0 = 0; j0 < group; j0 += 3) {
+        const int J = group - j0 < 3 ? group - j0 : 3;
+        SPECIALIZE(WEIGHTED_VALUES, v_type, J, att + (size_t)j0 * n_pos, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
+    }
+}
+
 /* ------------------------------------------------------------------ the set */
 
 static pl_kernel_set avx512_set;
@@ -299,6 +414,7 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.tile[PL_TYPE_Q8_0] = tile_q8_0;
     avx512_set.tile[PL_TYPE_Q4_0] = tile_q4_0;
     avx512_set.tile[PL_TYPE_Q4_1] = tile_q4_1;
+    avx512_set.attend = attend;
 }
 
 const pl_kernel_set *pl_kernels_avx512(void) { return &avx512_set; }

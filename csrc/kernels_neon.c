@@ -439,9 +439,9 @@ INLINE void softmax_scaled(float *a, int n, float scale) {
 
 /* out[j] = sum_s p[j][s] * V[s] for the J <= 4 heads whose probabilities start at p0,
  * 8 values per pass; v_type is a constant wherever this is inlined */
-INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, size_t kv_stride, int n_pos, int hd,
+INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, size_t v_stride, int n_pos, int hd,
                             float *out) {
-    const size_t row_bytes = kv_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
+    const size_t row_bytes = v_stride * (v_type == PL_TYPE_F16 ? 2 : 4);
     int c = 0;
     for (; c + 8 <= hd; c += 8) {
         float32x4_t acc[4][2];
@@ -468,20 +468,48 @@ INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, s
         }
 }
 
-/* The same job as pl_attend_avx2 (see kernels.h): 4-position x 4-head score
- * tile, vectorised softmax, weighted value sum 4 heads x 8 values per pass. */
+/* Unscaled scores of J <= 3 query heads against the first n_pos keys of one head's
+ * key blocks (kernels.h): per block, q[d] x 16 keys of dimension d, for every d. */
+INLINE void key_scores(int k_type, const float *q0, int J, int hd, const void *k, int n_pos, float *att) {
+    const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
+    for (int p0 = 0; p0 < n_pos; p0 += PL_KV_BLOCK) {
+        const char *blk = (const char *)k + (size_t)(p0 / PL_KV_BLOCK) * hd * row_bytes;
+        float32x4_t acc[3][4];
+        for (int j = 0; j < 3; j++)
+            for (int i = 0; i < 4; i++) acc[j][i] = vdupq_n_f32(0.0f);
+        for (int d = 0; d < hd; d++) {
+            const void *row = blk + (size_t)d * row_bytes;
+            float32x4_t kv[4];
+            for (int i = 0; i < 4; i++) kv[i] = load4(k_type, row, 4 * i);
+            for (int j = 0; j < J; j++) {
+                const float qd = q0[(size_t)j * hd + d];
+                for (int i = 0; i < 4; i++) acc[j][i] = vfmaq_n_f32(acc[j][i], kv[i], qd);
+            }
+        }
+        const int n = n_pos - p0 < PL_KV_BLOCK ? n_pos - p0 : PL_KV_BLOCK;
+        for (int j = 0; j < J; j++) {
+            float tmp[PL_KV_BLOCK];
+            for (int i = 0; i < 4; i++) vst1q_f32(tmp + 4 * i, acc[j][i]);
+            memcpy(att + (size_t)j * n_pos + p0, tmp, (size_t)n * sizeof(float)); /* lanes past n_pos: stale keys */
+        }
+    }
+}
+
+/* The same job as pl_attend_avx2 (see kernels.h): scores from the transposed key
+ * blocks, vectorised softmax, weighted value sum 4 heads x 8 values per pass. */
 void pl_attend_neon(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
-                    size_t kv_stride, int n_pos, float scale, float *out, float *att) {
-    if (k_type == PL_TYPE_F16)
-        tile_f16(k, kv_stride * 2, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
-    else
-        tile_f32(k, kv_stride * 4, q, (size_t)hd * sizeof(float), att, (size_t)n_pos, 0, n_pos, group, hd);
+                    size_t v_stride, int n_pos, float scale, float *out, float *att) {
+    for (int j0 = 0; j0 < group; j0 += 3) {
+        const int J = group - j0 < 3 ? group - j0 : 3;
+        if (k_type == PL_TYPE_F16) key_scores(PL_TYPE_F16, q + (size_t)j0 * hd, J, hd, k, n_pos, att + (size_t)j0 * n_pos);
+        else key_scores(PL_TYPE_F32, q + (size_t)j0 * hd, J, hd, k, n_pos, att + (size_t)j0 * n_pos);
+    }
     for (int j = 0; j < group; j++) softmax_scaled(att + (size_t)j * n_pos, n_pos, scale);
     for (int j0 = 0; j0 < group; j0 += 4) {
         const int J = group - j0 < 4 ? group - j0 : 4;
         const float *p0 = att + (size_t)j0 * n_pos;
-        if (v_type == PL_TYPE_F16) weighted_values(PL_TYPE_F16, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
-        else weighted_values(PL_TYPE_F32, p0, J, v, kv_stride, n_pos, hd, out + (size_t)j0 * hd);
+        if (v_type == PL_TYPE_F16) weighted_values(PL_TYPE_F16, p0, J, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
+        else weighted_values(PL_TYPE_F32, p0, J, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
     }
 }
 

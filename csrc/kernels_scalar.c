@@ -104,14 +104,15 @@ static float kv_at(int type, const void *row, size_t i) {
 
 /* out = softmax(q . K[s] * scale for s < n_pos) . V, for each head of the group. */
 static void attend(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
-                   size_t kv_stride, int n_pos, float scale, float *out, float *att) {
+                   size_t v_stride, int n_pos, float scale, float *out, float *att) {
     for (int j = 0; j < group; j++) {
         const float *qj = q + (size_t)j * hd;
         float *aj = att + (size_t)j * n_pos, *oj = out + (size_t)j * hd;
         float max = -INFINITY;
         for (int s = 0; s < n_pos; s++) {
             float d = 0.0f;
-            for (int i = 0; i < hd; i++) d += kv_at(k_type, k, (size_t)s * kv_stride + i) * qj[i];
+            for (int i = 0; i < hd; i++)
+                d += kv_at(k_type, k, ((size_t)(s / PL_KV_BLOCK) * hd + i) * PL_KV_BLOCK + s % PL_KV_BLOCK) * qj[i];
             aj[s] = d * scale;
             max = aj[s] > max ? aj[s] : max;
         }
@@ -120,7 +121,7 @@ static void attend(const float *q, int group, int hd, int k_type, const void *k,
         for (int i = 0; i < hd; i++) oj[i] = 0.0f;
         for (int s = 0; s < n_pos; s++) {
             const float a = aj[s] / sum;
-            for (int i = 0; i < hd; i++) oj[i] += a * kv_at(v_type, v, (size_t)s * kv_stride + i);
+            for (int i = 0; i < hd; i++) oj[i] += a * kv_at(v_type, v, (size_t)s * v_stride + i);
         }
     }
 }

@@ -187,7 +187,8 @@ struct pl_context {
     pl_model *m;
     int n_ctx;
     int n_threads;
-    void *key_cache;    /* [layer][position][kv_dim] of k_type */
+    void *key_cache;    /* [layer][kv head][position block][head_dim][PL_KV_BLOCK] of k_type (kernels.h) */
+    int n_kblocks;      /* key blocks per (layer, kv head): n_ctx / PL_KV_BLOCK rounded up */
     void *value_cache;  /* [layer][position][kv_dim] of v_type */
     int k_type, v_type; /* PL_TYPE_F16 (as llama.cpp) or PL_TYPE_F32 */
     float *inv_freq;    /* [head_dim / 2]: RoPE angle per position for each rotated pair */
@@ -304,13 +305,15 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, in
     c->v_type = type_v;
     (void)pl_kernels(); /* choose the kernel set now, not racily inside the first parallel region */
     const pl_config *p = &m->cfg;
+    c->n_kblocks = (n_ctx + PL_KV_BLOCK - 1) / PL_KV_BLOCK;
     size_t kv = (size_t)p->n_layers * n_ctx * p->n_kv_heads * p->head_dim;
-    c->key_cache = calloc(kv, kv_size(type_k));
+    size_t kk = (size_t)p->n_layers * p->n_kv_heads * c->n_kblocks * PL_KV_BLOCK * p->head_dim;
+    c->key_cache = calloc(kk, kv_size(type_k));
     c->value_cache = calloc(kv, kv_size(type_v));
     c->inv_freq = malloc((size_t)(p->head_dim / 2) * sizeof(float));
     if (!c->key_cache || !c->value_cache || !c->inv_freq) {
         pl_set_error("out of memory for a KV cache of %d positions (%.1f MiB)", n_ctx,
-                     (double)kv * (kv_size(type_k) + kv_size(type_v)) / 1048576.0);
+                     ((double)kk * kv_size(type_k) + (double)kv * kv_size(type_v)) / 1048576.0);
         pl_context_free(c);
         return NULL;
     }
@@ -333,10 +336,44 @@ void pl_context_free(pl_context *c) {
 
 int pl_context_n_ctx(const pl_context *c) { return c->n_ctx; }
 
-/* Where position `pos` of layer `layer` starts in a cache of `type` elements. */
-static void *kv_row(void *cache, int type, const pl_context *c, int layer, int pos) {
+/* Where position `pos` of layer `layer` starts in the value cache. */
+static void *value_row(const pl_context *c, int layer, int pos) {
     const size_t kv_dim = (size_t)c->m->cfg.n_kv_heads * c->m->cfg.head_dim;
-    return (char *)cache + (((size_t)layer * c->n_ctx + pos) * kv_dim) * kv_size(type);
+    return (char *)c->value_cache + (((size_t)layer * c->n_ctx + pos) * kv_dim) * kv_size(c->v_type);
+}
+
+/* The key blocks of one (layer, kv head): the layout the attend kernels read (kernels.h). */
+static char *key_head(const pl_context *c, int layer, int g) {
+    const pl_config *p = &c->m->cfg;
+    const size_t per_head = (size_t)c->n_kblocks * PL_KV_BLOCK * p->head_dim;
+    return (char *)c->key_cache + ((size_t)layer * p->n_kv_heads + g) * per_head * kv_size(c->k_type);
+}
+
+/* Element index of (position, dimension) within a head's key blocks. */
+static size_t key_index(int pos, int d, int hd) {
+    return ((size_t)(pos / PL_KV_BLOCK) * hd + d) * PL_KV_BLOCK + pos % PL_KV_BLOCK;
+}
+
+/* One head's key (hd floats) into the cache at position pos. */
+static void key_store(const pl_context *c, int layer, int g, int pos, const float *k) {
+    const int hd = c->m->cfg.head_dim;
+    char *base = key_head(c, layer, g);
+    if (c->k_type == PL_TYPE_F16) {
+        pl_fp16 h[hd];
+        pl_kernels()->to_f16(k, h, hd);
+        for (int d = 0; d < hd; d++) ((pl_fp16 *)base)[key_index(pos, d, hd)] = h[d];
+    } else {
+        for (int d = 0; d < hd; d++) ((float *)base)[key_index(pos, d, hd)] = k[d];
+    }
+}
+
+/* One head's key at position pos, as floats. */
+static void key_load(const pl_context *c, int layer, int g, int pos, float *k) {
+    const int hd = c->m->cfg.head_dim;
+    const char *base = key_head(c, layer, g);
+    for (int d = 0; d < hd; d++)
+        k[d] = c->k_type == PL_TYPE_F16 ? fp16_to_f32(((const pl_fp16 *)base)[key_index(pos, d, hd)])
+                                        : ((const float *)base)[key_index(pos, d, hd)];
 }
 
 /* Store n floats into a cache row, converting when the cache holds halves. */
@@ -498,9 +535,8 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
     const int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd;
     const int group = p->n_heads / p->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
-    const char *kc = kv_row(c->key_cache, c->k_type, c, layer, 0);
-    const char *vc = kv_row(c->value_cache, c->v_type, c, layer, 0);
-    const size_t kh = (size_t)hd * kv_size(c->k_type), vh = (size_t)hd * kv_size(c->v_type);
+    const char *vc = value_row(c, layer, 0);
+    const size_t vh = (size_t)hd * kv_size(c->v_type);
     const pl_attend_fn attend = pl_kernels()->attend;
     const int split = n_tok * p->n_kv_heads < 2 * omp_get_num_threads() ? group : 1;
     const int per_item = group / split, n_items = p->n_kv_heads * split;
@@ -510,7 +546,7 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
         for (int i = 0; i < n_items; i++) {
             const int g = i / split; /* key/value head */
             const size_t qo = (size_t)t * q_dim + (size_t)i * per_item * hd;
-            attend(c->q + qo, per_item, hd, c->k_type, kc + g * kh, c->v_type, vc + g * vh, (size_t)kv_dim,
+            attend(c->q + qo, per_item, hd, c->k_type, key_head(c, layer, g), c->v_type, vc + g * vh, (size_t)kv_dim,
                    n_past + t + 1, scale, c->xb2 + qo,
                    c->att + (size_t)omp_get_thread_num() * group * c->n_ctx);
         }
@@ -558,10 +594,8 @@ team_barrier(c);
             if (L->bk) add_bias(k, (const float *)L->bk->data + o, hd);
             if (L->bv) add_bias(v, (const float *)L->bv->data + o, hd);
             rope(k, hd, cs, neox);
-            kv_store((char *)kv_row(c->key_cache, c->k_type, c, l, n_past + t) + o * kv_size(c->k_type), c->k_type,
-                     k, hd);
-            kv_store((char *)kv_row(c->value_cache, c->v_type, c, l, n_past + t) + o * kv_size(c->v_type),
-                     c->v_type, v, hd);
+            key_store(c, l, h - p->n_heads, n_past + t, k);
+            kv_store((char *)value_row(c, l, n_past + t) + o * kv_size(c->v_type), c->v_type, v, hd);
         }
     }
     team_barrier(c);
@@ -661,18 +695,17 @@ int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
     const int hd = p->head_dim, kv_dim = p->n_kv_heads * hd;
     const int neox = p->rope_type == PL_ROPE_NEOX;
     rope_angles(c->rope_cs, -n_discard, c->inv_freq, hd / 2);
-    float *key = c->k; /* scratch for one key row as floats (the context always has room for a token) */
-    const size_t kb = (size_t)kv_dim * kv_size(c->k_type), vb = (size_t)kv_dim * kv_size(c->v_type);
+    float *key = c->k; /* scratch for one key head as floats (the context always has room for a token) */
+    const size_t vb = (size_t)kv_dim * kv_size(c->v_type);
     for (int l = 0; l < p->n_layers; l++) {
         for (int s = n_keep + n_discard; s < n_past; s++) {
-            char *kd = kv_row(c->key_cache, c->k_type, c, l, s - n_discard);
-            memmove(kd, kv_row(c->key_cache, c->k_type, c, l, s), kb);
-            memmove(kv_row(c->value_cache, c->v_type, c, l, s - n_discard), kv_row(c->value_cache, c->v_type, c, l, s), vb);
+            memmove(value_row(c, l, s - n_discard), value_row(c, l, s), vb);
             /* rotations compose: turning back by n_discard positions lands on the new position */
-            if (c->k_type == PL_TYPE_F16) dequantize_row(PL_TYPE_F16, kd, key, kv_dim);
-            else memcpy(key, kd, kb);
-            for (int h = 0; h < p->n_kv_heads; h++) rope(key + h * hd, hd, c->rope_cs, neox);
-            kv_store(kd, c->k_type, key, kv_dim);
+            for (int g = 0; g < p->n_kv_heads; g++) {
+                key_load(c, l, g, s, key);
+                rope(key, hd, c->rope_cs, neox);
+                key_store(c, l, g, s - n_discard, key);
+            }
         }
     }
     return n_past - n_discard;

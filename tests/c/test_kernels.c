@@ -229,21 +229,45 @@ static void *fill_kv(int type, size_t n, float *vals) {
     return buf;
 }
 
+/* The keys of kv head `head` in the cache's transposed block layout (kernels.h); lanes
+ * past n_pos in the last block are NaN, which must not reach the result. */
+static void *key_blocks(int type, const float *k, size_t kv_stride, int head, int hd, int n_pos) {
+    const int nb = (n_pos + PL_KV_BLOCK - 1) / PL_KV_BLOCK;
+    const size_t n = (size_t)nb * hd * PL_KV_BLOCK;
+    void *buf = malloc(n * (type == PL_TYPE_F16 ? 2 : 4));
+    for (size_t i = 0; i < n; i++) {
+        if (type == PL_TYPE_F16) ((pl_fp16 *)buf)[i] = 0x7e00;
+        else ((float *)buf)[i] = NAN;
+    }
+    for (int s = 0; s < n_pos; s++)
+        for (int d = 0; d < hd; d++) {
+            const size_t at = ((size_t)(s / PL_KV_BLOCK) * hd + d) * PL_KV_BLOCK + s % PL_KV_BLOCK;
+            const float x = k[s * kv_stride + (size_t)head * hd + d]; /* already representable in type */
+            if (type == PL_TYPE_F16) ((pl_fp16 *)buf)[at] = f32_to_fp16(x);
+            else ((float *)buf)[at] = x;
+        }
+    return buf;
+}
+
 /* attention of one kernel set against a double-precision softmax(q.k * scale) . v */
 static void test_attend(const pl_kernel_set *set, int k_type, int v_type, int group, int hd, int n_kv, int n_pos) {
     const size_t kv_stride = (size_t)n_kv * hd;
     float *q = malloc(sizeof(float) * group * hd), *out = malloc(sizeof(float) * (group * hd + 1));
     float *k = malloc(sizeof(float) * kv_stride * n_pos), *v = malloc(sizeof(float) * kv_stride * n_pos);
-    float *att = malloc(sizeof(float) * group * n_pos);
+    float *att = malloc(sizeof(float) * (group * n_pos + 1));
     double *p = malloc(sizeof(double) * n_pos);
     for (int i = 0; i < group * hd; i++) q[i] = gauss() * 2.0f;
-    char *kc = fill_kv(k_type, kv_stride * n_pos, k), *vc = fill_kv(v_type, kv_stride * n_pos, v);
-    const int head = n_kv > 1 ? 1 : 0; /* use the second kv head when there is one: strided rows */
-    const size_t ko = (size_t)head * hd * (k_type == PL_TYPE_F16 ? 2 : 4), vo = (size_t)head * hd * (v_type == PL_TYPE_F16 ? 2 : 4);
+    free(fill_kv(k_type, kv_stride * n_pos, k)); /* k: values as the cache holds them */
+    char *vc = fill_kv(v_type, kv_stride * n_pos, v);
+    const int head = n_kv > 1 ? 1 : 0; /* use the second kv head when there is one: strided value rows */
+    char *kc = key_blocks(k_type, k, kv_stride, head, hd, n_pos);
+    const size_t vo = (size_t)head * hd * (v_type == PL_TYPE_F16 ? 2 : 4);
     const float scale = 1.0f / sqrtf((float)hd);
     out[group * hd] = -777.0f;
-    set->attend(q, group, hd, k_type, kc + ko, v_type, vc + vo, kv_stride, n_pos, scale, out, att);
+    att[group * n_pos] = -777.0f;
+    set->attend(q, group, hd, k_type, kc, v_type, vc + vo, kv_stride, n_pos, scale, out, att);
     if (out[group * hd] != -777.0f) FAIL("attend group=%d hd=%d n_pos=%d wrote past the output", group, hd, n_pos);
+    if (att[group * n_pos] != -777.0f) FAIL("attend group=%d hd=%d n_pos=%d wrote past its scratch", group, hd, n_pos);
     int shown = 0;
     for (int j = 0; j < group; j++) {
         double mx = -1e300, sum = 0;
@@ -360,15 +384,15 @@ int main(void) {
             cases += 2;
         }
     }
-    static const int groups[] = {1, 3, 4, 5, 8}, hds[] = {64, 128, 48, 40}, npos[] = {1, 2, 7, 33, 300};
+    static const int groups[] = {1, 3, 4, 5, 8}, hds[] = {64, 128, 48, 40}, npos[] = {1, 2, 7, 16, 33, 300};
     static const int kv_types[][2] = {{PL_TYPE_F32, PL_TYPE_F32}, {PL_TYPE_F16, PL_TYPE_F16}, {PL_TYPE_F16, PL_TYPE_F32}};
     const pl_kernel_set *sets[] = {&SET, &pl_kernels_scalar};
     for (int si = 0; si < 2; si++)
         for (size_t kt = 0; kt < 3; kt++)
             for (size_t g = 0; g < 5; g++)
                 for (size_t h = 0; h < 4; h++)
-                    for (size_t s = 0; s < 5; s++) {
-                        if (si == 1 && (h % 2 || s == 4)) continue; /* the scalar set: fewer, it is slow */
+                    for (size_t s = 0; s < 6; s++) {
+                        if (si == 1 && (h % 2 || s == 5)) continue; /* the scalar set: fewer, it is slow */
                         test_attend(sets[si], kv_types[kt][0], kv_types[kt][1], groups[g], hds[h], 3, npos[s]);
                         cases++;
                     }
