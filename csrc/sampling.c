@@ -116,7 +116,20 @@ static int top_k_sorted(int32_t *ids, int n, const float *vals, float vmax, int 
             m += vals[i] >= threshold; /* branch-free compaction */
         }
         if (m >= k) {
-            sort_candidates(ids, m, vals);
+            /* the k best of the m survivors by insertion into a sorted run (qsort's
+             * comparator calls cost more than the rest of the draw) */
+            int len = 0;
+            for (int i = 0; i < m; i++) {
+                const int32_t id = ids[i];
+                const float x = vals[id];
+                if (len == k && !(x > vals[ids[len - 1]])) continue; /* ties keep the lower id: it came first */
+                int j = len < k ? len++ : len - 1;
+                while (j > 0 && vals[ids[j - 1]] < x) {
+                    ids[j] = ids[j - 1];
+                    j--;
+                }
+                ids[j] = id;
+            }
             return k;
         }
     }
@@ -145,19 +158,35 @@ static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const in
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
               const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
               float *work, int32_t *cand, double *probs, int *n_cand) {
-    float *v = work;
-    memcpy(v, logits, (size_t)n_vocab * sizeof(float));
-    for (int i = 0; i < n_bias; i++)
-        if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) v[bias_ids[i]] += bias_vals[i];
-    apply_penalties(v, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
+    const float *v = logits; /* copied only when something changes them */
+    const int penalize = n_recent > 0 && (s->repeat_penalty != 1.0f || s->frequency_penalty != 0.0f ||
+                                          s->presence_penalty != 0.0f);
+    if (n_bias > 0 || penalize) {
+        memcpy(work, logits, (size_t)n_vocab * sizeof(float));
+        for (int i = 0; i < n_bias; i++)
+            if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) work[bias_ids[i]] += bias_vals[i];
+        apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
+        v = work;
+    }
 
-    /* two vectorizable passes (a running argmax is one long dependency chain) */
+    /* the maximum by chunks, each a vectorizable pass (a running argmax is one long
+     * dependency chain); then the first index of the maximum is searched for in the
+     * first chunk that holds it, not from the start of the vocabulary */
+    enum { CHUNK = 1024 };
     float vmax = -INFINITY;
-    int nan = 0;
-#pragma omp simd reduction(max : vmax) reduction(| : nan)
-    for (int i = 0; i < n_vocab; i++) {
-        vmax = v[i] > vmax ? v[i] : vmax;
-        nan |= v[i] != v[i];
+    int nan = 0, best_chunk = 0;
+    for (int c0 = 0; c0 < n_vocab; c0 += CHUNK) {
+        const int c1 = n_vocab - c0 < CHUNK ? n_vocab : c0 + CHUNK;
+        float cmax = -INFINITY;
+#pragma omp simd reduction(max : cmax) reduction(| : nan)
+        for (int i = c0; i < c1; i++) {
+            cmax = v[i] > cmax ? v[i] : cmax;
+            nan |= v[i] != v[i];
+        }
+        if (cmax > vmax) {
+            vmax = cmax;
+            best_chunk = c0;
+        }
     }
     if (nan) {
         pl_set_error("the logits contain NaN (the model produced invalid numbers)");
@@ -167,7 +196,7 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         pl_set_error("every token has logit -inf (a logit_bias that bans the whole vocabulary?)");
         return -1;
     }
-    int best = 0;
+    int best = best_chunk;
     while (best < n_vocab - 1 && v[best] != vmax) best++;
     if (s->temperature <= 0.0f || vmax == INFINITY) { /* greedy, or a token forced by a +inf bias */
         cand[0] = best;

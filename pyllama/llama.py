@@ -285,7 +285,20 @@ class Llama(GenerationMixin):
         ``logits_all=True``, ``eval_logits`` holds one row per token.
         """
         self._live()
+        if type(tokens) is list and len(tokens) <= 8:  # decode: plain checks cost less than numpy's
+            for t in tokens:
+                if type(t) is not int or not 0 <= t < self._n_vocab:
+                    break
+            else:
+                return self._eval_ids(np.array(tokens, dtype=np.int32), logits_all)
         ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        bad = (ids < 0) | (ids >= self._n_vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self._n_vocab})")
+        self._eval_ids(ids, logits_all)
+
+    def _eval_ids(self, ids: np.ndarray, logits_all: bool) -> None:
+        """eval() on checked ids (int32, in the vocabulary)."""
         n = len(ids)
         if n == 0:
             return
@@ -294,9 +307,6 @@ class Llama(GenerationMixin):
                 f"context overflow: {self.n_tokens} cached + {n} new tokens exceed n_ctx = {self._n_ctx} "
                 "(raise n_ctx or shorten the prompt)"
             )
-        bad = (ids < 0) | (ids >= self._n_vocab)
-        if bad.any():
-            raise ValueError(f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self._n_vocab})")
         all_logits = np.empty((n, self._n_vocab), dtype=np.float32) if logits_all else None
         for start in range(0, n, self.n_batch):
             chunk = ids[start:start + self.n_batch]
@@ -306,7 +316,7 @@ class Llama(GenerationMixin):
             if rc != 0:
                 raise PyllamaError(_error("evaluation failed"))
             # input_ids first: n_tokens never counts a token input_ids lacks (Ctrl-C between the two)
-            self.input_ids.extend(int(t) for t in chunk)
+            self.input_ids.extend(chunk.tolist())
             self.n_tokens += len(chunk)
         if logits_all:
             self._logits[:] = all_logits[-1]

@@ -309,6 +309,8 @@ class Sampler:
             "bias_vals": np.ascontiguousarray(bias[1], dtype=np.float32) if bias else np.zeros(0, np.float32),
             "penalize": p.penalty_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0
                                                    or p.presence_penalty != 0.0),
+            "logits": None,  # the last float32 logits array seen, and its cffi pointer
+            "logits_p": None,
         }
         for k, ctype in (("work", "float[]"), ("cand", "int32_t[]"), ("probs", "double[]"),
                          ("bias_ids", "int32_t[]"), ("bias_vals", "float[]")):
@@ -319,9 +321,17 @@ class Sampler:
     def _c_sample(self, logits, history, draw: bool):
         from ._core import ffi, lib
 
-        x = np.ascontiguousarray(logits, dtype=np.float32)
-        n = x.shape[0]
-        c = self._c if self._c is not None and self._c["n"] == n else self._setup_c(n)
+        c = self._c
+        if c is not None and logits is c["logits"]:  # decode: the same array every step
+            x, n, x_p = logits, c["n"], c["logits_p"]
+        else:
+            x = np.ascontiguousarray(logits, dtype=np.float32)
+            n = x.shape[0]
+            if c is None or c["n"] != n:
+                c = self._setup_c(n)
+            x_p = ffi.from_buffer("float[]", x)
+            if x is logits:  # a caller's float32 array: its address stays, remember it
+                c["logits"], c["logits_p"] = logits, x_p
         recent = ffi.NULL
         n_recent = 0
         if c["penalize"] and len(history):
@@ -329,7 +339,7 @@ class Sampler:
             window = history if last_n < 0 else history[-last_n:]
             recent_arr = np.ascontiguousarray(window, dtype=np.int32)
             recent, n_recent = ffi.from_buffer("int32_t[]", recent_arr), len(recent_arr)
-        token = lib.pl_sample(ffi.from_buffer("float[]", x), n, c["params"], recent, n_recent,
+        token = lib.pl_sample(x_p, n, c["params"], recent, n_recent,
                               c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]),
                               c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
         if token < 0:
