@@ -144,6 +144,28 @@ def time_pyllama_directly(model: str, n_prompt: int, n_gen: int, threads: int, r
             "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0}
 
 
+def build_stream_read() -> str | None:
+    """Compile bench/stream_read.c into the cache (once); None when no compiler works."""
+    out = os.path.join(os.environ.get("PYLLAMA_CACHE", os.path.expanduser("~/.cache/pyllama")), "stream_read")
+    src = os.path.join(HERE, "stream_read.c")
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    flags = ["-mavx2"] if platform.machine() in ("x86_64", "AMD64") else []
+    r = subprocess.run([os.environ.get("CC", "cc"), "-O2", "-fopenmp", *flags, src, "-o", out],
+                       capture_output=True, text=True)
+    if r.returncode:
+        log(f"cannot build stream_read ({r.stderr.strip()[:200]}); no stream-read column")
+        return None
+    return out
+
+
+def stream_read_gbs(exe: str, threads: int) -> float:
+    """Median of 10 read passes over 1 GiB with `threads` threads, in GB/s."""
+    out = subprocess.run([exe, "1024", str(threads), "10"], capture_output=True, text=True, check=True).stdout
+    return float(out.split("median ")[1].split(" GB/s")[0])
+
+
 def summarize(samples: list[float]) -> tuple[float, float]:
     return statistics.fmean(samples), (statistics.stdev(samples) if len(samples) > 1 else 0.0)
 
@@ -159,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--llama-bench", help="path of llama-bench (default: $LLAMA_BENCH or the cache build)")
     p.add_argument("--no-variants", action="store_true", help="skip bench/make_variants.py's files")
     p.add_argument("--json-out", help="also write every raw result to this JSON file")
+    p.add_argument("--no-stream", action="store_true",
+                   help="skip the stream-read measurement after each decode test (bench/stream_read.c)")
     args = p.parse_args(argv)
 
     exe = find_llama_bench(args.llama_bench)
@@ -174,6 +198,8 @@ def main(argv=None) -> int:
     samples: dict[tuple[str, str, str], list[float]] = {}
     info: dict[str, dict] = {}
     raw = []
+    stream_exe = None if args.no_stream or not args.n_gen else build_stream_read()
+    streams: dict[str, list[float]] = {}  # model -> stream reads taken right after its decode tests
     for rnd in range(args.rounds):
         for model in models:
             for name, n_prompt, n_gen in tests:
@@ -188,6 +214,9 @@ def main(argv=None) -> int:
                         r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions)
                     samples.setdefault((model, name, engine), []).extend(r.get("samples_ts") or [r["avg_ts"]])
                     raw.append({"round": rnd, "model": model, "test": name, "engine": engine, **r})
+                if n_gen and stream_exe:  # memory bandwidth now: it moves with the neighbours' load
+                    streams.setdefault(model, []).append(stream_read_gbs(stream_exe, args.threads))
+                    raw.append({"round": rnd, "model": model, "test": "stream_read", "GB/s": streams[model][-1]})
     load_after = load_average()
 
     first = next(iter(info.values()), {})
@@ -197,8 +226,8 @@ def main(argv=None) -> int:
         f"{platform.machine()} {os.cpu_count()} CPUs; load average before {load_before}, after {load_after}",
         "",
         "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "
-        "| llama.cpp best | pyllama best | ratio of bests |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| llama.cpp best | pyllama best | ratio of bests | decode GB/s llama.cpp / pyllama (% of stream read) |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for model in models:
         meta = info.get(model, {})
@@ -207,9 +236,17 @@ def main(argv=None) -> int:
             lm, ls = summarize(samples[(model, name, "llama.cpp")])
             pm, ps = summarize(samples[(model, name, "pyllama")])
             lb, pb = max(samples[(model, name, "llama.cpp")]), max(samples[(model, name, "pyllama")])
+            bw = ""
+            if name.startswith("tg"):  # weights read per token x tokens per second
+                nbytes = meta.get("model_size", os.path.getsize(model))
+                bw = f"{nbytes * lm / 1e9:.1f} / {nbytes * pm / 1e9:.1f}"
+                if streams.get(model):
+                    st = statistics.fmean(streams[model])
+                    bw += (f" ({100 * nbytes * lm / 1e9 / st:.0f}% / {100 * nbytes * pm / 1e9 / st:.0f}% "
+                           f"of {st:.1f})")
             lines.append(f"| {os.path.basename(model)} | {meta.get('model_type', '?')} | {size:.1f} | {name} "
                          f"| {lm:.1f} ± {ls:.1f} | {pm:.1f} ± {ps:.1f} | {pm / lm:.2f} "
-                         f"| {lb:.1f} | {pb:.1f} | {pb / lb:.2f} |")
+                         f"| {lb:.1f} | {pb:.1f} | {pb / lb:.2f} | {bw} |")
     if not have_pyllama_bench():
         lines.append("\n(pyllama timed in-process: pyllama.bench was not available)")
     print("\n".join(lines))
