@@ -577,12 +577,22 @@ static void layer_forward(pl_context *c, int l, int n_tok, int n_past) {
 team_barrier(c);
 
     /* biases, rotary embeddings, and the new keys and values into the cache */
-    /* items: every query head and every key/value head of every token (one token's
-     * worth of work is too little to leave to one thread while the others wait) */
-    const int heads = p->n_heads + p->n_kv_heads;
-#pragma omp for schedule(static) nowait
+    /* items: every key/value head and every query head of every token (one token's
+     * worth of work is too little to leave to one thread while the others wait).
+     * Storing a key writes head_dim scattered elements of the transposed blocks and
+     * costs about KV_ITEM_WEIGHT query rotations (bench/phase_timing.patch), so items
+     * are dealt by weight: each goes to the thread whose share holds its midpoint.
+     * (A dynamic schedule cost more than it balanced.) */
+    enum { KV_ITEM_WEIGHT = 8 };
+    const int heads = p->n_heads + p->n_kv_heads, nth = omp_get_num_threads(), ith = omp_get_thread_num();
+    const long total_w = (long)n_tok * (p->n_kv_heads * KV_ITEM_WEIGHT + p->n_heads);
+    long w0 = 0;
     for (int item = 0; item < n_tok * heads; item++) {
-        const int t = item / heads, h = item % heads;
+        const int t = item / heads, h = (item % heads + p->n_heads) % heads; /* kv heads (h >= n_heads) first */
+        const int w = h >= p->n_heads ? KV_ITEM_WEIGHT : 1;
+        const int owner = (int)((2 * w0 + w) * nth / (2 * total_w));
+        w0 += w;
+        if (owner != ith) continue;
         const float *cs = c->rope_cs + (size_t)t * hd;
         if (h < p->n_heads) {
             float *q = c->q + (size_t)t * q_dim + (size_t)h * hd;
