@@ -28,16 +28,7 @@
 
 #include "kernels.h"
 #include "pyllama.h"
-
-#if defined(__GNUC__)
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-#else
-#define AVX2
-#define AVX2_INLINE static inline
-#endif
-
-#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+#include "simd_x86.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -54,13 +45,6 @@ AVX2_INLINE __m256i bcast32(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
-}
-
-/* 32 nibbles of a Q4 block as bytes 0..15: low nibbles first, then high ones */
-AVX2_INLINE __m256i q4_unpack(const uint8_t *qs) {
-    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    return _mm256_and_si256(x, _mm256_set1_epi8(0x0f));
 }
 
 /* sum of 32 products as 8 int32 lanes -> float lanes */
@@ -402,26 +386,6 @@ typedef struct {
 #define PANEL 8
 #define TOK 4 /* tokens per pass over a packed chunk */
 
-/* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
-AVX2_INLINE void transpose8(__m256i v[8]) {
-    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
-    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
-    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, pack8 *pk) {
     for (int b = 0; b < nb; b++) {
         __m256i v[8];
@@ -712,23 +676,6 @@ AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, 
  * scores from the transposed key blocks, 3 heads x 16 positions per pass, a
  * vectorised softmax, then the weighted sum of value rows, 3 heads x 16 values per pass.
  */
-/* The kernels above with the type and the head count as constants, so that the
- * accumulators stay in registers (a run-time count spilled them on every step). */
-#define SPECIALIZE(CALL, TYPE, J, ...)                                                   \
-    do {                                                                                 \
-        if ((TYPE) == PL_TYPE_F16) {                                                     \
-            if ((J) == 3) CALL(PL_TYPE_F16, 3, __VA_ARGS__);                             \
-            else if ((J) == 2) CALL(PL_TYPE_F16, 2, __VA_ARGS__);                        \
-            else CALL(PL_TYPE_F16, 1, __VA_ARGS__);                                      \
-        } else {                                                                         \
-            if ((J) == 3) CALL(PL_TYPE_F32, 3, __VA_ARGS__);                             \
-            else if ((J) == 2) CALL(PL_TYPE_F32, 2, __VA_ARGS__);                        \
-            else CALL(PL_TYPE_F32, 1, __VA_ARGS__);                                      \
-        }                                                                                \
-    } while (0)
-#define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
-#define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
-
 AVX2 void pl_attend_avx2(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
                          size_t v_stride, int n_pos, float scale, float *out, float *att) {
     for (int j0 = 0; j0 < group; j0 += 3) {

@@ -27,11 +27,10 @@
 
 #include "kernels.h"
 #include "pyllama.h"
+#include "simd_x86.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-
-#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
 
 /* ------------------------------------------------------------ float weights */
 
@@ -121,26 +120,6 @@ typedef struct {
     __m512 d, o;  /* per row: scale, and Q4_1's minimum (else 0) */
 } pack16;
 
-/* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
-AVX512_INLINE void transpose8(__m256i v[8]) {
-    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
-    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
-    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 /* 32 values of one weight block as unsigned bytes (block order), with its scale and minimum */
 AVX512_INLINE __m256i block_u8(int type, const void *row, int b, float *d, float *o) {
     if (type == PL_TYPE_Q8_0) {
@@ -161,10 +140,7 @@ AVX512_INLINE __m256i block_u8(int type, const void *row, int b, float *d, float
         *o = _cvtsh_ss(wb->m);
         qs = wb->qs;
     }
-    /* low nibbles are values 0..15, high nibbles 16..31 */
-    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    return _mm256_and_si256(x, _mm256_set1_epi8(0x0f));
+    return q4_unpack(qs);
 }
 
 /* Pack blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row). */
@@ -368,22 +344,6 @@ AVX512_INLINE void weighted_values(int v_type, const float *p0, const void *v, s
             out[(size_t)j * hd + c] = o;
         }
 }
-
-/* The head count and the cache types as constants, so the accumulators stay in registers. */
-#define SPECIALIZE(CALL, TYPE, J, ...)                                                   \
-    do {                                                                                 \
-        if ((TYPE) == PL_TYPE_F16) {                                                     \
-            if ((J) == 3) CALL(PL_TYPE_F16, 3, __VA_ARGS__);                             \
-            else if ((J) == 2) CALL(PL_TYPE_F16, 2, __VA_ARGS__);                        \
-            else CALL(PL_TYPE_F16, 1, __VA_ARGS__);                                      \
-        } else {                                                                         \
-            if ((J) == 3) CALL(PL_TYPE_F32, 3, __VA_ARGS__);                             \
-            else if ((J) == 2) CALL(PL_TYPE_F32, 2, __VA_ARGS__);                        \
-            else CALL(PL_TYPE_F32, 1, __VA_ARGS__);                                      \
-        }                                                                                \
-    } while (0)
-#define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
-#define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
 
 /* pl_attend_avx2's job (kernels.h) with 16-lane vectors: scores 3 heads x 64 positions
  * per pass, values 3 heads x 64 columns per pass. */

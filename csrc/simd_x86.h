@@ -1,0 +1,69 @@
+/*
+ * simd_x86.h - pieces shared by the x86 kernel files (kernels_avx2.c, kernels_avx512.c).
+ *
+ * Functions carry the AVX2 target attribute; the AVX-512 file's functions, whose
+ * targets include AVX2, inline them as well.
+ */
+#ifndef PL_SIMD_X86_H
+#define PL_SIMD_X86_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#else
+#define AVX2
+#define AVX2_INLINE static inline
+#endif
+
+#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+
+/* 32 nibbles of a Q4 block as bytes 0..15: low nibbles first, then high ones */
+AVX2_INLINE __m256i q4_unpack(const uint8_t *qs) {
+    __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    x = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(x, _mm256_set1_epi8(0x0f));
+}
+
+/* 8 rows of 8 dwords -> 8 vectors, vector g = dword g of every row */
+AVX2_INLINE void transpose8(__m256i v[8]) {
+    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* Attention: call CALL(type, J, ...) with the cache type and the head count (1..3)
+ * as constants, so that inlined loops keep their accumulators in registers (a run-time
+ * count spilled them on every step). */
+#define SPECIALIZE(CALL, TYPE, J, ...)                                                   \
+    do {                                                                                 \
+        if ((TYPE) == PL_TYPE_F16) {                                                     \
+            if ((J) == 3) CALL(PL_TYPE_F16, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F16, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F16, 1, __VA_ARGS__);                                      \
+        } else {                                                                         \
+            if ((J) == 3) CALL(PL_TYPE_F32, 3, __VA_ARGS__);                             \
+            else if ((J) == 2) CALL(PL_TYPE_F32, 2, __VA_ARGS__);                        \
+            else CALL(PL_TYPE_F32, 1, __VA_ARGS__);                                      \
+        }                                                                                \
+    } while (0)
+/* for key_scores(type, ..., J) and weighted_values(type, ..., J) of the including file */
+#define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
+#define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
+
+#endif
