@@ -139,6 +139,10 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
         k->tile[p->type](p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
         return;
     }
+    if (n_tok == 1) { /* decode: one call streams the whole share (the row blocks are for reuse across tokens) */
+        k->rows[p->type](p->w, row_bytes, act, p->y, r0, r1, cols);
+        return;
+    }
     for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
         int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
         for (int t = 0; t < n_tok; t++)
