@@ -171,7 +171,10 @@ AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
 #define FLOAT_KERNELS(NAME, TYPE)                                                               \
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
                                  int r1, int n) {                                               \
-        for (int r = r0; r < r1; r++) y[r] = frow(TYPE, ROW(w, rb, r), (const float *)act, n);   \
+        for (int r = r0; r < r1; r++) {                                                         \
+            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));                                  \
+            y[r] = frow(TYPE, ROW(w, rb, r), (const float *)act, n);                            \
+        }                                                                                       \
     }                                                                                           \
     AVX2 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, \
                                  size_t ys, int r0, int r1, int nt, int n) {                    \
@@ -318,6 +321,9 @@ AVX2_INLINE void q4pair_block(int type, const char *wp, const q4pair *ap, __m256
     *acc = _mm256_fmadd_ps(pf, sc8, *acc);
 }
 
+#ifndef PREFETCH_ROWS
+#define PREFETCH_ROWS 64
+#endif
 AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
                         int n) {
     const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
@@ -334,6 +340,7 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
     q4pair_prep(type, a, ap, np);
     for (int r = r0; r < r1; r++) {
         const char *wr = ROW(w, rb, r);
+        prefetch_ahead(wr, rb, ROW(w, rb, r1));
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
         int j = 0;
@@ -361,7 +368,10 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
             q4rows(TYPE, w, rb, (const block_q8x *)act, y, r0, r1, n);                         \
             return;                                                                            \
         }                                                                                      \
-        for (; r < r1; r++) qrow(TYPE, ROW(w, rb, r), (const block_q8x *)act, y + r, n);       \
+        for (; r < r1; r++) {                                                                  \
+            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));                                 \
+            qrow(TYPE, ROW(w, rb, r), (const block_q8x *)act, y + r, n);                       \
+        }                                                                                      \
     }
 
 QROWS(q8_0, PL_TYPE_Q8_0)
