@@ -261,6 +261,143 @@ QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
 
+/* ------------------------------------------------------- Q4 rows (decode) */
+
+/*
+ * Four GGUF blocks per step, one row at a time. The activation is rearranged once
+ * per call into groups of 4 blocks: lo holds the first 16 bytes of each block (they
+ * meet the low nibbles), hi the last 16 (the high nibbles), block b in 128-bit lane
+ * b; so per 4 blocks: four 16-byte weight loads, two vpdpbusd straight into int32
+ * lanes, one convert and one multiply-add, against the AVX2 kernel's 2 maddubs + madd
+ * per 2 blocks. Lanes 4b..4b+3 belong to block b. A last, partial group loads only
+ * the blocks it has (no byte past the row is touched); the other lanes stay zero.
+ */
+typedef struct {
+    __m512i lo, hi;
+    __m512i c;  /* Q4_0: 8 x the activation bytes each int32 lane multiplies (the "- 8") */
+    __m512 da;  /* activation scale of each lane's block */
+    __m128 s;   /* Q4_1: d * sum(q) of the 4 blocks */
+} q4quad;
+
+AVX512_INLINE void q4quad_prep(const block_q8x *a, int nb, q4quad *p) {
+    for (int g = 0; g * 4 < nb; g++) {
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        float da[16] = {0}, s4[4] = {0};
+        for (int b = 0; b < 4 && 4 * g + b < nb; b++) {
+            const block_q8x *ab = a + 4 * g + b;
+            lo = _mm512_inserti32x4(lo, _mm_loadu_si128((const __m128i *)ab->qs), 0);
+            lo = _mm512_alignr_epi32(lo, lo, 4); /* rotate so block b ends in lane b */
+            hi = _mm512_inserti32x4(hi, _mm_loadu_si128((const __m128i *)(ab->qs + 16)), 0);
+            hi = _mm512_alignr_epi32(hi, hi, 4);
+            for (int i = 0; i < 4; i++) da[4 * b + i] = ab->d;
+            s4[b] = ab->s;
+        }
+        for (int b = nb - 4 * g; b < 4; b++) { /* keep rotating: 4 steps in all */
+            lo = _mm512_alignr_epi32(lo, lo, 4);
+            hi = _mm512_alignr_epi32(hi, hi, 4);
+        }
+        p[g].lo = lo;
+        p[g].hi = hi;
+        p[g].c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), lo),
+                                     _mm512_set1_epi8(8), hi);
+        p[g].da = _mm512_loadu_ps(da);
+        p[g].s = _mm_loadu_ps(s4);
+    }
+}
+
+/* blocks 4g.. of one row (nq of them, 1..4) against quad p: adds into acc (and off for Q4_1) */
+AVX512_INLINE void q4quad_block(int type, const char *wp, int nq, const q4quad *p, __m512 *acc, __m128 *off) {
+    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    const size_t qo = type == PL_TYPE_Q4_0 ? 2 : 4; /* nibbles after d (and m) */
+    __m512i x;
+    uint64_t d = 0; /* Q4_0: the 4 fp16 scales packed in a register (building them in memory and
+                     * reloading them as one 8-byte word stalled on store forwarding) */
+    /* block 0 always exists; lanes of missing blocks stay zero (so do their activations) */
+    x = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(wp + qo)));
+    if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + qo)), 1);
+    if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + qo)), 2);
+    if (nq > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 3 * bb + qo)), 3);
+    if (type == PL_TYPE_Q4_0) {
+        for (int b = 0; b < nq; b++) {
+            uint16_t h;
+            memcpy(&h, wp + b * bb, 2);
+            d |= (uint64_t)h << (16 * b);
+        }
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+    __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+    if (type == PL_TYPE_Q4_0) s = _mm512_sub_epi32(s, p->c);
+    __m512 dw16;
+    if (type == PL_TYPE_Q4_0) {
+        const __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)d));
+        dw16 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                     _mm512_castps128_ps512(dw));
+    } else { /* d and m sit together: one 4-byte load per block, both converted at once */
+        int32_t dm;
+        memcpy(&dm, wp, 4);
+        __m128i v = _mm_cvtsi32_si128(dm);
+        if (nq > 1) memcpy(&dm, wp + bb, 4), v = _mm_insert_epi32(v, dm, 1);
+        if (nq > 2) memcpy(&dm, wp + 2 * bb, 4), v = _mm_insert_epi32(v, dm, 2);
+        if (nq > 3) memcpy(&dm, wp + 3 * bb, 4), v = _mm_insert_epi32(v, dm, 3);
+        const __m256 f = _mm256_cvtph_ps(v);
+        /* f = d0 m0 d1 m1 d2 m2 d3 m3 */
+        dw16 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6),
+                                     _mm512_castps256_ps512(f));
+        const __m128 mw = _mm256_castps256_ps128(
+            _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)));
+        *off = _mm_fmadd_ps(mw, p->s, *off);
+    }
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw16, p->da), *acc);
+}
+
+AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
+                          int n) {
+    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
+    const int nb = n / QK, nquad = (nb + 3) / 4;
+    q4quad stackbuf[64];
+    q4quad *ap = stackbuf;
+    if (nquad > 64) {
+        ap = aligned_alloc(64, sizeof(q4quad) * (size_t)nquad);
+        if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
+            pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
+            return;
+        }
+    }
+    q4quad_prep(a, nb, ap);
+    for (int r = r0; r < r1; r++) {
+        const char *wr = ROW(w, rb, r);
+        prefetch_ahead(wr, rb, ROW(w, rb, r1));
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+        int g = 0;
+        for (; g + 2 <= nb / 4; g += 2) {
+            q4quad_block(type, wr + (size_t)(4 * g) * bb, 4, ap + g, &acc0, &off0);
+            q4quad_block(type, wr + (size_t)(4 * g + 4) * bb, 4, ap + g + 1, &acc1, &off1);
+        }
+        for (; g < nquad; g++) {
+            const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            q4quad_block(type, wr + (size_t)(4 * g) * bb, nq, ap + g, &acc0, &off0);
+        }
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        if (type == PL_TYPE_Q4_1) {
+            __m128 o = _mm_add_ps(off0, off1);
+            o = _mm_add_ps(o, _mm_movehl_ps(o, o));
+            s += _mm_cvtss_f32(_mm_add_ss(o, _mm_shuffle_ps(o, o, 1)));
+        }
+        y[r] = s;
+    }
+    if (ap != stackbuf) free(ap);
+}
+
+AVX512 static void rows_q4_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    q4rows(PL_TYPE_Q4_0, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+
+AVX512 static void rows_q4_1(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    q4rows(PL_TYPE_Q4_1, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+
 /* ---------------------------------------------------------------- attention */
 
 /* One cached element of a float type (F32 or F16) */
@@ -374,6 +511,8 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.tile[PL_TYPE_Q8_0] = tile_q8_0;
     avx512_set.tile[PL_TYPE_Q4_0] = tile_q4_0;
     avx512_set.tile[PL_TYPE_Q4_1] = tile_q4_1;
+    avx512_set.rows[PL_TYPE_Q4_0] = rows_q4_0;
+    avx512_set.rows[PL_TYPE_Q4_1] = rows_q4_1;
     avx512_set.attend = attend;
 }
 
