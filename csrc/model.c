@@ -359,9 +359,12 @@ static void key_store(const pl_context *c, int layer, int g, int pos, const floa
     const int hd = c->m->cfg.head_dim;
     char *base = key_head(c, layer, g);
     if (c->k_type == PL_TYPE_F16) {
-        pl_fp16 h[hd];
-        pl_kernels()->to_f16(k, h, hd);
-        for (int d = 0; d < hd; d++) ((pl_fp16 *)base)[key_index(pos, d, hd)] = h[d];
+        pl_fp16 h[64]; /* converted a piece at a time: head_dim comes from the file */
+        for (int d0 = 0; d0 < hd; d0 += 64) {
+            const int n = hd - d0 < 64 ? hd - d0 : 64;
+            pl_kernels()->to_f16(k + d0, h, n);
+            for (int d = 0; d < n; d++) ((pl_fp16 *)base)[key_index(pos, d0 + d, hd)] = h[d];
+        }
     } else {
         for (int d = 0; d < hd; d++) ((float *)base)[key_index(pos, d, hd)] = k[d];
     }
