@@ -104,6 +104,7 @@ CONFIGS = {
     "qwen2-Q8_0": (dict(arch="qwen2", wtype="Q8_0", tied=False), True),
     "qwen2-Q4_0": (dict(arch="qwen2", wtype="Q4_0"), True),
     "llama-3layers-wide": (dict(n_layers=3, dim=128, n_heads=8, n_kv_heads=2, hidden_dim=320), False),
+    "llama-F16-head160": (dict(wtype="F16", dim=320, n_heads=2, n_kv_heads=1, hidden_dim=320), False),
 }
 
 
