@@ -191,6 +191,39 @@ def test_c_harness_neon_under_qemu():
     assert "dot-product extension in use" in out and "not present" in out, out
 
 
+def _forward_models(tiny_model_factory):
+    """Float-weight tiny models for tests/c/forward_isa.c: the default shape (head size 16)
+    and a head size of 160 (keys stored in several pieces, attention column tails)."""
+    return [str(tiny_model_factory(wtype="F32")),
+            str(tiny_model_factory(wtype="F16", dim=320, n_heads=2, n_kv_heads=1, hidden_dim=320))]
+
+
+def _run_forward(*args):
+    proc = subprocess.run(["sh", str(ROOT / "tests" / "c" / "run_forward.sh"), *args], capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode == 77:
+        pytest.skip((proc.stdout + proc.stderr).strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_c_forward_pass_best_isa_equals_scalar(tiny_model_factory):
+    """The whole forward pass (prefill and decode, both cache types) on this CPU's kernel set vs the scalar one."""
+    out = _run_forward(*_forward_models(tiny_model_factory))
+    assert out.count(" ok") == 8, out
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the NEON forward pass runs under qemu-user on Linux")
+def test_c_forward_pass_neon_under_qemu(tiny_model_factory):
+    """The same on the NEON set, under qemu, with and without the dot-product extension."""
+    if platform.machine() != "aarch64" and (shutil.which("aarch64-linux-gnu-gcc") is None
+                                           or shutil.which("qemu-aarch64") is None):
+        _run_script("run_neon.sh")  # installs the cross toolchain when it can, else skips
+    out = _run_forward("--neon", *_forward_models(tiny_model_factory))
+    assert out.count(" ok") == 16 and "isa 2 " in out, out
+
+
 # ---------------------------------------------------------------- the speed tools, on a tiny model
 
 
