@@ -82,7 +82,7 @@ typedef struct {
 extern const pl_kernel_set pl_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const pl_kernel_set pl_kernels_avx2;
-/* the AVX2 set with AVX-512 (F, BW, VL, VNNI) prefill tiles and attention (kernels_avx512.c) */
+/* the AVX2 set with AVX-512 (F, BW, VL, VNNI) tiles, attention and Q4 rows (kernels_avx512.c) */
 const pl_kernel_set *pl_kernels_avx512(void);
 /* softmax(scale * a[0..n)) in place (kernels_avx2.c; used by both x86 attentions) */
 void pl_softmax_scaled_avx2(float *a, int n, float scale);

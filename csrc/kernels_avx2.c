@@ -39,8 +39,6 @@ AVX2_INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-AVX2_INLINE float half(uint16_t h) { return _cvtsh_ss(h); }
-
 AVX2_INLINE __m256i bcast32(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -100,12 +98,6 @@ AVX2_INLINE __m256 load8(int type, const void *w, int k) {
     if (type == PL_TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
     __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
-}
-
-AVX2_INLINE float load1(int type, const void *w, int k) {
-    if (type == PL_TYPE_F32) return ((const float *)w)[k];
-    if (type == PL_TYPE_F16) return half(((const uint16_t *)w)[k]);
-    return bf16_to_f32(((const uint16_t *)w)[k]);
 }
 
 /* R rows x T tokens, one register accumulator each; n any length */
@@ -680,24 +672,9 @@ AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, 
     }
 }
 
-/*
- * Attention of the `group` query heads that share one key/value head, for one
- * token that sees cache positions 0..n_pos-1 (see kernels.h for the layout):
- * scores from the transposed key blocks, 3 heads x 16 positions per pass, a
- * vectorised softmax, then the weighted sum of value rows, 3 heads x 16 values per pass.
- */
-AVX2 void pl_attend_avx2(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
-                         size_t v_stride, int n_pos, float scale, float *out, float *att) {
-    for (int j0 = 0; j0 < group; j0 += 3) {
-        const int J = group - j0 < 3 ? group - j0 : 3;
-        SPECIALIZE(KEY_SCORES, k_type, J, q + (size_t)j0 * hd, hd, k, n_pos, att + (size_t)j0 * n_pos);
-    }
-    for (int j = 0; j < group; j++) pl_softmax_scaled_avx2(att + (size_t)j * n_pos, n_pos, scale);
-    for (int j0 = 0; j0 < group; j0 += 3) {
-        const int J = group - j0 < 3 ? group - j0 : 3;
-        SPECIALIZE(WEIGHTED_VALUES, v_type, J, att + (size_t)j0 * n_pos, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
-    }
-}
+/* Scores from the transposed key blocks 3 heads x 16 positions per pass, then the
+ * weighted sum of value rows 3 heads x 16 values per pass. */
+DEFINE_X86_ATTEND(pl_attend_avx2, AVX2)
 
 /* F16C's conversion rounds to nearest even, as f32_to_fp16 does */
 AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {

@@ -400,11 +400,6 @@ AVX512 static void rows_q4_1(const void *w, size_t rb, const void *act, float *y
 
 /* ---------------------------------------------------------------- attention */
 
-/* One cached element of a float type (F32 or F16) */
-AVX512_INLINE float load1(int type, const void *w, size_t i) {
-    return type == PL_TYPE_F16 ? _cvtsh_ss(((const uint16_t *)w)[i]) : ((const float *)w)[i];
-}
-
 /* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against NB key blocks
  * from blk (kernels.h): q[d] x 16 keys of dimension d for every d, one zmm per block
  * and head: 3 x NB independent multiply-add chains. */
@@ -482,20 +477,9 @@ AVX512_INLINE void weighted_values(int v_type, const float *p0, const void *v, s
         }
 }
 
-/* pl_attend_avx2's job (kernels.h) with 16-lane vectors: scores 3 heads x 64 positions
- * per pass, values 3 heads x 64 columns per pass. */
-AVX512 static void attend(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v,
-                          size_t v_stride, int n_pos, float scale, float *out, float *att) {
-    for (int j0 = 0; j0 < group; j0 += 3) {
-        const int J = group - j0 < 3 ? group - j0 : 3;
-        SPECIALIZE(KEY_SCORES, k_type, J, q + (size_t)j0 * hd, hd, k, n_pos, att + (size_t)j0 * n_pos);
-    }
-    for (int j = 0; j < group; j++) pl_softmax_scaled_avx2(att + (size_t)j * n_pos, n_pos, scale);
-    for (int j0 = 0; j0 < group; j0 += 3) {
-        const int J = group - j0 < 3 ? group - j0 : 3;
-        SPECIALIZE(WEIGHTED_VALUES, v_type, J, att + (size_t)j0 * n_pos, v, v_stride, n_pos, hd, out + (size_t)j0 * hd);
-    }
-}
+/* pl_attend_avx2's job with 16-lane vectors: scores 3 heads x 64 positions per pass,
+ * values 3 heads x 64 columns per pass. */
+DEFINE_X86_ATTEND(attend, AVX512 static)
 
 /* ------------------------------------------------------------------ the set */
 

@@ -29,7 +29,7 @@
 #define PL_ISA_SCALAR 0
 #define PL_ISA_AVX2 1
 #define PL_ISA_NEON 2
-#define PL_ISA_AVX512 3 /* AVX2 kernels plus AVX-512 VNNI prefill tiles */
+#define PL_ISA_AVX512 3 /* AVX2 kernels plus AVX-512 VNNI tiles, attention and Q4 rows */
 
 /* Rotary layouts: which elements of a head are rotated together. */
 #define PL_ROPE_NORM 0 /* adjacent pairs (x[2i], x[2i+1]): llama2.c's run.c, llama.cpp for `llama` */

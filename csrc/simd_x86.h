@@ -10,6 +10,9 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "pyllama.h"
+#include "quants.h"
+
 #if defined(__GNUC__)
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
@@ -19,6 +22,15 @@
 #endif
 
 #define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
+
+AVX2_INLINE float half(uint16_t h) { return _cvtsh_ss(h); }
+
+/* Element k of a row of a float type (F32, F16 or BF16) */
+AVX2_INLINE float load1(int type, const void *w, size_t k) {
+    if (type == PL_TYPE_F32) return ((const float *)w)[k];
+    if (type == PL_TYPE_F16) return half(((const uint16_t *)w)[k]);
+    return bf16_to_f32(((const uint16_t *)w)[k]);
+}
 
 /*
  * Decode streams each thread's rows once. Before a row is read, ask for the bytes
@@ -78,5 +90,25 @@ AVX2_INLINE void transpose8(__m256i v[8]) {
 /* for key_scores(type, ..., J) and weighted_values(type, ..., J) of the including file */
 #define KEY_SCORES(T, J, ...) key_scores(T, __VA_ARGS__, J)
 #define WEIGHTED_VALUES(T, J, ...) weighted_values(T, __VA_ARGS__, J)
+
+/*
+ * An attention entry point (pl_attend_fn, kernels.h) over the including file's own
+ * key_scores and weighted_values: scores 3 query heads at a time, the shared softmax,
+ * then the values 3 heads at a time. A macro so that each file inlines its own kernels.
+ */
+#define DEFINE_X86_ATTEND(NAME, ATTR)                                                                     \
+    ATTR void NAME(const float *q, int group, int hd, int k_type, const void *k, int v_type, const void *v, \
+                   size_t v_stride, int n_pos, float scale, float *out, float *att) {                     \
+        for (int j0 = 0; j0 < group; j0 += 3) {                                                           \
+            const int J = group - j0 < 3 ? group - j0 : 3;                                                \
+            SPECIALIZE(KEY_SCORES, k_type, J, q + (size_t)j0 * hd, hd, k, n_pos, att + (size_t)j0 * n_pos); \
+        }                                                                                                 \
+        for (int j = 0; j < group; j++) pl_softmax_scaled_avx2(att + (size_t)j * n_pos, n_pos, scale);   \
+        for (int j0 = 0; j0 < group; j0 += 3) {                                                           \
+            const int J = group - j0 < 3 ? group - j0 : 3;                                                \
+            SPECIALIZE(WEIGHTED_VALUES, v_type, J, att + (size_t)j0 * n_pos, v, v_stride, n_pos, hd,      \
+                       out + (size_t)j0 * hd);                                                            \
+        }                                                                                                 \
+    }
 
 #endif
