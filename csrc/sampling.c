@@ -140,7 +140,6 @@ static int top_k_sorted(int32_t *ids, int n, const float *vals, float vmax, int 
 /* counts is n_vocab ints of scratch; only the entries of recent tokens are touched */
 static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
                             int32_t *counts) {
-    if (s->repeat_penalty == 1.0f && s->frequency_penalty == 0.0f && s->presence_penalty == 0.0f) return;
     for (int i = 0; i < n_recent; i++)
         if (recent[i] >= 0 && recent[i] < n_vocab) counts[recent[i]] = 0;
     for (int i = 0; i < n_recent; i++)
@@ -165,7 +164,7 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         memcpy(work, logits, (size_t)n_vocab * sizeof(float));
         for (int i = 0; i < n_bias; i++)
             if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) work[bias_ids[i]] += bias_vals[i];
-        apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
+        if (penalize) apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
         v = work;
     }
 
