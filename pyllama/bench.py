@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .chat import add_cache_type_args
+
 # llama.cpp's file types (general.file_type) -> the names llama-bench prints
 FTYPE_NAMES = {0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
                11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large", 14: "Q4_K - Small",
@@ -173,10 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prefill call")
     p.add_argument("--isa", choices=["auto", "scalar", "avx2", "avx512", "neon"], default="auto",
                    help="force a kernel path (default: the best this CPU has)")
-    p.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for keys (default f16, as llama.cpp)")
-    p.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for values (default f16)")
+    add_cache_type_args(p)
     p.add_argument("--json", action="store_true", help="print llama-bench's JSON fields instead of a table")
     args = p.parse_args(argv)
     if args.repetitions < 1:

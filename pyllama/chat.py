@@ -25,6 +25,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_cache_type_args(ap: argparse.ArgumentParser) -> None:
+    """llama.cpp's -ctk/-ctv: the KV cache's element types (Llama's type_k / type_v)."""
+    ap.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for keys (default f16, as llama.cpp)")
+    ap.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
+                    help="KV cache type for values (default f16)")
+
+
 def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
     ap.add_argument("-m", "--model", default=None,
                     help="GGUF file, llama2.c checkpoint or catalog name (default: the default model, "
@@ -34,10 +42,7 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads (default: all available)")
     ap.add_argument("--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
-    ap.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for keys (default f16, as llama.cpp)")
-    ap.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for values (default f16)")
+    add_cache_type_args(ap)
     ap.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="tokenizer for llama2.c checkpoints (tokenizer.bin or .model)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print loading details to stderr")

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from .chat import add_cache_type_args
+
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Negative log-softmax probability of targets[i] under logits[i] (rows), in float64."""
@@ -83,10 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("-c", "--ctx-size", type=int, default=512, help="window length in tokens (n_ctx)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per evaluation call")
-    p.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for keys (default f16, as llama.cpp)")
-    p.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for values (default f16)")
+    add_cache_type_args(p)
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (default: all)")
     args = p.parse_args(argv)
     if args.ctx_size < 4:
