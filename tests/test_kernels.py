@@ -165,8 +165,9 @@ def test_q4_0_outlier_against_near_zero_weights():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def _run_script(script: str):
-    proc = subprocess.run(["sh", str(ROOT / "tests" / "c" / script)], capture_output=True, text=True, timeout=900)
+def _run_script(script: str, *args: str):
+    proc = subprocess.run(["sh", str(ROOT / "tests" / "c" / script), *args], capture_output=True, text=True,
+                          timeout=900)
     if proc.returncode == 77:
         pytest.skip((proc.stdout + proc.stderr).strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -198,19 +199,10 @@ def _forward_models(tiny_model_factory):
             str(tiny_model_factory(wtype="F16", dim=320, n_heads=2, n_kv_heads=1, hidden_dim=320))]
 
 
-def _run_forward(*args):
-    proc = subprocess.run(["sh", str(ROOT / "tests" / "c" / "run_forward.sh"), *args], capture_output=True,
-                          text=True, timeout=900)
-    if proc.returncode == 77:
-        pytest.skip((proc.stdout + proc.stderr).strip().splitlines()[-1])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
 def test_c_forward_pass_best_isa_equals_scalar(tiny_model_factory):
     """The whole forward pass (prefill and decode, both cache types) on this CPU's kernel set vs the scalar one."""
-    out = _run_forward(*_forward_models(tiny_model_factory))
+    out = _run_script("run_forward.sh", *_forward_models(tiny_model_factory))
     assert out.count(" ok") == 8, out
 
 
@@ -220,7 +212,7 @@ def test_c_forward_pass_neon_under_qemu(tiny_model_factory):
     if platform.machine() != "aarch64" and (shutil.which("aarch64-linux-gnu-gcc") is None
                                            or shutil.which("qemu-aarch64") is None):
         _run_script("run_neon.sh")  # installs the cross toolchain when it can, else skips
-    out = _run_forward("--neon", *_forward_models(tiny_model_factory))
+    out = _run_script("run_forward.sh", "--neon", *_forward_models(tiny_model_factory))
     assert out.count(" ok") == 16 and "isa 2 " in out, out
 
 
