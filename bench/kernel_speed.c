@@ -27,7 +27,8 @@ int main(int argc, char **argv) {
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_neon;
 #endif
     static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_1, PL_TYPE_Q8_0, PL_TYPE_F16, PL_TYPE_BF16, PL_TYPE_F32};
-    const int rows = 1536, n = 576, nt = 64;            /* an FFN-up sized matrix, 64-token batch */
+    const int rows = 1536, nt = 64; /* an FFN-up sized matrix (N=576 columns by default), 64-token batch */
+    const int n = getenv("N") ? atoi(getenv("N")) : 576;
     const int big_rows = getenv("BIG_ROWS") ? atoi(getenv("BIG_ROWS")) : 32768; /* decode: beyond the caches */
     float *x = malloc((size_t)nt * n * sizeof(float));
     for (int i = 0; i < nt * n; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;

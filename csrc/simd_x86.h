@@ -39,7 +39,9 @@ AVX2_INLINE float load1(int type, const void *w, size_t k) {
  * hardware prefetcher's ramp-up to hide (one core from DRAM, bench/kernel_speed.sh:
  * Q4_0 rows 27.6 -> 30.2 GB/s, Q4_1 29.5 -> 33.2).
  */
+#ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 4096
+#endif
 static inline void prefetch_ahead(const void *row, size_t row_bytes, const void *end) {
     const char *p = (const char *)row + PREFETCH_BYTES, *e = (const char *)end;
     for (size_t o = 0; o < row_bytes && p + o < e; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
