@@ -21,7 +21,6 @@ Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verif
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -169,6 +168,8 @@ def is_cached(name: str) -> bool:
 
 
 def sha256_file(path: str, progress: bool = False) -> str:
+    import hashlib  # here, not at import: OpenSSL's libcrypto adds 3+ MiB to every process
+
     h = hashlib.sha256()
     bar = Progress(f"checking {os.path.basename(path)}", os.path.getsize(path), enabled=progress)
     with open(path, "rb") as f:
@@ -308,6 +309,8 @@ def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
     log(f"pyllama: fetching {entry['name']}{lic} into {path}")
     fd, tmp = tempfile.mkstemp(prefix=entry["file"] + ".", suffix=".part", dir=directory)
     try:
+        import hashlib
+
         hasher = hashlib.sha256()
         bar = Progress(entry["file"], size, enabled=progress)
         umask = os.umask(0)
