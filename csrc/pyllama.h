@@ -131,6 +131,11 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
               const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
               float *work, int32_t *cand, double *probs, int *n_cand);
 
+/* Hand the C heap's free pages back to the system (glibc's malloc_trim; a no-op
+ * elsewhere). Llama() calls it once loading is done: building a tokenizer frees
+ * megabytes of temporaries that would otherwise stay resident. */
+void pl_release_free_heap(void);
+
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */

@@ -3,6 +3,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -145,4 +148,10 @@ int64_t pl_type_nbytes(int type, int64_t n) {
     int64_t blocks = n / t->block_size;
     if (blocks > INT64_MAX / t->block_bytes) return -1;
     return blocks * t->block_bytes;
+}
+
+void pl_release_free_heap(void) {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
 }

@@ -184,6 +184,7 @@ class Llama(GenerationMixin):
         self.input_ids: list[int] = []
         self._logits = np.zeros(self._n_vocab, dtype=np.float32)
         self.eval_logits: Optional[np.ndarray] = None
+        lib.pl_release_free_heap()  # the tokenizer's temporaries: 2-4 MiB less resident (bench/RESULTS.md E)
         if verbose:
             print(
                 f"pyllama: loaded {self.model_path} ({self.format}, {cfg.n_layers} layers, dim {cfg.dim}, "
