@@ -20,6 +20,9 @@ typedef struct {
 
 int pl_map_file(const char *path, pl_mapping *out);
 void pl_unmap_file(pl_mapping *m);
+/* Drop the mapped pages wholly inside [begin, end) from the resident set (they are read
+ * back from the page cache if touched again). */
+void pl_release_pages(const pl_mapping *m, uint64_t begin, uint64_t end);
 
 /* bytes needed for n elements of a type, or -1 when n is not a whole number of blocks */
 int64_t pl_type_nbytes(int type, int64_t n);

@@ -1,6 +1,7 @@
 /*
  * util.c - error reporting, file mapping and the table of tensor types.
  */
+#define _DEFAULT_SOURCE /* madvise, sysconf under -std=c11 (the C test harness) */
 #include <errno.h>
 #include <fcntl.h>
 #if defined(__GLIBC__)
@@ -58,6 +59,14 @@ int pl_map_file(const char *path, pl_mapping *out) {
     out->data = p;
     out->size = (uint64_t)st.st_size;
     return 0;
+}
+
+void pl_release_pages(const pl_mapping *m, uint64_t begin, uint64_t end) {
+    const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    if (end > m->size) end = m->size;
+    begin = (begin + page - 1) / page * page;
+    end = end / page * page;
+    if (end > begin) madvise((char *)m->data + begin, (size_t)(end - begin), MADV_DONTNEED);
 }
 
 void pl_unmap_file(pl_mapping *m) {
