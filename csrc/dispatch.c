@@ -151,7 +151,7 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
 }
 
 /* This thread's share [*r0, *r1) of n rows, aligned to ROW_ALIGN. */
-static void thread_share(int n, int *r0, int *r1) {
+void pl_thread_share(int n, int *r0, int *r1) {
     int nth = omp_get_num_threads(), ith = omp_get_thread_num();
     int groups = (n + ROW_ALIGN - 1) / ROW_ALIGN;
     int g0 = (int)((long long)groups * ith / nth), g1 = (int)((long long)groups * (ith + 1) / nth);
@@ -179,7 +179,7 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
     int r0, r1;
     if (same_rows) {
         /* the same rows of every part on one thread, so the epilogue can combine them */
-        thread_share(parts[0].rows, &r0, &r1);
+        pl_thread_share(parts[0].rows, &r0, &r1);
         if (r0 < r1) {
             for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, r0, r1);
             if (epilogue) epilogue(arg, r0, r1);
@@ -189,7 +189,7 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
     /* the parts' rows end to end, shared out evenly */
     int total = 0;
     for (int i = 0; i < n_parts; i++) total += parts[i].rows;
-    thread_share(total, &r0, &r1);
+    pl_thread_share(total, &r0, &r1);
     int base = 0;
     for (int i = 0; i < n_parts; i++) {
         int a = r0 - base > 0 ? r0 - base : 0;

@@ -687,6 +687,7 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
             return -1;
         }
     if (grow_scratch(c, n_tokens < MAX_UBATCH ? n_tokens : MAX_UBATCH)) return -1;
+    pl_set_sample_threads(c->n_threads);
 
     for (int start = 0; start < n_tokens; start += MAX_UBATCH) {
         const int n = n_tokens - start < MAX_UBATCH ? n_tokens - start : MAX_UBATCH;

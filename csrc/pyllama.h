@@ -136,6 +136,11 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
  * megabytes of temporaries that would otherwise stay resident. */
 void pl_release_free_heap(void);
 
+/* How many OpenMP threads pl_sample splits its passes over the vocabulary across
+ * (pl_eval sets it to its context's count, matching how the output layer split the
+ * logits). Exposed for tests. */
+void pl_set_sample_threads(int n_threads);
+
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */

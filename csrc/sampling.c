@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "internal.h"
 
 #define N_BUCKETS 4096
@@ -87,51 +89,126 @@ static int top_prefix(int32_t *ids, int n, const float *vals, float vmax, double
 }
 
 /*
- * The k highest of n logits, sorted, into ids. A strided sample of the logits
- * gives a threshold that about 4k + 64 of them pass; only those are sorted. If
- * the guess lets too few through (a strange distribution), fall back to buckets.
+ * Top-k without sorting the vocabulary: a strided sample of the logits gives a
+ * threshold that about 4k + 64 of them pass (topk_threshold), the pass that finds
+ * the maximum also collects the ids at or above it (pl_sample), and only those are
+ * ordered (top_k_sorted). If the guess lets too few through (a strange
+ * distribution), or the vocabulary is too small to sample, buckets do it instead.
  */
-static int top_k_sorted(int32_t *ids, int n, const float *vals, float vmax, int k) {
-    enum { SAMPLE = 1024 };
-    if (n > 8 * SAMPLE && k < n / 16) {
-        /* the want-th largest of the sample: its value lets ~4k+64 logits through */
-        const int want = (int)(((long)k * 4 + 64) * SAMPLE / n) + 1;
-        const int stride = n / SAMPLE;
-        float top[SAMPLE]; /* top[0..kept) sorted decreasing: the largest sample values so far */
-        int kept = 0;
-        for (int i = 0; i < SAMPLE; i++) {
-            float x = vals[i * stride];
-            if (kept == want + 1 && x <= top[kept - 1]) continue;
-            int j = kept < want + 1 ? kept++ : kept - 1;
-            while (j > 0 && top[j - 1] < x) {
-                top[j] = top[j - 1];
+enum { SAMPLE = 1024 };
+#define MAX_SAMPLE_THREADS 16
+
+/* Threads of the last forward pass (pl_set_sample_threads). Only a speed hint: any
+ * count gives the same result. */
+static int sample_threads = 1;
+
+void pl_set_sample_threads(int n_threads) { sample_threads = n_threads > 0 ? n_threads : 1; }
+
+/* One thread's part of the pass over the logits (pl_sample). */
+typedef struct {
+    int a, m;              /* its range starts at a; m candidates found, at cand[a..a+m) */
+    float max;             /* the largest logit in the range, first met in the chunk at best_chunk */
+    int best_chunk, nan;
+    int kept;              /* top[0..kept): the range's largest sampled logits, decreasing */
+    float top[SAMPLE];
+} scan_part;
+
+/* The largest want+1 of the sampled logits (every (n / SAMPLE)-th) that lie in [a, b). */
+static void sample_top(const float *vals, int n, int a, int b, int want, scan_part *r) {
+    const int stride = n / SAMPLE;
+    float *top = r->top;
+    int kept = 0;
+    for (int i = (a + stride - 1) / stride; i < SAMPLE && i * stride < b; i++) {
+        float x = vals[i * stride];
+        if (kept == want + 1 && x <= top[kept - 1]) continue;
+        int j = kept < want + 1 ? kept++ : kept - 1;
+        while (j > 0 && top[j - 1] < x) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j] = x;
+    }
+    r->kept = kept;
+}
+
+/* The (want+1)-th largest sampled logit of all parts: about 4k + 64 logits reach it.
+ * +inf (no shortcut) if it is NaN. */
+static float merge_threshold(const scan_part *part, int n_parts, int want) {
+    int at[MAX_SAMPLE_THREADS] = {0};
+    float x = INFINITY;
+    for (int taken = 0; taken < want + 1; taken++) {
+        int best = -1;
+        for (int t = 0; t < n_parts; t++)
+            if (at[t] < part[t].kept && (best < 0 || part[t].top[at[t]] > part[best].top[at[best]])) best = t;
+        if (best < 0) break;
+        x = part[best].top[at[best]++];
+    }
+    return x == x ? x : INFINITY;
+}
+
+/*
+ * Over vals[a, b): the maximum by chunks, each a vectorizable pass (a running argmax
+ * is one long dependency chain), remembering the first chunk that holds it; and,
+ * while a chunk is in L1, the ids at or above the threshold into cand[a..]: 16
+ * logits are tested at once and only a group with a hit (~1 in 200) is gone through
+ * one by one.
+ */
+static void scan(const float *v, int a, int b, float threshold, int32_t *cand, scan_part *r) {
+    enum { CHUNK = 1024, GROUP = 16 };
+    float vmax = -INFINITY;
+    int nan = 0, best_chunk = a, m = 0;
+    int32_t *out = cand + a;
+    for (int c0 = a; c0 < b; c0 += CHUNK) {
+        const int c1 = b - c0 < CHUNK ? b : c0 + CHUNK;
+        float cmax = -INFINITY;
+#pragma omp simd reduction(max : cmax) reduction(| : nan)
+        for (int i = c0; i < c1; i++) {
+            cmax = v[i] > cmax ? v[i] : cmax;
+            nan |= v[i] != v[i];
+        }
+        if (cmax > vmax) {
+            vmax = cmax;
+            best_chunk = c0;
+        }
+        if (cmax < threshold) continue; /* also skips every chunk when there is no threshold */
+        for (int g = c0; g < c1; g += GROUP) {
+            const int g1 = c1 - g < GROUP ? c1 : g + GROUP;
+            int hit = 0;
+#pragma omp simd reduction(| : hit)
+            for (int i = g; i < g1; i++) hit |= v[i] >= threshold;
+            if (!hit) continue;
+            for (int i = g; i < g1; i++) {
+                out[m] = i;
+                m += v[i] >= threshold; /* branch-free compaction */
+            }
+        }
+    }
+    r->a = a;
+    r->m = m;
+    r->max = vmax;
+    r->best_chunk = best_chunk;
+    r->nan = nan;
+}
+
+/* The k highest logits, sorted, into ids; ids[0..m) already holds the m ids whose
+ * logits reach the sampled threshold (m < k: the guess failed, or there was none). */
+static int top_k_sorted(int32_t *ids, int m, int n, const float *vals, float vmax, int k) {
+    if (m >= k) {
+        /* the k best of the m survivors by insertion into a sorted run (qsort's
+         * comparator calls cost more than the rest of the draw) */
+        int len = 0;
+        for (int i = 0; i < m; i++) {
+            const int32_t id = ids[i];
+            const float x = vals[id];
+            if (len == k && !(x > vals[ids[len - 1]])) continue; /* ties keep the lower id: it came first */
+            int j = len < k ? len++ : len - 1;
+            while (j > 0 && vals[ids[j - 1]] < x) {
+                ids[j] = ids[j - 1];
                 j--;
             }
-            top[j] = x;
+            ids[j] = id;
         }
-        const float threshold = top[kept - 1];
-        int m = 0;
-        for (int i = 0; i < n; i++) {
-            ids[m] = i;
-            m += vals[i] >= threshold; /* branch-free compaction */
-        }
-        if (m >= k) {
-            /* the k best of the m survivors by insertion into a sorted run (qsort's
-             * comparator calls cost more than the rest of the draw) */
-            int len = 0;
-            for (int i = 0; i < m; i++) {
-                const int32_t id = ids[i];
-                const float x = vals[id];
-                if (len == k && !(x > vals[ids[len - 1]])) continue; /* ties keep the lower id: it came first */
-                int j = len < k ? len++ : len - 1;
-                while (j > 0 && vals[ids[j - 1]] < x) {
-                    ids[j] = ids[j - 1];
-                    j--;
-                }
-                ids[j] = id;
-            }
-            return k;
-        }
+        return k;
     }
     for (int i = 0; i < n; i++) ids[i] = i;
     return top_prefix(ids, n, vals, vmax, 0.0, (double)k);
@@ -157,35 +234,60 @@ static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const in
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
               const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
               float *work, int32_t *cand, double *probs, int *n_cand) {
-    const float *v = logits; /* copied only when something changes them */
     const int penalize = n_recent > 0 && (s->repeat_penalty != 1.0f || s->frequency_penalty != 0.0f ||
                                           s->presence_penalty != 0.0f);
-    if (n_bias > 0 || penalize) {
-        memcpy(work, logits, (size_t)n_vocab * sizeof(float));
-        for (int i = 0; i < n_bias; i++)
-            if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) work[bias_ids[i]] += bias_vals[i];
-        if (penalize) apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand is free until top-k */
-        v = work;
-    }
+    const int modify = n_bias > 0 || penalize;
+    const float *v = modify ? work : logits; /* copied only when something changes them */
+    const int top_k = s->temperature > 0.0f && s->top_k > 0 && s->top_k < n_vocab;
+    /* top-k's shortcut: the (want+1)-th largest of SAMPLE strided logits lets ~4k+64 through */
+    const int shortcut = top_k && n_vocab > 8 * SAMPLE && s->top_k < n_vocab / 16;
+    const int want = shortcut ? (int)(((long)s->top_k * 4 + 64) * SAMPLE / n_vocab) + 1 : 0;
 
-    /* the maximum by chunks, each a vectorizable pass (a running argmax is one long
-     * dependency chain); then the first index of the maximum is searched for in the
-     * first chunk that holds it, not from the start of the vocabulary */
-    enum { CHUNK = 1024 };
+    /*
+     * The passes over the whole vocabulary are split over the threads of the last
+     * forward pass the way its output layer split the rows: each thread then reads
+     * the logits it wrote, from its own cache (one thread reading them all, half from
+     * the other core's cache, took ~25 us per token for the maximum alone).
+     */
+    int nth = sample_threads < MAX_SAMPLE_THREADS ? sample_threads : MAX_SAMPLE_THREADS;
+    if (nth < 1 || n_vocab < 16384) nth = 1;
+    scan_part part[MAX_SAMPLE_THREADS];
+    float threshold = INFINITY;
+    int team = 1;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        const int t = omp_get_thread_num();
+        int a, b;
+        pl_thread_share(n_vocab, &a, &b);
+        if (t == 0) team = omp_get_num_threads();
+        if (modify) {
+            memcpy(work + a, logits + a, (size_t)(b - a) * sizeof(float));
+#pragma omp barrier
+#pragma omp single
+            {
+                for (int i = 0; i < n_bias; i++)
+                    if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) work[bias_ids[i]] += bias_vals[i];
+                if (penalize) apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand: scratch */
+            }
+        }
+        if (shortcut) {
+            sample_top(v, n_vocab, a, b, want, &part[t]);
+#pragma omp barrier
+#pragma omp single
+            threshold = merge_threshold(part, omp_get_num_threads(), want);
+        }
+        scan(v, a, b, threshold, cand, &part[t]);
+    }
     float vmax = -INFINITY;
-    int nan = 0, best_chunk = 0;
-    for (int c0 = 0; c0 < n_vocab; c0 += CHUNK) {
-        const int c1 = n_vocab - c0 < CHUNK ? n_vocab : c0 + CHUNK;
-        float cmax = -INFINITY;
-#pragma omp simd reduction(max : cmax) reduction(| : nan)
-        for (int i = c0; i < c1; i++) {
-            cmax = v[i] > cmax ? v[i] : cmax;
-            nan |= v[i] != v[i];
+    int nan = 0, best_chunk = 0, m = 0;
+    for (int t = 0; t < team; t++) { /* in range order: candidates stay in increasing id order */
+        nan |= part[t].nan;
+        if (part[t].max > vmax) {
+            vmax = part[t].max;
+            best_chunk = part[t].best_chunk;
         }
-        if (cmax > vmax) {
-            vmax = cmax;
-            best_chunk = c0;
-        }
+        if (part[t].m && part[t].a != m) memmove(cand + m, cand + part[t].a, (size_t)part[t].m * sizeof(int32_t));
+        m += part[t].m;
     }
     if (nan) {
         pl_set_error("the logits contain NaN (the model produced invalid numbers)");
@@ -205,8 +307,8 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
     }
 
     int n = n_vocab, sorted = 0;
-    if (s->top_k > 0 && s->top_k < n) {
-        n = top_k_sorted(cand, n, v, vmax, s->top_k);
+    if (top_k) {
+        n = top_k_sorted(cand, m, n, v, vmax, s->top_k);
         sorted = 1;
     } else {
         for (int i = 0; i < n; i++) cand[i] = i;

@@ -40,9 +40,20 @@ def logits_kinds(n):
     yield "flat", np.zeros(n, dtype=np.float32)
 
 
+@pytest.fixture(params=[1, 2, 3], ids=lambda t: f"{t}thr")
+def sample_threads(request):
+    """pl_sample splits its passes over the vocabulary across this many threads (the
+    forward pass's count in real use); every count must give the same answer."""
+    from pyllama._core import lib
+
+    lib.pl_set_sample_threads(request.param)
+    yield request.param
+    lib.pl_set_sample_threads(1)
+
+
 @pytest.mark.parametrize("n", [300, 49152])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_c_distribution_equals_numpy(case, n):
+def test_c_distribution_equals_numpy(case, n, sample_threads):
     params = SamplingParams(**CASES[case])
     history = list(np.random.default_rng(case).integers(0, n, 80))
     for kind, logits in logits_kinds(n):
@@ -75,7 +86,7 @@ def test_c_draws_follow_the_distribution():
     assert chi2 < 30, (chi2, counts, expected)  # 7 degrees of freedom: p < 1e-4 to fail by chance
 
 
-def test_c_sampler_is_reproducible_and_seed_dependent():
+def test_c_sampler_is_reproducible_and_seed_dependent(sample_threads):
     logits = (np.random.default_rng(3).normal(size=5000) * 2).astype(np.float32)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
 
@@ -87,11 +98,13 @@ def test_c_sampler_is_reproducible_and_seed_dependent():
     assert run(42) != run(43)
 
 
-def test_nan_logits_are_an_error():
-    logits = np.zeros(100, dtype=np.float32)
-    logits[3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        Sampler(SamplingParams(temperature=0.8), np.random.default_rng(0)).sample(logits)
+@pytest.mark.parametrize("n,at", [(100, 3), (49152, 3), (49152, 40000)])  # 40000: the second thread's part
+def test_nan_logits_are_an_error(sample_threads, n, at):
+    logits = np.zeros(n, dtype=np.float32)
+    logits[at] = np.nan
+    for temperature in (0.8, 0.0):
+        with pytest.raises(ValueError, match="NaN"):
+            Sampler(SamplingParams(temperature=temperature), np.random.default_rng(0)).sample(logits)
 
 
 def test_typical_sampling_falls_back_to_numpy():
