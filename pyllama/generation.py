@@ -232,15 +232,19 @@ class GenerationMixin:
         self._eval_tokens(pending, n_keep)
         timings["prompt_s"] = time.perf_counter() - t0
 
+        now, sample, ev = time.perf_counter, sampler.sample, self.eval
         while True:
-            t0 = time.perf_counter()
-            token = sampler.sample(self.logits, history)
-            timings["sample_s"] += time.perf_counter() - t0
+            t0 = now()
+            token = sample(self.logits, history)
+            timings["sample_s"] += now() - t0
             history.append(token)
             yield token
-            t0 = time.perf_counter()
-            self._eval_tokens([token], n_keep)
-            timings["gen_s"] += time.perf_counter() - t0
+            t0 = now()
+            if self.n_tokens < n_ctx:
+                ev([token])
+            else:  # full: shift the context first
+                self._eval_tokens([token], n_keep)
+            timings["gen_s"] += now() - t0
             timings["gen_tokens"] += 1
 
     # -- completions -------------------------------------------------------------------

@@ -183,6 +183,8 @@ class Llama(GenerationMixin):
         self.n_tokens = 0
         self.input_ids: list[int] = []
         self._logits = np.zeros(self._n_vocab, dtype=np.float32)
+        self._logits_p = ffi.from_buffer("float[]", self._logits)  # for the one-token path of eval()
+        self._one_id = ffi.new("int32_t[1]")
         self.eval_logits: Optional[np.ndarray] = None
         lib.pl_release_free_heap()  # the tokenizer's temporaries: 2-4 MiB less resident (bench/RESULTS.md E)
         if verbose:
@@ -286,7 +288,16 @@ class Llama(GenerationMixin):
         ``logits_all=True``, ``eval_logits`` holds one row per token.
         """
         self._live()
-        if type(tokens) is list and len(tokens) <= 8:  # decode: plain checks cost less than numpy's
+        if type(tokens) is list and len(tokens) == 1 and not logits_all:  # decode, from generate()
+            t = tokens[0]
+            if type(t) is int and 0 <= t < self._n_vocab and self.n_tokens < self._n_ctx:
+                self._one_id[0] = t
+                if lib.pl_eval(self._ctx, self._one_id, 1, self.n_tokens, self._logits_p, 0) != 0:
+                    raise PyllamaError(_error("evaluation failed"))
+                self.input_ids.append(t)
+                self.n_tokens += 1
+                return
+        if type(tokens) is list and len(tokens) <= 8:  # plain checks cost less than numpy's
             for t in tokens:
                 if type(t) is not int or not 0 <= t < self._n_vocab:
                     break

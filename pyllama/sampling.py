@@ -251,6 +251,19 @@ def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParam
     return ids, probs
 
 
+_CORE: tuple = ()
+
+
+def _core():
+    """(ffi, lib) of the C core, imported on first use (this module also serves without it)."""
+    global _CORE
+    if not _CORE:
+        from ._core import ffi, lib
+
+        _CORE = (ffi, lib)
+    return _CORE
+
+
 class Sampler:
     """Draws token ids with a given :class:`SamplingParams` and numpy Generator.
 
@@ -319,8 +332,7 @@ class Sampler:
         return c
 
     def _c_sample(self, logits, history, draw: bool):
-        from ._core import ffi, lib
-
+        ffi, lib = _core()
         c = self._c
         if c is not None and logits is c["logits"]:  # decode: the same array every step
             x, n, x_p = logits, c["n"], c["logits_p"]
@@ -337,11 +349,19 @@ class Sampler:
         if c["penalize"] and len(history):
             last_n = self.params.penalty_last_n
             window = history if last_n < 0 else history[-last_n:]
-            recent_arr = np.ascontiguousarray(window, dtype=np.int32)
-            recent, n_recent = ffi.from_buffer("int32_t[]", recent_arr), len(recent_arr)
-        token = lib.pl_sample(x_p, n, c["params"], recent, n_recent,
-                              c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]),
-                              c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
+            if type(window) is not list or len(window) > 4096:
+                window = np.ascontiguousarray(window, dtype=np.int32)
+                recent = ffi.from_buffer("int32_t[]", window)
+            else:  # cffi converts a short list of ints itself, faster than through numpy
+                recent = window
+            n_recent = len(window)
+        args = (c["params"], recent, n_recent, c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]),
+                c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
+        try:
+            token = lib.pl_sample(x_p, n, *args)
+        except OverflowError:  # a history id beyond int32 (the C side ignores ids outside the vocabulary)
+            window = np.clip(np.asarray(window, dtype=np.int64), -1, 2**31 - 1).astype(np.int32)
+            token = lib.pl_sample(x_p, n, args[0], ffi.from_buffer("int32_t[]", window), n_recent, *args[3:])
         if token < 0:
             raise ValueError(ffi.string(lib.pl_last_error()).decode())
         if draw:
