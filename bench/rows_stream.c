@@ -47,7 +47,7 @@ static uint64_t read_range(const unsigned char *p, size_t a, size_t b) {
 int main(int argc, char **argv) {
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "avx512") ? pl_kernels_avx512() : &pl_kernels_avx2;
     const int n = argc > 2 ? atoi(argv[2]) : 576, burst = argc > 3 ? atoi(argv[3]) : 1536;
-    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_1, PL_TYPE_Q8_0, PL_TYPE_F16};
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0, PL_TYPE_F16};
     const size_t total = (size_t)96 << 20;
     float *x = malloc((size_t)n * sizeof(float));
     for (int i = 0; i < n; i++) x[i] = (float)(i % 13) * 0.1f - 0.6f;
@@ -71,6 +71,11 @@ int main(int argc, char **argv) {
                     const uint16_t h = 0x2000;
                     memcpy(w + r * rb + b * (rb / (n / QK)), &h, 2);
                 }
+        if (q4_repacked(type)) { /* the same rows, regrouped as the loader does (quants.h) */
+            void *tmp = malloc(rb);
+            for (size_t r = 0; r < (size_t)rows; r++) q4_repack_row(q4_base(type), w + r * rb, n / QK, tmp);
+            free(tmp);
+        }
         float *y = malloc((size_t)rows * sizeof(float));
         const void *act = type == PL_TYPE_F16 ? (const void *)x : (const void *)a;
         double best = 1e9;

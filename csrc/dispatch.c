@@ -111,7 +111,7 @@ int pl_set_isa(int isa) {
 }
 
 int pl_type_uses_q8x(int type) {
-    return type == PL_TYPE_Q8_0 || type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1;
+    return type == PL_TYPE_Q8_0 || type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1 || q4_repacked(type);
 }
 
 static size_t act_stride(int type, int cols) {

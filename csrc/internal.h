@@ -12,7 +12,8 @@
 void pl_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void pl_clear_error(void);
 
-/* ---- a read-only memory map of a whole file (util.c) ---- */
+/* ---- a memory map of a whole file (util.c): private, read-only but for the ranges a
+ * loader makes writable to rewrite in place (pl_map_writable); the file never changes ---- */
 typedef struct {
     const uint8_t *data;
     uint64_t size;
@@ -23,6 +24,9 @@ void pl_unmap_file(pl_mapping *m);
 /* Drop the mapped pages wholly inside [begin, end) from the resident set (they are read
  * back from the page cache if touched again). */
 void pl_release_pages(const pl_mapping *m, uint64_t begin, uint64_t end);
+/* Make [p, p + n) of the mapping writable (writable != 0) or read-only again; 0 on success. The
+ * pages written become this process's own copies (copy-on-write); the file is untouched. */
+int pl_map_writable(const pl_mapping *m, const void *p, uint64_t n, int writable);
 
 /* bytes needed for n elements of a type, or -1 when n is not a whole number of blocks */
 int64_t pl_type_nbytes(int type, int64_t n);

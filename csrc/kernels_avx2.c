@@ -313,6 +313,55 @@ AVX2_INLINE void q4pair_block(int type, const char *wp, const q4pair *ap, __m256
     *acc = _mm256_fmadd_ps(pf, sc8, *acc);
 }
 
+/*
+ * The repacked types (Q4_0R, Q4_1R, quants.h) with the same arithmetic: the nibbles of
+ * blocks 2j and 2j+1 are one 32-byte load, their two scales (and Q4_1R's two minimums)
+ * one 4-byte load each.
+ */
+AVX2_INLINE void q4rpair_block(int type, const uint8_t *row, int nb, int j, const q4pair *ap, __m256 *acc,
+                               __m128 *off) {
+    const int q41 = type == PL_TYPE_Q4_1R;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i x = _mm256_loadu_si256((const __m256i *)(row + (size_t)(q41 ? 4 : 2) * nb + 32 * (size_t)j));
+    __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ap->lo), _mm256_maddubs_epi16(wh, ap->hi));
+    if (!q41) s16 = _mm256_sub_epi16(s16, ap->c);
+    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    int32_t d01;
+    memcpy(&d01, row + 4 * (size_t)j, 4);
+    __m128 sc;
+    __m256i idx;
+    if (!q41) {
+        sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d01)), ap->ds); /* d0*da0, d1*da1, 0, 0 */
+        idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    } else {
+        int32_t m01;
+        memcpy(&m01, row + 2 * (size_t)nb + 4 * (size_t)j, 4);
+        const __m128i dm = _mm_unpacklo_epi16(_mm_cvtsi32_si128(d01), _mm_cvtsi32_si128(m01)); /* d0 m0 d1 m1 */
+        sc = _mm_mul_ps(_mm_cvtph_ps(dm), ap->ds); /* d0*da0, m0*s0, d1*da1, m1*s1 */
+        *off = _mm_add_ps(*off, sc);
+        idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    }
+    *acc = _mm256_fmadd_ps(pf, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx), *acc);
+}
+
+/* block b alone (a row's odd last block) of a repacked row */
+AVX2_INLINE void q4rblock(int type, const void *row, int b, int nb, const block_q8x *ab, __m256 *acc, __m128 *off) {
+    const q4_block k = q4_block_at(type, row, b, nb);
+    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
+    if (type == PL_TYPE_Q4_0R) {
+        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
+        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(k.qs), av), c16);
+        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(half(*k.d) * ab->d), *acc);
+    } else {
+        __m256 p = dot_u8s8(q4_unpack(k.qs), av);
+        const float dd = half(*k.d) * ab->d, ms = half(*k.m) * ab->s;
+        *off = _mm_add_ps(*off, _mm_setr_ps(0.0f, ms, 0.0f, 0.0f));
+        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), *acc);
+    }
+}
+
 #ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 64
 #endif
@@ -325,11 +374,36 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
     if (np > 256) {
         ap = aligned_alloc(32, sizeof(q4pair) * (size_t)np);
         if (!ap) { /* fall back to one block at a time */
-            for (int r = r0; r < r1; r++) qrow(type, ROW(w, rb, r), a, y + r, n);
+            if (q4_repacked(type)) pl_kernels_scalar.rows[type](w, rb, a, y, r0, r1, n);
+            else
+                for (int r = r0; r < r1; r++) qrow(type, ROW(w, rb, r), a, y + r, n);
             return;
         }
     }
-    q4pair_prep(type, a, ap, np);
+    q4pair_prep(q4_base(type), a, ap, np);
+    if (q4_repacked(type)) {
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *wr = ROW(w, rb, r);
+            prefetch_ahead(wr, rb, ROW(w, rb, r1));
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+            int j = 0;
+            for (; j + 2 <= np; j += 2) {
+                q4rpair_block(type, wr, nb, j, ap + j, &acc0, &off0);
+                q4rpair_block(type, wr, nb, j + 1, ap + j + 1, &acc1, &off1);
+            }
+            if (j < np) q4rpair_block(type, wr, nb, j, ap + j, &acc0, &off0);
+            if (nb & 1) q4rblock(type, wr, nb - 1, nb, a + nb - 1, &acc1, &off1);
+            float s = hsum8(_mm256_add_ps(acc0, acc1));
+            if (type == PL_TYPE_Q4_1R) {
+                __m128 o = _mm_add_ps(off0, off1);
+                s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(o, o, 3));
+            }
+            y[r] = s;
+        }
+        if (ap != stackbuf) free(ap);
+        return;
+    }
     for (int r = r0; r < r1; r++) {
         const char *wr = ROW(w, rb, r);
         prefetch_ahead(wr, rb, ROW(w, rb, r1));
@@ -369,6 +443,8 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
 QROWS(q8_0, PL_TYPE_Q8_0)
 QROWS(q4_0, PL_TYPE_Q4_0)
 QROWS(q4_1, PL_TYPE_Q4_1)
+QROWS(q4_0r, PL_TYPE_Q4_0R)
+QROWS(q4_1r, PL_TYPE_Q4_1R)
 
 /* --------------------------------------------------- quantized weights: tile */
 
@@ -388,7 +464,7 @@ typedef struct {
 #define PANEL 8
 #define TOK 4 /* tokens per pass over a packed chunk */
 
-AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, pack8 *pk) {
+AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, int nbr, pack8 *pk) {
     for (int b = 0; b < nb; b++) {
         __m256i v[8];
         float d[8], o[8];
@@ -399,6 +475,11 @@ AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, in
                 v[i] = _mm256_loadu_si256((const __m256i *)wb->qs);
                 d[i] = half(wb->d);
                 o[i] = 0.0f;
+            } else if (q4_repacked(type)) { /* nbr: blocks per row, which places a repacked row's parts */
+                const q4_block k = q4_block_at(type, row, b0 + b, nbr);
+                v[i] = q4_unpack(k.qs);
+                d[i] = half(*k.d);
+                o[i] = k.m ? half(*k.m) : 0.0f;
             } else if (type == PL_TYPE_Q4_0) {
                 const block_q4_0 *wb = (const block_q4_0 *)row + b0 + b;
                 v[i] = q4_unpack(wb->qs);
@@ -460,9 +541,10 @@ AVX2_INLINE void qpanel(int type, int T, const pack8 *pk, int nb, const block_q8
     }
 }
 
-AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, const void *act, size_t as,
+AVX2_INLINE void qtile(int wtype, pl_rows_fn rows, const void *w, size_t rb, const void *act, size_t as,
                        float *y, size_t ys, int r0, int r1, int nt, int n) {
     const int nbt = n / QK;
+    const int type = q4_base(wtype); /* the arithmetic; wtype says where pack_rows finds the blocks */
     int r = r0;
     int32_t *sq8 = NULL;
     if (nt >= 4 && r1 - r0 >= PANEL && type == PL_TYPE_Q4_0) {
@@ -487,7 +569,7 @@ AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, cons
         for (; r + PANEL <= r1; r += PANEL) {
             for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
                 int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
-                pack_rows(type, w, rb, r, b0, nb, pk);
+                pack_rows(wtype, w, rb, r, b0, nb, nbt, pk);
                 for (int t = 0; t < nt; t += TOK) {
                     int T = nt - t >= TOK ? TOK : nt - t;
                     const block_q8x *a[TOK];
@@ -523,6 +605,8 @@ AVX2_INLINE void qtile(int type, pl_rows_fn rows, const void *w, size_t rb, cons
 QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
+QTILE(q4_0r, PL_TYPE_Q4_0R)
+QTILE(q4_1r, PL_TYPE_Q4_1R)
 
 /* ---------------------------------------------------------------- attention */
 
@@ -690,10 +774,12 @@ const pl_kernel_set pl_kernels_avx2 = {
     .rows = {
         [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
         [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
+        [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
     },
     .tile = {
         [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
+        [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
     },
     .attend = pl_attend_avx2,
     .silu_mul = silu_mul,

@@ -70,14 +70,38 @@ INLINE float half(uint16_t h) {
     return (float)f;
 }
 
-/* the 32 values of a weight block as signed bytes: lo = values 0..15, hi = 16..31 */
-INLINE void unpack(int type, const void *blk, int8x16_t *lo, int8x16_t *hi) {
+/* Where block b of a quantized row (nb blocks) keeps its values, scale and (Q4_1) minimum:
+ * GGUF's interleaved blocks, or a repacked Q4 row (quants.h). */
+typedef struct {
+    const void *qs;
+    const pl_fp16 *d, *m;
+} wblock;
+
+INLINE wblock wblock_at(int type, const void *row, int b, int nb) {
+    wblock k;
     if (type == PL_TYPE_Q8_0) {
-        const block_q8_0 *b = blk;
-        *lo = vld1q_s8(b->qs);
-        *hi = vld1q_s8(b->qs + 16);
+        const block_q8_0 *q = (const block_q8_0 *)row + b;
+        k.qs = q->qs;
+        k.d = &q->d;
+        k.m = NULL;
     } else {
-        const uint8_t *qs = type == PL_TYPE_Q4_0 ? ((const block_q4_0 *)blk)->qs : ((const block_q4_1 *)blk)->qs;
+        const q4_block q = q4_block_at(type, row, b, nb);
+        k.qs = q.qs;
+        k.d = q.d;
+        k.m = q.m;
+    }
+    return k;
+}
+
+/* the 32 values of a weight block (its qs) as signed bytes: lo = values 0..15, hi = 16..31;
+ * type: Q8_0, Q4_0 or Q4_1 (a repacked type's base) */
+INLINE void unpack(int type, const void *qsp, int8x16_t *lo, int8x16_t *hi) {
+    if (type == PL_TYPE_Q8_0) {
+        const int8_t *qs = qsp;
+        *lo = vld1q_s8(qs);
+        *hi = vld1q_s8(qs + 16);
+    } else {
+        const uint8_t *qs = qsp;
         uint8x16_t v = vld1q_u8(qs);
         int8x16_t l = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
         int8x16_t h = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
@@ -90,13 +114,6 @@ INLINE void unpack(int type, const void *blk, int8x16_t *lo, int8x16_t *hi) {
     }
 }
 
-INLINE size_t block_bytes(int type) {
-    return type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
-}
-
-/* scale d and (Q4_1) min m of a weight block */
-INLINE float wscale(const void *blk) { return half(*(const uint16_t *)blk); } /* d leads every block */
-INLINE float wmin(const void *blk) { return half(((const block_q4_1 *)blk)->m); }
 
 /* 32 int8 products as 4 int32 lanes, without SDOT (products fit int16: |w| <= 128, |a| <= 127) */
 INLINE int32x4_t dot32_plain(int8x16_t w0, int8x16_t a0, int8x16_t w1, int8x16_t a1) {
@@ -216,16 +233,16 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
         acc[i] = vdupq_n_f32(0.0f);                                                               \
         off[i] = 0.0f;                                                                            \
     }                                                                                             \
-    const size_t bb = block_bytes(type);                                                          \
-    for (int b = 0; b < n / QK; b++) {                                                            \
+    const int nb = n / QK, base = q4_base(type);                                                  \
+    for (int b = 0; b < nb; b++) {                                                                \
         const int8x16_t a0 = vld1q_s8(a[b].qs), a1 = vld1q_s8(a[b].qs + 16);                      \
         for (int i = 0; i < R; i++) {                                                             \
-            const char *blk = (const char *)ROW(w, rb, r + i) + b * bb;                           \
+            const wblock k = wblock_at(type, ROW(w, rb, r + i), b, nb);                           \
             int8x16_t w0, w1;                                                                     \
-            unpack(type, blk, &w0, &w1);                                                          \
+            unpack(base, k.qs, &w0, &w1);                                                         \
             int32x4_t p = DOT(w0, a0, w1, a1);                                                    \
-            acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), wscale(blk) * a[b].d);           \
-            if (type == PL_TYPE_Q4_1) off[i] += wmin(blk) * a[b].s;                                \
+            acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), half(*k.d) * a[b].d);                  \
+            if (base == PL_TYPE_Q4_1) off[i] += half(*k.m) * a[b].s;                              \
         }                                                                                         \
     }                                                                                             \
     for (int i = 0; i < R; i++) y[r + i] = vaddvq_f32(acc[i]) + off[i];
@@ -264,6 +281,8 @@ DOTPROD INLINE void qrows_sdot(int type, int R, const void *w, size_t rb, const 
 QROWS(q8_0, PL_TYPE_Q8_0)
 QROWS(q4_0, PL_TYPE_Q4_0)
 QROWS(q4_1, PL_TYPE_Q4_1)
+QROWS(q4_0r, PL_TYPE_Q4_0R)
+QROWS(q4_1r, PL_TYPE_Q4_1R)
 
 /* --------------------------------------------------- quantized weights: tile */
 
@@ -276,19 +295,20 @@ typedef struct {
 #define KCHUNK 32 /* 4 rows x 32 blocks = 5 KB of packed weights */
 #define PANEL 4
 
-INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, pack4 *pk) {
-    const size_t bb = block_bytes(type);
+/* nbr: blocks per row (where a repacked row keeps its parts) */
+INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, int nb, int nbr, pack4 *pk) {
+    const int base = q4_base(type);
     for (int b = 0; b < nb; b++) {
         int8_t v[4][QK];
         float d[4], m[4];
         for (int i = 0; i < 4; i++) {
-            const char *blk = (const char *)ROW(w, rb, r + i) + (size_t)(b0 + b) * bb;
+            const wblock k = wblock_at(type, ROW(w, rb, r + i), b0 + b, nbr);
             int8x16_t lo, hi;
-            unpack(type, blk, &lo, &hi);
+            unpack(base, k.qs, &lo, &hi);
             vst1q_s8(v[i], lo);
             vst1q_s8(v[i] + 16, hi);
-            d[i] = wscale(blk);
-            m[i] = type == PL_TYPE_Q4_1 ? wmin(blk) : 0.0f;
+            d[i] = half(*k.d);
+            m[i] = base == PL_TYPE_Q4_1 ? half(*k.m) : 0.0f;
         }
         for (int g = 0; g < 8; g++) {
             int8_t t[16];
@@ -324,14 +344,14 @@ DOTPROD INLINE void qpanel(int type, int T, const pack4 *pk, int nb, const block
 
 DOTPROD INLINE void qtile_sdot(int type, pl_rows_fn rows, const void *w, size_t rb, const void *act, size_t as,
                                float *y, size_t ys, int r0, int r1, int nt, int n) {
-    const int nbt = n / QK;
+    const int nbt = n / QK, base = q4_base(type); /* base: the arithmetic; type: where blocks are */
     int r = r0;
     if (nt >= 4) {
         pack4 pk[KCHUNK];
         for (; r + PANEL <= r1; r += PANEL) {
             for (int b0 = 0; b0 < nbt; b0 += KCHUNK) {
                 int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
-                pack_rows(type, w, rb, r, b0, nb, pk);
+                pack_rows(type, w, rb, r, b0, nb, nbt, pk);
                 for (int t = 0; t < nt; t += 4) {
                     int T = nt - t < 4 ? nt - t : 4;
                     const block_q8x *a[4];
@@ -341,10 +361,10 @@ DOTPROD INLINE void qtile_sdot(int type, pl_rows_fn rows, const void *w, size_t 
                         acc[j] = b0 ? vld1q_f32(y + (t + j) * ys + r) : vdupq_n_f32(0.0f);
                     }
                     switch (T) {
-                    case 4: qpanel(type, 4, pk, nb, a, acc); break;
-                    case 3: qpanel(type, 3, pk, nb, a, acc); break;
-                    case 2: qpanel(type, 2, pk, nb, a, acc); break;
-                    default: qpanel(type, 1, pk, nb, a, acc); break;
+                    case 4: qpanel(base, 4, pk, nb, a, acc); break;
+                    case 3: qpanel(base, 3, pk, nb, a, acc); break;
+                    case 2: qpanel(base, 2, pk, nb, a, acc); break;
+                    default: qpanel(base, 1, pk, nb, a, acc); break;
                     }
                     for (int j = 0; j < T; j++) vst1q_f32(y + (t + j) * ys + r, acc[j]);
                 }
@@ -377,6 +397,8 @@ DOTPROD INLINE void qtile_sdot(int type, pl_rows_fn rows, const void *w, size_t 
 QTILE(q8_0, PL_TYPE_Q8_0)
 QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
+QTILE(q4_0r, PL_TYPE_Q4_0R)
+QTILE(q4_1r, PL_TYPE_Q4_1R)
 
 /* ---------------------------------------------------------------- attention */
 
@@ -526,10 +548,12 @@ const pl_kernel_set pl_kernels_neon = {
     .rows = {
         [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
         [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
+        [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
     },
     .tile = {
         [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
+        [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
     },
     .attend = pl_attend_neon,
     .silu_mul = silu_mul,

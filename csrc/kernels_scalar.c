@@ -81,6 +81,25 @@ static float dot_q4_1(const block_q4_1 *w, const block_q8x *x, int n) {
     return sum;
 }
 
+/* Q4_0R / Q4_1R (quants.h): the same sums, each block found where the repacked row keeps it */
+static float dot_q4r(int type, const void *w, const block_q8x *x, int n) {
+    const int nb = n / QK;
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const q4_block k = q4_block_at(type, w, b, nb);
+        const int zero = k.m ? 0 : 8;
+        int sumi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += ((k.qs[j] & 0x0f) - zero) * x[b].qs[j];
+            sumi += ((k.qs[j] >> 4) - zero) * x[b].qs[j + QK / 2];
+        }
+        sum += fp16_to_f32(*k.d) * x[b].d * (float)sumi + (k.m ? fp16_to_f32(*k.m) * x[b].s : 0.0f);
+    }
+    return sum;
+}
+static float dot_q4_0r(const void *w, const block_q8x *x, int n) { return dot_q4r(PL_TYPE_Q4_0R, w, x, n); }
+static float dot_q4_1r(const void *w, const block_q8x *x, int n) { return dot_q4r(PL_TYPE_Q4_1R, w, x, n); }
+
 /* One rows() function per type: the loop over rows is the same, only the dot differs. */
 #define DEFINE_ROWS(NAME, WTYPE, ATYPE)                                                     \
     static void rows_##NAME(const void *w, size_t row_bytes, const void *act, float *y,   \
@@ -96,6 +115,8 @@ DEFINE_ROWS(bf16, pl_bf16, float)
 DEFINE_ROWS(q8_0, block_q8_0, block_q8x)
 DEFINE_ROWS(q4_0, block_q4_0, block_q8x)
 DEFINE_ROWS(q4_1, block_q4_1, block_q8x)
+DEFINE_ROWS(q4_0r, void, block_q8x)
+DEFINE_ROWS(q4_1r, void, block_q8x)
 
 /* element i of a KV cache row of type PL_TYPE_F32 or PL_TYPE_F16 */
 static float kv_at(int type, const void *row, size_t i) {
@@ -144,6 +165,8 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q8_0] = rows_q8_0,
         [PL_TYPE_Q4_0] = rows_q4_0,
         [PL_TYPE_Q4_1] = rows_q4_1,
+        [PL_TYPE_Q4_0R] = rows_q4_0r,
+        [PL_TYPE_Q4_1R] = rows_q4_1r,
     },
     .attend = attend,
     .silu_mul = silu_mul,

@@ -23,6 +23,9 @@
 #define PL_TYPE_Q4_1 3
 #define PL_TYPE_Q8_0 8
 #define PL_TYPE_BF16 30
+/* pyllama's own: Q4 weights repacked at load time (never in a file; see quants.h) */
+#define PL_TYPE_Q4_0R 31
+#define PL_TYPE_Q4_1R 32
 
 /* Instruction-set paths for the kernels; PL_ISA_AUTO picks the best one the CPU has. */
 #define PL_ISA_AUTO -1

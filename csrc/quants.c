@@ -34,6 +34,34 @@ static void dequantize_q4_1(const block_q4_1 *b, float *y, int64_t nb) {
     }
 }
 
+/* one row of a repacked type (n values) */
+static void dequantize_q4r(int type, const void *row, float *y, int64_t n) {
+    const int nb = (int)(n / QK);
+    for (int b = 0; b < nb; b++) {
+        const q4_block k = q4_block_at(type, row, b, nb);
+        const float d = fp16_to_f32(*k.d), m = k.m ? fp16_to_f32(*k.m) : 0.0f;
+        const int zero = k.m ? 0 : 8;
+        for (int j = 0; j < QK / 2; j++) {
+            y[b * QK + j] = d * ((k.qs[j] & 0x0f) - zero) + m;
+            y[b * QK + j + QK / 2] = d * ((k.qs[j] >> 4) - zero) + m;
+        }
+    }
+}
+
+void q4_repack_row(int type, void *row, int nb, void *tmp) {
+    const int q41 = type == PL_TYPE_Q4_1;
+    const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+    memcpy(tmp, row, bb * nb);
+    uint8_t *out = row;
+    const uint8_t *in = tmp;
+    for (int b = 0; b < nb; b++) {
+        memcpy(out + 2 * (size_t)b, in + bb * b, 2);                                          /* d */
+        if (q41) memcpy(out + 2 * ((size_t)nb + b), in + bb * b + 2, 2);                     /* m */
+        memcpy(out + (size_t)(q41 ? 4 : 2) * nb + 16 * (size_t)b, in + bb * b + (q41 ? 4 : 2), 16); /* nibbles */
+    }
+}
+
+/* n values of a type; a repacked type's layout is per row, so n must be one row there */
 void dequantize_row(int type, const void *src, float *dst, int64_t n) {
     switch (type) {
     case PL_TYPE_F32:
@@ -48,6 +76,8 @@ void dequantize_row(int type, const void *src, float *dst, int64_t n) {
     case PL_TYPE_Q8_0: dequantize_q8_0(src, dst, n / QK); break;
     case PL_TYPE_Q4_0: dequantize_q4_0(src, dst, n / QK); break;
     case PL_TYPE_Q4_1: dequantize_q4_1(src, dst, n / QK); break;
+    case PL_TYPE_Q4_0R:
+    case PL_TYPE_Q4_1R: dequantize_q4r(type, src, dst, n); break;
     }
 }
 

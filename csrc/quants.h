@@ -6,12 +6,20 @@
  * Q4_1:  32 values = fp16 scale d, fp16 min m, 16 bytes;   x = d * q + m
  * In the 4-bit formats byte j holds value j in its low nibble and value j+16
  * in its high nibble.
+ *
+ * Q4_0R, Q4_1R (pyllama's, made at load time from Q4_0 / Q4_1 matrices): the same
+ * bytes per row, regrouped: a row of nb blocks holds the nb scales d, then (Q4_1R)
+ * the nb minimums m, then the nb x 16 nibble bytes. In the GGUF layout a 2-byte scale
+ * interrupts every 16 bytes of nibbles; decode streams the regrouped rows 20-50%
+ * faster (bench/q4_layout_stream.c, bench/RESULTS.md section D).
  */
 #ifndef PL_QUANTS_H
 #define PL_QUANTS_H
 
 #include <stdint.h>
 #include <string.h>
+
+#include "pyllama.h"
 
 #define QK 32
 
@@ -85,6 +93,39 @@ static inline float bf16_to_f32(pl_bf16 h) {
     memcpy(&f, &bits, 4);
     return f;
 }
+
+/* The GGUF type a repacked type was made from (other types: themselves). */
+static inline int q4_base(int type) {
+    return type == PL_TYPE_Q4_0R ? PL_TYPE_Q4_0 : type == PL_TYPE_Q4_1R ? PL_TYPE_Q4_1 : type;
+}
+static inline int q4_repacked(int type) { return type == PL_TYPE_Q4_0R || type == PL_TYPE_Q4_1R; }
+
+/* Where block b of a Q4 row (nb blocks, either layout) keeps its scale, minimum (Q4_1) and nibbles. */
+typedef struct {
+    const pl_fp16 *d, *m;
+    const uint8_t *qs;
+} q4_block;
+
+static inline q4_block q4_block_at(int type, const void *row, int b, int nb) {
+    const uint8_t *r = (const uint8_t *)row;
+    q4_block k;
+    if (q4_repacked(type)) {
+        const int has_m = type == PL_TYPE_Q4_1R;
+        k.d = (const pl_fp16 *)(r + 2 * (size_t)b);
+        k.m = has_m ? (const pl_fp16 *)(r + 2 * ((size_t)nb + b)) : NULL;
+        k.qs = r + (size_t)(has_m ? 4 : 2) * nb + 16 * (size_t)b;
+    } else {
+        const int q41 = type == PL_TYPE_Q4_1;
+        const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+        k.d = (const pl_fp16 *)(r + bb * b);
+        k.m = q41 ? (const pl_fp16 *)(r + bb * b + 2) : NULL;
+        k.qs = r + bb * b + (q41 ? 4 : 2);
+    }
+    return k;
+}
+
+/* Regroup one Q4_0 / Q4_1 row of nb blocks into its repacked layout, in place (tmp: the row's size). */
+void q4_repack_row(int type, void *row, int nb, void *tmp);
 
 /* scalar dequantizers: the reference every other path is compared with */
 void dequantize_row(int type, const void *src, float *dst, int64_t n);

@@ -50,7 +50,8 @@ int pl_map_file(const char *path, pl_mapping *out) {
         close(fd);
         return -1;
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    /* private: a loader may rewrite weights in place (the repacked Q4 types), which copies only those pages */
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd); /* the mapping keeps the file alive */
     if (p == MAP_FAILED) {
         pl_set_error("cannot map %s: %s", path, strerror(errno));
@@ -67,6 +68,14 @@ void pl_release_pages(const pl_mapping *m, uint64_t begin, uint64_t end) {
     begin = (begin + page - 1) / page * page;
     end = end / page * page;
     if (end > begin) madvise((char *)m->data + begin, (size_t)(end - begin), MADV_DONTNEED);
+}
+
+int pl_map_writable(const pl_mapping *m, const void *p, uint64_t n, int writable) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = (uintptr_t)p / page * page, b = ((uintptr_t)p + n + page - 1) / page * page;
+    const uintptr_t lo = (uintptr_t)m->data, hi = lo + m->size;
+    if ((uintptr_t)p < lo || (uintptr_t)p + n > hi) return -1;
+    return mprotect((void *)a, b - a, writable ? PROT_READ | PROT_WRITE : PROT_READ);
 }
 
 void pl_unmap_file(pl_mapping *m) {
@@ -91,6 +100,8 @@ static const type_traits TYPES[] = {
     {PL_TYPE_Q8_0, "Q8_0", QK, sizeof(block_q8_0)},
     {PL_TYPE_Q4_0, "Q4_0", QK, sizeof(block_q4_0)},
     {PL_TYPE_Q4_1, "Q4_1", QK, sizeof(block_q4_1)},
+    {PL_TYPE_Q4_0R, "Q4_0R", QK, sizeof(block_q4_0)}, /* repacked at load, never in a file */
+    {PL_TYPE_Q4_1R, "Q4_1R", QK, sizeof(block_q4_1)},
 };
 #define N_TYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
 

@@ -361,10 +361,12 @@ class Llama(GenerationMixin):
     # ------------------------------------------------------------ tensors, cleanup
 
     def tensors(self) -> list[dict[str, Any]]:
-        """Name, type, shape and raw bytes (numpy uint8) of each tensor as the C core uses it.
+        """Name, type, shape and raw bytes (numpy uint8) of each tensor.
 
         Bytes that sit in the model file are a zero-copy view of a Python mmap of it, so
-        they stay valid after ``close()``; tensors a loader converted are copied.
+        they stay valid after ``close()``, in the file's own layout and type (also for the
+        Q4 matrices the C core regroups in its private copy at load); tensors a loader
+        converted (norm vectors to F32) are copied, with the type they were converted to.
         """
         import mmap
 

@@ -178,8 +178,10 @@ def test_n_ctx_zero_means_the_models_own(tiny_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_weights_stay_in_the_file_mapping(default_model_path):
-    """Loading maps the file: resident memory grows by far less than the file until weights are read."""
+@pytest.mark.parametrize("repack", ["0", "1"])
+def test_weights_stay_in_the_file_mapping(default_model_path, repack):
+    """Loading maps the file: resident memory grows by far less than the file until weights are
+    read, except for the Q4 matrices the loader repacks in place (PYLLAMA_REPACK=0: none)."""
     code = textwrap.dedent(
         f"""
         import os, sys
@@ -192,14 +194,25 @@ def test_weights_stay_in_the_file_mapping(default_model_path):
         m = lib.pl_load_gguf({os.fsencode(default_model_path)!r})
         assert m != ffi.NULL, ffi.string(lib.pl_last_error())
         after = rss()
-        print(after - before, lib.pl_model_file_size(m))
+        info = ffi.new("pl_tensor_info *")
+        q4 = 0
+        for i in range(lib.pl_model_n_tensors(m)):
+            lib.pl_model_tensor(m, i, info)
+            name = ffi.string(info.name).decode()
+            if info.type in (2, 3) and name.startswith("blk."):
+                q4 += info.nbytes
+        print(after - before, lib.pl_model_file_size(m), q4)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PYLLAMA_REPACK=repack)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    grown, size = map(int, out.stdout.split())
-    assert size > 90_000_000
-    assert grown < size * 0.1, f"loading made {grown} bytes resident for a {size}-byte file"
+    grown, size, q4 = map(int, out.stdout.split())
+    assert size > 90_000_000 and q4 > 50_000_000  # the default model: Q4_1 layers, Q8_0 embedding
+    allowed = size * 0.1 + (q4 if repack == "1" else 0)
+    assert grown < allowed, f"loading made {grown} bytes resident for a {size}-byte file (Q4 layers: {q4})"
+    if repack == "1":
+        assert grown > q4 * 0.9, "the Q4 layers were expected to be repacked (written) at load"
 
 
 @pytest.mark.slow
@@ -244,14 +257,20 @@ def test_closed_model_raises_instead_of_crashing(tiny_path):
         llm("hello", max_tokens=2)
 
 
-def test_tensor_views_match_the_gguf_package(tiny_path):
+@pytest.mark.parametrize("wtype", ["F32", "Q4_0", "Q4_1"])
+def test_tensor_views_match_the_gguf_package(tiny_model_factory, wtype):
+    """tensors() gives the file's bytes and types, also for the Q4 matrices the loader repacks."""
     import gguf
 
-    reader = gguf.GGUFReader(tiny_path)
-    ref = {t.name: np.asarray(t.data).view(np.uint8).reshape(-1) for t in reader.tensors}
-    llm = fresh(tiny_path)
+    path = str(tiny_model_factory(wtype=wtype, tied=False))
+    reader = gguf.GGUFReader(path)
+    ref = {t.name: (np.asarray(t.data).view(np.uint8).reshape(-1), int(t.tensor_type)) for t in reader.tensors}
+    llm = fresh(path)
     for t in llm.tensors():
-        np.testing.assert_array_equal(t["data"], ref[t["name"]], err_msg=t["name"])
+        data, ttype = ref[t["name"]]
+        np.testing.assert_array_equal(t["data"], data, err_msg=t["name"])
+        if t["type"] in (2, 3) or ttype in (2, 3):
+            assert t["type"] == ttype, t["name"]
 
 
 def test_bad_shift_and_thread_arguments(tiny_path):

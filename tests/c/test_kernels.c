@@ -53,10 +53,11 @@ static int failures = 0;
         failures++;                        \
     } while (0)
 
-static const int types[] = {PL_TYPE_F32, PL_TYPE_F16, PL_TYPE_BF16, PL_TYPE_Q8_0, PL_TYPE_Q4_0, PL_TYPE_Q4_1};
+static const int types[] = {PL_TYPE_F32,  PL_TYPE_F16,  PL_TYPE_BF16,  PL_TYPE_Q8_0,
+                            PL_TYPE_Q4_0, PL_TYPE_Q4_1, PL_TYPE_Q4_0R, PL_TYPE_Q4_1R};
 
 static int uses_q8x(int type) {
-    return type == PL_TYPE_Q8_0 || type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1;
+    return type == PL_TYPE_Q8_0 || q4_base(type) == PL_TYPE_Q4_0 || q4_base(type) == PL_TYPE_Q4_1;
 }
 
 static size_t row_bytes(int type, int n) { return (size_t)pl_type_nbytes(type, n); }
@@ -167,10 +168,18 @@ static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
     const size_t as = q8 ? (size_t)(n / QK) * sizeof(block_q8x) : (size_t)n * sizeof(float);
     const size_t ys = (size_t)rows + 3;
     char *w = malloc(rb * rows);
+    /* a repacked type: rows filled in the GGUF type it comes from, then repacked; the exact
+     * reference dequantizes the GGUF rows (the repacking is under test too) */
+    const int ftype = q4_base(type);
+    char *wf = malloc(rb * rows), *tmp = malloc(rb);
     float *x = malloc((size_t)nt * n * sizeof(float));
     char *act = malloc(as * nt);
     float *want = malloc(ys * nt * sizeof(float)), *got = malloc(ys * nt * sizeof(float));
-    for (int r = 0; r < rows; r++) fill_row(type, w + r * rb, n);
+    for (int r = 0; r < rows; r++) {
+        fill_row(ftype, wf + r * rb, n);
+        memcpy(w + r * rb, wf + r * rb, rb);
+        if (ftype != type) q4_repack_row(ftype, w + r * rb, n / QK, tmp);
+    }
     for (int t = 0; t < nt; t++) {
         fill_act(x + (size_t)t * n, n, t);
         if (q8) pl_kernels_scalar.quantize_q8x(x + (size_t)t * n, (block_q8x *)(act + t * as), n);
@@ -199,7 +208,7 @@ static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
                              SET.name, fname, n, r0, r1, nt, t, r);
                     continue;
                 }
-                double mag, exact = ref_dot(type, w + r * rb, act + t * as, n, &mag);
+                double mag, exact = ref_dot(ftype, wf + r * rb, act + t * as, n, &mag);
                 if ((bad(g, want[t * ys + r], mag) || bad(g, (float)exact, mag)) && shown++ < 3)
                     FAIL("%s %s type %s n=%d rows [%d,%d) nt=%d: y[%d][%zu] = %.7g, scalar %.7g, exact %.7g (sum |w x| %.4g)",
                          SET.name, fname, pl_type_name(type), n, r0, r1, nt, t, r, g, want[t * ys + r], exact, mag);
@@ -207,6 +216,8 @@ static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
         }
     }
     free(w);
+    free(wf);
+    free(tmp);
     free(x);
     free(act);
     free(want);
