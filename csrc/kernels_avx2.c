@@ -384,7 +384,8 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
     if (q4_repacked(type)) {
         for (int r = r0; r < r1; r++) {
             const uint8_t *wr = ROW(w, rb, r);
-            prefetch_ahead(wr, rb, ROW(w, rb, r1));
+            /* past r1 too, as the AVX-512 Q4R rows (kernels_avx512.c): prefetches never fault */
+            for (size_t o = 0; o < rb; o += 64) _mm_prefetch((const char *)wr + PREFETCH_BYTES + o, _MM_HINT_T0);
             __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
             __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
             int j = 0;
