@@ -257,6 +257,26 @@ def test_closed_model_raises_instead_of_crashing(tiny_path):
         llm("hello", max_tokens=2)
 
 
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1"])
+def test_repacked_q4_gives_the_file_layouts_logits(tiny_model_factory, monkeypatch, wtype):
+    """The Q4 matrices regrouped at load (PYLLAMA_REPACK, default on) compute what the file's
+    layout does: the same integer sums, only the float summation order differs."""
+    path = str(tiny_model_factory(wtype=wtype, tied=False))
+    logits = {}
+    for repack in ("0", "1"):
+        monkeypatch.setenv("PYLLAMA_REPACK", repack)
+        llm = fresh(path)
+        llm.eval(TOKENS[:6], logits_all=True)  # a batch: the tile kernels
+        rows = [np.array(llm.eval_logits)]
+        for t in TOKENS[6:]:  # one token at a time: the rows kernels
+            llm.eval([t])
+            rows.append(llm.logits[None, :].copy())
+        logits[repack] = np.concatenate(rows)
+        llm.close()
+    spread = float(np.ptp(logits["0"]))
+    np.testing.assert_allclose(logits["1"], logits["0"], rtol=0, atol=1e-4 * spread)
+
+
 @pytest.mark.parametrize("wtype", ["F32", "Q4_0", "Q4_1"])
 def test_tensor_views_match_the_gguf_package(tiny_model_factory, wtype):
     """tensors() gives the file's bytes and types, also for the Q4 matrices the loader repacks."""
