@@ -26,7 +26,8 @@ int main(int argc, char **argv) {
 #else
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_neon;
 #endif
-    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_1, PL_TYPE_Q8_0, PL_TYPE_F16, PL_TYPE_BF16, PL_TYPE_F32};
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R,
+                                PL_TYPE_Q8_0, PL_TYPE_F16,   PL_TYPE_BF16, PL_TYPE_F32};
     const int rows = 1536, nt = 64; /* an FFN-up sized matrix (N=576 columns by default), 64-token batch */
     const int n = getenv("N") ? atoi(getenv("N")) : 576;
     const int big_rows = getenv("BIG_ROWS") ? atoi(getenv("BIG_ROWS")) : 32768; /* decode: beyond the caches */
@@ -39,13 +40,18 @@ int main(int argc, char **argv) {
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         int type = types[ti];
         size_t rb = (size_t)pl_type_nbytes(type, n);
-        int q8 = type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1 || type == PL_TYPE_Q8_0;
+        int q8 = type == PL_TYPE_Q8_0 || q4_base(type) == PL_TYPE_Q4_0 || q4_base(type) == PL_TYPE_Q4_1;
         const void *act = q8 ? (const void *)a : (const void *)x;
         size_t as = q8 ? (size_t)n / QK * sizeof(block_q8x) : (size_t)n * sizeof(float);
         unsigned char *w = malloc(rb * big_rows);
         for (size_t i = 0; i < rb * big_rows; i++) w[i] = (unsigned char)(i * 2654435761u >> 13);
         if (type == PL_TYPE_F32) for (size_t i = 0; i < rb * big_rows / 4; i++) ((float *)w)[i] = 0.001f * (i % 100);
         if (type == PL_TYPE_F16 || type == PL_TYPE_BF16) for (size_t i = 0; i < rb * big_rows / 2; i++) ((uint16_t *)w)[i] = 0x3c00 ^ (i & 0x3ff);
+        if (q4_repacked(type)) { /* the same random rows, regrouped as the loader does */
+            void *tmp = malloc(rb);
+            for (int r = 0; r < big_rows; r++) q4_repack_row(q4_base(type), w + (size_t)r * rb, n / QK, tmp);
+            free(tmp);
+        }
         double gmac = 0, gbs = 0;
         /* the fastest of many calls: on a shared machine the minimum is the run nobody interrupted */
         {
