@@ -316,6 +316,17 @@ AVX512_INLINE void q4quad_prep(const block_q8x *a, int nb, q4quad *p) {
     }
 }
 
+/* The activation as quads (q4quad_prep): in buf when its cap quads are enough, else on
+ * the heap (free it when it is not buf); NULL when out of memory. */
+#define QUADS_ON_STACK 64 /* rows up to 8192 values */
+
+AVX512_INLINE q4quad *q4quad_acts(const block_q8x *a, int nb, q4quad *buf, int cap) {
+    const int nquad = (nb + 3) / 4;
+    q4quad *p = nquad > cap ? aligned_alloc(64, sizeof(q4quad) * (size_t)nquad) : buf;
+    if (p) q4quad_prep(a, nb, p);
+    return p;
+}
+
 /* blocks 4g.. of one row (nq of them, 1..4) against quad p: adds into acc (and off for Q4_1) */
 AVX512_INLINE void q4quad_block(int type, const char *wp, int nq, const q4quad *p, __m512 *acc, __m128 *off) {
     const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
@@ -366,16 +377,12 @@ AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a
                           int n) {
     const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
     const int nb = n / QK, nquad = (nb + 3) / 4;
-    q4quad stackbuf[64];
-    q4quad *ap = stackbuf;
-    if (nquad > 64) {
-        ap = aligned_alloc(64, sizeof(q4quad) * (size_t)nquad);
-        if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
-            pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
-            return;
-        }
+    q4quad stackbuf[QUADS_ON_STACK];
+    q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
+    if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
+        pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
+        return;
     }
-    q4quad_prep(a, nb, ap);
     for (int r = r0; r < r1; r++) {
         const char *wr = ROW(w, rb, r);
         prefetch_ahead(wr, rb, ROW(w, rb, r1));
@@ -409,35 +416,8 @@ AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a
  * read 20-50% faster (bench/q4_layout_stream.c). A last group of 1-3 blocks is read
  * with masked loads: nothing past its own bytes.
  */
-typedef struct { /* a group's activation, in the lane order of q4quad (block b in 128-bit lane b) */
-    __m512i lo, hi;
-    __m512i negc; /* Q4_0R: minus 8 x the activation bytes each int32 lane multiplies; Q4_1R: 0 */
-    __m512 da;    /* activation scale of each lane's block */
-    __m128 s;     /* Q4_1R: d * sum(q) of the 4 blocks */
-} q4ract;
-
-AVX512_INLINE void q4ract_prep(int type, const block_q8x *a, int nb, q4ract *p) {
-    for (int g = 0; g * 4 < nb; g++) {
-        int8_t lo[64] = {0}, hi[64] = {0};
-        float da[16] = {0}, s4[4] = {0};
-        for (int b = 0; b < 4 && 4 * g + b < nb; b++) {
-            memcpy(lo + 16 * b, a[4 * g + b].qs, 16);
-            memcpy(hi + 16 * b, a[4 * g + b].qs + 16, 16);
-            for (int i = 0; i < 4; i++) da[4 * b + i] = a[4 * g + b].d;
-            s4[b] = a[4 * g + b].s;
-        }
-        p[g].lo = _mm512_loadu_si512(lo);
-        p[g].hi = _mm512_loadu_si512(hi);
-        const __m512i e = _mm512_set1_epi8(type == PL_TYPE_Q4_0R ? 8 : 0);
-        p[g].negc = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                     _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), e, p[g].lo), e, p[g].hi));
-        p[g].da = _mm512_loadu_ps(da);
-        p[g].s = _mm_loadu_ps(s4);
-    }
-}
-
 /* group g (nq of its 4 blocks present) of a repacked row, added into acc (Q4_1R: and off) */
-AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int nq, const q4ract *p, __m512 acc,
+AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int nq, const q4quad *p, __m512 acc,
                               __m128 *off) {
     const int q41 = type == PL_TYPE_Q4_1R;
     const uint8_t *qs = row + (size_t)(q41 ? 4 : 2) * nb + 64 * (size_t)g;
@@ -455,7 +435,8 @@ AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int n
     }
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-    const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(p->negc, wl, p->lo), wh, p->hi);
+    __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+    if (!q41) s = _mm512_sub_epi32(s, p->c);
     const __m512 dw = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
                                             _mm512_castps128_ps512(_mm_cvtph_ps(dh)));
     if (q41) *off = _mm_fmadd_ps(_mm_cvtph_ps(mh), p->s, *off);
@@ -467,16 +448,12 @@ AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int n
 AVX512_INLINE void q4rrows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
                            int n) {
     const int nb = n / QK, ngroup = (nb + 3) / 4, full = nb / 4;
-    q4ract stackbuf[48];
-    q4ract *ap = stackbuf;
-    if (ngroup > 48) {
-        ap = aligned_alloc(64, sizeof(q4ract) * (size_t)ngroup);
-        if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
-            pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
-            return;
-        }
+    q4quad stackbuf[QUADS_ON_STACK];
+    q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
+    if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
+        pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
+        return;
     }
-    q4ract_prep(type, a, nb, ap);
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = ROW(w, rb, r);
         /* unlike prefetch_ahead, past r1 too: the rows after this thread's share are the next
