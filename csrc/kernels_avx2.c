@@ -198,6 +198,25 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
  * gives no cancellation against a large activation. Q4_1's m * s term goes to
  * a second accumulator: [d, m] * [da, s] is one 4-wide multiply per block.
  */
+/* one Q4 block (either layout, k from q4_block_at) against activation block ab */
+AVX2_INLINE void q4block_dot(int type, q4_block k, const block_q8x *ab, __m256 *acc, __m128 *off) {
+    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
+    if (q4_base(type) == PL_TYPE_Q4_0) {
+        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
+        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(k.qs), av), c16);
+        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)*k.d)), _mm256_broadcast_ss(&ab->d));
+        *acc = _mm256_fmadd_ps(p, sc, *acc);
+    } else {
+        const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&ab->d)); /* da, s */
+        const __m128i dm = _mm_unpacklo_epi16(_mm_cvtsi32_si128(*k.d), _mm_cvtsi32_si128(*k.m)); /* d, m */
+        __m256 p = dot_u8s8(q4_unpack(k.qs), av);
+        __m128 sc = _mm_mul_ps(_mm_cvtph_ps(dm), ds); /* d*da, m*s */
+        *off = _mm_add_ps(*off, sc);
+        *acc = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), *acc);
+    }
+}
+
 /* one weight block against activation block ab: adds into acc (and off for Q4_1) */
 AVX2_INLINE void qblock(int type, const void *blk, const block_q8x *ab, __m256 *acc, __m128 *off) {
     const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
@@ -206,22 +225,8 @@ AVX2_INLINE void qblock(int type, const void *blk, const block_q8x *ab, __m256 *
         __m256 p = dot_s8s8(_mm256_loadu_si256((const __m256i *)wb->qs), av);
         __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), _mm256_broadcast_ss(&ab->d));
         *acc = _mm256_fmadd_ps(p, sc, *acc);
-    } else if (type == PL_TYPE_Q4_0) {
-        const block_q4_0 *wb = blk;
-        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
-        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(wb->qs), av), c16);
-        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), _mm256_broadcast_ss(&ab->d));
-        *acc = _mm256_fmadd_ps(p, sc, *acc);
     } else {
-        const block_q4_1 *wb = blk;
-        const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&ab->d)); /* da, s */
-        uint32_t dm;
-        memcpy(&dm, &wb->d, 4); /* d in the low half, m in the high half */
-        __m256 p = dot_u8s8(q4_unpack(wb->qs), av);
-        __m128 sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)), ds); /* d*da, m*s */
-        *off = _mm_add_ps(*off, sc);
-        *acc = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), *acc);
+        q4block_dot(type, q4_block_at(type, blk, 0, 1), ab, acc, off);
     }
 }
 
@@ -281,85 +286,55 @@ AVX2_INLINE void q4pair_prep(int type, const block_q8x *a, q4pair *p, int np) {
     }
 }
 
-/* two weight blocks (at wp, wp + bb) against pair ap */
-AVX2_INLINE void q4pair_block(int type, const char *wp, const q4pair *ap, __m256 *acc, __m128 *off) {
-    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
-    const size_t qo = type == PL_TYPE_Q4_0 ? 2 : 4;
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i x = _mm256_loadu2_m128i((const __m128i *)(wp + bb + qo), (const __m128i *)(wp + qo));
-    __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ap->lo), _mm256_maddubs_epi16(wh, ap->hi));
-    if (type == PL_TYPE_Q4_0) s16 = _mm256_sub_epi16(s16, ap->c);
-    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-    __m128 sc;
-    __m256i idx;
-    if (type == PL_TYPE_Q4_0) {
-        uint16_t d0, d1;
-        memcpy(&d0, wp, 2);
-        memcpy(&d1, wp + bb, 2);
-        __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16)));
-        sc = _mm_mul_ps(f, ap->ds); /* d0*da0, d1*da1, 0, 0 */
-        idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    } else {
-        uint32_t dm0, dm1;
-        memcpy(&dm0, wp, 4);
-        memcpy(&dm1, wp + bb, 4);
-        __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)((uint64_t)dm0 | (uint64_t)dm1 << 32)));
-        sc = _mm_mul_ps(f, ap->ds); /* d0*da0, m0*s0, d1*da1, m1*s1 */
-        *off = _mm_add_ps(*off, sc);
-        idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    }
-    __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx);
-    *acc = _mm256_fmadd_ps(pf, sc8, *acc);
-}
-
 /*
- * The repacked types (Q4_0R, Q4_1R, quants.h) with the same arithmetic: the nibbles of
- * blocks 2j and 2j+1 are one 32-byte load, their two scales (and Q4_1R's two minimums)
- * one 4-byte load each.
+ * Two weight blocks against pair ap, given their 32 nibble bytes x (block 2j in the low
+ * 128-bit lane) and their fp16 scales h: Q4_0 d0 d1, Q4_1 d0 m0 d1 m1.
  */
-AVX2_INLINE void q4rpair_block(int type, const uint8_t *row, int nb, int j, const q4pair *ap, __m256 *acc,
-                               __m128 *off) {
-    const int q41 = type == PL_TYPE_Q4_1R;
+AVX2_INLINE void q4pair_dot(int q41, __m256i x, __m128i h, const q4pair *ap, __m256 *acc, __m128 *off) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const __m256i x = _mm256_loadu_si256((const __m256i *)(row + (size_t)(q41 ? 4 : 2) * nb + 32 * (size_t)j));
     __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
     __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ap->lo), _mm256_maddubs_epi16(wh, ap->hi));
     if (!q41) s16 = _mm256_sub_epi16(s16, ap->c);
     __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-    int32_t d01;
-    memcpy(&d01, row + 4 * (size_t)j, 4);
-    __m128 sc;
-    __m256i idx;
-    if (!q41) {
-        sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d01)), ap->ds); /* d0*da0, d1*da1, 0, 0 */
-        idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    } else {
-        int32_t m01;
-        memcpy(&m01, row + 2 * (size_t)nb + 4 * (size_t)j, 4);
-        const __m128i dm = _mm_unpacklo_epi16(_mm_cvtsi32_si128(d01), _mm_cvtsi32_si128(m01)); /* d0 m0 d1 m1 */
-        sc = _mm_mul_ps(_mm_cvtph_ps(dm), ap->ds); /* d0*da0, m0*s0, d1*da1, m1*s1 */
-        *off = _mm_add_ps(*off, sc);
-        idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    }
+    /* Q4_0: d0*da0, d1*da1, 0, 0;  Q4_1: d0*da0, m0*s0, d1*da1, m1*s1 */
+    const __m128 sc = _mm_mul_ps(_mm_cvtph_ps(h), ap->ds);
+    if (q41) *off = _mm_add_ps(*off, sc);
+    const __m256i idx = q41 ? _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2) : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     *acc = _mm256_fmadd_ps(pf, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx), *acc);
 }
 
-/* block b alone (a row's odd last block) of a repacked row */
-AVX2_INLINE void q4rblock(int type, const void *row, int b, int nb, const block_q8x *ab, __m256 *acc, __m128 *off) {
-    const q4_block k = q4_block_at(type, row, b, nb);
-    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
-    if (type == PL_TYPE_Q4_0R) {
-        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
-        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(k.qs), av), c16);
-        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(half(*k.d) * ab->d), *acc);
+/* blocks 2j and 2j+1 of a row of nb blocks, in either layout (quants.h) */
+AVX2_INLINE void q4pair_block(int type, const char *row, int nb, int j, const q4pair *ap, __m256 *acc,
+                              __m128 *off) {
+    const int q41 = q4_base(type) == PL_TYPE_Q4_1;
+    __m256i x;
+    __m128i h;
+    if (q4_repacked(type)) { /* one 32-byte load of nibbles, one 4-byte load of scales (and of minimums) */
+        x = _mm256_loadu_si256((const __m256i *)(row + (size_t)(q41 ? 4 : 2) * nb + 32 * (size_t)j));
+        int32_t d01, m01;
+        memcpy(&d01, row + 4 * (size_t)j, 4);
+        h = _mm_cvtsi32_si128(d01);
+        if (q41) {
+            memcpy(&m01, row + 2 * (size_t)nb + 4 * (size_t)j, 4);
+            h = _mm_unpacklo_epi16(h, _mm_cvtsi32_si128(m01)); /* d0 m0 d1 m1 */
+        }
     } else {
-        __m256 p = dot_u8s8(q4_unpack(k.qs), av);
-        const float dd = half(*k.d) * ab->d, ms = half(*k.m) * ab->s;
-        *off = _mm_add_ps(*off, _mm_setr_ps(0.0f, ms, 0.0f, 0.0f));
-        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), *acc);
+        const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0), qo = q41 ? 4 : 2;
+        const char *wp = row + 2 * (size_t)j * bb;
+        x = _mm256_loadu2_m128i((const __m128i *)(wp + bb + qo), (const __m128i *)(wp + qo));
+        if (q41) { /* d and m sit together: d0 m0, then d1 m1 */
+            uint32_t dm0, dm1;
+            memcpy(&dm0, wp, 4);
+            memcpy(&dm1, wp + bb, 4);
+            h = _mm_cvtsi64_si128((long long)((uint64_t)dm0 | (uint64_t)dm1 << 32));
+        } else {
+            uint16_t d0, d1;
+            memcpy(&d0, wp, 2);
+            memcpy(&d1, wp + bb, 2);
+            h = _mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16));
+        }
     }
+    q4pair_dot(q41, x, h, ap, acc, off);
 }
 
 #ifndef PREFETCH_ROWS
@@ -367,7 +342,6 @@ AVX2_INLINE void q4rblock(int type, const void *row, int b, int nb, const block_
 #endif
 AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
                         int n) {
-    const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
     const int nb = n / QK, np = nb / 2;
     q4pair stackbuf[256];
     q4pair *ap = stackbuf;
@@ -381,44 +355,24 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
         }
     }
     q4pair_prep(q4_base(type), a, ap, np);
-    if (q4_repacked(type)) {
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *wr = ROW(w, rb, r);
-            /* past r1 too, as the AVX-512 Q4R rows (kernels_avx512.c): prefetches never fault */
-            for (size_t o = 0; o < rb; o += 64) _mm_prefetch((const char *)wr + PREFETCH_BYTES + o, _MM_HINT_T0);
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
-            int j = 0;
-            for (; j + 2 <= np; j += 2) {
-                q4rpair_block(type, wr, nb, j, ap + j, &acc0, &off0);
-                q4rpair_block(type, wr, nb, j + 1, ap + j + 1, &acc1, &off1);
-            }
-            if (j < np) q4rpair_block(type, wr, nb, j, ap + j, &acc0, &off0);
-            if (nb & 1) q4rblock(type, wr, nb - 1, nb, a + nb - 1, &acc1, &off1);
-            float s = hsum8(_mm256_add_ps(acc0, acc1));
-            if (type == PL_TYPE_Q4_1R) {
-                __m128 o = _mm_add_ps(off0, off1);
-                s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(o, o, 3));
-            }
-            y[r] = s;
-        }
-        if (ap != stackbuf) free(ap);
-        return;
-    }
+    const int q41 = q4_base(type) == PL_TYPE_Q4_1;
     for (int r = r0; r < r1; r++) {
         const char *wr = ROW(w, rb, r);
-        prefetch_ahead(wr, rb, ROW(w, rb, r1));
+        if (q4_repacked(type)) /* past r1 too, as the AVX-512 Q4R rows (kernels_avx512.c): prefetches never fault */
+            for (size_t o = 0; o < rb; o += 64) _mm_prefetch(wr + PREFETCH_BYTES + o, _MM_HINT_T0);
+        else
+            prefetch_ahead(wr, rb, ROW(w, rb, r1));
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
         int j = 0;
         for (; j + 2 <= np; j += 2) {
-            q4pair_block(type, wr + (size_t)(2 * j) * bb, ap + j, &acc0, &off0);
-            q4pair_block(type, wr + (size_t)(2 * j + 2) * bb, ap + j + 1, &acc1, &off1);
+            q4pair_block(type, wr, nb, j, ap + j, &acc0, &off0);
+            q4pair_block(type, wr, nb, j + 1, ap + j + 1, &acc1, &off1);
         }
-        if (j < np) q4pair_block(type, wr + (size_t)(2 * j) * bb, ap + j, &acc0, &off0);
-        if (nb & 1) qblock(type, wr + (size_t)(nb - 1) * bb, a + nb - 1, &acc1, &off1);
+        if (j < np) q4pair_block(type, wr, nb, j, ap + j, &acc0, &off0);
+        if (nb & 1) q4block_dot(type, q4_block_at(type, wr, nb - 1, nb), a + nb - 1, &acc1, &off1);
         float s = hsum8(_mm256_add_ps(acc0, acc1));
-        if (type == PL_TYPE_Q4_1) {
+        if (q41) {
             __m128 o = _mm_add_ps(off0, off1);
             s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(o, o, 3));
         }
