@@ -54,35 +54,12 @@ static float dot_q8_0(const block_q8_0 *w, const block_q8x *x, int n) {
     return sum;
 }
 
-static float dot_q4_0(const block_q4_0 *w, const block_q8x *x, int n) {
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            sumi += ((w[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
-            sumi += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
-        }
-        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi;
-    }
-    return sum;
-}
-
-/* Q4_1: sum_j (d*q_j + m) * dx*qx_j = d*dx*sum(q*qx) + m * (dx*sum(qx)) = ... + m * s */
-static float dot_q4_1(const block_q4_1 *w, const block_q8x *x, int n) {
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK; b++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            sumi += (w[b].qs[j] & 0x0f) * x[b].qs[j];
-            sumi += (w[b].qs[j] >> 4) * x[b].qs[j + QK / 2];
-        }
-        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi + fp16_to_f32(w[b].m) * x[b].s;
-    }
-    return sum;
-}
-
-/* Q4_0R / Q4_1R (quants.h): the same sums, each block found where the repacked row keeps it */
-static float dot_q4r(int type, const void *w, const block_q8x *x, int n) {
+/*
+ * Q4_0: sum_j d*(q_j - 8) * dx*qx_j.  Q4_1: sum_j (d*q_j + m) * dx*qx_j = d*dx*sum(q*qx) + m * s.
+ * Each block is found where its layout keeps it (q4_block_at: GGUF's, or the repacked
+ * Q4_0R / Q4_1R rows of quants.h).
+ */
+static float dot_q4(int type, const void *w, const block_q8x *x, int n) {
     const int nb = n / QK;
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
@@ -97,8 +74,10 @@ static float dot_q4r(int type, const void *w, const block_q8x *x, int n) {
     }
     return sum;
 }
-static float dot_q4_0r(const void *w, const block_q8x *x, int n) { return dot_q4r(PL_TYPE_Q4_0R, w, x, n); }
-static float dot_q4_1r(const void *w, const block_q8x *x, int n) { return dot_q4r(PL_TYPE_Q4_1R, w, x, n); }
+static float dot_q4_0(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_0, w, x, n); }
+static float dot_q4_1(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_1, w, x, n); }
+static float dot_q4_0r(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_0R, w, x, n); }
+static float dot_q4_1r(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_1R, w, x, n); }
 
 /* One rows() function per type: the loop over rows is the same, only the dot differs. */
 #define DEFINE_ROWS(NAME, WTYPE, ATYPE)                                                     \
@@ -113,8 +92,8 @@ DEFINE_ROWS(f32, float, float)
 DEFINE_ROWS(f16, pl_fp16, float)
 DEFINE_ROWS(bf16, pl_bf16, float)
 DEFINE_ROWS(q8_0, block_q8_0, block_q8x)
-DEFINE_ROWS(q4_0, block_q4_0, block_q8x)
-DEFINE_ROWS(q4_1, block_q4_1, block_q8x)
+DEFINE_ROWS(q4_0, void, block_q8x)
+DEFINE_ROWS(q4_1, void, block_q8x)
 DEFINE_ROWS(q4_0r, void, block_q8x)
 DEFINE_ROWS(q4_1r, void, block_q8x)
 
