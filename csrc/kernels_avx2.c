@@ -430,21 +430,11 @@ AVX2_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int b0, in
                 v[i] = _mm256_loadu_si256((const __m256i *)wb->qs);
                 d[i] = half(wb->d);
                 o[i] = 0.0f;
-            } else if (q4_repacked(type)) { /* nbr: blocks per row, which places a repacked row's parts */
+            } else { /* Q4, either layout; nbr: blocks per row, which places a repacked row's parts */
                 const q4_block k = q4_block_at(type, row, b0 + b, nbr);
                 v[i] = q4_unpack(k.qs);
                 d[i] = half(*k.d);
-                o[i] = k.m ? half(*k.m) : 0.0f;
-            } else if (type == PL_TYPE_Q4_0) {
-                const block_q4_0 *wb = (const block_q4_0 *)row + b0 + b;
-                v[i] = q4_unpack(wb->qs);
-                d[i] = half(wb->d);
-                o[i] = 0.0f; /* the -8 is applied in the integers */
-            } else {
-                const block_q4_1 *wb = (const block_q4_1 *)row + b0 + b;
-                v[i] = q4_unpack(wb->qs);
-                d[i] = half(wb->d);
-                o[i] = half(wb->m);
+                o[i] = k.m ? half(*k.m) : 0.0f; /* Q4_0's -8 is applied in the integers */
             }
         }
         transpose8(v);

@@ -123,31 +123,16 @@ typedef struct {
 
 /* 32 values of one weight block as unsigned bytes (block order), with its scale and minimum */
 AVX512_INLINE __m256i block_u8(int type, const void *row, int b, int nbr, float *d, float *o) {
-    if (q4_repacked(type)) { /* nbr: blocks per row, which places a repacked row's parts */
-        const q4_block k = q4_block_at(type, row, b, nbr);
-        *d = _cvtsh_ss(*k.d);
-        *o = k.m ? _cvtsh_ss(*k.m) : 0.0f;
-        return q4_unpack(k.qs);
-    }
     if (type == PL_TYPE_Q8_0) {
         const block_q8_0 *wb = (const block_q8_0 *)row + b;
         *d = _cvtsh_ss(wb->d);
         *o = 0.0f;
         return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)wb->qs), _mm256_set1_epi8((char)0x80));
     }
-    const uint8_t *qs;
-    if (type == PL_TYPE_Q4_0) {
-        const block_q4_0 *wb = (const block_q4_0 *)row + b;
-        *d = _cvtsh_ss(wb->d);
-        *o = 0.0f;
-        qs = wb->qs;
-    } else {
-        const block_q4_1 *wb = (const block_q4_1 *)row + b;
-        *d = _cvtsh_ss(wb->d);
-        *o = _cvtsh_ss(wb->m);
-        qs = wb->qs;
-    }
-    return q4_unpack(qs);
+    const q4_block k = q4_block_at(type, row, b, nbr); /* nbr: blocks per row, which places a repacked row's parts */
+    *d = _cvtsh_ss(*k.d);
+    *o = k.m ? _cvtsh_ss(*k.m) : 0.0f; /* Q4_0's -8 comes off in the integers */
+    return q4_unpack(k.qs);
 }
 
 /* Pack blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row). */
