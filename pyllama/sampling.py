@@ -302,8 +302,7 @@ class Sampler:
         return ids, probs
 
     def _setup_c(self, n_vocab: int):
-        from ._core import ffi
-
+        ffi, _ = _core()
         p = self.params
         bias = _bias_arrays(p.logit_bias, n_vocab)
         c = {
