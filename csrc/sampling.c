@@ -90,9 +90,9 @@ static int top_prefix(int32_t *ids, int n, const float *vals, float vmax, double
 
 /*
  * Top-k without sorting the vocabulary: a strided sample of the logits gives a
- * threshold that about 4k + 64 of them pass (topk_threshold), the pass that finds
- * the maximum also collects the ids at or above it (pl_sample), and only those are
- * ordered (top_k_sorted). If the guess lets too few through (a strange
+ * threshold that about 4k + 64 of them pass (sample_top, merge_threshold), the pass
+ * that finds the maximum also collects the ids at or above it (scan), and only those
+ * are ordered (top_k_sorted). If the guess lets too few through (a strange
  * distribution), or the vocabulary is too small to sample, buckets do it instead.
  */
 enum { SAMPLE = 1024 };
