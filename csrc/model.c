@@ -78,8 +78,6 @@ static int vector_to_f32(pl_model *m, const pl_tensor *t) {
  */
 static void repack_q4(pl_model *m, const pl_tensor *t) {
     if (!t || (t->type != PL_TYPE_Q4_0 && t->type != PL_TYPE_Q4_1) || t->n_dims != 2) return;
-    const char *e = getenv("PYLLAMA_REPACK");
-    if (e && !strcmp(e, "0")) return;
     const int nb = (int)(t->ne[0] / QK);
     const int64_t rows = t->ne[1];
     const size_t rb = (size_t)pl_type_nbytes(t->type, t->ne[0]);
@@ -96,6 +94,8 @@ static void repack_q4(pl_model *m, const pl_tensor *t) {
 
 int pl_model_bind(pl_model *m) {
     pl_config *c = &m->cfg;
+    const char *no_repack = getenv("PYLLAMA_REPACK");
+    const int repack = !(no_repack && !strcmp(no_repack, "0"));
     const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     if (c->dim % QK || c->hidden_dim % QK || q_dim % QK || c->head_dim % 2) {
         pl_set_error("model widths (embedding %d, feed-forward %d, heads x head size %d) must be multiples of %d",
@@ -156,9 +156,9 @@ int pl_model_bind(pl_model *m) {
             vector_to_f32(m, L->bk) || vector_to_f32(m, L->bv))
             return -1;
         const pl_tensor *mats[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) repack_q4(m, mats[i]);
+        for (size_t i = 0; repack && i < sizeof mats / sizeof mats[0]; i++) repack_q4(m, mats[i]);
     }
-    if (!c->tied_output) repack_q4(m, m->output); /* a tied output is also the embedding table: left as is */
+    if (repack && !c->tied_output) repack_q4(m, m->output); /* a tied output is also the embedding table */
     return 0;
 }
 
