@@ -134,6 +134,22 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
               const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
               float *work, int32_t *cand, double *probs, int *n_cand);
 
+/* Byte-level BPE (GGUF "gpt2" vocabularies; bpe.c). tokens and merges are GGUF string arrays
+ * as the file stores them (per string a u64 length, then its bytes), read during the call only.
+ * ignore_merges: a piece that is a token of its own is taken whole (llama3's pre-tokenizer). */
+typedef struct pl_bpe pl_bpe;
+pl_bpe *pl_bpe_new(const uint8_t *tokens, uint64_t tokens_size, int64_t n_tokens,
+                   const uint8_t *merges, uint64_t merges_size, int64_t n_merges, int ignore_merges);
+void pl_bpe_free(pl_bpe *b);
+int pl_bpe_n_tokens(const pl_bpe *b);
+/* A token's string in the file, and the bytes it stands for (NULL for an id out of range). */
+const uint8_t *pl_bpe_token_text(const pl_bpe *b, int32_t id, int *len);
+const uint8_t *pl_bpe_token_bytes(const pl_bpe *b, int32_t id, int *len);
+/* Token ids of the pre-tokens text[0..ends[0]), text[ends[0]..ends[1]), ... into out (out_cap
+ * >= the text's length: at most one id per byte). Returns how many, or -1. */
+int64_t pl_bpe_encode(const pl_bpe *b, const uint8_t *text, const int64_t *ends, int64_t n_pieces,
+                      int32_t *out, int64_t out_cap);
+
 /* Hand the C heap's free pages back to the system (glibc's malloc_trim; a no-op
  * elsewhere). Llama() calls it once loading is done: building a tokenizer frees
  * megabytes of temporaries that would otherwise stay resident. */

@@ -15,6 +15,9 @@ that is why llama.cpp and transformers disagree on "  0." for SmolLM.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import accumulate
+
 from .errors import TokenizerError
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -62,41 +65,34 @@ def _byte_alphabet() -> list[str]:
     return table
 
 
-BYTE_TO_CHAR = _byte_alphabet()
-CHAR_TO_BYTE = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
+BYTE_TO_CHAR = _byte_alphabet()  # tests build vocabularies with it
 
 
-def piece_to_bytes(text: str) -> bytes:
-    """The bytes a byte-level token text stands for (characters outside the
-    alphabet, which real vocabularies do not have, are kept as UTF-8)."""
-    out = bytearray()
-    for ch in text:
-        b = CHAR_TO_BYTE.get(ch)
-        if b is None:
-            out += ch.encode("utf-8", "surrogateescape")
-        else:
-            out.append(b)
-    return bytes(out)
+def _gguf_strings(items) -> tuple[bytes, int]:
+    """`items` as a GGUF string array's bytes, and how many there are."""
+    from .gguf import StringArray
 
-
-_CACHE_LIMIT = 200_000
+    if not isinstance(items, StringArray):
+        items = StringArray.from_strings(items)
+    return items.raw, len(items)
 
 
 class ByteLevelBpe:
     r"""Encoder for one ``gpt2`` vocabulary with pre-tokenizer `pre`.
 
-    The split expressions run in the `regex` module (it knows ``\p{L}``); each
-    distinct pre-token is then mapped to the byte alphabet and merged by the
-    BPE model of the `tokenizers` library, and the result is cached.
+    The split expressions run in the `regex` module (it knows ``\p{L}``); the
+    merges run in C (csrc/bpe.c) on tables built from the GGUF arrays, which
+    also give each token's string and bytes (:meth:`token_text`,
+    :meth:`token_bytes`) without a Python object per token.
     """
 
-    def __init__(self, tokens: list[str], merges: list[str], pre: str):
+    def __init__(self, tokens, merges, pre: str):
         try:
             import regex
-            from tokenizers import models
-        except ImportError as e:  # pragma: no cover - both are dependencies
-            raise TokenizerError("GGUF 'gpt2' vocabularies need the 'regex' and 'tokenizers' "
-                                 f"packages ({e})") from e
+        except ImportError as e:  # pragma: no cover - a dependency
+            raise TokenizerError(f"GGUF 'gpt2' vocabularies need the 'regex' package ({e})") from e
+        from ._core import ffi, lib
+
         name = _ALIASES.get(pre, pre)
         if name not in _PRE:
             raise TokenizerError(f"unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
@@ -106,25 +102,34 @@ class ByteLevelBpe:
         # split() with the whole expression in a group returns the text between
         # matches and the matches, alternately: llama.cpp's "isolated" split
         self._splits = [regex.compile("(" + e + ")") for e in expressions]
-        vocab = {}
-        for i, t in enumerate(tokens):
-            vocab.setdefault(t, i)
-        pairs = []
-        for i, m in enumerate(merges):
-            cut = m.find(" ", 1)
-            if cut < 0:
-                raise TokenizerError(f"tokenizer.ggml.merges[{i}] = {m!r} is not 'left right'")
-            pairs.append((m[:cut], m[cut + 1:]))
+        raw_tokens, n_tokens = _gguf_strings(tokens)
+        raw_merges, n_merges = _gguf_strings(merges)
+        bpe = lib.pl_bpe_new(raw_tokens, len(raw_tokens), n_tokens, raw_merges, len(raw_merges), n_merges,
+                             int(ignore_merges))
+        if bpe == ffi.NULL:
+            raise TokenizerError(ffi.string(lib.pl_last_error()).decode("utf-8", "replace"))
+        self._bpe = ffi.gc(bpe, lib.pl_bpe_free)
+        self._ffi, self._lib = ffi, lib
+        self._len = ffi.new("int *")
+        self.n_tokens = n_tokens
+
+    def token_text(self, i: int) -> str:
+        """Token `i`'s string as the file has it (GPT-2 alphabet: "Ġworld")."""
+        p = self._lib.pl_bpe_token_text(self._bpe, i, self._len)
+        if p == self._ffi.NULL:
+            raise IndexError(i)
+        raw = self._ffi.buffer(p, self._len[0])[:]
         try:
-            self._model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
-        except Exception as e:
-            raise TokenizerError(f"inconsistent BPE vocabulary/merges: {e}") from e
-        self._to_alphabet = str.maketrans({b: c for b, c in enumerate(BYTE_TO_CHAR)})
-        # bytes without a token of their own: llama.cpp leaves them unmerged and then
-        # drops them, so they separate what is merged on either side
-        missing = "".join(c for c in BYTE_TO_CHAR if c not in vocab)
-        self._missing = regex.compile("[" + regex.escape(missing) + "]") if missing else None
-        self._cache: dict[str, tuple] = {}
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "surrogateescape")
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` stands for."""
+        p = self._lib.pl_bpe_token_bytes(self._bpe, i, self._len)
+        if p == self._ffi.NULL:
+            raise IndexError(i)
+        return self._ffi.buffer(p, self._len[0])[:]
 
     def pre_tokenize(self, text: str) -> list[str]:
         """`text` cut into the pieces BPE works on, as llama.cpp cuts it."""
@@ -137,16 +142,32 @@ class ByteLevelBpe:
         return pieces
 
     def encode(self, text: str) -> list[int]:
-        out: list[int] = []
-        cache = self._cache
-        for piece in self.pre_tokenize(text):
-            ids = cache.get(piece)
-            if ids is None:
-                symbols = piece.encode("utf-8").decode("latin-1").translate(self._to_alphabet)
-                runs = self._missing.split(symbols) if self._missing is not None else (symbols,)
-                ids = tuple(t.id for run in runs if run for t in self._model.tokenize(run))
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[piece] = ids
-            out.extend(ids)
-        return out
+        parts = [p.encode("utf-8", "surrogateescape") for p in self.pre_tokenize(text)]
+        if not parts:
+            return []
+        data = b"".join(parts)
+        ffi = self._ffi
+        out = ffi.new("int32_t[]", len(data))
+        n = self._lib.pl_bpe_encode(self._bpe, data, list(accumulate(map(len, parts))), len(parts), out, len(data))
+        if n < 0:
+            raise TokenizerError(ffi.string(self._lib.pl_last_error()).decode("utf-8", "replace"))
+        return ffi.unpack(out, n)
+
+
+class TokenTexts(Sequence):
+    """The vocabulary's strings, read from the C tables on access (no list of 49k str)."""
+
+    def __init__(self, bpe: ByteLevelBpe):
+        self._bpe = bpe
+
+    def __len__(self) -> int:
+        return self._bpe.n_tokens
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("token id out of range")
+        return self._bpe.token_text(i) or f"[EMPTY_{i}]"  # as llama.cpp names an empty token

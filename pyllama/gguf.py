@@ -15,8 +15,10 @@ The reader maps the file and validates every count, length and offset against th
 file size before using it, so a damaged file raises :class:`pyllama.errors.ModelError`
 naming the field instead of allocating absurd amounts of memory or reading past the
 end.  Metadata comes back as native Python values: ints, floats, bools, strs; string
-arrays as lists of str; numeric and bool arrays as numpy arrays (a 49k-entry
-vocabulary's scores do not become 49k Python floats); nested arrays as lists.
+arrays as :class:`StringArray` (a read-only sequence of str that keeps the file's
+bytes and decodes an item when asked: a 49k-entry vocabulary is one bytes object,
+not 49k Python strings); numeric and bool arrays as numpy arrays (its scores do not
+become 49k Python floats); nested arrays as lists.
 
 The writer (:func:`write_gguf`) produces version 3 files; value types are inferred
 from Python values or given explicitly with :class:`GGUFValue`.
@@ -28,6 +30,8 @@ import enum
 import mmap
 import os
 import struct
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
@@ -201,6 +205,62 @@ class TensorInfo:
 TypeSpec = Union[int, tuple]
 
 
+class StringArray(Sequence):
+    """A GGUF string array as the file stores it (per string a u64 length, then its
+    bytes), read as a sequence of str. Items are decoded on access (invalid UTF-8 with
+    ``surrogateescape``, so ``s.encode("utf-8", "surrogateescape")`` gives the bytes
+    back); ``raw`` hands the stored bytes to the C tokenizer as they are. Compares equal
+    to any sequence with the same strings."""
+
+    __slots__ = ("raw", "_starts")
+
+    def __init__(self, raw: bytes, starts):
+        self.raw = raw          # the array's bytes
+        self._starts = starts   # where each string's length field is, then len(raw)
+
+    @classmethod
+    def from_strings(cls, items) -> "StringArray":
+        parts, starts, pos = [], array("Q"), 0
+        for s in items:
+            b = s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
+            starts.append(pos)
+            parts.append(struct.pack("<Q", len(b)) + b)
+            pos += 8 + len(b)
+        starts.append(pos)
+        return cls(b"".join(parts), starts)
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("StringArray index out of range")
+        return _decode(self.raw[self._starts[i] + 8 : self._starts[i + 1]])
+
+    def __iter__(self):
+        raw, starts = self.raw, self._starts
+        for i in range(len(starts) - 1):
+            yield _decode(raw[starts[i] + 8 : starts[i + 1]])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, StringArray):
+            return self.raw == other.raw
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:5])
+        return f"StringArray([{head}{', ...' if len(self) > 5 else ''}], {len(self)} items)"
+
+
 class GGUFValue(NamedTuple):
     """A metadata value with an explicit GGUF type, for :func:`write_gguf`.
 
@@ -350,26 +410,25 @@ class _Parser:
             return items, (ValueType.ARRAY,) + tuple(sub)
         raise self.fail(f"{what}: unknown array element type {et}")
 
-    def string_array(self, n: int, what: str) -> list:
-        buf, size, pos = self.buf, self.size, self.pos
+    def string_array(self, n: int, what: str) -> StringArray:
+        buf, size, first = self.buf, self.size, self.pos
         unpack = struct.Struct("<Q").unpack_from
-        out = [None] * n
+        starts = array("Q", bytes(8 * (n + 1)))
+        pos = first
         try:
             for i in range(n):
                 (ln,) = unpack(buf, pos)
-                pos += 8
-                end = pos + ln
-                if end > size:
+                starts[i] = pos - first
+                pos += 8 + ln
+                if pos > size:
                     raise self.fail(f"{what}[{i}]: string length {ln} runs past the end of the file")
-                out[i] = buf[pos:end]
-                pos = end
         except struct.error:
             raise self.fail(f"{what}[{i}]: truncated string length (file ends at {size})") from None
+        starts[n] = pos - first
         self.pos = pos
-        try:
-            return [s.decode("utf-8") for s in out]
-        except UnicodeDecodeError:
-            return [_decode(s) for s in out]
+        if pos - first < 1 << 32:
+            starts = array("I", starts)  # half the size for every real vocabulary
+        return StringArray(bytes(buf[first:pos]), starts)
 
 
 def _decode(raw: bytes) -> str:
@@ -531,6 +590,8 @@ def _infer_type(v) -> TypeSpec:
             if v.dtype == dt or (v.dtype.kind == dt.kind and v.dtype.itemsize == dt.itemsize):
                 return (ValueType.ARRAY, t)
         raise ValueError(f"numpy dtype {v.dtype} has no GGUF value type")
+    if isinstance(v, StringArray):
+        return (ValueType.ARRAY, ValueType.STRING)
     if isinstance(v, (list, tuple)):
         if not v:
             return (ValueType.ARRAY, ValueType.INT32)
@@ -574,7 +635,7 @@ def _encode_value(v, t: TypeSpec, out: list) -> None:
             out.append(a.tobytes())
         elif elem[0] == ValueType.STRING:
             out.append(struct.pack("<IQ", ValueType.STRING, len(v)))
-            out.append(b"".join(_encode_str(s) for s in v))
+            out.append(v.raw if isinstance(v, StringArray) else b"".join(_encode_str(s) for s in v))
         elif elem[0] == ValueType.ARRAY:
             out.append(struct.pack("<IQ", ValueType.ARRAY, len(v)))
             for x in v:
@@ -692,7 +753,7 @@ def _main(argv=None) -> int:
     print(f"GGUF v{g.version}, {len(g.metadata)} metadata keys, {len(g.tensors)} tensors, "
           f"alignment {g.alignment}, data at {g.data_offset}")
     for k, v in g.metadata.items():
-        if isinstance(v, (list, np.ndarray)) and len(v) > 8:
+        if isinstance(v, (list, np.ndarray, StringArray)) and len(v) > 8:
             v = f"[{', '.join(repr(x) for x in list(v[:5]))}, ... ({len(v)} items)]"
         elif isinstance(v, str) and len(v) > 120:
             v = repr(v[:120]) + f"... ({len(v)} chars)"

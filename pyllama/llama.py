@@ -165,7 +165,7 @@ class Llama(GenerationMixin):
 
         self.tokenizer = self._load_tokenizer(tokenizer_path)
         # like llama-cpp-python's: scalars only (the arrays were for the tokenizer)
-        self.metadata = {k: v for k, v in self.metadata.items() if not isinstance(v, (list, tuple))}
+        self.metadata = {k: v for k, v in self.metadata.items() if isinstance(v, (str, int, float))}
         if self.format == "llama2c":
             if bos_token_id is not None:
                 self.tokenizer.bos_id = bos_token_id

@@ -130,7 +130,8 @@ class Tokenizer:
 
     def __init__(self, *, tokens, types, vocab_type, encoder=None, sp=None,
                  bos_id=None, eos_id=None, eog_ids=(),
-                 add_bos=False, add_eos=False, add_space_prefix=False, decode_piece=None):
+                 add_bos=False, add_eos=False, add_space_prefix=False, decode_piece=None,
+                 token_bytes=None):
         n = len(tokens)
         self.n_vocab = n
         self.vocab_type = vocab_type
@@ -153,33 +154,32 @@ class Tokenizer:
         self.eot_ids = frozenset(eog)
         self._types = types
 
-        # what each token renders as: plain (special=False) and with specials shown
-        plain, shown = [], []
+        # What each token renders as: plain (special=False) and with specials shown.
+        # Normal tokens render their bytes, from `token_bytes(id)` (the C tables of a
+        # byte-level vocabulary) or else `decode_piece(text)` computed here for all.
+        if token_bytes is None:
+            normal = [decode_piece(t) if ty == NORMAL else b"" for t, ty in zip(tokens, types)]
+            token_bytes = normal.__getitem__
+        plain, shown = {}, {}
         special_flag = bytearray(n)
-        for i, (t, ty) in enumerate(zip(tokens, types)):
+        for i, ty in enumerate(types):
             if ty == NORMAL:
-                b = decode_piece(t)
-                plain.append(b)
-                shown.append(b)
-            elif ty == BYTE:
+                continue
+            t = tokens[i]
+            if ty == BYTE:
                 m = _BYTE_PIECE.fullmatch(t)
-                b = bytes([int(m.group(1), 16)]) if m else t.encode("utf-8", "surrogateescape")
-                plain.append(b)
-                shown.append(b)
+                plain[i] = shown[i] = bytes([int(m.group(1), 16)]) if m else t.encode("utf-8", "surrogateescape")
             elif ty in (CONTROL, UNKNOWN):
-                plain.append(b"")
-                shown.append(t.encode("utf-8", "surrogateescape"))
+                plain[i] = b""
+                shown[i] = t.encode("utf-8", "surrogateescape")
                 special_flag[i] = 1
             elif ty == USER_DEFINED:
-                b = t.encode("utf-8", "surrogateescape")
-                plain.append(b)
-                shown.append(b)
+                plain[i] = shown[i] = t.encode("utf-8", "surrogateescape")
                 special_flag[i] = 1
             else:  # unused / undefined: nothing, as llama.cpp
-                plain.append(b"")
-                shown.append(b"")
-        self._plain = plain
-        self._shown = shown
+                plain[i] = shown[i] = b""
+        self._plain = _Pieces(token_bytes, plain)
+        self._shown = _Pieces(token_bytes, shown)
         self._special_flag = special_flag
         self._splitters: dict[bool, _SpecialSplitter | None] = {}
 
@@ -215,21 +215,22 @@ class Tokenizer:
         """Build the tokenizer of a GGUF file from its metadata dict alone
         (values plain, as :func:`pyllama.gguf.read_metadata` gives them, or
         wrapped in :class:`pyllama.gguf.GGUFValue`)."""
-        from .gguf import GGUFValue
+        from .gguf import GGUFValue, StringArray
         md = {k: v.value if isinstance(v, GGUFValue) else v for k, v in md.items()}
         model = md.get("tokenizer.ggml.model")
         if model is None:
             raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.model' (no vocabulary)")
         tokens = md.get("tokenizer.ggml.tokens")
-        if not tokens:
+        if tokens is None or len(tokens) == 0:
             raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.tokens'")
-        tokens = list(tokens)
         n = len(tokens)
-        for i, t in enumerate(tokens):
-            if not isinstance(t, str):
-                raise TokenizerError(f"tokenizer.ggml.tokens[{i}] is not a string")
-            if not t:
-                tokens[i] = f"[EMPTY_{i}]"  # as llama.cpp
+        if not isinstance(tokens, StringArray) or model != "gpt2":  # (the gpt2 path reads it from C)
+            tokens = list(tokens)
+            for i, t in enumerate(tokens):
+                if not isinstance(t, str):
+                    raise TokenizerError(f"tokenizer.ggml.tokens[{i}] is not a string")
+                if not t:
+                    tokens[i] = f"[EMPTY_{i}]"  # as llama.cpp
         if "tokenizer.ggml.token_type" in md:
             types = _int_list(md["tokenizer.ggml.token_type"], n, "tokenizer.ggml.token_type")[:n]
         else:
@@ -247,6 +248,14 @@ class Tokenizer:
             v = md.get(key)
             return default if v is None else bool(v)
 
+        encoder = None
+        if model == "gpt2":
+            from ._bpe import ByteLevelBpe, TokenTexts
+            merges = md.get("tokenizer.ggml.merges")
+            if merges is None:
+                raise TokenizerError("GGUF 'gpt2' vocabulary without 'tokenizer.ggml.merges'")
+            encoder = ByteLevelBpe(tokens, merges, md.get("tokenizer.ggml.pre") or "default")
+            tokens = TokenTexts(encoder)  # the C tables have the strings: no list of them
         fim = tuple(get_id(f"tokenizer.ggml.fim_{k}_token_id") for k in ("pad", "rep", "sep"))
         types, eog = _llama_cpp_types(tokens, types, fim)
         eog.update((get_id("tokenizer.ggml.eot_token_id"), get_id("tokenizer.ggml.eom_token_id")))
@@ -269,19 +278,13 @@ class Tokenizer:
                             add_space_prefix=get_bool("tokenizer.ggml.add_space_prefix", True),
                             **common)
         if model == "gpt2":
-            from ._bpe import ByteLevelBpe, piece_to_bytes
-            merges = md.get("tokenizer.ggml.merges")
-            if merges is None:
-                raise TokenizerError("GGUF 'gpt2' vocabulary without 'tokenizer.ggml.merges'")
-            pre = md.get("tokenizer.ggml.pre") or "default"
-            encoder = ByteLevelBpe(tokens, list(merges), pre)
             llama3 = encoder.pre == "llama3"
             return cls(tokens=tokens, types=types, vocab_type="bpe", encoder=encoder,
                        bos_id=get_id("tokenizer.ggml.bos_token_id"),
                        eos_id=get_id("tokenizer.ggml.eos_token_id"),
                        add_bos=get_bool("tokenizer.ggml.add_bos_token", llama3),
                        add_eos=get_bool("tokenizer.ggml.add_eos_token", False),
-                       add_space_prefix=False, decode_piece=piece_to_bytes, **common)
+                       add_space_prefix=False, token_bytes=encoder.token_bytes, **common)
         raise TokenizerError(f"unsupported tokenizer type {model!r} (tokenizer.ggml.model); "
                              "supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE)")
 
@@ -462,9 +465,9 @@ class Tokenizer:
             else:
                 kinds = (USER_DEFINED,)
             found = {}
-            for i, (t, ty) in enumerate(zip(self._tokens, self._types)):
+            for i, ty in enumerate(self._types):
                 if ty in kinds:
-                    found.setdefault(t, i)
+                    found.setdefault(self._tokens[i], i)
             self._splitters[special] = _SpecialSplitter(found) if found else None
         return self._splitters[special]
 
@@ -573,6 +576,21 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
+
+
+class _Pieces:
+    """What each token renders as: the tokens in `override` as given there, the rest
+    `base(id)` (for a byte-level vocabulary, bytes from its C tables: no 49k-entry list)."""
+
+    __slots__ = ("_base", "_override")
+
+    def __init__(self, base, override: dict):
+        self._base = base
+        self._override = override
+
+    def __getitem__(self, i: int) -> bytes:
+        b = self._override.get(i)
+        return self._base(i) if b is None else b
 
 
 class _SpecialSplitter:
