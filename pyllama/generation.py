@@ -132,7 +132,7 @@ class GenerationMixin:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _generation_rng(self) -> np.random.Generator:
+    def _generation_rng(self):
         rng = getattr(self, "_pl_rng", None)
         if rng is None:
             rng = make_rng(getattr(self, "seed", None))

@@ -26,6 +26,7 @@ Each filter keeps at least ``min_keep`` (1) token.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,11 +74,16 @@ class SamplingParams:
             bad("penalty_last_n", self.penalty_last_n, "must be >= -1 (-1: whole history, 0: off)")
 
 
-def make_rng(seed) -> np.random.Generator:
-    """A numpy Generator; seed None or negative picks a random seed."""
+def make_rng(seed) -> random.Random:
+    """The generator a Sampler draws with; seed None or negative picks a random seed.
+
+    Python's Mersenne Twister, not numpy's Generator: it only seeds the C sampler's own
+    generator (and draws for the numpy fallback), and importing numpy.random would load
+    hashlib and OpenSSL into every generating process (~6 MiB resident, bench/RESULTS.md E).
+    A numpy Generator passed to Sampler works as well."""
     if seed is None or (isinstance(seed, (int, np.integer)) and seed < 0):
-        return np.random.default_rng()
-    return np.random.default_rng(int(seed))
+        return random.Random()
+    return random.Random(int(seed))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -264,8 +270,15 @@ def _core():
     return _CORE
 
 
+def _draw_state(rng) -> int:
+    """63 random bits from a random.Random or a numpy Generator."""
+    if isinstance(rng, random.Random):
+        return rng.getrandbits(63)
+    return int(rng.integers(0, 2**63))
+
+
 class Sampler:
-    """Draws token ids with a given :class:`SamplingParams` and numpy Generator.
+    """Draws token ids with a given :class:`SamplingParams` and random generator (see :func:`make_rng`).
 
     The draw runs in C (``pl_sample`` in csrc/sampling.c: one call per token, no
     sort of the vocabulary); :func:`candidate_distribution` above is the numpy
@@ -273,7 +286,7 @@ class Sampler:
     (typical sampling, min_keep > 1).
     """
 
-    def __init__(self, params: SamplingParams | None = None, rng: np.random.Generator | None = None):
+    def __init__(self, params: SamplingParams | None = None, rng=None):
         self.params = params or SamplingParams()
         self.params.validate()
         self.rng = rng if rng is not None else make_rng(None)
@@ -316,7 +329,7 @@ class Sampler:
             "probs": np.empty(n_vocab, dtype=np.float64),
             "n_cand": ffi.new("int *"),
             # the C generator's state is drawn from the numpy one, so seeds stay reproducible
-            "rng": ffi.new("uint64_t *", int(self.rng.integers(0, 2**63))),
+            "rng": ffi.new("uint64_t *", _draw_state(self.rng)),
             "bias_ids": np.ascontiguousarray(bias[0], dtype=np.int32) if bias else np.zeros(0, np.int32),
             "bias_vals": np.ascontiguousarray(bias[1], dtype=np.float32) if bias else np.zeros(0, np.float32),
             "penalize": p.penalty_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0
