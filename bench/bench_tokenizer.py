@@ -85,9 +85,9 @@ def get(path: str) -> Tokenizer:
 
 
 def clear_cache(tok: Tokenizer) -> None:
-    enc = getattr(tok, "_encoder", None)
-    if enc is not None:
-        enc._cache.clear()
+    cache = getattr(getattr(tok, "_encoder", None), "_cache", None)
+    if cache is not None:  # the SentencePiece BPE's per-word cache (the C byte-level BPE has none)
+        cache.clear()
 
 
 def mb_per_s(benchmark) -> float:
