@@ -146,6 +146,54 @@ static float merge_threshold(const scan_part *part, int n_parts, int want) {
     return x == x ? x : INFINITY;
 }
 
+/* The maximum of v[0..n), and whether any is NaN, in 16 independent running maxima (four
+ * vectors of GCC's portable vector type: SSE on x86-64's baseline, NEON on ARM). One
+ * accumulator is a chain of dependent max instructions that runs at a fraction of the rate
+ * the loads allow. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static inline v4f max4(v4f a, v4f b) {
+    const v4i gt = a > b;
+    return (v4f)(((v4i)a & gt) | ((v4i)b & ~gt));
+}
+
+static float chunk_max(const float *v, int n, int *nan) {
+    v4f m[4];
+    v4i bad = {0, 0, 0, 0};
+    for (int j = 0; j < 4; j++) m[j] = (v4f){-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 4; j++) {
+            v4f x;
+            memcpy(&x, v + i + 4 * j, sizeof x);
+            m[j] = max4(x, m[j]);
+            bad |= x != x;
+        }
+    m[0] = max4(max4(m[0], m[1]), max4(m[2], m[3]));
+    float best = m[0][0];
+    for (int j = 1; j < 4; j++) best = m[0][j] > best ? m[0][j] : best;
+    int any = bad[0] | bad[1] | bad[2] | bad[3];
+    for (; i < n; i++) {
+        best = v[i] > best ? v[i] : best;
+        any |= v[i] != v[i];
+    }
+    *nan |= any;
+    return best;
+}
+
+/* Whether any of v[0..16) is >= t. */
+static inline int any_reaches(const float *v, float t) {
+    const v4f tt = {t, t, t, t};
+    v4i hit = {0, 0, 0, 0};
+    for (int j = 0; j < 4; j++) {
+        v4f x;
+        memcpy(&x, v + 4 * j, sizeof x);
+        hit |= x >= tt;
+    }
+    return (hit[0] | hit[1] | hit[2] | hit[3]) != 0;
+}
+
 /*
  * Over vals[a, b): the maximum by chunks, each a vectorizable pass (a running argmax
  * is one long dependency chain), remembering the first chunk that holds it; and,
@@ -160,12 +208,7 @@ static void scan(const float *v, int a, int b, float threshold, int32_t *cand, s
     int32_t *out = cand + a;
     for (int c0 = a; c0 < b; c0 += CHUNK) {
         const int c1 = b - c0 < CHUNK ? b : c0 + CHUNK;
-        float cmax = -INFINITY;
-#pragma omp simd reduction(max : cmax) reduction(| : nan)
-        for (int i = c0; i < c1; i++) {
-            cmax = v[i] > cmax ? v[i] : cmax;
-            nan |= v[i] != v[i];
-        }
+        const float cmax = chunk_max(v + c0, c1 - c0, &nan);
         if (cmax > vmax) {
             vmax = cmax;
             best_chunk = c0;
@@ -173,10 +216,7 @@ static void scan(const float *v, int a, int b, float threshold, int32_t *cand, s
         if (cmax < threshold) continue; /* also skips every chunk when there is no threshold */
         for (int g = c0; g < c1; g += GROUP) {
             const int g1 = c1 - g < GROUP ? c1 : g + GROUP;
-            int hit = 0;
-#pragma omp simd reduction(| : hit)
-            for (int i = g; i < g1; i++) hit |= v[i] >= threshold;
-            if (!hit) continue;
+            if (g1 - g == GROUP && !any_reaches(v + g, threshold)) continue;
             for (int i = g; i < g1; i++) {
                 out[m] = i;
                 m += v[i] >= threshold; /* branch-free compaction */
