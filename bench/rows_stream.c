@@ -10,6 +10,9 @@
  *
  *   bench/rows_stream.sh [avx2|avx512] [N (row length, 576)] [BURST (rows, 1536)]
  *   HUGE=1 bench/rows_stream.sh ...   the weights on transparent 2 MB pages
+ *   PER_THREAD=1 bench/rows_stream.sh ...   each thread's halves of successive bursts adjacent in
+ *                                         memory (one address stream per thread across the barriers)
+ *                                         instead of matrix after matrix
  */
 #define _GNU_SOURCE
 #include <omp.h>
@@ -60,6 +63,7 @@ int main(int argc, char **argv) {
         rows -= rows % burst;
         /* HUGE=1: the weights on 2 MB pages (transparent huge pages), as a file mapping never is */
         const int huge = getenv("HUGE") && atoi(getenv("HUGE"));
+        const int per_thread = getenv("PER_THREAD") && atoi(getenv("PER_THREAD"));
         unsigned char *w = aligned_alloc((size_t)2 << 20, (rb * rows + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1));
         if (huge) madvise(w, rb * rows, MADV_HUGEPAGE);
         for (size_t i = 0; i < rb * rows; i++) w[i] = (unsigned char)((i * 2654435761u) >> 13);
@@ -86,7 +90,8 @@ int main(int argc, char **argv) {
             {
                 const int id = omp_get_thread_num(), half = burst / 2;
                 for (int c = 0; c < rows; c += burst) {
-                    const int r0 = c + id * half, r1 = id ? c + burst : r0 + half;
+                    const int r0 = per_thread ? id * (rows / 2) + c / 2 : c + id * half;
+                    const int r1 = per_thread ? r0 + half : id ? c + burst : r0 + half;
                     if (ti < 0) sink += read_range(w, rb * r0, rb * r1);
                     else k->rows[type](w, rb, act, y, r0, r1, n);
 #pragma omp barrier
@@ -96,8 +101,9 @@ int main(int argc, char **argv) {
             if (t < best) best = t;
         }
         if (sink == 42) printf(" "); /* keeps the reads */
-        printf("%s %-5s n=%d burst=%d%s rows: %.1f GB/s\n", ti < 0 ? "no kernel" : k->name,
+        printf("%s %-5s n=%d burst=%d%s%s rows: %.1f GB/s\n", ti < 0 ? "no kernel" : k->name,
                ti < 0 ? "read" : pl_type_name(type), n, burst, huge ? " 2MB pages" : "",
+               per_thread ? " per-thread" : "",
                (double)rb * rows / best / 1e9);
         free(w);
         free(y);
