@@ -318,6 +318,23 @@ const uint8_t *pl_bpe_token_bytes(const pl_bpe *b, int32_t id, int *len) {
     return b->bytes + b->bytes_off[id];
 }
 
+/* The merges as (rank, left id, right id) triples into out (3 * cap ints), in table order; returns
+ * how many there are (a pair listed twice counts once, with its later rank). */
+int pl_bpe_merges(const pl_bpe *b, int32_t *out, int cap) {
+    int k = 0;
+    for (uint64_t i = 0; i <= b->merge_mask; i++) {
+        const pl_merge *m = &b->merges[i];
+        if (m->left < 0) continue;
+        if (k < cap) {
+            out[3 * k] = m->rank;
+            out[3 * k + 1] = m->left;
+            out[3 * k + 2] = m->right;
+        }
+        k++;
+    }
+    return k;
+}
+
 /* ---- encoding ---- */
 
 typedef struct {
@@ -401,10 +418,14 @@ static int64_t merge_run(const pl_bpe *b, const uint8_t *run, int32_t n, pl_scra
     return k;
 }
 
-int64_t pl_bpe_encode(const pl_bpe *b, const uint8_t *text, const int64_t *ends, int64_t n_pieces, int32_t *out,
-                      int64_t out_cap) {
+int64_t pl_bpe_encode(const pl_bpe *b, const uint8_t *text, int64_t size, const int64_t *ends, int64_t n_pieces,
+                      int32_t *out, int64_t out_cap) {
     pl_clear_error();
-    int64_t size = n_pieces > 0 ? ends[n_pieces - 1] : 0, longest = 0, start = 0;
+    int64_t longest = 0, start = 0;
+    if (size < 0 || n_pieces < 0 || (n_pieces > 0 ? ends[n_pieces - 1] : 0) != size) {
+        pl_set_error("the last piece must end at the text's length (%lld bytes)", (long long)size);
+        return -1;
+    }
     for (int64_t p = 0; p < n_pieces; p++) {
         if (ends[p] < start || ends[p] > size) {
             pl_set_error("piece ends must rise from 0 to the text's length");

@@ -145,10 +145,12 @@ int pl_bpe_n_tokens(const pl_bpe *b);
 /* A token's string in the file, and the bytes it stands for (NULL for an id out of range). */
 const uint8_t *pl_bpe_token_text(const pl_bpe *b, int32_t id, int *len);
 const uint8_t *pl_bpe_token_bytes(const pl_bpe *b, int32_t id, int *len);
-/* Token ids of the pre-tokens text[0..ends[0]), text[ends[0]..ends[1]), ... into out (out_cap
- * >= the text's length: at most one id per byte). Returns how many, or -1. */
-int64_t pl_bpe_encode(const pl_bpe *b, const uint8_t *text, const int64_t *ends, int64_t n_pieces,
-                      int32_t *out, int64_t out_cap);
+/* The merge table as (rank, left, right) id triples, 3 * cap ints; returns the count (for pickling). */
+int pl_bpe_merges(const pl_bpe *b, int32_t *out, int cap);
+/* Token ids of the pre-tokens text[0..ends[0]), text[ends[0]..ends[1]), ... (the last end is
+ * text_len) into out (out_cap >= text_len: at most one id per byte). Returns how many, or -1. */
+int64_t pl_bpe_encode(const pl_bpe *b, const uint8_t *text, int64_t text_len, const int64_t *ends,
+                      int64_t n_pieces, int32_t *out, int64_t out_cap);
 
 /* Hand the C heap's free pages back to the system (glibc's malloc_trim; a no-op
  * elsewhere). Llama() calls it once loading is done: building a tokenizer frees

@@ -91,7 +91,6 @@ class ByteLevelBpe:
             import regex
         except ImportError as e:  # pragma: no cover - a dependency
             raise TokenizerError(f"GGUF 'gpt2' vocabularies need the 'regex' package ({e})") from e
-        from ._core import ffi, lib
 
         name = _ALIASES.get(pre, pre)
         if name not in _PRE:
@@ -104,32 +103,52 @@ class ByteLevelBpe:
         self._splits = [regex.compile("(" + e + ")") for e in expressions]
         raw_tokens, n_tokens = _gguf_strings(tokens)
         raw_merges, n_merges = _gguf_strings(merges)
+        self._pre_name = pre
+        from ._core import ffi, lib
+
         bpe = lib.pl_bpe_new(raw_tokens, len(raw_tokens), n_tokens, raw_merges, len(raw_merges), n_merges,
                              int(ignore_merges))
         if bpe == ffi.NULL:
             raise TokenizerError(ffi.string(lib.pl_last_error()).decode("utf-8", "replace"))
         self._bpe = ffi.gc(bpe, lib.pl_bpe_free)
         self._ffi, self._lib = ffi, lib
-        self._len = ffi.new("int *")
         self.n_tokens = n_tokens
+
+    def __reduce__(self):
+        """Pickle as the vocabulary and merges the C tables hold (a pair listed twice keeps its
+        later rank, the one that counts)."""
+        ffi, lib = self._ffi, self._lib
+        n = lib.pl_bpe_merges(self._bpe, ffi.NULL, 0)
+        table = ffi.new("int32_t[]", 3 * max(n, 1))
+        lib.pl_bpe_merges(self._bpe, table, n)
+        flat = ffi.unpack(table, 3 * n)
+        triples = sorted(zip(flat[0::3], flat[1::3], flat[2::3]))
+        texts = [self._raw_text(i) for i in range(self.n_tokens)]
+        merges = [texts[a] + b" " + texts[b] for _, a, b in triples]
+        return (_rebuild, (texts, merges, self._pre_name))
+
+    def _raw_text(self, i: int) -> bytes:
+        n = self._ffi.new("int *")  # per call: cffi releases the GIL, another thread may be here too
+        p = self._lib.pl_bpe_token_text(self._bpe, i, n)
+        if p == self._ffi.NULL:
+            raise IndexError(i)
+        return self._ffi.buffer(p, n[0])[:]
 
     def token_text(self, i: int) -> str:
         """Token `i`'s string as the file has it (GPT-2 alphabet: "Ġworld")."""
-        p = self._lib.pl_bpe_token_text(self._bpe, i, self._len)
-        if p == self._ffi.NULL:
-            raise IndexError(i)
-        raw = self._ffi.buffer(p, self._len[0])[:]
+        raw = self._raw_text(i)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return raw.decode("utf-8", "surrogateescape")
 
     def token_bytes(self, i: int) -> bytes:
-        """The bytes token `i` stands for."""
-        p = self._lib.pl_bpe_token_bytes(self._bpe, i, self._len)
+        """The bytes token `i` stands for (an empty token: its llama.cpp name, "[EMPTY_<i>]")."""
+        n = self._ffi.new("int *")
+        p = self._lib.pl_bpe_token_bytes(self._bpe, i, n)
         if p == self._ffi.NULL:
             raise IndexError(i)
-        return self._ffi.buffer(p, self._len[0])[:]
+        return self._ffi.buffer(p, n[0])[:] if n[0] else b"[EMPTY_%d]" % i
 
     def pre_tokenize(self, text: str) -> list[str]:
         """`text` cut into the pieces BPE works on, as llama.cpp cuts it."""
@@ -148,10 +167,17 @@ class ByteLevelBpe:
         data = b"".join(parts)
         ffi = self._ffi
         out = ffi.new("int32_t[]", len(data))
-        n = self._lib.pl_bpe_encode(self._bpe, data, list(accumulate(map(len, parts))), len(parts), out, len(data))
+        n = self._lib.pl_bpe_encode(self._bpe, data, len(data), list(accumulate(map(len, parts))), len(parts),
+                                    out, len(data))
         if n < 0:
             raise TokenizerError(ffi.string(self._lib.pl_last_error()).decode("utf-8", "replace"))
         return ffi.unpack(out, n)
+
+
+def _rebuild(texts: list, merges: list, pre: str) -> ByteLevelBpe:
+    from .gguf import StringArray
+
+    return ByteLevelBpe(StringArray.from_strings(texts), StringArray.from_strings(merges), pre)
 
 
 class TokenTexts(Sequence):

@@ -250,9 +250,13 @@ class StringArray(Sequence):
     def __eq__(self, other) -> bool:
         if isinstance(other, StringArray):
             return self.raw == other.raw
-        if isinstance(other, (list, tuple)):
+        if isinstance(other, list):  # stands in for the list read_metadata used to return
             return len(other) == len(self) and all(a == b for a, b in zip(self, other))
         return NotImplemented
+
+    def tolist(self) -> list:
+        """The strings as a list (e.g. for json.dumps)."""
+        return list(self)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -604,7 +608,7 @@ def _infer_type(v) -> TypeSpec:
             return (ValueType.ARRAY, ValueType.INT32 if -(2**31) <= lo and hi < 2**31 else ValueType.INT64)
         if all(isinstance(x, (int, float, np.integer, np.floating)) for x in v):
             return (ValueType.ARRAY, ValueType.FLOAT32)
-        if all(isinstance(x, (list, tuple, np.ndarray, GGUFValue)) for x in v):
+        if all(isinstance(x, (list, tuple, np.ndarray, GGUFValue, StringArray)) for x in v):
             return (ValueType.ARRAY,) + _as_tuple(_infer_type(v[0]))
         raise ValueError(f"cannot infer one GGUF type for the mixed list {v[:5]!r}...")
     raise ValueError(f"cannot infer a GGUF type for {type(v).__name__} value {v!r}")

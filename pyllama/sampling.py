@@ -81,9 +81,10 @@ def make_rng(seed) -> random.Random:
     generator (and draws for the numpy fallback), and importing numpy.random would load
     hashlib and OpenSSL into every generating process (~6 MiB resident, bench/RESULTS.md E).
     A numpy Generator passed to Sampler works as well."""
-    if seed is None or (isinstance(seed, (int, np.integer)) and seed < 0):
+    if seed is None:
         return random.Random()
-    return random.Random(int(seed))
+    seed = int(seed)
+    return random.Random() if seed < 0 else random.Random(seed)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ def c_pieces(bpe: ByteLevelBpe, pieces: list[bytes]) -> list[int]:
     ffi, lib = bpe._ffi, bpe._lib
     data = b"".join(pieces)
     out = ffi.new("int32_t[]", max(len(data), 1))
-    n = lib.pl_bpe_encode(bpe._bpe, data, list(accumulate(map(len, pieces))), len(pieces), out, len(data))
+    n = lib.pl_bpe_encode(bpe._bpe, data, len(data), list(accumulate(map(len, pieces))), len(pieces), out, len(data))
     assert n >= 0, ffi.string(lib.pl_last_error())
     return ffi.unpack(out, n)
 
@@ -172,3 +172,74 @@ def test_c_fuzz_under_sanitizers():
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bpe fuzz: ok" in proc.stdout
+
+
+def test_tokenizer_pickles(default_model_path):
+    """A Tokenizer round-trips through pickle (the C tables are rebuilt from their own contents)."""
+    import pickle
+
+    from pyllama.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(default_model_path)
+    back = pickle.loads(pickle.dumps(tok))
+    text = "Hello wörld, 12345 <|im_start|>user\n  spaces\t\ttabs 😀"
+    for special in (False, True):
+        assert back.tokenize(text, special=special) == tok.tokenize(text, special=special)
+    ids = tok.tokenize(text, special=True)
+    assert back.detokenize(ids, special=True) == tok.detokenize(ids, special=True)
+    assert [back.token_text(i) for i in range(0, tok.n_vocab, 997)] == [tok.token_text(i) for i in range(0, tok.n_vocab, 997)]
+
+
+def test_a_duplicated_merge_pickles_with_its_later_rank():
+    import pickle
+
+    tokens = A + ["ab", "bc", "abc"]
+    merges = ["b c", "a b", "ab c", "b c"]  # "b c" last: "ab" + "c" now ranks before it
+    c = ByteLevelBpe(tokens, merges, "gpt2")
+    ref = ReferenceBpe(tokens, merges)
+    back = pickle.loads(pickle.dumps(c))
+    for piece in [b"abc", b"bcab", b"abcbc"]:
+        assert c_pieces(back, [piece]) == c_pieces(c, [piece]) == ref.encode_piece(piece)
+
+
+def test_an_empty_token_renders_its_llama_cpp_name(tmp_path):
+    """llama.cpp names an empty token "[EMPTY_<id>]"; detokenizing it gives that name, as before
+    the C tables (the GGUF file path, where the strings arrive as a StringArray)."""
+    from pyllama.gguf import write_gguf
+    from pyllama.tokenizer import Tokenizer
+
+    tokens = A + ["", "ab"]
+    path = tmp_path / "empty.gguf"
+    write_gguf(path, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
+                      "tokenizer.ggml.merges": ["a b"]}, [])
+    tok = Tokenizer.from_file(path)
+    assert tok.token_text(256) == "[EMPTY_256]"
+    assert tok.detokenize([256, 257]) == b"[EMPTY_256]ab"
+    assert tok.tokenize("ab", add_bos=False) == [257]
+
+
+def test_token_lookups_from_threads(default_model_path):
+    """cffi releases the GIL in C calls: concurrent lookups must not share an out-parameter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyllama.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(default_model_path)
+    ids = list(range(0, tok.n_vocab, 3))
+    want = [tok.token_to_piece(i) for i in ids]
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(lambda _: [tok.token_to_piece(i) for i in ids], range(8)):
+            assert got == want
+
+
+def test_nested_string_arrays_write_back(tmp_path):
+    from pyllama.gguf import read_metadata, write_gguf
+
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    write_gguf(a, {"x.nested": [["a", "b"], ["c"]], "x.flat": ["p", "q"]}, [])
+    md = read_metadata(a)
+    write_gguf(b, md, [])
+    back = read_metadata(b)
+    assert back["x.flat"] == ["p", "q"] and back["x.flat"].tolist() == ["p", "q"]
+    assert [s.tolist() for s in back["x.nested"]] == [["a", "b"], ["c"]]
+    assert md["x.flat"] != ("p", "q")  # like the list it stands for

@@ -58,7 +58,7 @@ static int failures = 0;
 static void check_roundtrip(pl_bpe *b, const uint8_t *text, int64_t n, const int *has_token) {
     int64_t ends[3] = {n / 3, 2 * n / 3, n};
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n + 1));
-    int64_t k = pl_bpe_encode(b, text, ends, 3, ids, n);
+    int64_t k = pl_bpe_encode(b, text, n, ends, 3, ids, n);
     if (k < 0) {
         printf("encode failed: %s\n", pl_last_error());
         failures++;
@@ -146,7 +146,7 @@ int main(void) {
             if (b) {
                 int64_t ends[1] = {len};
                 int32_t ids[3000];
-                if (pl_bpe_encode(b, text, ends, 1, ids, len) < 0) failures++;
+                if (pl_bpe_encode(b, text, len, ends, 1, ids, len) < 0) failures++;
                 pl_bpe_free(b);
             } else if (pl_last_error()[0] == '\0') {
                 printf("refused without a message\n");
@@ -160,6 +160,19 @@ int main(void) {
     }
     /* bad arguments */
     if (pl_bpe_new((const uint8_t *)"", 0, 0, NULL, 0, 0, 0) != NULL) failures++;
+    {
+        strings tok = {0};
+        uint8_t a = 'a';
+        add(&tok, &a, 1);
+        pl_bpe *b = pl_bpe_new(tok.data, tok.size, tok.n, NULL, 0, 0, 0);
+        int64_t ends[2] = {1, 3};
+        int32_t ids[4];
+        if (!b || pl_bpe_encode(b, (const uint8_t *)"aaa", 2, ends, 2, ids, 4) != -1) failures++; /* ends past the text */
+        if (!b || pl_bpe_encode(b, (const uint8_t *)"aaa", 3, ends, 2, ids, 2) != -1) failures++; /* output too small */
+        if (!b || pl_bpe_encode(b, (const uint8_t *)"aaa", 3, ends, 2, ids, 4) != 3) failures++;
+        pl_bpe_free(b);
+        free(tok.data);
+    }
     if (failures) {
         printf("FAILED: %d\n", failures);
         return 1;
