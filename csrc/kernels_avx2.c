@@ -637,6 +637,8 @@ AVX2_INLINE void weighted_values(int v_type, const float *p0, const void *v, siz
         for (int j = 0; j < 3; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
         for (int s = 0; s < n_pos; s++) {
             const void *vr = (const char *)v + (size_t)s * row_bytes;
+            if (s + 8 < n_pos) /* see key_scores */
+                _mm_prefetch((const char *)vr + 8 * row_bytes + (size_t)c * (v_type == PL_TYPE_F16 ? 2 : 4), _MM_HINT_T0);
             __m256 v0 = load8(v_type, vr, c), v1 = load8(v_type, vr, c + 8);
 #pragma GCC unroll 3
             for (int j = 0; j < J; j++) {
@@ -661,7 +663,10 @@ AVX2_INLINE void weighted_values(int v_type, const float *p0, const void *v, siz
 /* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against the first
  * n_pos keys of one head's key blocks (kernels.h), into att rows n_pos apart: per
  * block, q[d] x 16 keys of dimension d for every d, even and odd d into separate
- * accumulators (12 independent multiply-add chains, 15 registers). */
+ * accumulators (12 independent multiply-add chains, 15 registers). The block two on
+ * is asked for meanwhile: in decode the cache has been pushed out of every cache level
+ * by the weights streamed since the last token, and these short per-head runs leave the
+ * hardware prefetcher little time to ramp up. */
 AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, int n_pos, float *att, int J) {
     const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
     for (int p0 = 0; p0 < n_pos; p0 += PL_KV_BLOCK) {
@@ -669,8 +674,10 @@ AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, 
         __m256 acc[2][3][2];
         for (int e = 0; e < 2; e++)
             for (int j = 0; j < 3; j++) acc[e][j][0] = acc[e][j][1] = _mm256_setzero_ps();
+        const char *ahead = p0 + 2 * PL_KV_BLOCK < n_pos ? blk + 2 * (size_t)hd * row_bytes : NULL;
         int d = 0;
-        for (; d + 2 <= hd; d += 2)
+        for (; d + 2 <= hd; d += 2) {
+            if (ahead && (d * row_bytes) % 64 == 0) _mm_prefetch(ahead + (size_t)d * row_bytes, _MM_HINT_T0);
 #pragma GCC unroll 2
             for (int e = 0; e < 2; e++) {
                 const void *row = blk + (size_t)(d + e) * row_bytes;
@@ -682,6 +689,7 @@ AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, 
                     acc[e][j][1] = _mm256_fmadd_ps(k1, qd, acc[e][j][1]);
                 }
             }
+        }
         if (d < hd) { /* odd head size */
             const void *row = blk + (size_t)d * row_bytes;
             const __m256 k0 = load8(k_type, row, 0), k1 = load8(k_type, row, 8);

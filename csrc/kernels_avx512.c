@@ -479,8 +479,11 @@ AVX512 static void rows_q4_1(const void *w, size_t rb, const void *act, float *y
 
 /* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against NB key blocks
  * from blk (kernels.h): q[d] x 16 keys of dimension d for every d, one zmm per block
- * and head: 3 x NB independent multiply-add chains. */
-AVX512_INLINE void block_scores(int k_type, const float *q0, int hd, const char *blk, int J, int NB,
+ * and head: 3 x NB independent multiply-add chains. The n_next blocks after them are
+ * asked for meanwhile: in decode the cache has been pushed out of every cache level by
+ * the weights streamed since the last token, and these short per-head runs leave the
+ * hardware prefetcher little time to ramp up (see attention() in model.c). */
+AVX512_INLINE void block_scores(int k_type, const float *q0, int hd, const char *blk, int J, int NB, int n_next,
                                 float scores[3][4 * PL_KV_BLOCK]) {
     const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4), blk_bytes = hd * row_bytes;
     __m512 acc[3][4];
@@ -488,6 +491,8 @@ AVX512_INLINE void block_scores(int k_type, const float *q0, int hd, const char 
         for (int b = 0; b < 4; b++) acc[j][b] = _mm512_setzero_ps();
     for (int d = 0; d < hd; d++) {
         __m512 kv[4];
+        if ((d * row_bytes) % 64 == 0)
+            for (int b = 0; b < n_next; b++) _mm_prefetch(blk + (NB + b) * blk_bytes + d * row_bytes, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) kv[b] = load16(k_type, blk + b * blk_bytes + d * row_bytes, 0, 0xffff);
 #pragma GCC unroll 3
@@ -507,25 +512,30 @@ AVX512_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k
     for (int p0 = 0; p0 < n_pos;) {
         const char *blk = (const char *)k + (size_t)(p0 / PL_KV_BLOCK) * blk_bytes;
         const int left = (n_pos - p0 + PL_KV_BLOCK - 1) / PL_KV_BLOCK; /* blocks still to do */
-        const int NB = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        if (NB == 4) block_scores(k_type, q0, hd, blk, J, 4, scores);
-        else if (NB == 2) block_scores(k_type, q0, hd, blk, J, 2, scores);
-        else block_scores(k_type, q0, hd, blk, J, 1, scores);
+        const int NB = left >= 4 ? 4 : left >= 2 ? 2 : 1, n_next = left - NB < NB ? left - NB : NB;
+        if (NB == 4) block_scores(k_type, q0, hd, blk, J, 4, n_next, scores);
+        else if (NB == 2) block_scores(k_type, q0, hd, blk, J, 2, n_next, scores);
+        else block_scores(k_type, q0, hd, blk, J, 1, n_next, scores);
         const int n = n_pos - p0 < NB * PL_KV_BLOCK ? n_pos - p0 : NB * PL_KV_BLOCK; /* past n_pos: stale keys */
         for (int j = 0; j < J; j++) memcpy(att + (size_t)j * n_pos + p0, scores[j], (size_t)n * sizeof(float));
         p0 += NB * PL_KV_BLOCK;
     }
 }
 
-/* out[j][c..c+16*NC) = sum_s p[j][s] * V[s][c..] for J <= 3 heads: 3 x NC chains */
+/* out[j][c..c+16*NC) = sum_s p[j][s] * V[s][c..] for J <= 3 heads: 3 x NC chains; the
+ * row VALUE_AHEAD positions on is asked for meanwhile (see block_scores). */
+enum { VALUE_AHEAD = 8 };
 AVX512_INLINE void values_pass(int v_type, const float *p0, const char *v, size_t row_bytes, int n_pos, int hd,
                                float *out, int J, int NC, int c) {
+    const size_t col = (size_t)c * (v_type == PL_TYPE_F16 ? 2 : 4), span = (size_t)NC * 16 * (v_type == PL_TYPE_F16 ? 2 : 4);
     __m512 acc[3][4];
     for (int j = 0; j < 3; j++)
         for (int i = 0; i < 4; i++) acc[j][i] = _mm512_setzero_ps();
     for (int s = 0; s < n_pos; s++) {
         const char *vr = v + (size_t)s * row_bytes;
         __m512 vv[4];
+        if (s + VALUE_AHEAD < n_pos)
+            for (size_t o = 0; o < span; o += 64) _mm_prefetch(vr + VALUE_AHEAD * row_bytes + col + o, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int i = 0; i < NC; i++) vv[i] = load16(v_type, vr, c + 16 * i, 0xffff);
 #pragma GCC unroll 3
