@@ -470,6 +470,8 @@ INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, s
         for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = vdupq_n_f32(0.0f);
         for (int s = 0; s < n_pos; s++) {
             const void *vr = (const char *)v + (size_t)s * row_bytes;
+            if (s + 8 < n_pos) /* see key_scores */
+                __builtin_prefetch((const char *)vr + 8 * row_bytes + (size_t)c * (v_type == PL_TYPE_F16 ? 2 : 4));
             float32x4_t v0 = load4(v_type, vr, c), v1 = load4(v_type, vr, c + 4);
             for (int j = 0; j < J; j++) {
                 float pj = p0[(size_t)j * n_pos + s];
@@ -491,7 +493,11 @@ INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, s
 }
 
 /* Unscaled scores of J <= 3 query heads against the first n_pos keys of one head's
- * key blocks (kernels.h): per block, q[d] x 16 keys of dimension d, for every d. */
+ * key blocks (kernels.h): per block, q[d] x 16 keys of dimension d, for every d. The
+ * block two on is asked for meanwhile, as the x86 kernels do (decode's cache has been
+ * pushed out by the weights streamed since the last token; on x86 this and the
+ * per-thread head runs of model.c's attention() took 10% off a token at 400 positions;
+ * not measured on ARM hardware). */
 INLINE void key_scores(int k_type, const float *q0, int J, int hd, const void *k, int n_pos, float *att) {
     const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
     for (int p0 = 0; p0 < n_pos; p0 += PL_KV_BLOCK) {
@@ -499,9 +505,11 @@ INLINE void key_scores(int k_type, const float *q0, int J, int hd, const void *k
         float32x4_t acc[3][4];
         for (int j = 0; j < 3; j++)
             for (int i = 0; i < 4; i++) acc[j][i] = vdupq_n_f32(0.0f);
+        const char *ahead = p0 + 2 * PL_KV_BLOCK < n_pos ? blk + 2 * (size_t)hd * row_bytes : NULL;
         for (int d = 0; d < hd; d++) {
             const void *row = blk + (size_t)d * row_bytes;
             float32x4_t kv[4];
+            if (ahead && (d * row_bytes) % 64 == 0) __builtin_prefetch(ahead + (size_t)d * row_bytes);
             for (int i = 0; i < 4; i++) kv[i] = load4(k_type, row, 4 * i);
             for (int j = 0; j < J; j++) {
                 const float qd = q0[(size_t)j * hd + d];
