@@ -17,6 +17,7 @@
 static const pl_kernel_set *current_set;
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 /* Weak, so the core still links while a build leaves the AVX2 file out. */
 #pragma weak pl_kernels_avx2
 #pragma weak pl_kernels_avx512
@@ -25,8 +26,9 @@ static const pl_kernel_set *current_set;
 static int cpu_has_avx2(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    return &pl_kernels_avx2 != NULL && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d; /* F16C straight from cpuid: clang's __builtin_cpu_supports does not know it */
+    const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    return &pl_kernels_avx2 != NULL && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return 0;
 #endif

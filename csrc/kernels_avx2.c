@@ -57,6 +57,9 @@ AVX2_INLINE __m256 dot_s8s8(__m256i w, __m256i a) {
 
 /* ------------------------------------------------------- activation quantize */
 
+/* round half to even; a macro, since clang wants the rounding mode as a constant expression */
+#define ROUND_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
 AVX2 static void quantize_q8x(const float *x, block_q8x *y, int n) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int b = 0; b < n / QK; b++) {
@@ -72,11 +75,10 @@ AVX2 static void quantize_q8x(const float *x, block_q8x *y, int n) {
         float d = amax / 127.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         const __m256 vid = _mm256_set1_ps(id);
-        const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), rnd));
-        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), rnd));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), rnd));
-        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), rnd));
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), ROUND_NEAREST));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), ROUND_NEAREST));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), ROUND_NEAREST));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), ROUND_NEAREST));
         __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
@@ -677,7 +679,9 @@ AVX2_INLINE void key_scores(int k_type, const float *q0, int hd, const void *k, 
         const char *ahead = p0 + 2 * PL_KV_BLOCK < n_pos ? blk + 2 * (size_t)hd * row_bytes : NULL;
         int d = 0;
         for (; d + 2 <= hd; d += 2) {
-            if (ahead && (d * row_bytes) % 64 == 0) _mm_prefetch(ahead + (size_t)d * row_bytes, _MM_HINT_T0);
+            if (ahead) /* one line per two F16 rows; an F32 row is a line of its own */
+                for (int e = 0; e < 2; e++)
+                    if (((d + e) * row_bytes) % 64 == 0) _mm_prefetch(ahead + (size_t)(d + e) * row_bytes, _MM_HINT_T0);
 #pragma GCC unroll 2
             for (int e = 0; e < 2; e++) {
                 const void *row = blk + (size_t)(d + e) * row_bytes;

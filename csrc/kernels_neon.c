@@ -41,6 +41,13 @@
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
+/* SDOT (int8 dot products of 4 into int32 lanes), plain and by lane. GCC and newer clang expose
+ * the intrinsics inside a function with the dotprod target; clang before 15 hides them unless the
+ * whole file is built for it, so there they are written as the instructions. */
+#if defined(__clang__) && __clang_major__ < 15 && !defined(__ARM_FEATURE_DOTPROD)
+#define SDOT_ASM 1
+#endif
+
 #define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
 
 /* ------------------------------------------------------------ CPU features */
@@ -251,8 +258,25 @@ INLINE void qrows_plain(int type, int R, const void *w, size_t rb, const block_q
     QROWS_BODY(dot32_plain)
 }
 
+#ifdef SDOT_ASM
+DOTPROD INLINE int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
+    return acc;
+}
+/* lane is a constant wherever this is inlined ("i" operand) */
+#define sdot_lane(acc, a, b, lane)                                                      \
+    ({                                                                                  \
+        int32x4_t acc_ = (acc);                                                         \
+        __asm__("sdot %0.4s, %1.16b, %2.4b[%c3]" : "+w"(acc_) : "w"(a), "w"(b), "i"(lane)); \
+        acc_;                                                                           \
+    })
+#else
+#define sdot(acc, a, b) vdotq_s32(acc, a, b)
+#define sdot_lane(acc, a, b, lane) vdotq_laneq_s32(acc, a, b, lane)
+#endif
+
 DOTPROD INLINE int32x4_t dot32_sdot(int8x16_t w0, int8x16_t a0, int8x16_t w1, int8x16_t a1) {
-    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, a0), w1, a1);
+    return sdot(sdot(vdupq_n_s32(0), w0, a0), w1, a1);
 }
 
 DOTPROD INLINE void qrows_sdot(int type, int R, const void *w, size_t rb, const block_q8x *a, float *y, int r,
@@ -328,14 +352,14 @@ DOTPROD INLINE void qpanel(int type, int T, const pack4 *pk, int nb, const block
         for (int t = 0; t < T; t++) {
             const block_q8x *ab = a[t] + b;
             const int8x16_t a0 = vld1q_s8(ab->qs), a1 = vld1q_s8(ab->qs + 16);
-            int32x4_t s = vdotq_laneq_s32(vdupq_n_s32(0), p->q[0], a0, 0);
-            s = vdotq_laneq_s32(s, p->q[1], a0, 1);
-            s = vdotq_laneq_s32(s, p->q[2], a0, 2);
-            s = vdotq_laneq_s32(s, p->q[3], a0, 3);
-            s = vdotq_laneq_s32(s, p->q[4], a1, 0);
-            s = vdotq_laneq_s32(s, p->q[5], a1, 1);
-            s = vdotq_laneq_s32(s, p->q[6], a1, 2);
-            s = vdotq_laneq_s32(s, p->q[7], a1, 3);
+            int32x4_t s = sdot_lane(vdupq_n_s32(0), p->q[0], a0, 0);
+            s = sdot_lane(s, p->q[1], a0, 1);
+            s = sdot_lane(s, p->q[2], a0, 2);
+            s = sdot_lane(s, p->q[3], a0, 3);
+            s = sdot_lane(s, p->q[4], a1, 0);
+            s = sdot_lane(s, p->q[5], a1, 1);
+            s = sdot_lane(s, p->q[6], a1, 2);
+            s = sdot_lane(s, p->q[7], a1, 3);
             acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(s), vmulq_n_f32(p->d, ab->d));
             if (type == PL_TYPE_Q4_1) acc[t] = vfmaq_n_f32(acc[t], p->m, ab->s);
         }
@@ -470,7 +494,7 @@ INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, s
         for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = vdupq_n_f32(0.0f);
         for (int s = 0; s < n_pos; s++) {
             const void *vr = (const char *)v + (size_t)s * row_bytes;
-            if (s + 8 < n_pos) /* see key_scores */
+            if (s + 8 < n_pos && (c * (v_type == PL_TYPE_F16 ? 2 : 4)) % 64 == 0) /* once per line; see key_scores */
                 __builtin_prefetch((const char *)vr + 8 * row_bytes + (size_t)c * (v_type == PL_TYPE_F16 ? 2 : 4));
             float32x4_t v0 = load4(v_type, vr, c), v1 = load4(v_type, vr, c + 4);
             for (int j = 0; j < J; j++) {

@@ -209,6 +209,29 @@ def test_threads_do_not_change_logits(tiny_model_factory):
     assert reference.rel_err(out[1], out[0]) < 1e-6
 
 
+@pytest.mark.parametrize("n_heads, n_kv_heads, dim", [(8, 1, 128), (8, 2, 128), (9, 3, 288), (5, 5, 160)])
+def test_decode_attention_split_over_threads(tiny_model_factory, n_heads, n_kv_heads, dim):
+    """Decode gives each thread a run of query heads (model.c, attention()): token by token, every
+    thread count (more threads than heads too) gives the 1-thread logits exactly, and those match the
+    numpy reference. Group sizes 8 (beyond the x86 kernels' 3 heads per pass), 4, 3 and 1."""
+    path = tiny_model_factory(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_dim=96, n_layers=2)
+    toks = sample_tokens(tiny_models.n_vocab_of("gpt2"), 20, seed=n_heads * 10 + n_kv_heads)
+    want = reference.forward(reference.ReferenceModel(str(path)), toks)
+    base = None
+    for n_threads in (1, 2, 3, 4, 11):
+        llm = open_llama(path, n_ctx=24, n_threads=n_threads, type_k="f32", type_v="f32")
+        got = []
+        for t in toks:
+            llm.eval([t])
+            got.append(np.array(llm.logits, dtype=np.float64))
+        got = np.array(got)
+        if base is None:
+            base = got
+            assert reference.rel_err(got, want) < 1e-4
+        else:
+            assert np.array_equal(got, base), n_threads
+
+
 def test_context_overflow_raises(tiny_model_factory):
     path = tiny_model_factory()
     llm = open_llama(path, n_ctx=8, context_overflow="error")
