@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -31,8 +33,38 @@ def read_cdef() -> str:
     return "\n".join(lines)
 
 
+def openmp_flags() -> tuple[list[str], list[str]]:
+    """Compile and link flags for OpenMP.
+
+    GCC and LLVM clang take -fopenmp. Apple's clang (macOS) rejects it: there the
+    preprocessor is asked for OpenMP and Homebrew's libomp is linked, found through
+    LIBOMP_PREFIX, `brew --prefix libomp` or Homebrew's usual places. (Not tested on a
+    Mac in this project's CI; CC=gcc-14 from Homebrew takes the -fopenmp path.)
+    """
+    cc = os.path.basename(os.environ.get("CC", ""))
+    if sys.platform != "darwin" or "gcc" in cc:
+        return ["-fopenmp"], ["-fopenmp"]
+    candidates = [os.environ.get("LIBOMP_PREFIX", "")]
+    try:
+        candidates.append(subprocess.run(["brew", "--prefix", "libomp"], capture_output=True, text=True,
+                                         timeout=30).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    candidates += ["/opt/homebrew/opt/libomp", "/usr/local/opt/libomp"]
+    for prefix in candidates:
+        if prefix and os.path.isfile(os.path.join(prefix, "include", "omp.h")):
+            lib = os.path.join(prefix, "lib")
+            return (["-Xpreprocessor", "-fopenmp", "-I" + os.path.join(prefix, "include")],
+                    ["-L" + lib, "-lomp", "-Wl,-rpath," + lib])
+    raise RuntimeError("pyllama's C core needs OpenMP, which Apple's clang lacks: `brew install libomp` "
+                       "(or set LIBOMP_PREFIX to a libomp install, or CC=gcc-14 for Homebrew's GCC)")
+
+
+OPENMP_COMPILE, OPENMP_LINK = openmp_flags()
+
+
 def compile_args() -> list[str]:
-    args = ["-O3", "-std=gnu11", "-fopenmp", "-Wall", "-Wno-unused-function"]
+    args = ["-O3", "-std=gnu11", *OPENMP_COMPILE, "-Wall", "-Wno-unused-function"]
     if os.environ.get("PYLLAMA_NATIVE") == "1":
         args.append("-march=native")
     if os.environ.get("PYLLAMA_DEBUG") == "1":
@@ -49,6 +81,6 @@ ffibuilder.set_source(
     sources=sorted(os.path.relpath(p, ROOT) for p in CSRC.glob("*.c")),
     include_dirs=[os.path.relpath(CSRC, ROOT)],
     extra_compile_args=compile_args(),
-    extra_link_args=["-fopenmp", "-lm"],
+    extra_link_args=[*OPENMP_LINK, "-lm"],
 )
 
