@@ -358,39 +358,28 @@ AVX512_INLINE void q4quad_block(int type, const char *wp, int nq, const q4quad *
     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw16, p->da), *acc);
 }
 
-AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
-                          int n) {
+AVX512_INLINE float hsum4(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+}
+
+/* One GGUF-layout row (Q4_0/Q4_1): groups of 4 blocks into two accumulator chains. */
+AVX512_INLINE float q4row(int type, const char *wr, int nb, const q4quad *ap) {
     const size_t bb = type == PL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q4_1);
-    const int nb = n / QK, nquad = (nb + 3) / 4;
-    q4quad stackbuf[QUADS_ON_STACK];
-    q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
-    if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
-        pl_kernels_avx2.rows[type](w, rb, a, y, r0, r1, n);
-        return;
+    const int nquad = (nb + 3) / 4;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= nb / 4; g += 2) {
+        q4quad_block(type, wr + (size_t)(4 * g) * bb, 4, ap + g, &acc0, &off0);
+        q4quad_block(type, wr + (size_t)(4 * g + 4) * bb, 4, ap + g + 1, &acc1, &off1);
     }
-    for (int r = r0; r < r1; r++) {
-        const char *wr = ROW(w, rb, r);
-        prefetch_ahead(wr, rb, ROW(w, rb, r1));
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
-        int g = 0;
-        for (; g + 2 <= nb / 4; g += 2) {
-            q4quad_block(type, wr + (size_t)(4 * g) * bb, 4, ap + g, &acc0, &off0);
-            q4quad_block(type, wr + (size_t)(4 * g + 4) * bb, 4, ap + g + 1, &acc1, &off1);
-        }
-        for (; g < nquad; g++) {
-            const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
-            q4quad_block(type, wr + (size_t)(4 * g) * bb, nq, ap + g, &acc0, &off0);
-        }
-        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        if (type == PL_TYPE_Q4_1) {
-            __m128 o = _mm_add_ps(off0, off1);
-            o = _mm_add_ps(o, _mm_movehl_ps(o, o));
-            s += _mm_cvtss_f32(_mm_add_ss(o, _mm_shuffle_ps(o, o, 1)));
-        }
-        y[r] = s;
+    for (; g < nquad; g++) {
+        const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+        q4quad_block(type, wr + (size_t)(4 * g) * bb, nq, ap + g, &acc0, &off0);
     }
-    if (ap != stackbuf) free(ap);
+    const float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return type == PL_TYPE_Q4_1 ? s + hsum4(_mm_add_ps(off0, off1)) : s;
 }
 
 /*
@@ -428,11 +417,24 @@ AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int n
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, p->da), acc);
 }
 
-/* One row at a time, its groups in order into one accumulator: the rows stream from
+/* One repacked row, its groups in order into one accumulator: the rows stream from
  * memory, where a second accumulator chain bought nothing (bench/rows_stream.sh). */
-AVX512_INLINE void q4rrows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
-                           int n) {
-    const int nb = n / QK, ngroup = (nb + 3) / 4, full = nb / 4;
+AVX512_INLINE float q4rrow(int type, const uint8_t *wr, int nb, const q4quad *ap) {
+    const int ngroup = (nb + 3) / 4, full = nb / 4;
+    __m512 acc = _mm512_setzero_ps();
+    __m128 off = _mm_setzero_ps();
+    int g = 0;
+    for (; g < full; g++) acc = q4rgroup(type, wr, nb, g, 4, ap + g, acc, &off);
+    if (g < ngroup) acc = q4rgroup(type, wr, nb, g, nb - 4 * g, ap + g, acc, &off);
+    const float s = _mm512_reduce_add_ps(acc);
+    return type == PL_TYPE_Q4_1R ? s + hsum4(off) : s;
+}
+
+/* Rows [r0, r1) of any Q4 type (type is a constant wherever this is inlined), against
+ * the activation rearranged once into q4quad groups. */
+AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
+                          int n) {
+    const int nb = n / QK;
     q4quad stackbuf[QUADS_ON_STACK];
     q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
     if (!ap) { /* out of memory: the AVX2 kernel needs no buffer of this size */
@@ -441,30 +443,25 @@ AVX512_INLINE void q4rrows(int type, const void *w, size_t rb, const block_q8x *
     }
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = ROW(w, rb, r);
-        /* unlike prefetch_ahead, past r1 too: the rows after this thread's share are the next
-         * burst's or the next matrix's (prefetches never fault); measured 5-10% faster here */
-        for (size_t o = 0; o < rb; o += 64) _mm_prefetch((const char *)wr + PREFETCH_BYTES + o, _MM_HINT_T0);
-        __m512 acc = _mm512_setzero_ps();
-        __m128 off = _mm_setzero_ps();
-        int g = 0;
-        for (; g < full; g++) acc = q4rgroup(type, wr, nb, g, 4, ap + g, acc, &off);
-        if (g < ngroup) acc = q4rgroup(type, wr, nb, g, nb - 4 * g, ap + g, acc, &off);
-        float s = _mm512_reduce_add_ps(acc);
-        if (type == PL_TYPE_Q4_1R) {
-            off = _mm_add_ps(off, _mm_movehl_ps(off, off));
-            s += _mm_cvtss_f32(_mm_add_ss(off, _mm_shuffle_ps(off, off, 1)));
+        if (q4_repacked(type)) {
+            /* unlike prefetch_ahead, past r1 too: the rows after this thread's share are the next
+             * burst's or the next matrix's (prefetches never fault); measured 5-10% faster here */
+            for (size_t o = 0; o < rb; o += 64) _mm_prefetch((const char *)wr + PREFETCH_BYTES + o, _MM_HINT_T0);
+            y[r] = q4rrow(type, wr, nb, ap);
+        } else {
+            prefetch_ahead((const char *)wr, rb, ROW(w, rb, r1));
+            y[r] = q4row(type, (const char *)wr, nb, ap);
         }
-        y[r] = s;
     }
     if (ap != stackbuf) free(ap);
 }
 
 AVX512 static void rows_q4_0r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rrows(PL_TYPE_Q4_0R, w, rb, (const block_q8x *)act, y, r0, r1, n);
+    q4rows(PL_TYPE_Q4_0R, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
 
 AVX512 static void rows_q4_1r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rrows(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
+    q4rows(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
 
 AVX512 static void rows_q4_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
