@@ -1,7 +1,7 @@
 """Issue 5's "output unchanged by speed work" check on the default model.
 
-    python bench/greedy_regression.py --save before.json [Llama options as JSON]
-    python bench/greedy_regression.py --compare before.json [--kwargs '{"type_k": "f32"}']
+    python bench/greedy_regression.py --save before.npz [--kwargs '{"type_k": "f32"}']
+    python bench/greedy_regression.py --compare before.npz [--kwargs '{"type_k": "f32"}']
 
 Runs 64 greedy tokens on each prompt of tests/data/reference_greedy.json and stores the
 tokens and the logits of every step. --compare re-runs and reports, per prompt, the first
@@ -51,6 +51,8 @@ def main() -> int:
     a = ap.parse_args()
     runs = run(json.loads(a.kwargs), a.n)
     if a.save:
+        if not a.save.endswith(".npz"):
+            a.save += ".npz"  # what numpy would append anyway: say the name the file gets
         np.savez_compressed(a.save, **{f"tokens{i}": np.array(r["tokens"]) for i, r in enumerate(runs)},
                             **{f"logits{i}": r["logits"] for i, r in enumerate(runs)})
         print(f"saved {len(runs)} prompts x {a.n} tokens to {a.save}")
