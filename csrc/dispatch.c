@@ -7,9 +7,13 @@
  * has AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI for the AVX-512 set).
  * PYLLAMA_ISA=scalar|avx2|avx512|neon in the environment forces a path.
  */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <omp.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#include <signal.h>
+#endif
 
 #include "internal.h"
 #include "kernels.h"
@@ -152,6 +156,28 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
     }
 }
 
+/*
+ * Called first thing in every parallel region. The kernel hands a process-directed
+ * signal (Ctrl-C's SIGINT, SIGTERM, SIGWINCH...) to any thread that does not block
+ * it. If an OpenMP worker takes SIGINT, Python's handler only sets a flag there, and a
+ * main thread waiting in input() never wakes to raise KeyboardInterrupt: the chat
+ * hung at its prompt until the next key. So each worker blocks the asynchronous
+ * signals, once; faults (SIGSEGV and the like) stay with the thread that causes them.
+ * Thread 0 is the caller's own thread and keeps its mask.
+ */
+void pl_team_enter(void) {
+#if !defined(_WIN32)
+    static __thread int shielded;
+    if (shielded || omp_get_thread_num() == 0) return;
+    sigset_t s;
+    sigfillset(&s);
+    const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&s, faults[i]);
+    pthread_sigmask(SIG_BLOCK, &s, NULL);
+    shielded = 1;
+#endif
+}
+
 /* This thread's share [*r0, *r1) of n rows, aligned to ROW_ALIGN. */
 void pl_thread_share(int n, int *r0, int *r1) {
     int nth = omp_get_num_threads(), ith = omp_get_thread_num();
@@ -208,6 +234,7 @@ void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const f
     const size_t q8_stride = (size_t)(cols / QK) * sizeof(block_q8x);
 #pragma omp parallel
     {
+        pl_team_enter();
         if (any_q8) { /* quantize the shared input once for every part */
 #pragma omp for schedule(static)
             for (int t = 0; t < n_tok; t++)

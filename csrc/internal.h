@@ -114,6 +114,8 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
 void pl_quantize_act(const float *x, int n_tok, int cols, void *xq);
 int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
 /* The calling OpenMP thread's share [*r0, *r1) of n rows (how products split their rows). */
+/* first thing in every parallel region: workers stop taking the process's signals (dispatch.c) */
+void pl_team_enter(void);
 void pl_thread_share(int n, int *r0, int *r1);
 
 #endif

@@ -728,6 +728,7 @@ static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_pa
     for (int i = 0; i < c->n_threads; i++) atomic_store_explicit(&c->barrier[i].count, 0, memory_order_relaxed);
 #pragma omp parallel num_threads(c->n_threads)
     {
+        pl_team_enter();
         for (int l = 0; l < p->n_layers; l++) layer_forward(c, l, n_tokens, n_past);
         if (logits) { /* NULL: a slice of a longer prompt, only filling the cache */
             const void *xq;

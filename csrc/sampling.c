@@ -296,6 +296,7 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
     int team = 1;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
+        pl_team_enter();
         const int t = omp_get_thread_num();
         int a, b;
         pl_thread_share(n_vocab, &a, &b);

@@ -314,3 +314,33 @@ def test_c_kv_shift_rejects_overflowing_arguments(tiny_path):
     assert lib.pl_kv_shift(llm._ctx, 5, 2**31 - 1, 1) == -1  # n_keep + n_discard would overflow
     assert lib.pl_kv_shift(llm._ctx, 5, 1, 2**31 - 1) == -1
     assert lib.pl_kv_shift(llm._ctx, -1, 0, 1) == -1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads signal masks from /proc")
+def test_openmp_workers_leave_signals_to_the_caller(tiny_path):
+    """Ctrl-C must reach the thread that runs Python: the kernel gives a process-directed
+    signal to any thread not blocking it, and one taken by an OpenMP worker only sets a flag
+    that a main thread waiting in input() never sees. After decode and sampling on 4
+    threads, every thread but the main one blocks SIGINT and SIGTERM (a fresh interpreter,
+    so no other library's threads are counted; numpy's OpenBLAS pool is pinned to 1)."""
+    script = textwrap.dedent(f"""
+        import os, threading
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        from pyllama import Llama
+        llm = Llama(model_path={str(tiny_path)!r}, n_ctx=64, n_threads=4, verbose=False)
+        out = llm.create_completion([1, 2, 3], max_tokens=4, temperature=0.8)
+        main = threading.get_native_id()
+        rows = []
+        for tid in sorted(os.listdir("/proc/self/task")):
+            status = open(f"/proc/self/task/{{tid}}/status").read()
+            blocked = int(next(l for l in status.splitlines() if l.startswith("SigBlk")).split()[1], 16)
+            rows.append((int(tid) == main, bool(blocked & (1 << 1)), bool(blocked & (1 << 14))))
+        print(rows)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = eval(proc.stdout.strip())
+    workers = [r for r in rows if not r[0]]
+    assert len(workers) >= 3, rows  # the team of 4 ran: three workers besides the caller
+    assert [r for r in rows if r[0]] == [(True, False, False)], rows  # the caller keeps its mask
+    assert all(sigint and sigterm for _, sigint, sigterm in workers), rows
