@@ -13,6 +13,32 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+
+
+def _import_numpy_leaving_signals_to_this_thread() -> None:
+    """numpy's BLAS (OpenBLAS) starts its worker threads when numpy is imported, and they
+    inherit the importing thread's signal mask. Linux may hand a process-directed signal such
+    as Ctrl-C's SIGINT to any thread not blocking it; taken by a BLAS worker it never wakes a
+    main thread waiting in input(). So the first import happens with the asynchronous signals
+    blocked (the C core's OpenMP workers block them themselves: dispatch.c, pl_team_enter).
+    No effect when numpy is already imported."""
+    import signal
+    import sys
+
+    if "numpy" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        import numpy  # noqa: F401
+        return
+    faults = {getattr(signal, n) for n in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGABRT",
+                                           "SIGSYS") if hasattr(signal, n)}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - faults)
+    try:
+        import numpy  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_import_numpy_leaving_signals_to_this_thread()
+
 from .errors import (ChatTemplateError, ContextOverflowError, FetchError, ModelError, PyllamaError,
                      TokenizerError)
 from .llama import Llama
