@@ -45,6 +45,13 @@ static double roundtrip_ns(void) {
 }
 
 int main(int argc, char **argv) {
+    int team = 0;
+#pragma omp parallel num_threads(2)
+    if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+    if (team != 2) { /* the round trip would wait forever for a partner that never runs */
+        fprintf(stderr, "thread_balance: needs a team of 2 threads, OpenMP gives %d (OMP_THREAD_LIMIT?)\n", team);
+        return 2;
+    }
     const pl_kernel_set *k = pl_kernels_avx512();
     const int n = 576, burst = argc > 1 ? atoi(argv[1]) : 1536, rounds = argc > 2 ? atoi(argv[2]) : 20;
     const int type = PL_TYPE_Q4_1R;
