@@ -160,8 +160,8 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
  * Called first thing in every parallel region. The kernel hands a process-directed
  * signal (Ctrl-C's SIGINT, SIGTERM, SIGWINCH...) to any thread that does not block
  * it. If an OpenMP worker takes SIGINT, Python's handler only sets a flag there, and a
- * main thread waiting in input() never wakes to raise KeyboardInterrupt: the chat
- * hung at its prompt until the next key. So each worker blocks the asynchronous
+ * main thread waiting in input() does not wake to raise KeyboardInterrupt: the chat
+ * would sit at its prompt until the next key. So each worker blocks the asynchronous
  * signals, once; faults (SIGSEGV and the like) stay with the thread that causes them.
  * Thread 0 is the caller's own thread and keeps its mask.
  */
