@@ -113,9 +113,9 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
                      int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg);
 void pl_quantize_act(const float *x, int n_tok, int cols, void *xq);
 int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
-/* The calling OpenMP thread's share [*r0, *r1) of n rows (how products split their rows). */
-/* first thing in every parallel region: workers stop taking the process's signals (dispatch.c) */
+/* First thing in every parallel region: workers stop taking the process's signals. */
 void pl_team_enter(void);
+/* The calling OpenMP thread's share [*r0, *r1) of n rows (how products split their rows). */
 void pl_thread_share(int n, int *r0, int *r1);
 
 #endif

@@ -14,7 +14,6 @@ if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
-
 def _import_numpy_leaving_signals_to_this_thread() -> None:
     """numpy's BLAS (OpenBLAS) starts its worker threads when numpy is imported, and they
     inherit the importing thread's signal mask. Linux may hand a process-directed signal such
