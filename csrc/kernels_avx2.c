@@ -309,31 +309,28 @@ AVX2_INLINE void q4pair_dot(int q41, __m256i x, __m128i h, const q4pair *ap, __m
 AVX2_INLINE void q4pair_block(int type, const char *row, int nb, int j, const q4pair *ap, __m256 *acc,
                               __m128 *off) {
     const int q41 = q4_base(type) == PL_TYPE_Q4_1;
+    const q4_block k0 = q4_block_at(type, row, 2 * j, nb);
     __m256i x;
     __m128i h;
     if (q4_repacked(type)) { /* one 32-byte load of nibbles, one 4-byte load of scales (and of minimums) */
-        x = _mm256_loadu_si256((const __m256i *)(row + (size_t)(q41 ? 4 : 2) * nb + 32 * (size_t)j));
+        x = _mm256_loadu_si256((const __m256i *)k0.qs);
         int32_t d01, m01;
-        memcpy(&d01, row + 4 * (size_t)j, 4);
+        memcpy(&d01, k0.d, 4);
         h = _mm_cvtsi32_si128(d01);
         if (q41) {
-            memcpy(&m01, row + 2 * (size_t)nb + 4 * (size_t)j, 4);
+            memcpy(&m01, k0.m, 4);
             h = _mm_unpacklo_epi16(h, _mm_cvtsi32_si128(m01)); /* d0 m0 d1 m1 */
         }
     } else {
-        const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0), qo = q41 ? 4 : 2;
-        const char *wp = row + 2 * (size_t)j * bb;
-        x = _mm256_loadu2_m128i((const __m128i *)(wp + bb + qo), (const __m128i *)(wp + qo));
+        const q4_block k1 = q4_block_at(type, row, 2 * j + 1, nb);
+        x = _mm256_loadu2_m128i((const __m128i *)k1.qs, (const __m128i *)k0.qs);
         if (q41) { /* d and m sit together: d0 m0, then d1 m1 */
             uint32_t dm0, dm1;
-            memcpy(&dm0, wp, 4);
-            memcpy(&dm1, wp + bb, 4);
+            memcpy(&dm0, k0.d, 4);
+            memcpy(&dm1, k1.d, 4);
             h = _mm_cvtsi64_si128((long long)((uint64_t)dm0 | (uint64_t)dm1 << 32));
         } else {
-            uint16_t d0, d1;
-            memcpy(&d0, wp, 2);
-            memcpy(&d1, wp + bb, 2);
-            h = _mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16));
+            h = _mm_cvtsi32_si128((int)((uint32_t)*k0.d | (uint32_t)*k1.d << 16));
         }
     }
     q4pair_dot(q41, x, h, ap, acc, off);
@@ -360,8 +357,7 @@ AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, 
     const int q41 = q4_base(type) == PL_TYPE_Q4_1;
     for (int r = r0; r < r1; r++) {
         const char *wr = ROW(w, rb, r);
-        if (q4_repacked(type)) /* past r1 too, as the AVX-512 Q4R rows (kernels_avx512.c): prefetches never fault */
-            for (size_t o = 0; o < rb; o += 64) _mm_prefetch(wr + PREFETCH_BYTES + o, _MM_HINT_T0);
+        if (q4_repacked(type)) prefetch_ahead_past_end(wr, rb);
         else
             prefetch_ahead(wr, rb, ROW(w, rb, r1));
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

@@ -49,15 +49,13 @@ static void dequantize_q4r(int type, const void *row, float *y, int64_t n) {
 }
 
 void q4_repack_row(int type, void *row, int nb, void *tmp) {
-    const int q41 = type == PL_TYPE_Q4_1;
-    const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0);
-    memcpy(tmp, row, bb * nb);
-    uint8_t *out = row;
-    const uint8_t *in = tmp;
-    for (int b = 0; b < nb; b++) {
-        memcpy(out + 2 * (size_t)b, in + bb * b, 2);                                          /* d */
-        if (q41) memcpy(out + 2 * ((size_t)nb + b), in + bb * b + 2, 2);                     /* m */
-        memcpy(out + (size_t)(q41 ? 4 : 2) * nb + 16 * (size_t)b, in + bb * b + (q41 ? 4 : 2), 16); /* nibbles */
+    const int repacked = type == PL_TYPE_Q4_1 ? PL_TYPE_Q4_1R : PL_TYPE_Q4_0R;
+    memcpy(tmp, row, (size_t)pl_type_nbytes(type, (int64_t)nb * QK));
+    for (int b = 0; b < nb; b++) { /* both layouts as q4_block_at places them */
+        const q4_block from = q4_block_at(type, tmp, b, nb), to = q4_block_at(repacked, row, b, nb);
+        memcpy((void *)to.d, from.d, sizeof *from.d);
+        if (from.m) memcpy((void *)to.m, from.m, sizeof *from.m);
+        memcpy((void *)to.qs, from.qs, QK / 2);
     }
 }
 
