@@ -37,12 +37,13 @@ AVX2_INLINE float load1(int type, const void *w, size_t k) {
  * PREFETCH_BYTES further on (the same row's length of them, up to `end`): each thread's
  * share of a matrix is a short burst (0.1-1 MB) after a barrier, too short for the
  * hardware prefetcher's ramp-up to hide (one core from DRAM, bench/kernel_speed.sh:
- * Q4_0 rows 27.6 -> 30.2 GB/s, Q4_1 29.5 -> 33.2).
+ * Q4_0 rows 27.6 -> 30.2 GB/s, Q4_1 29.5 -> 33.2). always_inline, as the helper below:
+ * see there.
  */
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 4096
 #endif
-static inline void prefetch_ahead(const void *row, size_t row_bytes, const void *end) {
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *row, size_t row_bytes, const void *end) {
     const char *p = (const char *)row + PREFETCH_BYTES, *e = (const char *)end;
     for (size_t o = 0; o < row_bytes && p + o < e; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
