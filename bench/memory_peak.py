@@ -28,20 +28,16 @@ if a.engine == "pyllama":
     from pyllama import Llama
 
     llm = Llama(model_path=path, n_ctx=a.n_ctx, n_batch=a.n_batch, n_threads=2)
-    if a.text:
-        llm.create_completion(open(a.text, encoding="utf-8").read(), max_tokens=16, temperature=0)
-    else:
-        llm.eval(prompt)
-        for _ in range(16):
-            llm.eval([int(llm.logits.argmax())])
+    last_logits = lambda: llm.logits  # noqa: E731
 else:
     from llama_cpp import Llama
 
     llm = Llama(model_path=path, n_ctx=a.n_ctx, n_batch=a.n_batch, n_threads=2, verbose=False)
-    if a.text:
-        llm.create_completion(open(a.text, encoding="utf-8").read(), max_tokens=16, temperature=0)
-    else:
-        llm.eval(prompt)
-        for _ in range(16):
-            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+    last_logits = lambda: llm.scores[llm.n_tokens - 1]  # noqa: E731
+if a.text:  # the same call in both engines
+    llm.create_completion(open(a.text, encoding="utf-8").read(), max_tokens=16, temperature=0)
+else:
+    llm.eval(prompt)
+    for _ in range(16):
+        llm.eval([int(last_logits().argmax())])
 print(f"{a.engine}: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
