@@ -20,6 +20,7 @@
 #if defined(__aarch64__)
 
 #include <arm_neon.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,9 +142,16 @@ static void quantize_q8x(const float *x, block_q8x *y, int n) {
         const float *xb = x + b * QK;
         float32x4_t v[8];
         float32x4_t m = vdupq_n_f32(0.0f);
+        uint32x4_t ok = vdupq_n_u32(~0u);
         for (int j = 0; j < 8; j++) {
             v[j] = vld1q_f32(xb + 4 * j);
             m = vmaxq_f32(m, vabsq_f32(v[j]));
+            ok = vandq_u32(ok, vcleq_f32(vabsq_f32(v[j]), vdupq_n_f32(FLT_MAX))); /* false for NaN, inf */
+        }
+        if (vminvq_u32(ok) == 0) { /* a NaN or an infinity: the block becomes NaN (kernels_scalar.c says why) */
+            memset(y[b].qs, 0, QK);
+            y[b].d = y[b].s = NAN;
+            continue;
         }
         float amax = vmaxvq_f32(m);
         float d = amax / 127.0f;

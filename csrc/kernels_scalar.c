@@ -2,17 +2,32 @@
  * kernels_scalar.c - the reference kernels. Plain C, one dot product per row,
  * written to be obviously right; the SIMD paths must agree with these.
  */
+#include <float.h>
 #include <math.h>
+#include <string.h>
 
 #include "internal.h"
 #include "kernels.h"
 
-/* Quantize activations to 8 bits per 32-value block, scale = max|x| / 127. */
+/* Quantize activations to 8 bits per 32-value block, scale = max|x| / 127. A block holding
+ * a NaN or an infinity (a broken model file) becomes d = s = NaN with zero quants, on every
+ * path: every product it enters is then NaN and the sampler reports it, where converting
+ * the NaN to an integer would give an arbitrary finite result (undefined in C). */
 static void quantize_q8x(const float *x, block_q8x *y, int n) {
     for (int b = 0; b < n / QK; b++) {
         const float *xb = x + b * QK;
         float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        int finite = 1;
+        for (int j = 0; j < QK; j++) {
+            const float a = fabsf(xb[j]);
+            finite &= a <= FLT_MAX; /* false for NaN too */
+            amax = fmaxf(amax, a);
+        }
+        if (!finite) {
+            memset(y[b].qs, 0, QK);
+            y[b].d = y[b].s = NAN;
+            continue;
+        }
         float d = amax / 127.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;

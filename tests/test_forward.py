@@ -232,6 +232,42 @@ def test_decode_attention_split_over_threads(tiny_model_factory, n_heads, n_kv_h
             assert np.array_equal(got, base), n_threads
 
 
+
+def _kernel_paths():
+    from pyllama._core import lib
+
+    best = lib.pl_cpu_isa()
+    paths = [lib.PL_ISA_SCALAR]
+    paths += [lib.PL_ISA_AVX2] if best in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512) else []
+    paths += [best] if best in (lib.PL_ISA_AVX512, lib.PL_ISA_NEON) else []
+    return lib, paths
+
+
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q8_0"])
+def test_non_finite_weight_is_reported_on_every_kernel_path(tmp_path, wtype):
+    """A NaN or an infinity in a norm weight (a broken file) must reach the logits as NaN on
+    every kernel path, so that generation stops with an error naming it. The 8-bit
+    quantization of the activations used to turn the NaN into an arbitrary integer (finite
+    logits, different on each path) and the infinity into a finite-looking scale."""
+    spec = TinySpec(wtype=wtype, n_layers=2)
+    lib, paths = _kernel_paths()
+    for bad in (np.nan, np.inf):
+        w = tiny_models.random_weights(spec)
+        w["blk.1.ffn_norm.weight"] = w["blk.1.ffn_norm.weight"].copy()
+        w["blk.1.ffn_norm.weight"][5] = bad
+        path = tiny_models.write_tiny_gguf(tmp_path / f"bad_{bad}.gguf", spec, weights=w)
+        try:
+            for isa in paths:
+                assert lib.pl_set_isa(isa) == isa
+                llm = open_llama(path, n_ctx=16)
+                llm.eval(sample_tokens(llm.n_vocab(), 3, seed=1))
+                assert np.isnan(llm.logits).all(), (isa, bad)
+                with pytest.raises(ValueError, match="NaN"):
+                    llm.create_completion("hi", max_tokens=2, temperature=0)
+                llm.close()
+        finally:
+            lib.pl_set_isa(lib.PL_ISA_AUTO)
+
 def test_context_overflow_raises(tiny_model_factory):
     path = tiny_model_factory()
     llm = open_llama(path, n_ctx=8, context_overflow="error")

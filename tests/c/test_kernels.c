@@ -161,6 +161,33 @@ static void test_quantize(int n) {
     free(b);
 }
 
+/* A block holding a NaN or an infinity comes out as d = s = NaN with zero quants, on the
+ * reference and the SIMD path alike; the other blocks are quantized as usual. */
+static void test_quantize_nonfinite(void) {
+    enum { N = 4 * QK };
+    float x[N];
+    block_q8x a[N / QK], b[N / QK];
+    fill_act(x, N, 1);
+    x[QK + 7] = NAN;
+    x[2 * QK] = INFINITY;
+    x[3 * QK + 31] = -INFINITY;
+    pl_kernels_scalar.quantize_q8x(x, a, N);
+    SET.quantize_q8x(x, b, N);
+    const int8_t zeros[QK] = {0};
+    for (int i = 0; i < N / QK; i++) {
+        for (int k = 0; k < 2; k++) {
+            const block_q8x *q = k ? &b[i] : &a[i];
+            const int finite = i == 0;
+            if (finite ? !(isfinite(q->d) && isfinite(q->s))
+                       : !(isnan(q->d) && isnan(q->s) && !memcmp(q->qs, zeros, QK)))
+                FAIL("quantize_q8x (%s) with non-finite input, block %d: d %g s %g", k ? "SIMD" : "scalar", i, q->d,
+                     q->s);
+        }
+    }
+    if (memcmp(a[0].qs, b[0].qs, QK) || a[0].d != b[0].d || a[0].s != b[0].s)
+        FAIL("quantize_q8x: the finite block beside non-finite ones differs from the scalar one");
+}
+
 /* rows() and tile() for one type and shape */
 static void test_matmul(int type, int n, int rows, int r0, int r1, int nt) {
     const size_t rb = row_bytes(type, n);
@@ -365,6 +392,7 @@ int main(void) {
 #endif
     static const int ns[] = {32, 64, 96, 160, 288, 576, 608, 1056, 1536, 8320}; /* 8320: past on-stack buffers */
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) test_quantize(ns[i]);
+    test_quantize_nonfinite();
     static const int silu_ns[] = {1, 7, 8, 13, 1536};
     for (size_t i = 0; i < sizeof silu_ns / sizeof silu_ns[0]; i++) test_silu_mul(silu_ns[i]);
     for (size_t i = 0; i < sizeof silu_ns / sizeof silu_ns[0]; i++) test_to_f16(silu_ns[i] + 1000);
