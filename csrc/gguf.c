@@ -223,26 +223,38 @@ static int parse_metadata(cursor *c, uint64_t n_kv, metadata *md) {
     return 0;
 }
 
-static int by_name(const void *a, const void *b) {
-    return strcmp((*(const pl_tensor *const *)a)->name, (*(const pl_tensor *const *)b)->name);
+/* A tensor's bytes in the data section, for check_disjoint. */
+typedef struct {
+    uint64_t begin, end;
+    const char *name;
+} data_span;
+
+static int by_begin(const void *a, const void *b) {
+    const data_span *x = a, *y = b;
+    return (x->begin > y->begin) - (x->begin < y->begin);
 }
 
-/* Sorted, so a file with a million tensor infos costs n log n, not n^2, to check. */
-static int check_unique_names(pl_model *m) {
-    const pl_tensor **sorted = malloc((size_t)m->n_tensors * sizeof *sorted);
-    if (!sorted) {
+/* No two tensors may share bytes. Otherwise a small file could stand for any number of
+ * layers of any width (every tensor at one offset), each converted or repacked at load
+ * on its own: gigabytes and minutes from a few megabytes. (llama.cpp asks more: each
+ * tensor must start where the one before it ends, aligned.) */
+static int check_disjoint(const pl_model *m, const uint64_t *offsets) {
+    data_span *s = malloc(((size_t)m->n_tensors + 1) * sizeof *s);
+    if (!s) {
         pl_set_error("out of memory");
         return -1;
     }
-    for (int i = 0; i < m->n_tensors; i++) sorted[i] = &m->tensors[i];
-    qsort(sorted, (size_t)m->n_tensors, sizeof *sorted, by_name);
+    for (int i = 0; i < m->n_tensors; i++)
+        s[i] = (data_span){offsets[i], offsets[i] + m->tensors[i].nbytes, m->tensors[i].name};
+    qsort(s, (size_t)m->n_tensors, sizeof *s, by_begin);
     for (int i = 1; i < m->n_tensors; i++)
-        if (!strcmp(sorted[i - 1]->name, sorted[i]->name)) {
-            pl_set_error("tensor '%s' appears twice", sorted[i]->name);
-            free(sorted);
+        if (s[i].begin < s[i - 1].end) {
+            pl_set_error("tensors '%s' and '%s' share data (offsets %llu and %llu)", s[i - 1].name, s[i].name,
+                         (unsigned long long)s[i - 1].begin, (unsigned long long)s[i].begin);
+            free(s);
             return -1;
         }
-    free(sorted);
+    free(s);
     return 0;
 }
 
@@ -301,7 +313,7 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
         }
         t->nbytes = (uint64_t)nbytes;
     }
-    return check_unique_names(m);
+    return pl_index_tensors(m);
 }
 
 /* Fill cfg from the architecture's metadata keys. */
@@ -505,6 +517,7 @@ pl_model *pl_load_gguf(const char *path) {
         }
         t->data = m->map.data + data_start + offsets[i];
     }
+    if (check_disjoint(m, offsets)) goto fail;
 
     if (read_config(&md, &m->cfg)) goto fail;
     if (pl_model_bind(m)) goto fail;

@@ -62,8 +62,12 @@ struct pl_model {
     const pl_tensor *output;    /* == tok_embd when tied */
     const pl_tensor *rope_freqs;/* optional per-dimension frequency divisors (llama3) */
     pl_layer *layers;
+    const pl_tensor **by_name;  /* the tensors sorted by name (pl_index_tensors) */
 };
 
+/* Sort the tensors by name for pl_find_tensor (n log n: a file may hold millions of tensor
+ * infos, and binding looks a dozen names up per layer); fails on a name that appears twice. */
+int pl_index_tensors(pl_model *m);
 /* Look a tensor up by name; NULL when absent. */
 const pl_tensor *pl_find_tensor(const pl_model *m, const char *name);
 

@@ -116,7 +116,7 @@ static int check_config(pl_config *c, const int32_t h[7], float rope_base) {
     const char *names[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
     const int32_t limit[7] = {1 << 16, 1 << 20, 1024, 1024, 1024, 1 << 22, 1 << 22};
     for (int i = 0; i < 7; i++) {
-        int32_t v = i == 5 && h[i] < 0 ? -h[i] : h[i];
+        int64_t v = i == 5 && h[i] < 0 ? -(int64_t)h[i] : h[i]; /* 64 bits: INT32_MIN has no 32-bit negation */
         if (v <= 0 || v > limit[i]) {
             pl_set_error("llama2.c header field %s = %d is out of range", names[i], h[i]);
             return -1;

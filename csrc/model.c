@@ -94,6 +94,7 @@ static void repack_q4(pl_model *m, const pl_tensor *t) {
 
 int pl_model_bind(pl_model *m) {
     pl_config *c = &m->cfg;
+    if (!m->by_name && pl_index_tensors(m)) return -1;
     const char *no_repack = getenv("PYLLAMA_REPACK");
     const int repack = !(no_repack && !strcmp(no_repack, "0"));
     const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
@@ -162,16 +163,42 @@ int pl_model_bind(pl_model *m) {
     return 0;
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp((*(const pl_tensor *const *)a)->name, (*(const pl_tensor *const *)b)->name);
+}
+
+int pl_index_tensors(pl_model *m) {
+    free(m->by_name);
+    m->by_name = malloc(((size_t)m->n_tensors + 1) * sizeof *m->by_name);
+    if (!m->by_name) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    for (int i = 0; i < m->n_tensors; i++) m->by_name[i] = &m->tensors[i];
+    qsort(m->by_name, (size_t)m->n_tensors, sizeof *m->by_name, by_name);
+    for (int i = 1; i < m->n_tensors; i++)
+        if (!strcmp(m->by_name[i - 1]->name, m->by_name[i]->name)) {
+            pl_set_error("tensor '%s' appears twice", m->by_name[i]->name);
+            return -1;
+        }
+    return 0;
+}
+
+static int name_vs_tensor(const void *key, const void *elem) {
+    return strcmp((const char *)key, (*(const pl_tensor *const *)elem)->name);
+}
+
 const pl_tensor *pl_find_tensor(const pl_model *m, const char *name) {
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].name && !strcmp(m->tensors[i].name, name)) return &m->tensors[i];
-    return NULL;
+    const pl_tensor *const *t = m->by_name ? bsearch(name, m->by_name, (size_t)m->n_tensors, sizeof *m->by_name,
+                                                     name_vs_tensor) : NULL;
+    return t ? *t : NULL;
 }
 
 void pl_model_release(pl_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_tensors; i++) free(m->tensors[i].name);
     free(m->tensors);
+    free(m->by_name);
     free(m->layers);
     while (m->heap) {
         void **block = m->heap;
