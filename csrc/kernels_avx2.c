@@ -84,7 +84,7 @@ AVX2 static void quantize_q8x(const float *x, block_q8x *y, int n) {
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float amax = _mm_cvtss_f32(m4);
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = d >= FLT_MIN ? 1.0f / d : 0.0f; /* below FLT_MIN 1/d can overflow: 0 * inf = NaN */
         const __m256 vid = _mm256_set1_ps(id);
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), ROUND_NEAREST));
         __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), ROUND_NEAREST));

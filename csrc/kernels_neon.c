@@ -155,7 +155,7 @@ static void quantize_q8x(const float *x, block_q8x *y, int n) {
         }
         float amax = vmaxvq_f32(m);
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = d >= FLT_MIN ? 1.0f / d : 0.0f; /* below FLT_MIN 1/d can overflow: 0 * inf = NaN */
         int32x4_t sum = vdupq_n_s32(0);
         for (int j = 0; j < 8; j += 2) {
             int32x4_t i0 = vcvtnq_s32_f32(vmulq_n_f32(v[j], id)); /* round half to even */

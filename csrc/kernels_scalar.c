@@ -29,7 +29,9 @@ static void quantize_q8x(const float *x, block_q8x *y, int n) {
             continue;
         }
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        /* a block of tiny values (max below 127 FLT_MIN, ~1.5e-36) quantizes to zeros: for a
+         * subnormal d, 1/d can overflow and 0 * inf would be NaN (same on every path) */
+        float id = d >= FLT_MIN ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int j = 0; j < QK; j++) {
             int q = (int)nearbyintf(xb[j] * id); /* round half to even, like the SIMD paths */

@@ -162,23 +162,25 @@ static void test_quantize(int n) {
 }
 
 /* A block holding a NaN or an infinity comes out as d = s = NaN with zero quants, on the
- * reference and the SIMD path alike; the other blocks are quantized as usual. */
+ * reference and the SIMD path alike; a block of subnormal values (1/d would overflow) as
+ * zeros; the other blocks are quantized as usual. */
 static void test_quantize_nonfinite(void) {
-    enum { N = 4 * QK };
+    enum { N = 5 * QK };
     float x[N];
     block_q8x a[N / QK], b[N / QK];
     fill_act(x, N, 1);
     x[QK + 7] = NAN;
     x[2 * QK] = INFINITY;
     x[3 * QK + 31] = -INFINITY;
+    for (int j = 0; j < QK; j++) x[4 * QK + j] = j % 3 ? 1e-39f * (float)(j - 16) : 0.0f;
     pl_kernels_scalar.quantize_q8x(x, a, N);
     SET.quantize_q8x(x, b, N);
     const int8_t zeros[QK] = {0};
     for (int i = 0; i < N / QK; i++) {
         for (int k = 0; k < 2; k++) {
             const block_q8x *q = k ? &b[i] : &a[i];
-            const int finite = i == 0;
-            if (finite ? !(isfinite(q->d) && isfinite(q->s))
+            const int finite = i == 0 || i == 4;
+            if (finite ? !(isfinite(q->d) && isfinite(q->s) && (i == 0 || (!memcmp(q->qs, zeros, QK) && q->s == 0)))
                        : !(isnan(q->d) && isnan(q->s) && !memcmp(q->qs, zeros, QK)))
                 FAIL("quantize_q8x (%s) with non-finite input, block %d: d %g s %g", k ? "SIMD" : "scalar", i, q->d,
                      q->s);
