@@ -6,6 +6,9 @@
 # Environment:
 #   LLAMACPP_DIR   where to build (default ~/.cache/pyllama/llama.cpp-VERSION); nothing goes into the repository
 #   JOBS           parallel compile jobs (default: number of cores)
+#   LLAMACPP_AMX   1: keep llama.cpp's AMX matrix path on CPUs that have AMX (default 0: built without it;
+#                  in 0.3.36 it segfaults in ggml_backend_amx_mul_mat on the project's Intel VMs, the
+#                  machine-dependent crash of ggml-org/llama.cpp#20824, so llama-bench could not run at all)
 # Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
 # Idempotent: does nothing when both binaries already exist.
 set -euo pipefail
@@ -13,8 +16,14 @@ set -euo pipefail
 VER="${1:-${LLAMACPP_PY_VERSION:-0.3.36}}"
 DIR="${LLAMACPP_DIR:-$HOME/.cache/pyllama/llama.cpp-$VER}"
 JOBS="${JOBS:-$(nproc)}"
+# -march=native turns AMX on wherever the CPU has it; -mno-amx-* takes it out again (AVX-512 VNNI stays)
+EXTRA_FLAGS=""
+if [[ "${LLAMACPP_AMX:-0}" != 1 ]] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+BUILD="$DIR/build${EXTRA_FLAGS:+-noamx}"
+BIN="$BUILD/bin"
 PY="${PYTHON:-python3}"
-BIN="$DIR/build/bin"
 
 log() { echo "build_llamacpp: $*" >&2; }
 
@@ -25,13 +34,13 @@ write_version() {
         echo "llama.cpp from vendor/llama.cpp of the llama-cpp-python $VER sdist (PyPI)"
         (cd "$DIR/sdist" && sha256sum ./*.tar.gz)
         "$BIN/llama-perplexity" --version 2>&1 | grep -E '^(version|built)' || true
-        echo "cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF, targets llama-bench llama-perplexity"
-    } > "$DIR/VERSION.txt"
+        echo "cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF${EXTRA_FLAGS:+ (C/C++ flags: $EXTRA_FLAGS)}, targets llama-bench llama-perplexity"
+    } > "$BUILD/VERSION.txt"
 }
 
 if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" ]]; then
     log "already built in $BIN"
-    [[ -f "$DIR/VERSION.txt" ]] && grep -q sha256 "$DIR/VERSION.txt" 2>/dev/null || write_version
+    [[ -f "$BUILD/VERSION.txt" ]] && grep -q sha256 "$BUILD/VERSION.txt" 2>/dev/null || write_version
     echo "$BIN"
     exit 0
 fi
@@ -54,13 +63,14 @@ if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
     rm -rf "$DIR/unpack"
 fi
 
-log "configuring (GGML_NATIVE=ON, Release)"
-cmake -S "$SRC" -B "$DIR/build" -G Ninja \
+log "configuring (GGML_NATIVE=ON, Release${EXTRA_FLAGS:+, $EXTRA_FLAGS})"
+cmake -S "$SRC" -B "$BUILD" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DCMAKE_C_FLAGS="$EXTRA_FLAGS" -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
 
 log "building llama-bench and llama-perplexity with $JOBS jobs (several minutes)"
-nice -n 10 cmake --build "$DIR/build" --target llama-bench llama-perplexity -j "$JOBS" >&2
+nice -n 10 cmake --build "$BUILD" --target llama-bench llama-perplexity -j "$JOBS" >&2
 
 "$BIN/llama-bench" --help > /dev/null 2>&1 || { log "llama-bench does not run"; exit 1; }
 write_version
