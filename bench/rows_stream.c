@@ -9,6 +9,7 @@
  * 64-bit words): the ceiling this burst structure allows, to compare the kernels with.
  *
  *   bench/rows_stream.sh [avx2|avx512] [N (row length, 576)] [BURST (rows, 1536)]
+ *   TOTAL_MB=512 bench/rows_stream.sh ...   512 MB of weights instead of 96 (larger than L3)
  *   HUGE=1 bench/rows_stream.sh ...   the weights on transparent 2 MB pages
  *   PER_THREAD=1 bench/rows_stream.sh ...   each thread's halves of successive bursts adjacent in
  *                                         memory (one address stream per thread across the barriers)
@@ -50,8 +51,8 @@ static uint64_t read_range(const unsigned char *p, size_t a, size_t b) {
 int main(int argc, char **argv) {
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "avx512") ? pl_kernels_avx512() : &pl_kernels_avx2;
     const int n = argc > 2 ? atoi(argv[2]) : 576, burst = argc > 3 ? atoi(argv[3]) : 1536;
-    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0, PL_TYPE_F16};
-    const size_t total = (size_t)96 << 20;
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0, PL_TYPE_F16, PL_TYPE_F32};
+    const size_t total = (size_t)(getenv("TOTAL_MB") ? atoi(getenv("TOTAL_MB")) : 96) << 20;
     float *x = malloc((size_t)n * sizeof(float));
     for (int i = 0; i < n; i++) x[i] = (float)(i % 13) * 0.1f - 0.6f;
     block_q8x *a = malloc((size_t)n / QK * sizeof(block_q8x));
@@ -64,11 +65,14 @@ int main(int argc, char **argv) {
         /* HUGE=1: the weights on 2 MB pages (transparent huge pages), as a file mapping never is */
         const int huge = getenv("HUGE") && atoi(getenv("HUGE"));
         const int per_thread = getenv("PER_THREAD") && atoi(getenv("PER_THREAD"));
-        unsigned char *w = aligned_alloc((size_t)2 << 20, (rb * rows + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1));
+        const size_t alloc = (rb * rows + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+        unsigned char *w = aligned_alloc((size_t)2 << 20, alloc);
         if (huge) madvise(w, rb * rows, MADV_HUGEPAGE);
         for (size_t i = 0; i < rb * rows; i++) w[i] = (unsigned char)((i * 2654435761u) >> 13);
         if (type == PL_TYPE_F16)
             for (size_t i = 0; i < rb * rows / 2; i++) ((uint16_t *)w)[i] = (uint16_t)(0x3c00 ^ (i & 0x3ff));
+        else if (type == PL_TYPE_F32)
+            for (size_t i = 0; i < rb * rows / 4; i++) ((float *)w)[i] = (float)(i & 0x3ff) * 1e-3f;
         else /* block scales: a plain small half, never NaN or subnormal */
             for (size_t r = 0; r < (size_t)rows; r++)
                 for (int b = 0; b < n / QK; b++) {
@@ -81,7 +85,7 @@ int main(int argc, char **argv) {
             free(tmp);
         }
         float *y = malloc((size_t)rows * sizeof(float));
-        const void *act = type == PL_TYPE_F16 ? (const void *)x : (const void *)a;
+        const void *act = type == PL_TYPE_F16 || type == PL_TYPE_F32 ? (const void *)x : (const void *)a;
         double best = 1e9;
         uint64_t sink = 0;
         for (int it = 0; it < 30; it++) {
