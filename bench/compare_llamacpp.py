@@ -2,7 +2,7 @@
 """pyllama against llama.cpp's llama-bench, side by side on the same model files.
 
     python bench/compare_llamacpp.py [-m MODEL ...] [-p 512] [-n 128] [-t 2] [-r 3] [--rounds 1]
-                                     [--llama-bench PATH] [--no-variants] [--json-out FILE]
+                                     [--mmap 0|1] [--llama-bench PATH] [--no-variants] [--json-out FILE]
 
 For every model file and test (ppN = prefill of N tokens, tgN = N decode steps) it runs
 llama.cpp's `llama-bench ... -o json` and then pyllama's `python -m pyllama.bench ... --json`
@@ -84,9 +84,16 @@ def default_models(no_variants: bool) -> list[str]:
     return models
 
 
-def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
+def llama_bench_no_mmap_args(exe: str) -> list[str]:
+    """llama-bench's flag for loading without mmap: -lm none in newer builds, -mmp 0 before."""
+    res = subprocess.run([exe, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return ["-lm", "none"] if "--load-mode" in res.stdout else ["-mmp", "0"]
+
+
+def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, threads: int, reps: int,
+                    extra: list[str] = ()) -> dict:
     cmd = [exe, "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
-           "-r", str(reps), "-o", "json"]
+           "-r", str(reps), "-o", "json", *extra]
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if res.returncode != 0:
         sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -100,10 +107,10 @@ def have_pyllama_bench() -> bool:
     return os.path.exists(os.path.join(ROOT, "pyllama", "bench.py"))
 
 
-def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
+def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, use_mmap: bool = True) -> dict:
     if have_pyllama_bench():
         cmd = [sys.executable, "-m", "pyllama.bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
-               "-t", str(threads), "-r", str(reps), "--json"]
+               "-t", str(threads), "-r", str(reps), "--json", *([] if use_mmap else ["-mmp", "0"])]
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         if res.returncode != 0:
             sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -111,7 +118,7 @@ def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps:
         if len(rows) != 1:
             sys.exit(f"compare_llamacpp: expected one result from pyllama.bench, got {len(rows)}")
         return rows[0]
-    return time_pyllama_directly(model, n_prompt, n_gen, threads, reps)
+    return time_pyllama_directly(model, n_prompt, n_gen, threads, reps)  # (older trees: mmap only)
 
 
 def time_pyllama_directly(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
@@ -181,11 +188,15 @@ def main(argv=None) -> int:
     p.add_argument("--llama-bench", help="path of llama-bench (default: $LLAMA_BENCH or the cache build)")
     p.add_argument("--no-variants", action="store_true", help="skip bench/make_variants.py's files")
     p.add_argument("--json-out", help="also write every raw result to this JSON file")
+    p.add_argument("--mmap", type=int, choices=[0, 1], default=1,
+                   help="1: both engines map the model file (their default); 0: both read it into memory "
+                        "(llama-bench -lm none / -mmp 0, pyllama.bench -mmp 0)")
     p.add_argument("--no-stream", action="store_true",
                    help="skip the stream-read measurement after each decode test (bench/stream_read.c)")
     args = p.parse_args(argv)
 
     exe = find_llama_bench(args.llama_bench)
+    llama_extra = [] if args.mmap else llama_bench_no_mmap_args(exe)
     models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)
     for m in models:
         if not os.path.isfile(m):
@@ -208,10 +219,10 @@ def main(argv=None) -> int:
                     log(f"round {rnd + 1}/{args.rounds} {os.path.basename(model)} {name} {engine} "
                         f"(load {load_average()})")
                     if engine == "llama.cpp":
-                        r = run_llama_bench(exe, model, n_prompt, n_gen, args.threads, args.repetitions)
+                        r = run_llama_bench(exe, model, n_prompt, n_gen, args.threads, args.repetitions, llama_extra)
                         info.setdefault(model, r)
                     else:
-                        r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions)
+                        r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions, bool(args.mmap))
                     samples.setdefault((model, name, engine), []).extend(r.get("samples_ts") or [r["avg_ts"]])
                     raw.append({"round": rnd, "model": model, "test": name, "engine": engine, **r})
                 if n_gen and stream_exe:  # memory bandwidth now: it moves with the neighbours' load
@@ -223,7 +234,8 @@ def main(argv=None) -> int:
     build = f"{first.get('build_commit', '?')}/{first.get('build_number', '?')}"
     lines = [
         f"pyllama vs llama.cpp ({exe}, build {build}), {args.threads} threads, {args.repetitions} repetitions x {args.rounds} round(s), {started}, "
-        f"{platform.machine()} {os.cpu_count()} CPUs; load average before {load_before}, after {load_after}",
+        f"{platform.machine()} {os.cpu_count()} CPUs, {'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
+        f"load average before {load_before}, after {load_after}",
         "",
         "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "
         "| llama.cpp best | pyllama best | ratio of bests | decode GB/s llama.cpp / pyllama (% of stream read) |",

@@ -447,7 +447,7 @@ static int read_config(const metadata *md, pl_config *cfg) {
     return 0;
 }
 
-pl_model *pl_load_gguf(const char *path) {
+pl_model *pl_load_gguf(const char *path, int flags) {
     pl_clear_error();
     pl_model *m = calloc(1, sizeof *m);
     metadata md = {0};
@@ -456,7 +456,7 @@ pl_model *pl_load_gguf(const char *path) {
         pl_set_error("out of memory");
         return NULL;
     }
-    if (pl_map_file(path, &m->map)) goto fail;
+    if (pl_map_file(path, !(flags & PL_LOAD_NO_MMAP), &m->map)) goto fail;
 
     cursor c = {m->map.data, m->map.data + m->map.size, m->map.data};
     char magic[4];
@@ -524,6 +524,7 @@ pl_model *pl_load_gguf(const char *path) {
     /* Parsing read the whole header, whose vocabulary and merges are megabytes (1.6 MiB for
      * the default model) that the forward pass never reads again. */
     pl_release_pages(&m->map, 0, data_start);
+    pl_map_seal(&m->map);
     free(md.kv);
     free(offsets);
     return m;

@@ -12,17 +12,23 @@
 void pl_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void pl_clear_error(void);
 
-/* ---- a memory map of a whole file (util.c): private, read-only but for the ranges a
- * loader makes writable to rewrite in place (pl_map_writable); the file never changes ---- */
+/* ---- a whole file in memory (util.c): a private memory map of it, read-only but for the
+ * ranges a loader makes writable to rewrite in place (pl_map_writable), or (use_mmap = 0)
+ * a copy in anonymous memory on huge pages, read-only once sealed; the file never changes ---- */
 typedef struct {
     const uint8_t *data;
     uint64_t size;
+    void *base; /* the anonymous copy's region (data lies inside it); NULL for a file mapping */
+    size_t base_size;
+    int sealed; /* pl_map_seal has been called */
 } pl_mapping;
 
-int pl_map_file(const char *path, pl_mapping *out);
+int pl_map_file(const char *path, int use_mmap, pl_mapping *out);
+/* The loader is done: an anonymous copy becomes read-only (a file mapping already is). */
+void pl_map_seal(pl_mapping *m);
 void pl_unmap_file(pl_mapping *m);
-/* Drop the mapped pages wholly inside [begin, end) from the resident set (they are read
- * back from the page cache if touched again). */
+/* Drop the pages wholly inside [begin, end) from the resident set. A file mapping reads
+ * them back from the page cache if touched again; an anonymous copy reads zeros there. */
 void pl_release_pages(const pl_mapping *m, uint64_t begin, uint64_t end);
 /* Make [p, p + n) of the mapping writable (writable != 0) or read-only again; 0 on success. The
  * pages written become this process's own copies (copy-on-write); the file is untouched. */

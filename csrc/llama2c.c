@@ -143,14 +143,14 @@ static int check_config(pl_config *c, const int32_t h[7], float rope_base) {
     return 0;
 }
 
-pl_model *pl_load_llama2c(const char *path, float rope_base) {
+pl_model *pl_load_llama2c(const char *path, float rope_base, int flags) {
     pl_clear_error();
     pl_model *m = calloc(1, sizeof *m);
     if (!m) {
         pl_set_error("out of memory");
         return NULL;
     }
-    if (pl_map_file(path, &m->map)) goto fail;
+    if (pl_map_file(path, !(flags & PL_LOAD_NO_MMAP), &m->map)) goto fail;
     loader ld = {m, m->map.data, m->map.data + m->map.size, 0, 0};
 
     uint32_t magic = 0;
@@ -239,6 +239,7 @@ pl_model *pl_load_llama2c(const char *path, float rope_base) {
         goto fail;
     }
     if (pl_model_bind(m)) goto fail;
+    pl_map_seal(&m->map);
     return m;
 
 fail:

@@ -79,11 +79,16 @@ typedef struct {
 /* Error message of the last failed call on this thread ("" when none). */
 const char *pl_last_error(void);
 
-/* Loading. Weights stay in the mapped file; nothing is copied except where a
- * format needs conversion. */
-pl_model *pl_load_gguf(const char *path);
+/* Loading. flags 0: the weights stay in the file, mapped with mmap; nothing is copied
+ * except where a format needs conversion (and the Q4 matrices regrouped at load, in the
+ * mapping's private pages). PL_LOAD_NO_MMAP: the file is read into anonymous memory on
+ * 2 MB pages where the kernel has transparent huge pages (llama.cpp's --no-mmap): a
+ * load that reads the whole file and memory the page cache cannot share, for fewer TLB
+ * misses in decode (bench/RESULTS.md G). */
+#define PL_LOAD_NO_MMAP 1
+pl_model *pl_load_gguf(const char *path, int flags);
 /* llama2.c checkpoints carry no rope base and no BOS/EOS ids: pass them (run.c: 10000, 1, 2). */
-pl_model *pl_load_llama2c(const char *path, float rope_base);
+pl_model *pl_load_llama2c(const char *path, float rope_base, int flags);
 void pl_model_free(pl_model *m);
 void pl_model_config(const pl_model *m, pl_config *out);
 int pl_model_n_tensors(const pl_model *m);

@@ -1,6 +1,6 @@
 """Prompt-processing and generation speed, measured the way llama.cpp's llama-bench does.
 
-    python -m pyllama.bench -m MODEL [-m MODEL2 ...] -p 512 -n 128 -t 1,2 -r 5 [--json]
+    python -m pyllama.bench -m MODEL [-m MODEL2 ...] -p 512 -n 128 -t 1,2 -r 5 [-mmp 0,1] [--json]
 
 For each model, thread count and test it prints one row of a table in llama-bench's
 shape (model, size, params, backend, threads, test, t/s ± sd); ``--json`` prints
@@ -99,13 +99,13 @@ def run_gen(llm, first: int, n_gen: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_model(path: str, args, emit) -> None:
+def bench_model(path: str, use_mmap: bool, args, emit) -> None:
     from .llama import Llama
 
     n_ctx = max(max(args.n_prompt) + max(args.n_gen), 16)
-    print(f"pyllama.bench: loading {path}", file=sys.stderr)
+    print(f"pyllama.bench: loading {path}{'' if use_mmap else ' (no mmap)'}", file=sys.stderr)
     llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=args.threads[0], n_batch=args.batch_size,
-                type_k=args.cache_type_k, type_v=args.cache_type_v)
+                type_k=args.cache_type_k, type_v=args.cache_type_v, use_mmap=use_mmap)
     info = describe(llm)
     rng = np.random.default_rng(1234)
     for n_threads in args.threads:
@@ -140,6 +140,7 @@ def bench_model(path: str, args, emit) -> None:
                 "n_batch": args.batch_size,
                 "type_k": args.cache_type_k,
                 "type_v": args.cache_type_v,
+                "use_mmap": use_mmap,
                 "n_prompt": n_prompt,
                 "n_gen": n_gen,
                 "test_time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -151,17 +152,21 @@ def bench_model(path: str, args, emit) -> None:
     llm.close()
 
 
-def format_row(r: dict) -> str:
+def format_row(r: dict, mmap_column: bool = False) -> str:
     test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
     params = r["model_n_params"]
+    mmap = f" {int(r['use_mmap']):4d} |" if mmap_column else ""
     return (f"| {r['model_type']:<30} | {r['model_size'] / 2**20:7.2f} MiB | {params / 1e6:8.2f} M "
-            f"| {r['backends']:<10} | {r['n_threads']:7d} | {test:>13} | {r['avg_ts']:12.2f} ± {r['stddev_ts']:.2f} |")
+            f"| {r['backends']:<10} | {r['n_threads']:7d} |{mmap} {test:>13} | {r['avg_ts']:12.2f} ± "
+            f"{r['stddev_ts']:.2f} |")
 
 
-HEADER = ("| model                          |       size |     params | backend    | threads |          test |"
-          "                  t/s |\n"
-          "| ------------------------------ | ---------: | ---------: | ---------- | ------: | ------------: |"
-          " -------------------: |")
+def header(mmap_column: bool = False) -> str:
+    """The table's head; like llama-bench, an mmap column only when -mmp asks for something else than 1."""
+    return ("| model                          |       size |     params | backend    | threads |"
+            + (" mmap |" if mmap_column else "") + "          test |                  t/s |\n"
+            "| ------------------------------ | ---------: | ---------: | ---------- | ------: |"
+            + (" ---: |" if mmap_column else "") + " ------------: | -------------------: |")
 
 
 def main(argv=None) -> int:
@@ -176,6 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--isa", choices=["auto", "scalar", "avx2", "avx512", "neon"], default="auto",
                    help="force a kernel path (default: the best this CPU has)")
     add_cache_type_args(p)
+    p.add_argument("-mmp", "--mmap", type=_int_list, default=[1],
+                   help="1: map the model file (default), 0: read it into memory (Llama's use_mmap); "
+                        "comma list, e.g. 0,1")
     p.add_argument("--json", action="store_true", help="print llama-bench's JSON fields instead of a table")
     args = p.parse_args(argv)
     if args.repetitions < 1:
@@ -184,6 +192,9 @@ def main(argv=None) -> int:
         args.threads = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
     if 0 in args.threads:
         p.error("-t: thread counts must be positive")
+    if any(v not in (0, 1) for v in args.mmap):
+        p.error("-mmp: values must be 0 or 1")
+    mmap_column = args.mmap != [1]
     if args.isa != "auto":
         os.environ["PYLLAMA_ISA"] = args.isa
         from ._core import lib
@@ -195,19 +206,20 @@ def main(argv=None) -> int:
 
     results = []
     if not args.json:
-        print(HEADER, flush=True)
+        print(header(mmap_column), flush=True)
 
     def emit(r):
         results.append(r)
         if not args.json:
-            print(format_row(r), flush=True)
+            print(format_row(r, mmap_column), flush=True)
 
     for path in args.models or [None]:
         if path is None:
             from .models import default_model_path
 
             path = default_model_path()
-        bench_model(path, args, emit)
+        for use_mmap in args.mmap:
+            bench_model(path, bool(use_mmap), args, emit)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

@@ -33,6 +33,13 @@ def add_cache_type_args(ap: argparse.ArgumentParser) -> None:
                     help="KV cache type for values (default f16)")
 
 
+def add_mmap_arg(ap: argparse.ArgumentParser) -> None:
+    """llama.cpp's --no-mmap: read the weights into memory instead of mapping the file (Llama's use_mmap)."""
+    ap.add_argument("--no-mmap", dest="use_mmap", action="store_false",
+                    help="read the model into memory (on huge pages where the kernel has them) instead of "
+                         "mapping the file: a slower load, faster decode on some machines")
+
+
 def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
     ap.add_argument("-m", "--model", default=None,
                     help="GGUF file, llama2.c checkpoint or catalog name (default: the default model, "
@@ -43,6 +50,7 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
                     help="CPU threads (default: all available)")
     ap.add_argument("--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
     add_cache_type_args(ap)
+    add_mmap_arg(ap)
     ap.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="tokenizer for llama2.c checkpoints (tokenizer.bin or .model)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print loading details to stderr")
@@ -62,7 +70,7 @@ def load_model(args, **extra):
 
         return Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
                      seed=args.seed, verbose=args.verbose, tokenizer_path=args.tokenizer,
-                     type_k=args.cache_type_k, type_v=args.cache_type_v, **extra)
+                     type_k=args.cache_type_k, type_v=args.cache_type_v, use_mmap=args.use_mmap, **extra)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         raise SystemExit(130)

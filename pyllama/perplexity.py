@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .chat import add_cache_type_args
+from .chat import add_cache_type_args, add_mmap_arg
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per evaluation call")
     add_cache_type_args(p)
+    add_mmap_arg(p)
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (default: all)")
     args = p.parse_args(argv)
     if args.ctx_size < 4:
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     with open(args.file, "rb") as fh:
         text = fh.read().decode("utf-8", errors="replace")
     llm = Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
-                n_batch=min(args.batch_size, args.ctx_size), type_k=args.cache_type_k, type_v=args.cache_type_v)
+                n_batch=min(args.batch_size, args.ctx_size), type_k=args.cache_type_k, type_v=args.cache_type_v,
+                use_mmap=args.use_mmap)
     t0 = time.perf_counter()
     tokens = llm.tokenize(text, add_bos=True)
     print(f"perplexity: tokenizing the input took {(time.perf_counter() - t0) * 1000:.0f} ms, "

@@ -270,7 +270,9 @@ def test_base_files_load(base_gguf, tmp_path):
     d, data, _ = base_gguf
     l2c = write_llama2c_set(tmp_path)
     cases = [Case("base-gguf", str(d / "base.gguf"), "any"),
-             *[Case(f"base-{k}", str(p), "any", (), kw) for k, (p, kw) in l2c.items()]]
+             Case("base-gguf-no-mmap", str(d / "base.gguf"), "any", (), {"use_mmap": False}),
+             *[Case(f"base-{k}", str(p), "any", (), kw) for k, (p, kw) in l2c.items()],
+             *[Case(f"base-{k}-no-mmap", str(p), "any", (), {**kw, "use_mmap": False}) for k, (p, kw) in l2c.items()]]
     res = run_cases(cases, tmp_path)
     assert all(r["result"] == "ok" and r["finite"] for r in res.values()), res
 
@@ -291,6 +293,8 @@ def test_gguf_truncated(base_gguf):
     for off in sorted(offsets):
         assert off < last_end
         m.add(f"trunc-{off}", data[:off])
+        # the same file read into memory instead of mapped (use_mmap=False): the checks must not differ
+        m.add(f"trunc-{off}-no-mmap", data[:off], kwargs={"use_mmap": False})
     check(m.cases, d)
 
 
@@ -562,6 +566,8 @@ def test_llama2c_bad_files(tmp_path):
     add("v0-tied-trunc", v0t[: len(v0t) - 100])
     for off in (8, 100, 255, 256, 257, len(v1) // 2, len(v1) - 1):
         add(f"v1-trunc-{off}", v1[:off])
+        p = tmp_path / f"v1-trunc-{off}.bin"  # and read into memory instead of mapped
+        cases.append(Case(f"v1-trunc-{off}-no-mmap", str(p), "error", (), {**kw, "use_mmap": False}))
     fields = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"]
     bad_values = {
         "dim": (0, -64, 1 << 30, 63, 2**31 - 1),

@@ -91,7 +91,7 @@ def test_chat_through_a_pipe(default_model_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache", [[], ["-ctk", "f32", "-ctv", "f32"]])
+@pytest.mark.parametrize("cache", [[], ["-ctk", "f32", "-ctv", "f32"], ["--no-mmap"]])
 def test_generate_cli(default_model_path, cache):
     p = run("pyllama.generate", "-m", default_model_path, "-p", "The capital of France is",
             "-n", "4", "-t", "0", "-c", "64", *cache)

@@ -123,6 +123,23 @@ def test_tiny_logits_match_reference(tiny_model_factory, cfg, kv):
     check_against_reference(path, all_logits, tokens, quantized, kv)
 
 
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_tiny_logits_match_reference_without_mmap(tiny_model_factory, cfg):
+    """use_mmap=False reads the file into anonymous memory (huge pages) and repacks the Q4
+    matrices there instead of in the file mapping's private pages: same reference, same result."""
+    overrides, quantized = CONFIGS[cfg]
+    path = tiny_model_factory(**overrides)
+    llm = open_llama(path, type_k="f32", type_v="f32", use_mmap=False)
+    tokens = sample_tokens(llm.n_vocab(), 13, seed=len(cfg))
+    llm.eval(tokens, logits_all=True)
+    all_logits = np.asarray(llm.eval_logits)
+    assert np.all(np.isfinite(all_logits))
+    check_against_reference(path, all_logits, tokens, quantized, "f32")
+    mapped = open_llama(path, type_k="f32", type_v="f32")
+    mapped.eval(tokens, logits_all=True)
+    assert np.array_equal(np.asarray(mapped.eval_logits), all_logits)  # same kernels, same bytes
+
+
 def test_config_comes_from_metadata(tiny_model_factory):
     spec = TinySpec(arch="qwen2", dim=96, n_heads=6, n_kv_heads=2, hidden_dim=160, n_layers=3, tied=False,
                     rope_base=50000.0, norm_eps=1e-6, context_length=48)
@@ -299,9 +316,10 @@ def test_eval_rejects_out_of_range_token_ids(tiny_model_factory):
 # llama2.c checkpoints through the C API, against the reference run on a GGUF of the same weights
 
 
+@pytest.mark.parametrize("use_mmap", [True, False])
 @pytest.mark.parametrize("version", ["v0", "v1"])
 @pytest.mark.parametrize("tied", [True, False])
-def test_llama2c_matches_reference(tmp_path, version, tied):
+def test_llama2c_matches_reference(tmp_path, version, tied, use_mmap):
     core = pytest.importorskip("pyllama._core")
     ffi, lib = core.ffi, core.lib
     spec = TinySpec(tied=tied, seed=11, rope_base=10000.0)
@@ -309,7 +327,7 @@ def test_llama2c_matches_reference(tmp_path, version, tied):
     gguf_path = tiny_models.write_tiny_gguf(tmp_path / "m.gguf", spec, weights=w)
     writer = tiny_models.write_llama2c_v0 if version == "v0" else tiny_models.write_llama2c_v1
     bin_path = writer(tmp_path / "m.bin", spec, weights=w)
-    m = lib.pl_load_llama2c(str(bin_path).encode(), 10000.0)
+    m = lib.pl_load_llama2c(str(bin_path).encode(), 10000.0, 0 if use_mmap else lib.PL_LOAD_NO_MMAP)
     assert m != ffi.NULL, ffi.string(lib.pl_last_error()).decode()
     try:
         cfg = ffi.new("pl_config *")

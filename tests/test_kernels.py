@@ -271,6 +271,23 @@ def test_bench_cli_table(tiny_model_factory, capsys):
     assert len(lines) == 3 and "pp8" in lines[2]
 
 
+def test_bench_cli_mmap_column(tiny_model_factory, capsys):
+    """-mmp 0,1 (llama-bench's flag): each model loaded both ways, with an mmap column and field."""
+    import json
+
+    from pyllama import bench
+
+    path = str(tiny_model_factory())
+    assert bench.main(["-m", path, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-mmp", "0,1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "| mmap |" in lines[0] and len(lines) == 4
+    assert [line.split("|")[6].strip() for line in lines[2:]] == ["0", "1"]
+    assert bench.main(["-m", path, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-mmp", "0", "--json"]) == 0
+    assert [r["use_mmap"] for r in json.loads(capsys.readouterr().out)] == [False]
+    with pytest.raises(SystemExit):
+        bench.main(["-m", path, "-mmp", "2"])
+
+
 def test_perplexity_matches_a_direct_computation(tiny_model_factory):
     """pyllama.perplexity's windows and scoring, recomputed here from full-sequence logits."""
     from pyllama import Llama

@@ -191,7 +191,7 @@ def test_weights_stay_in_the_file_mapping(default_model_path, repack):
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         before = rss()
-        m = lib.pl_load_gguf({os.fsencode(default_model_path)!r})
+        m = lib.pl_load_gguf({os.fsencode(default_model_path)!r}, 0)
         assert m != ffi.NULL, ffi.string(lib.pl_last_error())
         after = rss()
         info = ffi.new("pl_tensor_info *")
@@ -213,6 +213,70 @@ def test_weights_stay_in_the_file_mapping(default_model_path, repack):
     assert grown < allowed, f"loading made {grown} bytes resident for a {size}-byte file (Q4 layers: {q4})"
     if repack == "1":
         assert grown > q4 * 0.9, "the Q4 layers were expected to be repacked (written) at load"
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "absent"
+    return text.split("[")[1].split("]")[0] if "[" in text else "absent"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_no_mmap_reads_the_weights_onto_huge_pages_read_only(default_model_path):
+    """use_mmap=False: the weights are this process's anonymous memory, on transparent huge
+    pages where the kernel has them (the point of the option), and read-only after loading
+    (a stray write through a tensor pointer faults instead of corrupting the weights)."""
+    code = textwrap.dedent(
+        f"""
+        import ctypes, sys
+        from pyllama import Llama
+        from pyllama._core import ffi, lib
+        llm = Llama(model_path={default_model_path!r}, n_ctx=16, use_mmap=False)
+        llm.eval([1, 2])
+        base = int(ffi.cast("uintptr_t", lib.pl_model_file_data(llm._model)))
+        size = lib.pl_model_file_size(llm._model)
+        anon = huge = 0
+        region = None
+        for line in open("/proc/self/smaps"):
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
+                lo, hi = (int(v, 16) for v in head[0].split("-"))
+                region = (lo <= base < hi) and len(head) == 5  # anonymous: no path
+            elif region and head[0] == "Anonymous:":
+                anon += int(head[1]) * 1024
+            elif region and head[0] == "AnonHugePages:":
+                huge += int(head[1]) * 1024
+        print(size, anon, huge, flush=True)
+        info = ffi.new("pl_tensor_info *")
+        lib.pl_model_tensor(llm._model, lib.pl_model_n_tensors(llm._model) - 1, info)
+        ctypes.memset(int(ffi.cast("uintptr_t", info.data)), 0, 1)  # must fault
+        print("written", flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip(), out.stderr
+    size, anon, huge = map(int, out.stdout.split()[:3])
+    assert anon > 0.95 * size, f"{anon} anonymous bytes for a {size}-byte file"
+    if _thp_mode() in ("always", "madvise"):
+        assert huge > 0.8 * size, f"only {huge} of {size} bytes on huge pages (THP {_thp_mode()})"
+    assert "written" not in out.stdout and out.returncode == -11, (out.returncode, out.stdout, out.stderr[-500:])
+
+
+@pytest.mark.slow
+def test_default_model_gives_the_same_logits_with_and_without_mmap(default_model_path):
+    tokens = [1, 504, 3458, 314, 4649, 314, 2]
+    logits = []
+    for use_mmap in (True, False):
+        llm = Llama(model_path=default_model_path, n_ctx=32, use_mmap=use_mmap)
+        assert llm.use_mmap is use_mmap
+        llm.eval(tokens, logits_all=True)
+        logits.append(np.array(llm.eval_logits))
+        llm.close()
+    assert np.array_equal(logits[0], logits[1])
 
 
 @pytest.mark.slow
@@ -277,15 +341,16 @@ def test_repacked_q4_gives_the_file_layouts_logits(tiny_model_factory, monkeypat
     np.testing.assert_allclose(logits["1"], logits["0"], rtol=0, atol=1e-4 * spread)
 
 
+@pytest.mark.parametrize("use_mmap", [True, False])
 @pytest.mark.parametrize("wtype", ["F32", "Q4_0", "Q4_1"])
-def test_tensor_views_match_the_gguf_package(tiny_model_factory, wtype):
+def test_tensor_views_match_the_gguf_package(tiny_model_factory, wtype, use_mmap):
     """tensors() gives the file's bytes and types, also for the Q4 matrices the loader repacks."""
     import gguf
 
     path = str(tiny_model_factory(wtype=wtype, tied=False))
     reader = gguf.GGUFReader(path)
     ref = {t.name: (np.asarray(t.data).view(np.uint8).reshape(-1), int(t.tensor_type)) for t in reader.tensors}
-    llm = fresh(path)
+    llm = fresh(path, use_mmap=use_mmap)
     for t in llm.tensors():
         data, ttype = ref[t["name"]]
         np.testing.assert_array_equal(t["data"], data, err_msg=t["name"])

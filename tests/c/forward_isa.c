@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: forward_isa MODEL.gguf\n");
         return 2;
     }
-    pl_model *m = pl_load_gguf(argv[1]);
+    pl_model *m = pl_load_gguf(argv[1], 0);
     if (!m) {
         fprintf(stderr, "load: %s\n", pl_last_error());
         return 2;
