@@ -140,6 +140,18 @@ def test_tiny_logits_match_reference_without_mmap(tiny_model_factory, cfg):
     assert np.array_equal(np.asarray(mapped.eval_logits), all_logits)  # same kernels, same bytes
 
 
+@pytest.mark.parametrize("cfg", ["llama-F32", "llama-F16", "llama-BF16", "qwen2-F32", "llama-F16-head160"])
+def test_long_float_batch_matches_reference(tiny_model_factory, cfg):
+    """A 40-token batch: the float tiles' packed-panel path (16 tokens or more, 12 per pass
+    and a tail) against the float64 reference."""
+    overrides, quantized = CONFIGS[cfg]
+    path = tiny_model_factory(**overrides, context_length=64)
+    llm = open_llama(path, type_k="f32", type_v="f32", n_threads=2)
+    tokens = sample_tokens(llm.n_vocab(), 40, seed=7)
+    llm.eval(tokens, logits_all=True)
+    check_against_reference(path, np.asarray(llm.eval_logits), tokens, quantized, "f32")
+
+
 def test_config_comes_from_metadata(tiny_model_factory):
     spec = TinySpec(arch="qwen2", dim=96, n_heads=6, n_kv_heads=2, hidden_dim=160, n_layers=3, tied=False,
                     rope_base=50000.0, norm_eps=1e-6, context_length=48)
