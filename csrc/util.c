@@ -36,9 +36,9 @@ void pl_set_error(const char *fmt, ...) {
  * use_mmap = 0: the file read into anonymous memory, aligned to 2 MB and advised to
  * sit on transparent huge pages. Decode reads every weight once per token, and with
  * 4 KB pages that is a TLB miss every 4 KB; in a VM each miss is a two-level page
- * walk. On the project's Intel VM the F32 and F16 files decode 25-50% faster so
- * (bench/RESULTS.md G); llama.cpp's no-mmap load gains 5%, its buffers being on
- * 4 KB pages. The region stays writable until pl_map_seal, so the loader's in-place
+ * walk. On the project's Intel VM the F32 and F16 files decode 12-50% faster so
+ * (bench/RESULTS.md G; how much depends on where the page cache holds the file);
+ * llama.cpp's no-mmap load gains 5%, its buffers being on 4 KB pages. The region stays writable until pl_map_seal, so the loader's in-place
  * rewrites (pl_map_writable) need no mprotect, which would split the huge pages.
  */
 static int read_into_anon(int fd, size_t size, const char *path, pl_mapping *out) {

@@ -91,7 +91,7 @@ class Llama(GenerationMixin):
             copy. False: the file is read into this process's memory, on 2 MB
             pages where the kernel has transparent huge pages: a load that reads
             the whole file, for fewer TLB misses while decoding (float models
-            decode 25-50% faster on the project's Intel VM; bench/RESULTS.md G).
+            decode 12-50% faster on the project's Intel VM; bench/RESULTS.md G).
         type_k, type_v: element type of the cached keys / values, as GGML type
             ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
             Default F16, as llama.cpp: half the memory and cache reads of F32;
