@@ -195,6 +195,8 @@ def main(argv=None) -> int:
                    help="skip the stream-read measurement after each decode test (bench/stream_read.c)")
     args = p.parse_args(argv)
 
+    if not args.mmap and not have_pyllama_bench():
+        sys.exit("compare_llamacpp: --mmap 0 needs pyllama.bench (the in-process fallback maps the file)")
     exe = find_llama_bench(args.llama_bench)
     llama_extra = [] if args.mmap else llama_bench_no_mmap_args(exe)
     models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)

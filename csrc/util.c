@@ -36,26 +36,26 @@ void pl_set_error(const char *fmt, ...) {
  * use_mmap = 0: the file read into anonymous memory, aligned to 2 MB and advised to
  * sit on transparent huge pages. Decode reads every weight once per token, and with
  * 4 KB pages that is a TLB miss every 4 KB; in a VM each miss is a two-level page
- * walk. On the project's Intel VM the F32 and F16 files decode 12-50% faster so
- * (bench/RESULTS.md G; how much depends on where the page cache holds the file);
- * llama.cpp's no-mmap load gains 5%, its buffers being on 4 KB pages. The region stays writable until pl_map_seal, so the loader's in-place
- * rewrites (pl_map_writable) need no mprotect, which would split the huge pages.
+ * walk. On the project's Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64
+ * from the file mapping or from anonymous 4 KB pages (bench/RESULTS.md G); the page
+ * cache's own 2 MB folios, mapped with 2 MB entries, did not gain there. llama.cpp's
+ * no-mmap load gains 5%, its buffers being on 4 KB pages. The region stays writable
+ * until pl_map_seal, so the loader's in-place rewrites (pl_map_writable) need no
+ * mprotect, which would split the huge pages.
  */
+#define HUGE_PAGE ((size_t)2 << 20)
+
 static int read_into_anon(int fd, size_t size, const char *path, pl_mapping *out) {
-    const size_t huge = (size_t)2 << 20;
-    if (size > SIZE_MAX - huge) {
-        pl_set_error("%s is too large to read into memory", path);
-        return -1;
-    }
-    const size_t len = size + huge; /* room to start on a 2 MB boundary */
+    /* whole huge pages: the file's last partial 2 MB too (and room to start on a boundary) */
+    const size_t span = (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), len = span + HUGE_PAGE;
     char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         pl_set_error("cannot allocate %zu bytes to read %s into: %s", size, path, strerror(errno));
         return -1;
     }
-    char *p = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
+    char *p = (char *)(((uintptr_t)base + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
 #ifdef MADV_HUGEPAGE
-    madvise(p, size, MADV_HUGEPAGE); /* a hint: without THP the pages are 4 KB, nothing else changes */
+    madvise(p, span, MADV_HUGEPAGE); /* a hint: without THP the pages are 4 KB, nothing else changes */
 #endif
     for (size_t got = 0; got < size;) {
         const size_t want = size - got < ((size_t)1 << 30) ? size - got : (size_t)1 << 30;
@@ -90,6 +90,11 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
     }
     if (st.st_size == 0) {
         pl_set_error("%s is empty", path);
+        close(fd);
+        return -1;
+    }
+    if ((uint64_t)st.st_size > (uint64_t)(SIZE_MAX / 2)) { /* a 32-bit build: size_t cannot hold it */
+        pl_set_error("%s is too large for this process's address space", path);
         close(fd);
         return -1;
     }

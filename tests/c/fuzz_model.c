@@ -9,7 +9,8 @@
  * util.c is compiled with -Dmmap=fuzz_mmap etc. (run_fuzz_model.sh), so the "mapping" is a
  * page-aligned heap copy of exactly the file's size: ASan then reports any read past the
  * file's end (a real mmap would silently read zeros up to the page end). Inputs whose size
- * has bit 2 set are loaded with PL_LOAD_NO_MMAP instead.
+ * has bit 2 set are loaded with PL_LOAD_NO_MMAP instead, into a region whose bytes past the
+ * file are poisoned. Pages the loader releases (madvise MADV_DONTNEED) are poisoned too.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -20,17 +21,25 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <sanitizer/asan_interface.h>
+
 #include "pyllama.h"
 
 /* ---- the mmap stand-ins used by util.c ---- */
+static size_t file_size; /* the input being loaded */
+
 void *fuzz_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
     (void)addr; (void)prot;
     void *p = NULL;
-    if (posix_memalign(&p, 4096, len ? len : 1)) return MAP_FAILED;
-    if (flags & MAP_ANONYMOUS) { /* the no-mmap load's region, which it reads the file into */
+    if (flags & MAP_ANONYMOUS) {
+        /* the no-mmap load's region: aligned to 2 MB, so util.c reads the file into its start;
+         * the slack after the file is poisoned, so reads past the file's end are caught here too */
+        if (posix_memalign(&p, (size_t)2 << 20, len)) return MAP_FAILED;
         memset(p, 0, len);
+        if (file_size < len) ASAN_POISON_MEMORY_REGION((char *)p + file_size, len - file_size);
         return p;
     }
+    if (posix_memalign(&p, 4096, len ? len : 1)) return MAP_FAILED;
     size_t got = 0;
     while (got < len) {
         ssize_t r = pread(fd, (char *)p + got, len - got, off + (off_t)got);
@@ -39,9 +48,17 @@ void *fuzz_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) 
     }
     return p;
 }
-int fuzz_munmap(void *addr, size_t len) { (void)len; free(addr); return 0; }
+int fuzz_munmap(void *addr, size_t len) {
+    ASAN_UNPOISON_MEMORY_REGION(addr, len);
+    free(addr);
+    return 0;
+}
 int fuzz_mprotect(void *addr, size_t len, int prot) { (void)addr; (void)len; (void)prot; return 0; }
-int fuzz_madvise(void *addr, size_t len, int advice) { (void)addr; (void)len; (void)advice; return 0; }
+/* released pages (the GGUF header after parsing) must not be read again: poisoned */
+int fuzz_madvise(void *addr, size_t len, int advice) {
+    if (advice == MADV_DONTNEED) ASAN_POISON_MEMORY_REGION(addr, len);
+    return 0;
+}
 
 static int memfd = -1;
 static char path[64];
@@ -56,6 +73,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (ftruncate(memfd, 0) || (size && pwrite(memfd, data, size, 0) != (ssize_t)size)) abort();
+    file_size = size;
     /* both load paths, chosen by the input's size: the file mapping and the no-mmap read
      * (whose region is 2 MB larger than the file, so ASan sees overreads only in the first) */
     const int load_flags = (size & 4) ? PL_LOAD_NO_MMAP : 0;

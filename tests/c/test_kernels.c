@@ -411,7 +411,7 @@ int main(void) {
             /* row ranges: odd, offset, shorter and longer than the 4- and 8-row blocks and the
              * 16/32-row float panels; tokens past the panels' 12 per pass, from the 16 that use them */
             static const int shapes[][3] = {{1, 0, 1}, {3, 0, 3}, {8, 0, 8}, {13, 2, 13}, {37, 3, 36}, {40, 8, 40},
-                                            {70, 5, 69}};
+                                            {70, 5, 69}, {24, 2, 23}, {50, 0, 50}};
             static const int toks[] = {1, 2, 3, 4, 5, 8, 11, 12, 16, 33};
             for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
                 for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
