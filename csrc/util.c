@@ -116,7 +116,9 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
 }
 
 void pl_map_seal(pl_mapping *m) {
-    if (m->base && !m->sealed) mprotect((void *)m->data, (size_t)m->size, PROT_READ);
+    /* whole huge pages, as advised: protecting up to the file's end would split the last one */
+    if (m->base && !m->sealed)
+        mprotect((void *)m->data, ((size_t)m->size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), PROT_READ);
     m->sealed = 1;
 }
 
