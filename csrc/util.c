@@ -45,9 +45,12 @@ void pl_set_error(const char *fmt, ...) {
  */
 #define HUGE_PAGE ((size_t)2 << 20)
 
+/* the copy's bytes rounded up to whole huge pages: advised and protected as one, so that
+ * the file's last partial 2 MB is a huge page too */
+static size_t huge_span(size_t size) { return (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
+
 static int read_into_anon(int fd, size_t size, const char *path, pl_mapping *out) {
-    /* whole huge pages: the file's last partial 2 MB too (and room to start on a boundary) */
-    const size_t span = (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), len = span + HUGE_PAGE;
+    const size_t span = huge_span(size), len = span + HUGE_PAGE; /* room to start on a boundary */
     char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         pl_set_error("cannot allocate %zu bytes to read %s into: %s", size, path, strerror(errno));
@@ -116,9 +119,7 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
 }
 
 void pl_map_seal(pl_mapping *m) {
-    /* whole huge pages, as advised: protecting up to the file's end would split the last one */
-    if (m->base && !m->sealed)
-        mprotect((void *)m->data, ((size_t)m->size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), PROT_READ);
+    if (m->base && !m->sealed) mprotect((void *)m->data, huge_span((size_t)m->size), PROT_READ);
     m->sealed = 1;
 }
 
