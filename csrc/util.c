@@ -36,10 +36,11 @@ void pl_set_error(const char *fmt, ...) {
  * use_mmap = 0: the file read into anonymous memory, aligned to 2 MB and advised to
  * sit on transparent huge pages. Decode reads every weight once per token, and with
  * 4 KB pages that is a TLB miss every 4 KB; in a VM each miss is a two-level page
- * walk. On the project's Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64
- * from the file mapping or from anonymous 4 KB pages (bench/RESULTS.md G); the page
- * cache's own 2 MB folios, mapped with 2 MB entries, did not gain there. llama.cpp's
- * no-mmap load gains 5%, its buffers being on 4 KB pages. The region stays writable
+ * walk. On the project's Intel VM, in the minutes when that is slow, the F16 file
+ * decodes at 87-92 tok/s so, at 57-64 from the file mapping or from anonymous 4 KB
+ * pages (in others all three run alike; bench/RESULTS.md G); the page cache's own 2 MB
+ * folios, mapped with 2 MB entries, did not gain there. llama.cpp's no-mmap load gains
+ * 5%, its buffers being on 4 KB pages. The region stays writable
  * until pl_map_seal, so the loader's in-place rewrites (pl_map_writable) need no
  * mprotect, which would split the huge pages.
  */

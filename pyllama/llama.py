@@ -91,8 +91,8 @@ class Llama(GenerationMixin):
             copy. False: the file is read into this process's memory, on 2 MB
             pages where the kernel has transparent huge pages: a load that reads
             the whole file, for fewer TLB misses while decoding (on the project's
-            Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64 mapped;
-            bench/RESULTS.md G).
+            Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64 mapped in
+            the minutes when 4 KB pages are slow; bench/RESULTS.md G).
         type_k, type_v: element type of the cached keys / values, as GGML type
             ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
             Default F16, as llama.cpp: half the memory and cache reads of F32;
