@@ -177,7 +177,8 @@ AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
                                  int r1, int n) {                                               \
         for (int r = r0; r < r1; r++) {                                                         \
-            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));                                  \
+            prefetch_at(ROW(w, rb, r), rb, ROW(w, rb, r1),                                      \
+                        TYPE == PL_TYPE_F32 ? PREFETCH_BYTES : PREFETCH_BYTES_HALF);            \
             y[r] = frow(TYPE, ROW(w, rb, r), (const float *)act, n);                            \
         }                                                                                       \
     }                                                                                           \

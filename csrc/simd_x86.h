@@ -43,9 +43,18 @@ AVX2_INLINE float load1(int type, const void *w, size_t k) {
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 4096
 #endif
-static inline __attribute__((always_inline)) void prefetch_ahead(const void *row, size_t row_bytes, const void *end) {
-    const char *p = (const char *)row + PREFETCH_BYTES, *e = (const char *)end;
+/* The F16 and BF16 rows ask 4x as far ahead: on the Intel VM, in the minutes when 4 KB
+ * pages are slow, F16 decode 58 -> 73-75 tok/s with 16 KB (8 KB: 58-64; 32-64 KB: 71-75),
+ * equal in the fast minutes; F32, Q8_0 and Q4 rows gain nothing or lose from a longer
+ * distance (bench/RESULTS.md G). */
+#define PREFETCH_BYTES_HALF (4 * PREFETCH_BYTES)
+static inline __attribute__((always_inline)) void prefetch_at(const void *row, size_t row_bytes, const void *end,
+                                                              size_t ahead) {
+    const char *p = (const char *)row + ahead, *e = (const char *)end;
     for (size_t o = 0; o < row_bytes && p + o < e; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *row, size_t row_bytes, const void *end) {
+    prefetch_at(row, row_bytes, end, PREFETCH_BYTES);
 }
 
 /* The same, not stopped at `end`: past a thread's last row lie the next burst's or the
