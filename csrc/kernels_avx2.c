@@ -177,8 +177,7 @@ AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
                                  int r1, int n) {                                               \
         for (int r = r0; r < r1; r++) {                                                         \
-            prefetch_at(ROW(w, rb, r), rb, ROW(w, rb, r1),                                      \
-                        TYPE == PL_TYPE_F32 ? PREFETCH_BYTES : PREFETCH_BYTES_HALF);            \
+            if (TYPE != PL_TYPE_F32) prefetch_at(ROW(w, rb, r), rb, ROW(w, rb, r1), PREFETCH_BYTES_F16); \
             y[r] = frow(TYPE, ROW(w, rb, r), (const float *)act, n);                            \
         }                                                                                       \
     }                                                                                           \

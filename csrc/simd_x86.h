@@ -45,9 +45,11 @@ AVX2_INLINE float load1(int type, const void *w, size_t k) {
 #endif
 /* The F16 and BF16 rows ask 4x as far ahead: on the Intel VM, in the minutes when 4 KB
  * pages are slow, F16 decode 58 -> 73-75 tok/s with 16 KB (8 KB: 58-64; 32-64 KB: 71-75),
- * equal in the fast minutes; F32, Q8_0 and Q4 rows gain nothing or lose from a longer
- * distance (bench/RESULTS.md G). */
-#define PREFETCH_BYTES_HALF (4 * PREFETCH_BYTES)
+ * equal in the fast minutes; Q8_0 and Q4 rows lose from a longer distance. The F32 rows
+ * do best with none: their long rows keep the hardware prefetcher going, and the extra
+ * requests only compete with it (F32 decode 40.2 -> 42.4 tok/s mapped, 49.2 -> 54.6
+ * read into memory). bench/RESULTS.md G. */
+#define PREFETCH_BYTES_F16 (4 * PREFETCH_BYTES)
 static inline __attribute__((always_inline)) void prefetch_at(const void *row, size_t row_bytes, const void *end,
                                                               size_t ahead) {
     const char *p = (const char *)row + ahead, *e = (const char *)end;
