@@ -108,12 +108,16 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("use_mmap", [True, False])
 @pytest.mark.parametrize("kv", ["f16", "f32"])
 @pytest.mark.parametrize("cfg", list(CONFIGS))
-def test_tiny_logits_match_reference(tiny_model_factory, cfg, kv):
+def test_tiny_logits_match_reference(tiny_model_factory, cfg, kv, use_mmap):
+    """use_mmap=False reads the file into anonymous memory (huge pages) and repacks the Q4
+    matrices there instead of in the file mapping's private pages: same reference, and the
+    same logits as the mapped load to the bit (same kernels, same bytes)."""
     overrides, quantized = CONFIGS[cfg]
     path = tiny_model_factory(**overrides)
-    llm = open_llama(path, type_k=kv, type_v=kv)
+    llm = open_llama(path, type_k=kv, type_v=kv, use_mmap=use_mmap)
     tokens = sample_tokens(llm.n_vocab(), 13, seed=len(cfg))
     llm.eval(tokens, logits_all=True)
     all_logits = np.asarray(llm.eval_logits)
@@ -121,23 +125,10 @@ def test_tiny_logits_match_reference(tiny_model_factory, cfg, kv):
     assert np.array_equal(np.asarray(llm.logits), all_logits[-1])
     assert np.all(np.isfinite(all_logits))
     check_against_reference(path, all_logits, tokens, quantized, kv)
-
-
-@pytest.mark.parametrize("cfg", list(CONFIGS))
-def test_tiny_logits_match_reference_without_mmap(tiny_model_factory, cfg):
-    """use_mmap=False reads the file into anonymous memory (huge pages) and repacks the Q4
-    matrices there instead of in the file mapping's private pages: same reference, same result."""
-    overrides, quantized = CONFIGS[cfg]
-    path = tiny_model_factory(**overrides)
-    llm = open_llama(path, type_k="f32", type_v="f32", use_mmap=False)
-    tokens = sample_tokens(llm.n_vocab(), 13, seed=len(cfg))
-    llm.eval(tokens, logits_all=True)
-    all_logits = np.asarray(llm.eval_logits)
-    assert np.all(np.isfinite(all_logits))
-    check_against_reference(path, all_logits, tokens, quantized, "f32")
-    mapped = open_llama(path, type_k="f32", type_v="f32")
-    mapped.eval(tokens, logits_all=True)
-    assert np.array_equal(np.asarray(mapped.eval_logits), all_logits)  # same kernels, same bytes
+    if not use_mmap:
+        mapped = open_llama(path, type_k=kv, type_v=kv)
+        mapped.eval(tokens, logits_all=True)
+        assert np.array_equal(np.asarray(mapped.eval_logits), all_logits)
 
 
 @pytest.mark.parametrize("cfg", ["llama-F32", "llama-F16", "llama-BF16", "qwen2-F32", "llama-F16-head160"])
