@@ -173,6 +173,131 @@ AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
     return s;
 }
 
+/*
+ * Float weights for a batch of 16 tokens or more: packed panels, as in kernels_avx512.c
+ * but with 16 registers. The 4x3 tile above spends its horizontal sums on the FMA
+ * ports and converts every F16/BF16 weight once per 3 tokens. Here 16 rows x FKC2
+ * values are converted and transposed once into a buffer (value k of the 16 rows in
+ * two registers' worth, p[k][0..15]); each pass over it multiplies them by one
+ * broadcast activation per token: 12 accumulators (2 x 8 rows, 6 tokens), each lane one
+ * output, stored as they are. Buffer (8 KB) and a 6-token slice of the activations
+ * (3 KB) stay in L1. Each output is summed over k in order.
+ */
+#define FKC2 128 /* values of each row packed at a time */
+#define FTOK2 6  /* tokens per pass over a packed chunk */
+
+/* 8 x 8 floats: v[i] = row i in, v[j] = column j out */
+AVX2_INLINE void transpose8_ps(__m256 v[8]) {
+    __m256 t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) { /* 64-bit pairs: u[i + j] holds columns j and j + 4 of 4 rows */
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) { /* 128-bit halves: rows 0-3 with rows 4-7 */
+        v[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        v[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+    }
+}
+
+/* Rows r..r+nr-1 (nr <= 16; missing rows repeat the last), values k0..k0+kc-1 (kc % 8 == 0),
+ * as p[k][16]. */
+AVX2_INLINE void fpack16(int type, const void *w, size_t rb, int r, int nr, int k0, int kc, float *p) {
+    for (int h = 0; h < 2; h++)
+        for (int kb = 0; kb < kc; kb += 8) {
+            __m256 v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const int row = h * 8 + i < nr ? h * 8 + i : nr - 1;
+                v[i] = load8(type, ROW(w, rb, r + row), k0 + kb);
+            }
+            transpose8_ps(v);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) _mm256_store_ps(p + (size_t)(kb + j) * 16 + h * 8, v[j]);
+        }
+}
+
+/* Both halves (16 rows) x T tokens over kc packed values; first: start from zero, else add
+ * to what y holds. m[i]: lanes (rows) of half i that exist. */
+AVX2_INLINE void fpanel8(int T, const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int first,
+                         const __m256i m[2]) {
+    __m256 acc[2][FTOK2];
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++)
+            acc[i][t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * ys + i * 8, m[i]);
+    for (int k = 0; k < kc; k++) {
+        const __m256 w0 = _mm256_load_ps(p + (size_t)k * 16), w1 = _mm256_load_ps(p + (size_t)k * 16 + 8);
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) {
+            const __m256 xv = _mm256_broadcast_ss(x + t * xs + k);
+            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) _mm256_maskstore_ps(y + t * ys + i * 8, m[i], acc[i][t]);
+}
+
+/* Every token over one packed chunk: FTOK2 at a time, then 4, then one by one (T a constant
+ * in each call, for the unrolling). */
+AVX2_INLINE void fpanel8_tokens(const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int nt,
+                                int first, const __m256i m[2]) {
+    int t = 0;
+    for (; t + FTOK2 <= nt; t += FTOK2) fpanel8(FTOK2, p, kc, x + t * xs, xs, y + t * ys, ys, first, m);
+    if (t + 4 <= nt) fpanel8(4, p, kc, x + t * xs, xs, y + t * ys, ys, first, m), t += 4;
+    for (; t < nt; t++) fpanel8(1, p, kc, x + t * xs, xs, y + t * ys, ys, first, m);
+}
+
+/* Ask for the next chunk's bytes while this one is computed (packing reads them from L3 or DRAM). */
+AVX2_INLINE void prefetch_chunk16(int type, const void *w, size_t rb, int r, int r1, int k0, int n) {
+    if (k0 + FKC2 >= n) { /* the next row block's first chunk */
+        r += 16;
+        k0 = 0;
+    } else {
+        k0 += FKC2;
+    }
+    const int nr = r1 - r < 16 ? r1 - r : 16, es = type == PL_TYPE_F32 ? 4 : 2;
+    const size_t bytes = (size_t)(n - k0 < FKC2 ? n - k0 : FKC2) * es;
+    for (int i = 0; i < nr; i++)
+        for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)ROW(w, rb, r + i) + (size_t)k0 * es + o, _MM_HINT_T1);
+}
+
+/* lanes 0..n-1 of a mask vector set (n clamped to 0..8) */
+AVX2_INLINE __m256i lanes_below(int n) {
+    n = n < 0 ? 0 : n > 8 ? 8 : n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 static void fpanel16_rows(int type, const void *w, size_t rb, const float *x, size_t xs, float *y, size_t ys,
+                               int r0, int r1, int nt, int n) {
+    float p[FKC2 * 16] __attribute__((aligned(32)));
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __m256i m[2] = {lanes_below(nr), lanes_below(nr - 8)};
+        for (int k0 = 0; k0 < n; k0 += FKC2) {
+            const int kc = n - k0 < FKC2 ? n - k0 : FKC2;
+            fpack16(type, w, rb, r, nr, k0, kc, p);
+            prefetch_chunk16(type, w, rb, r, r1, k0, n);
+            fpanel8_tokens(p, kc, x + k0, xs, y + r, ys, nt, k0 == 0, m);
+        }
+    }
+}
+
+/* From this many tokens on (and rows whose length is a multiple of 8) tile() uses the panels. */
+#define FPANEL_MIN_TOKENS 16
+
 #define FLOAT_KERNELS(NAME, TYPE)                                                               \
     AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0,  \
                                  int r1, int n) {                                               \
@@ -185,6 +310,10 @@ AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
                                  size_t ys, int r0, int r1, int nt, int n) {                    \
         const float *x = (const float *)act;                                                    \
         const size_t xs = as / sizeof(float);                                                   \
+        if (nt >= FPANEL_MIN_TOKENS && n % 8 == 0) {                                            \
+            fpanel16_rows(TYPE, w, rb, x, xs, y, ys, r0, r1, nt, n);                            \
+            return;                                                                             \
+        }                                                                                       \
         int r = r0;                                                                             \
         for (; r + 4 <= r1; r += 4) {                                                           \
             int t = 0;                                                                          \
