@@ -9,6 +9,8 @@
 #   LLAMACPP_AMX   1: keep llama.cpp's AMX matrix path on CPUs that have AMX (default 0: built without it;
 #                  in 0.3.36 it segfaults in ggml_backend_amx_mul_mat on the project's Intel VMs, the
 #                  machine-dependent crash of ggml-org/llama.cpp#20824, so llama-bench could not run at all)
+#   LLAMACPP_ISA   avx2: build for AVX2+FMA+F16C only (GGML_NATIVE=OFF, no AVX-512, into build-avx2/), the
+#                  instruction set of an AVX2-only CPU, to compare with `PYLLAMA_ISA=avx2` on a newer one
 # Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
 # Idempotent: does nothing when both binaries already exist.
 set -euo pipefail
@@ -21,7 +23,16 @@ EXTRA_FLAGS=""
 if [[ "${LLAMACPP_AMX:-0}" != 1 ]] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
     EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
+CMAKE_ISA="-DGGML_NATIVE=ON"
 BUILD="$DIR/build${EXTRA_FLAGS:+-noamx}"
+if [[ "${LLAMACPP_ISA:-native}" == avx2 ]]; then
+    EXTRA_FLAGS=""
+    CMAKE_ISA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+    BUILD="$DIR/build-avx2"
+elif [[ "${LLAMACPP_ISA:-native}" != native ]]; then
+    echo "build_llamacpp: LLAMACPP_ISA must be native or avx2" >&2
+    exit 2
+fi
 BIN="$BUILD/bin"
 PY="${PYTHON:-python3}"
 
@@ -34,7 +45,7 @@ write_version() {
         echo "llama.cpp from vendor/llama.cpp of the llama-cpp-python $VER sdist (PyPI)"
         (cd "$DIR/sdist" && sha256sum ./*.tar.gz)
         "$BIN/llama-perplexity" --version 2>&1 | grep -E '^(version|built)' || true
-        echo "cmake -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF${EXTRA_FLAGS:+ (C/C++ flags: $EXTRA_FLAGS)}, targets llama-bench llama-perplexity"
+        echo "cmake -DCMAKE_BUILD_TYPE=Release $CMAKE_ISA -DLLAMA_CURL=OFF${EXTRA_FLAGS:+ (C/C++ flags: $EXTRA_FLAGS)}, targets llama-bench llama-perplexity"
     } > "$BUILD/VERSION.txt"
 }
 
@@ -63,9 +74,9 @@ if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
     rm -rf "$DIR/unpack"
 fi
 
-log "configuring (GGML_NATIVE=ON, Release${EXTRA_FLAGS:+, $EXTRA_FLAGS})"
+log "configuring ($CMAKE_ISA, Release${EXTRA_FLAGS:+, $EXTRA_FLAGS})"
 cmake -S "$SRC" -B "$BUILD" -G Ninja \
-    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DCMAKE_BUILD_TYPE=Release $CMAKE_ISA -DLLAMA_CURL=OFF \
     -DCMAKE_C_FLAGS="$EXTRA_FLAGS" -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
 

@@ -2,7 +2,8 @@
 """pyllama against llama.cpp's llama-bench, side by side on the same model files.
 
     python bench/compare_llamacpp.py [-m MODEL ...] [-p 512] [-n 128] [-t 2] [-r 3] [--rounds 1]
-                                     [--mmap 0|1] [--llama-bench PATH] [--no-variants] [--json-out FILE]
+                                     [--mmap 0|1] [--isa native|avx2] [--llama-bench PATH] [--no-variants]
+                                     [--json-out FILE]
 
 For every model file and test (ppN = prefill of N tokens, tgN = N decode steps) it runs
 llama.cpp's `llama-bench ... -o json` and then pyllama's `python -m pyllama.bench ... --json`
@@ -14,6 +15,8 @@ and the samples of all rounds are pooled.
 Models: the ones given with -m, else the default model (pyllama.models.default_model_path())
 plus, when bench/make_variants.py exists, the Q4_0/Q8_0/F16/F32 variants it writes.
 llama-bench: --llama-bench, else $LLAMA_BENCH, else the binary bench/build_llamacpp.sh built.
+--isa avx2 compares the two engines' AVX2 code on a CPU that has more (the instruction set of an
+AVX2-only machine): pyllama runs with PYLLAMA_ISA=avx2, llama-bench is the LLAMACPP_ISA=avx2 build.
 
 Prints a markdown table: tokens/s of each engine (mean ± sd over repetitions, as llama-bench
 reports them) and the ratio pyllama / llama.cpp; then the best repetition of each and their
@@ -49,7 +52,7 @@ def load_average() -> str:
         return "unknown"
 
 
-def find_llama_bench(explicit: str | None) -> str:
+def find_llama_bench(explicit: str | None, isa: str = "native") -> str:
     for cand in (explicit, os.environ.get("LLAMA_BENCH")):
         if cand:
             if not os.access(cand, os.X_OK):
@@ -57,7 +60,8 @@ def find_llama_bench(explicit: str | None) -> str:
             return cand
     script = os.path.join(HERE, "build_llamacpp.sh")
     log("locating llama-bench through bench/build_llamacpp.sh (builds it on first use: several minutes)")
-    res = subprocess.run(["bash", script], stdout=subprocess.PIPE, text=True)
+    res = subprocess.run(["bash", script], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "LLAMACPP_ISA": isa})
     if res.returncode != 0 or not res.stdout.strip():
         sys.exit("compare_llamacpp: bench/build_llamacpp.sh failed; pass --llama-bench PATH")
     return os.path.join(res.stdout.strip().splitlines()[-1], "llama-bench")
@@ -191,13 +195,18 @@ def main(argv=None) -> int:
     p.add_argument("--mmap", type=int, choices=[0, 1], default=1,
                    help="1: both engines map the model file (their default); 0: both read it into memory "
                         "(llama-bench -lm none / -mmp 0, pyllama.bench -mmp 0)")
+    p.add_argument("--isa", choices=["native", "avx2"], default="native",
+                   help="avx2: pyllama with PYLLAMA_ISA=avx2 against llama.cpp built for AVX2 only "
+                        "(bench/build_llamacpp.sh with LLAMACPP_ISA=avx2)")
     p.add_argument("--no-stream", action="store_true",
                    help="skip the stream-read measurement after each decode test (bench/stream_read.c)")
     args = p.parse_args(argv)
 
     if not args.mmap and not have_pyllama_bench():
         sys.exit("compare_llamacpp: --mmap 0 needs pyllama.bench (the in-process fallback maps the file)")
-    exe = find_llama_bench(args.llama_bench)
+    if args.isa != "native":
+        os.environ["PYLLAMA_ISA"] = args.isa  # inherited by pyllama.bench (and read by the in-process fallback)
+    exe = find_llama_bench(args.llama_bench, args.isa)
     llama_extra = [] if args.mmap else llama_bench_no_mmap_args(exe)
     models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)
     for m in models:
@@ -236,7 +245,7 @@ def main(argv=None) -> int:
     build = f"{first.get('build_commit', '?')}/{first.get('build_number', '?')}"
     lines = [
         f"pyllama vs llama.cpp ({exe}, build {build}), {args.threads} threads, {args.repetitions} repetitions x {args.rounds} round(s), {started}, "
-        f"{platform.machine()} {os.cpu_count()} CPUs, {'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
+        f"{platform.machine()} {os.cpu_count()} CPUs, {args.isa + ' instruction set, ' if args.isa != 'native' else ''}{'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
         f"load average before {load_before}, after {load_after}",
         "",
         "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "
