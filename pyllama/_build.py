@@ -64,7 +64,11 @@ OPENMP_COMPILE, OPENMP_LINK = openmp_flags()
 
 
 def compile_args() -> list[str]:
-    args = ["-O3", "-std=gnu11", *OPENMP_COMPILE, "-Wall", "-Wno-unused-function"]
+    # -fno-wrapv undoes the -fwrapv in Python's own CFLAGS, which setuptools puts first on the line:
+    # with signed overflow defined, GCC keeps re-extending the int indices of the kernels' inner loops,
+    # and the decode rows stream ~17% slower (F16 matvec over 56 MB from DRAM, 2 threads: 25-26 vs
+    # 31-32 GB/s, bench/RESULTS.md H). The C tests and benchmarks compile without it too.
+    args = ["-O3", "-fno-wrapv", "-std=gnu11", *OPENMP_COMPILE, "-Wall", "-Wno-unused-function"]
     if os.environ.get("PYLLAMA_NATIVE") == "1":
         args.append("-march=native")
     if os.environ.get("PYLLAMA_DEBUG") == "1":
