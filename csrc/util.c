@@ -38,8 +38,9 @@ void pl_set_error(const char *fmt, ...) {
  * 4 KB pages that is a TLB miss every 4 KB; in a VM each miss is a two-level page
  * walk. On the project's Intel VM, in the minutes when that is slow, the F16 file
  * decodes at 87-92 tok/s so, at 57-64 from the file mapping or from anonymous 4 KB
- * pages (in others all three run alike; bench/RESULTS.md G); the page cache's own 2 MB
- * folios, mapped with 2 MB entries, did not gain there. llama.cpp's no-mmap load gains
+ * pages (in others all three run alike; bench/RESULTS.md G). A file mapping gets the same
+ * when the page cache holds the file in 2 MB folios (pl_map_file below; since the build
+ * dropped -fwrapv, bench/RESULTS.md H). llama.cpp's no-mmap load gains
  * 5%, its buffers being on 4 KB pages. The region stays writable
  * until pl_map_seal, so the loader's in-place rewrites (pl_map_writable) need no
  * mprotect, which would split the huge pages.
@@ -114,6 +115,13 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
         pl_set_error("cannot map %s: %s", path, strerror(errno));
         return -1;
     }
+#ifdef MADV_HUGEPAGE
+    /* Pages this mapping reads into the page cache (a file not cached yet) then come in 2 MB
+     * folios, which the kernel maps with 2 MB entries, in this and later processes: the F16
+     * file decodes at 96-103 tok/s so, at 89-93 from 4 KB folios (bench/RESULTS.md H). A
+     * file already cached in small folios stays as it is; without THP this does nothing. */
+    madvise(p, (size_t)st.st_size, MADV_HUGEPAGE);
+#endif
     out->data = p;
     out->size = (uint64_t)st.st_size;
     return 0;

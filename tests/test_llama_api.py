@@ -267,6 +267,58 @@ def test_no_mmap_reads_the_weights_onto_huge_pages_read_only(default_model_path)
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp_path):
+    """A file not in the page cache yet, read through the mapping the C core makes, is held
+    in 2 MB folios and mapped with 2 MB entries (the core asks with MADV_HUGEPAGE). Where
+    the kernel does not do that for a file at all (a Python mapping given the same advice
+    gets none either: older kernels, THP off, a filesystem without large folios), skipped."""
+    import shutil
+
+    copies = []
+    for name in ("probe.gguf", "model.gguf"):
+        dst = tmp_path / name
+        shutil.copyfile(default_model_path, dst)
+        with open(dst, "rb+") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        copies.append(str(dst))
+    code = textwrap.dedent(
+        f"""
+        import mmap, os
+        os.environ["PYLLAMA_REPACK"] = "0"  # no Q4 rewrite: those pages would become private copies
+        from pyllama import Llama
+
+        def pmd_mapped(path):
+            total, region = 0, False
+            for line in open("/proc/self/smaps"):
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
+                    region = len(head) >= 6 and head[-1] == path
+                elif region and head[0] == "FilePmdMapped:":
+                    total += int(head[1]) * 1024
+            return total
+
+        probe, model = {copies!r}
+        with open(probe, "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        sum(m[i] for i in range(0, len(m), 4096))
+        llm = Llama(model_path=model, n_ctx=16)
+        llm.eval([1, 2])
+        print(pmd_mapped(probe), pmd_mapped(model), os.path.getsize(model), flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    probe, got, size = map(int, out.stdout.split())
+    if probe == 0:
+        pytest.skip(f"this kernel holds no file in 2 MB folios for a mapping that asks (THP {_thp_mode()})")
+    assert got > 0.5 * size, f"{got} of {size} bytes mapped with 2 MB entries (a Python mapping got {probe})"
+
+
+@pytest.mark.slow
 def test_default_model_gives_the_same_logits_with_and_without_mmap(default_model_path):
     tokens = [1, 504, 3458, 314, 4649, 314, 2]
     logits = []

@@ -132,6 +132,50 @@ def test_fetch_single_part_with_progress(fake_env, capsys):
     assert models.default_model_path(fetch_if_missing=False) == path
 
 
+def _cached_pages(path) -> tuple[int, int]:
+    """(pages of the file in the page cache, pages of the file): mincore(2) over a mapping
+    of it that is never read, so asking does not bring anything in."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    n = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    with open(path, "rb") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    try:
+        vec = (ctypes.c_ubyte * n)()
+        assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        return sum(v & 1 for v in vec), n
+    finally:
+        libc.munmap(addr, size)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and posix_fadvise as on Linux")
+def test_fetched_file_leaves_the_page_cache(fake_env, tmp_path):
+    """A fresh download is dropped from the page cache once synced, so that its first load
+    reads it through the C core's mapping (which asks for 2 MB folios) instead of keeping
+    the 4 KB pages the writes left (bench/RESULTS.md H)."""
+    probe = tmp_path / "probe.bin"
+    with open(probe, "wb") as f:
+        f.write(os.urandom(300_000))
+        f.flush()
+        os.fsync(f.fileno())
+        assert _cached_pages(probe)[0] > 0  # written pages stay cached
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if _cached_pages(probe)[0] > 0:
+        pytest.skip("this filesystem keeps a synced file's pages cached after POSIX_FADV_DONTNEED (tmpfs?)")
+    path = models.fetch("single")
+    cached, pages = _cached_pages(path)
+    assert cached == 0, f"{cached} of {pages} pages of the fresh download are still in the page cache"
+    assert open(path, "rb").read() == fake_env["payload"][0]
+
+
 def test_fetch_multi_part_concatenates_in_order(fake_env):
     path = models.fetch("multi")
     assert open(path, "rb").read() == fake_env["whole"]
