@@ -133,14 +133,22 @@ def test_tiny_logits_match_reference(tiny_model_factory, cfg, kv, use_mmap):
 
 @pytest.mark.parametrize("cfg", ["llama-F32", "llama-F16", "llama-BF16", "qwen2-F32", "llama-F16-head160"])
 def test_long_float_batch_matches_reference(tiny_model_factory, cfg):
-    """A 40-token batch: the float tiles' packed-panel path (16 tokens or more, 12 per pass
-    and a tail) against the float64 reference."""
+    """A 40-token batch: the float tiles' packed-panel paths (16 tokens or more; AVX-512: 12
+    per pass and a tail, AVX2: 6, 4 and 1 per pass) against the float64 reference, on every
+    kernel path this CPU has."""
     overrides, quantized = CONFIGS[cfg]
     path = tiny_model_factory(**overrides, context_length=64)
-    llm = open_llama(path, type_k="f32", type_v="f32", n_threads=2)
-    tokens = sample_tokens(llm.n_vocab(), 40, seed=7)
-    llm.eval(tokens, logits_all=True)
-    check_against_reference(path, np.asarray(llm.eval_logits), tokens, quantized, "f32")
+    lib, paths = _kernel_paths()
+    try:
+        for isa in paths:
+            assert lib.pl_set_isa(isa) == isa
+            llm = open_llama(path, type_k="f32", type_v="f32", n_threads=2)
+            tokens = sample_tokens(llm.n_vocab(), 40, seed=7)
+            llm.eval(tokens, logits_all=True)
+            check_against_reference(path, np.asarray(llm.eval_logits), tokens, quantized, "f32")
+            llm.close()
+    finally:
+        lib.pl_set_isa(lib.PL_ISA_AUTO)
 
 
 def test_config_comes_from_metadata(tiny_model_factory):
