@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from cffi import FFI
@@ -66,9 +67,14 @@ OPENMP_COMPILE, OPENMP_LINK = openmp_flags()
 def compile_args() -> list[str]:
     # -fno-wrapv undoes the -fwrapv in Python's own CFLAGS, which setuptools puts first on the line:
     # with signed overflow defined, GCC keeps re-extending the int indices of the kernels' inner loops,
-    # and the decode rows stream ~17% slower (F16 matvec over 56 MB from DRAM, 2 threads: 25-26 vs
-    # 31-32 GB/s, bench/RESULTS.md H). The C tests and benchmarks compile without it too.
+    # and the decode rows stream 13-16% slower (F16 matvec over 56 MB from DRAM, 2 threads, -fPIC:
+    # 26.5 vs 30.4-31.4 GB/s, bench/matvec_flags.sh, bench/RESULTS.md H). The C tests and benchmarks
+    # compile without it too. Python 3.12+ passes -fno-strict-overflow instead, which for GCC also
+    # means -fwrapv-pointer: -fstrict-overflow undoes both (clang only warns about it, so not there).
     args = ["-O3", "-fno-wrapv", "-std=gnu11", *OPENMP_COMPILE, "-Wall", "-Wno-unused-function"]
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or ""
+    if "clang" not in cc:
+        args.insert(2, "-fstrict-overflow")
     if os.environ.get("PYLLAMA_NATIVE") == "1":
         args.append("-march=native")
     if os.environ.get("PYLLAMA_DEBUG") == "1":
