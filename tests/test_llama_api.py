@@ -271,9 +271,10 @@ def test_no_mmap_reads_the_weights_onto_huge_pages_read_only(default_model_path)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp_path):
     """A file not in the page cache yet, read through the mapping the C core makes, is held
-    in 2 MB folios and mapped with 2 MB entries (the core asks with MADV_HUGEPAGE). Where
-    the kernel does not do that for a file at all (a Python mapping given the same advice
-    gets none either: older kernels, THP off, a filesystem without large folios), skipped."""
+    in 2 MB folios and mapped with 2 MB entries (the core asks with MADV_HUGEPAGE). A Python
+    mapping of another cold copy, given the same advice, shows what the kernel does for a
+    file: where it gives none (older kernels, THP off, a filesystem without large folios)
+    the test is skipped, else the core's mapping must get at least half the probe's share."""
     import shutil
 
     copies = []
@@ -283,10 +284,10 @@ def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp
         with open(dst, "rb+") as f:
             os.fsync(f.fileno())
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        copies.append(str(dst))
+        copies.append(os.path.realpath(dst))  # as /proc/self/smaps names it
     code = textwrap.dedent(
         f"""
-        import mmap, os
+        import mmap, os, sys
         os.environ["PYLLAMA_REPACK"] = "0"  # no Q4 rewrite: those pages would become private copies
         from pyllama import Llama
 
@@ -295,7 +296,7 @@ def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp
             for line in open("/proc/self/smaps"):
                 head = line.split()
                 if "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
-                    region = len(head) >= 6 and head[-1] == path
+                    region = line.rstrip(chr(10)).endswith(" " + path)
                 elif region and head[0] == "FilePmdMapped:":
                     total += int(head[1]) * 1024
             return total
@@ -303,7 +304,11 @@ def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp
         probe, model = {copies!r}
         with open(probe, "rb") as f:
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        m.madvise(mmap.MADV_HUGEPAGE)
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except (AttributeError, OSError):  # a kernel without transparent huge pages
+            print("no-thp")
+            sys.exit(0)
         sum(m[i] for i in range(0, len(m), 4096))
         llm = Llama(model_path=model, n_ctx=16)
         llm.eval([1, 2])
@@ -312,10 +317,12 @@ def test_mapped_file_read_from_disk_comes_in_huge_folios(default_model_path, tmp
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+    if out.stdout.strip() == "no-thp":
+        pytest.skip("this kernel has no transparent huge pages")
     probe, got, size = map(int, out.stdout.split())
     if probe == 0:
         pytest.skip(f"this kernel holds no file in 2 MB folios for a mapping that asks (THP {_thp_mode()})")
-    assert got > 0.5 * size, f"{got} of {size} bytes mapped with 2 MB entries (a Python mapping got {probe})"
+    assert got >= 0.5 * probe, f"{got} of {size} bytes mapped with 2 MB entries, a Python mapping got {probe}"
 
 
 @pytest.mark.slow

@@ -176,6 +176,28 @@ def test_fetched_file_leaves_the_page_cache(fake_env, tmp_path):
     assert open(path, "rb").read() == fake_env["payload"][0]
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="the sync is only there to evict the cache")
+def test_fetch_sync_failure(fake_env, monkeypatch):
+    """A filesystem that cannot sync keeps the download (the eviction is only an optimization);
+    an I/O error while syncing it is a FetchError and leaves no partial file."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def fsync_fails(code):
+        def fsync(fd):
+            raise OSError(code, os.strerror(code))
+        return fsync
+
+    monkeypatch.setattr(os, "fsync", fsync_fails(errno.EINVAL))
+    assert open(models.fetch("single"), "rb").read() == fake_env["payload"][0]
+    monkeypatch.setattr(os, "fsync", fsync_fails(errno.EIO))
+    with pytest.raises(FetchError, match="cannot write .*multi.gguf"):
+        models.fetch("multi")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(os.listdir(fake_env["cache"])) == ["single.gguf"]
+
+
 def test_fetch_multi_part_concatenates_in_order(fake_env):
     path = models.fetch("multi")
     assert open(path, "rb").read() == fake_env["whole"]
