@@ -111,10 +111,12 @@ def have_pyllama_bench() -> bool:
     return os.path.exists(os.path.join(ROOT, "pyllama", "bench.py"))
 
 
-def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, use_mmap: bool = True) -> dict:
+def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, use_mmap: bool = True,
+                      isa: str = "native") -> dict:
     if have_pyllama_bench():
         cmd = [sys.executable, "-m", "pyllama.bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
-               "-t", str(threads), "-r", str(reps), "--json", *([] if use_mmap else ["-mmp", "0"])]
+               "-t", str(threads), "-r", str(reps), "--json", *([] if use_mmap else ["-mmp", "0"]),
+               *([] if isa == "native" else ["--isa", isa])]  # an error there if this CPU lacks it
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         if res.returncode != 0:
             sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -207,6 +209,7 @@ def main(argv=None) -> int:
     if args.isa != "native":
         os.environ["PYLLAMA_ISA"] = args.isa  # inherited by pyllama.bench (and read by the in-process fallback)
     exe = find_llama_bench(args.llama_bench, args.isa)
+    given_exe = bool(args.llama_bench or os.environ.get("LLAMA_BENCH"))
     llama_extra = [] if args.mmap else llama_bench_no_mmap_args(exe)
     models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)
     for m in models:
@@ -233,7 +236,8 @@ def main(argv=None) -> int:
                         r = run_llama_bench(exe, model, n_prompt, n_gen, args.threads, args.repetitions, llama_extra)
                         info.setdefault(model, r)
                     else:
-                        r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions, bool(args.mmap))
+                        r = run_pyllama_bench(model, n_prompt, n_gen, args.threads, args.repetitions, bool(args.mmap),
+                                              args.isa)
                     samples.setdefault((model, name, engine), []).extend(r.get("samples_ts") or [r["avg_ts"]])
                     raw.append({"round": rnd, "model": model, "test": name, "engine": engine, **r})
                 if n_gen and stream_exe:  # memory bandwidth now: it moves with the neighbours' load
@@ -245,7 +249,7 @@ def main(argv=None) -> int:
     build = f"{first.get('build_commit', '?')}/{first.get('build_number', '?')}"
     lines = [
         f"pyllama vs llama.cpp ({exe}, build {build}), {args.threads} threads, {args.repetitions} repetitions x {args.rounds} round(s), {started}, "
-        f"{platform.machine()} {os.cpu_count()} CPUs, {args.isa + ' instruction set, ' if args.isa != 'native' else ''}{'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
+        f"{platform.machine()} {os.cpu_count()} CPUs, {args.isa + ' instruction set' + (' (pyllama; llama-bench as given)' if given_exe else '') + ', ' if args.isa != 'native' else ''}{'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
         f"load average before {load_before}, after {load_after}",
         "",
         "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "

@@ -4,7 +4,7 @@
  * caches flushed before each run so the weights come from DRAM, reported in GB/s of
  * weights read (best and mean of 7). bench/matvec_flags.sh builds the core as a shared
  * library once per set of flags and runs this against each: it is how the -fwrapv in
- * Python's CFLAGS was found to cost the F16 rows ~17% (bench/RESULTS.md H).
+ * Python's CFLAGS was found to cost the F16 rows 13-16% (bench/RESULTS.md H).
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -34,6 +34,7 @@ int main(void) {
     for (size_t i = 0; i < flush_n; i++) flush[i] = 1.0;
     for (size_t j = 0; j < nb / 2; j++) w[j] = (uint16_t)(0x2c00 ^ (j & 0x3ff)); /* normal halves near 1/16 */
     for (int i = 0; i < cols; i++) x[i] = 0.5f;
+    if (pl_matvec(PL_TYPE_F16, w, x, y, rows, cols, 2)) return 1; /* warm-up: the OpenMP team starts */
     double best = 0, sum = 0;
     for (int it = 0; it < reps; it++) {
         double s = 0;

@@ -117,9 +117,10 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
     }
 #ifdef MADV_HUGEPAGE
     /* Pages this mapping reads into the page cache (a file not cached yet) then come in 2 MB
-     * folios, which the kernel maps with 2 MB entries, in this and later processes: the F16
-     * file decodes at 96-103 tok/s so, at 89-93 from 4 KB folios (bench/RESULTS.md H). A
-     * file already cached in small folios stays as it is; without THP this does nothing. */
+     * folios, which the kernel maps with 2 MB entries, in this and later processes: on the
+     * Intel VM the F32 file decodes at 52-54 tok/s so, at 45-50 from 4 KB folios; files that
+     * fit in its L3 lose 2-9% (bench/RESULTS.md H). A file already cached in small folios
+     * stays as it is; without THP this does nothing. */
     madvise(p, (size_t)st.st_size, MADV_HUGEPAGE);
 #endif
     out->data = p;

@@ -421,11 +421,15 @@ int main(void) {
                     cases++;
                 }
         }
-        /* a float row length that is not a multiple of 8 or 32 */
+        /* a float row length that is not a multiple of 8 or 32; and multiples of 8 but not
+         * of 32 with enough tokens for the panels (their last chunk 8 or 24 values long) */
         if (!uses_q8x(type)) {
             test_matmul(type, 37, 9, 1, 9, 5);
             test_matmul(type, 5, 5, 0, 5, 4);
-            cases += 2;
+            test_matmul(type, 40, 37, 3, 36, 17);
+            test_matmul(type, 136, 24, 2, 23, 33);
+            test_matmul(type, 280, 50, 0, 50, 16);
+            cases += 5;
         }
     }
     static const int groups[] = {1, 3, 4, 5, 8}, hds[] = {64, 128, 48, 40}, npos[] = {1, 2, 7, 16, 33, 300};
