@@ -105,12 +105,12 @@ def make_variant(src: str, target: str, out: Path) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    # as pyllama.models does for a download: out of the page cache, so the first load reads it
-    # back in 2 MB folios (bench/RESULTS.md H) instead of the 4 KB pages the writes left
+    # as for a download: out of the page cache, so the first load reads it back in 2 MB folios
+    # (bench/RESULTS.md H) instead of the 4 KB pages the writes left
+    from pyllama.models import _drop_page_cache
+
     with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        _drop_page_cache(f.fileno(), str(tmp))
     tmp.rename(dst)
     return dst
 

@@ -260,20 +260,6 @@ AVX2_INLINE void fpanel8_tokens(const float *p, int kc, const float *x, size_t x
     for (; t < nt; t++) fpanel8(1, p, kc, x + t * xs, xs, y + t * ys, ys, first, m);
 }
 
-/* Ask for the next chunk's bytes while this one is computed (packing reads them from L3 or DRAM). */
-AVX2_INLINE void prefetch_chunk16(int type, const void *w, size_t rb, int r, int r1, int k0, int n) {
-    if (k0 + FKC2 >= n) { /* the next row block's first chunk */
-        r += 16;
-        k0 = 0;
-    } else {
-        k0 += FKC2;
-    }
-    const int nr = r1 - r < 16 ? r1 - r : 16, es = type == PL_TYPE_F32 ? 4 : 2;
-    const size_t bytes = (size_t)(n - k0 < FKC2 ? n - k0 : FKC2) * es;
-    for (int i = 0; i < nr; i++)
-        for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)ROW(w, rb, r + i) + (size_t)k0 * es + o, _MM_HINT_T1);
-}
-
 /* lanes 0..n-1 of a mask vector set (n clamped to 0..8) */
 AVX2_INLINE __m256i lanes_below(int n) {
     n = n < 0 ? 0 : n > 8 ? 8 : n;
@@ -289,7 +275,7 @@ AVX2 static void fpanel16_rows(int type, const void *w, size_t rb, const float *
         for (int k0 = 0; k0 < n; k0 += FKC2) {
             const int kc = n - k0 < FKC2 ? n - k0 : FKC2;
             fpack16(type, w, rb, r, nr, k0, kc, p);
-            prefetch_chunk16(type, w, rb, r, r1, k0, n);
+            prefetch_next_chunk(type, w, rb, r, r1, k0, n, 16, FKC2);
             fpanel8_tokens(p, kc, x + k0, xs, y + r, ys, nt, k0 == 0, m);
         }
     }

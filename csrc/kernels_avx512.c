@@ -180,21 +180,6 @@ AVX512_INLINE void fpanel_tokens(const float *p, int kc, const float *x, size_t 
     for (; t < nt; t++) fpanel(1, p, kc, x + t * xs, xs, y + t * ys, ys, first, m);
 }
 
-/* Ask for the bytes of the chunk after (r, k0) while this one is computed: packing read the
- * weights straight from L3 or DRAM, a quarter of the time at 64 tokens. */
-AVX512_INLINE void prefetch_chunk(int type, const void *w, size_t rb, int r, int r1, int k0, int n) {
-    if (k0 + FKC >= n) { /* the next row block's first chunk */
-        r += 32;
-        k0 = 0;
-    } else {
-        k0 += FKC;
-    }
-    const int nr = r1 - r < 32 ? r1 - r : 32, es = type == PL_TYPE_F32 ? 4 : 2;
-    const size_t bytes = (size_t)(n - k0 < FKC ? n - k0 : FKC) * es;
-    for (int i = 0; i < nr; i++)
-        for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)ROW(w, rb, r + i) + (size_t)k0 * es + o, _MM_HINT_T1);
-}
-
 AVX512 static void fpanel_rows(int type, const void *w, size_t rb, const float *x, size_t xs, float *y, size_t ys,
                                int r0, int r1, int nt, int n) {
     float p[FKC * 32] __attribute__((aligned(64)));
@@ -205,7 +190,7 @@ AVX512 static void fpanel_rows(int type, const void *w, size_t rb, const float *
         for (int k0 = 0; k0 < n; k0 += FKC) {
             const int kc = n - k0 < FKC ? n - k0 : FKC;
             fpack32(type, w, rb, r, nr, k0, kc, p);
-            prefetch_chunk(type, w, rb, r, r1, k0, n);
+            prefetch_next_chunk(type, w, rb, r, r1, k0, n, 32, FKC);
             fpanel_tokens(p, kc, x + k0, xs, y + r, ys, nt, k0 == 0, m);
         }
     }
