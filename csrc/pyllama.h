@@ -21,7 +21,16 @@
 #define PL_TYPE_F16 1
 #define PL_TYPE_Q4_0 2
 #define PL_TYPE_Q4_1 3
+#define PL_TYPE_Q5_0 6
+#define PL_TYPE_Q5_1 7
 #define PL_TYPE_Q8_0 8
+#define PL_TYPE_Q2_K 10
+#define PL_TYPE_Q3_K 11
+#define PL_TYPE_Q4_K 12
+#define PL_TYPE_Q5_K 13
+#define PL_TYPE_Q6_K 14
+#define PL_TYPE_IQ4_NL 20
+#define PL_TYPE_IQ4_XS 23
 #define PL_TYPE_BF16 30
 /* pyllama's own: Q4 weights repacked at load time (never in a file; see quants.h) */
 #define PL_TYPE_Q4_0R 31

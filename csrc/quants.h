@@ -34,6 +34,62 @@ _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 
+/*
+ * 5-bit blocks of 32 (Q5_0, Q5_1): the low nibbles as in Q4 (byte j: values j and j+16),
+ * the fifth bits in qh read as a little-endian uint32 (bit j: value j).
+ * Q5_0: x = d * (q - 16);  Q5_1: x = d * q + m.
+ */
+typedef struct { pl_fp16 d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
+typedef struct { pl_fp16 d; pl_fp16 m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
+_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
+
+/*
+ * IQ4_NL: 32 values, 4-bit indices (laid out as Q4_0's nibbles) into the fixed non-linear
+ * table below; x = d * IQ4_VALUES[q].
+ */
+typedef struct { pl_fp16 d; uint8_t qs[QK / 2]; } block_iq4_nl;
+_Static_assert(sizeof(block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
+static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/*
+ * K-quants: super-blocks of QK_K = 256 values (a row length must be a multiple of 256),
+ * split into sub-blocks of 16 or 32 values, each with its own quantized scale.
+ * The layouts and the meaning of every bit are ggml's (ggml-common.h, dequantize_row_* in
+ * ggml-quants.c); quants.c's scalar dequantizers are pyllama's definition of them.
+ *
+ * Q2_K: 16 sub-blocks of 16; scales[i]: low nibble scale, high nibble min;
+ *       x = d * sc * q - dmin * m, q 2-bit.
+ * Q3_K: 16 sub-blocks of 16; 6-bit scales packed in 12 bytes, used as sc - 32; q 2 low bits in
+ *       qs, the third bit in hmask (bit clear: subtract 4); x = d * (sc - 32) * q.
+ * Q4_K: 8 sub-blocks of 32; 6-bit scales and mins packed in 12 bytes; x = d * sc * q - dmin * m.
+ * Q5_K: as Q4_K with a fifth bit per value in qh.
+ * Q6_K: 16 sub-blocks of 16; int8 scales; q = 4 low bits (ql) | 2 high bits (qh) << 4;
+ *       x = d * sc * (q - 32).
+ * IQ4_XS: 8 sub-blocks of 32; 6-bit scales (low 4 bits in scales_l, high 2 in scales_h),
+ *       used as sc - 32; x = d * (sc - 32) * IQ4_VALUES[q].
+ */
+#define QK_K 256
+#define K_SCALE_SIZE 12
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; pl_fp16 d; pl_fp16 dmin; } block_q2_k;
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; pl_fp16 d; } block_q3_k;
+typedef struct { pl_fp16 d; pl_fp16 dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_k;
+typedef struct {
+    pl_fp16 d;
+    pl_fp16 dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_k;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; pl_fp16 d; } block_q6_k;
+typedef struct { pl_fp16 d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; } block_iq4_xs;
+_Static_assert(sizeof(block_q2_k) == 84, "Q2_K block is 84 bytes");
+_Static_assert(sizeof(block_q3_k) == 110, "Q3_K block is 110 bytes");
+_Static_assert(sizeof(block_q4_k) == 144, "Q4_K block is 144 bytes");
+_Static_assert(sizeof(block_q5_k) == 176, "Q5_K block is 176 bytes");
+_Static_assert(sizeof(block_q6_k) == 210, "Q6_K block is 210 bytes");
+_Static_assert(sizeof(block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
+
 /* IEEE half <-> float without relying on compiler extensions (exact for every half). */
 static inline float fp16_to_f32(pl_fp16 h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
