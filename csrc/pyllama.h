@@ -52,6 +52,10 @@
 #define PL_ROPE_SCALING_LINEAR 1
 #define PL_ROPE_SCALING_LLAMA3 2
 
+/* The gated feed-forward's activation: h = act(W_gate x) * (W_up x) */
+#define PL_ACT_SILU 0      /* SwiGLU: llama, qwen, mistral, phi3 */
+#define PL_ACT_GELU_TANH 1 /* GeGLU with tanh-approximated GELU: gemma */
+
 typedef struct pl_model pl_model;
 typedef struct pl_context pl_context;
 
@@ -74,6 +78,15 @@ typedef struct {
     int rope_orig_ctx;              /* llama3 original context */
     int tied_output;  /* 1 when the output layer reuses token_embd */
     int has_qkv_bias; /* 1 for qwen2-style attention biases */
+    /* a family's differences from llama (forward.c); zero everywhere is llama */
+    int qk_norm;          /* 1: each query and key head RMS-normalized (attn_q_norm, attn_k_norm) before RoPE */
+    int post_norms;       /* 1: attention and FFN outputs RMS-normalized before their residual add (gemma) */
+    int activation;       /* PL_ACT_* */
+    int scale_embeddings; /* 1: embeddings multiplied by sqrt(dim) (gemma) */
+    float attn_scale;     /* scores = q.k * attn_scale; 0 means 1/sqrt(head_dim) */
+    int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
+    int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
+    float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */
 } pl_config;
 
 typedef struct {
