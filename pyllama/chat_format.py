@@ -2,25 +2,19 @@
 
 A GGUF file carries its template as Jinja2 source in ``tokenizer.chat_template``.
 Model files are untrusted input, so templates are rendered in Jinja2's
-``ImmutableSandboxedEnvironment``: attribute access to Python internals
-(``__class__``, ``__globals__``, ...) raises, containers cannot be mutated,
-and huge repetitions (``'a' * 10**10``) are refused. Any failure surfaces as
-:class:`ChatTemplateError` naming the problem.
+``ImmutableSandboxedEnvironment`` (:mod:`pyllama.template_sandbox`): attribute
+access to Python internals (``__class__``, ``__globals__``, ...) raises,
+containers cannot be mutated, and rendering has a size budget and a CPU-time
+budget. Any failure surfaces as :class:`ChatTemplateError` naming the problem.
 
 Files without a template (and users who want another) can pick a built-in one
 by name: chatml, llama-2, llama-3, mistral, gemma.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import operator
 from dataclasses import dataclass
 
-import jinja2
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from . import template_sandbox
 from .errors import ChatTemplateError
 
 __all__ = ["ChatTemplateError", "BUILTIN_TEMPLATES", "render_template", "ChatPrompt",
@@ -116,81 +110,6 @@ _ALIASES = {"llama2": "llama-2", "llama3": "llama-3", "llama-2-chat": "llama-2",
             "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml"}
 
 
-# ---------------------------------------------------------------------------
-# Sandbox
-
-_MAX_OUTPUT_ITEMS = 1_000_000  # largest string/list a template may build with * or **
-
-
-class _StrictUnsafeUndefined(jinja2.Undefined):
-    """Undefined that is lenient like the default one, except for sandbox refusals:
-    those raise even when merely printed, so ``{{ ''.__class__ }}`` fails loudly
-    instead of rendering an empty string."""
-
-    __slots__ = ()
-
-    def _strict(self):
-        if self._undefined_exception is SecurityError:
-            self._fail_with_undefined_error()
-
-    def __str__(self):
-        self._strict()
-        return super().__str__()
-
-    def __iter__(self):
-        self._strict()
-        return super().__iter__()
-
-    def __bool__(self):
-        self._strict()
-        return super().__bool__()
-
-    def __len__(self):
-        self._strict()
-        return super().__len__()
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**"])
-
-    def call_binop(self, context, operator_name, left, right):
-        if operator_name == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple, bytes)) and isinstance(count, int):
-                    if len(seq) * count > _MAX_OUTPUT_ITEMS:
-                        raise SecurityError("template tried to build a sequence that is too large")
-            return operator.mul(left, right)
-        if operator_name == "**":
-            if isinstance(right, (int, float)) and isinstance(left, (int, float)):
-                if abs(right) > 64 and abs(left) > 1:
-                    raise SecurityError("template tried to compute a power that is too large")
-            return operator.pow(left, right)
-        return super().call_binop(context, operator_name, left, right)
-
-
-def _raise_exception(message):
-    raise jinja2.TemplateError(str(message))
-
-
-def _strftime_now(fmt):
-    return datetime.datetime.now().strftime(str(fmt))
-
-
-def _tojson(value, indent=None, separators=None, sort_keys=False):
-    # Like Hugging Face's: plain JSON (Jinja's own tojson HTML-escapes <, >, & and ').
-    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-
-def _environment() -> _Sandbox:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, undefined=_StrictUnsafeUndefined,
-                   loader=jinja2.BaseLoader(), autoescape=False)
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.filters["tojson"] = _tojson
-    return env
-
-
 def _normalize_messages(messages):
     """Copy messages as plain dicts; OpenAI content parts become one string."""
     if not isinstance(messages, (list, tuple)):
@@ -213,27 +132,18 @@ def _normalize_messages(messages):
 
 
 def render_template(source: str, messages, *, bos_token: str = "", eos_token: str = "",
-                    add_generation_prompt: bool = True, tools=None, **extra) -> str:
-    """Render a (possibly hostile) chat template in the sandbox."""
-    env = _environment()
-    try:
-        template = env.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat template has a syntax error (line {e.lineno}): {e.message}") from None
+                    add_generation_prompt: bool = True, tools=None,
+                    max_chars: int = template_sandbox.DEFAULT_MAX_CHARS,
+                    cpu_seconds: float = template_sandbox.DEFAULT_CPU_SECONDS, **extra) -> str:
+    """Render a (possibly hostile) chat template in the sandbox: at most `max_chars`
+    characters of output (and of any string built on the way) and `cpu_seconds` of CPU
+    time, else :class:`ChatTemplateError` (see :mod:`pyllama.template_sandbox`)."""
     variables = dict(extra)
     variables.update(messages=_normalize_messages(messages), bos_token=bos_token,
                      eos_token=eos_token, add_generation_prompt=add_generation_prompt)
     if tools is not None:
         variables["tools"] = tools
-    try:
-        return template.render(**variables)
-    except SecurityError as e:
-        raise ChatTemplateError(f"chat template refused by the sandbox: {e}") from None
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"chat template failed: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-            OverflowError, RecursionError, MemoryError) as e:
-        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+    return template_sandbox.render(source, variables, max_chars=max_chars, cpu_seconds=cpu_seconds)
 
 
 # ---------------------------------------------------------------------------
