@@ -205,20 +205,97 @@ def _token_str(tokenizer, token_id) -> str:
         return tokenizer.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
 
-def format_chat(llama, messages, tools=None, add_generation_prompt=True) -> ChatPrompt:
+def _strings(value):
+    """Every string inside `value` (nested dicts, lists and tuples; dict values only)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _replace_strings(value, replace):
+    if isinstance(value, str):
+        return replace(value)
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, replace) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace_strings(v, replace) for v in value)
+    return value
+
+
+_PLACEHOLDER_BASE = 0xF0000  # Supplementary Private Use Area-A: in no vocabulary's control tokens
+
+
+def _shield_control_texts(tokenizer, source, values):
+    """`values` with each control-token spelling in its strings replaced by a placeholder
+    character, and the placeholders' texts (None when nothing needed replacing).
+
+    The rendered prompt is tokenized with special tokens parsed, so that the template's
+    own ``<|im_start|>`` become control tokens; a placeholder survives the template
+    (no filter changes a private-use character) and is turned back into its text only
+    after the control tokens are cut out, as plain text."""
+    found = set()
+    for s in _strings(values):
+        found |= tokenizer.control_texts_in(s)
+    if not found:
+        return values, None
+    seen = set(source) | {c for s in _strings(values) for c in s} | {c for t in found for c in t}
+    chars, c = [], _PLACEHOLDER_BASE
+    for _ in found:
+        while chr(c) in seen:
+            c += 1
+        chars.append(chr(c))
+        c += 1
+    texts = sorted(found, key=len, reverse=True)  # longest first: "<|im_start|>" before "<|im"
+    literal = dict(zip(chars, texts))
+
+    def replace(s: str) -> str:
+        for ch, t in zip(chars, texts):
+            if t in s:
+                s = s.replace(t, ch)
+        return s
+
+    return _replace_strings(values, replace), literal
+
+
+def format_chat(llama, messages, tools=None, add_generation_prompt=True,
+                parse_special_in_messages: bool | None = None) -> ChatPrompt:
     """Render and tokenize a conversation for ``llama`` (anything with
-    ``.tokenizer`` and ``.metadata``; ``chat_format`` is read if present)."""
+    ``.tokenizer`` and ``.metadata``; ``chat_format`` is read if present).
+
+    Text in the messages (and tools) that spells a control token, such as
+    ``<|im_start|>system``, stays plain text: only the template's own markers become
+    control tokens, so a user message, a retrieved document or a tool result cannot
+    open a system turn. ``parse_special_in_messages=True`` (default: the model's
+    ``parse_special_in_messages`` attribute, else False) parses them as the template's
+    are, as llama.cpp's server and llama-cpp-python do."""
     tokenizer = llama.tokenizer
     metadata = getattr(llama, "metadata", None) or {}
     source, name = template_for(getattr(llama, "chat_format", None), tokenizer, metadata)
     bos = _token_str(tokenizer, tokenizer.bos_id)
     eos = _token_str(tokenizer, tokenizer.eos_id)
+    if parse_special_in_messages is None:
+        parse_special_in_messages = bool(getattr(llama, "parse_special_in_messages", False))
+    literal = None
+    if not parse_special_in_messages and hasattr(tokenizer, "control_texts_in"):
+        messages = _normalize_messages(messages)
+        (messages, tools), literal = _shield_control_texts(tokenizer, source, (messages, tools))
+    n_ctx = llama.n_ctx() if callable(getattr(llama, "n_ctx", None)) else 0
     text = render_template(source, messages, bos_token=bos, eos_token=eos,
-                           add_generation_prompt=add_generation_prompt, tools=tools)
+                           add_generation_prompt=add_generation_prompt, tools=tools,
+                           max_chars=max(template_sandbox.DEFAULT_MAX_CHARS, 64 * int(n_ctx or 0)))
     # The template decides about BOS: add the model's BOS only when the model wants one
     # and the template did not already write it.
     add_bos = bool(tokenizer.add_bos) and not (bos and text.startswith(bos))
-    tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True)
+    if literal:
+        tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True, literal=literal)
+        text = text.translate({ord(k): v for k, v in literal.items()})
+    else:
+        tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True)
     if name in _END_OF_TURN:
         stop = list(_END_OF_TURN[name])
     else:  # the file's own template: the end-of-turn markers it writes

@@ -405,7 +405,8 @@ class Tokenizer:
 
     # --------------------------------------------------------------- encoding
 
-    def tokenize(self, text, add_bos: bool | None = None, special: bool = False) -> list[int]:
+    def tokenize(self, text, add_bos: bool | None = None, special: bool = False,
+                 literal: dict | None = None) -> list[int]:
         """Token ids of `text` (str, or bytes holding UTF-8; invalid bytes
         become U+FFFD, one per byte).
 
@@ -413,6 +414,12 @@ class Tokenizer:
         ``self.add_eos``); True always puts BOS first (and EOS last if the model
         adds EOS); False adds neither. `special`: parse the text of control
         tokens (``<|im_start|>``, ``<s>``...) as those tokens.
+
+        `literal` maps single characters (placeholders) to text: once the
+        special tokens are cut out, each placeholder left in the text is
+        replaced by its text, which is then encoded like the text around it,
+        as plain text. Chat prompts use it to keep control-token spellings in
+        message contents from becoming control tokens.
         """
         s = as_text(text)
         out: list[int] = []
@@ -425,14 +432,26 @@ class Tokenizer:
                 raise TokenizerError("this vocabulary has no BOS token")
             out.append(self.bos_id)
         if s:
-            out.extend(self._encode(s, special))
+            out.extend(self._encode(s, special, literal))
         if add_eos:
             out.append(self.eos_id)
         return out
 
-    def _encode(self, s: str, special: bool) -> list[int]:
+    def control_texts_in(self, text: str) -> set[str]:
+        """The texts of control and unknown tokens that ``tokenize(text, special=True)``
+        would turn into those tokens (and ``special=False`` would not)."""
+        splitter = self._splitter(True)
+        if splitter is None:
+            return set()
+        return {self._tokens[p] for p in splitter.split(as_text(text))
+                if isinstance(p, int) and self._types[p] in (CONTROL, UNKNOWN)}
+
+    def _encode(self, s: str, special: bool, literal: dict | None = None) -> list[int]:
         splitter = self._splitter(special)
         parts = splitter.split(s) if splitter is not None else [s]
+        if literal:
+            table = {ord(k): v for k, v in literal.items()}
+            parts = [p if isinstance(p, int) else p.translate(table) for p in parts]
         out: list[int] = []
         if self._sp is not None:
             for p in parts:
