@@ -235,6 +235,17 @@ class Llama(GenerationMixin):
         }
 
     def _load_tokenizer(self, tokenizer_path: Optional[str]):
+        from .errors import TokenizerError
+
+        if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
+            raise FileNotFoundError(f"tokenizer file not found: {tokenizer_path}")
+        try:
+            return self._read_tokenizer(tokenizer_path)
+        except TokenizerError as e:
+            # the vocabulary is part of the model (or of the file given for it): its faults are the file's
+            raise ModelError(f"{self.model_path}: vocabulary: {e}") from e
+
+    def _read_tokenizer(self, tokenizer_path: Optional[str]):
         from .tokenizer import Tokenizer
 
         if self.format == "gguf" and tokenizer_path is None:
