@@ -152,14 +152,16 @@ typedef struct {
 
 /*
  * Choose the next token. recent[0..n_recent) is the penalty window; bias_ids/vals
- * a logit bias. work holds n_vocab floats, cand n_vocab ids, probs n_vocab
- * doubles; on return cand[0..*n_cand) and probs[...] are the distribution the
- * draw used (highest first). rng (splitmix64 state) is advanced; NULL = no draw.
- * Returns the token id, or -1 (NaN logits).
+ * a logit bias. allowed, when not NULL, is a token bitmask of (n_vocab + 31) / 32
+ * words (bit i % 32 of word i / 32 set: token i may be drawn; llguidance's layout):
+ * the other tokens are never drawn. work holds n_vocab floats, cand n_vocab ids,
+ * probs n_vocab doubles; on return cand[0..*n_cand) and probs[...] are the
+ * distribution the draw used (highest first). rng (splitmix64 state) is advanced;
+ * NULL = no draw. Returns the token id, or -1 (NaN logits, no token allowed).
  */
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
-              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
-              float *work, int32_t *cand, double *probs, int *n_cand);
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,
+              uint64_t *rng, float *work, int32_t *cand, double *probs, int *n_cand);
 
 /* Byte-level BPE (GGUF "gpt2" vocabularies; bpe.c). tokens and merges are GGUF string arrays
  * as the file stores them (per string a u64 length, then its bytes), read during the call only.
