@@ -136,6 +136,8 @@ static void quantize_q5_1(const float *x, block_q5_1 *y, int64_t nb) {
  * get min = 0, so zero stays exactly representable), minimising sum w[i] * err^2 (abs_err:
  * sum w[i] * |err|). Trial inverse scales are (nmax + first + step*k) / (max - min) for
  * k = 0..n_steps; for each, q is rounded and (scale, min) solved by weighted least squares.
+ * Each improvement also moves the point the later trials round from (and their range) to
+ * the better offset, so the search walks towards it rather than staying on the raw minimum.
  * Returns the scale; *min_out gets min.
  */
 static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *q, float *min_out,
@@ -161,10 +163,10 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     }
     uint8_t trial[QK_K];
     for (int k = 0; k <= n_steps; k++) {
-        float iscale = (nmax + first + step * k) / (hi - lo);
+        float iscale = (nmax + first + step * k) / (hi - offset);
         float sl = 0, sl2 = 0, sxl = 0;
         for (int i = 0; i < n; i++) {
-            int l = clampi(round_int(iscale * (x[i] - lo)), 0, nmax);
+            int l = clampi(round_int(iscale * (x[i] - offset)), 0, nmax);
             trial[i] = (uint8_t)l;
             sl += w[i] * l;
             sl2 += w[i] * l * l;
@@ -198,8 +200,8 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
  * Fit x[i] ~ scale * (q[i] - nmax) with q[i] - nmax in -nmax..nmax-1, minimising
  * sum x[i]^2 * err^2: the inverse scale is tried at -(nmax + 0.1 k) / max for |k| <= n_trials
  * (max: the signed extreme, so it lands on the longer side of the grid) and the best
- * least-squares scale kept. refine: afterwards, move single values one step up or down
- * while that lowers the error (a few passes), which helps the 3-bit grid most.
+ * least-squares scale kept. refine: afterwards, give each value in turn the step that the
+ * scale fitted to all the others asks for, when that lowers the error (a few passes).
  */
 static float fit_scale_symmetric(int n, int nmax, const float *x, uint8_t *q, int n_trials, int refine) {
     float max = signed_absmax(x, n);
@@ -230,21 +232,21 @@ static float fit_scale_symmetric(int n, int nmax, const float *x, uint8_t *q, in
         memset(q, nmax, (size_t)n);
         return 0.f;
     }
-    for (int pass = 0; refine && pass < 4; pass++) {
+    for (int pass = 0; refine && pass < 5; pass++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
+            /* the scale the other values want, and the step x[i] would take under it */
             float w = x[i] * x[i];
-            for (int dir = -1; dir <= 1; dir += 2) {
-                int nl = best_l[i] + dir;
-                if (nl < -nmax || nl > nmax - 1) continue;
-                float sxl = best_sxl + w * x[i] * (nl - best_l[i]);
-                float sl2 = best_sl2 + w * (float)(nl * nl - best_l[i] * best_l[i]);
-                if (sl2 > 0 && sxl * sxl * best_sl2 > best_sxl * best_sxl * sl2) {
-                    best_l[i] = nl;
-                    best_sxl = sxl;
-                    best_sl2 = sl2;
-                    changed = 1;
-                }
+            float sxl_o = best_sxl - w * x[i] * best_l[i], sl2_o = best_sl2 - w * (float)(best_l[i] * best_l[i]);
+            if (sxl_o == 0) continue;
+            int nl = clampi(round_int(x[i] * sl2_o / sxl_o), -nmax, nmax - 1);
+            if (nl == best_l[i]) continue;
+            float sxl = sxl_o + w * x[i] * nl, sl2 = sl2_o + w * (float)(nl * nl);
+            if (sl2 > 0 && sxl * sxl * best_sl2 > best_sxl * best_sxl * sl2) {
+                best_l[i] = nl;
+                best_sxl = sxl;
+                best_sl2 = sl2;
+                changed = 1;
             }
         }
         if (!changed) break;
@@ -373,15 +375,17 @@ static void quantize_q2_k(const float *x, block_q2_k *y, int64_t nb) {
 }
 
 /*
- * Q3_K: 16 sub-blocks of 16 with q - 4 in -4..3, fitted symmetrically, then the signed
- * scales to 6 bits against the one of largest magnitude (so it lands on -32).
+ * Q3_K: 16 sub-blocks of 16 with q - 4 in -4..3, fitted symmetrically (one trial scale, then
+ * refined: on this coarse grid more trial scales chosen by the x^2-weighted error raise the
+ * plain error), then the signed scales to 6 bits against the one of largest magnitude (so it
+ * lands on -32).
  */
 static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb) {
     uint8_t q[QK_K];
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
         float sc[16], max_sc = 0;
         for (int j = 0; j < 16; j++) {
-            sc[j] = fit_scale_symmetric(16, 4, x + 16 * j, q + 16 * j, 9, 1);
+            sc[j] = fit_scale_symmetric(16, 4, x + 16 * j, q + 16 * j, 0, 1);
             if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
         }
         memset(y[b].scales, 0, sizeof y[b].scales);
@@ -427,7 +431,7 @@ static void quantize_q6_k(const float *x, block_q6_k *y, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
         float sc[16], max_sc = 0;
         for (int j = 0; j < 16; j++) {
-            sc[j] = fit_scale_symmetric(16, 32, x + 16 * j, q + 16 * j, 9, 0);
+            sc[j] = fit_scale_symmetric(16, 32, x + 16 * j, q + 16 * j, 9, 1);
             if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
         }
         if (fabsf(max_sc) < TINY) {
@@ -470,7 +474,9 @@ static inline int nearest_iq4(float v) {
 }
 
 /* One block of 32: try scales that put the extreme value near either end of the table, fit
- * d by weighted least squares (weights x^2) for each rounding, keep the best. */
+ * d by weighted least squares (weights x^2) for each rounding, keep the best. (Trying as many
+ * scales on the +113 side as on the -127 side wins in the weighted error but loses in the
+ * plain one.) */
 static void quantize_iq4_nl(const float *x, block_iq4_nl *y, int64_t nb) {
     uint8_t q[QK];
     for (int64_t b = 0; b < nb; b++, x += QK) {
@@ -482,8 +488,11 @@ static void quantize_iq4_nl(const float *x, block_iq4_nl *y, int64_t nb) {
         }
         float best_d = 0, best_sqx = 0, best_sq2 = 0;
         int have = 0;
-        for (int k = -7; k <= 7; k++) {
-            float id = (IQ4_VALUES[0] + k) / max, sqx = 0, sq2 = 0;
+        for (int k = -8; k <= 7; k++) {
+            /* the extreme value near the table's -127 end (15 steps around it), and once on
+             * the +127 side, where it clamps to the table's end (+113) */
+            float id = k < -7 ? -IQ4_VALUES[0] / max : (IQ4_VALUES[0] + k) / max;
+            float sqx = 0, sq2 = 0;
             for (int i = 0; i < QK; i++) {
                 float qv = IQ4_VALUES[nearest_iq4(id * x[i])], w = x[i] * x[i];
                 sqx += w * qv * x[i];
