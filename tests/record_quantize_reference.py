@@ -62,11 +62,13 @@ def dry_run(binary: str, model: Path, ftype: str) -> dict:
 PURE_TYPES = {"Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q8_0": "Q8_0", "Q2_K": "Q2_K",
               "Q3_K_S": "Q3_K", "Q4_K_S": "Q4_K", "Q5_K_S": "Q5_K", "Q6_K": "Q6_K", "IQ4_NL": "IQ4_NL"}
 ERROR_MODEL = "k256_gqa4_untied"
+ERROR_LAYERS = ("blk.0.", "blk.9.")  # with output.weight: the tensors whose errors are kept
 
 
 def pure_errors(binary: str, model: Path, tmp: Path) -> dict:
-    """Per base type: sum of squared errors and of squared values over the 2-D weights that
-    `llama-quantize --pure` quantized to that type (dequantized with the gguf package)."""
+    """Per base type, per 2-D weight that `llama-quantize --pure` quantized to it (output.weight
+    and the layers ERROR_LAYERS): the sum of squared errors (dequantized with the gguf
+    package) and the sum of squared values."""
     import gguf
     import numpy as np
     from gguf.quants import dequantize
@@ -78,17 +80,14 @@ def pure_errors(binary: str, model: Path, tmp: Path) -> dict:
         r = subprocess.run([binary, "--pure", str(model), str(dst), ftype], capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise RuntimeError(f"llama-quantize --pure {ftype} failed:\n{r.stderr[-2000:]}")
-        err = ref = 0.0
-        names = []
+        per_tensor = {}
         for t in gguf.GGUFReader(dst).tensors:
-            if t.tensor_type.name != base:
+            if t.tensor_type.name != base or not (t.name == "output.weight" or t.name.startswith(ERROR_LAYERS)):
                 continue
             x = src[t.name]
             y = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(x.shape)
-            err += float(((y - x) ** 2).sum())
-            ref += float((x ** 2).sum())
-            names.append(t.name)
-        out[base] = {"sse": err, "ssq": ref, "tensors": sorted(names)}
+            per_tensor[t.name] = [float(((y - x) ** 2).sum()), float((x ** 2).sum())]
+        out[base] = per_tensor
         dst.unlink()
     return out
 
