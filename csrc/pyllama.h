@@ -203,6 +203,15 @@ int pl_matvec(int type, const void *w, const float *x, float *y, int rows, int c
 /* Y[t,r] = W[r,:] . X[t,:] for t < n_tokens (prefill). */
 int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int cols, int n_tokens, int n_threads);
 
+/* Quantization (quantize.c; python -m pyllama.quantize). Target types: Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. pl_quantize_row_bytes: bytes of one row of
+ * n_per_row values in that type, or -1 (not a target type, or not a whole number of blocks).
+ * pl_quantize_rows: n_rows rows of src_type (F32, F16, BF16 or a type the core dequantizes)
+ * into dst (n_rows * pl_quantize_row_bytes bytes), rows spread over n_threads threads. */
+int64_t pl_quantize_row_bytes(int type, int64_t n_per_row);
+int pl_quantize_rows(int src_type, const void *src, int dst_type, void *dst, int64_t n_rows, int64_t n_per_row,
+                     int n_threads);
+
 /* CDEF-END */
 
 #endif
