@@ -87,6 +87,7 @@ typedef struct {
     int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
     int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
     float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */
+    int fused_gate_up;    /* 1: ffn_up holds the gate's rows, then the up rows (phi3) */
 } pl_config;
 
 typedef struct {
