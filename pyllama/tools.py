@@ -163,8 +163,12 @@ def prepare_messages(messages, tools, native: bool):
 
 
 def _schema_with_json_style(schema: dict) -> dict:
+    """The arguments' schema for a forced call: JSON written compactly, and (as OpenAI's strict
+    mode does) no keys beyond the declared properties unless the schema says otherwise."""
     schema = dict(schema) if isinstance(schema, dict) else {}
     schema.setdefault("type", "object")
+    if "properties" in schema:
+        schema.setdefault("additionalProperties", False)
     schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     return schema
 
