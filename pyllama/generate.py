@@ -28,7 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-p", type=float, default=0.0, help="min-p (default 0: off)")
     ap.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (default 1: off)")
     ap.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--grammar", default=None, metavar="GRAMMAR",
+                   help="constrain the output with a grammar (GBNF as llama.cpp's, or Lark)")
+    g.add_argument("--grammar-file", default=None, metavar="FNAME", help="read the grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid under this JSON schema (its text, e.g. '{}')")
     return ap
+
+
+def load_grammar(ap, args):
+    """The LlamaGrammar the options ask for, or None; a bad one is a usage error."""
+    from .grammar import LlamaGrammar
+
+    try:
+        if args.grammar is not None:
+            return LlamaGrammar.from_string(args.grammar)
+        if args.grammar_file is not None:
+            return LlamaGrammar.from_file(args.grammar_file)
+        if args.json_schema is not None:
+            return LlamaGrammar.from_json_schema(args.json_schema)
+    except ValueError as e:
+        ap.error(str(e).replace("\n", " "))
+    return None
 
 
 def main(argv=None) -> int:
@@ -42,6 +64,7 @@ def main(argv=None) -> int:
     if not 0.0 <= args.top_p <= 1.0:
         ap.error(f"--top-p must be in [0, 1] (got {args.top_p})")
 
+    grammar = load_grammar(ap, args)
     llm = load_model(args)
     from .errors import PyllamaError
 
@@ -57,7 +80,7 @@ def main(argv=None) -> int:
                 return 1
             prompt = [tok.bos_id]
         steps = args.steps or (llm.n_ctx() - len(prompt))
-        end_ids = set() if args.ignore_eos else set(tok.eot_ids or ()) | (
+        end_ids = set() if args.ignore_eos and grammar is None else set(tok.eot_ids or ()) | (
             {tok.eos_id} if tok.eos_id is not None else set())
 
         out = sys.stdout
@@ -68,7 +91,7 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         t_first = None
         gen = llm.generate(prompt, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
-                           min_p=args.min_p, repeat_penalty=args.repeat_penalty)
+                           min_p=args.min_p, repeat_penalty=args.repeat_penalty, grammar=grammar)
         try:
             for token in gen:
                 if t_first is None:
