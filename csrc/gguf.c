@@ -317,6 +317,16 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
     return pl_index_tensors(m);
 }
 
+/* The architectures read_config accepts (keep the two in step): the model catalog asks
+ * through pl_arch_supported whether a file runs with this build before fetching it. */
+static const char *const ARCHITECTURES[] = {"llama", "qwen2"};
+
+int pl_arch_supported(const char *arch) {
+    for (size_t i = 0; arch && i < sizeof ARCHITECTURES / sizeof ARCHITECTURES[0]; i++)
+        if (!strcmp(arch, ARCHITECTURES[i])) return 1;
+    return 0;
+}
+
 /* Fill cfg from the architecture's metadata keys. */
 static int read_config(const metadata *md, pl_config *cfg) {
     char arch[64];
