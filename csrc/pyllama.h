@@ -180,7 +180,8 @@ void pl_set_sample_threads(int n_threads);
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
 int pl_current_isa(void);             /* the path in use */
-int pl_type_block_size(int type);     /* elements per block */
+int pl_type_block_size(int type);     /* elements per block; -1 for a type this build cannot use */
+int pl_arch_supported(const char *arch); /* 1 when this build runs general.architecture = arch */
 int pl_type_block_bytes(int type);    /* bytes per block */
 int pl_dequantize(int type, const void *src, float *dst, int64_t n);
 /* y[r] = W[r,:] . x for r < rows, W stored row-major with `cols` elements per row. */
