@@ -163,7 +163,9 @@ def test_logits_processor_and_stopping_criteria(llm):
         scores[banned] = -np.inf
         return scores
 
-    r = llm.create_completion(prompt, temperature=0, max_tokens=8, logits_processor=[ban])
+    from pyllama import LogitsProcessorList, StoppingCriteriaList
+
+    r = llm.create_completion(prompt, temperature=0, max_tokens=8, logits_processor=LogitsProcessorList([ban]))
     ref = llm.create_completion(prompt, temperature=0, max_tokens=8, logit_bias={banned: float("-inf")})
     assert r["choices"][0]["text"] == ref["choices"][0]["text"] != base
     prompt_ids = llm.tokenize(prompt.encode(), add_bos=True)
@@ -172,7 +174,7 @@ def test_logits_processor_and_stopping_criteria(llm):
     def three(input_ids, scores):
         return len(input_ids) >= len(prompt_ids) + 3
 
-    r = llm.create_completion(prompt, temperature=0, max_tokens=20, stopping_criteria=three)
+    r = llm.create_completion(prompt, temperature=0, max_tokens=20, stopping_criteria=StoppingCriteriaList([three]))
     assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 3
     with pytest.raises(ValueError, match="callable"):
         llm.create_completion(prompt, max_tokens=2, stopping_criteria=[3])
