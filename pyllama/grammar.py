@@ -44,7 +44,10 @@ class _Vocabulary:
     def __init__(self, tokenizer):
         self._tok = tokenizer
         n = tokenizer.n_vocab
-        special = [i for i in range(n) if tokenizer.token_type(i) in (_UNKNOWN, _CONTROL)]
+        if hasattr(tokenizer, "token_type"):
+            special = [i for i in range(n) if tokenizer.token_type(i) in (_UNKNOWN, _CONTROL)]
+        else:  # a minimal tokenizer: its BOS and end tokens are the control tokens
+            special = sorted({i for i in (tokenizer.bos_id, tokenizer.eos_id, *tokenizer.eot_ids) if i is not None})
         names = set(special)
         self.tokens = [b"\xff" + tokenizer.token_text(i).encode("utf-8", "surrogateescape") if i in names
                        else tokenizer.token_to_piece(i) for i in range(n)]
