@@ -286,3 +286,17 @@ def test_qwen_calculator_answers_1234_times_5678(qwen):
     assert not interrupted
     assert shown and shown[0][0] == "calculator" and shown[0][2] == "7006652"
     assert "7006652" in reply.replace(",", "")
+
+
+def test_generate_cli_json_schema_and_grammar(default_model_path, capsys):
+    from pyllama import generate
+
+    schema = '{"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}}, ' \
+             '"required": ["capital"], "additionalProperties": false}'
+    prompt = "The capital of France as JSON: "
+    assert generate.main(["-m", default_model_path, "-p", prompt, "-t", "0", "-n", "40", "-j", schema]) == 0
+    out = capsys.readouterr().out
+    jsonschema.validate(json.loads(out[len(prompt):]), json.loads(schema))
+    assert generate.main(["-m", default_model_path, "-p", "Answer yes or no: is the sky blue? ", "-t", "0",
+                          "-n", "8", "--grammar", 'root ::= "yes" | "no"']) == 0
+    assert capsys.readouterr().out.split("? ", 1)[1].strip() in ("yes", "no")
