@@ -55,6 +55,10 @@ typedef struct {
     const pl_tensor *bq, *bk, *bv;   /* NULL unless the architecture has attention biases */
     const pl_tensor *ffn_norm;
     const pl_tensor *w_gate, *w_up, *w_down;
+    const pl_tensor *q_norm, *k_norm;               /* [head_dim] when cfg.qk_norm */
+    const pl_tensor *post_attn_norm, *post_ffn_norm; /* [dim] when cfg.post_norms */
+    int window;     /* positions a query sees (itself included); 0: all before it */
+    int local_rope; /* 1: RoPE at cfg.rope_base_local */
 } pl_layer;
 
 struct pl_model {

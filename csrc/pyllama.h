@@ -52,6 +52,10 @@
 #define PL_ROPE_SCALING_LINEAR 1
 #define PL_ROPE_SCALING_LLAMA3 2
 
+/* The gated feed-forward's activation: h = act(W_gate x) * (W_up x) */
+#define PL_ACT_SILU 0      /* SwiGLU: llama, qwen, mistral, phi3 */
+#define PL_ACT_GELU_TANH 1 /* GeGLU with tanh-approximated GELU: gemma */
+
 typedef struct pl_model pl_model;
 typedef struct pl_context pl_context;
 
@@ -74,6 +78,16 @@ typedef struct {
     int rope_orig_ctx;              /* llama3 original context */
     int tied_output;  /* 1 when the output layer reuses token_embd */
     int has_qkv_bias; /* 1 for qwen2-style attention biases */
+    /* a family's differences from llama (forward.c); zero everywhere is llama */
+    int qk_norm;          /* 1: each query and key head RMS-normalized (attn_q_norm, attn_k_norm) before RoPE */
+    int post_norms;       /* 1: attention and FFN outputs RMS-normalized before their residual add (gemma) */
+    int activation;       /* PL_ACT_* */
+    int scale_embeddings; /* 1: embeddings multiplied by sqrt(dim) (gemma) */
+    float attn_scale;     /* scores = q.k * attn_scale; 0 means 1/sqrt(head_dim) */
+    int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
+    int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
+    float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */
+    int fused_gate_up;    /* 1: ffn_up holds the gate's rows, then the up rows (phi3) */
 } pl_config;
 
 typedef struct {
@@ -182,13 +196,23 @@ void pl_set_sample_threads(int n_threads);
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
 int pl_current_isa(void);             /* the path in use */
-int pl_type_block_size(int type);     /* elements per block */
+int pl_type_block_size(int type);     /* elements per block; -1 for a type this build cannot use */
+int pl_arch_supported(const char *arch); /* 1 when this build runs general.architecture = arch */
 int pl_type_block_bytes(int type);    /* bytes per block */
 int pl_dequantize(int type, const void *src, float *dst, int64_t n);
 /* y[r] = W[r,:] . x for r < rows, W stored row-major with `cols` elements per row. */
 int pl_matvec(int type, const void *w, const float *x, float *y, int rows, int cols, int n_threads);
 /* Y[t,r] = W[r,:] . X[t,:] for t < n_tokens (prefill). */
 int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int cols, int n_tokens, int n_threads);
+
+/* Quantization (quantize.c; python -m pyllama.quantize). Target types: Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. pl_quantize_row_bytes: bytes of one row of
+ * n_per_row values in that type, or -1 (not a target type, or not a whole number of blocks).
+ * pl_quantize_rows: n_rows rows of src_type (F32, F16, BF16 or a type the core dequantizes)
+ * into dst (n_rows * pl_quantize_row_bytes bytes), rows spread over n_threads threads. */
+int64_t pl_quantize_row_bytes(int type, int64_t n_per_row);
+int pl_quantize_rows(int src_type, const void *src, int dst_type, void *dst, int64_t n_rows, int64_t n_per_row,
+                     int n_threads);
 
 /* CDEF-END */
 
