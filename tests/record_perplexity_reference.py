@@ -2,6 +2,7 @@
 """Record llama.cpp's perplexity of the default model on a public-domain text, for tests/test_perplexity.py.
 
     python tests/record_perplexity_reference.py [--llama-perplexity PATH] [--chunks N]
+    python tests/record_perplexity_reference.py -m MODEL --out tests/data/perplexity_reference_NAME.json
     python tests/record_perplexity_reference.py --extract-text     # rewrite the text file (needs apt)
 
 The text, tests/data/perplexity_pride_and_prejudice.txt, is chapters 1-5 of Jane Austen's
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("-m", "--model", help="model file (default: pyllama's default model)")
     p.add_argument("--chunks", type=int, default=CHUNKS)
     p.add_argument("-t", "--threads", type=int, default=2)
+    p.add_argument("--out", default=OUT, help="JSON to write (default: the default model's reference); "
+                   "tests/test_perplexity.py also checks every tests/data/perplexity_reference_*.json")
     args = p.parse_args(argv)
     if args.extract_text:
         extract_text()
@@ -179,7 +182,8 @@ def main(argv=None) -> int:
     if len(out["running_ppl"]) != args.chunks:
         raise SystemExit(f"expected {args.chunks} per-chunk values, parsed {len(out['running_ppl'])}")
     record = {
-        "what": "llama.cpp llama-perplexity on the default model: the reference for tests/test_perplexity.py",
+        "what": f"llama.cpp llama-perplexity on {'the default model' if not args.model else os.path.basename(model)}: "
+                "a reference for tests/test_perplexity.py",
         "recorded_by": "tests/record_perplexity_reference.py",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "llama_cpp": {
@@ -203,10 +207,10 @@ def main(argv=None) -> int:
         "ppl": out["ppl"],
         "ppl_error": out["ppl_error"],
     }
-    with open(OUT, "w") as fh:
+    with open(args.out, "w") as fh:
         json.dump(record, fh, indent=2)
         fh.write("\n")
-    print(f"wrote {OUT}: PPL = {out['ppl']} +/- {out['ppl_error']}", file=sys.stderr)
+    print(f"wrote {args.out}: PPL = {out['ppl']} +/- {out['ppl_error']}", file=sys.stderr)
     return 0
 
 
