@@ -128,4 +128,13 @@ void pl_team_enter(void);
 /* The calling OpenMP thread's share [*r0, *r1) of n rows (how products split their rows). */
 void pl_thread_share(int n, int *r0, int *r1);
 
+/* ---- a context's KV cache as state.c saves and restores it (model.c owns the context) ---- */
+typedef struct {
+    void *key_cache;   /* [layer][kv head][n_kblocks key blocks], kernels.h's block layout */
+    void *value_cache; /* [layer][position < n_ctx][n_kv_heads * head_dim] */
+    int n_ctx, n_kblocks, k_type, v_type;
+    int n_layers, n_kv_heads, head_dim;
+} pl_kv_view;
+void pl_context_kv(const pl_context *c, pl_kv_view *out);
+
 #endif

@@ -797,6 +797,12 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
     return 0;
 }
 
+void pl_context_kv(const pl_context *c, pl_kv_view *out) {
+    const pl_config *p = &c->m->cfg;
+    *out = (pl_kv_view){c->key_cache, c->value_cache, c->n_ctx, c->n_kblocks, c->k_type, c->v_type,
+                        p->n_layers, p->n_kv_heads, p->head_dim};
+}
+
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard) {
     pl_clear_error();
     if (n_past < 0 || n_past > c->n_ctx || n_keep < 0 || n_keep > n_past || n_discard <= 0 ||
