@@ -100,6 +100,8 @@ pl_model *pl_load_gguf(const char *path, int flags);
 pl_model *pl_load_llama2c(const char *path, float rope_base, int flags);
 void pl_model_free(pl_model *m);
 void pl_model_config(const pl_model *m, pl_config *out);
+/* llama.cpp's --rope-freq-base: replaces the file's; applies to contexts made afterwards. */
+int pl_model_set_rope_base(pl_model *m, float rope_base);
 int pl_model_n_tensors(const pl_model *m);
 int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);

@@ -55,16 +55,22 @@ def _int_arg(name: str, value: Any, low: int, high: Optional[int] = None) -> int
 
 # More threads than CPUs only queue for the same cores, and each one costs stack and scratch
 # memory: a thousand of them can exhaust a memory limit inside the OpenMP runtime, which then
-# ends the process. Requests above this many per CPU are lowered to it, with a warning.
+# ends the process. Requests above 4 per CPU (and above 64, so that oversubscription stays
+# measurable on a small machine) are lowered to that, with a warning.
 THREADS_PER_CPU_MAX = 4
+THREADS_ALWAYS_ALLOWED = 64
+
+
+def thread_cap() -> int:
+    return max(THREADS_ALWAYS_ALLOWED, THREADS_PER_CPU_MAX * max(1, os.cpu_count() or 1))
 
 
 def _thread_count(name: str, value: Any) -> int:
     n = _int_arg(name, value, 1)
-    cap = THREADS_PER_CPU_MAX * max(1, os.cpu_count() or 1)
+    cap = thread_cap()
     if n > cap:
-        print(f"pyllama: warning: {name}={n} is more than {THREADS_PER_CPU_MAX} threads per CPU "
-              f"({os.cpu_count()} CPUs); using {cap}", file=sys.stderr)
+        print(f"pyllama: warning: {name}={n} is more than this machine's {os.cpu_count()} CPUs can use; "
+              f"using {cap}", file=sys.stderr)
         n = cap
     return n
 
@@ -161,7 +167,8 @@ class Llama(GenerationMixin):
         verbose: print loading details to stderr.
         tokenizer_path: llama2.c ``tokenizer.bin`` or SentencePiece ``.model``
             (llama2.c checkpoints only; default: ``tokenizer.bin`` beside the model).
-        rope_freq_base: llama2.c checkpoints carry no rope base (run.c uses 10000).
+        rope_freq_base: replaces the file's RoPE base (0 / None: the file's; llama2.c
+            checkpoints carry none, and run.c uses 10000).
         bos_token_id, eos_token_id: llama2.c checkpoints carry neither (run.c: 1 and 2).
         chat_format: a built-in chat template name (chatml, llama-2, llama-3,
             mistral, gemma) used instead of the file's own template.
@@ -179,6 +186,18 @@ class Llama(GenerationMixin):
             ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
             Default F16, as llama.cpp: half the memory and cache reads of F32;
             F32 keeps keys and values exactly as computed.
+
+    llama-cpp-python's other keywords: ``logits_all`` (``eval_logits``/``scores`` keep a row
+    of logits per cached position), ``n_ubatch`` (the batch per C call is the smaller of it
+    and ``n_batch``), ``n_threads_batch`` (threads for prompts; ``n_threads`` decodes),
+    ``use_mlock`` (lock the weights in RAM; a refusal is a warning, as in llama.cpp),
+    ``f16_kv`` (False: an F32 cache, when type_k/type_v are not given), ``seed``. Accepted
+    and ignored: ``n_gpu_layers``, ``flash_attn`` and the other GPU/NUMA placement options.
+    Refused unless at their "off" value (ValueError naming them): ``vocab_only``,
+    ``embedding``, LoRA, ``kv_overrides``, YaRN and rope scaling overrides,
+    ``rope_freq_scale``, ``pooling_type``, ``chat_handler``, ``draft_model``,
+    ``tokenizer``, ``spm_infill``. Integer arguments must be integers (``n_ctx=True`` is
+    a TypeError); thread counts above 4 per CPU are lowered to that, with a warning.
 
     ``metadata`` holds the GGUF file's scalar keys (strings, numbers); its arrays
     (the vocabulary and merges, ~10 MB of Python strings for a 49k vocabulary) are
@@ -236,8 +255,8 @@ class Llama(GenerationMixin):
         if context_overflow not in ("shift", "error"):
             raise ValueError(f"context_overflow must be 'shift' or 'error' (got {context_overflow!r})")
         if rope_freq_base is not None and (isinstance(rope_freq_base, bool) or not isinstance(
-                rope_freq_base, numbers.Real) or not (rope_freq_base == 0 or 0 < rope_freq_base < float("inf"))):
-            raise ValueError(f"rope_freq_base must be a positive number, or 0 for the model's own "
+                rope_freq_base, numbers.Real) or not (rope_freq_base == 0 or 1 < rope_freq_base < float("inf"))):
+            raise ValueError(f"rope_freq_base must be a number above 1, or 0 for the model's own "
                              f"(got {rope_freq_base!r})")
         if rope_freq_scale not in (0, 0.0, 1, 1.0):
             raise ValueError(f"rope_freq_scale={rope_freq_scale!r} is not supported by pyllama: the rope "
@@ -272,15 +291,13 @@ class Llama(GenerationMixin):
             from .gguf import read_metadata
 
             self.metadata: dict[str, Any] = read_metadata(self.model_path)
-            if rope_freq_base and rope_freq_base != self._gguf_rope_base():
-                raise ValueError(
-                    f"rope_freq_base={rope_freq_base!r}: pyllama takes a GGUF file's rope base from the file "
-                    f"({self._gguf_rope_base():g}); the override is for llama2.c checkpoints, which carry none")
             self._model = lib.pl_load_gguf(path_b, load_flags)
         else:
             self._model = lib.pl_load_llama2c(path_b, float(rope_freq_base or 0.0), load_flags)
         if self._model == ffi.NULL:
             raise ModelError(f"{self.model_path}: {_error('could not load the model')}")
+        if rope_freq_base and lib.pl_model_set_rope_base(self._model, float(rope_freq_base)) != 0:
+            raise ValueError(_error("bad rope_freq_base"))
 
         cfg = ffi.new("pl_config *")
         lib.pl_model_config(self._model, cfg)
@@ -344,10 +361,6 @@ class Llama(GenerationMixin):
 
         path = download(repo_id, filename, additional_files or (), local_dir=local_dir, cache_dir=cache_dir)
         return cls(model_path=path, **kwargs)
-
-    def _gguf_rope_base(self) -> float:
-        arch = self.metadata.get("general.architecture", "llama")
-        return float(self.metadata.get(f"{arch}.rope.freq_base", 10000.0))
 
     def _mlock_weights(self) -> None:
         """use_mlock: keep the mapped weights in RAM; like llama.cpp, a refusal (RLIMIT_MEMLOCK) is a warning."""

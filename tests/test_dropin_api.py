@@ -105,8 +105,11 @@ def test_huge_top_k_keeps_the_whole_vocabulary(tiny_path):
 
 
 def test_thread_count_is_capped_with_a_warning(tiny_path, capfd):
+    from pyllama.llama import thread_cap
+
     llm = fresh(tiny_path, n_threads=100_000)
-    cap = 4 * os.cpu_count()
+    cap = thread_cap()
+    assert cap == max(64, 4 * os.cpu_count())
     assert llm.n_threads == cap
     assert f"using {cap}" in capfd.readouterr().err
     llm.n_threads = 10**9
@@ -153,13 +156,29 @@ def test_llama_cpp_python_keywords_are_accepted(tiny_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(vocab_only=True), "vocab_only"), (dict(embedding=True), "embedding"),
     (dict(lora_path="x.gguf"), "lora_path"), (dict(kv_overrides={"a": 1}), "kv_overrides"),
-    (dict(rope_freq_scale=0.5), "rope_freq_scale"), (dict(rope_freq_base=5e5), "rope_freq_base"),
-    (dict(rope_freq_base=float("nan")), "rope_freq_base"), (dict(yarn_ext_factor=1.0), "yarn_ext_factor"),
+    (dict(rope_freq_scale=0.5), "rope_freq_scale"), (dict(rope_freq_base=-5.0), "rope_freq_base"),
+    (dict(rope_freq_base=float("nan")), "rope_freq_base"), (dict(rope_freq_base=1.0), "rope_freq_base"), (dict(yarn_ext_factor=1.0), "yarn_ext_factor"),
     (dict(chat_format="klingon"), "chat_format"), (dict(pooling_type=1), "pooling_type"),
 ])
 def test_unsupported_keywords_are_refused_by_name(tiny_path, kw, match):
     with pytest.raises(ValueError, match=match):
         fresh(tiny_path, **kw)
+
+
+def test_rope_freq_base_replaces_the_files(tiny_model_factory):
+    """A file written with base 10000 run at rope_freq_base=1e6 gives the logits of the same
+    weights written with base 1e6 (and of the numpy reference at 1e6)."""
+    low, high = str(tiny_model_factory(rope_base=10000.0)), str(tiny_model_factory(rope_base=1e6))
+    a = fresh(low, rope_freq_base=1e6, type_k="f32", type_v="f32")
+    b = fresh(high, type_k="f32", type_v="f32")
+    c = fresh(low, type_k="f32", type_v="f32")
+    for llm in (a, b, c):
+        llm.eval(TOKENS)
+    assert a.config["rope_base"] == 1e6
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert reference.rel_err(c.logits, a.logits) > 1e-3  # the base matters for these tokens
+    expect = reference.forward(reference.ReferenceModel(high), TOKENS)[-1]
+    assert reference.rel_err(a.logits, expect) < 1e-4
 
 
 def test_unknown_keyword_is_a_type_error(tiny_path):
