@@ -36,6 +36,16 @@ from .sampling import Sampler, SamplingParams, log_softmax, make_rng
 __all__ = ["GenerationMixin", "StopStringFilter"]
 
 
+def _token_list(tokens, name: str) -> list:
+    """Token ids as Python ints; a float or bool among them is a TypeError, not silently truncated."""
+    out = []
+    for t in tokens:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"{name} must be a string or integer token ids (got {type(t).__name__} {t!r})")
+        out.append(int(t))
+    return out
+
+
 def _common_prefix(a, b) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -210,7 +220,7 @@ class GenerationMixin:
         ``reset=True`` (default) the KV cache keeps its longest common prefix
         with ``tokens``; with ``reset=False`` the tokens are appended to it.
         """
-        tokens = [int(t) for t in tokens]
+        tokens = _token_list(tokens, "tokens")
         if not tokens:
             raise ValueError("generate() needs at least one prompt token")
         n_ctx = self.n_ctx()
@@ -318,7 +328,7 @@ class GenerationMixin:
             else:
                 prompt_tokens = list(tokenizer.tokenize(prompt, add_bos=None, special=True))
         else:
-            prompt_tokens = [int(t) for t in prompt]
+            prompt_tokens = _token_list(prompt, "prompt")
         if not prompt_tokens:
             raise ValueError("the prompt has no tokens")
         n_ctx = self.n_ctx()

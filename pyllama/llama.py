@@ -318,7 +318,7 @@ class Llama(GenerationMixin):
         if n_ctx == 0:
             n_ctx = cfg.n_ctx_train
         self._n_threads = n_threads or _default_threads()
-        self._n_threads_batch = n_threads_batch or self._n_threads
+        self._n_threads_batch = n_threads_batch  # None: follow n_threads
         self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads, *kv_types)
         if self._ctx == ffi.NULL:
             raise MemoryError(_error("could not create the context"))
@@ -451,8 +451,8 @@ class Llama(GenerationMixin):
 
     @property
     def n_threads_batch(self) -> int:
-        """Threads for batches of more than one token (prompts); n_threads decodes."""
-        return self._n_threads_batch
+        """Threads for batches of more than one token (prompts; default: n_threads); n_threads decodes."""
+        return self._n_threads_batch or self._n_threads
 
     @n_threads_batch.setter
     def n_threads_batch(self, n: int) -> None:
@@ -530,7 +530,7 @@ class Llama(GenerationMixin):
                 f"context overflow: {self.n_tokens} cached + {n} new tokens exceed n_ctx = {self._n_ctx} "
                 "(raise n_ctx or shorten the prompt)"
             )
-        threads = self._n_threads_batch if n > 1 else self._n_threads
+        threads = (self._n_threads_batch or self._n_threads) if n > 1 else self._n_threads
         if self._c_threads != threads:
             self._set_c_threads(threads)
         if not logits_all:

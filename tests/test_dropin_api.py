@@ -57,6 +57,16 @@ def test_eval_refuses_ids_numpy_would_mangle(tiny_path, tokens, error, match):
     assert llm.n_tokens == 0 and llm.input_ids == []
 
 
+def test_prompt_token_lists_are_integers(tiny_path):
+    llm = fresh(tiny_path)
+    with pytest.raises(TypeError, match="prompt"):
+        llm.create_completion([1.5, 2], max_tokens=1)
+    with pytest.raises(TypeError, match="tokens"):
+        next(llm.generate([2, True]))
+    out = llm.create_completion(np.array([1, 2], dtype=np.int16), max_tokens=1, temperature=0)
+    assert out["usage"]["prompt_tokens"] == 2
+
+
 def test_eval_takes_numpy_integer_arrays_of_any_width(tiny_path):
     a, b = fresh(tiny_path), fresh(tiny_path)
     a.eval(TOKENS)
@@ -203,6 +213,9 @@ def test_n_ubatch_bounds_the_batch_and_threads_batch_is_used(tiny_path):
     ref = fresh(tiny_path)
     ref.eval(TOKENS + [1])
     np.testing.assert_allclose(llm.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    follows = fresh(tiny_path, n_threads=1)
+    follows.n_threads = 2  # without n_threads_batch, prompts follow n_threads (bench -t 1,2 relies on it)
+    assert follows.n_threads_batch == 2
 
 
 def test_use_mlock_locks_or_warns(tiny_path, capfd):
