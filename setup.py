@@ -20,10 +20,12 @@ setup(
         "sentencepiece>=0.1.99",
         "regex>=2022.1",     # the \p{L}-style split patterns of llama.cpp's pre-tokenizers
         "jinja2>=3.1",       # sandboxed rendering of chat templates shipped in model files
+        "llguidance>=1.0",   # grammar / JSON-schema token masks for constrained decoding
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "gguf>=0.10", "pytest-benchmark>=4", "pexpect>=4.8",
-                 "tokenizers>=0.19"],  # the reference BPE for tests/test_bpe_c.py (ignore_merges needs 0.19)
+                 "tokenizers>=0.19",  # the reference BPE for tests/test_bpe_c.py (ignore_merges needs 0.19)
+                 "jsonschema>=4"],  # the validator constrained JSON output is checked with
         "hub": ["huggingface_hub>=0.20"],
     },
     entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.chat:main"]},

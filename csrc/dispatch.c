@@ -116,8 +116,9 @@ int pl_set_isa(int isa) {
     return isa_of(current_set);
 }
 
+/* every quantized weight type: the float ones take float activations */
 int pl_type_uses_q8x(int type) {
-    return type == PL_TYPE_Q8_0 || type == PL_TYPE_Q4_0 || type == PL_TYPE_Q4_1 || q4_repacked(type);
+    return pl_type_supported(type) && type != PL_TYPE_F32 && type != PL_TYPE_F16 && type != PL_TYPE_BF16;
 }
 
 static size_t act_stride(int type, int cols) {
@@ -141,18 +142,21 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
     const int uses_q8 = pl_type_uses_q8x(p->type);
     const char *act = uses_q8 ? (const char *)q8 : (const char *)x;
     const size_t astride = uses_q8 ? q8_stride : (size_t)cols * sizeof(float);
-    if (n_tok > 1 && k->tile[p->type]) {
-        k->tile[p->type](p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
+    /* a type this set has no kernel for runs on the scalar one (same activation format) */
+    const pl_rows_fn rows = k->rows[p->type] ? k->rows[p->type] : pl_kernels_scalar.rows[p->type];
+    const pl_tile_fn tile = k->tile[p->type] ? k->tile[p->type] : pl_kernels_scalar.tile[p->type];
+    if (n_tok > 1 && tile) {
+        tile(p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
         return;
     }
     if (n_tok == 1) { /* decode: one call streams the whole share (the row blocks are for reuse across tokens) */
-        k->rows[p->type](p->w, row_bytes, act, p->y, r0, r1, cols);
+        rows(p->w, row_bytes, act, p->y, r0, r1, cols);
         return;
     }
     for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
         int re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
         for (int t = 0; t < n_tok; t++)
-            k->rows[p->type](p->w, row_bytes, act + t * astride, p->y + t * p->y_stride, rb, re, cols);
+            rows(p->w, row_bytes, act + t * astride, p->y + t * p->y_stride, rb, re, cols);
     }
 }
 
@@ -251,7 +255,7 @@ static int check_matmul_args(int type, int rows, int cols, int n_tok, int n_thre
     }
     if (rows <= 0 || cols <= 0 || n_tok <= 0 || pl_type_nbytes(type, cols) < 0 || cols % QK) {
         pl_set_error("bad matrix shape: rows=%d cols=%d tokens=%d (cols must be a positive multiple of %d)",
-                     rows, cols, n_tok, QK);
+                     rows, cols, n_tok, pl_type_block_size(type) > QK ? pl_type_block_size(type) : QK);
         return -1;
     }
     if (n_threads > 0) omp_set_num_threads(n_threads);

@@ -55,6 +55,10 @@ typedef struct {
     const pl_tensor *bq, *bk, *bv;   /* NULL unless the architecture has attention biases */
     const pl_tensor *ffn_norm;
     const pl_tensor *w_gate, *w_up, *w_down;
+    const pl_tensor *q_norm, *k_norm;               /* [head_dim] when cfg.qk_norm */
+    const pl_tensor *post_attn_norm, *post_ffn_norm; /* [dim] when cfg.post_norms */
+    int window;     /* positions a query sees (itself included); 0: all before it */
+    int local_rope; /* 1: RoPE at cfg.rope_base_local */
 } pl_layer;
 
 struct pl_model {
@@ -127,14 +131,5 @@ int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
 void pl_team_enter(void);
 /* The calling OpenMP thread's share [*r0, *r1) of n rows (how products split their rows). */
 void pl_thread_share(int n, int *r0, int *r1);
-
-/* ---- a context's KV cache as state.c saves and restores it (model.c owns the context) ---- */
-typedef struct {
-    void *key_cache;   /* [layer][kv head][n_kblocks key blocks], kernels.h's block layout */
-    void *value_cache; /* [layer][position < n_ctx][n_kv_heads * head_dim] */
-    int n_ctx, n_kblocks, k_type, v_type;
-    int n_layers, n_kv_heads, head_dim;
-} pl_kv_view;
-void pl_context_kv(const pl_context *c, pl_kv_view *out);
 
 #endif

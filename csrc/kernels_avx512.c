@@ -599,7 +599,7 @@ AVX512 static void rows_q4_1(const void *w, size_t rb, const void *act, float *y
  * and head: 3 x NB independent multiply-add chains. The n_next blocks after them are
  * asked for meanwhile: in decode the cache has been pushed out of every cache level by
  * the weights streamed since the last token, and these short per-head runs leave the
- * hardware prefetcher little time to ramp up (see attention() in model.c). */
+ * hardware prefetcher little time to ramp up (see attention() in forward.c). */
 AVX512_INLINE void block_scores(int k_type, const float *q0, int hd, const char *blk, int J, int NB, int n_next,
                                 float scores[3][4 * PL_KV_BLOCK]) {
     const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4), blk_bytes = hd * row_bytes;

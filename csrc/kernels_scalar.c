@@ -96,6 +96,79 @@ static float dot_q4_1(const void *w, const block_q8x *x, int n) { return dot_q4(
 static float dot_q4_0r(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_0R, w, x, n); }
 static float dot_q4_1r(const void *w, const block_q8x *x, int n) { return dot_q4(PL_TYPE_Q4_1R, w, x, n); }
 
+/* Q5_0: d*(q - 16) * dx*qx;  Q5_1: (d*q + m) * dx*qx, the offset through s as in Q4_1. */
+static float dot_q5(const void *w, int has_m, const block_q8x *x, int n) {
+    const size_t bb = has_m ? sizeof(block_q5_1) : sizeof(block_q5_0);
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        const uint8_t *blk = (const uint8_t *)w + bb * b;
+        pl_fp16 d, m = 0;
+        memcpy(&d, blk, 2);
+        if (has_m) memcpy(&m, blk + 2, 2);
+        const uint8_t *qh = blk + (has_m ? 4 : 2), *qs = qh + 4;
+        const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+        const int zero = has_m ? 0 : 16;
+        int sumi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += (((qs[j] & 0x0f) | (int)((h >> j) & 1) << 4) - zero) * x[b].qs[j];
+            sumi += (((qs[j] >> 4) | (int)((h >> (j + QK / 2)) & 1) << 4) - zero) * x[b].qs[j + QK / 2];
+        }
+        sum += fp16_to_f32(d) * x[b].d * (float)sumi + (has_m ? fp16_to_f32(m) * x[b].s : 0.0f);
+    }
+    return sum;
+}
+static float dot_q5_0(const void *w, const block_q8x *x, int n) { return dot_q5(w, 0, x, n); }
+static float dot_q5_1(const void *w, const block_q8x *x, int n) { return dot_q5(w, 1, x, n); }
+
+static float dot_iq4_nl(const block_iq4_nl *w, const block_q8x *x, int n) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK; b++) {
+        int sumi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += IQ4_VALUES[w[b].qs[j] & 0x0f] * x[b].qs[j];
+            sumi += IQ4_VALUES[w[b].qs[j] >> 4] * x[b].qs[j + QK / 2];
+        }
+        sum += fp16_to_f32(w[b].d) * x[b].d * (float)sumi;
+    }
+    return sum;
+}
+
+/*
+ * Super-block types: value i = d*scale[k]*q[i] - dmin*min[k], k = i / sub. Over one
+ * activation block (32 values, one or two sub-blocks) the dot is
+ *   d * dx * sum_k scale[k] * sum(q*qx over k)  -  dmin * dx * sum_k min[k] * sum(qx over k),
+ * both sums over k taken in integers.
+ */
+static float dot_superblocks(int type, const void *w, const block_q8x *x, int n) {
+    pl_superblock u;
+    float sum = 0.0f;
+    for (int sb = 0; sb < n / QK_K; sb++) {
+        unpack_superblock(type, w, sb, &u);
+        for (int a = 0; a < QK_K / QK; a++) {
+            const block_q8x *xa = &x[sb * (QK_K / QK) + a];
+            int isum = 0, msum = 0;
+            for (int k0 = 0; k0 < QK; k0 += u.sub) {
+                const int k = (a * QK + k0) / u.sub;
+                int qdot = 0, xsum = 0;
+                for (int j = k0; j < k0 + u.sub; j++) {
+                    qdot += u.q[a * QK + j] * xa->qs[j];
+                    xsum += xa->qs[j];
+                }
+                isum += u.scale[k] * qdot;
+                msum += u.min[k] * xsum;
+            }
+            sum += u.d * xa->d * (float)isum - u.dmin * xa->d * (float)msum;
+        }
+    }
+    return sum;
+}
+static float dot_q2_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q2_K, w, x, n); }
+static float dot_q3_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q3_K, w, x, n); }
+static float dot_q4_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q4_K, w, x, n); }
+static float dot_q5_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q5_K, w, x, n); }
+static float dot_q6_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q6_K, w, x, n); }
+static float dot_iq4_xs(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_IQ4_XS, w, x, n); }
+
 /* One rows() function per type: the loop over rows is the same, only the dot differs. */
 #define DEFINE_ROWS(NAME, WTYPE, ATYPE)                                                     \
     static void rows_##NAME(const void *w, size_t row_bytes, const void *act, float *y,   \
@@ -113,6 +186,15 @@ DEFINE_ROWS(q4_0, void, block_q8x)
 DEFINE_ROWS(q4_1, void, block_q8x)
 DEFINE_ROWS(q4_0r, void, block_q8x)
 DEFINE_ROWS(q4_1r, void, block_q8x)
+DEFINE_ROWS(q5_0, void, block_q8x)
+DEFINE_ROWS(q5_1, void, block_q8x)
+DEFINE_ROWS(iq4_nl, block_iq4_nl, block_q8x)
+DEFINE_ROWS(q2_k, void, block_q8x)
+DEFINE_ROWS(q3_k, void, block_q8x)
+DEFINE_ROWS(q4_k, void, block_q8x)
+DEFINE_ROWS(q5_k, void, block_q8x)
+DEFINE_ROWS(q6_k, void, block_q8x)
+DEFINE_ROWS(iq4_xs, void, block_q8x)
 
 /* element i of a KV cache row of type PL_TYPE_F32 or PL_TYPE_F16 */
 static float kv_at(int type, const void *row, size_t i) {
@@ -163,6 +245,15 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q4_1] = rows_q4_1,
         [PL_TYPE_Q4_0R] = rows_q4_0r,
         [PL_TYPE_Q4_1R] = rows_q4_1r,
+        [PL_TYPE_Q5_0] = rows_q5_0,
+        [PL_TYPE_Q5_1] = rows_q5_1,
+        [PL_TYPE_IQ4_NL] = rows_iq4_nl,
+        [PL_TYPE_Q2_K] = rows_q2_k,
+        [PL_TYPE_Q3_K] = rows_q3_k,
+        [PL_TYPE_Q4_K] = rows_q4_k,
+        [PL_TYPE_Q5_K] = rows_q5_k,
+        [PL_TYPE_Q6_K] = rows_q6_k,
+        [PL_TYPE_IQ4_XS] = rows_iq4_xs,
     },
     .attend = attend,
     .silu_mul = silu_mul,

@@ -13,7 +13,7 @@
  *               fp32 norms as in v1, then every matrix as int8 values followed by
  *               one fp32 scale per group: tokens, wq[L], wk[L], wv[L], wo[L],
  *               w1[L], w2[L], w3[L], [wcls].
- * Names follow GGUF's (w1 = ffn_gate, w2 = ffn_down, w3 = ffn_up), so model.c
+ * Names follow GGUF's (w1 = ffn_gate, w2 = ffn_down, w3 = ffn_up), so model.c (binding)
  * binds both formats the same way. run.c rotates adjacent pairs: PL_ROPE_NORM.
  * fp32 tensors point into the mapping; v2 groups are re-packed into Q8_0 blocks
  * (a group of G values becomes G/32 blocks sharing the group's scale, stored as fp16).

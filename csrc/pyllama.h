@@ -52,6 +52,10 @@
 #define PL_ROPE_SCALING_LINEAR 1
 #define PL_ROPE_SCALING_LLAMA3 2
 
+/* The gated feed-forward's activation: h = act(W_gate x) * (W_up x) */
+#define PL_ACT_SILU 0      /* SwiGLU: llama, qwen, mistral, phi3 */
+#define PL_ACT_GELU_TANH 1 /* GeGLU with tanh-approximated GELU: gemma */
+
 typedef struct pl_model pl_model;
 typedef struct pl_context pl_context;
 
@@ -74,6 +78,15 @@ typedef struct {
     int rope_orig_ctx;              /* llama3 original context */
     int tied_output;  /* 1 when the output layer reuses token_embd */
     int has_qkv_bias; /* 1 for qwen2-style attention biases */
+    /* a family's differences from llama (forward.c); zero everywhere is llama */
+    int qk_norm;          /* 1: each query and key head RMS-normalized (attn_q_norm, attn_k_norm) before RoPE */
+    int post_norms;       /* 1: attention and FFN outputs RMS-normalized before their residual add (gemma) */
+    int activation;       /* PL_ACT_* */
+    int scale_embeddings; /* 1: embeddings multiplied by sqrt(dim) (gemma) */
+    float attn_scale;     /* scores = q.k * attn_scale; 0 means 1/sqrt(head_dim) */
+    int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
+    int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
+    float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */
 } pl_config;
 
 typedef struct {
@@ -150,14 +163,16 @@ typedef struct {
 
 /*
  * Choose the next token. recent[0..n_recent) is the penalty window; bias_ids/vals
- * a logit bias. work holds n_vocab floats, cand n_vocab ids, probs n_vocab
- * doubles; on return cand[0..*n_cand) and probs[...] are the distribution the
- * draw used (highest first). rng (splitmix64 state) is advanced; NULL = no draw.
- * Returns the token id, or -1 (NaN logits).
+ * a logit bias. allowed, when not NULL, is a token bitmask of (n_vocab + 31) / 32
+ * words (bit i % 32 of word i / 32 set: token i may be drawn; llguidance's layout):
+ * the other tokens are never drawn. work holds n_vocab floats, cand n_vocab ids,
+ * probs n_vocab doubles; on return cand[0..*n_cand) and probs[...] are the
+ * distribution the draw used (highest first). rng (splitmix64 state) is advanced;
+ * NULL = no draw. Returns the token id, or -1 (NaN logits, no token allowed).
  */
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
-              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
-              float *work, int32_t *cand, double *probs, int *n_cand);
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,
+              uint64_t *rng, float *work, int32_t *cand, double *probs, int *n_cand);
 
 /* Byte-level BPE (GGUF "gpt2" vocabularies; bpe.c). tokens and merges are GGUF string arrays
  * as the file stores them (per string a u64 length, then its bytes), read during the call only.

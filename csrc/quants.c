@@ -34,6 +34,193 @@ static void dequantize_q4_1(const block_q4_1 *b, float *y, int64_t nb) {
     }
 }
 
+/* the 32 five-bit values of a Q5 block: low nibbles as Q4's, fifth bits from qh (bit j: value j) */
+static void unpack_q5(const uint8_t qh[4], const uint8_t qs[QK / 2], int q[QK]) {
+    const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = (qs[j] & 0x0f) | (int)((h >> j) & 1) << 4;
+        q[j + QK / 2] = (qs[j] >> 4) | (int)((h >> (j + QK / 2)) & 1) << 4;
+    }
+}
+
+static void dequantize_q5_0(const block_q5_0 *b, float *y, int64_t nb) {
+    int q[QK];
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(b[i].d);
+        unpack_q5(b[i].qh, b[i].qs, q);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = d * (float)(q[j] - 16);
+    }
+}
+
+static void dequantize_q5_1(const block_q5_1 *b, float *y, int64_t nb) {
+    int q[QK];
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(b[i].d), m = fp16_to_f32(b[i].m);
+        unpack_q5(b[i].qh, b[i].qs, q);
+        for (int j = 0; j < QK; j++) y[i * QK + j] = d * (float)q[j] + m;
+    }
+}
+
+static void dequantize_iq4_nl(const block_iq4_nl *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(b[i].d);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = d * (float)IQ4_VALUES[b[i].qs[j] & 0x0f];
+            y[i * QK + j + QK / 2] = d * (float)IQ4_VALUES[b[i].qs[j] >> 4];
+        }
+    }
+}
+
+/* ---- super-blocks of QK_K values ---- */
+
+int is_superblock_type(int type) {
+    switch (type) {
+    case PL_TYPE_Q2_K:
+    case PL_TYPE_Q3_K:
+    case PL_TYPE_Q4_K:
+    case PL_TYPE_Q5_K:
+    case PL_TYPE_Q6_K:
+    case PL_TYPE_IQ4_XS: return 1;
+    default: return 0;
+    }
+}
+
+/* Q4_K / Q5_K: eight 6-bit scales and eight 6-bit minimums in 12 bytes. Bytes 0-3 hold the
+ * scales of sub-blocks 0-3 (low 6 bits), bytes 4-7 their minimums; sub-blocks 4-7 take their
+ * low 4 bits from the nibbles of bytes 8-11 and their top 2 bits from the spare top bits of
+ * bytes 0-7. */
+static void scales_k4(const uint8_t s[K_SCALE_SIZE], pl_superblock *u) {
+    for (int j = 0; j < 4; j++) {
+        u->scale[j] = (int8_t)(s[j] & 0x3f);
+        u->min[j] = s[j + 4] & 0x3f;
+        u->scale[j + 4] = (int8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        u->min[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+static void unpack_q2_k(const block_q2_k *b, pl_superblock *u) {
+    u->d = fp16_to_f32(b->d);
+    u->dmin = fp16_to_f32(b->dmin);
+    u->sub = 16;
+    for (int i = 0; i < 16; i++) {
+        u->scale[i] = (int8_t)(b->scales[i] & 0x0f);
+        u->min[i] = b->scales[i] >> 4;
+    }
+    /* each half of 128 values: byte l of its 32 holds values l, l+32, l+64, l+96 in 2-bit fields */
+    for (int h = 0; h < 2; h++)
+        for (int s = 0; s < 4; s++)
+            for (int l = 0; l < 32; l++) u->q[h * 128 + s * 32 + l] = (int8_t)((b->qs[h * 32 + l] >> (2 * s)) & 3);
+}
+
+static void unpack_q3_k(const block_q3_k *b, pl_superblock *u) {
+    u->d = fp16_to_f32(b->d);
+    u->dmin = 0.0f;
+    u->sub = 16;
+    /* scale i: low 4 bits from the nibbles of bytes 0-7 (low nibbles first), the top 2 bits
+     * from bytes 8-11 (byte 8 + i % 4, bit pair i / 4) */
+    for (int i = 0; i < 16; i++) {
+        const int lo = i < 8 ? b->scales[i] & 0x0f : b->scales[i - 8] >> 4;
+        const int hi = (b->scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+        u->scale[i] = (int8_t)((lo | hi << 4) - 32);
+        u->min[i] = 0;
+    }
+    /* 2 low bits as in Q2_K; the third bit of value i is bit i / 32 of hmask[i % 32], and a
+     * clear bit means the value is 4 lower */
+    for (int h = 0; h < 2; h++)
+        for (int s = 0; s < 4; s++)
+            for (int l = 0; l < 32; l++) {
+                const int i = h * 128 + s * 32 + l;
+                const int low = (b->qs[h * 32 + l] >> (2 * s)) & 3;
+                const int high = (b->hmask[l] >> (i / 32)) & 1;
+                u->q[i] = (int8_t)(low - (high ? 0 : 4));
+            }
+}
+
+/* Q4_K and Q5_K (qh non-NULL: fifth bit of value j * 32 + l is bit j of qh[l]) */
+static void unpack_q45_k(pl_fp16 d, pl_fp16 dmin, const uint8_t *scales, const uint8_t *qh, const uint8_t *qs,
+                         pl_superblock *u) {
+    u->d = fp16_to_f32(d);
+    u->dmin = fp16_to_f32(dmin);
+    u->sub = 32;
+    scales_k4(scales, u);
+    for (int i = 8; i < 16; i++) u->scale[i] = u->min[i] = 0;
+    /* sub-block j: the low (j even) or high (j odd) nibbles of bytes (j / 2) * 32 .. + 31 */
+    for (int j = 0; j < 8; j++)
+        for (int l = 0; l < 32; l++) {
+            int q = (qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0x0f;
+            if (qh) q |= ((qh[l] >> j) & 1) << 4;
+            u->q[j * 32 + l] = (int8_t)q;
+        }
+}
+
+static void unpack_q6_k(const block_q6_k *b, pl_superblock *u) {
+    u->d = fp16_to_f32(b->d);
+    u->dmin = 0.0f;
+    u->sub = 16;
+    for (int i = 0; i < 16; i++) {
+        u->scale[i] = b->scales[i];
+        u->min[i] = 0;
+    }
+    /* each half of 128 values: ql byte l (of 64) holds values l (low nibble) and l + 64 (high);
+     * qh byte l (of 32) holds the top 2 bits of values l, l+32, l+64, l+96 */
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++)
+            for (int s = 0; s < 4; s++) {
+                const int low = (b->ql[h * 64 + (s % 2) * 32 + l] >> (4 * (s / 2))) & 0x0f;
+                const int high = (b->qh[h * 32 + l] >> (2 * s)) & 3;
+                u->q[h * 128 + s * 32 + l] = (int8_t)((low | high << 4) - 32);
+            }
+}
+
+static void unpack_iq4_xs(const block_iq4_xs *b, pl_superblock *u) {
+    u->d = fp16_to_f32(b->d);
+    u->dmin = 0.0f;
+    u->sub = 32;
+    for (int j = 0; j < 8; j++) {
+        const int lo = (b->scales_l[j / 2] >> (4 * (j % 2))) & 0x0f;
+        const int hi = (b->scales_h >> (2 * j)) & 3;
+        u->scale[j] = (int8_t)((lo | hi << 4) - 32);
+        u->min[j] = 0;
+        /* sub-block j as an IQ4_NL block: byte l holds values l and l + 16 */
+        for (int l = 0; l < 16; l++) {
+            u->q[j * 32 + l] = IQ4_VALUES[b->qs[j * 16 + l] & 0x0f];
+            u->q[j * 32 + l + 16] = IQ4_VALUES[b->qs[j * 16 + l] >> 4];
+        }
+    }
+    for (int j = 8; j < 16; j++) u->scale[j] = u->min[j] = 0;
+}
+
+void unpack_superblock(int type, const void *row, int b, pl_superblock *u) {
+    const char *at = (const char *)row + (size_t)b * (size_t)pl_type_block_bytes(type);
+    switch (type) {
+    case PL_TYPE_Q2_K: unpack_q2_k((const block_q2_k *)at, u); break;
+    case PL_TYPE_Q3_K: unpack_q3_k((const block_q3_k *)at, u); break;
+    case PL_TYPE_Q4_K: {
+        const block_q4_k *k = (const block_q4_k *)at;
+        unpack_q45_k(k->d, k->dmin, k->scales, NULL, k->qs, u);
+        break;
+    }
+    case PL_TYPE_Q5_K: {
+        const block_q5_k *k = (const block_q5_k *)at;
+        unpack_q45_k(k->d, k->dmin, k->scales, k->qh, k->qs, u);
+        break;
+    }
+    case PL_TYPE_Q6_K: unpack_q6_k((const block_q6_k *)at, u); break;
+    case PL_TYPE_IQ4_XS: unpack_iq4_xs((const block_iq4_xs *)at, u); break;
+    }
+}
+
+static void dequantize_superblocks(int type, const void *src, float *y, int64_t nb) {
+    pl_superblock u;
+    for (int64_t b = 0; b < nb; b++) {
+        unpack_superblock(type, (const char *)src + (size_t)b * (size_t)pl_type_block_bytes(type), 0, &u);
+        for (int i = 0; i < QK_K; i++) {
+            const float dl = u.d * (float)u.scale[i / u.sub], ml = u.dmin * (float)u.min[i / u.sub];
+            y[b * QK_K + i] = dl * (float)u.q[i] - ml;
+        }
+    }
+}
+
 /* one row of a repacked type (n values) */
 static void dequantize_q4r(int type, const void *row, float *y, int64_t n) {
     const int nb = (int)(n / QK);
@@ -74,6 +261,15 @@ void dequantize_row(int type, const void *src, float *dst, int64_t n) {
     case PL_TYPE_Q8_0: dequantize_q8_0(src, dst, n / QK); break;
     case PL_TYPE_Q4_0: dequantize_q4_0(src, dst, n / QK); break;
     case PL_TYPE_Q4_1: dequantize_q4_1(src, dst, n / QK); break;
+    case PL_TYPE_Q5_0: dequantize_q5_0(src, dst, n / QK); break;
+    case PL_TYPE_Q5_1: dequantize_q5_1(src, dst, n / QK); break;
+    case PL_TYPE_IQ4_NL: dequantize_iq4_nl(src, dst, n / QK); break;
+    case PL_TYPE_Q2_K:
+    case PL_TYPE_Q3_K:
+    case PL_TYPE_Q4_K:
+    case PL_TYPE_Q5_K:
+    case PL_TYPE_Q6_K:
+    case PL_TYPE_IQ4_XS: dequantize_superblocks(type, src, dst, n / QK_K); break;
     case PL_TYPE_Q4_0R:
     case PL_TYPE_Q4_1R: dequantize_q4r(type, src, dst, n); break;
     }

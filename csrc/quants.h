@@ -12,6 +12,17 @@
  * the nb minimums m, then the nb x 16 nibble bytes. In the GGUF layout a 2-byte scale
  * interrupts every 16 bytes of nibbles; decode streams the regrouped rows 20-50%
  * faster (bench/q4_layout_stream.c, bench/RESULTS.md section D).
+ *
+ * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them.
+ *
+ * Activations: every quantized weight type, these included, multiplies block_q8x activations
+ * (kernels.h: 32 int8 values, a float scale d and s = d * sum(q)), one block per 32 weights.
+ * llama.cpp quantizes K-quant activations to its 256-value Q8_K instead; one 32-value format
+ * for all types means a layer input is quantized once for every matrix of a mixed-type layer
+ * (a Q4_K_M file mixes Q4_K, Q6_K, Q5_0, Q8_0 within a layer). The 16-value sub-blocks of
+ * Q2_K, Q3_K and Q6_K take the two halves of an activation block: the integer dot products
+ * (and, for Q2_K's minimums, the integer sums of the activations) of each half are combined
+ * with the sub-block scales in integers, and only the block's total meets the float scales.
  */
 #ifndef PL_QUANTS_H
 #define PL_QUANTS_H
@@ -182,6 +193,25 @@ static inline q4_block q4_block_at(int type, const void *row, int b, int nb) {
 
 /* Regroup one Q4_0 / Q4_1 row of nb blocks into its repacked layout, in place (tmp: the row's size). */
 void q4_repack_row(int type, void *row, int nb, void *tmp);
+
+/*
+ * A K-quant or IQ4_XS super-block unpacked to integers: value i is
+ * (d * scale[i / sub]) * q[i] - (dmin * min[i / sub]), the float operations in that order
+ * (the gguf package's and ggml's order, so dequantization is bit-exact). The scalar
+ * dequantizer and the scalar dot products both start from this.
+ */
+typedef struct {
+    float d, dmin;      /* dmin = 0 for the types without minimums */
+    int sub;            /* values per scale: 16 or 32 */
+    int8_t scale[16];   /* signed: Q3_K and IQ4_XS store sc - 32, Q6_K int8 scales */
+    uint8_t min[16];    /* Q2_K (4-bit), Q4_K, Q5_K (6-bit); 0 elsewhere */
+    int8_t q[QK_K];     /* Q3_K -4..3, Q6_K -32..31, IQ4_XS the IQ4_VALUES entry */
+} pl_superblock;
+
+/* 1 for the types whose blocks hold QK_K values and unpack through pl_superblock. */
+int is_superblock_type(int type);
+/* Unpack block `b` (0-based) of a row of such a type. */
+void unpack_superblock(int type, const void *row, int b, pl_superblock *u);
 
 /* scalar dequantizers: the reference every other path is compared with */
 void dequantize_row(int type, const void *src, float *dst, int64_t n);

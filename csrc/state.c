@@ -10,64 +10,39 @@
  */
 #include <string.h>
 
+#include "forward.h"
 #include "internal.h"
 #include "kernels.h"
+#include "kv_cache.h"
 
 #define STATE_MAGIC 0x564b4c50 /* "PLKV" on a little-endian machine */
 #define STATE_VERSION 1
 #define HEADER_INTS 8
 
-static uint64_t elem_size(int type) { return type == PL_TYPE_F16 ? 2 : 4; }
-
-/* Bytes of the key blocks of one (layer, head) covering n positions. */
-static uint64_t key_run(const pl_kv_view *v, int n) {
+/* Bytes of the key blocks of one (layer, head) that cover n positions. */
+static uint64_t key_run(const pl_kv_cache *kv, int n) {
     uint64_t blocks = (uint64_t)(n + PL_KV_BLOCK - 1) / PL_KV_BLOCK;
-    return blocks * PL_KV_BLOCK * v->head_dim * elem_size(v->k_type);
+    return blocks * PL_KV_BLOCK * kv->head_dim * pl_kv_elem_size(kv->k_type);
 }
 
-static uint64_t key_stride(const pl_kv_view *v) {
-    return (uint64_t)v->n_kblocks * PL_KV_BLOCK * v->head_dim * elem_size(v->k_type);
+static uint64_t value_row(const pl_kv_cache *kv) {
+    return (uint64_t)kv->n_kv_heads * kv->head_dim * pl_kv_elem_size(kv->v_type);
 }
 
-static uint64_t value_row(const pl_kv_view *v) {
-    return (uint64_t)v->n_kv_heads * v->head_dim * elem_size(v->v_type);
+static uint64_t body_size(const pl_kv_cache *kv, int n) {
+    uint64_t heads = (uint64_t)kv->n_layers * kv->n_kv_heads;
+    return heads * key_run(kv, n) + (uint64_t)kv->n_layers * n * value_row(kv);
 }
 
-static uint64_t body_size(const pl_kv_view *v, int n) {
-    uint64_t heads = (uint64_t)v->n_layers * v->n_kv_heads;
-    return heads * key_run(v, n) + (uint64_t)v->n_layers * n * value_row(v);
-}
-
-static void header(const pl_kv_view *v, int n, int32_t out[HEADER_INTS]) {
-    int32_t h[HEADER_INTS] = {STATE_MAGIC, STATE_VERSION, n, v->n_layers, v->n_kv_heads, v->head_dim,
-                              v->k_type, v->v_type};
+static void header(const pl_kv_cache *kv, int n, int32_t out[HEADER_INTS]) {
+    int32_t h[HEADER_INTS] = {STATE_MAGIC, STATE_VERSION, n, kv->n_layers, kv->n_kv_heads, kv->head_dim,
+                              kv->k_type, kv->v_type};
     memcpy(out, h, sizeof h);
 }
 
 uint64_t pl_state_size(const pl_context *c, int n_tokens) {
-    pl_kv_view v;
-    pl_context_kv(c, &v);
-    if (n_tokens < 0 || n_tokens > v.n_ctx) return 0;
-    return HEADER_INTS * sizeof(int32_t) + body_size(&v, n_tokens);
-}
-
-/* Copy between the cache and a packed buffer, in the direction `save` says. */
-static void copy_kv(const pl_kv_view *v, int n, uint8_t *buf, int save) {
-    uint8_t *keys = v->key_cache, *values = v->value_cache;
-    const uint64_t run = key_run(v, n), stride = key_stride(v);
-    for (int64_t h = 0; h < (int64_t)v->n_layers * v->n_kv_heads; h++) {
-        uint8_t *cache = keys + h * stride;
-        if (save) memcpy(buf, cache, run);
-        else memcpy(cache, buf, run);
-        buf += run;
-    }
-    const uint64_t rows = (uint64_t)n * value_row(v);
-    for (int l = 0; l < v->n_layers; l++) {
-        uint8_t *cache = values + (uint64_t)l * v->n_ctx * value_row(v);
-        if (save) memcpy(buf, cache, rows);
-        else memcpy(cache, buf, rows);
-        buf += rows;
-    }
+    if (n_tokens < 0 || n_tokens > c->kv.n_ctx) return 0;
+    return HEADER_INTS * sizeof(int32_t) + body_size(&c->kv, n_tokens);
 }
 
 int pl_state_save(const pl_context *c, int n_tokens, uint8_t *buf, uint64_t size) {
@@ -78,25 +53,28 @@ int pl_state_save(const pl_context *c, int n_tokens, uint8_t *buf, uint64_t size
                      (unsigned long long)size);
         return -1;
     }
-    pl_kv_view v;
-    pl_context_kv(c, &v);
+    const pl_kv_cache *kv = &c->kv;
     int32_t h[HEADER_INTS];
-    header(&v, n_tokens, h);
+    header(kv, n_tokens, h);
     memcpy(buf, h, sizeof h);
-    copy_kv(&v, n_tokens, buf + sizeof h, 1);
+    buf += sizeof h;
+    const uint64_t run = key_run(kv, n_tokens), rows = (uint64_t)n_tokens * value_row(kv);
+    for (int l = 0; l < kv->n_layers; l++)
+        for (int g = 0; g < kv->n_kv_heads; g++, buf += run) memcpy(buf, pl_kv_key_head(kv, l, g), run);
+    for (int l = 0; l < kv->n_layers; l++, buf += rows)
+        if (rows) memcpy(buf, pl_kv_value_row(kv, l, 0), rows);
     return 0;
 }
 
 int pl_state_load(pl_context *c, int n_tokens, const uint8_t *buf, uint64_t size) {
     pl_clear_error();
-    pl_kv_view v;
-    pl_context_kv(c, &v);
-    if (n_tokens < 0 || n_tokens > v.n_ctx) {
-        pl_set_error("state of %d tokens does not fit a context of %d", n_tokens, v.n_ctx);
+    const pl_kv_cache *kv = &c->kv;
+    if (n_tokens < 0 || n_tokens > kv->n_ctx) {
+        pl_set_error("state of %d tokens does not fit a context of %d", n_tokens, kv->n_ctx);
         return -1;
     }
     int32_t want[HEADER_INTS], got[HEADER_INTS];
-    header(&v, n_tokens, want);
+    header(kv, n_tokens, want);
     if (size < sizeof got) {
         pl_set_error("state of %llu bytes is too short for its header", (unsigned long long)size);
         return -1;
@@ -118,6 +96,12 @@ int pl_state_load(pl_context *c, int n_tokens, const uint8_t *buf, uint64_t size
                      (unsigned long long)pl_state_size(c, n_tokens));
         return -1;
     }
-    copy_kv(&v, n_tokens, (uint8_t *)buf + sizeof got, 0);
+    buf += sizeof got;
+    const uint64_t run = key_run(kv, n_tokens), rows = (uint64_t)n_tokens * value_row(kv);
+    for (int l = 0; l < kv->n_layers; l++)
+        for (int g = 0; g < kv->n_kv_heads; g++, buf += run)
+            memcpy((void *)pl_kv_key_head(kv, l, g), buf, run);
+    for (int l = 0; l < kv->n_layers; l++, buf += rows)
+        if (rows) memcpy(pl_kv_value_row(kv, l, 0), buf, rows);
     return 0;
 }

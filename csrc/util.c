@@ -172,6 +172,15 @@ static const type_traits TYPES[] = {
     {PL_TYPE_Q8_0, "Q8_0", QK, sizeof(block_q8_0)},
     {PL_TYPE_Q4_0, "Q4_0", QK, sizeof(block_q4_0)},
     {PL_TYPE_Q4_1, "Q4_1", QK, sizeof(block_q4_1)},
+    {PL_TYPE_Q5_0, "Q5_0", QK, sizeof(block_q5_0)},
+    {PL_TYPE_Q5_1, "Q5_1", QK, sizeof(block_q5_1)},
+    {PL_TYPE_IQ4_NL, "IQ4_NL", QK, sizeof(block_iq4_nl)},
+    {PL_TYPE_Q2_K, "Q2_K", QK_K, sizeof(block_q2_k)},
+    {PL_TYPE_Q3_K, "Q3_K", QK_K, sizeof(block_q3_k)},
+    {PL_TYPE_Q4_K, "Q4_K", QK_K, sizeof(block_q4_k)},
+    {PL_TYPE_Q5_K, "Q5_K", QK_K, sizeof(block_q5_k)},
+    {PL_TYPE_Q6_K, "Q6_K", QK_K, sizeof(block_q6_k)},
+    {PL_TYPE_IQ4_XS, "IQ4_XS", QK_K, sizeof(block_iq4_xs)},
     {PL_TYPE_Q4_0R, "Q4_0R", QK, sizeof(block_q4_0)}, /* repacked at load, never in a file */
     {PL_TYPE_Q4_1R, "Q4_1R", QK, sizeof(block_q4_1)},
 };
@@ -180,23 +189,14 @@ static const type_traits TYPES[] = {
 /* GGML's names for types we read but cannot compute with, so errors can name them. */
 static const char *other_type_name(int type) {
     switch (type) {
-    case 6: return "Q5_0";
-    case 7: return "Q5_1";
     case 9: return "Q8_1";
-    case 10: return "Q2_K";
-    case 11: return "Q3_K";
-    case 12: return "Q4_K";
-    case 13: return "Q5_K";
-    case 14: return "Q6_K";
     case 15: return "Q8_K";
     case 16: return "IQ2_XXS";
     case 17: return "IQ2_XS";
     case 18: return "IQ3_XXS";
     case 19: return "IQ1_S";
-    case 20: return "IQ4_NL";
     case 21: return "IQ3_S";
     case 22: return "IQ2_S";
-    case 23: return "IQ4_XS";
     case 24: return "I8";
     case 25: return "I16";
     case 26: return "I32";

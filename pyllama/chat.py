@@ -42,11 +42,16 @@ def stats_line(timings: dict) -> str:
 class ChatSession:
     """A conversation with a model: history, trimming to the context, streaming replies."""
 
-    def __init__(self, llm, system: str | None = None, max_tokens: int | None = None, **sampling):
+    MAX_TOOL_ROUNDS = 5  # model turns with tool calls per user message
+
+    def __init__(self, llm, system: str | None = None, max_tokens: int | None = None, tools=None,
+                 show_tool=None, **sampling):
         self.llm = llm
         self.system = system
         self.max_tokens = max_tokens if max_tokens and max_tokens > 0 else None
         self.sampling = sampling
+        self.tools = list(tools) if tools else None  # built-in tool names (pyllama.builtin_tools)
+        self.show_tool = show_tool  # called with (name, arguments, result) after each tool call
         self.messages: list[dict] = []
         self.reset()
 
@@ -83,14 +88,31 @@ class ChatSession:
         stream = None
         try:
             self._fit()
-            stream = self.llm.create_chat_completion(self.messages, stream=True,
-                                                     max_tokens=self.max_tokens, **self.sampling)
-            for chunk in stream:
-                piece = chunk["choices"][0]["delta"].get("content")
-                if piece:
-                    out.write(piece)
-                    parts.append(piece)
-                    out.flush()
+            extra = {}
+            if self.tools:
+                from .builtin_tools import tool_specs
+
+                extra["tools"] = tool_specs(self.tools)
+            for _round in range(self.MAX_TOOL_ROUNDS + 1):
+                if _round == self.MAX_TOOL_ROUNDS:
+                    extra["tool_choice"] = "none"  # enough calls: answer with what is known
+                stream = self.llm.create_chat_completion(self.messages, stream=True,
+                                                         max_tokens=self.max_tokens, **extra, **self.sampling)
+                calls = []
+                for chunk in stream:
+                    delta = chunk["choices"][0]["delta"]
+                    piece = delta.get("content")
+                    if piece:
+                        out.write(piece)
+                        parts.append(piece)
+                        out.flush()
+                    calls.extend(delta.get("tool_calls") or [])
+                stream.close()
+                stream = None
+                if not calls:
+                    break
+                self._run_tools(calls, "".join(parts))
+                parts = []
         except KeyboardInterrupt:
             interrupted = True
         except BaseException:
@@ -102,10 +124,27 @@ class ChatSession:
                 stream.close()
         reply = "".join(parts)
         if interrupted and not parts:  # stopped before any answer: as if never asked
+            while self.messages and self.messages[-1]["role"] != "user":
+                self.messages.pop()  # a tool round of this question
             self.messages.pop()
         else:
             self.messages.append({"role": "assistant", "content": reply})
         return reply, interrupted
+
+    def _run_tools(self, calls: list, content: str) -> None:
+        """Run the tool calls of one model turn; the calls and results join the conversation."""
+        from .builtin_tools import run_tool
+
+        calls = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+        self.messages.append({"role": "assistant", "content": content or None, "tool_calls": calls})
+        for call in calls:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            result = run_tool(name, arguments) if name in (self.tools or ()) else (
+                f"error: the tool {name!r} is not enabled (enabled: {', '.join(self.tools or [])})")
+            if self.show_tool is not None:
+                self.show_tool(name, arguments, result)
+            self.messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "name": name,
+                                  "content": result})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="end a reply where this text appears (repeatable)")
     ap.add_argument("--chat-format", default=None,
                     help="built-in template (chatml, llama-2, llama-3, mistral, gemma) instead of the file's")
+    ap.add_argument("--tools", default=None, metavar="NAMES",
+                    help="built-in tools the model may call, comma-separated: calculator, python "
+                         "(calls and results are shown on stderr; see pyllama/builtin_tools.py for the "
+                         "python tool's limits)")
     return ap
+
+
+def parse_tools(ap, value):
+    if not value:
+        return None
+    from .builtin_tools import BUILTIN_TOOLS
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BUILTIN_TOOLS]
+    if unknown or not names:
+        ap.error(f"--tools: unknown tool {', '.join(unknown) or value!r}; choose from {', '.join(BUILTIN_TOOLS)}")
+    return names
+
+
+def show_tool_call(name, arguments, result, stream=None) -> None:
+    """One line per call on stderr: the call, then its result (cut to a few lines)."""
+    stream = stream or sys.stderr
+    lines = result.splitlines() or [""]
+    shown = "\n".join(lines[:8]) + (f"\n... ({len(lines) - 8} more lines)" if len(lines) > 8 else "")
+    stream.write(dim(f"[{name}] {arguments}\n=> {shown}", stream) + "\n")
+    stream.flush()
 
 
 def main(argv=None) -> int:
@@ -144,6 +208,7 @@ def main(argv=None) -> int:
         if args.chat_format not in BUILTIN_TEMPLATES:
             ap.error(f"--chat-format must be one of {', '.join(BUILTIN_TEMPLATES)}")
 
+    tools = parse_tools(ap, args.tools)
     interactive = sys.stdin.isatty()
     if interactive:
         try:
@@ -155,7 +220,8 @@ def main(argv=None) -> int:
 
     from .errors import PyllamaError
 
-    session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens,
+    session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, tools=tools,
+                          show_tool=show_tool_call,
                           stop=[unescape(r) if args.escape else r for r in args.reverse_prompt] or None,
                           **sampling_kwargs(args))
     if interactive:

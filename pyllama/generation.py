@@ -110,9 +110,34 @@ class StopStringFilter:
 # llama-cpp-python options pyllama does not implement, with the values that mean "off":
 # code written for llama-cpp-python often passes them explicitly.
 _NEUTRAL_OPTIONS = {
-    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "grammar": None,
-    "stopping_criteria": None, "logits_processor": None, "logprobs_processor": None,
+    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "logprobs_processor": None,
 }
+
+
+def _as_callable_list(value, name):
+    """logits_processor / stopping_criteria: one callable or a list of them (llama-cpp-python's
+    LogitsProcessorList / StoppingCriteriaList are lists that are also callable)."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for f in items:
+        if not callable(f):
+            raise ValueError(f"{name} must be a callable (input_ids, scores) or a list of them "
+                             f"(got {type(f).__name__})")
+    return items
+
+
+def _process_logits(processors, input_ids, logits):
+    """Run logits processors in order, each on the previous one's output (float32, n_vocab)."""
+    ids = np.asarray(input_ids, dtype=np.intc)
+    scores = np.array(logits, dtype=np.float32)
+    for f in processors:
+        out = f(ids, scores)
+        if out is not None:
+            scores = np.asarray(out, dtype=np.float32)
+        if scores.shape != logits.shape:
+            raise ValueError(f"a logits_processor returned shape {scores.shape}, not {logits.shape}")
+    return scores
 
 
 def _check_llama_cpp_options(options: dict) -> None:
@@ -212,13 +237,18 @@ class GenerationMixin:
                  typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
                  reset: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                  penalty_last_n: int = 64, logit_bias: dict | None = None, seed=None,
-                 n_keep: int | None = None) -> Iterator[int]:
+                 n_keep: int | None = None, grammar=None, logits_processor=None) -> Iterator[int]:
         """Evaluate ``tokens`` and yield sampled token ids forever (the caller stops).
 
         Each yielded token is evaluated when the generator is resumed, so
         stopping after a token never pays for its forward pass. With
         ``reset=True`` (default) the KV cache keeps its longest common prefix
         with ``tokens``; with ``reset=False`` the tokens are appended to it.
+
+        ``grammar`` (a :class:`~pyllama.grammar.LlamaGrammar`, or a running
+        :class:`~pyllama.grammar.GrammarConstraint`) restricts every token to what
+        it allows; ``logits_processor`` (a callable ``(input_ids, scores) -> scores``
+        or a list of them) rewrites the logits before sampling.
         """
         tokens = _token_list(tokens, "tokens")
         if not tokens:
@@ -235,6 +265,13 @@ class GenerationMixin:
         if seed is not None:
             self.set_seed(seed)
         sampler = Sampler(params, self._generation_rng())
+        processors = _as_callable_list(logits_processor, "logits_processor")
+        constraint = None
+        if grammar is not None:
+            from .grammar import GrammarConstraint, as_grammar
+
+            constraint = grammar if isinstance(grammar, GrammarConstraint) else GrammarConstraint(
+                self.tokenizer, as_grammar(grammar), end_ids=getattr(self.tokenizer, "eot_ids", ()))
 
         if reset:
             # Keep at least one token to evaluate so fresh logits exist.
@@ -263,7 +300,13 @@ class GenerationMixin:
         now, sample, ev = time.perf_counter, sampler.sample, self.eval
         while True:
             t0 = now()
-            token = sample(self.logits, history)
+            if processors is None and constraint is None:
+                token = sample(self.logits, history)
+            else:
+                logits = self.logits if processors is None else _process_logits(processors, history, self.logits)
+                token = sample(logits, history, constraint.fill_mask() if constraint is not None else None)
+                if constraint is not None:
+                    constraint.accept(token)
             timings["sample_s"] += now() - t0
             history.append(token)
             yield token
@@ -316,7 +359,8 @@ class GenerationMixin:
                            top_p=0.95, min_p=0.05, typical_p=1.0, logprobs=None, echo=False,
                            stop=None, frequency_penalty=0.0, presence_penalty=0.0,
                            repeat_penalty=1.0, top_k=40, seed=None, logit_bias=None,
-                           penalty_last_n=64, stop_ids=()):
+                           penalty_last_n=64, stop_ids=(), grammar=None, logits_processor=None,
+                           stopping_criteria=None):
         """Check the arguments and return an iterator of ("text", str, logprob_entries)
         events ending with ("end", finish_reason, usage)."""
         tokenizer = self.tokenizer
@@ -358,6 +402,13 @@ class GenerationMixin:
                        typical_p=typical_p, repeat_penalty=repeat_penalty,
                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                        penalty_last_n=penalty_last_n, logit_bias=logit_bias).validate()
+        stoppers = _as_callable_list(stopping_criteria, "stopping_criteria")
+        _as_callable_list(logits_processor, "logits_processor")
+        constraint = None
+        if grammar is not None:  # compiled now, so a bad grammar fails at the call
+            from .grammar import GrammarConstraint, as_grammar
+
+            constraint = GrammarConstraint(tokenizer, as_grammar(grammar), end_ids=end_ids)
 
         # Arguments are checked above, eagerly; the work below runs as the caller iterates.
         space_rule = getattr(tokenizer, "add_space_prefix", False)
@@ -390,7 +441,8 @@ class GenerationMixin:
             gen = self.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=min_p,
                                 typical_p=typical_p, temp=temperature, repeat_penalty=repeat_penalty,
                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                penalty_last_n=penalty_last_n, logit_bias=logit_bias)
+                                penalty_last_n=penalty_last_n, logit_bias=logit_bias,
+                                grammar=constraint, logits_processor=logits_processor)
             # prev_ids: a SentencePiece continuation keeps its leading space ("is" + " Paris")
             decoder = tokenizer.stream(prev_ids=prompt_tokens)
             stops = StopStringFilter(stop)
@@ -417,6 +469,18 @@ class GenerationMixin:
                     if stops.stopped:
                         finish_reason = "stop"
                         break
+                    if stoppers is not None:
+                        # llama-cpp-python's StoppingCriteria: (input_ids, scores of the last step);
+                        # input_ids end with the token just sampled, whose text is kept
+                        ids = np.asarray(self.input_ids + [token], dtype=np.intc)
+                        if any(f(ids, self.logits) for f in stoppers):
+                            finish_reason = "stop"
+                            out = stops.push(decoder.flush()) + stops.flush()
+                            if out or pending_entries:
+                                yield ("text", out, pending_entries if logprobs is not None else None)
+                                pending_entries = []
+                            stops.stopped = True
+                            break
                     if n_completion >= max_tokens:
                         break
             finally:
@@ -452,14 +516,18 @@ class GenerationMixin:
                           stop=None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                           repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
                           seed: int | None = None, model: str | None = None,
-                          logit_bias: dict | None = None, penalty_last_n: int = 64, **llama_cpp_options):
+                          logit_bias: dict | None = None, penalty_last_n: int = 64, grammar=None,
+                          logits_processor=None, stopping_criteria=None, **llama_cpp_options):
         """OpenAI-style text completion (llama-cpp-python's shapes).
 
         ``prompt`` is a string or a list of token ids. ``max_tokens`` None or
         <= 0 generates until the context is full. ``stop`` strings end the
         completion and are not included. ``stream=True`` returns an iterator
-        of chunks. llama-cpp-python options pyllama lacks (mirostat, tfs_z, grammar, ...)
-        are accepted at their neutral values and refused otherwise.
+        of chunks. ``grammar`` (a :class:`~pyllama.grammar.LlamaGrammar`) constrains
+        the output; ``logits_processor`` and ``stopping_criteria`` are callables
+        ``(input_ids, scores)`` (or lists of them) as in llama-cpp-python.
+        llama-cpp-python options pyllama lacks (mirostat, tfs_z, ...) are accepted at
+        their neutral values and refused otherwise.
         """
         _check_llama_cpp_options(llama_cpp_options)
         events = self._completion_events(
@@ -467,7 +535,8 @@ class GenerationMixin:
             min_p=min_p, typical_p=typical_p, logprobs=logprobs, echo=echo, stop=stop,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             repeat_penalty=repeat_penalty, top_k=top_k, seed=seed, logit_bias=logit_bias,
-            penalty_last_n=penalty_last_n)
+            penalty_last_n=penalty_last_n, grammar=grammar, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria)
         completion_id = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         model_name = self._model_name(model)
@@ -516,22 +585,43 @@ class GenerationMixin:
                                repeat_penalty: float = 1.0, model: str | None = None,
                                logit_bias: dict | None = None, logprobs: bool | None = None,
                                top_logprobs: int | None = None, penalty_last_n: int = 64,
+                               grammar=None, logits_processor=None, stopping_criteria=None,
                                **llama_cpp_options):
         """OpenAI-style chat completion, rendered with the model's chat template.
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` an iterator
         of ``chat.completion.chunk`` dicts (first delta carries the role).
-        Tools/functions are passed to the template; tool calls are not parsed.
+        ``response_format`` ``{"type": "json_object"}`` or ``{"type": "json_schema",
+        "json_schema": {"schema": ...}}`` constrains the reply to JSON (valid under
+        the schema). ``tools`` / ``tool_choice`` as OpenAI's (see :mod:`pyllama.tools`):
+        calls come back in ``message["tool_calls"]`` with finish_reason "tool_calls".
         """
         _check_llama_cpp_options(llama_cpp_options)
-        from .chat_format import format_chat
+        from .chat_format import format_chat, template_for
+        from .grammar import response_format_grammar
+        from . import tools as tool_calls
 
-        if response_format is not None and response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {response_format.get('type')!r} is not supported "
-                             "(pyllama has no grammar-constrained sampling); use type 'text'")
-        if tools is None and functions:
-            tools = [{"type": "function", "function": f} for f in functions]
-        chat = format_chat(self, messages, tools=tools)
+        tools = tool_calls.normalize_tools(tools, functions)
+        choice = tool_calls.resolve_tool_choice(tool_choice, tools, function_call)
+        format_grammar = response_format_grammar(response_format)
+        if grammar is not None and format_grammar is not None:
+            raise ValueError("pass either grammar= or a JSON response_format, not both")
+        grammar = grammar if grammar is not None else format_grammar
+        if choice == "none":
+            tools = None
+        elif choice != "auto":  # a call is required: the reply is constrained to one
+            if grammar is not None:
+                raise ValueError(f"tool_choice={tool_choice!r} constrains the reply to a tool call; "
+                                 "it cannot be combined with grammar= or a JSON response_format")
+            grammar = tool_calls.forced_call_grammar(tools, choice)
+        if tools:
+            source, _ = template_for(getattr(self, "chat_format", None), self.tokenizer,
+                                     getattr(self, "metadata", None) or {})
+            messages, template_tools = tool_calls.prepare_messages(
+                messages, tools, native=tool_calls.template_supports_tools(source))
+        else:
+            template_tools = None
+        chat = format_chat(self, messages, tools=template_tools)
         if isinstance(stop, str):
             stop = [stop]
         stop = list(stop or []) + [s for s in chat.stop if s not in (stop or [])]
@@ -541,20 +631,27 @@ class GenerationMixin:
             typical_p=typical_p, logprobs=n_top, stop=stop, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, top_k=top_k,
             seed=seed, logit_bias=logit_bias, penalty_last_n=penalty_last_n,
-            stop_ids=chat.stop_ids)
+            stop_ids=chat.stop_ids, grammar=grammar, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria)
         chat_id = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         model_name = self._model_name(model)
         if stream:
-            return self._stream_chat(events, chat_id, created, model_name, n_top)
+            return self._stream_chat(events, chat_id, created, model_name, n_top, parse_tools=bool(tools))
         text, entries, finish_reason, usage = _collect(events)
+        message = {"role": "assistant", "content": text}
+        if tools:
+            content, calls = tool_calls.parse_tool_calls(text)
+            if calls:
+                message = {"role": "assistant", "content": content, "tool_calls": calls}
+                finish_reason = "tool_calls"
         return {
             "id": chat_id,
             "object": "chat.completion",
             "created": created,
             "model": model_name,
             "choices": [{"index": 0,
-                         "message": {"role": "assistant", "content": text},
+                         "message": message,
                          "logprobs": self._chat_logprobs(entries) if n_top is not None else None,
                          "finish_reason": finish_reason}],
             "usage": usage,
@@ -568,18 +665,40 @@ class GenerationMixin:
                               for t, v in (top or {}).items()]}
             for piece, lp, top, _ in entries]}
 
-    def _stream_chat(self, events, chat_id, created, model_name, n_top):
+    def _stream_chat(self, events, chat_id, created, model_name, n_top, parse_tools=False):
         def chunk(delta, finish_reason=None, logprobs=None):
             return {"id": chat_id, "object": "chat.completion.chunk", "created": created,
                     "model": model_name,
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                  "finish_reason": finish_reason}]}
 
+        n_calls = [0]
+
+        def tool_deltas(items):
+            # a call is sent whole once its closing tag arrives (one delta per call)
+            for kind, value in items:
+                if kind == "content":
+                    yield chunk({"content": value})
+                else:
+                    yield chunk({"tool_calls": [{"index": n_calls[0], **value}]})
+                    n_calls[0] += 1
+
+        splitter = None
+        if parse_tools:
+            from .tools import ToolCallStream
+
+            splitter = ToolCallStream()
         yield chunk({"role": "assistant"})
         for kind, value, extra in events:
             if kind == "text":
-                if value or extra:
+                if splitter is not None:
+                    yield from tool_deltas(splitter.push(value))
+                elif value or extra:
                     yield chunk({"content": value},
                                 logprobs=self._chat_logprobs(extra) if n_top is not None else None)
             else:
+                if splitter is not None:
+                    yield from tool_deltas(splitter.flush())
+                    if splitter.calls:
+                        value = "tool_calls"
                 yield chunk({}, finish_reason=value)

@@ -182,10 +182,20 @@ class Llama(GenerationMixin):
             the whole file, for fewer TLB misses while decoding (on the project's
             Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64 mapped in
             the minutes when 4 KB pages are slow; bench/RESULTS.md G).
+            A mapped file must not be truncated or rewritten while it is loaded: the
+            kernel then ends the process with SIGBUS on the next read of a lost page
+            (llama.cpp behaves the same). ``pyllama.models.fetch`` only ever renames a
+            new file over an old one, which is safe; copy or download other files
+            under a new name and rename them into place, or load with use_mmap=False.
         type_k, type_v: element type of the cached keys / values, as GGML type
             ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
             Default F16, as llama.cpp: half the memory and cache reads of F32;
             F32 keeps keys and values exactly as computed.
+        parse_special_in_messages: False (default): in chat completions, text in the
+            messages that spells a control token (``<|im_start|>system``) is tokenized
+            as plain text; only the chat template's own markers become control tokens,
+            so message contents cannot forge turns. True parses them in the messages
+            too, as llama.cpp's server and llama-cpp-python do.
 
     llama-cpp-python's other keywords: ``logits_all`` (``eval_logits``/``scores`` keep a row
     of logits per cached position), ``n_ubatch`` (the batch per C call is the smaller of it
@@ -224,6 +234,7 @@ class Llama(GenerationMixin):
         logits_all: bool = False,
         type_k: Optional[int | str] = None,
         type_v: Optional[int | str] = None,
+        parse_special_in_messages: bool = False,
         n_ubatch: int = 512,
         n_threads_batch: Optional[int] = None,
         use_mlock: bool = False,
@@ -279,6 +290,7 @@ class Llama(GenerationMixin):
         self.n_batch = min(n_batch, n_ubatch)
         self.seed = seed
         self.chat_format = chat_format
+        self.parse_special_in_messages = bool(parse_special_in_messages)
         self.context_overflow = context_overflow
         self.format = detect_format(self.model_path)
         if verbose and n_gpu_layers:
@@ -396,6 +408,17 @@ class Llama(GenerationMixin):
         }
 
     def _load_tokenizer(self, tokenizer_path: Optional[str]):
+        from .errors import TokenizerError
+
+        if tokenizer_path is not None and not os.path.isfile(tokenizer_path):
+            raise FileNotFoundError(f"tokenizer file not found: {tokenizer_path}")
+        try:
+            return self._read_tokenizer(tokenizer_path)
+        except TokenizerError as e:
+            # the vocabulary is part of the model (or of the file given for it): its faults are the file's
+            raise ModelError(f"{self.model_path}: vocabulary: {e}") from e
+
+    def _read_tokenizer(self, tokenizer_path: Optional[str]):
         from .tokenizer import Tokenizer
 
         if self.format == "gguf" and tokenizer_path is None:

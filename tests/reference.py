@@ -20,7 +20,7 @@ Conventions:
 
 `act_quant=True` additionally models what llama.cpp-style engines do for
 quantized weights: the input vector of every matrix product with a quantized
-(Q8_0/Q4_0/Q4_1) weight is first rounded to 8-bit blocks of 32 values with one
+(Q8_0/Q4_0/Q4_1/Q5_x/IQ4_x/K-quant) weight is first rounded to 8-bit blocks of 32 values with one
 float scale d = max|x|/127, q = round-half-even(x/d). This is the documented
 behaviour of pyllama's kernels (csrc/kernels.h), reimplemented here in numpy,
 and lets tests use a much tighter tolerance than the pure float64 comparison.
@@ -35,7 +35,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 
 ROPE_NEOX_ARCHS = {"qwen2", "qwen2moe", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "gptneox", "falcon"}
-QUANT_TYPES = {QT.Q8_0, QT.Q4_0, QT.Q4_1}
+QUANT_TYPES = {QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.IQ4_NL,
+               QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_XS}
 
 
 def _value(field):

@@ -400,9 +400,12 @@ def test_gguf_tensor_infos(base_gguf):
     b = bytearray(data)
     struct.pack_into("<QQ", b, q["ne_offs"][0], 1 << 32, 1 << 32)  # element count overflows 64 bits
     m.add("ne-overflow", bytes(b), needles=name)
-    for v, nm in ((99, "99"), (12, "Q4_K"), (6, "Q5_0"), (31, "31"), (0xFFFFFFFF, "big")):
+    # unknown ids, pyllama's own repacked id, a 256-value K-quant on 64-value rows
+    for v, nm in ((99, "99"), (16, "IQ2_XXS"), (12, "Q4_K"), (14, "Q6_K"), (23, "IQ4_XS"), (31, "31"),
+                  (0xFFFFFFFF, "big")):
         m.put(f"type-{nm}", q["type_off"], "<I", v, needles=name)
     m.put("type-q4_0", q["type_off"], "<I", 2, expect="any")  # smaller: fits, garbage weights
+    m.put("type-q5_0", q["type_off"], "<I", 6, expect="any")
     norm = ts["blk.0.attn_norm.weight"]
     m.put("norm-as-f16", norm["type_off"], "<I", 1, expect="any")
     file_len = len(data)

@@ -239,7 +239,7 @@ def test_threads_do_not_change_logits(tiny_model_factory):
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, dim", [(8, 1, 128), (8, 2, 128), (9, 3, 288), (5, 5, 160)])
 def test_decode_attention_split_over_threads(tiny_model_factory, n_heads, n_kv_heads, dim):
-    """Decode gives each thread a run of query heads (model.c, attention()): token by token, every
+    """Decode gives each thread a run of query heads (forward.c, attention()): token by token, every
     thread count (more threads than heads too) gives the 1-thread logits exactly, and those match the
     numpy reference. Group sizes 8 (beyond the x86 kernels' 3 heads per pass), 4, 3 and 1."""
     path = tiny_model_factory(dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_dim=96, n_layers=2)

@@ -349,7 +349,7 @@ def test_default_model_loads_by_name(default_model_path):
 
 
 def test_long_batches_are_sliced_without_changing_results(tiny_model_factory):
-    """The C core runs a long prompt in slices of 128 tokens (MAX_UBATCH in model.c):
+    """The C core runs a long prompt in slices of 128 tokens (PL_MAX_UBATCH in forward.h):
     slice boundaries must not show in the logits."""
     path = str(tiny_model_factory(context_length=512))
     tokens = [int(t) for t in np.random.default_rng(5).integers(0, 200, 300)]
