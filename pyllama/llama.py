@@ -515,6 +515,10 @@ class Llama(GenerationMixin):
             return self.scores[:self.n_tokens]
         return self._last_rows
 
+    @eval_logits.setter
+    def eval_logits(self, rows: Optional[np.ndarray]) -> None:
+        self._last_rows = rows
+
     def eval(self, tokens: Sequence[int], logits_all: Optional[bool] = None) -> None:
         """Append tokens to the KV cache, running the model over them in batches of n_batch.
 
