@@ -357,6 +357,30 @@ def test_from_pretrained_matches_one_file_and_passes_keywords(tiny_path, monkeyp
         Llama.from_pretrained("a/b", "*Q2_K.gguf")
 
 
+def test_from_pretrained_glob_offline_uses_the_cached_snapshot(tiny_path, tmp_path, monkeypatch):
+    """Offline, a glob is matched against the files of an earlier download (hub cache)."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "m.Q4_K_M.gguf").symlink_to(tiny_path)
+
+    def offline(*a, **kw):
+        raise ConnectionError("Name or service not known")
+
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns, local_files_only, cache_dir):
+        calls.append((repo_id, allow_patterns, local_files_only))
+        return str(snapshot)
+    fake = types.SimpleNamespace(list_repo_files=offline, hf_hub_download=offline,
+                                 snapshot_download=snapshot_download)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    llm = Llama.from_pretrained("a/b", "*Q4_K_M.gguf", n_ctx=16, n_threads=1)
+    assert llm.model_path == str(snapshot / "m.Q4_K_M.gguf")
+    assert calls == [("a/b", ["*Q4_K_M.gguf"], True)]
+    with pytest.raises(FetchError, match="offline"):
+        Llama.from_pretrained("a/b", "*Q8_0.gguf")  # not in the snapshot
+
+
 # ------------------------------------------------------------------ text_offset
 
 
