@@ -285,6 +285,18 @@ def test_state_round_trip_continues_exactly(tiny_path):
     np.testing.assert_allclose(other.logits, whole.logits, rtol=1e-5, atol=1e-5)
 
 
+def test_state_of_a_logits_all_model_keeps_its_rows(tiny_path):
+    llm = fresh(tiny_path, logits_all=True)
+    llm.eval(TOKENS[:5])
+    state = llm.save_state()
+    rows = llm.eval_logits.copy()
+    llm.eval(TOKENS[5:])
+    llm.load_state(state)
+    assert state.scores.shape == (5, llm.n_vocab())
+    np.testing.assert_array_equal(llm.eval_logits, rows)
+    np.testing.assert_array_equal(llm.logits, rows[-1])
+
+
 def test_bad_states_are_refused(tiny_path, tiny_model_factory):
     llm = fresh(tiny_path)
     llm.eval(TOKENS[:6])
