@@ -9,6 +9,9 @@ When stdin is not a terminal, each input line is one user message and only
 the replies are printed (one per message), so scripts can drive it:
 
     printf 'What is the capital of France?\\n' | python -m pyllama.chat --temp 0
+
+The options are llama.cpp's (pyllama/cli_common.py): -t threads, -sys / -sysf the
+system prompt, -p / -f a first user message, -r a text that ends a reply.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import sys
 # the shared options; also imported from here by code written before cli_common existed
 from .cli_common import (ArgumentParser, add_cache_type_args, add_mmap_arg, add_model_args,  # noqa: F401
                          add_sampling_args, add_text_args, check_model_args, check_positive,
-                         check_sampling_args, load_model, read_text_file, sampling_kwargs, unescape)
+                         check_sampling_args, load_model, prompt_text, read_text_file, reverse_prompts,
+                         sampling_kwargs)
 
 HELP = "commands: /reset  /system TEXT  /exit  (Ctrl-C stops a reply, Ctrl-D exits)"
 
@@ -155,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ap, n_ctx_default=2048)
     ap.add_argument("-sys", "--system-prompt", "--system", dest="system", default=None, metavar="TEXT",
                     help="system prompt")
-    add_text_args(ap)  # -f: the system prompt from a file
+    ap.add_argument("-sysf", "--system-prompt-file", default=None, metavar="FILE",
+                    help="read the system prompt from a file (one trailing newline dropped)")
+    add_text_args(ap, prompt_help="a first user message, sent before any input is read")
     add_sampling_args(ap, temp=0.2, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
     ap.add_argument("-n", "--n-predict", "--max-tokens", dest="max_tokens", type=int, default=-1, metavar="N",
                     help="longest reply in tokens (-1: until the model ends its turn)")
@@ -198,10 +204,11 @@ def main(argv=None) -> int:
     check_sampling_args(ap, args)
     if args.max_tokens < -1:
         ap.error(f"--n-predict must be >= -1 (got {args.max_tokens})")
-    if args.file is not None:
-        args.system = read_text_file(ap, args.file)
-    if args.system is not None and args.escape:
-        args.system = unescape(args.system)
+    if args.system_prompt_file is not None:
+        if args.system is not None:
+            ap.error("give the system prompt with -sys or -sysf, not both")
+        args.system = read_text_file(ap, args.system_prompt_file, prompt=True)
+    first = prompt_text(ap, args) or None
     if args.chat_format is not None:
         from .chat_format import BUILTIN_TEMPLATES
 
@@ -222,30 +229,35 @@ def main(argv=None) -> int:
 
     session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, tools=tools,
                           show_tool=show_tool_call,
-                          stop=[unescape(r) if args.escape else r for r in args.reverse_prompt] or None,
+                          stop=reverse_prompts(args) or None,
                           **sampling_kwargs(args))
     if interactive:
         sys.stderr.write(dim(f"{llm.model_path}\n{HELP}", sys.stderr) + "\n")
     out = sys.stdout
     while True:
-        try:
+        if first is not None:  # -p / -f: a message, never a command
+            text, first, command = first, None, False
             if interactive:
-                line = input("> ")
-            else:
-                line = sys.stdin.readline()
-                if not line:
-                    break
-        except EOFError:
-            if interactive:
+                sys.stderr.write(f"> {text}\n")
+        else:
+            try:
+                if interactive:
+                    line = input("> ")
+                else:
+                    line = sys.stdin.readline()
+                    if not line:
+                        break
+            except EOFError:
+                if interactive:
+                    sys.stderr.write("\n")
+                break
+            except KeyboardInterrupt:  # at the prompt: drop the line, keep going
                 sys.stderr.write("\n")
-            break
-        except KeyboardInterrupt:  # at the prompt: drop the line, keep going
-            sys.stderr.write("\n")
-            continue
-        text = line.strip()
+                continue
+            text, command = line.strip(), True
         if not text:
             continue
-        if text.startswith("/"):
+        if command and text.startswith("/"):
             cmd, _, rest = text.partition(" ")
             if cmd in ("/exit", "/quit"):
                 break

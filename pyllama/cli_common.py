@@ -127,13 +127,31 @@ def sampling_kwargs(args) -> dict:
                 presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
 
 
-def add_text_args(ap: argparse.ArgumentParser) -> None:
-    """-f FILE (the prompt from a file) and -e / --no-escape (llama.cpp processes escapes by default)."""
-    ap.add_argument("-f", "--file", default=None, metavar="FILE", help="read the prompt from a file")
+def add_text_args(ap: argparse.ArgumentParser, prompt_help: str = "prompt text") -> None:
+    """-p TEXT / -f FILE (the prompt; a file loses one trailing newline) and -e / --no-escape
+    (escapes in the prompt and -r texts, processed by default as llama.cpp does)."""
+    ap.add_argument("-p", "--prompt", default="", help=prompt_help)
+    ap.add_argument("-f", "--file", default=None, metavar="FILE",
+                    help="read the prompt from a file (one trailing newline dropped, as llama.cpp)")
     ap.add_argument("-e", "--escape", dest="escape", action="store_true", default=True,
-                    help="turn \\n, \\r, \\t, \\', \\\", \\\\ in prompts into the characters (the default, "
-                         "as llama.cpp)")
-    ap.add_argument("--no-escape", dest="escape", action="store_false", help="take prompts literally")
+                    help="turn \\n, \\r, \\t, \\', \\\", \\\\ in the prompt and -r texts into the characters "
+                         "(the default, as llama.cpp)")
+    ap.add_argument("--no-escape", dest="escape", action="store_false", help="take them literally")
+
+
+def prompt_text(ap: argparse.ArgumentParser, args) -> str:
+    """The prompt from -p or -f, escapes processed unless --no-escape (as llama.cpp: a file's too)."""
+    if args.file is not None:
+        if args.prompt:
+            ap.error("give the prompt with -p or -f, not both")
+        text = read_text_file(ap, args.file, prompt=True)
+    else:
+        text = args.prompt
+    return unescape(text) if args.escape else text
+
+
+def reverse_prompts(args) -> list:
+    return [unescape(r) if args.escape else r for r in args.reverse_prompt if r]
 
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
@@ -153,14 +171,16 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def read_text_file(ap: argparse.ArgumentParser, path: str) -> str:
-    """A prompt file as text (invalid UTF-8 as U+FFFD); a missing file is a one-line error, exit 1."""
+def read_text_file(ap: argparse.ArgumentParser, path: str, prompt: bool = False) -> str:
+    """A file as text (invalid UTF-8 as U+FFFD); a missing file is a one-line error, exit 1.
+    prompt=True: one trailing newline is dropped, as llama.cpp's -f and -sysf do."""
     try:
         with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
+            text = f.read().decode("utf-8", errors="replace")
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
         raise SystemExit(1)
+    return text[:-1] if prompt and text.endswith("\n") else text
 
 
 def check_positive(ap, name, value, allow_zero=False):

@@ -16,15 +16,15 @@ import time
 
 from .chat import dim
 from .cli_common import (ArgumentParser, add_model_args, add_sampling_args, add_text_args, check_model_args,
-                         check_sampling_args, load_model, read_text_file, sampling_kwargs, unescape)
+                         check_sampling_args, load_model, prompt_text, reverse_prompts, sampling_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="python -m pyllama.generate",
                                  description="Continue a prompt with a model (llama2.c run style).")
     add_model_args(ap, n_ctx_default=512)
-    ap.add_argument("-p", "-i", "--prompt", default="", help="prompt text (-i is an alias, as in llama2.c)")
-    add_text_args(ap)
+    add_text_args(ap, prompt_help="prompt text (-i is an alias, as in llama2.c)")
+    ap.add_argument("-i", dest="prompt", help=argparse.SUPPRESS)
     ap.add_argument("-n", "--n-predict", "--steps", dest="steps", type=int, default=256, metavar="N",
                     help="tokens to generate (default 256; -1: no limit, until end-of-text or Ctrl-C, "
                          "shifting the context when full; 0 or -2: until the context is full)")
@@ -42,13 +42,8 @@ def main(argv=None) -> int:
         ap.error(f"--n-predict must be >= -2 (got {args.steps})")
     check_model_args(ap, args)
     check_sampling_args(ap, args)
-    if args.file is not None:
-        if args.prompt:
-            ap.error("give the prompt with -p or -f, not both")
-        args.prompt = read_text_file(ap, args.file)
-    elif args.escape:
-        args.prompt = unescape(args.prompt)
-    stops = [unescape(r) if args.escape else r for r in args.reverse_prompt if r]
+    args.prompt = prompt_text(ap, args)
+    stops = reverse_prompts(args)
 
     llm = load_model(args)
     from .errors import PyllamaError

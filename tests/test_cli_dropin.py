@@ -82,9 +82,10 @@ def test_escapes_prompt_file_and_seed(tiny, tmp_path):
     assert gen("-p", "a\\tb", "--temp", "0").startswith("a\tb")  # llama.cpp processes escapes by default
     assert gen("-p", "a\\tb", "--temp", "0", "--no-escape").startswith("a\\tb")
     prompt = tmp_path / "prompt.txt"
-    prompt.write_text("a\\tb\n")  # a file is taken as it is
-    assert gen("-f", str(prompt), "--temp", "0").startswith("a\\tb\n")
-    assert gen("-f", str(prompt), "--temp", "0") == gen("-p", "a\\\\tb\\n", "--temp", "0")
+    prompt.write_text("a\\tb\n")  # llama.cpp's -f: one trailing newline dropped, escapes processed
+    assert gen("-f", str(prompt), "--temp", "0") == gen("-p", "a\\tb", "--temp", "0")
+    literal = gen("-f", str(prompt), "--temp", "0", "--no-escape")
+    assert literal.startswith("a\\tb") and literal == gen("-p", "a\\tb", "--temp", "0", "--no-escape")
     seeded = [gen("-p", "x", "--temp", "8", "--top-p", "1", "-s", s) for s in ("5", "5", "6")]  # a peaked model
     assert seeded[0] == seeded[1] != seeded[2]
 
@@ -149,6 +150,21 @@ def test_chat_t_4_is_threads_not_gibberish(default_model_path):
             stdin="What is the capital of France?\n")
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout
+
+
+@pytest.mark.slow
+def test_chat_first_message_and_system_prompt_file(default_model_path, tmp_path):
+    """-p / -f: a first user message (before stdin's); -sysf: the system prompt from a file."""
+    system = tmp_path / "system.txt"
+    system.write_text("You are a helpful assistant. Answer in one sentence.\n")
+    p = run("pyllama", "chat", "-m", default_model_path, "--temp", "0", "-c", "256", "-n", "24",
+            "-sysf", str(system), "-p", "What is the capital of France?",
+            stdin="/reset\nWhat is the capital of France?\n")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2 and all("Paris" in line for line in lines), p.stdout
+    p = run("pyllama", "chat", "-m", default_model_path, "-sysf", str(tmp_path / "missing.txt"))
+    assert p.returncode == 1 and p.stderr.startswith("error: cannot read") and p.stderr.count("\n") == 1
 
 
 @pytest.mark.slow
