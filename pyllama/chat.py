@@ -19,10 +19,10 @@ import argparse
 import sys
 
 # the shared options; also imported from here by code written before cli_common existed
-from .cli_common import (ArgumentParser, add_cache_type_args, add_mmap_arg, add_model_args,  # noqa: F401
-                         add_sampling_args, add_text_args, check_model_args, check_positive,
-                         check_sampling_args, load_model, prompt_text, read_text_file, reverse_prompts,
-                         sampling_kwargs)
+from .cli_common import (ArgumentParser, add_cache_type_args, add_conversation_arg, add_mmap_arg,  # noqa: F401
+                         add_model_args, add_sampling_args, add_text_args, check_conversation_arg,
+                         check_model_args, check_positive, check_sampling_args, load_model, prompt_text,
+                         read_text_file, reverse_prompts, sampling_kwargs)
 
 HELP = "commands: /reset  /system TEXT  /exit  (Ctrl-C stops a reply, Ctrl-D exits)"
 
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a model in the terminal. " + HELP + ". With stdin not a terminal: "
                     "one user message per line, only replies printed.")
     add_model_args(ap, n_ctx_default=2048)
+    add_conversation_arg(ap, always=True)
     ap.add_argument("-sys", "--system-prompt", "--system", dest="system", default=None, metavar="TEXT",
                     help="system prompt")
     ap.add_argument("-sysf", "--system-prompt-file", default=None, metavar="FILE",
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     check_model_args(ap, args)
+    check_conversation_arg(ap, args)
     check_sampling_args(ap, args)
     if args.max_tokens < -1:
         ap.error(f"--n-predict must be >= -1 (got {args.max_tokens})")

@@ -48,6 +48,23 @@ def add_gpu_args(ap: argparse.ArgumentParser) -> None:
                     help="accepted and ignored (chat templates are always rendered with Jinja)")
 
 
+def add_conversation_arg(ap: argparse.ArgumentParser, always: bool) -> None:
+    """llama-cli's -cnv / -no-cnv, which each tool has a fixed answer to: accepted, a no-op when
+    it matches (chat is always a conversation, generate never), an error otherwise."""
+    ap.add_argument("-cnv", "--conversation", dest="conversation", action="store_true", default=None,
+                    help=argparse.SUPPRESS)
+    ap.add_argument("-no-cnv", "--no-conversation", dest="conversation", action="store_false",
+                    help=argparse.SUPPRESS)
+    ap.set_defaults(conversation_always=always)
+
+
+def check_conversation_arg(ap: argparse.ArgumentParser, args) -> None:
+    if args.conversation is not None and args.conversation != args.conversation_always:
+        other = "pyllama.generate" if args.conversation_always else "pyllama.chat"
+        ap.error(f"{'-no-cnv' if args.conversation_always else '-cnv'}: this tool "
+                 f"{'is always' if args.conversation_always else 'is never'} a conversation; use {other}")
+
+
 def note_ignored(args) -> None:
     """One line on stderr per llama.cpp option that was given but means nothing here."""
     notes = []
@@ -73,6 +90,8 @@ def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
                     help="CPU threads for the prompt (default: --threads)")
     ap.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
                     help="most prompt tokens per forward pass (default 512)")
+    ap.add_argument("-ub", "--ubatch-size", type=int, default=None, metavar="N",
+                    help="llama.cpp's physical batch: a forward pass takes at most this many too")
     ap.add_argument("-s", "--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
     ap.add_argument("--rope-freq-base", type=float, default=None, metavar="N",
                     help="RoPE base frequency (default: the model file's; a llama2.c checkpoint records "
@@ -95,6 +114,8 @@ def add_sampling_args(ap: argparse.ArgumentParser, temp: float, top_k: int, top_
     ap.add_argument("--min-p", type=float, default=min_p, metavar="P", help=f"min-p (0: off; default {min_p:g})")
     ap.add_argument("--repeat-penalty", type=float, default=repeat_penalty, metavar="X",
                     help=f"repeat penalty (1: off; default {repeat_penalty:g})")
+    ap.add_argument("--typical", "--typical-p", dest="typical_p", type=float, default=1.0, metavar="P",
+                    help="locally typical sampling (default 1: off)")
     ap.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
                     help="tokens the penalties look back over (0: off, -1: the whole context; default 64)")
     ap.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
@@ -110,6 +131,8 @@ def check_sampling_args(ap: argparse.ArgumentParser, args) -> None:
         ap.error(f"--top-p must be in [0, 1] (got {args.top_p})")
     if not 0.0 <= args.min_p <= 1.0:
         ap.error(f"--min-p must be in [0, 1] (got {args.min_p})")
+    if not 0.0 <= args.typical_p <= 1.0:
+        ap.error(f"--typical must be in [0, 1] (got {args.typical_p})")
     if not args.repeat_penalty > 0:
         ap.error(f"--repeat-penalty must be > 0 (got {args.repeat_penalty})")
     if args.repeat_last_n < -1:
@@ -123,7 +146,7 @@ def check_sampling_args(ap: argparse.ArgumentParser, args) -> None:
 def sampling_kwargs(args) -> dict:
     """The create_completion / create_chat_completion keywords the sampling options give."""
     return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repeat_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n,
+                typical_p=args.typical_p, repeat_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n,
                 presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
 
 
@@ -193,6 +216,7 @@ def check_model_args(ap: argparse.ArgumentParser, args) -> None:
     check_positive(ap, "--threads", args.threads)
     check_positive(ap, "--threads-batch", args.threads_batch)
     check_positive(ap, "--batch-size", args.batch_size)
+    check_positive(ap, "--ubatch-size", getattr(args, "ubatch_size", None))
     if args.rope_freq_base is not None and not 0 < args.rope_freq_base < float("inf"):
         ap.error(f"--rope-freq-base must be a positive number (got {args.rope_freq_base})")
 
@@ -204,9 +228,9 @@ def load_model(args, **extra):
     note_ignored(args)
     if getattr(args, "rope_freq_base", None) is not None:
         extra.setdefault("rope_freq_base", args.rope_freq_base)
-    for name in ("threads_batch", "batch_size", "use_mlock"):
+    for name in ("threads_batch", "batch_size", "ubatch_size", "use_mlock"):
         if getattr(args, name, None) is not None:
-            key = {"threads_batch": "n_threads_batch", "batch_size": "n_batch"}.get(name, name)
+            key = {"threads_batch": "n_threads_batch", "batch_size": "n_batch", "ubatch_size": "n_ubatch"}.get(name, name)
             extra.setdefault(key, getattr(args, name))
     try:
         from .llama import Llama

@@ -15,14 +15,16 @@ import sys
 import time
 
 from .chat import dim
-from .cli_common import (ArgumentParser, add_model_args, add_sampling_args, add_text_args, check_model_args,
-                         check_sampling_args, load_model, prompt_text, reverse_prompts, sampling_kwargs)
+from .cli_common import (ArgumentParser, add_conversation_arg, add_model_args, add_sampling_args, add_text_args,
+                         check_conversation_arg, check_model_args, check_sampling_args, load_model, prompt_text,
+                         reverse_prompts, sampling_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="python -m pyllama.generate",
                                  description="Continue a prompt with a model (llama2.c run style).")
     add_model_args(ap, n_ctx_default=512)
+    add_conversation_arg(ap, always=False)
     add_text_args(ap, prompt_help="prompt text (-i is an alias, as in llama2.c)")
     ap.add_argument("-i", dest="prompt", help=argparse.SUPPRESS)
     ap.add_argument("-n", "--n-predict", "--steps", dest="steps", type=int, default=256, metavar="N",
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     if args.steps < -2:
         ap.error(f"--n-predict must be >= -2 (got {args.steps})")
     check_model_args(ap, args)
+    check_conversation_arg(ap, args)
     check_sampling_args(ap, args)
     args.prompt = prompt_text(ap, args)
     stops = reverse_prompts(args)

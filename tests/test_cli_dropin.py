@@ -86,6 +86,8 @@ def test_escapes_prompt_file_and_seed(tiny, tmp_path):
     assert gen("-f", str(prompt), "--temp", "0") == gen("-p", "a\\tb", "--temp", "0")
     literal = gen("-f", str(prompt), "--temp", "0", "--no-escape")
     assert literal.startswith("a\\tb") and literal == gen("-p", "a\\tb", "--temp", "0", "--no-escape")
+    # llama-completion's spelling of the same run: -no-cnv is a no-op here, -ub a smaller batch
+    assert gen("-p", "a\\tb", "--temp", "0", "-no-cnv", "-ub", "2", "--typical", "1") == gen("-p", "a\\tb", "--temp", "0")
     seeded = [gen("-p", "x", "--temp", "8", "--top-p", "1", "-s", s) for s in ("5", "5", "6")]  # a peaked model
     assert seeded[0] == seeded[1] != seeded[2]
 
@@ -99,6 +101,10 @@ def test_escapes_prompt_file_and_seed(tiny, tmp_path):
     ("pyllama.chat", ["-n", "-2"]),
     ("pyllama.perplexity", ["-t", "0", "-f", "x"]),
     ("pyllama.perplexity", ["--bogus"]),
+    ("pyllama.generate", ["-cnv"]),
+    ("pyllama.chat", ["-no-cnv"]),
+    ("pyllama.generate", ["--typical", "2"]),
+    ("pyllama.generate", ["-ub", "0"]),
     ("pyllama.bench", ["-pg", "512"]),
     ("pyllama.bench", ["-o", "xml"]),
 ])
