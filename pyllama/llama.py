@@ -198,7 +198,7 @@ class Llama(GenerationMixin):
             too, as llama.cpp's server and llama-cpp-python do.
 
     llama-cpp-python's other keywords: ``logits_all`` (``eval_logits``/``scores`` keep a row
-    of logits per cached position), ``n_ubatch`` (the batch per C call is the smaller of it
+    of logits per cached position: n_ctx * n_vocab floats, touched as they are filled), ``n_ubatch`` (the batch per C call is the smaller of it
     and ``n_batch``), ``n_threads_batch`` (threads for prompts; ``n_threads`` decodes),
     ``use_mlock`` (lock the weights in RAM; a refusal is a warning, as in llama.cpp),
     ``f16_kv`` (False: an F32 cache, when type_k/type_v are not given), ``seed``. Accepted
@@ -207,7 +207,7 @@ class Llama(GenerationMixin):
     ``embedding``, LoRA, ``kv_overrides``, YaRN and rope scaling overrides,
     ``rope_freq_scale``, ``pooling_type``, ``chat_handler``, ``draft_model``,
     ``tokenizer``, ``spm_infill``. Integer arguments must be integers (``n_ctx=True`` is
-    a TypeError); thread counts above 4 per CPU are lowered to that, with a warning.
+    a TypeError); thread counts above max(64, 4 per CPU) are lowered to that, with a warning.
 
     ``metadata`` holds the GGUF file's scalar keys (strings, numbers); its arrays
     (the vocabulary and merges, ~10 MB of Python strings for a 49k vocabulary) are
