@@ -591,6 +591,14 @@ class Tokenizer:
         """An incremental detokenizer: feed ids one at a time, get text."""
         return StreamDecoder(self, special, prev_ids)
 
+    def encode(self, text, add_bos: bool = True, special: bool = True) -> list[int]:
+        """llama-cpp-python's ``LlamaTokenizer.encode``: ``add_bos=True`` adds BOS when the model does."""
+        return self.tokenize(text, add_bos=None if add_bos else False, special=special)
+
+    def __call__(self) -> "Tokenizer":
+        """``llm.tokenizer()`` gives the tokenizer, as llama-cpp-python's ``Llama.tokenizer()`` does."""
+        return self
+
     def __repr__(self) -> str:
         return (f"Tokenizer({self.vocab_type}, n_vocab={self.n_vocab}, bos={self.bos_id}, "
                 f"eos={self.eos_id}, add_bos={self.add_bos})")
