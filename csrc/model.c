@@ -737,7 +737,8 @@ team_barrier(c);
 }
 
 /* One forward pass over n_tokens tokens (already validated) at positions n_past.. */
-static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
+static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all,
+                    float *hidden) {
     const pl_model *m = c->m;
     const pl_config *p = &m->cfg;
     const int dim = p->dim;
@@ -763,6 +764,9 @@ static void forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_pa
             pl_matmul_share(&out, 1, dim, in, xq, n_out, 0, NULL, NULL);
         }
     }
+    /* the input the output layer would see, for every token: what embeddings pool */
+    for (int t = 0; hidden && t < n_tokens; t++)
+        rmsnorm(hidden + (size_t)t * dim, c->x + (size_t)t * dim, m->output_norm->data, dim, p->norm_eps);
 }
 
 /* Tokens per forward pass: a long prompt goes through in slices of this many, so the
@@ -791,8 +795,28 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
     for (int start = 0; start < n_tokens; start += MAX_UBATCH) {
         const int n = n_tokens - start < MAX_UBATCH ? n_tokens - start : MAX_UBATCH;
         const int last = start + n == n_tokens;
-        if (logits_all) forward(c, tokens + start, n, n_past + start, logits + (size_t)start * p->n_vocab, 1);
-        else forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0);
+        if (logits_all) forward(c, tokens + start, n, n_past + start, logits + (size_t)start * p->n_vocab, 1, NULL);
+        else forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0, NULL);
+    }
+    return 0;
+}
+
+int pl_eval_hidden(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *hidden) {
+    pl_clear_error();
+    const pl_config *p = &c->m->cfg;
+    if (n_tokens <= 0 || n_past < 0 || n_past > c->n_ctx || n_tokens > c->n_ctx - n_past) {
+        pl_set_error("context overflow: %d cached + %d new tokens exceed n_ctx = %d", n_past, n_tokens, c->n_ctx);
+        return -1;
+    }
+    for (int t = 0; t < n_tokens; t++)
+        if (tokens[t] < 0 || tokens[t] >= p->n_vocab) {
+            pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, p->n_vocab);
+            return -1;
+        }
+    if (grow_scratch(c, n_tokens < MAX_UBATCH ? n_tokens : MAX_UBATCH)) return -1;
+    for (int start = 0; start < n_tokens; start += MAX_UBATCH) {
+        const int n = n_tokens - start < MAX_UBATCH ? n_tokens - start : MAX_UBATCH;
+        forward(c, tokens + start, n, n_past + start, NULL, 0, hidden + (size_t)start * p->dim);
     }
     return 0;
 }
