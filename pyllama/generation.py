@@ -444,6 +444,7 @@ class GenerationMixin:
                        "choices": [{"text": value, "index": 0, "logprobs": lp,
                                     "finish_reason": None}]}
             else:
+                self.last_usage = extra  # token counts of the stream just finished (servers report them)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -530,4 +531,5 @@ class GenerationMixin:
                     yield chunk({"content": value},
                                 logprobs=self._chat_logprobs(extra) if n_top is not None else None)
             else:
+                self.last_usage = extra
                 yield chunk({}, finish_reason=value)
