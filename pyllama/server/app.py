@@ -43,10 +43,6 @@ class APIError(Exception):
         self.headers = headers
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def error_body(message: str, type_: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -80,26 +76,44 @@ class BodyLimit:
                 resp = JSONResponse(error_body(f"request body is {int(value)} bytes; the limit is {self.limit}",
                                                "invalid_request_error", code="request_too_large"), 413)
                 return await resp(scope, receive, send)
-        received = 0
+        received, too_big, started = 0, False, False
 
         async def limited():
-            nonlocal received
+            nonlocal received, too_big
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge()
+                if received > self.limit:  # the app sees a client that went away; we answer 413
+                    too_big = True
+                    return {"type": "http.disconnect"}
             return msg
 
-        return await self.app(scope, limited, send)
+        async def guarded_send(msg):
+            nonlocal started
+            if too_big:
+                return
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not too_big:
+                raise
+        if too_big and not started:
+            resp = JSONResponse(error_body(f"request body over the limit of {self.limit} bytes",
+                                           "invalid_request_error", code="request_too_large"), 413)
+            await resp(scope, receive, send)
 
 
 class ServerState:
     """The loaded model, its engine and the request counters behind /metrics."""
 
-    def __init__(self, model_path, n_slots, n_ctx, n_threads, max_queue, llm_kwargs, verbose):
+    def __init__(self, model_path, n_slots, n_ctx, n_threads, max_queue, llm_kwargs, verbose, cache_prompt):
         self.model_path, self.n_slots, self.n_ctx, self.n_threads = model_path, n_slots, n_ctx, n_threads
         self.max_queue, self.llm_kwargs, self.verbose = max_queue, llm_kwargs, verbose
+        self.cache_prompt = cache_prompt
         self.llm = None
         self.engine: Optional[Engine] = None
         self.embedder = None
@@ -228,15 +242,20 @@ async def _next_item(job: Job, request: Request, engine: Engine):
 
 def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int = 2048,
                n_threads: Optional[int] = None, api_key: Optional[str] = None, max_queue: int = 32,
-               max_body_bytes: int = 1 << 20, verbose: bool = False, **llm_kwargs: Any) -> FastAPI:
+               max_body_bytes: int = 1 << 20, cache_prompt: bool = True, verbose: bool = False,
+               **llm_kwargs: Any) -> FastAPI:
     """The server's app; the model loads in a background thread once the app starts.
 
     ``n_slots`` conversations are served at once, each with ``n_ctx`` tokens of KV cache;
-    ``max_queue`` more wait; past that requests get 429.
+    ``max_queue`` more wait; past that requests get 429. ``cache_prompt``: a request
+    evaluates only the part of its prompt its slot has not cached (a request may override it).
+    The core's one-token path and its batched prompt path round differently, so a prompt
+    whose cached prefix leaves one token to evaluate can continue differently at
+    temperature 0 than the same prompt on a fresh cache (issue 16's batch invariance).
     """
     if n_slots < 1 or max_queue < 0 or n_ctx < 0 or max_body_bytes < 1:
         raise ValueError("n_slots must be >= 1, max_queue >= 0, n_ctx >= 0, max_body_bytes >= 1")
-    state = ServerState(model_path, n_slots, n_ctx, n_threads, max_queue, llm_kwargs, verbose)
+    state = ServerState(model_path, n_slots, n_ctx, n_threads, max_queue, llm_kwargs, verbose, cache_prompt)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -274,11 +293,6 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
     async def _http_error(request, exc: StarletteHTTPException):
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(APIError(exc.status_code, str(exc.detail), type_))
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request, exc):
-        return error_response(APIError(413, f"request body over the limit of {max_body_bytes} bytes",
-                                       code="request_too_large"))
 
     @app.exception_handler(Exception)
     async def _internal(request, exc: Exception):
@@ -437,11 +451,14 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                       logprobs=req.logprobs, top_logprobs=n_top, response_format=req.response_format)
         if req.tools:
             kwargs.update(tools=req.tools, tool_choice=req.tool_choice)
+        cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def start(slot):
             from ..chat_format import format_chat
 
             _check_budget(len(format_chat(slot, messages, tools=req.tools).tokens), max_tokens, slot.n_ctx())
+            if not cache_prompt:
+                slot.reset()
             return slot.create_chat_completion(messages, **kwargs)
 
         include = bool(req.stream_options and req.stream_options.include_usage)
@@ -466,11 +483,14 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                                param="prompt")
         kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=req.max_tokens, stream=True,
                       model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs)
+        cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def start(slot):
             n_prompt = len(prompt) if isinstance(prompt, list) else \
                 len(slot.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
             _check_budget(n_prompt, req.max_tokens, slot.n_ctx())
+            if not cache_prompt:
+                slot.reset()
             return slot.create_completion(prompt, **kwargs)
 
         key = prompt if isinstance(prompt, str) else ""

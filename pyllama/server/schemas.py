@@ -56,6 +56,10 @@ class _Sampling(_Body):
     stream_options: Optional[StreamOptions] = None
     logit_bias: Optional[Dict[str, float]] = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    cache_prompt: Optional[bool] = Field(
+        None, description="reuse the slot's cached prefix of the prompt (llama-server's option; default: the "
+                          "server's --cache-prompt setting). Off: the prompt is evaluated whole, so the answer is "
+                          "the one a fresh model gives")
     user: Optional[str] = None
 
 
