@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests that may wait for a slot; more get 429 (default 32)")
     ap.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
                     help="largest request body accepted (default 1 MiB)")
+    ap.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                    help="most tokens one request may generate (default -1: up to the context)")
     ap.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false",
                     help="evaluate every prompt whole instead of reusing its slot's cached prefix: slower "
                          "multi-turn chat, answers that never depend on what a slot served before")
@@ -53,7 +55,7 @@ def main(argv=None) -> None:
 
     app = create_app(args.model, n_slots=args.parallel, n_ctx=args.ctx_size, n_threads=args.threads,
                      api_key=args.api_key, max_queue=args.max_queue, max_body_bytes=args.max_body,
-                     cache_prompt=args.cache_prompt, verbose=args.verbose)
+                     cache_prompt=args.cache_prompt, n_predict=args.n_predict, verbose=args.verbose)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                             access_log=args.verbose)
     server = uvicorn.Server(config)

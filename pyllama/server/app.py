@@ -242,12 +242,14 @@ async def _next_item(job: Job, request: Request, engine: Engine):
 
 def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int = 2048,
                n_threads: Optional[int] = None, api_key: Optional[str] = None, max_queue: int = 32,
-               max_body_bytes: int = 1 << 20, cache_prompt: bool = True, verbose: bool = False,
+               max_body_bytes: int = 1 << 20, cache_prompt: bool = True, n_predict: int = -1,
+               verbose: bool = False,
                **llm_kwargs: Any) -> FastAPI:
     """The server's app; the model loads in a background thread once the app starts.
 
     ``n_slots`` conversations are served at once, each with ``n_ctx`` tokens of KV cache;
-    ``max_queue`` more wait; past that requests get 429. ``cache_prompt``: a request
+    ``max_queue`` more wait; past that requests get 429. ``n_predict`` > 0: no request
+    generates more tokens than that (llama-server's -n). ``cache_prompt``: a request
     evaluates only the part of its prompt its slot has not cached (a request may override it).
     The core's one-token path and its batched prompt path round differently, so a prompt
     whose cached prefix leaves one token to evaluate can continue differently at
@@ -255,6 +257,11 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
     """
     if n_slots < 1 or max_queue < 0 or n_ctx < 0 or max_body_bytes < 1:
         raise ValueError("n_slots must be >= 1, max_queue >= 0, n_ctx >= 0, max_body_bytes >= 1")
+    def capped(max_tokens: Optional[int]) -> Optional[int]:
+        if n_predict > 0:
+            return n_predict if max_tokens is None else min(max_tokens, n_predict)
+        return max_tokens
+
     state = ServerState(model_path, n_slots, n_ctx, n_threads, max_queue, llm_kwargs, verbose, cache_prompt)
 
     @asynccontextmanager
@@ -446,6 +453,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens
+        _check_budget(0, max_tokens, state.llm.n_ctx())  # before the prompt is known: max_tokens alone
+        max_tokens = capped(max_tokens)
         n_top = req.top_logprobs if req.logprobs else None
         kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=max_tokens, stream=True, model=state.model_id,
                       logprobs=req.logprobs, top_logprobs=n_top, response_format=req.response_format)
@@ -481,14 +490,16 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             if bad:
                 raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {llm.n_vocab()})",
                                param="prompt")
-        kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=req.max_tokens, stream=True,
+        _check_budget(0, req.max_tokens, llm.n_ctx())
+        max_tokens = capped(req.max_tokens)
+        kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=max_tokens, stream=True,
                       model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def start(slot):
             n_prompt = len(prompt) if isinstance(prompt, list) else \
                 len(slot.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
-            _check_budget(n_prompt, req.max_tokens, slot.n_ctx())
+            _check_budget(n_prompt, max_tokens, slot.n_ctx())
             if not cache_prompt:
                 slot.reset()
             return slot.create_completion(prompt, **kwargs)

@@ -7,9 +7,9 @@ accepted as llama.cpp's server accepts them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 INT64 = dict(ge=-(2 ** 63), le=2 ** 63 - 1)
 
@@ -83,8 +83,12 @@ class CompletionRequest(_Sampling):
     best_of: Optional[int] = Field(None, ge=1, le=1)
 
 
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
 class EmbeddingRequest(_Body):
-    input: Union[str, List[str]] = Field(..., description="a text or a list of texts")
+    input: Union[NonEmpty, Annotated[List[NonEmpty], Field(min_length=1)]] = Field(
+        ..., description="a text or a list of texts (none empty)")
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, ge=1)
