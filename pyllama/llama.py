@@ -399,6 +399,7 @@ class Llama(GenerationMixin):
     @serialized
     def shift_context(self, n_keep: int, n_discard: int) -> None:
         """Forget n_discard positions after the first n_keep and slide the rest down."""
+        self._live()
         if not (0 <= n_keep <= self.n_tokens and 0 < n_discard <= self.n_tokens - n_keep):
             raise ValueError(f"cannot discard {n_discard} tokens after the first {n_keep} "
                              f"of {self.n_tokens} cached tokens")
