@@ -439,3 +439,25 @@ def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_logprobs_and_echo_equal_in_process(client, model_id, alone):
+    prompt = "The capital of France is"
+    alone.reset()
+    ref = alone.create_completion(prompt, max_tokens=5, temperature=0, logprobs=2, echo=True)["choices"][0]
+    out = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0, logprobs=2,
+                                    echo=True, extra_body=FRESH).choices[0]
+    assert out.text == ref["text"]
+    assert out.logprobs.tokens == ref["logprobs"]["tokens"]
+    assert out.logprobs.text_offset == ref["logprobs"]["text_offset"]
+    assert out.logprobs.token_logprobs[1:] == pytest.approx(ref["logprobs"]["token_logprobs"][1:], abs=1e-4)
+    messages = ask("Say yes.")
+    alone.reset()
+    ref = alone.create_chat_completion(messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    chat = client.chat.completions.create(model=model_id, messages=messages, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=3, extra_body=FRESH)
+    got = chat.choices[0].logprobs.content
+    want = ref["choices"][0]["logprobs"]["content"]
+    assert [c.token for c in got] == [c["token"] for c in want]
+    assert [len(c.top_logprobs) for c in got] == [len(c["top_logprobs"]) for c in want]
+    assert [c.logprob for c in got] == pytest.approx([c["logprob"] for c in want], abs=1e-4)
