@@ -461,3 +461,31 @@ def test_logprobs_and_echo_equal_in_process(client, model_id, alone):
     assert [c.token for c in got] == [c["token"] for c in want]
     assert [len(c.top_logprobs) for c in got] == [len(c["top_logprobs"]) for c in want]
     assert [c.logprob for c in got] == pytest.approx([c["logprob"] for c in want], abs=1e-4)
+
+
+def test_long_prompt_prefilled_in_chunks_equals_in_process(client, model_id, alone, monkeypatch):
+    """A prompt over 128 tokens is evaluated a chunk per engine round (so running streams
+    keep going); the chunks fall where the core cuts one long call, so the answer is the same."""
+    prompt = " ".join(f"item {i}," for i in range(90)) + " and the next item is"
+    assert len(alone.tokenize(prompt.encode())) > 300
+    alone.reset()
+    ref = alone.create_completion(prompt, max_tokens=6, temperature=0)["choices"][0]["text"]
+    from pyllama.server import app as app_mod
+
+    steps = []
+    real = app_mod._prefill
+
+    def counting(slot, ids, cache_prompt):
+        for _ in real(slot, ids, cache_prompt):
+            steps.append(slot.n_tokens)
+            yield
+
+    monkeypatch.setattr(app_mod, "_prefill", counting)
+    with ThreadPoolExecutor(3) as pool:  # alongside other streams
+        others = [pool.submit(client.completions.create, model=model_id, prompt=f"Story {i}:", max_tokens=20)
+                  for i in range(2)]
+        out = client.completions.create(model=model_id, prompt=prompt, max_tokens=6, temperature=0,
+                                        extra_body=FRESH)
+        assert all(f.result().usage.completion_tokens > 0 for f in others)
+    assert out.choices[0].text == ref
+    assert steps[:2] == [128, 256]  # the long prompt went in chunks

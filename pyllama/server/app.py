@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -26,6 +26,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ContextOverflowError, PyllamaError
+from ..generation import _common_prefix
 from .engine import Engine, Job, QueueFull
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       TokenizeRequest)
@@ -213,6 +214,29 @@ def _check_budget(n_prompt: int, max_tokens: Optional[int], n_ctx: int) -> None:
                        param="max_tokens", code="context_length_exceeded")
 
 
+PREFILL_CHUNK = 128  # the C core's own slice (MAX_UBATCH): chunks on its boundaries compute what one call does
+
+
+def _prefill(slot, ids: list[int], cache_prompt: bool) -> Iterator[None]:
+    """Evaluate all but the tail of the prompt into the slot, a chunk per step, so a long prompt
+    shares the engine with running streams. From position 0 the chunks fall where pl_eval
+    would cut one long call, so the result is the same; create_* then finds them cached."""
+    if not cache_prompt:
+        slot.reset()
+    keep = _common_prefix(slot.input_ids, ids[:-1])
+    if keep == 0:
+        slot.reset()
+    elif keep < slot.n_tokens:
+        slot.truncate(keep)
+    end = (len(ids) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+    pos = keep
+    while pos < end:
+        stop = min(end, (pos // PREFILL_CHUNK + 1) * PREFILL_CHUNK)
+        slot.eval(ids[pos:stop])
+        pos = stop
+        yield
+
+
 def _chat_key(messages: list[dict]) -> str:
     return "".join(f"{m['role']}\x00{m['content']}\x01" for m in messages) + "assistant\x00"
 
@@ -322,9 +346,10 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
 
     # -------------------------------------------------------------- running jobs
 
-    async def run_job(request: Request, start, key: str, stream: bool, include_usage: bool, kind: str):
+    async def run_job(request: Request, start, key: str, stream: bool, include_usage: bool, kind: str,
+                      prefill=None):
         engine = state.ready()
-        job = Job(start, key, asyncio.get_running_loop())
+        job = Job(start, key, asyncio.get_running_loop(), prefill)
         try:
             engine.submit(job)
         except QueueFull:
@@ -462,16 +487,18 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             kwargs.update(tools=req.tools, tool_choice=req.tool_choice)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
-        def start(slot):
+        def prefill(slot):
             from ..chat_format import format_chat
 
-            _check_budget(len(format_chat(slot, messages, tools=req.tools).tokens), max_tokens, slot.n_ctx())
-            if not cache_prompt:
-                slot.reset()
+            ids = format_chat(slot, messages, tools=req.tools).tokens
+            _check_budget(len(ids), max_tokens, slot.n_ctx())
+            return _prefill(slot, ids, cache_prompt)
+
+        def start(slot):
             return slot.create_chat_completion(messages, **kwargs)
 
         include = bool(req.stream_options and req.stream_options.include_usage)
-        return await run_job(request, start, _chat_key(messages), req.stream, include, "chat")
+        return await run_job(request, start, _chat_key(messages), req.stream, include, "chat", prefill)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -496,17 +523,24 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                       model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
+        def prefill(slot):
+            if isinstance(prompt, list):
+                ids = list(prompt)
+            elif prompt:
+                ids = slot.tokenize(prompt.encode("utf-8"), special=True)
+            else:
+                ids = [slot.token_bos()]
+            _check_budget(len(ids), max_tokens, slot.n_ctx())
+            if req.echo and req.logprobs is not None:  # re-evaluates the prompt itself
+                return iter(())
+            return _prefill(slot, ids, cache_prompt)
+
         def start(slot):
-            n_prompt = len(prompt) if isinstance(prompt, list) else \
-                len(slot.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
-            _check_budget(n_prompt, max_tokens, slot.n_ctx())
-            if not cache_prompt:
-                slot.reset()
             return slot.create_completion(prompt, **kwargs)
 
         key = prompt if isinstance(prompt, str) else ""
         include = bool(req.stream_options and req.stream_options.include_usage)
-        return await run_job(request, start, key, req.stream, include, "completion")
+        return await run_job(request, start, key, req.stream, include, "completion", prefill)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest):

@@ -31,12 +31,16 @@ class Job:
     """One request: ``start(slot)`` returns its stream of chunks (run on the engine thread).
 
     Items delivered to ``out``: ("started", None), then ("chunk", dict) ..., then
-    ("end", usage) -- or ("error", exception) at any point.
+    ("end", usage) -- or ("error", exception) at any point. With ``prefill``, the
+    engine first runs ``prefill(slot)`` one step per round (a chunk of the prompt
+    each), so a long prompt does not stall the other slots' streams.
     """
 
     def __init__(self, start: Callable[[Any], Iterator[dict]], prefix_key: str,
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop, prefill: Optional[Callable[[Any], Iterator[None]]] = None):
         self.start = start
+        self.prefill = prefill  # prefill(slot): evaluates the prompt a chunk per resumption
+        self.prefilling: Optional[Iterator[None]] = None
         self.prefix_key = prefix_key
         self.loop = loop
         self.out: asyncio.Queue = asyncio.Queue()
@@ -198,6 +202,14 @@ class Engine:
             return
         llm = slot.llm
         try:
+            if job.prefill is not None:
+                if job.prefilling is None:
+                    job.prefilling = iter(job.prefill(llm))
+                try:
+                    next(job.prefilling)
+                    return
+                except StopIteration:
+                    job.prefill = job.prefilling = None
             if job.stream is None:
                 job.stream = job.start(llm)
                 job.deliver("started", None)
@@ -224,6 +236,8 @@ class Engine:
 
     def _finish(self, slot: Slot, final) -> None:
         job = slot.job
+        if job.prefilling is not None:
+            job.prefilling.close()
         if job.stream is not None:
             try:
                 job.stream.close()
