@@ -210,10 +210,9 @@ class Engine:
                     return
                 except StopIteration:
                     job.prefill = job.prefilling = None
-            if job.stream is None:
+            if job.stream is None:  # and on to its first token in the same step
                 job.stream = job.start(llm)
                 job.deliver("started", None)
-                return
             before = llm._timings().get("gen_tokens", 0)
             try:
                 chunk = next(job.stream)
