@@ -138,6 +138,11 @@ int pl_set_threads(pl_context *c, int n_threads);
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
             float *logits, int logits_all);
 
+/* Like pl_eval, but instead of logits writes each token's final hidden state (after
+ * the output norm, the vector the output layer multiplies): n_tokens * dim floats.
+ * Embeddings pool these. */
+int pl_eval_hidden(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *hidden);
+
 /* Drop cached positions from n_keep+n_discard onward by sliding them down by n_discard
  * (context shift): keys are re-rotated to their new positions. Returns the new length. */
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);

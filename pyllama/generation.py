@@ -581,6 +581,7 @@ class GenerationMixin:
                        "choices": [{"text": value, "index": 0, "logprobs": lp,
                                     "finish_reason": None}]}
             else:
+                self.last_usage = extra  # token counts of the stream just finished (servers report them)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -717,4 +718,5 @@ class GenerationMixin:
                     yield from tool_deltas(splitter.flush())
                     if splitter.calls:
                         value = "tool_calls"
+                self.last_usage = extra
                 yield chunk({}, finish_reason=value)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import numbers
 import os
 import sys
+import threading
+import weakref
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from ._core import ffi, lib
 from .errors import ContextOverflowError, ModelError, PyllamaError
+from ._serial import CallLock, serialized
 from .generation import GenerationMixin
 
 ROPE_TYPES = {lib.PL_ROPE_NORM: "norm", lib.PL_ROPE_NEOX: "neox"}
@@ -108,7 +111,7 @@ _IGNORED_OPTIONS = frozenset({"split_mode", "main_gpu", "tensor_split", "rpc_ser
 _NEUTRAL_OPTIONS = {
     "vocab_only": False, "kv_overrides": None, "rope_scaling_type": -1, "pooling_type": -1,
     "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0, "yarn_beta_slow": 1.0,
-    "yarn_orig_ctx": 0, "embedding": False, "lora_base": None, "lora_path": None, "lora_scale": 1.0,
+    "yarn_orig_ctx": 0, "lora_base": None, "lora_path": None, "lora_scale": 1.0,
     "chat_handler": None, "draft_model": None, "tokenizer": None, "spm_infill": False,
 }
 
@@ -187,6 +190,7 @@ class Llama(GenerationMixin):
             (llama.cpp behaves the same). ``pyllama.models.fetch`` only ever renames a
             new file over an old one, which is safe; copy or download other files
             under a new name and rename them into place, or load with use_mmap=False.
+        embedding: allow ``embed`` / ``create_embedding`` (as llama-cpp-python asks).
         type_k, type_v: element type of the cached keys / values, as GGML type
             ids (llama-cpp-python's convention: 1 = F16, 0 = F32) or "f16" / "f32".
             Default F16, as llama.cpp: half the memory and cache reads of F32;
@@ -203,8 +207,7 @@ class Llama(GenerationMixin):
     ``use_mlock`` (lock the weights in RAM; a refusal is a warning, as in llama.cpp),
     ``f16_kv`` (False: an F32 cache, when type_k/type_v are not given), ``seed``. Accepted
     and ignored: ``n_gpu_layers``, ``flash_attn`` and the other GPU/NUMA placement options.
-    Refused unless at their "off" value (ValueError naming them): ``vocab_only``,
-    ``embedding``, LoRA, ``kv_overrides``, YaRN and rope scaling overrides,
+    Refused unless at their "off" value (ValueError naming them): ``vocab_only``, LoRA, ``kv_overrides``, YaRN and rope scaling overrides,
     ``rope_freq_scale``, ``pooling_type``, ``chat_handler``, ``draft_model``,
     ``tokenizer``, ``spm_infill``. Integer arguments must be integers (``n_ctx=True`` is
     a TypeError); thread counts above max(64, 4 per CPU) are lowered to that, with a warning.
@@ -241,12 +244,20 @@ class Llama(GenerationMixin):
         rope_freq_scale: float = 0.0,
         f16_kv: Optional[bool] = None,
         flash_attn: bool = False,
+        embedding: bool = False,
         **llama_cpp_options: Any,
     ):
         from . import models
 
         self._ctx = ffi.NULL
         self._model = ffi.NULL
+        # _call_lock serializes whole calls (see _serial.py); _c_lock guards each C call on the
+        # model, so close() or a thread count change waits for an evaluation in progress
+        self._call_lock = CallLock()
+        self._c_lock = threading.Lock()
+        self._forks: "weakref.WeakSet[Llama]" = weakref.WeakSet()
+        self._parent: Optional[Llama] = None
+        self.embedding = bool(embedding)
         _check_llama_cpp_options(llama_cpp_options)
         n_ctx = _int_arg("n_ctx", n_ctx, 0, 1 << 24)
         n_batch = _int_arg("n_batch", n_batch, 1)
@@ -331,26 +342,12 @@ class Llama(GenerationMixin):
             n_ctx = cfg.n_ctx_train
         self._n_threads = n_threads or _default_threads()
         self._n_threads_batch = n_threads_batch  # None: follow n_threads
-        self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads, *kv_types)
-        if self._ctx == ffi.NULL:
-            raise MemoryError(_error("could not create the context"))
-        self._c_threads = self._n_threads  # what the C context runs with now
-        self._n_ctx = n_ctx
+        self._kv_types = kv_types
+        self.logits_all = bool(logits_all)
+        self._new_context(n_ctx)
         self.use_mlock = bool(use_mlock)
         if self.use_mlock:
             self._mlock_weights()
-
-        self.n_tokens = 0
-        self.input_ids: list[int] = []
-        self._logits = np.zeros(self._n_vocab, dtype=np.float32)
-        self._logits_p = ffi.from_buffer("float[]", self._logits)  # for the one-token path of eval()
-        self._one_id = ffi.new("int32_t[1]")
-        self.logits_all = bool(logits_all)
-        # logits_all: one row per cached position, as llama-cpp-python's `scores` (pages are
-        # only touched as positions are evaluated)
-        self.scores: Optional[np.ndarray] = (
-            np.zeros((n_ctx, self._n_vocab), dtype=np.float32) if self.logits_all else None)
-        self._last_rows: Optional[np.ndarray] = None
         lib.pl_release_free_heap()  # the tokenizer's temporaries: 2-4 MiB less resident (bench/RESULTS.md E)
         if verbose:
             print(
@@ -388,6 +385,46 @@ class Llama(GenerationMixin):
             err = ctypes.get_errno()
             print(f"pyllama: warning: use_mlock: could not lock {size / 2**20:.0f} MiB of weights in RAM "
                   f"({os.strerror(err)}; raise `ulimit -l`)", file=sys.stderr)
+
+    def _new_context(self, n_ctx: int) -> None:
+        self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads, *self._kv_types)
+        if self._ctx == ffi.NULL:
+            raise MemoryError(_error("could not create the context"))
+        self._c_threads = self._n_threads  # what the C context runs with now
+        self._n_ctx = n_ctx
+        self.n_tokens = 0
+        self.input_ids: list[int] = []
+        self._logits = np.zeros(self._n_vocab, dtype=np.float32)
+        self._logits_p = ffi.from_buffer("float[]", self._logits)  # for the one-token path of eval()
+        self._one_id = ffi.new("int32_t[1]")
+        # logits_all: one row per cached position, as llama-cpp-python's `scores` (pages are
+        # only touched as positions are evaluated)
+        self.scores: Optional[np.ndarray] = (
+            np.zeros((n_ctx, self._n_vocab), dtype=np.float32) if self.logits_all else None)
+        self._last_rows: Optional[np.ndarray] = None
+
+    def fork(self, n_ctx: Optional[int] = None) -> "Llama":
+        """A Llama sharing this one's weights and tokenizer with a KV cache of its own.
+
+        A server keeps one per slot, so each conversation keeps its cache. Forks take
+        turns in the C core with their parent (one evaluation at a time); closing the
+        parent closes its forks.
+        """
+        self._live()
+        if n_ctx is not None and (not isinstance(n_ctx, int) or not 1 <= n_ctx <= 1 << 24):
+            raise ValueError(f"n_ctx must be an integer from 1 to {1 << 24} (got {n_ctx!r})")
+        child = object.__new__(type(self))
+        child.__dict__.update({k: v for k, v in self.__dict__.items()
+                               if k not in ("_file_map", "_pl_rng", "last_timings")})
+        child._ctx = ffi.NULL
+        child._call_lock = CallLock()
+        child._forks = weakref.WeakSet()
+        child._parent = self
+        with self._c_lock:
+            self._live()
+            child._new_context(n_ctx or self._n_ctx)
+        self._forks.add(child)
+        return child
 
     # ------------------------------------------------------------ loading helpers
 
@@ -468,7 +505,6 @@ class Llama(GenerationMixin):
     @n_threads.setter
     def n_threads(self, n: int) -> None:
         n = _thread_count("n_threads", n)
-        self._live()
         self._set_c_threads(n)
         self._n_threads = n
 
@@ -482,9 +518,11 @@ class Llama(GenerationMixin):
         self._n_threads_batch = _thread_count("n_threads_batch", n)
 
     def _set_c_threads(self, n: int) -> None:
-        if lib.pl_set_threads(self._ctx, int(n)) != 0:
-            raise MemoryError(_error("could not set threads"))
-        self._c_threads = n
+        with self._c_lock:  # never while another thread evaluates on this context
+            self._live()
+            if lib.pl_set_threads(self._ctx, int(n)) != 0:
+                raise MemoryError(_error("could not set threads"))
+            self._c_threads = n
 
     @property
     def isa(self) -> str:
@@ -519,6 +557,7 @@ class Llama(GenerationMixin):
     def eval_logits(self, rows: Optional[np.ndarray]) -> None:
         self._last_rows = rows
 
+    @serialized
     def eval(self, tokens: Sequence[int], logits_all: Optional[bool] = None) -> None:
         """Append tokens to the KV cache, running the model over them in batches of n_batch.
 
@@ -534,7 +573,10 @@ class Llama(GenerationMixin):
                 if self._c_threads != self._n_threads:
                     self._set_c_threads(self._n_threads)
                 self._one_id[0] = t
-                if lib.pl_eval(self._ctx, self._one_id, 1, self.n_tokens, self._logits_p, 0) != 0:
+                with self._c_lock:
+                    self._live()
+                    rc = lib.pl_eval(self._ctx, self._one_id, 1, self.n_tokens, self._logits_p, 0)
+                if rc != 0:
                     raise PyllamaError(_error("evaluation failed"))
                 self.input_ids.append(t)
                 self.n_tokens += 1
@@ -569,8 +611,10 @@ class Llama(GenerationMixin):
         for start in range(0, n, self.n_batch):
             chunk = ids[start:start + self.n_batch]
             out = all_logits[start:start + len(chunk)] if logits_all else self._logits
-            rc = lib.pl_eval(self._ctx, ffi.from_buffer("int32_t[]", chunk), len(chunk), self.n_tokens,
-                             ffi.from_buffer("float[]", out), 1 if logits_all else 0)
+            with self._c_lock:
+                self._live()
+                rc = lib.pl_eval(self._ctx, ffi.from_buffer("int32_t[]", chunk), len(chunk), self.n_tokens,
+                                 ffi.from_buffer("float[]", out), 1 if logits_all else 0)
             if rc != 0:
                 raise PyllamaError(_error("evaluation failed"))
             # input_ids first: n_tokens never counts a token input_ids lacks (Ctrl-C between the two)
@@ -583,18 +627,21 @@ class Llama(GenerationMixin):
 
     # ------------------------------------------------------------ state
 
+    @serialized
     def save_state(self) -> "LlamaState":
         """The cached sequence (token ids, KV cache, logits) as a :class:`LlamaState`,
         for :meth:`load_state` on this object or another one loaded from the same model
         with the same KV cache types."""
         from .state import LlamaState, save_kv
 
-        self._live()
-        kv = save_kv(self._ctx, self.n_tokens)
+        with self._c_lock:
+            self._live()
+            kv = save_kv(self._ctx, self.n_tokens)
         rows = self.scores[:self.n_tokens].copy() if self.scores is not None else self._logits[None, :].copy()
         return LlamaState(input_ids=np.array(self.input_ids, dtype=np.intc), scores=rows,
                           n_tokens=self.n_tokens, llama_state=kv, llama_state_size=len(kv), seed=self.seed)
 
+    @serialized
     def load_state(self, state: "LlamaState") -> None:
         """Restore a sequence saved with :meth:`save_state` (ValueError when it does not fit this model)."""
         from .state import LlamaState, load_kv
@@ -606,7 +653,9 @@ class Llama(GenerationMixin):
         ids = _token_ids(state.input_ids, self._n_vocab)
         if len(ids) != n:
             raise ValueError(f"state has {len(ids)} input_ids for n_tokens={n}")
-        load_kv(self._ctx, n, state.llama_state)
+        with self._c_lock:
+            self._live()
+            load_kv(self._ctx, n, state.llama_state)
         self.n_tokens = n
         self.input_ids = ids.tolist()
         rows = np.asarray(state.scores, dtype=np.float32)
@@ -617,6 +666,7 @@ class Llama(GenerationMixin):
         self.seed = state.seed
         self._pl_rng = None
 
+    @serialized
     def truncate(self, n: int) -> None:
         """Keep only the first n cached positions (the rest will be overwritten)."""
         if not 0 <= n <= self.n_tokens:
@@ -624,6 +674,7 @@ class Llama(GenerationMixin):
         self.n_tokens = n
         del self.input_ids[n:]
 
+    @serialized
     def shift_context(self, n_keep: int, n_discard: int) -> None:
         """Forget n_discard positions after the first n_keep and slide the rest down."""
         self._live()
@@ -631,7 +682,9 @@ class Llama(GenerationMixin):
             raise ValueError(f"cannot discard {n_discard} tokens after the first {n_keep} "
                              f"of {self.n_tokens} cached tokens")
         old = self.n_tokens
-        new = lib.pl_kv_shift(self._ctx, self.n_tokens, n_keep, n_discard)
+        with self._c_lock:
+            self._live()
+            new = lib.pl_kv_shift(self._ctx, self.n_tokens, n_keep, n_discard)
         if new < 0:
             raise ValueError(_error("bad context shift"))
         if self.scores is not None:
@@ -639,10 +692,80 @@ class Llama(GenerationMixin):
         del self.input_ids[n_keep:n_keep + n_discard]
         self.n_tokens = new
 
+    @serialized
     def reset(self) -> None:
         """Forget the cached sequence."""
         self.n_tokens = 0
         self.input_ids = []
+
+    # ------------------------------------------------------------ one call at a time
+
+    generate = serialized(GenerationMixin.generate)
+    create_completion = serialized(GenerationMixin.create_completion)
+    create_chat_completion = serialized(GenerationMixin.create_chat_completion)
+
+    # ------------------------------------------------------------ embeddings
+
+    def _hidden_states(self, ids: list[int]) -> np.ndarray:
+        """Final hidden states (n_tokens, dim) of ids evaluated from position 0 (the KV cache is reused)."""
+        arr = np.ascontiguousarray(ids, dtype=np.int32)
+        out = np.empty((len(arr), self.config["dim"]), dtype=np.float32)
+        self.reset()
+        with self._c_lock:
+            self._live()
+            rc = lib.pl_eval_hidden(self._ctx, ffi.from_buffer("int32_t[]", arr), len(arr), 0,
+                                    ffi.from_buffer("float[]", out))
+        if rc != 0:
+            raise PyllamaError(_error("evaluation failed"))
+        return out
+
+    @serialized
+    def embed(self, input: Union[str, list[str]], normalize: bool = True, truncate: bool = True,
+              return_count: bool = False):
+        """Embeddings of a text or a list of texts (llama-cpp-python's ``embed``).
+
+        Pooling follows the file's ``{arch}.pooling_type`` (mean when absent; 2 = first
+        token, 3 = last token, 0 = none: one vector per token). ``normalize``: scaled to
+        unit length (llama-cpp-python's default is False; OpenAI's embeddings are unit
+        length, so pyllama's is True). ``truncate``: a text longer than the context is cut
+        to n_ctx tokens, else ContextOverflowError. One text gives one embedding, a list
+        a list; ``return_count`` adds the number of tokens evaluated.
+        """
+        from .embeddings import pool
+
+        if not self.embedding:
+            raise ValueError("this Llama was created without embedding=True, which embed() needs")
+        texts = [input] if isinstance(input, str) else input
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("input must be a string or a list of strings")
+        arch = str(self.metadata.get("general.architecture", "llama"))
+        pooling = int(self.metadata.get(f"{arch}.pooling_type", 1))
+        out, n_total = [], 0
+        for text in texts:
+            ids = self.tokenize(text.encode("utf-8"), add_bos=True, special=False) or [self.token_bos()]
+            if len(ids) > self._n_ctx:
+                if not truncate:
+                    raise ContextOverflowError(
+                        f"input is {len(ids)} tokens but the context holds n_ctx={self._n_ctx} "
+                        "(pass truncate=True or a larger n_ctx)")
+                ids = ids[:self._n_ctx]
+            if not ids or ids[0] < 0:
+                raise ValueError("an empty input has no tokens to embed (the model has no BOS token)")
+            n_total += len(ids)
+            out.append(pool(self._hidden_states(ids), pooling, normalize))
+        result = out[0] if isinstance(input, str) else out
+        return (result, n_total) if return_count else result
+
+    def create_embedding(self, input: Union[str, list[str]], model: Optional[str] = None) -> dict:
+        """OpenAI-shaped embeddings response for a text or a list of texts."""
+        texts = [input] if isinstance(input, str) else input
+        embeds, n_tokens = self.embed(texts, return_count=True)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeds)],
+            "model": model if model is not None else self.model_path,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
 
     # ------------------------------------------------------------ tensors, cleanup
 
@@ -680,13 +803,23 @@ class Llama(GenerationMixin):
             raise PyllamaError("this Llama has been closed")
 
     def close(self) -> None:
-        """Free the KV cache and unmap the weights (also done when the object is collected)."""
+        """Free the KV cache and unmap the weights (also done when the object is collected).
+
+        Safe from any thread: it waits for an evaluation in progress to finish; a call
+        that continues after it (a stream) raises PyllamaError.
+        """
         self._file_map = None  # views from tensors() keep their own reference to the Python mmap
-        if getattr(self, "_ctx", ffi.NULL) != ffi.NULL:
-            lib.pl_context_free(self._ctx)
-            self._ctx = ffi.NULL
-        if getattr(self, "_model", ffi.NULL) != ffi.NULL:
-            lib.pl_model_free(self._model)
+        c_lock = getattr(self, "_c_lock", None)
+        if c_lock is None:  # __init__ failed before the lock existed: nothing allocated
+            return
+        for child in list(getattr(self, "_forks", ())):
+            child.close()
+        with c_lock:
+            if self._ctx != ffi.NULL:
+                lib.pl_context_free(self._ctx)
+                self._ctx = ffi.NULL
+            if self._parent is None and self._model != ffi.NULL:
+                lib.pl_model_free(self._model)
             self._model = ffi.NULL
 
     def __del__(self) -> None:

@@ -160,7 +160,7 @@ def test_llama_cpp_python_keywords_are_accepted(tiny_path):
                 flash_attn=True, numa=False, use_mlock=False, vocab_only=False, kv_overrides=None,
                 rope_scaling_type=-1, pooling_type=-1, rope_freq_base=0.0, rope_freq_scale=0.0,
                 yarn_ext_factor=-1.0, yarn_attn_factor=1.0, yarn_beta_fast=32.0, yarn_beta_slow=1.0,
-                yarn_orig_ctx=0, embedding=False, lora_base=None, lora_path=None, lora_scale=1.0,
+                yarn_orig_ctx=0, lora_base=None, lora_path=None, lora_scale=1.0,
                 chat_handler=None, draft_model=None, tokenizer=None, spm_infill=False, last_n_tokens_size=64,
                 no_perf=False, seed=0xFFFFFFFF, verbose=False)
     llm.eval(TOKENS)
@@ -170,7 +170,7 @@ def test_llama_cpp_python_keywords_are_accepted(tiny_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(vocab_only=True), "vocab_only"), (dict(embedding=True), "embedding"),
+    (dict(vocab_only=True), "vocab_only"),
     (dict(lora_path="x.gguf"), "lora_path"), (dict(kv_overrides={"a": 1}), "kv_overrides"),
     (dict(rope_freq_scale=0.5), "rope_freq_scale"), (dict(rope_freq_base=-5.0), "rope_freq_base"),
     (dict(rope_freq_base=float("nan")), "rope_freq_base"), (dict(rope_freq_base=1.0), "rope_freq_base"), (dict(yarn_ext_factor=1.0), "yarn_ext_factor"),
