@@ -376,7 +376,7 @@ def quantize(in_path, out_path: Optional[str], ftype: str, n_threads: Optional[i
 
         def data_of(i: int, p: Plan):
             def make():
-                bar.label = f"quantizing [{i + 1}/{n}] {p.name}"
+                bar.label = f"quantizing [{i + 1:{len(str(n))}d}/{n}] {p.name:<32.32s}"  # fixed width: redrawn in place
                 data = _convert(g, p, n_threads)
                 bar.update(p.src_bytes)
                 return data
