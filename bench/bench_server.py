@@ -170,8 +170,8 @@ def main() -> None:
     else:
         print(f"(no llama-server at {args.llama_server}: skipped)", file=sys.stderr)
 
-    print(f"| | pyllama server | llama-server -np 8 | target |")
-    print(f"| --- | --- | --- | --- |")
+    print("| | pyllama server | llama-server -np 8 | target |")
+    print("| --- | --- | --- | --- |")
     fmt = lambda r, k: f"{r[k]:.2f}" if r else "-"  # noqa: E731
     print(f"| in-process create_completion decode tok/s | {tps_in:.1f} | | |")
     print(f"| one stream over HTTP, decode tok/s | {fmt(ours, 'one_stream_decode_tps')} | {fmt(theirs, 'one_stream_decode_tps')} "

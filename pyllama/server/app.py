@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hmac
 import json
 import os
 import sys
@@ -335,7 +336,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if api_key is not None and path not in OPEN_PATHS:
             header = request.headers.get("authorization", "")
             token = header[7:].strip() if header.lower().startswith("bearer ") else None
-            if token != api_key:
+            if token is None or not hmac.compare_digest(token.encode(), api_key.encode()):
                 state.requests[(path, 401)] += 1
                 why = "no API key given" if token is None else "wrong API key"
                 return error_response(APIError(401, f"{why}: send 'Authorization: Bearer KEY'",
