@@ -114,6 +114,8 @@ pl_model *pl_load_gguf(const char *path, int flags);
 pl_model *pl_load_llama2c(const char *path, float rope_base, int flags);
 void pl_model_free(pl_model *m);
 void pl_model_config(const pl_model *m, pl_config *out);
+/* llama.cpp's --rope-freq-base: replaces the file's; applies to contexts made afterwards. */
+int pl_model_set_rope_base(pl_model *m, float rope_base);
 int pl_model_n_tensors(const pl_model *m);
 int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);
@@ -136,9 +138,23 @@ int pl_set_threads(pl_context *c, int n_threads);
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
             float *logits, int logits_all);
 
+/* Like pl_eval, but instead of logits writes each token's final hidden state (after
+ * the output norm, the vector the output layer multiplies): n_tokens * dim floats.
+ * Embeddings pool these. */
+int pl_eval_hidden(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *hidden);
+
 /* Drop cached positions from n_keep+n_discard onward by sliding them down by n_discard
  * (context shift): keys are re-rotated to their new positions. Returns the new length. */
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);
+
+/* The first n_tokens cached positions as bytes (state.c), to restore into a context of
+ * the same model and cache types (Llama.save_state / load_state). pl_state_size: the
+ * bytes pl_state_save writes (0 for a bad n_tokens); pl_state_save: 0, or -1 when size is
+ * too small; pl_state_load: 0, or -1 when the bytes are not a state of this context's
+ * shape (header checked, sizes exact). */
+uint64_t pl_state_size(const pl_context *c, int n_tokens);
+int pl_state_save(const pl_context *c, int n_tokens, uint8_t *buf, uint64_t size);
+int pl_state_load(pl_context *c, int n_tokens, const uint8_t *buf, uint64_t size);
 
 /* Sampling parameters (llama.cpp's order: bias, penalties, top-k, top-p, min-p, temperature). */
 typedef struct {

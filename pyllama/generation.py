@@ -22,6 +22,8 @@ context raises either way.
 """
 from __future__ import annotations
 
+import codecs
+import numbers
 import time
 import uuid
 from typing import Iterator
@@ -32,6 +34,16 @@ from .errors import ContextOverflowError
 from .sampling import Sampler, SamplingParams, log_softmax, make_rng
 
 __all__ = ["GenerationMixin", "StopStringFilter", "LogitsProcessorList", "StoppingCriteriaList"]
+
+
+def _token_list(tokens, name: str) -> list:
+    """Token ids as Python ints; a float or bool among them is a TypeError, not silently truncated."""
+    out = []
+    for t in tokens:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"{name} must be a string or integer token ids (got {type(t).__name__} {t!r})")
+        out.append(int(t))
+    return out
 
 
 def _common_prefix(a, b) -> int:
@@ -154,6 +166,22 @@ def _check_llama_cpp_options(options: dict) -> None:
             raise ValueError(f"{name}={value!r} is not supported by pyllama (leave it at {_NEUTRAL_OPTIONS[name]!r})")
 
 
+class _TextOffsets:
+    """text_offset of each token as llama-cpp-python counts it: the characters of the
+    text before it (``len(detokenize(tokens[:i]).decode("utf-8", "ignore"))``) plus a base
+    (the prompt's length when the prompt is not echoed), kept incrementally."""
+
+    def __init__(self, base: int):
+        self.chars = base
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+
+    def push(self, piece: bytes) -> int:
+        """The offset of a token whose text is ``piece``; advances past it."""
+        at = self.chars
+        self.chars += len(self._utf8.decode(piece))
+        return at
+
+
 def _collect(events):
     """Drain the generation events of a non-streamed call: (text, logprob entries, finish reason, usage)."""
     parts, entries = [], []
@@ -238,7 +266,7 @@ class GenerationMixin:
         it allows; ``logits_processor`` (a callable ``(input_ids, scores) -> scores``
         or a list of them) rewrites the logits before sampling.
         """
-        tokens = [int(t) for t in tokens]
+        tokens = _token_list(tokens, "tokens")
         if not tokens:
             raise ValueError("generate() needs at least one prompt token")
         n_ctx = self.n_ctx()
@@ -333,7 +361,8 @@ class GenerationMixin:
         n_batch = max(1, int(getattr(self, "n_batch", 512) or 512))
         for i in range(0, len(prompt_tokens), n_batch):
             self.eval(prompt_tokens[i:i + n_batch], logits_all=True)
-            rows.append(np.array(self.eval_logits, dtype=np.float32))
+            n = len(prompt_tokens[i:i + n_batch])
+            rows.append(np.array(self.eval_logits[-n:], dtype=np.float32))
         logits = np.concatenate(rows, axis=0)
         out = [(prompt_tokens[0], None, None)]
         for pos in range(1, len(prompt_tokens)):
@@ -359,7 +388,7 @@ class GenerationMixin:
             else:
                 prompt_tokens = list(tokenizer.tokenize(prompt, add_bos=None, special=True))
         else:
-            prompt_tokens = [int(t) for t in prompt]
+            prompt_tokens = _token_list(prompt, "prompt")
         if not prompt_tokens:
             raise ValueError("the prompt has no tokens")
         n_ctx = self.n_ctx()
@@ -367,8 +396,12 @@ class GenerationMixin:
             raise ContextOverflowError(
                 f"prompt is {len(prompt_tokens)} tokens but the context window holds n_ctx={n_ctx} "
                 f"(including at least one generated token); pass a larger n_ctx or a shorter prompt")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral)):
+            raise TypeError(f"max_tokens must be an integer or None (got {max_tokens!r})")
         if max_tokens is None or max_tokens <= 0:
             max_tokens = n_ctx - len(prompt_tokens)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, numbers.Integral)):
+            raise TypeError(f"logprobs must be an integer or None (got {logprobs!r})")
         if logprobs is not None and logprobs < 0:
             raise ValueError("logprobs must be >= 0")
         if isinstance(stop, str):
@@ -383,7 +416,8 @@ class GenerationMixin:
 
         SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        typical_p=typical_p, repeat_penalty=repeat_penalty,
-                       penalty_last_n=penalty_last_n).validate()
+                       frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                       penalty_last_n=penalty_last_n, logit_bias=logit_bias).validate()
         stoppers = _as_callable_list(stopping_criteria, "stopping_criteria")
         _as_callable_list(logits_processor, "logits_processor")
         constraint = None
@@ -393,14 +427,32 @@ class GenerationMixin:
             constraint = GrammarConstraint(tokenizer, as_grammar(grammar), end_ids=end_ids)
 
         # Arguments are checked above, eagerly; the work below runs as the caller iterates.
+        space_rule = getattr(tokenizer, "add_space_prefix", False)
+
+        def token_bytes(token, prev):  # a token's text where it stands (SentencePiece's leading space)
+            if not space_rule:
+                return tokenizer.token_to_piece(token)
+            return tokenizer.detokenize([token], prev_ids=prev)
+
         def events():
             if echo:
+                offsets = _TextOffsets(0)
                 prompt_text = tokenizer.detokenize(prompt_tokens).decode("utf-8", errors="replace")
                 entries = None
                 if logprobs is not None:
-                    entries = [(self._piece(t), lp, top) for t, lp, top in
-                               self._prompt_logprobs(prompt_tokens, logprobs)]
+                    entries = []
+                    for pos, (t, lp, top) in enumerate(self._prompt_logprobs(prompt_tokens, logprobs)):
+                        if pos == 0 and t == tokenizer.bos_id:
+                            continue  # no text, and no entry in llama-cpp-python's list
+                        at = offsets.push(token_bytes(t, prompt_tokens[pos - 1:pos] if pos else None))
+                        entries.append((self._piece(t), lp, top, at))
+                    if entries:  # llama-cpp-python (and OpenAI): the first echoed token has none
+                        entries[0] = (entries[0][0], None, None, entries[0][3])
                 yield ("text", prompt_text, entries)
+            elif isinstance(prompt, str):
+                offsets = _TextOffsets(len(prompt))
+            else:
+                offsets = _TextOffsets(len(tokenizer.detokenize(prompt_tokens).decode("utf-8", errors="ignore")))
 
             gen = self.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=min_p,
                                 typical_p=typical_p, temp=temperature, repeat_penalty=repeat_penalty,
@@ -413,6 +465,7 @@ class GenerationMixin:
             n_completion = 0
             finish_reason = "length"
             pending_entries = []  # logprob entries of tokens whose text is not released yet
+            prev = prompt_tokens[-1:]
             try:
                 for token in gen:
                     if token in end_ids:
@@ -422,7 +475,9 @@ class GenerationMixin:
                     if logprobs is not None:
                         lp = log_softmax(self.logits)
                         pending_entries.append((self._piece(token), float(lp[token]),
-                                                self._top_logprobs(lp, token, logprobs)))
+                                                self._top_logprobs(lp, token, logprobs),
+                                                offsets.push(token_bytes(token, prev))))
+                        prev = [token]
                     out = stops.push(decoder.push(token))
                     if out or stops.stopped:
                         yield ("text", out, pending_entries if logprobs is not None else None)
@@ -462,15 +517,14 @@ class GenerationMixin:
         return events()
 
     @staticmethod
-    def _logprobs_dict(entries, offset: int):
+    def _logprobs_dict(entries):
         out = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-        for piece, lp, top in entries:
+        for piece, lp, top, offset in entries:
             out["tokens"].append(piece)
             out["text_offset"].append(offset)
             out["token_logprobs"].append(lp)
             out["top_logprobs"].append(top)
-            offset += len(piece)
-        return out, offset
+        return out
 
     def create_completion(self, prompt, suffix: str | None = None, max_tokens: int | None = 16,
                           temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
@@ -505,7 +559,7 @@ class GenerationMixin:
         if stream:
             return self._stream_completion(events, completion_id, created, model_name)
         text, entries, finish_reason, usage = _collect(events)
-        lp = self._logprobs_dict(entries, 0)[0] if logprobs is not None else None
+        lp = self._logprobs_dict(entries) if logprobs is not None else None
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -517,18 +571,17 @@ class GenerationMixin:
         }
 
     def _stream_completion(self, events, completion_id, created, model_name):
-        offset = 0
         for kind, value, extra in events:
             if kind == "text":
                 lp = None
                 if extra is not None:
-                    lp, _ = self._logprobs_dict(extra, offset)
-                offset += len(value)
+                    lp = self._logprobs_dict(extra)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": value, "index": 0, "logprobs": lp,
                                     "finish_reason": None}]}
             else:
+                self.last_usage = extra  # token counts of the stream just finished (servers report them)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -627,7 +680,7 @@ class GenerationMixin:
             {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")),
              "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))}
                               for t, v in (top or {}).items()]}
-            for piece, lp, top in entries]}
+            for piece, lp, top, _ in entries]}
 
     def _stream_chat(self, events, chat_id, created, model_name, n_top, tool_names=None):
         def chunk(delta, finish_reason=None, logprobs=None):
@@ -665,4 +718,5 @@ class GenerationMixin:
                     yield from tool_deltas(splitter.flush())
                     if splitter.calls:
                         value = "tool_calls"
+                self.last_usage = extra
                 yield chunk({}, finish_reason=value)

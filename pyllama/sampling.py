@@ -26,6 +26,8 @@ Each filter keeps at least ``min_keep`` (1) token.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from dataclasses import dataclass, field
 
@@ -59,11 +61,22 @@ class SamplingParams:
     min_keep: int = 1
 
     def validate(self) -> None:
+        """Check every setting, naming the first bad one (TypeError for a wrong type,
+        ValueError for a bad value), so a caller's mistake is never blamed on the model."""
         def bad(name, value, why):
             raise ValueError(f"{name}={value!r}: {why}")
 
-        if not np.isfinite(self.temperature):
-            bad("temperature", self.temperature, "must be a finite number")
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
+                     "presence_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r})")
+            if not math.isfinite(value):
+                bad(name, value, "must be a finite number")
+        for name in ("top_k", "penalty_last_n", "min_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer (got {type(value).__name__} {value!r})")
         if not 0.0 <= self.top_p <= 1.0:
             bad("top_p", self.top_p, "must be in [0, 1]")
         if not 0.0 <= self.min_p <= 1.0:
@@ -74,6 +87,8 @@ class SamplingParams:
             bad("repeat_penalty", self.repeat_penalty, "must be > 0 (1.0 disables it)")
         if self.penalty_last_n < -1:
             bad("penalty_last_n", self.penalty_last_n, "must be >= -1 (-1: whole history, 0: off)")
+        if self.logit_bias is not None and not isinstance(self.logit_bias, dict):
+            raise TypeError(f"logit_bias must be a dict of token id -> bias (got {type(self.logit_bias).__name__})")
 
 
 def make_rng(seed) -> random.Random:
@@ -342,7 +357,9 @@ class Sampler:
         c = {
             "n": n_vocab,
             "params": ffi.new("pl_sampler *", {
-                "temperature": p.temperature, "top_k": int(p.top_k), "top_p": p.top_p, "min_p": p.min_p,
+                # any top_k at or above the vocabulary keeps it all; C's int holds those up to 2^31-1
+                "temperature": p.temperature, "top_k": max(-1, min(int(p.top_k), 2**31 - 1)),
+                "top_p": p.top_p, "min_p": p.min_p,
                 "repeat_penalty": p.repeat_penalty, "frequency_penalty": p.frequency_penalty,
                 "presence_penalty": p.presence_penalty}),
             "work": np.empty(n_vocab, dtype=np.float32),

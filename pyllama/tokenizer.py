@@ -516,7 +516,7 @@ class Tokenizer:
                 kinds = (USER_DEFINED,)
             found = {}
             for i, ty in enumerate(self._types):
-                if ty in kinds:
+                if ty in kinds and self._tokens[i]:  # an empty token matches nowhere (and everywhere)
                     found.setdefault(self._tokens[i], i)
             self._splitters[special] = _SpecialSplitter(found) if found else None
         return self._splitters[special]
@@ -590,6 +590,14 @@ class Tokenizer:
     def stream(self, special: bool = False, prev_ids=None) -> "StreamDecoder":
         """An incremental detokenizer: feed ids one at a time, get text."""
         return StreamDecoder(self, special, prev_ids)
+
+    def encode(self, text, add_bos: bool = True, special: bool = True) -> list[int]:
+        """llama-cpp-python's ``LlamaTokenizer.encode``: ``add_bos=True`` adds BOS when the model does."""
+        return self.tokenize(text, add_bos=None if add_bos else False, special=special)
+
+    def __call__(self) -> "Tokenizer":
+        """``llm.tokenizer()`` gives the tokenizer, as llama-cpp-python's ``Llama.tokenizer()`` does."""
+        return self
 
     def __repr__(self) -> str:
         return (f"Tokenizer({self.vocab_type}, n_vocab={self.n_vocab}, bos={self.bos_id}, "
