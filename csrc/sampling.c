@@ -272,6 +272,26 @@ static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const in
     }
 }
 
+/* The 32 logits of one mask word: kept where its bit is set, -inf elsewhere. Branch-free:
+ * the bits of a grammar's mask are as good as random, and a branch per token mispredicts. */
+static void copy_word(float *dst, const float *src, uint32_t w) {
+    /* bit j as a constant per lane (not w >> j: baseline x86-64 has no per-lane shift), so
+     * the loop vectorizes to and / compare / select */
+    static const uint32_t bit[32] = {
+        1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
+        1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+        1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+        1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+    const uint32_t minus_inf = 0xff800000u;
+    for (int j = 0; j < 32; j++) {
+        const uint32_t keep = 0u - (uint32_t)((w & bit[j]) != 0);
+        uint32_t x;
+        memcpy(&x, src + j, sizeof x);
+        x = (x & keep) | (minus_inf & ~keep);
+        memcpy(dst + j, &x, sizeof x);
+    }
+}
+
 /* dst[a..b) = src[a..b) where the bitmask allows the token, -inf elsewhere. Whole
  * words are the common case (a grammar allows few tokens, or all of a region). */
 static void copy_allowed(float *dst, const float *src, const uint32_t *allowed, int a, int b) {
@@ -284,7 +304,7 @@ static void copy_allowed(float *dst, const float *src, const uint32_t *allowed, 
         } else if (w == 0) {
             for (int j = 0; j < 32; j++) dst[i + j] = -INFINITY;
         } else {
-            for (int j = 0; j < 32; j++) dst[i + j] = w >> j & 1 ? src[i + j] : -INFINITY;
+            copy_word(dst + i, src + i, w);
         }
     }
     for (; i < b; i++) dst[i] = allowed[i >> 5] >> (i & 31) & 1 ? src[i] : -INFINITY;
