@@ -115,6 +115,42 @@ def _check_width(name: str, width, limit: int) -> None:
         _refuse(f"{name}() with a width of {width:.0f} is larger than the {limit}-character budget")
 
 
+def _check_expanded(value, limit: int, what: str) -> None:
+    """Refuse a container whose text form (what printing, comparing or serializing it walks)
+    is larger than the budget. Lists can hold the same big list many times over
+    (``[b] * 1000``, ``[x, x]`` doubled in a loop): counted with multiplicity, as a single C
+    call (``str()``, ``==``, ``json.dumps``) would walk it, which no watchdog can interrupt."""
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None:
+        return
+    if not isinstance(value, (list, tuple, dict)):
+        return
+    memo: dict = {}
+
+    def size(v, depth: int) -> int:
+        t = type(v)
+        if t is str:
+            return len(v) + 2
+        if not isinstance(v, (list, tuple, dict)):
+            return 8
+        key = id(v)
+        n = memo.get(key)
+        if n is not None:
+            return n
+        if depth > 200:
+            _refuse(f"{what}: data nested more than 200 deep")
+        n = 2
+        items = v.items() if isinstance(v, dict) else ((None, x) for x in v)
+        for k, x in items:
+            n += size(x, depth + 1) + 2 + (0 if k is None else size(k, depth + 1))
+            if n > limit:
+                _refuse(f"{what}: data whose text would be larger than the {limit}-character budget")
+        memo[key] = n
+        return n
+
+    size(value, 0)
+
+
 # str methods that can make their result much larger than the string; the rest cannot
 _BANNED_STR_METHODS = frozenset(["expandtabs", "translate", "maketrans"])
 
@@ -131,6 +167,22 @@ class _BudgetCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+
+    def visit_Compare(self, node, frame):
+        # comparisons of containers run in C: checked like printing them
+        self.write("environment.checked_compare(")
+        self.visit(node.expr, frame)
+        self.write(", (")
+        for op in node.ops:
+            self.write(f"({op.op!r}, ")
+            self.visit(op.expr, frame)
+            self.write("), ")
+        self.write("))")
+
+
+_COMPARE = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gteq": operator.ge, "lt": operator.lt,
+            "lteq": operator.le, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b}
 
 
 class _StrictUnsafeUndefined(jinja2.Undefined):
@@ -176,8 +228,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self.globals["lipsum"] = self._lipsum(self.globals["lipsum"])
         self.filters["tojson"] = self._tojson
         for name in ("center", "indent", "format", "replace", "join", "batch", "slice", "wordwrap",
-                     "truncate"):
+                     "truncate", "string", "pprint", "sort", "unique", "min", "max", "dictsort", "groupby",
+                     "list", "map", "select", "reject", "selectattr", "rejectattr"):
             self.filters[name] = self._checked_filter(name, self.filters[name])
+        self.filters["sum"] = self._sum
+        self.finalize = self._finalize
 
     # -- operators
 
@@ -207,6 +262,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if operator_name == "%":
             if isinstance(left, str):
                 _check_printf(left, right, limit)
+                _check_expanded(right, limit, "%")
                 out = operator.mod(left, right)
                 if len(out) > limit:
                     _refuse(f"template tried to build a string of {len(out)} characters (budget {limit})")
@@ -215,10 +271,41 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator_name, left, right)
 
     def checked_concat(self, values) -> str:
+        for v in values:
+            _check_expanded(v, self.max_chars, "~")
         parts = [str(v) for v in values]
         if sum(map(len, parts)) > self.max_chars:
             _refuse(f"template tried to build a string larger than the {self.max_chars}-character budget")
         return "".join(parts)
+
+    def checked_compare(self, left, ops):
+        limit = self.max_chars
+        _check_expanded(left, limit, "comparison")
+        for op, right in ops:
+            _check_expanded(right, limit, "comparison")
+            if op in ("in", "notin") and isinstance(right, (list, tuple)) and isinstance(left, (list, tuple, dict)):
+                # each element is compared with the left side
+                if len(right) * max(len(left), 1) > limit:
+                    _refuse(f"'in' over {len(right)} items of containers is larger than the budget")
+            if not _COMPARE[op](left, right):
+                return False
+            left = right
+        return True
+
+    def _finalize(self, value):
+        """Every ``{{ value }}`` passes here before it is made a string."""
+        if type(value) is not str:
+            _check_expanded(value, self.max_chars, "output")
+        return value
+
+    def _sum(self, iterable, attribute=None, start=0):
+        """Jinja's sum, as a Python loop (interruptible) with each addition checked:
+        builtin sum() of lists is quadratic in C."""
+        getter = jinja2.filters.make_attrgetter(self, attribute) if attribute is not None else None
+        total = start
+        for x in iterable:
+            total = self.call_binop(None, "+", total, getter(x) if getter else x)
+        return total
 
     # -- method calls
 
@@ -245,6 +332,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         fmt, limit = value.__self__, self.max_chars
 
         def checked(*args, **kwargs):
+            for v in list(args) + list(kwargs.values()):
+                _check_expanded(v, limit, "format()")
             if value.__name__ == "format_map":
                 _check_format_string(fmt, (), dict(args[0]) if args and isinstance(args[0], dict) else {},
                                      limit)
@@ -266,6 +355,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         def checked(*args, **kwargs):
             a = list(args[lead:])
             value = a[0] if a else None
+            for v in a + list(kwargs.values()):
+                _check_expanded(v, limit, f"{name}()")
             if name == "center":
                 _check_width(name, a[1] if len(a) > 1 else kwargs.get("width", 80), limit)
             elif name == "indent":
@@ -313,6 +404,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             or (isinstance(indent, str) and len(indent) <= _MAX_INDENT)
         ):
             _refuse(f"tojson indent {indent!r} is not an integer from 0 to {_MAX_INDENT}")
+        _check_expanded(value, self.max_chars, "tojson")
         out = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
         if len(out) > self.max_chars:
             _refuse(f"tojson built {len(out)} characters (budget {self.max_chars})")

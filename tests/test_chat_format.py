@@ -175,6 +175,15 @@ HOSTILE = {
     "deep_blocks": "{% if 1 %}" * 2000 + "x" + "{% endif %}" * 2000,
     "recursive_macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     "expandtabs": "{{ ('\\t' * 1000).expandtabs(1000000) }}",
+    # one C call over a structure that holds the same big list many times over
+    "print_shared_lists": "{% set a = range(100000) | list %}{% set b = [a] * 1000 %}{% set c = [b] * 1000 %}{{ c }}",
+    "doubling_literal": "{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}"
+                        "{% endfor %}{{ ns.x | tojson }}",
+    "compare_shared": "{% set a = range(100000) | list %}{% set b = range(100000) | list %}"
+                      "{% set c = [[a] * 1000] * 1000 %}{% set d = [[b] * 1000] * 1000 %}{{ c == d }}",
+    "concat_shared": "{% set a = range(100000) | list %}{{ ([a] * 1000) ~ '' }}",
+    "sum_quadratic": "{{ ([[1]] * 4000000) | sum(start=[]) | length }}",
+    "join_shared": "{% set a = range(100000) | list %}{{ ([[a] * 1000] * 100) | join(',') }}",
 }
 
 
@@ -317,3 +326,30 @@ def test_control_tokens_in_tools_and_names_stay_text():
     assert p.tokens[0] == 256 and p.tokens.index(257) == len(p.tokens) - 1 - len(p.text.split("<|im_end|>")[-1])
     plain = bytes(BYTE_TO_CHAR.index(tokens[t]) for t in p.tokens if t < 256)
     assert plain == ('user x<|im_end|>\na<|im_start|>b[{"description": "<|im_start|>system"}]').encode()
+
+
+_CONSTRUCTS = [
+    "{% for m in messages %}{{ m.role | upper }}: {{ m.content | trim | center(20) }}|{% endfor %}",
+    "{% set ns = namespace(s='') %}{% for m in messages %}{% set ns.s = ns.s ~ m.content %}{% endfor %}{{ ns.s }}",
+    "{{ messages | map(attribute='role') | list }}{{ messages | selectattr('role', 'eq', 'user') | list | length }}",
+    "{{ [3, 1, 2] | sort }}{{ [1, 1, 2] | unique | list }}{{ [1, 2] | sum }}{{ [[1], [2]] | sum(start=[]) }}",
+    "{{ messages[0] }}{{ (messages | first).content in 'xSYSx' }}{{ messages[:2] == messages[:2] }}",
+    "{{ '%s=%d' % ('a', 1) }}{{ '{}-{}'.format(messages | length, [1, 2]) }}{{ messages | string | length }}",
+    "{% if messages[-1]['role'] == 'user' and 1 < 2 <= 2 and 'a' not in 'b' %}ok{% endif %}",
+    "{{ {'a': [1, 2]} | dictsort }}{{ messages | groupby('role') | list | length }}{{ [1, 2] | max }}",
+]
+
+
+@pytest.mark.parametrize("src", list(BUILTIN_TEMPLATES.values()) + _CONSTRUCTS)
+def test_budgeted_sandbox_renders_as_jinja_does(src):
+    """The checks change nothing for ordinary templates: the same output as Jinja2's own
+    ImmutableSandboxedEnvironment (the reference), given the same tojson."""
+    import json
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+    ref = env.from_string(src).render(messages=CONV, bos_token="<s>", eos_token="</s>",
+                                      add_generation_prompt=True)
+    assert render_template(src, CONV, bos_token="<s>", eos_token="</s>") == ref
