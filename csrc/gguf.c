@@ -317,6 +317,68 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
     return pl_index_tensors(m);
 }
 
+/*
+ * What each supported architecture does differently from llama (the options of
+ * forward.c, pyllama.h's pl_config). Mistral files say `llama`; phi3's fused
+ * QKV and gate/up tensors are found by binding (model.c).
+ */
+static int set_family(const char *arch, pl_config *cfg) {
+    static const char *const supported = "llama, qwen2, qwen3, gemma3, phi3";
+    cfg->rope_type = PL_ROPE_NEOX;
+    if (!strcmp(arch, "llama")) {
+        cfg->rope_type = PL_ROPE_NORM;
+    } else if (!strcmp(arch, "qwen2")) {
+        cfg->has_qkv_bias = 1;
+    } else if (!strcmp(arch, "qwen3")) {
+        cfg->qk_norm = 1;
+    } else if (!strcmp(arch, "gemma3")) {
+        cfg->qk_norm = 1;
+        cfg->post_norms = 1;
+        cfg->activation = PL_ACT_GELU_TANH;
+        cfg->scale_embeddings = 1;
+        cfg->swa_period = 6;           /* five windowed layers, then a global one */
+        cfg->rope_base_local = 10000.0f;
+    } else if (!strcmp(arch, "phi3")) {
+        cfg->fused_gate_up = 1;
+    } else {
+        pl_set_error("architecture '%s' is not supported (supported: %s)", arch, supported);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sliding-window attention: the window, which layers have it, their RoPE base. */
+static int read_window(const metadata *md, const char *arch, pl_config *cfg) {
+    char key[160];
+    int64_t v;
+    int r;
+    snprintf(key, sizeof key, "%s.attention.sliding_window", arch);
+    if ((r = get_int(md, key, 0, 1 << 24, &v)) < 0) return -1;
+    cfg->sliding_window = r ? (int)v : 0;
+    if (!strcmp(arch, "phi3")) cfg->sliding_window = 0; /* written by converters but unused, as in llama.cpp */
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", arch);
+    if ((r = get_int(md, key, 0, 1 << 16, &v)) < 0) return -1;
+    if (r) cfg->swa_period = (int)v;
+    snprintf(key, sizeof key, "%s.rope.freq_base_swa", arch);
+    if (get_float(md, key, &cfg->rope_base_local) < 0) return -1;
+    if (cfg->rope_base_local != 0.0f && (!(cfg->rope_base_local > 1.0f) || !isfinite(cfg->rope_base_local))) {
+        pl_set_error("bad sliding-window rope base (%g)", cfg->rope_base_local);
+        return -1;
+    }
+    if (!cfg->sliding_window) cfg->rope_base_local = 0.0f;
+    return 0;
+}
+
+/* 1 when set_family knows the architecture: the model catalog asks this before fetching a file. */
+int pl_arch_supported(const char *arch) {
+    pl_config scratch = {0};
+    if (!arch || set_family(arch, &scratch)) {
+        pl_clear_error();
+        return 0;
+    }
+    return 1;
+}
+
 /* Fill cfg from the architecture's metadata keys. */
 static int read_config(const metadata *md, pl_config *cfg) {
     char arch[64];
@@ -325,15 +387,7 @@ static int read_config(const metadata *md, pl_config *cfg) {
         if (r == 0) pl_set_error("metadata key 'general.architecture' is missing");
         return -1;
     }
-    if (!strcmp(arch, "llama")) {
-        cfg->rope_type = PL_ROPE_NORM;
-    } else if (!strcmp(arch, "qwen2")) {
-        cfg->rope_type = PL_ROPE_NEOX;
-        cfg->has_qkv_bias = 1;
-    } else {
-        pl_set_error("architecture '%s' is not supported (supported: llama, qwen2)", arch);
-        return -1;
-    }
+    if (set_family(arch, cfg)) return -1;
 
     struct { const char *suffix; int64_t lo, hi; int *dst; int required; } ints[] = {
         {"embedding_length", 1, 1 << 20, &cfg->dim, 1},
@@ -432,6 +486,7 @@ static int read_config(const metadata *md, pl_config *cfg) {
         return -1;
     }
     if (cfg->rope_scaling == PL_ROPE_SCALING_NONE) cfg->rope_scale_factor = 1.0f;
+    if (read_window(md, arch, cfg)) return -1;
 
     /* The vocabulary size is the token list's length; the embedding tensor is checked against it. */
     const kv_entry *tokens = find_kv(md, "tokenizer.ggml.tokens");

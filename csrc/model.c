@@ -82,6 +82,87 @@ static void repack_q4(pl_model *m, const pl_tensor *t) {
     ((pl_tensor *)t)->type = t->type == PL_TYPE_Q4_0 ? PL_TYPE_Q4_0R : PL_TYPE_Q4_1R;
 }
 
+/* blk.<l>.<suffix>, checked against [ne0, ne1] (ne1 = 0: a vector); NULL when absent and not
+ * required, or with the error set. A vector comes back as F32. */
+static const pl_tensor *layer_tensor(pl_model *m, int l, const char *suffix, int64_t ne0, int64_t ne1, int required) {
+    char name[96];
+    snprintf(name, sizeof name, "blk.%d.%s", l, suffix);
+    const pl_tensor *t = find_checked(m, name, ne0, ne1, required);
+    if (t && !ne1 && vector_to_f32(m, t)) return NULL;
+    return t;
+}
+
+/* Rows [first, first + rows) of a matrix, as a tensor of its own (a fused matrix's part). */
+static const pl_tensor *row_view(pl_model *m, const pl_tensor *t, int64_t first, int64_t rows) {
+    pl_tensor *v = pl_model_alloc(m, sizeof *v);
+    if (!v) return NULL;
+    const int64_t row_bytes = pl_type_nbytes(t->type, t->ne[0]);
+    *v = *t;
+    v->ne[1] = rows;
+    v->data = (const char *)t->data + first * row_bytes;
+    v->nbytes = (uint64_t)(rows * row_bytes);
+    return v;
+}
+
+/* A missing tensor that is not required leaves the error message empty. */
+#define BIND(dst, suffix, ne0, ne1, required) \
+    if (!((dst) = layer_tensor(m, l, suffix, ne0, ne1, required)) && ((required) || pl_last_error()[0])) return -1
+
+/* Norm, Q/K/V (separate, or phi3's fused attn_qkv), output, and the family's biases and norms. */
+static int bind_attention(pl_model *m, int l, pl_layer *L, int repack) {
+    const pl_config *c = &m->cfg;
+    const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    const pl_tensor *qkv;
+    BIND(L->attn_norm, "attn_norm.weight", c->dim, 0, 1);
+    BIND(qkv, "attn_qkv.weight", c->dim, q_dim + 2 * kv_dim, 0);
+    if (qkv) {
+        if (repack) repack_q4(m, qkv); /* before the views copy its type */
+        if (!(L->wq = row_view(m, qkv, 0, q_dim)) || !(L->wk = row_view(m, qkv, q_dim, kv_dim)) ||
+            !(L->wv = row_view(m, qkv, q_dim + kv_dim, kv_dim)))
+            return -1;
+    } else {
+        BIND(L->wq, "attn_q.weight", c->dim, q_dim, 1);
+        BIND(L->wk, "attn_k.weight", c->dim, kv_dim, 1);
+        BIND(L->wv, "attn_v.weight", c->dim, kv_dim, 1);
+        for (int i = 0; repack && i < 3; i++) repack_q4(m, i == 0 ? L->wq : i == 1 ? L->wk : L->wv);
+    }
+    BIND(L->wo, "attn_output.weight", q_dim, c->dim, 1);
+    BIND(L->bq, "attn_q.bias", q_dim, 0, c->has_qkv_bias);
+    BIND(L->bk, "attn_k.bias", kv_dim, 0, c->has_qkv_bias);
+    BIND(L->bv, "attn_v.bias", kv_dim, 0, c->has_qkv_bias);
+    BIND(L->q_norm, "attn_q_norm.weight", c->head_dim, 0, c->qk_norm);
+    BIND(L->k_norm, "attn_k_norm.weight", c->head_dim, 0, c->qk_norm);
+    BIND(L->post_attn_norm, "post_attention_norm.weight", c->dim, 0, c->post_norms);
+    if (repack) repack_q4(m, L->wo);
+    return 0;
+}
+
+/* Norm, gate and up (separate, or phi3's ffn_up holding both), down, the family's post norm. */
+static int bind_ffn(pl_model *m, int l, pl_layer *L, int repack) {
+    const pl_config *c = &m->cfg;
+    BIND(L->ffn_norm, "ffn_norm.weight", c->dim, 0, 1);
+    if (c->fused_gate_up) {
+        const pl_tensor *gate_up;
+        BIND(gate_up, "ffn_up.weight", c->dim, 2 * (int64_t)c->hidden_dim, 1);
+        if (repack) repack_q4(m, gate_up);
+        if (!(L->w_gate = row_view(m, gate_up, 0, c->hidden_dim)) ||
+            !(L->w_up = row_view(m, gate_up, c->hidden_dim, c->hidden_dim)))
+            return -1;
+    } else {
+        BIND(L->w_gate, "ffn_gate.weight", c->dim, c->hidden_dim, 1);
+        BIND(L->w_up, "ffn_up.weight", c->dim, c->hidden_dim, 1);
+        if (repack) {
+            repack_q4(m, L->w_gate);
+            repack_q4(m, L->w_up);
+        }
+    }
+    BIND(L->w_down, "ffn_down.weight", c->hidden_dim, c->dim, 1);
+    BIND(L->post_ffn_norm, "post_ffw_norm.weight", c->dim, 0, c->post_norms);
+    if (repack) repack_q4(m, L->w_down);
+    return 0;
+}
+#undef BIND
+
 /* Which layers see a window, and with which RoPE (pl_layer's options from the config). */
 static void set_layer_options(const pl_config *c, int l, pl_layer *L) {
     const int windowed = c->sliding_window > 0 && (c->swa_period == 0 || l % c->swa_period != c->swa_period - 1);
@@ -94,7 +175,7 @@ int pl_model_bind(pl_model *m) {
     if (!m->by_name && pl_index_tensors(m)) return -1;
     const char *no_repack = getenv("PYLLAMA_REPACK");
     const int repack = !(no_repack && !strcmp(no_repack, "0"));
-    const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    const int q_dim = c->n_heads * c->head_dim;
     if (c->dim % QK || c->hidden_dim % QK || q_dim % QK || c->head_dim % 2) {
         pl_set_error("model widths (embedding %d, feed-forward %d, heads x head size %d) must be multiples of %d",
                      c->dim, c->hidden_dim, q_dim, QK);
@@ -127,6 +208,11 @@ int pl_model_bind(pl_model *m) {
         if (vector_to_f32(m, m->rope_freqs)) return -1;
     }
 
+    if (pl_find_tensor(m, "rope_factors_long.weight")) {
+        pl_set_error("long-context RoPE factors (tensor 'rope_factors_long.weight', Phi-3 128k) are not supported");
+        return -1;
+    }
+
     m->layers = calloc((size_t)c->n_layers, sizeof(pl_layer));
     if (!m->layers) {
         pl_set_error("out of memory");
@@ -134,35 +220,8 @@ int pl_model_bind(pl_model *m) {
     }
     for (int l = 0; l < c->n_layers; l++) {
         pl_layer *L = &m->layers[l];
-        char name[96];
-#define BIND(field, suffix, ne0, ne1, required)                                  \
-        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                     \
-        L->field = find_checked(m, name, ne0, ne1, required);                    \
-        if (!L->field && (required || pl_last_error()[0])) return -1;
-        BIND(attn_norm, "attn_norm.weight", c->dim, 0, 1)
-        BIND(wq, "attn_q.weight", c->dim, q_dim, 1)
-        BIND(wk, "attn_k.weight", c->dim, kv_dim, 1)
-        BIND(wv, "attn_v.weight", c->dim, kv_dim, 1)
-        BIND(wo, "attn_output.weight", q_dim, c->dim, 1)
-        BIND(bq, "attn_q.bias", q_dim, 0, c->has_qkv_bias)
-        BIND(bk, "attn_k.bias", kv_dim, 0, c->has_qkv_bias)
-        BIND(bv, "attn_v.bias", kv_dim, 0, c->has_qkv_bias)
-        BIND(ffn_norm, "ffn_norm.weight", c->dim, 0, 1)
-        BIND(w_gate, "ffn_gate.weight", c->dim, c->hidden_dim, 1)
-        BIND(w_up, "ffn_up.weight", c->dim, c->hidden_dim, 1)
-        BIND(w_down, "ffn_down.weight", c->hidden_dim, c->dim, 1)
-        BIND(q_norm, "attn_q_norm.weight", c->head_dim, 0, c->qk_norm)
-        BIND(k_norm, "attn_k_norm.weight", c->head_dim, 0, c->qk_norm)
-        BIND(post_attn_norm, "post_attention_norm.weight", c->dim, 0, c->post_norms)
-        BIND(post_ffn_norm, "post_ffw_norm.weight", c->dim, 0, c->post_norms)
-#undef BIND
-        const pl_tensor *vecs[] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv,
-                                   L->q_norm, L->k_norm, L->post_attn_norm, L->post_ffn_norm};
-        for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
-            if (vector_to_f32(m, vecs[i])) return -1;
+        if (bind_attention(m, l, L, repack) || bind_ffn(m, l, L, repack)) return -1;
         set_layer_options(c, l, L);
-        const pl_tensor *mats[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; repack && i < sizeof mats / sizeof mats[0]; i++) repack_q4(m, mats[i]);
     }
     if (repack && !c->tied_output) repack_q4(m, m->output); /* a tied output is also the embedding table */
     return 0;

@@ -87,6 +87,7 @@ typedef struct {
     int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
     int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
     float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */
+    int fused_gate_up;    /* 1: ffn_up holds the gate's rows, then the up rows (phi3) */
 } pl_config;
 
 typedef struct {
@@ -206,13 +207,23 @@ void pl_set_sample_threads(int n_threads);
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
 int pl_current_isa(void);             /* the path in use */
-int pl_type_block_size(int type);     /* elements per block */
+int pl_type_block_size(int type);     /* elements per block; -1 for a type this build cannot use */
+int pl_arch_supported(const char *arch); /* 1 when this build runs general.architecture = arch */
 int pl_type_block_bytes(int type);    /* bytes per block */
 int pl_dequantize(int type, const void *src, float *dst, int64_t n);
 /* y[r] = W[r,:] . x for r < rows, W stored row-major with `cols` elements per row. */
 int pl_matvec(int type, const void *w, const float *x, float *y, int rows, int cols, int n_threads);
 /* Y[t,r] = W[r,:] . X[t,:] for t < n_tokens (prefill). */
 int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int cols, int n_tokens, int n_threads);
+
+/* Quantization (quantize.c; python -m pyllama.quantize). Target types: Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. pl_quantize_row_bytes: bytes of one row of
+ * n_per_row values in that type, or -1 (not a target type, or not a whole number of blocks).
+ * pl_quantize_rows: n_rows rows of src_type (F32, F16, BF16 or a type the core dequantizes)
+ * into dst (n_rows * pl_quantize_row_bytes bytes), rows spread over n_threads threads. */
+int64_t pl_quantize_row_bytes(int type, int64_t n_per_row);
+int pl_quantize_rows(int src_type, const void *src, int dst_type, void *dst, int64_t n_rows, int64_t n_per_row,
+                     int n_threads);
 
 /* CDEF-END */
 

@@ -267,8 +267,10 @@ BUILTIN_TOOLS = {
             "description": "Evaluate an arithmetic expression exactly, e.g. 1234*5678 or sqrt(2)/3. "
                            "Use it for any calculation.",
             "parameters": {"type": "object",
-                           "properties": {"expression": {"type": "string",
-                                                         "description": "the arithmetic expression"}},
+                           "properties": {"expression": {
+                               "type": "string", "description": "the arithmetic expression",
+                               # what the calculator reads; it also keeps a constrained call short
+                               "pattern": "^[-+*/%^()., 0-9a-z_]+$", "maxLength": 200}},
                            "required": ["expression"]}}},
         _run_calculator),
     "python": Tool(

@@ -97,9 +97,14 @@ class ChatSession:
                 from .builtin_tools import tool_specs
 
                 extra["tools"] = tool_specs(self.tools)
+            done_calls: set = set()
+            results: set = set()
+            answer_now = False
             for _round in range(self.MAX_TOOL_ROUNDS + 1):
-                if _round == self.MAX_TOOL_ROUNDS:
-                    extra["tool_choice"] = "none"  # enough calls: answer with what is known
+                if answer_now or _round == self.MAX_TOOL_ROUNDS:
+                    # enough calls: answer with what is known, in words (a small model that
+                    # keeps writing calls would otherwise write one here as plain text)
+                    extra.update(tool_choice="none", grammar=_answer_grammar())
                 stream = self.llm.create_chat_completion(self.messages, stream=True,
                                                          max_tokens=self.max_tokens, **extra, **self.sampling)
                 calls = []
@@ -115,12 +120,18 @@ class ChatSession:
                 stream = None
                 if not calls:
                     break
-                self._run_tools(calls, "".join(parts))
+                fresh = [c for c in calls if not _repeated_call(c, done_calls, results)]
+                if not fresh:  # the same call again, or the calculator on its own result
+                    answer_now = True
+                    continue
+                results.update(self._run_tools(fresh, "".join(parts)))
                 parts = []
         except KeyboardInterrupt:
             interrupted = True
         except BaseException:
-            if self.messages and self.messages[-1]["role"] == "user":
+            while self.messages and self.messages[-1]["role"] != "user":
+                self.messages.pop()  # a tool round of this question
+            if self.messages:
                 self.messages.pop()
             raise
         finally:
@@ -135,10 +146,12 @@ class ChatSession:
             self.messages.append({"role": "assistant", "content": reply})
         return reply, interrupted
 
-    def _run_tools(self, calls: list, content: str) -> None:
-        """Run the tool calls of one model turn; the calls and results join the conversation."""
+    def _run_tools(self, calls: list, content: str) -> list:
+        """Run the tool calls of one model turn; the calls and results join the conversation.
+        Returns the results."""
         from .builtin_tools import run_tool
 
+        results = []
         calls = [{k: v for k, v in c.items() if k != "index"} for c in calls]
         self.messages.append({"role": "assistant", "content": content or None, "tool_calls": calls})
         for call in calls:
@@ -149,6 +162,34 @@ class ChatSession:
                 self.show_tool(name, arguments, result)
             self.messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "name": name,
                                   "content": result})
+            results.append(result.strip())
+        return results
+
+
+def _answer_grammar():
+    """Prose: a reply that starts with a letter or digit and holds no JSON braces."""
+    from .grammar import LlamaGrammar
+
+    return LlamaGrammar.from_lark("start: /[A-Za-z0-9][^{}]*/")
+
+
+def _repeated_call(call: dict, done: set, results: set) -> bool:
+    """Whether a call adds nothing: made before in this reply, or a calculator call on a
+    number that a tool already returned. New calls are added to ``done``."""
+    import json
+
+    f = call.get("function", {})
+    try:
+        args = json.loads(f.get("arguments") or "{}")
+    except json.JSONDecodeError:
+        args = f.get("arguments")
+    key = (f.get("name"), json.dumps(args, sort_keys=True))
+    if key in done:
+        return True
+    done.add(key)
+    if f.get("name") == "calculator" and isinstance(args, dict):
+        return str(args.get("expression", "")).strip() in results
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -165,6 +165,8 @@ def _vocab_has(tokenizer, metadata, piece: str) -> bool:
 
 
 def _guess_format(tokenizer, metadata) -> str:
+    if str((metadata or {}).get("general.architecture", "")).startswith("gemma"):
+        return "gemma"  # Gemma files often come without a template
     for piece, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"),
                         ("<start_of_turn>", "gemma"), ("[INST]", "mistral")):
         if _vocab_has(tokenizer, metadata, piece):

@@ -34,7 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                     help="stop where this text appears (repeatable; the text itself is printed)")
     ap.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--grammar", default=None, metavar="GRAMMAR",
+                   help="constrain the output with a grammar (GBNF as llama.cpp's, or Lark)")
+    g.add_argument("--grammar-file", default=None, metavar="FNAME", help="read the grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid under this JSON schema (its text, e.g. '{}')")
     return ap
+
+
+def load_grammar(ap, args):
+    """The LlamaGrammar the options ask for, or None; a bad one is a usage error."""
+    from .grammar import LlamaGrammar
+
+    try:
+        if args.grammar is not None:
+            return LlamaGrammar.from_string(args.grammar)
+        if args.grammar_file is not None:
+            return LlamaGrammar.from_file(args.grammar_file)
+        if args.json_schema is not None:
+            return LlamaGrammar.from_json_schema(args.json_schema)
+    except ValueError as e:
+        ap.error(str(e).replace("\n", " "))
+    return None
 
 
 def main(argv=None) -> int:
@@ -48,6 +70,7 @@ def main(argv=None) -> int:
     args.prompt = prompt_text(ap, args)
     stops = reverse_prompts(args)
 
+    grammar = load_grammar(ap, args)
     llm = load_model(args)
     from .errors import PyllamaError
 
@@ -68,7 +91,7 @@ def main(argv=None) -> int:
             steps = llm.n_ctx() - len(prompt)
         else:
             steps = args.steps
-        end_ids = set() if args.ignore_eos else set(tok.eot_ids or ()) | (
+        end_ids = set() if args.ignore_eos and grammar is None else set(tok.eot_ids or ()) | (
             {tok.eos_id} if tok.eos_id is not None else set())
 
         out = sys.stdout
@@ -80,7 +103,7 @@ def main(argv=None) -> int:
         t_first = None
         sampling = sampling_kwargs(args)
         sampling["temp"] = sampling.pop("temperature")
-        gen = llm.generate(prompt, **sampling)
+        gen = llm.generate(prompt, grammar=grammar, **sampling)
         tail = ""  # the end of the output, as long as the longest stop text
         keep = max((len(r) for r in stops), default=0)
         try:

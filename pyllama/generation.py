@@ -614,13 +614,12 @@ class GenerationMixin:
                 raise ValueError(f"tool_choice={tool_choice!r} constrains the reply to a tool call; "
                                  "it cannot be combined with grammar= or a JSON response_format")
             grammar = tool_calls.forced_call_grammar(tools, choice)
-        if tools:
+        template_tools = None
+        if tools or tool_calls.has_tool_history(messages):
             source, _ = template_for(getattr(self, "chat_format", None), self.tokenizer,
                                      getattr(self, "metadata", None) or {})
             messages, template_tools = tool_calls.prepare_messages(
                 messages, tools, native=tool_calls.template_supports_tools(source))
-        else:
-            template_tools = None
         chat = format_chat(self, messages, tools=template_tools)
         if isinstance(stop, str):
             stop = [stop]
@@ -637,11 +636,12 @@ class GenerationMixin:
         created = int(time.time())
         model_name = self._model_name(model)
         if stream:
-            return self._stream_chat(events, chat_id, created, model_name, n_top, parse_tools=bool(tools))
+            names = [t["function"]["name"] for t in tools] if tools else None
+            return self._stream_chat(events, chat_id, created, model_name, n_top, tool_names=names)
         text, entries, finish_reason, usage = _collect(events)
         message = {"role": "assistant", "content": text}
         if tools:
-            content, calls = tool_calls.parse_tool_calls(text)
+            content, calls = tool_calls.parse_tool_calls(text, [t["function"]["name"] for t in tools])
             if calls:
                 message = {"role": "assistant", "content": content, "tool_calls": calls}
                 finish_reason = "tool_calls"
@@ -665,7 +665,7 @@ class GenerationMixin:
                               for t, v in (top or {}).items()]}
             for piece, lp, top, _ in entries]}
 
-    def _stream_chat(self, events, chat_id, created, model_name, n_top, parse_tools=False):
+    def _stream_chat(self, events, chat_id, created, model_name, n_top, tool_names=None):
         def chunk(delta, finish_reason=None, logprobs=None):
             return {"id": chat_id, "object": "chat.completion.chunk", "created": created,
                     "model": model_name,
@@ -684,10 +684,10 @@ class GenerationMixin:
                     n_calls[0] += 1
 
         splitter = None
-        if parse_tools:
+        if tool_names:
             from .tools import ToolCallStream
 
-            splitter = ToolCallStream()
+            splitter = ToolCallStream(tool_names)
         yield chunk({"role": "assistant"})
         for kind, value, extra in events:
             if kind == "text":

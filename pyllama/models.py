@@ -184,6 +184,60 @@ def is_cached(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------
+# whether an entry runs with this build
+
+
+def _file_needs(path: str) -> tuple[str | None, set[int]]:
+    """The architecture and the tensor types of a GGUF file, from its header."""
+    from .gguf import read_gguf
+
+    g = read_gguf(path)
+    try:
+        arch = g.metadata.get("general.architecture")
+        return (arch if isinstance(arch, str) else None), {int(t.type) for t in g.tensors}
+    finally:
+        g.close()
+
+
+def support(name: str) -> tuple[bool | None, str]:
+    """Whether catalog entry `name` runs with this build: (True, ""), (False, what is missing) or
+    (None, why it is unknown). Decided from the cached file's header when the file is cached,
+    else from the entry's "architecture" and "weight_types" fields."""
+    from .gguf import GGMLType, ggml_type_name
+
+    entry = model_entry(name)
+    try:
+        from ._core import ffi, lib
+    except ImportError:
+        return None, "the C core is not built"
+    arch, types = entry.get("architecture"), None
+    if entry.get("weight_types") is not None:
+        types = {int(GGMLType[t]) for t in entry["weight_types"]}
+    if is_cached(name):
+        try:
+            arch, types = _file_needs(cached_path(name))
+        except Exception as e:  # a damaged cached file: say so rather than fail the listing
+            return None, f"cannot read the cached file: {e}"
+    if arch is None or types is None:
+        return None, "the catalog does not say which architecture and weight types it has"
+    missing = []
+    if not lib.pl_arch_supported(arch.encode()):
+        missing.append(f"the {arch} architecture")
+    bad = sorted(t for t in types if t >= 31 or lib.pl_type_block_size(t) <= 0)  # 31, 32: pyllama's own ids
+    if bad:
+        missing.append("weight types " + ", ".join(ggml_type_name(t) for t in bad))
+    return (False, " and ".join(missing)) if missing else (True, "")
+
+
+def check_runs(name: str) -> None:
+    """FetchError when entry `name` is known not to run with this build (before a download)."""
+    ok, why = support(name)
+    if ok is False:
+        raise FetchError(f"model {name!r} needs {why}, which this build of pyllama does not support; "
+                         f"models that run: {', '.join(n for n in model_names() if support(n)[0])}")
+
+
+# ----------------------------------------------------------------------------------------
 # fetching
 
 
@@ -490,6 +544,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
         return s
     names = {n.lower() for n in model_names()}
     if s.lower() in names:
+        check_runs(s)
         return fetch(s)
     raise FetchError(
         f"{s!r} is neither an existing file nor a known model name; known models: {', '.join(model_names())}"
@@ -521,10 +576,15 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.cmd in (None, "list"):
             default = default_model_name()
             print(f"cache: {cache_dir()}")
+            print(f"  {'name':32s} {'size':>9s}  {'where':7s} {'runs':4s} licence")
             for m in catalog()["models"]:
                 mark = "*" if m["name"] == default else " "
                 state = "cached" if is_cached(m["name"]) else m["source"]["type"]
-                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {m.get('licence', '')}")
+                ok, why = support(m["name"])
+                runs = {True: "yes", False: "no", None: "?"}[ok]
+                note = f"  (needs {why})" if ok is False else ""
+                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {runs:4s} "
+                      f"{m.get('licence', '')}{note}")
             return 0
         name = args.name or default_model_name()
         if args.cmd == "path":

@@ -30,7 +30,7 @@ import re
 import uuid
 
 __all__ = ["FALLBACK_PROMPT", "normalize_tools", "resolve_tool_choice", "prepare_messages",
-           "forced_call_grammar", "parse_tool_calls", "ToolCallStream", "template_supports_tools"]
+           "forced_call_grammar", "parse_tool_calls", "has_tool_history", "ToolCallStream", "template_supports_tools"]
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -118,6 +118,12 @@ def _call_text(call: dict) -> str:
     return f"{OPEN}\n" + json.dumps({"name": f.get("name"), "arguments": args}, ensure_ascii=False) + f"\n{CLOSE}"
 
 
+def has_tool_history(messages) -> bool:
+    """Whether a conversation holds tool calls or results (they need rendering even without tools)."""
+    return isinstance(messages, (list, tuple)) and any(
+        isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in messages)
+
+
 def prepare_messages(messages, tools, native: bool):
     """(messages, tools for the template): ready for rendering with or without native tool support."""
     messages = [dict(m) if isinstance(m, dict) else m for m in messages]
@@ -157,8 +163,12 @@ def prepare_messages(messages, tools, native: bool):
 
 
 def _schema_with_json_style(schema: dict) -> dict:
+    """The arguments' schema for a forced call: JSON written compactly, and (as OpenAI's strict
+    mode does) no keys beyond the declared properties unless the schema says otherwise."""
     schema = dict(schema) if isinstance(schema, dict) else {}
     schema.setdefault("type", "object")
+    if "properties" in schema:
+        schema.setdefault("additionalProperties", False)
     schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     return schema
 
@@ -198,10 +208,27 @@ def _parse_call(body: str):
     return _new_call(value["name"], args)
 
 
-def parse_tool_calls(text: str):
+_FENCE = re.compile(r"\s*```(?:json)?\s*\n(.*?)\n?```\s*", re.DOTALL)
+
+
+def _bare_call(text: str, names):
+    """A reply that is only a call's JSON object without the tags, bare or in a ``` fence
+    (small models write that)."""
+    fenced = _FENCE.fullmatch(text)
+    if fenced:
+        text = fenced.group(1)
+    call = _parse_call(text) if text.lstrip().startswith("{") else None
+    return call if call is not None and call["function"]["name"] in names else None
+
+
+def parse_tool_calls(text: str, names=()):
     """(content, tool calls) from a reply: each well-formed <tool_call> block becomes a call
-    (a block cut off by max_tokens, at the end, is parsed if its JSON is complete); content is
-    the text outside the blocks, None when only whitespace."""
+    (a block cut off by max_tokens, at the end, is parsed if its JSON is complete), and so does
+    a reply that is nothing but such a JSON object naming one of ``names``. Content is the
+    text outside the calls, None when only whitespace."""
+    bare = _bare_call(text, names)
+    if bare is not None:
+        return None, [bare]
     calls, parts, pos = [], [], 0
     while True:
         start = text.find(OPEN, pos)
@@ -228,16 +255,29 @@ class ToolCallStream:
 
     ``push(text)`` and ``flush()`` return a list of ``("content", str)`` and
     ``("call", dict)`` items. Text that might be the start of ``<tool_call>`` is held
-    back until it is known not to be.
+    back until it is known not to be. A reply that starts with ``{`` is held back whole:
+    it may be a call written without the tags (see :func:`parse_tool_calls`).
     """
 
-    def __init__(self):
+    def __init__(self, names=()):
         self._buf = ""
         self._in_call = False
+        self._names = tuple(names)
+        self._started = False  # some content was released: the reply is no bare call
+        self._bare = False     # holding a reply that starts with "{"
         self.calls: list[dict] = []
 
     def push(self, text: str) -> list:
         self._buf += text
+        if not self._started and not self._bare:
+            head = self._buf.lstrip()
+            if not head:
+                return []
+            if head[:1] in "{`" and self._names:
+                self._bare = True
+            self._started = True
+        if self._bare:
+            return []
         out = []
         while True:
             if not self._in_call:
@@ -269,6 +309,14 @@ class ToolCallStream:
         buf, self._buf = self._buf, ""
         if not buf:
             return []
+        if self._bare:
+            self._bare = False
+            call = _bare_call(buf, self._names)
+            if call is not None:
+                self.calls.append(call)
+                return [("call", call)]
+            self._buf = ""
+            return self.push(buf) + self.flush()
         if self._in_call:
             self._in_call = False
             call = _parse_call(buf[len(OPEN):])

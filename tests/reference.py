@@ -18,6 +18,20 @@ Conventions:
 - feed-forward: W_down (silu(W_gate x) * W_up x).
 - output: W_out rmsnorm(x), W_out = token_embd when output.weight is absent.
 
+Family options (from the published model descriptions and the GGUF conventions):
+- qwen3, gemma3: each query and key head is RMS-normalized (attn_q_norm /
+  attn_k_norm, over head_dim) before RoPE.
+- gemma3: embeddings times sqrt(dim); GELU (tanh approximation) instead of SiLU
+  in the gated FFN; the attention and FFN outputs are RMS-normalized
+  (post_attention_norm, post_ffw_norm) before their residual add; GGUF stores
+  Gemma's norm weights as 1 + w, so every norm is the plain formula above;
+  sliding-window attention on every layer but each sixth
+  ({arch}.attention.sliding_window_pattern), whose RoPE base is
+  {arch}.rope.freq_base_swa (10000) and unscaled.
+- a window of W (attention.sliding_window): query at position i sees keys
+  j with i - W < j <= i.
+- phi3: attn_qkv holds Q, K, V rows stacked; ffn_up holds gate rows, then up.
+
 `act_quant=True` additionally models what llama.cpp-style engines do for
 quantized weights: the input vector of every matrix product with a quantized
 (Q8_0/Q4_0/Q4_1/Q5_x/IQ4_x/K-quant) weight is first rounded to 8-bit blocks of 32 values with one
@@ -77,6 +91,21 @@ class ReferenceModel:
                 float(md.get(f"{a}.rope.scaling.original_context_length", 8192)))
         self.n_vocab = int(self.tensors["token_embd.weight"].shape[1])
         self.tied = "output.weight" not in self.tensors
+        if f"{a}.attention.key_length" in md:
+            self.head_dim = int(md[f"{a}.attention.key_length"])
+            self.n_rot = int(md.get(f"{a}.rope.dimension_count", self.head_dim))
+        self.gemma = a == "gemma3"
+        self.window = int(md.get(f"{a}.attention.sliding_window", 0)) if a != "phi3" else 0
+        self.swa_period = int(md.get(f"{a}.attention.sliding_window_pattern", 6 if self.gemma else 0))
+        self.local_rope_base = float(md.get(f"{a}.rope.freq_base_swa", 10000.0)) if self.gemma else None
+
+    def layer_window(self, layer) -> int:
+        """0: the layer sees every earlier position."""
+        if not self.window:
+            return 0
+        if self.swa_period and layer % self.swa_period == self.swa_period - 1:
+            return 0
+        return self.window
 
     def weight(self, name) -> np.ndarray:
         t = self.tensors[name]
@@ -96,6 +125,10 @@ def rmsnorm(x, w, eps):
 
 def silu(x):
     return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def llama3_freq_factors(n_rot, base, factor, low_freq_factor, high_freq_factor, orig_ctx):
@@ -176,19 +209,49 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_ha
             y = y + model.weight(bias)
         return y
 
+    def qkv(xn, p):
+        if model.has(p + "attn_qkv.weight"):
+            y = matmul(xn, p + "attn_qkv.weight")
+            return y[:, :H * hd], y[:, H * hd:(H + KV) * hd], y[:, (H + KV) * hd:]
+        return (matmul(xn, p + "attn_q.weight", p + "attn_q.bias"), matmul(xn, p + "attn_k.weight", p + "attn_k.bias"),
+                matmul(xn, p + "attn_v.weight", p + "attn_v.bias"))
+
+    def gate_up(xn, p):
+        if not model.has(p + "ffn_gate.weight"):
+            y = matmul(xn, p + "ffn_up.weight")
+            return y[:, :model.hidden_dim], y[:, model.hidden_dim:]
+        return matmul(xn, p + "ffn_gate.weight"), matmul(xn, p + "ffn_up.weight")
+
+    def head_norm(x, name):
+        return rmsnorm(x, model.weight(name), model.eps) if model.has(name) else x
+
+    def post_norm(y, name):
+        return rmsnorm(y, model.weight(name), model.eps) if model.has(name) else y
+
     emb = model.weight("token_embd.weight")
     x = emb[tokens].copy()
+    if model.gemma:
+        x *= math.sqrt(model.dim)
     linear = model.rope_factor if model.rope_scaling == "linear" else 1.0
     angles = rope_angles(np.arange(n), model.n_rot, model.rope_base, linear, model.freq_factors)
+    if model.local_rope_base:
+        local_angles = rope_angles(np.arange(n), model.n_rot, model.local_rope_base)
     mask = np.triu(np.full((n, n), -np.inf), k=1)
+    act = gelu_tanh if model.gemma else silu
     for layer in range(model.n_layers if n_layers is None else n_layers):
         p = f"blk.{layer}."
+        window = model.layer_window(layer)
+        layer_mask = mask
+        if window:
+            layer_mask = mask + np.tril(np.full((n, n), -np.inf), k=-window)
+        layer_angles = local_angles if window and model.local_rope_base else angles
         xn = rmsnorm(x, model.weight(p + "attn_norm.weight"), model.eps)
-        q = matmul(xn, p + "attn_q.weight", p + "attn_q.bias").reshape(n, H, hd)
-        k = matmul(xn, p + "attn_k.weight", p + "attn_k.bias").reshape(n, KV, hd)
-        v = matmul(xn, p + "attn_v.weight", p + "attn_v.bias").reshape(n, KV, hd)
-        q = apply_rope(q, angles, model.n_rot, model.rope_neox)
-        k = apply_rope(k, angles, model.n_rot, model.rope_neox)
+        q, k, v = qkv(xn, p)
+        q = head_norm(q.reshape(n, H, hd), p + "attn_q_norm.weight")
+        k = head_norm(k.reshape(n, KV, hd), p + "attn_k_norm.weight")
+        v = v.reshape(n, KV, hd)
+        q = apply_rope(q, layer_angles, model.n_rot, model.rope_neox)
+        k = apply_rope(k, layer_angles, model.n_rot, model.rope_neox)
         if kv_half:
             k = k.astype(np.float16).astype(np.float64)
             v = v.astype(np.float16).astype(np.float64)
@@ -196,16 +259,15 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_ha
         for h in range(H):
             kh = k[:, h // group, :]
             vh = v[:, h // group, :]
-            scores = q[:, h, :] @ kh.T / math.sqrt(hd) + mask
+            scores = q[:, h, :] @ kh.T / math.sqrt(hd) + layer_mask
             scores -= scores.max(axis=1, keepdims=True)
             pr = np.exp(scores)
             pr /= pr.sum(axis=1, keepdims=True)
             att_out[:, h, :] = pr @ vh
-        x = x + matmul(att_out.reshape(n, H * hd), p + "attn_output.weight")
+        x = x + post_norm(matmul(att_out.reshape(n, H * hd), p + "attn_output.weight"), p + "post_attention_norm.weight")
         xn = rmsnorm(x, model.weight(p + "ffn_norm.weight"), model.eps)
-        g = matmul(xn, p + "ffn_gate.weight")
-        u = matmul(xn, p + "ffn_up.weight")
-        x = x + matmul(silu(g) * u, p + "ffn_down.weight")
+        g, u = gate_up(xn, p)
+        x = x + post_norm(matmul(act(g) * u, p + "ffn_down.weight"), p + "post_ffw_norm.weight")
     xn = rmsnorm(x, model.weight("output_norm.weight"), model.eps)
     out_name = "token_embd.weight" if model.tied else "output.weight"
     return matmul(xn, out_name)

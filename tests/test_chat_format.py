@@ -115,6 +115,8 @@ def test_template_choice():
     # no template in the file: guessed from the vocabulary (the fake has <|im_start|>)
     assert template_for(None, fake.tokenizer, {})[1] == "chatml"
     assert template_for(None, fake.tokenizer, {"tokenizer.ggml.tokens": ["a", "[INST]"]})[1] == "mistral"
+    # a Gemma file without a template: Gemma's format, whatever the vocabulary holds
+    assert template_for(None, fake.tokenizer, {"general.architecture": "gemma3"})[1] == "gemma"
 
 
 def test_bos_not_doubled():

@@ -422,3 +422,73 @@ def test_refetch_replaces_the_file_by_rename_never_in_place(fake_env):
         assert old.read() == fake_env["payload"][0] + b"damage"  # the old inode is untouched
     finally:
         old.close()
+# whether an entry runs with this build
+
+
+def test_catalog_says_what_each_entry_needs():
+    from pyllama.gguf import GGMLType
+
+    for m in models.catalog()["models"]:
+        assert isinstance(m["architecture"], str) and m["architecture"], m["name"]
+        assert m["weight_types"] and all(t in GGMLType.__members__ for t in m["weight_types"]), m["name"]
+
+
+def test_real_catalog_support():
+    core = pytest.importorskip("pyllama._core", reason="the C core is not built")
+    assert models.support("qwen2.5-coder-0.5b-instruct")[0] is True
+    assert models.support("qwen2.5-coder-1.5b-instruct")[0] is True
+    gemma = models.support("gemma-3-270m-q4_k_m")
+    # gemma3 runs once the architecture is in the core; until then the entry says why not
+    assert gemma[0] is bool(core.lib.pl_arch_supported(b"gemma3"))
+    if not gemma[0]:
+        assert gemma[1] == "the gemma3 architecture"
+
+
+def _runs_env(fake_env, monkeypatch, tmp_path):
+    """Entries described by catalog fields only, and one whose cached file decides."""
+    import tiny_models
+
+    cat = dict(models._catalog_cache)
+    base = {"licence": "MIT", "sha256": None, "size": None,
+            "source": {"type": "hf", "repo_id": "someone/x-GGUF", "filename": "x.gguf"}}
+    cat["models"] = list(cat["models"]) + [
+        {**base, "name": "fields-ok", "file": "fields-ok.gguf", "architecture": "qwen2",
+         "weight_types": ["F32", "Q4_K", "Q6_K", "Q5_0"]},
+        {**base, "name": "fields-arch", "file": "fields-arch.gguf", "architecture": "mamba",
+         "weight_types": ["F32", "Q8_0"]},
+        {**base, "name": "fields-type", "file": "fields-type.gguf", "architecture": "llama",
+         "weight_types": ["F32", "IQ2_XXS", "TQ1_0"]},
+        # the catalog says it runs, the cached file (another architecture) says it does not
+        {**base, "name": "file-decides", "file": "file-decides.gguf", "architecture": "llama",
+         "weight_types": ["F32"]},
+    ]
+    monkeypatch.setattr(models, "_catalog_cache", cat)
+    fake_env["cache"].mkdir(parents=True, exist_ok=True)
+    path = tiny_models.write_tiny_gguf(tmp_path / "t.gguf", tiny_models.TinySpec())
+    data = path.read_bytes().replace(b"llama", b"mamba")  # general.architecture and its keys
+    (fake_env["cache"] / "file-decides.gguf").write_bytes(data)
+
+
+def test_support_from_fields_and_files(fake_env, monkeypatch, tmp_path):
+    pytest.importorskip("pyllama._core", reason="the C core is not built")
+    _runs_env(fake_env, monkeypatch, tmp_path)
+    assert models.support("fields-ok") == (True, "")
+    assert models.support("fields-arch") == (False, "the mamba architecture")
+    assert models.support("fields-type") == (False, "weight types IQ2_XXS, TQ1_0")
+    assert models.support("file-decides") == (False, "the mamba architecture")
+    assert models.support("single")[0] is None  # no fields, not cached
+    with pytest.raises(FetchError, match="'fields-arch' needs the mamba architecture.*models that run: fields-ok"):
+        models.resolve_model("fields-arch")
+    assert fake_env["calls"] == []  # refused before downloading anything
+
+
+def test_cli_list_shows_runs(fake_env, monkeypatch, tmp_path, capsys):
+    pytest.importorskip("pyllama._core", reason="the C core is not built")
+    _runs_env(fake_env, monkeypatch, tmp_path)
+    assert models.main(["list"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "runs" in lines["name"]
+    assert " yes " in lines["fields-ok"]
+    assert " no " in lines["fields-arch"] and "needs the mamba architecture" in lines["fields-arch"]
+    assert " no " in lines["file-decides"]
+    assert " ? " in lines["hub"]
