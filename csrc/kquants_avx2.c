@@ -236,7 +236,7 @@ AVX2_INLINE void q5pair_dot(const uint8_t *b0, const uint8_t *b1, const q5pair *
 /* ------------------------------------------------------ any type, block by block */
 
 /* One row of type T through kq_unpack: per block an int32 vector (lanes 0-3 half 0, 4-7
- * half 1) scaled per half; the zero and offset terms per block in scalar floats. */
+ * half 1) scaled per half; the offsets M per block in scalar floats. */
 AVX2_INLINE float kq_row_generic(int T, const uint8_t *row, int nb, const kq_act *A) {
     __m256 acc = _mm256_setzero_ps();
     float off = 0.0f;
@@ -246,20 +246,21 @@ AVX2_INLINE float kq_row_generic(int T, const uint8_t *row, int nb, const kq_act
         kq_unpack(T, row, b, &k);
         const __m256i a = _mm256_loadu_si256((const __m256i *)(A->q + 32 * (size_t)b));
         __m256i p16;
-        float z = (float)Z;
         if (Z == 128) { /* u - 128 is the signed value: |v| times a with v's sign (maddubs would saturate on u) */
             const __m256i v = _mm256_xor_si256(k.u, _mm256_set1_epi8((char)0x80));
             p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v));
-            z = 0.0f;
         } else {
             p16 = _mm256_maddubs_epi16(k.u, a);
+            /* the zero comes off per pair, in the integers: a weight of 0 against a large activation
+             * then adds exactly nothing (subtracted later in float, the two would cancel inexactly) */
+            if (Z) p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)Z), a));
         }
+        const int a0 = A->a16[2 * b], a1 = A->a16[2 * b + 1];
         const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
         const float da = A->da[b];
         const __m256 dv = _mm256_setr_ps(k.d[0], k.d[0], k.d[0], k.d[0], k.d[1], k.d[1], k.d[1], k.d[1]);
         acc = _mm256_fmadd_ps(p, _mm256_mul_ps(dv, _mm256_set1_ps(da)), acc);
-        const float a0 = (float)A->a16[2 * b], a1 = (float)A->a16[2 * b + 1];
-        off += da * ((k.m[0] - z * k.d[0]) * a0 + (k.m[1] - z * k.d[1]) * a1);
+        if (KQ_HAS_M(T)) off += da * (k.m[0] * (float)a0 + k.m[1] * (float)a1);
     }
     return kq_hsum8(acc) + off;
 }

@@ -225,8 +225,10 @@ def parse_tools(ap, value):
 
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in BUILTIN_TOOLS]
-    if unknown or not names:
-        ap.error(f"--tools: unknown tool {', '.join(unknown) or value!r}; choose from {', '.join(BUILTIN_TOOLS)}")
+    if not names:
+        ap.error(f"--tools needs tool names; choose from {', '.join(BUILTIN_TOOLS)}")
+    if unknown:
+        ap.error(f"--tools: unknown tool {', '.join(unknown)}; choose from {', '.join(BUILTIN_TOOLS)}")
     return names
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ContextOverflowError
 from .sampling import Sampler, SamplingParams, log_softmax, make_rng
 
-__all__ = ["GenerationMixin", "StopStringFilter"]
+__all__ = ["GenerationMixin", "StopStringFilter", "LogitsProcessorList", "StoppingCriteriaList"]
 
 
 def _token_list(tokens, name: str) -> list:
@@ -112,6 +112,22 @@ class StopStringFilter:
 _NEUTRAL_OPTIONS = {
     "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "logprobs_processor": None,
 }
+
+
+class LogitsProcessorList(list):
+    """llama-cpp-python's: callables ``(input_ids, scores) -> scores`` applied in order."""
+
+    def __call__(self, input_ids, scores):
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list):
+    """llama-cpp-python's: callables ``(input_ids, scores) -> bool``; generation stops when any is true."""
+
+    def __call__(self, input_ids, scores) -> bool:
+        return any(criterion(input_ids, scores) for criterion in self)
 
 
 def _as_callable_list(value, name):

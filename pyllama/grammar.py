@@ -44,10 +44,18 @@ class _Vocabulary:
     def __init__(self, tokenizer):
         self._tok = tokenizer
         n = tokenizer.n_vocab
-        special = [i for i in range(n) if tokenizer.token_type(i) in (_UNKNOWN, _CONTROL)]
+        types = getattr(tokenizer, "_types", None)  # pyllama's Tokenizer: read its tables directly
+        if types is not None:
+            special = [i for i, ty in enumerate(types) if ty in (_UNKNOWN, _CONTROL)]
+        elif hasattr(tokenizer, "token_type"):
+            special = [i for i in range(n) if tokenizer.token_type(i) in (_UNKNOWN, _CONTROL)]
+        else:  # a minimal tokenizer: its BOS and end tokens are the control tokens
+            special = sorted({i for i in (tokenizer.bos_id, tokenizer.eos_id, *tokenizer.eot_ids) if i is not None})
         names = set(special)
+        pieces = getattr(tokenizer, "_plain", None)
+        piece = pieces.__getitem__ if pieces is not None else tokenizer.token_to_piece
         self.tokens = [b"\xff" + tokenizer.token_text(i).encode("utf-8", "surrogateescape") if i in names
-                       else tokenizer.token_to_piece(i) for i in range(n)]
+                       else piece(i) for i in range(n)]
         self.special_token_ids = special
         self.eos_token_id = tokenizer.eos_id if tokenizer.eos_id is not None else (
             min(tokenizer.eot_ids) if tokenizer.eot_ids else 0)

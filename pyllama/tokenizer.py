@@ -516,7 +516,7 @@ class Tokenizer:
                 kinds = (USER_DEFINED,)
             found = {}
             for i, ty in enumerate(self._types):
-                if ty in kinds:
+                if ty in kinds and self._tokens[i]:  # an empty token matches nowhere (and everywhere)
                     found.setdefault(self._tokens[i], i)
             self._splitters[special] = _SpecialSplitter(found) if found else None
         return self._splitters[special]

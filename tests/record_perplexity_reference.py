@@ -2,6 +2,7 @@
 """Record llama.cpp's perplexity of the default model on a public-domain text, for tests/test_perplexity.py.
 
     python tests/record_perplexity_reference.py [--llama-perplexity PATH] [--chunks N]
+    python tests/record_perplexity_reference.py -m MODEL --out tests/data/perplexity_reference_NAME.json
     python tests/record_perplexity_reference.py --extract-text     # rewrite the text file (needs apt)
     python tests/record_perplexity_reference.py -m qwen2.5-coder-0.5b-instruct -c 512 --chunks 3 --top-logits
 
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("--top-logits", action="store_true",
                    help="also record the top token ids and logit gaps of every scored position")
+    p.add_argument("--out", help="JSON to write (default: tests/data/perplexity_reference.json, or "
+                   "tests/data/perplexity_reference_<name>.json with -m)")
     args = p.parse_args(argv)
     if args.extract_text:
         extract_text()
@@ -215,7 +218,8 @@ def main(argv=None) -> int:
     model = resolve_model(args.model) if args.model else default_model_path()
     name = args.model if args.model in model_names() else (
         os.path.splitext(os.path.basename(model))[0] if args.model else default_model_name())
-    out_path = OUT if not args.model else os.path.join(HERE, "data", f"perplexity_reference_{name}.json")
+    out_path = args.out or (OUT if not args.model else
+                            os.path.join(HERE, "data", f"perplexity_reference_{name}.json"))
     exe = find_llama_perplexity(args.llama_perplexity)
     n_ctx = args.ctx_size
     cmd = [exe, "-m", model, "-f", TEXT, "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(args.threads),

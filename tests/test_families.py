@@ -123,3 +123,33 @@ def test_family_tensor_missing_or_misshapen_is_named(tmp_path):
     path = tiny_models.write_tiny_gguf(tmp_path / "misshapen.gguf", spec, weights)
     with pytest.raises(ModelError, match=r"tensor 'blk\.0\.attn_k_norm\.weight' has shape \[18, 1\]"):
         Llama(model_path=str(path), n_ctx=16, verbose=False)
+
+
+@pytest.mark.parametrize("pattern", [6, 1], ids=["windowed-local-rope", "global"])
+def test_gemma3_context_shift_matches_fresh_evaluation(tmp_path, pattern):
+    """A one-layer gemma3 (its keys depend on each token alone): after a shift the cache equals a
+    fresh evaluation of the kept tokens, so each layer's keys were re-rotated with its own RoPE
+    (layer 0 is windowed, with the local base, under pattern 6; global under pattern 1)."""
+    import gguf
+
+    spec = tiny_models.TinySpec(arch="gemma3", n_layers=1, rope_base=1e6, extra_metadata={
+        "gemma3.attention.sliding_window": (3, gguf.GGUFValueType.UINT32),
+        "gemma3.attention.sliding_window_pattern": (pattern, gguf.GGUFValueType.UINT32)})
+    weights = tiny_models.random_weights(spec)
+    rng = np.random.default_rng(1)
+    for suffix, n in (("attn_q_norm", spec.head_dim), ("attn_k_norm", spec.head_dim),
+                      ("post_attention_norm", spec.dim), ("post_ffw_norm", spec.dim)):
+        weights[f"blk.0.{suffix}.weight"] = (1 + 0.3 * rng.standard_normal(n)).astype(np.float32)
+    path = str(tiny_models.write_tiny_gguf(tmp_path / "g.gguf", spec, weights))
+    tokens = [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)]
+    keep, discard, rest = tokens[:2], tokens[2:6], tokens[6:10]
+    shifted = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    shifted.eval(keep + discard + rest)
+    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
+    shifted.eval([tokens[10]])
+    ref = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    ref.eval(keep + rest + [tokens[10]])
+    np.testing.assert_allclose(shifted.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    # and the file's numbers are the float64 reference's
+    expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]])[-1]
+    assert reference.rel_err(ref.logits, expected) < 1e-4

@@ -357,10 +357,10 @@ def test_chat_two_turns_reuse_cache():
     assert fake.eval_batches[0] == p2 - (len(p1) + 5)
 
 
-def test_chat_response_format_json_is_refused():
-    with pytest.raises(ValueError, match="not supported"):
+def test_chat_response_format_of_unknown_type_is_refused():
+    with pytest.raises(ValueError, match="response_format type 'yaml'"):
         FakeLlama(chat_format="chatml").create_chat_completion(
-            [{"role": "user", "content": "x"}], response_format={"type": "json_object"})
+            [{"role": "user", "content": "x"}], response_format={"type": "yaml"})
 
 
 # ---------------------------------------------------------------------------- stop filter

@@ -234,3 +234,16 @@ def test_python_tool_has_no_network():
             "import subprocess\nprint(open('/proc/net/dev').read().count(':'))")
     out = builtin_tools.run_python(code)
     assert "blocked" in out and "CONNECTED" not in out
+
+
+def test_generate_cli_refuses_a_bad_grammar(capsys, tmp_path):
+    from pyllama import generate
+
+    for args in (["--grammar", "root ::= ("], ["--json-schema", "{nope"], ["--grammar-file", str(tmp_path / "none")]):
+        with pytest.raises(SystemExit) as e:
+            generate.main(["-m", "/nonexistent.gguf", "-p", "x"] + args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and ("grammar" in err or "JSON schema" in err), err
+    with pytest.raises(SystemExit):
+        generate.main(["--grammar", "root ::= \"a\"", "-j", "{}"])  # one constraint at a time

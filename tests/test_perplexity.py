@@ -96,3 +96,32 @@ def test_progress_matches_llama_cpp_chunk_by_chunk(pyllama_run, reference):
     assert len(running) == reference["chunks"], pyllama_run.stderr[-2000:]
     for i, (mine, theirs) in enumerate(zip(running, reference["running_ppl"]), 1):
         assert abs(mine / theirs - 1) < 0.02, f"chunk {i}: pyllama {mine} vs llama.cpp {theirs}"
+
+
+# ---- other models: tests/data/perplexity_reference_<name>.json, recorded with
+# `tests/record_perplexity_reference.py -m MODEL --out ...`; run when the model file is in pyllama's cache.
+OTHER_REFERENCES = sorted(DATA.glob("perplexity_reference_*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("ref_path", OTHER_REFERENCES, ids=[p.stem[len("perplexity_reference_"):]
+                                                             for p in OTHER_REFERENCES])
+def test_other_model_agrees_with_llama_cpp(ref_path):
+    from pyllama.models import cache_dir
+
+    with open(ref_path) as fh:
+        ref = json.load(fh)
+    model = Path(cache_dir()) / ref["model"]["file"]
+    if not model.is_file():
+        pytest.skip(f"{model} is not in pyllama's cache")
+    if _sha256(model) != ref["model"]["sha256"]:
+        pytest.skip(f"{model} is not the file the reference was recorded on")
+    cmd = [sys.executable, "-m", "pyllama.perplexity", "-m", str(model), "-f", str(TEXT), "-c", str(ref["n_ctx"]),
+           "-b", str(ref["n_batch"]), "-t", str(ref["n_threads"]), "--chunks", str(ref["chunks"])]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=1800, cwd=ROOT)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}"
+    m = FINAL_LINE.match([line for line in res.stdout.splitlines() if line.strip()][-1])
+    assert m, res.stdout[-500:]
+    ppl = float(m.group(1))
+    assert abs(ppl / ref["ppl"] - 1) < 0.01, f"pyllama PPL {ppl} vs llama.cpp {ref['ppl']} ({ref['command']})"

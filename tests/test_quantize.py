@@ -18,7 +18,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -243,19 +245,22 @@ def test_nan_weights_are_refused():
     assert lib.pl_quantize_rows(0, ffi.from_buffer(x), int(QT.Q4_K), ffi.from_buffer(out), 4, 96, 2) != 0
 
 
-@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K_M", "Q6_K", "IQ4_NL"])
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "IQ4_NL"])
 def test_pyllama_runs_the_output(tmp_path, ftype):
-    """The quantized tiny model loads in pyllama and its logits stay near the F16 source's
-    (files with types pyllama cannot run yet are skipped, with the reason)."""
+    """pyllama reads the quantized tiny model as the gguf package decodes it: its logits match
+    those of an F32 file holding the gguf package's dequantization of every tensor (files with
+    types pyllama cannot run yet are skipped, with the reason)."""
     from pyllama import Llama
 
     spec = TinySpec(dim=256, hidden_dim=256, n_layers=2, n_heads=8, n_kv_heads=2, tied=False, wtype="F16")
     src = write_tiny_gguf(tmp_path / "m.gguf", spec)
     dst = tmp_path / f"m.{ftype}.gguf"
     pq.quantize(src, dst, ftype, n_threads=2, progress=False)
+    decoded = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32) for t in gguf.GGUFReader(dst).tensors}
+    ref = write_tiny_gguf(tmp_path / "decoded.gguf", dataclasses.replace(spec, wtype="F32"), weights=decoded)
     tokens = list(np.random.default_rng(0).integers(0, 200, 12))
     logits = []
-    for path in (src, dst):
+    for path in (ref, dst):
         try:
             llm = Llama(model_path=str(path), n_ctx=32, verbose=False)
         except ModelError as e:
@@ -265,9 +270,9 @@ def test_pyllama_runs_the_output(tmp_path, ftype):
         llm.eval(tokens, logits_all=True)
         logits.append(np.array(llm.eval_logits, np.float64))
     err = np.linalg.norm(logits[1] - logits[0]) / np.linalg.norm(logits[0])
-    # Q8_0 alone moves these logits by ~4% (pyllama rounds activations to 8 bits for quantized
-    # weights; tests/test_forward.py); garbage weights would move them by ~100%
-    assert err < 0.15
+    # pyllama rounds activations to 8 bits for quantized weights, which moves these logits by a few
+    # percent (tests/test_forward.py); weights read wrongly move them by ~100%
+    assert err < 0.08
 
 
 @pytest.mark.slow
@@ -286,4 +291,5 @@ def test_llama_cpp_loads_the_output(tmp_path):
         pq.quantize(src, dst, ftype, n_threads=2, progress=False)
         r = subprocess.run([binary, "-m", str(dst), "-f", str(text), "-c", "32", "--chunks", "2", "-t", "2"],
                            capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0 and "Final estimate: PPL" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+        # a random model: the value means nothing, but llama.cpp loaded the file and ran it
+        assert r.returncode == 0 and re.search(r"\[1\][0-9.]+,", r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]

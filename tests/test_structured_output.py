@@ -163,7 +163,9 @@ def test_logits_processor_and_stopping_criteria(llm):
         scores[banned] = -np.inf
         return scores
 
-    r = llm.create_completion(prompt, temperature=0, max_tokens=8, logits_processor=[ban])
+    from pyllama import LogitsProcessorList, StoppingCriteriaList
+
+    r = llm.create_completion(prompt, temperature=0, max_tokens=8, logits_processor=LogitsProcessorList([ban]))
     ref = llm.create_completion(prompt, temperature=0, max_tokens=8, logit_bias={banned: float("-inf")})
     assert r["choices"][0]["text"] == ref["choices"][0]["text"] != base
     prompt_ids = llm.tokenize(prompt.encode(), add_bos=True)
@@ -172,7 +174,7 @@ def test_logits_processor_and_stopping_criteria(llm):
     def three(input_ids, scores):
         return len(input_ids) >= len(prompt_ids) + 3
 
-    r = llm.create_completion(prompt, temperature=0, max_tokens=20, stopping_criteria=three)
+    r = llm.create_completion(prompt, temperature=0, max_tokens=20, stopping_criteria=StoppingCriteriaList([three]))
     assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 3
     with pytest.raises(ValueError, match="callable"):
         llm.create_completion(prompt, max_tokens=2, stopping_criteria=[3])
@@ -284,3 +286,17 @@ def test_qwen_calculator_answers_1234_times_5678(qwen):
     assert not interrupted
     assert shown and shown[0][0] == "calculator" and shown[0][2] == "7006652"
     assert "7006652" in reply.replace(",", "")
+
+
+def test_generate_cli_json_schema_and_grammar(default_model_path, capsys):
+    from pyllama import generate
+
+    schema = '{"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}}, ' \
+             '"required": ["capital"], "additionalProperties": false}'
+    prompt = "The capital of France as JSON: "
+    assert generate.main(["-m", default_model_path, "-p", prompt, "-t", "0", "-n", "40", "-j", schema]) == 0
+    out = capsys.readouterr().out
+    jsonschema.validate(json.loads(out[len(prompt):]), json.loads(schema))
+    assert generate.main(["-m", default_model_path, "-p", "Answer yes or no: is the sky blue? ", "-t", "0",
+                          "-n", "8", "--grammar", 'root ::= "yes" | "no"']) == 0
+    assert capsys.readouterr().out.split("? ", 1)[1].strip() in ("yes", "no")

@@ -170,3 +170,26 @@ def test_damaged_default_model_merges_are_model_errors(default_model_path, tmp_p
             f.write(old)
     assert errors >= 2
     Llama(model_path=path, n_ctx=16).close()  # restored: loads again
+
+
+def test_empty_special_token_in_a_llama2c_tokenizer_does_not_hang(tmp_path):
+    """Found by tests/fuzz/fuzz_llama2c_tokenizer.py: an empty <unk> (or a "\\n\\n" <s>, empty
+    once its newlines are stripped) made tokenize(special=True) loop forever. Run in a child
+    with a deadline, so that a regression fails instead of hanging the suite."""
+    import struct
+    import subprocess
+    import sys
+
+    pieces = [b"", b"\n\n", b"\n</s>\n"] + [b"<0x%02X>" % b for b in range(256)] + [b" ", b"a", b" a"]
+    data = struct.pack("<i", 8) + b"".join(struct.pack("<fi", -float(i), len(p)) + p
+                                           for i, p in enumerate(pieces))
+    path = tmp_path / "tokenizer.bin"
+    path.write_bytes(data)
+    code = ("import sys; from pyllama.tokenizer import Tokenizer\n"
+            "t = Tokenizer.from_file(sys.argv[1])\n"
+            "ids = t.tokenize('a a</s>a', add_bos=False, special=True)\n"
+            "print(ids, t.decode(ids, special=True))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # "▁a" twice, </s> as its control token, then "a" (after a special token: its own prefix space)
+    assert r.stdout.split("]")[0] + "]" == "[261, 261, 2, 261]"
