@@ -489,3 +489,47 @@ def test_long_prompt_prefilled_in_chunks_equals_in_process(client, model_id, alo
         assert all(f.result().usage.completion_tokens > 0 for f in others)
     assert out.choices[0].text == ref
     assert steps[:2] == [128, 256]  # the long prompt went in chunks
+
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_tool_calls_json_and_grammar_as_in_process(client, model_id, alone):
+    messages = ask("What is the weather in Paris?")
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    alone.reset()
+    ref = alone.create_chat_completion(messages, tools=WEATHER, tool_choice=forced, max_tokens=48,
+                                       temperature=0)["choices"][0]
+    assert ref["finish_reason"] == "tool_calls"
+    want = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in ref["message"]["tool_calls"]]
+    out = client.chat.completions.create(model=model_id, messages=messages, tools=WEATHER, tool_choice=forced,
+                                         max_tokens=48, temperature=0, extra_body=FRESH).choices[0]
+    assert out.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in out.message.tool_calls] == want
+    calls, finish = [], None
+    for chunk in client.chat.completions.create(model=model_id, messages=messages, tools=WEATHER,
+                                                tool_choice=forced, max_tokens=48, temperature=0, stream=True,
+                                                extra_body=FRESH):
+        for c in chunk.choices:
+            calls += [(t.function.name, json.loads(t.function.arguments)) for t in c.delta.tool_calls or ()]
+            finish = c.finish_reason or finish
+    assert calls == want and finish == "tool_calls"
+    # the call and its result sent back: the conversation renders and continues
+    history = messages + [{"role": "assistant", "content": None,
+                           "tool_calls": [{"id": "call_1", "type": "function",
+                                           "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                          {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 C"}]
+    follow = client.chat.completions.create(model=model_id, messages=history, tools=WEATHER, max_tokens=8)
+    assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+    js = client.chat.completions.create(model=model_id, messages=ask("Give a JSON object with a name."),
+                                        response_format={"type": "json_object"}, max_tokens=40, temperature=0)
+    if js.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(js.choices[0].message.content), dict)
+    yn = client.completions.create(model=model_id, prompt="Is water wet? Answer:", max_tokens=4,
+                                   extra_body={"grammar": 'root ::= " yes" | " no"'})
+    assert yn.choices[0].text in (" yes", " no")
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=model_id, prompt="x", max_tokens=2, extra_body={"grammar": "root ::= ("})

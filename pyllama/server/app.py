@@ -394,7 +394,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                 engine.cancel(job)  # the client went away: free the slot now
 
     async def _collect(job: Job, request: Request, engine: Engine, kind: str):
-        parts, lp_parts, lp_content = [], [], []
+        parts, lp_parts, lp_content, calls = [], [], [], []
         finish, meta, usage, any_lp = None, None, None, False
         while True:
             item = await _next_item(job, request, engine)
@@ -409,7 +409,10 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             meta = value
             for choice in value.get("choices") or ():
                 if kind == "chat":
-                    parts.append((choice.get("delta") or {}).get("content") or "")
+                    delta = choice.get("delta") or {}
+                    parts.append(delta.get("content") or "")
+                    for call in delta.get("tool_calls") or ():
+                        calls.append({k: v for k, v in call.items() if k != "index"})
                     if choice.get("logprobs"):
                         any_lp = True
                         lp_content.extend(choice["logprobs"].get("content") or [])
@@ -421,8 +424,11 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         head = {k: meta[k] for k in ("id", "created", "model")} if meta else {}
         if kind == "chat":
             lp = {"content": lp_content} if any_lp else None
-            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                      "logprobs": lp, "finish_reason": finish or "stop"}
+            message = {"role": "assistant", "content": "".join(parts)}
+            if calls:  # as create_chat_completion: no content when it was only whitespace
+                message = {"role": "assistant", "content": message["content"] if message["content"].strip() else None,
+                           "tool_calls": calls}
+            choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish or "stop"}
             return dict(head, object="chat.completion", choices=[choice], usage=usage)
         choice = {"text": "".join(parts), "index": 0, "logprobs": _merge_completion_logprobs(lp_parts),
                   "finish_reason": finish or "stop"}
@@ -476,22 +482,32 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         state.ready()
         state.check_model(req.model)
         llm = state.llm
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in req.messages]
+        messages = []
+        for m in req.messages:
+            msg: dict = {"role": m.role, "content": m.text()}
+            for field in ("name", "tool_call_id", "tool_calls"):
+                if getattr(m, field):
+                    msg[field] = getattr(m, field)
+            messages.append(msg)
         max_tokens = req.max_completion_tokens or req.max_tokens
         _check_budget(0, max_tokens, state.llm.n_ctx())  # before the prompt is known: max_tokens alone
         max_tokens = capped(max_tokens)
         n_top = req.top_logprobs if req.logprobs else None
         kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=max_tokens, stream=True, model=state.model_id,
-                      logprobs=req.logprobs, top_logprobs=n_top, response_format=req.response_format)
-        if req.tools:
-            kwargs.update(tools=req.tools, tool_choice=req.tool_choice)
+                      logprobs=req.logprobs, top_logprobs=n_top, response_format=req.response_format,
+                      grammar=req.grammar)
+        uses_tools = bool(req.tools or req.functions or any(m.get("tool_calls") or m["role"] == "tool"
+                                                             for m in messages))
+        if req.tools or req.functions:
+            kwargs.update(tools=req.tools, functions=req.functions, tool_choice=req.tool_choice)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def prefill(slot):
             from ..chat_format import format_chat
 
-            ids = format_chat(slot, messages, tools=req.tools).tokens
+            if uses_tools:  # rendered with the tools' own preparation: create_chat_completion checks it
+                return iter(())
+            ids = format_chat(slot, messages).tokens
             _check_budget(len(ids), max_tokens, slot.n_ctx())
             return _prefill(slot, ids, cache_prompt)
 
@@ -521,7 +537,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         _check_budget(0, req.max_tokens, llm.n_ctx())
         max_tokens = capped(req.max_tokens)
         kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=max_tokens, stream=True,
-                      model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs)
+                      model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs,
+                      grammar=req.grammar)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def prefill(slot):

@@ -28,6 +28,7 @@ class ChatMessage(_Body):
     content: Optional[Union[str, List[TextPart]]] = None
     name: Optional[str] = None
     tool_call_id: Optional[str] = None
+    tool_calls: Optional[List[Dict[str, object]]] = None
 
     def text(self) -> str:
         if self.content is None:
@@ -56,6 +57,7 @@ class _Sampling(_Body):
     stream_options: Optional[StreamOptions] = None
     logit_bias: Optional[Dict[str, float]] = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    grammar: Optional[str] = Field(None, description="a GBNF grammar the reply must match (llama-server's option)")
     cache_prompt: Optional[bool] = Field(
         None, description="reuse the slot's cached prefix of the prompt (llama-server's option; default: the "
                           "server's --cache-prompt setting). Off: the prompt is evaluated whole, so the answer is "
@@ -71,6 +73,7 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[Dict[str, object]] = None
     tools: Optional[List[Dict[str, object]]] = None
+    functions: Optional[List[Dict[str, object]]] = None
     tool_choice: Optional[Union[str, Dict[str, object]]] = None
 
 
