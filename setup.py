@@ -30,7 +30,7 @@ setup(
         # the OpenAI-compatible server: the stack llama-cpp-python's server uses
         "server": ["fastapi>=0.100", "uvicorn>=0.20", "sse-starlette>=1.6", "pydantic>=2"],
         # its tests: the official OpenAI client, schema fuzzing, a headless-browser test of the page
-        "server-test": ["openai>=1.0", "httpx>=0.24", "schemathesis>=3.19", "playwright>=1.40"],
+        "server-test": ["openai>=1.0", "httpx>=0.24", "schemathesis>=4.0", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.chat:main",
                                         "pyllama-server=pyllama.server.__main__:main"]},
