@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-bench` and `llama-perplexity` from the llama.cpp source that ships inside the
-# llama-cpp-python sdist on PyPI (vendor/llama.cpp), for side-by-side benchmarks and perplexity references.
+# Build llama.cpp's `llama-bench`, `llama-perplexity`, `llama-quantize` and `llama-server` from the
+# llama.cpp source that ships inside the llama-cpp-python sdist on PyPI (vendor/llama.cpp), for side-by-side benchmarks and perplexity references.
 #
 # Usage: bench/build_llamacpp.sh [VERSION]        (default VERSION: 0.3.36, or $LLAMACPP_PY_VERSION)
 # Environment:
@@ -45,11 +45,11 @@ write_version() {
         echo "llama.cpp from vendor/llama.cpp of the llama-cpp-python $VER sdist (PyPI)"
         (cd "$DIR/sdist" && sha256sum ./*.tar.gz)
         "$BIN/llama-perplexity" --version 2>&1 | grep -E '^(version|built)' || true
-        echo "cmake -DCMAKE_BUILD_TYPE=Release $CMAKE_ISA -DLLAMA_CURL=OFF${EXTRA_FLAGS:+ (C/C++ flags: $EXTRA_FLAGS)}, targets llama-bench llama-perplexity"
+        echo "cmake -DCMAKE_BUILD_TYPE=Release $CMAKE_ISA -DLLAMA_CURL=OFF${EXTRA_FLAGS:+ (C/C++ flags: $EXTRA_FLAGS)}, targets llama-bench llama-perplexity llama-quantize llama-server"
     } > "$BUILD/VERSION.txt"
 }
 
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" ]]; then
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; then
     log "already built in $BIN"
     [[ -f "$BUILD/VERSION.txt" ]] && grep -q sha256 "$BUILD/VERSION.txt" 2>/dev/null || write_version
     echo "$BIN"
@@ -78,10 +78,10 @@ log "configuring ($CMAKE_ISA, Release${EXTRA_FLAGS:+, $EXTRA_FLAGS})"
 cmake -S "$SRC" -B "$BUILD" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release $CMAKE_ISA -DLLAMA_CURL=OFF \
     -DCMAKE_C_FLAGS="$EXTRA_FLAGS" -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 
 log "building llama-bench and llama-perplexity with $JOBS jobs (several minutes)"
-nice -n 10 cmake --build "$BUILD" --target llama-bench llama-perplexity -j "$JOBS" >&2
+nice -n 10 cmake --build "$BUILD" --target llama-bench llama-perplexity llama-quantize llama-server -j "$JOBS" >&2
 
 "$BIN/llama-bench" --help > /dev/null 2>&1 || { log "llama-bench does not run"; exit 1; }
 write_version
