@@ -393,7 +393,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                 engine.cancel(job)  # the client went away: free the slot now
 
     async def _collect(job: Job, request: Request, engine: Engine, kind: str):
-        parts, lp_parts, lp_content = [], [], []
+        parts, lp_parts, lp_content, tool_calls = [], [], [], []
         finish, meta, usage, any_lp = None, None, None, False
         while True:
             item = await _next_item(job, request, engine)
@@ -409,6 +409,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             for choice in value.get("choices") or ():
                 if kind == "chat":
                     parts.append((choice.get("delta") or {}).get("content") or "")
+                    tool_calls.extend({k: v for k, v in call.items() if k != "index"}
+                                      for call in (choice.get("delta") or {}).get("tool_calls") or ())
                     if choice.get("logprobs"):
                         any_lp = True
                         lp_content.extend(choice["logprobs"].get("content") or [])
@@ -420,8 +422,10 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         head = {k: meta[k] for k in ("id", "created", "model")} if meta else {}
         if kind == "chat":
             lp = {"content": lp_content} if any_lp else None
-            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                      "logprobs": lp, "finish_reason": finish or "stop"}
+            message = {"role": "assistant", "content": "".join(parts)}
+            if tool_calls:
+                message = {"role": "assistant", "content": message["content"] or None, "tool_calls": tool_calls}
+            choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish or "stop"}
             return dict(head, object="chat.completion", choices=[choice], usage=usage)
         choice = {"text": "".join(parts), "index": 0, "logprobs": _merge_completion_logprobs(lp_parts),
                   "finish_reason": finish or "stop"}
@@ -475,7 +479,9 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         state.ready()
         state.check_model(req.model)
         llm = state.llm
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {}),
+                     **({"tool_calls": m.tool_calls} if m.tool_calls else {}),
+                     **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})}
                     for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens
         _check_budget(0, max_tokens, state.llm.n_ctx())  # before the prompt is known: max_tokens alone
@@ -488,9 +494,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def prefill(slot):
-            from ..chat_format import format_chat
-
-            ids = format_chat(slot, messages, tools=req.tools).tokens
+            ids = slot.chat_prompt_tokens(messages, tools=req.tools, tool_choice=req.tool_choice)
             _check_budget(len(ids), max_tokens, slot.n_ctx())
             return _prefill(slot, ids, cache_prompt)
 

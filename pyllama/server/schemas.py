@@ -28,6 +28,7 @@ class ChatMessage(_Body):
     content: Optional[Union[str, List[TextPart]]] = None
     name: Optional[str] = None
     tool_call_id: Optional[str] = None
+    tool_calls: Optional[List[Dict[str, object]]] = None
 
     def text(self) -> str:
         if self.content is None:
