@@ -537,3 +537,18 @@ def test_response_format_and_tool_calls(client, model_id):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=model_id, messages=ask("x"), max_tokens=5,
                                        response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+
+
+def test_completion_grammar_fields(server, model_id):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": model_id, "prompt": "Is the sky blue? Answer: ", "max_tokens": 8, "temperature": 0,
+            "grammar": 'root ::= "yes" | "no"'}
+    r = httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] in ("yes", "no")
+    body = dict(body, grammar=None, json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                 "required": ["ok"], "additionalProperties": False})
+    r = httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200 and isinstance(json.loads(r.json()["choices"][0]["text"])["ok"], bool)
+    r = httpx.post(server.url + "/v1/completions", json=dict(body, json_schema=None, grammar="root ::= ("),
+                   headers=headers, timeout=60)
+    assert r.status_code == 400 and "grammar" in r.json()["error"]["message"]
