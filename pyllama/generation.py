@@ -614,30 +614,19 @@ class GenerationMixin:
         calls come back in ``message["tool_calls"]`` with finish_reason "tool_calls".
         """
         _check_llama_cpp_options(llama_cpp_options)
-        from .chat_format import format_chat, template_for
         from .grammar import response_format_grammar
         from . import tools as tool_calls
 
-        tools = tool_calls.normalize_tools(tools, functions)
-        choice = tool_calls.resolve_tool_choice(tool_choice, tools, function_call)
         format_grammar = response_format_grammar(response_format)
         if grammar is not None and format_grammar is not None:
             raise ValueError("pass either grammar= or a JSON response_format, not both")
         grammar = grammar if grammar is not None else format_grammar
-        if choice == "none":
-            tools = None
-        elif choice != "auto":  # a call is required: the reply is constrained to one
+        chat, tools, choice = self._chat_prompt(messages, tools, tool_choice, functions, function_call)
+        if choice not in ("none", "auto"):  # a call is required: the reply is constrained to one
             if grammar is not None:
                 raise ValueError(f"tool_choice={tool_choice!r} constrains the reply to a tool call; "
                                  "it cannot be combined with grammar= or a JSON response_format")
             grammar = tool_calls.forced_call_grammar(tools, choice)
-        template_tools = None
-        if tools or tool_calls.has_tool_history(messages):
-            source, _ = template_for(getattr(self, "chat_format", None), self.tokenizer,
-                                     getattr(self, "metadata", None) or {})
-            messages, template_tools = tool_calls.prepare_messages(
-                messages, tools, native=tool_calls.template_supports_tools(source))
-        chat = format_chat(self, messages, tools=template_tools)
         if isinstance(stop, str):
             stop = [stop]
         stop = list(stop or []) + [s for s in chat.stop if s not in (stop or [])]
@@ -673,6 +662,30 @@ class GenerationMixin:
                          "finish_reason": finish_reason}],
             "usage": usage,
         }
+
+    def _chat_prompt(self, messages, tools=None, tool_choice=None, functions=None, function_call=None):
+        """(ChatPrompt, tools offered, resolved tool_choice) for a chat request: the tools and any
+        tool calls / results in the history rendered through the template or the fallback prompt."""
+        from .chat_format import format_chat, template_for
+        from . import tools as tool_calls
+
+        tools = tool_calls.normalize_tools(tools, functions)
+        choice = tool_calls.resolve_tool_choice(tool_choice, tools, function_call)
+        if choice == "none":
+            tools = None
+        template_tools = None
+        if tools or tool_calls.has_tool_history(messages):
+            source, _ = template_for(getattr(self, "chat_format", None), self.tokenizer,
+                                     getattr(self, "metadata", None) or {})
+            messages, template_tools = tool_calls.prepare_messages(
+                messages, tools, native=tool_calls.template_supports_tools(source))
+        return format_chat(self, messages, tools=template_tools), tools, choice
+
+    def chat_prompt_tokens(self, messages, tools=None, tool_choice=None, functions=None,
+                           function_call=None) -> list:
+        """The prompt token ids ``create_chat_completion`` evaluates for these arguments
+        (a server prefills its cache with them)."""
+        return list(self._chat_prompt(messages, tools, tool_choice, functions, function_call)[0].tokens)
 
     @staticmethod
     def _chat_logprobs(entries):

@@ -533,3 +533,66 @@ def test_tool_calls_json_and_grammar_as_in_process(client, model_id, alone):
     assert yn.choices[0].text in (" yes", " no")
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=model_id, prompt="x", max_tokens=2, extra_body={"grammar": "root ::= ("})
+
+
+# ------------------------------------------------------------------------------ structured output and tools
+
+def test_response_format_and_tool_calls(client, model_id):
+    jsonschema = pytest.importorskip("jsonschema")
+    from pyllama.builtin_tools import tool_specs
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = client.chat.completions.create(model=model_id, messages=ask("Describe a person in JSON."), temperature=0,
+                                       max_tokens=60, response_format={"type": "json_schema", "json_schema": {
+                                           "name": "person", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+    tools = tool_specs(["calculator"])
+    params = tools[0]["function"]["parameters"]
+    r = client.chat.completions.create(model=model_id, messages=ask("What is 1234*5678?"), tools=tools,
+                                       tool_choice="required", temperature=0, max_tokens=80)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "calculator" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), params)
+
+    stream = client.chat.completions.create(model=model_id, messages=ask("What is 1234*5678?"), tools=tools,
+                                            tool_choice={"type": "function", "function": {"name": "calculator"}},
+                                            temperature=0, max_tokens=80, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            deltas.extend(c.delta.tool_calls or [])
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls" and len(deltas) == 1
+    assert deltas[0].function.arguments == call.function.arguments  # same greedy call, streamed
+
+    history = ask("What is 1234*5678?") + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "calculator", "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "7006652"}]
+    r = client.chat.completions.create(model=model_id, messages=history, tools=tools, tool_choice="none",
+                                       temperature=0, max_tokens=30)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_id, messages=ask("x"), max_tokens=5,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+
+
+def test_completion_grammar_fields(server, model_id):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": model_id, "prompt": "Is the sky blue? Answer: ", "max_tokens": 8, "temperature": 0,
+            "grammar": 'root ::= "yes" | "no"'}
+    r = httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] in ("yes", "no")
+    body = dict(body, grammar=None, json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                 "required": ["ok"], "additionalProperties": False})
+    r = httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200 and isinstance(json.loads(r.json()["choices"][0]["text"])["ok"], bool)
+    r = httpx.post(server.url + "/v1/completions", json=dict(body, json_schema=None, grammar="root ::= ("),
+                   headers=headers, timeout=60)
+    assert r.status_code == 400 and "grammar" in r.json()["error"]["message"]

@@ -294,9 +294,9 @@ def test_generate_cli_json_schema_and_grammar(default_model_path, capsys):
     schema = '{"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}}, ' \
              '"required": ["capital"], "additionalProperties": false}'
     prompt = "The capital of France as JSON: "
-    assert generate.main(["-m", default_model_path, "-p", prompt, "-t", "0", "-n", "40", "-j", schema]) == 0
+    assert generate.main(["-m", default_model_path, "-p", prompt, "--temp", "0", "-n", "40", "-j", schema]) == 0
     out = capsys.readouterr().out
     jsonschema.validate(json.loads(out[len(prompt):]), json.loads(schema))
-    assert generate.main(["-m", default_model_path, "-p", "Answer yes or no: is the sky blue? ", "-t", "0",
+    assert generate.main(["-m", default_model_path, "-p", "Answer yes or no: is the sky blue? ", "--temp", "0",
                           "-n", "8", "--grammar", 'root ::= "yes" | "no"']) == 0
     assert capsys.readouterr().out.split("? ", 1)[1].strip() in ("yes", "no")

@@ -537,8 +537,17 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         _check_budget(0, req.max_tokens, llm.n_ctx())
         max_tokens = capped(req.max_tokens)
         kwargs = dict(_sampling(req, llm.n_vocab()), max_tokens=max_tokens, stream=True,
-                      model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs,
-                      grammar=req.grammar)
+                      model=state.model_id, suffix=req.suffix, echo=req.echo, logprobs=req.logprobs)
+        if req.grammar is not None or req.json_schema is not None:  # llama-server's constraint fields
+            from ..grammar import LlamaGrammar
+
+            if req.grammar is not None and req.json_schema is not None:
+                raise APIError(400, "pass either grammar or json_schema, not both", param="grammar")
+            try:
+                kwargs["grammar"] = (LlamaGrammar.from_string(req.grammar) if req.grammar is not None
+                                     else LlamaGrammar.from_json_schema(req.json_schema))
+            except ValueError as e:
+                raise APIError(400, str(e), param="grammar" if req.grammar is not None else "json_schema")
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
 
         def prefill(slot):

@@ -84,6 +84,9 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     best_of: Optional[int] = Field(None, ge=1, le=1)
+    grammar: Optional[str] = Field(None, description="constrain the output: a GBNF (or Lark) grammar (llama-server's)")
+    json_schema: Optional[Dict[str, object]] = Field(
+        None, description="constrain the output to JSON valid under this schema (llama-server's)")
 
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
