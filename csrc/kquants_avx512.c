@@ -86,6 +86,7 @@ AVX512_INLINE float q4k_row512(const uint8_t *row, int nsb, const __m512i *aq, c
     const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
     const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
     const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512 hi16 = _mm512_setr_ps(1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         const uint8_t *blk = row + (size_t)i * sizeof(block_q4_k);
@@ -93,17 +94,19 @@ AVX512_INLINE float q4k_row512(const uint8_t *row, int nsb, const __m512i *aq, c
         const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
         const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
         const __m512 g = _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af + 16 * i));
+        /* the odd sub-blocks' sums come from the high nibbles in place (x 16): scaled by 1/16 */
+        const __m512 gs = _mm512_mul_ps(g, hi16);
         macc = _mm512_mask_add_ps(macc, 0xff00, macc, g);
         const __m512i x0 = _mm512_loadu_si512(blk + 16), x1 = _mm512_loadu_si512(blk + 80);
         const __m512i *a = aq + 4 * i;
         const __m512i r0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(x0, m4), a[0]);
-        const __m512i r1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4), a[1]);
+        const __m512i r1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_andnot_si512(m4, x0), a[1]);
         const __m512i r2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(x1, m4), a[2]);
-        const __m512i r3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4), a[3]);
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r0), _mm512_permutexvar_ps(i02, g), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r1), _mm512_permutexvar_ps(i13, g), acc1);
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r2), _mm512_permutexvar_ps(i46, g), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r3), _mm512_permutexvar_ps(i57, g), acc1);
+        const __m512i r3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_andnot_si512(m4, x1), a[3]);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r0), _mm512_permutexvar_ps(i02, gs), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r1), _mm512_permutexvar_ps(i13, gs), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r2), _mm512_permutexvar_ps(i46, gs), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r3), _mm512_permutexvar_ps(i57, gs), acc1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(macc);
 }
