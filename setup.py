@@ -8,10 +8,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pyllama", "pyllama.models_data"],
+    packages=["pyllama", "pyllama.models_data", "pyllama.server"],
     # the model catalog lives in models/ at the top of the repository
     package_dir={"pyllama.models_data": "models"},
-    package_data={"pyllama.models_data": ["*.json"]},
+    package_data={"pyllama.models_data": ["*.json"], "pyllama.server": ["static/*.html"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pyllama/_build.py:ffibuilder"],
     install_requires=[
@@ -20,12 +20,19 @@ setup(
         "sentencepiece>=0.1.99",
         "regex>=2022.1",     # the \p{L}-style split patterns of llama.cpp's pre-tokenizers
         "jinja2>=3.1",       # sandboxed rendering of chat templates shipped in model files
+        "llguidance>=1.0",   # grammar / JSON-schema token masks for constrained decoding
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "gguf>=0.10", "pytest-benchmark>=4", "pexpect>=4.8",
-                 "tokenizers>=0.19"],  # the reference BPE for tests/test_bpe_c.py (ignore_merges needs 0.19)
+                 "tokenizers>=0.19",  # the reference BPE for tests/test_bpe_c.py (ignore_merges needs 0.19)
+                 "jsonschema>=4"],  # the validator constrained JSON output is checked with
         "hub": ["huggingface_hub>=0.20"],
+        # the OpenAI-compatible server: the stack llama-cpp-python's server uses
+        "server": ["fastapi>=0.100", "uvicorn>=0.20", "sse-starlette>=1.6", "pydantic>=2"],
+        # its tests: the official OpenAI client, schema fuzzing, a headless-browser test of the page
+        "server-test": ["openai>=1.0", "httpx>=0.24", "schemathesis>=3.19", "playwright>=1.40"],
     },
-    entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.chat:main"]},
+    entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.chat:main",
+                                        "pyllama-server=pyllama.server.__main__:main"]},
     zip_safe=False,
 )

@@ -26,8 +26,11 @@ int main(int argc, char **argv) {
 #else
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "scalar") ? &pl_kernels_scalar : &pl_kernels_neon;
 #endif
-    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R,
-                                PL_TYPE_Q8_0, PL_TYPE_F16,   PL_TYPE_BF16, PL_TYPE_F32};
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0,
+                                PL_TYPE_F16,  PL_TYPE_BF16,  PL_TYPE_F32,  PL_TYPE_Q4_K,  PL_TYPE_Q6_K,
+                                PL_TYPE_Q5_0, PL_TYPE_Q5_K,  PL_TYPE_Q3_K, PL_TYPE_Q2_K,  PL_TYPE_Q5_1,
+                                PL_TYPE_IQ4_NL, PL_TYPE_IQ4_XS};
+    const char *only = getenv("TYPES"); /* e.g. TYPES=Q4_K,Q6_K: just these */
     const int rows = 1536, nt = 64; /* an FFN-up sized matrix (N=576 columns by default), 64-token batch */
     const int n = getenv("N") ? atoi(getenv("N")) : 576;
     const int big_rows = getenv("BIG_ROWS") ? atoi(getenv("BIG_ROWS")) : 32768; /* decode: beyond the caches */
@@ -39,8 +42,10 @@ int main(int argc, char **argv) {
     printf("kernels %s, one thread\n%-6s %14s %14s\n", k->name, "type", "tile GMAC/s", "rows GB/s");
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         int type = types[ti];
+        if (only && !strstr(only, pl_type_name(type))) continue;
+        if (pl_type_nbytes(type, n) < 0) continue; /* n not a whole number of its blocks (N=1536 fits all) */
         size_t rb = (size_t)pl_type_nbytes(type, n);
-        int q8 = type == PL_TYPE_Q8_0 || q4_base(type) == PL_TYPE_Q4_0 || q4_base(type) == PL_TYPE_Q4_1;
+        int q8 = type != PL_TYPE_F32 && type != PL_TYPE_F16 && type != PL_TYPE_BF16;
         const void *act = q8 ? (const void *)a : (const void *)x;
         size_t as = q8 ? (size_t)n / QK * sizeof(block_q8x) : (size_t)n * sizeof(float);
         unsigned char *w = malloc(rb * big_rows);

@@ -51,7 +51,10 @@ static uint64_t read_range(const unsigned char *p, size_t a, size_t b) {
 int main(int argc, char **argv) {
     const pl_kernel_set *k = argc > 1 && !strcmp(argv[1], "avx512") ? pl_kernels_avx512() : &pl_kernels_avx2;
     const int n = argc > 2 ? atoi(argv[2]) : 576, burst = argc > 3 ? atoi(argv[3]) : 1536;
-    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0, PL_TYPE_F16, PL_TYPE_F32};
+    static const int types[] = {PL_TYPE_Q4_0, PL_TYPE_Q4_0R, PL_TYPE_Q4_1, PL_TYPE_Q4_1R, PL_TYPE_Q8_0, PL_TYPE_F16,
+                                PL_TYPE_F32,  PL_TYPE_Q4_K,  PL_TYPE_Q6_K, PL_TYPE_Q5_0,  PL_TYPE_Q5_K, PL_TYPE_Q3_K,
+                                PL_TYPE_Q2_K, PL_TYPE_Q5_1,  PL_TYPE_IQ4_NL, PL_TYPE_IQ4_XS};
+    const char *only = getenv("TYPES"); /* e.g. TYPES=Q4_0R,Q4_K: just these (and the kernel-less read) */
     const size_t total = (size_t)(getenv("TOTAL_MB") ? atoi(getenv("TOTAL_MB")) : 96) << 20;
     float *x = malloc((size_t)n * sizeof(float));
     for (int i = 0; i < n; i++) x[i] = (float)(i % 13) * 0.1f - 0.6f;
@@ -59,6 +62,8 @@ int main(int argc, char **argv) {
     k->quantize_q8x(x, a, n);
     for (int ti = -1; ti < (int)(sizeof types / sizeof types[0]); ti++) {
         const int type = ti < 0 ? PL_TYPE_Q4_0 : types[ti]; /* -1: no kernel, Q4_0's bytes */
+        if (ti >= 0 && only && !strstr(only, pl_type_name(type))) continue;
+        if (pl_type_nbytes(type, n) < 0) continue; /* n not a whole number of its blocks */
         const size_t rb = pl_type_nbytes(type, n);
         int rows = (int)(total / rb);
         rows -= rows % burst;
@@ -73,7 +78,9 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < rb * rows / 2; i++) ((uint16_t *)w)[i] = (uint16_t)(0x3c00 ^ (i & 0x3ff));
         else if (type == PL_TYPE_F32)
             for (size_t i = 0; i < rb * rows / 4; i++) ((float *)w)[i] = (float)(i & 0x3ff) * 1e-3f;
-        else /* block scales: a plain small half, never NaN or subnormal */
+        else if (type == PL_TYPE_Q8_0 || q4_base(type) == PL_TYPE_Q4_0 || q4_base(type) == PL_TYPE_Q4_1)
+            /* block scales: a plain small half, never NaN or subnormal (the other types keep
+             * random ones: as floats none is subnormal, and NaN costs x86 nothing) */
             for (size_t r = 0; r < (size_t)rows; r++)
                 for (int b = 0; b < n / QK; b++) {
                     const uint16_t h = 0x2000;

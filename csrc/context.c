@@ -125,8 +125,8 @@ void pl_context_free(pl_context *c) {
 
 int pl_context_n_ctx(const pl_context *c) { return c->n_ctx; }
 
-int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
-    pl_clear_error();
+/* The checks pl_eval and pl_eval_hidden share; 0 or -1 (error set). */
+static int check_batch(pl_context *c, const int32_t *tokens, int n_tokens, int n_past) {
     const pl_config *p = &c->m->cfg;
     if (n_tokens <= 0) {
         pl_set_error("eval needs at least one token");
@@ -141,14 +141,32 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
             pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, p->n_vocab);
             return -1;
         }
-    if (pl_context_reserve(c, n_tokens < PL_MAX_UBATCH ? n_tokens : PL_MAX_UBATCH)) return -1;
+    return pl_context_reserve(c, n_tokens < PL_MAX_UBATCH ? n_tokens : PL_MAX_UBATCH);
+}
+
+int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
+    pl_clear_error();
+    const pl_config *p = &c->m->cfg;
+    if (check_batch(c, tokens, n_tokens, n_past)) return -1;
     pl_set_sample_threads(c->n_threads);
 
     for (int start = 0; start < n_tokens; start += PL_MAX_UBATCH) {
         const int n = n_tokens - start < PL_MAX_UBATCH ? n_tokens - start : PL_MAX_UBATCH;
         const int last = start + n == n_tokens;
-        if (logits_all) pl_forward(c, tokens + start, n, n_past + start, logits + (size_t)start * p->n_vocab, 1);
-        else pl_forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0);
+        if (logits_all)
+            pl_forward(c, tokens + start, n, n_past + start, logits + (size_t)start * p->n_vocab, 1, NULL);
+        else
+            pl_forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0, NULL);
+    }
+    return 0;
+}
+
+int pl_eval_hidden(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *hidden) {
+    pl_clear_error();
+    if (check_batch(c, tokens, n_tokens, n_past)) return -1;
+    for (int start = 0; start < n_tokens; start += PL_MAX_UBATCH) {
+        const int n = n_tokens - start < PL_MAX_UBATCH ? n_tokens - start : PL_MAX_UBATCH;
+        pl_forward(c, tokens + start, n, n_past + start, NULL, 0, hidden + (size_t)start * c->m->cfg.dim);
     }
     return 0;
 }

@@ -142,9 +142,10 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
     const int uses_q8 = pl_type_uses_q8x(p->type);
     const char *act = uses_q8 ? (const char *)q8 : (const char *)x;
     const size_t astride = uses_q8 ? q8_stride : (size_t)cols * sizeof(float);
-    /* a type this set has no kernel for runs on the scalar one (same activation format) */
-    const pl_rows_fn rows = k->rows[p->type] ? k->rows[p->type] : pl_kernels_scalar.rows[p->type];
-    const pl_tile_fn tile = k->tile[p->type] ? k->tile[p->type] : pl_kernels_scalar.tile[p->type];
+    /* a type this set has no rows kernel for runs on the scalar set (same activation format) */
+    const pl_kernel_set *kt = k->rows[p->type] ? k : &pl_kernels_scalar;
+    const pl_rows_fn rows = kt->rows[p->type];
+    const pl_tile_fn tile = kt->tile[p->type];
     if (n_tok > 1 && tile) {
         tile(p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
         return;

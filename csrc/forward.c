@@ -378,7 +378,8 @@ static void embed(pl_context *c, const int32_t *tokens, int n_tokens, int n_past
     }
 }
 
-void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all) {
+void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all,
+                float *hidden) {
     const pl_config *p = &c->m->cfg;
     embed(c, tokens, n_tokens, n_past);
     /* only the rows whose logits are wanted go through the final norm and output layer */
@@ -394,4 +395,7 @@ void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, 
         }
         if (logits) logits_block(c, first, n_tokens - first, logits); /* NULL: a slice only filling the cache */
     }
+    /* what the output layer would multiply, for every token: the vectors embeddings pool */
+    for (int t = 0; hidden && t < n_tokens; t++)
+        rmsnorm(hidden + (size_t)t * p->dim, c->x + (size_t)t * p->dim, c->m->output_norm->data, p->dim, p->norm_eps);
 }

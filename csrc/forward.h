@@ -41,7 +41,9 @@ int pl_context_reserve(pl_context *c, int n_tok);
 
 /* One forward pass over n_tokens <= capacity tokens (already validated) at positions n_past..:
  * their keys and values into the cache, and logits for the last token (or every token when
- * logits_all) into logits, unless logits is NULL. */
-void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all);
+ * logits_all) into logits, unless logits is NULL; every token's final hidden state (after the
+ * output norm) into hidden, unless it is NULL. */
+void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all,
+                float *hidden);
 
 #endif

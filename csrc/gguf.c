@@ -386,6 +386,16 @@ static int read_window(const metadata *md, const char *arch, pl_config *cfg) {
     return 0;
 }
 
+/* 1 when set_family knows the architecture: the model catalog asks this before fetching a file. */
+int pl_arch_supported(const char *arch) {
+    pl_config scratch = {0};
+    if (!arch || set_family(arch, &scratch)) {
+        pl_clear_error();
+        return 0;
+    }
+    return 1;
+}
+
 /* Fill cfg from the architecture's metadata keys. */
 static int read_config(const metadata *md, pl_config *cfg) {
     char arch[64];

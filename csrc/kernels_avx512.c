@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "kquants_x86.h"
 #include "pyllama.h"
 #include "simd_x86.h"
 
@@ -706,6 +707,7 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.rows[PL_TYPE_Q4_0R] = rows_q4_0r;
     avx512_set.rows[PL_TYPE_Q4_1R] = rows_q4_1r;
     avx512_set.attend = attend;
+    pl_kq_fill_avx512(&avx512_set); /* kquants_avx512.c */
 }
 
 const pl_kernel_set *pl_kernels_avx512(void) { return &avx512_set; }

@@ -139,28 +139,51 @@ static float dot_iq4_nl(const block_iq4_nl *w, const block_q8x *x, int n) {
  *   d * dx * sum_k scale[k] * sum(q*qx over k)  -  dmin * dx * sum_k min[k] * sum(qx over k),
  * both sums over k taken in integers.
  */
+static float superblock_acc(const pl_superblock *u, const block_q8x *x, float sum) {
+    for (int a = 0; a < QK_K / QK; a++) {
+        const block_q8x *xa = &x[a];
+        int isum = 0, msum = 0;
+        for (int k0 = 0; k0 < QK; k0 += u->sub) {
+            const int k = (a * QK + k0) / u->sub;
+            int qdot = 0, xsum = 0;
+            for (int j = k0; j < k0 + u->sub; j++) {
+                qdot += u->q[a * QK + j] * xa->qs[j];
+                xsum += xa->qs[j];
+            }
+            isum += u->scale[k] * qdot;
+            msum += u->min[k] * xsum;
+        }
+        sum += u->d * xa->d * (float)isum - u->dmin * xa->d * (float)msum;
+    }
+    return sum;
+}
+
 static float dot_superblocks(int type, const void *w, const block_q8x *x, int n) {
     pl_superblock u;
     float sum = 0.0f;
     for (int sb = 0; sb < n / QK_K; sb++) {
         unpack_superblock(type, w, sb, &u);
-        for (int a = 0; a < QK_K / QK; a++) {
-            const block_q8x *xa = &x[sb * (QK_K / QK) + a];
-            int isum = 0, msum = 0;
-            for (int k0 = 0; k0 < QK; k0 += u.sub) {
-                const int k = (a * QK + k0) / u.sub;
-                int qdot = 0, xsum = 0;
-                for (int j = k0; j < k0 + u.sub; j++) {
-                    qdot += u.q[a * QK + j] * xa->qs[j];
-                    xsum += xa->qs[j];
-                }
-                isum += u.scale[k] * qdot;
-                msum += u.min[k] * xsum;
-            }
-            sum += u.d * xa->d * (float)isum - u.dmin * xa->d * (float)msum;
-        }
+        sum = superblock_acc(&u, x + sb * (QK_K / QK), sum);
     }
     return sum;
+}
+
+/* The batched form: each super-block is unpacked once for all the tokens, where rows() per
+ * token would unpack it n_tok times. Every y is summed in rows()' order, so the two agree exactly. */
+static void tile_superblocks(int type, const void *w, size_t row_bytes, const void *act, size_t act_stride,
+                             float *y, size_t y_stride, int r0, int r1, int n_tok, int n) {
+    pl_superblock u;
+    for (int r = r0; r < r1; r++) {
+        const char *row = (const char *)w + (size_t)r * row_bytes;
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * y_stride + r] = 0.0f;
+        for (int sb = 0; sb < n / QK_K; sb++) {
+            unpack_superblock(type, row, sb, &u);
+            for (int t = 0; t < n_tok; t++) {
+                const block_q8x *x = (const block_q8x *)((const char *)act + (size_t)t * act_stride);
+                y[(size_t)t * y_stride + r] = superblock_acc(&u, x + sb * (QK_K / QK), y[(size_t)t * y_stride + r]);
+            }
+        }
+    }
 }
 static float dot_q2_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q2_K, w, x, n); }
 static float dot_q3_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q3_K, w, x, n); }
@@ -168,6 +191,18 @@ static float dot_q4_k(const void *w, const block_q8x *x, int n) { return dot_sup
 static float dot_q5_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q5_K, w, x, n); }
 static float dot_q6_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q6_K, w, x, n); }
 static float dot_iq4_xs(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_IQ4_XS, w, x, n); }
+
+#define DEFINE_TILE_SUPERBLOCKS(NAME, TYPE)                                                               \
+    static void tile_##NAME(const void *w, size_t row_bytes, const void *act, size_t act_stride, float *y, \
+                            size_t y_stride, int r0, int r1, int n_tok, int n) {                         \
+        tile_superblocks(TYPE, w, row_bytes, act, act_stride, y, y_stride, r0, r1, n_tok, n);             \
+    }
+DEFINE_TILE_SUPERBLOCKS(q2_k, PL_TYPE_Q2_K)
+DEFINE_TILE_SUPERBLOCKS(q3_k, PL_TYPE_Q3_K)
+DEFINE_TILE_SUPERBLOCKS(q4_k, PL_TYPE_Q4_K)
+DEFINE_TILE_SUPERBLOCKS(q5_k, PL_TYPE_Q5_K)
+DEFINE_TILE_SUPERBLOCKS(q6_k, PL_TYPE_Q6_K)
+DEFINE_TILE_SUPERBLOCKS(iq4_xs, PL_TYPE_IQ4_XS)
 
 /* One rows() function per type: the loop over rows is the same, only the dot differs. */
 #define DEFINE_ROWS(NAME, WTYPE, ATYPE)                                                     \
@@ -254,6 +289,14 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q5_K] = rows_q5_k,
         [PL_TYPE_Q6_K] = rows_q6_k,
         [PL_TYPE_IQ4_XS] = rows_iq4_xs,
+    },
+    .tile = {
+        [PL_TYPE_Q2_K] = tile_q2_k,
+        [PL_TYPE_Q3_K] = tile_q3_k,
+        [PL_TYPE_Q4_K] = tile_q4_k,
+        [PL_TYPE_Q5_K] = tile_q5_k,
+        [PL_TYPE_Q6_K] = tile_q6_k,
+        [PL_TYPE_IQ4_XS] = tile_iq4_xs,
     },
     .attend = attend,
     .silu_mul = silu_mul,

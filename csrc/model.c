@@ -280,6 +280,15 @@ void pl_model_free(pl_model *m) {
 
 void pl_model_config(const pl_model *m, pl_config *out) { *out = m->cfg; }
 
+int pl_model_set_rope_base(pl_model *m, float rope_base) {
+    if (!(rope_base > 1.0f) || !isfinite(rope_base)) {
+        pl_set_error("rope base must be a finite number above 1 (got %g)", rope_base);
+        return -1;
+    }
+    m->cfg.rope_base = rope_base;
+    return 0;
+}
+
 int pl_model_n_tensors(const pl_model *m) { return m->n_tensors; }
 
 uint64_t pl_model_file_size(const pl_model *m) { return m->map.size; }

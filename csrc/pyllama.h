@@ -114,6 +114,8 @@ pl_model *pl_load_gguf(const char *path, int flags);
 pl_model *pl_load_llama2c(const char *path, float rope_base, int flags);
 void pl_model_free(pl_model *m);
 void pl_model_config(const pl_model *m, pl_config *out);
+/* llama.cpp's --rope-freq-base: replaces the file's; applies to contexts made afterwards. */
+int pl_model_set_rope_base(pl_model *m, float rope_base);
 int pl_model_n_tensors(const pl_model *m);
 int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);
@@ -152,9 +154,23 @@ int pl_set_threads(pl_context *c, int n_threads);
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
             float *logits, int logits_all);
 
+/* Like pl_eval, but instead of logits writes each token's final hidden state (after
+ * the output norm, the vector the output layer multiplies): n_tokens * dim floats.
+ * Embeddings pool these. */
+int pl_eval_hidden(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *hidden);
+
 /* Drop cached positions from n_keep+n_discard onward by sliding them down by n_discard
  * (context shift): keys are re-rotated to their new positions. Returns the new length. */
 int pl_kv_shift(pl_context *c, int n_past, int n_keep, int n_discard);
+
+/* The first n_tokens cached positions as bytes (state.c), to restore into a context of
+ * the same model and cache types (Llama.save_state / load_state). pl_state_size: the
+ * bytes pl_state_save writes (0 for a bad n_tokens); pl_state_save: 0, or -1 when size is
+ * too small; pl_state_load: 0, or -1 when the bytes are not a state of this context's
+ * shape (header checked, sizes exact). */
+uint64_t pl_state_size(const pl_context *c, int n_tokens);
+int pl_state_save(const pl_context *c, int n_tokens, uint8_t *buf, uint64_t size);
+int pl_state_load(pl_context *c, int n_tokens, const uint8_t *buf, uint64_t size);
 
 /* Sampling parameters (llama.cpp's order: bias, penalties, top-k, top-p, min-p, temperature). */
 typedef struct {
@@ -169,14 +185,16 @@ typedef struct {
 
 /*
  * Choose the next token. recent[0..n_recent) is the penalty window; bias_ids/vals
- * a logit bias. work holds n_vocab floats, cand n_vocab ids, probs n_vocab
- * doubles; on return cand[0..*n_cand) and probs[...] are the distribution the
- * draw used (highest first). rng (splitmix64 state) is advanced; NULL = no draw.
- * Returns the token id, or -1 (NaN logits).
+ * a logit bias. allowed, when not NULL, is a token bitmask of (n_vocab + 31) / 32
+ * words (bit i % 32 of word i / 32 set: token i may be drawn; llguidance's layout):
+ * the other tokens are never drawn. work holds n_vocab floats, cand n_vocab ids,
+ * probs n_vocab doubles; on return cand[0..*n_cand) and probs[...] are the
+ * distribution the draw used (highest first). rng (splitmix64 state) is advanced;
+ * NULL = no draw. Returns the token id, or -1 (NaN logits, no token allowed).
  */
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
-              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
-              float *work, int32_t *cand, double *probs, int *n_cand);
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,
+              uint64_t *rng, float *work, int32_t *cand, double *probs, int *n_cand);
 
 /* Byte-level BPE (GGUF "gpt2" vocabularies; bpe.c). tokens and merges are GGUF string arrays
  * as the file stores them (per string a u64 length, then its bytes), read during the call only.
@@ -210,13 +228,23 @@ void pl_set_sample_threads(int n_threads);
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */
 int pl_current_isa(void);             /* the path in use */
-int pl_type_block_size(int type);     /* elements per block */
+int pl_type_block_size(int type);     /* elements per block; -1 for a type this build cannot use */
+int pl_arch_supported(const char *arch); /* 1 when this build runs general.architecture = arch */
 int pl_type_block_bytes(int type);    /* bytes per block */
 int pl_dequantize(int type, const void *src, float *dst, int64_t n);
 /* y[r] = W[r,:] . x for r < rows, W stored row-major with `cols` elements per row. */
 int pl_matvec(int type, const void *w, const float *x, float *y, int rows, int cols, int n_threads);
 /* Y[t,r] = W[r,:] . X[t,:] for t < n_tokens (prefill). */
 int pl_matmul(int type, const void *w, const float *x, float *y, int rows, int cols, int n_tokens, int n_threads);
+
+/* Quantization (quantize.c; python -m pyllama.quantize). Target types: Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. pl_quantize_row_bytes: bytes of one row of
+ * n_per_row values in that type, or -1 (not a target type, or not a whole number of blocks).
+ * pl_quantize_rows: n_rows rows of src_type (F32, F16, BF16 or a type the core dequantizes)
+ * into dst (n_rows * pl_quantize_row_bytes bytes), rows spread over n_threads threads. */
+int64_t pl_quantize_row_bytes(int type, int64_t n_per_row);
+int pl_quantize_rows(int src_type, const void *src, int dst_type, void *dst, int64_t n_rows, int64_t n_per_row,
+                     int n_threads);
 
 /* CDEF-END */
 

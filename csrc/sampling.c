@@ -8,6 +8,7 @@
  * logits below the maximum in one pass and sorting only the boundary bucket.
  * pyllama/sampling.py holds the numpy definition this is tested against.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,12 +272,52 @@ static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const in
     }
 }
 
+/* The 32 logits of one mask word: kept where its bit is set, -inf elsewhere. Branch-free:
+ * the bits of a grammar's mask are as good as random, and a branch per token mispredicts. */
+static void copy_word(float *dst, const float *src, uint32_t w) {
+    /* bit j as a constant per lane (not w >> j: baseline x86-64 has no per-lane shift), so
+     * the loop vectorizes to and / compare / select */
+    static const uint32_t bit[32] = {
+        1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
+        1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+        1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+        1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+    const uint32_t minus_inf = 0xff800000u;
+    for (int j = 0; j < 32; j++) {
+        const uint32_t keep = 0u - (uint32_t)((w & bit[j]) != 0);
+        uint32_t x;
+        memcpy(&x, src + j, sizeof x);
+        x = (x & keep) | (minus_inf & ~keep);
+        memcpy(dst + j, &x, sizeof x);
+    }
+}
+
+/* dst[a..b) = src[a..b) where the bitmask allows the token, -inf elsewhere. Whole
+ * words are the common case (a grammar allows few tokens, or all of a region). */
+static void copy_allowed(float *dst, const float *src, const uint32_t *allowed, int a, int b) {
+    int i = a;
+    for (; i < b && (i & 31); i++) dst[i] = allowed[i >> 5] >> (i & 31) & 1 ? src[i] : -INFINITY;
+    for (; i + 32 <= b; i += 32) {
+        const uint32_t w = allowed[i >> 5];
+        if (w == 0xffffffffu) {
+            memcpy(dst + i, src + i, 32 * sizeof(float));
+        } else if (w == 0) {
+            for (int j = 0; j < 32; j++) dst[i + j] = -INFINITY;
+        } else {
+            copy_word(dst + i, src + i, w);
+        }
+    }
+    for (; i < b; i++) dst[i] = allowed[i >> 5] >> (i & 31) & 1 ? src[i] : -INFINITY;
+}
+
+static int is_allowed(const uint32_t *allowed, int32_t id) { return allowed[id >> 5] >> (id & 31) & 1; }
+
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
-              const int32_t *bias_ids, const float *bias_vals, int n_bias, uint64_t *rng,
-              float *work, int32_t *cand, double *probs, int *n_cand) {
+              const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,
+              uint64_t *rng, float *work, int32_t *cand, double *probs, int *n_cand) {
     const int penalize = n_recent > 0 && (s->repeat_penalty != 1.0f || s->frequency_penalty != 0.0f ||
                                           s->presence_penalty != 0.0f);
-    const int modify = n_bias > 0 || penalize;
+    const int modify = n_bias > 0 || penalize || allowed;
     const float *v = modify ? work : logits; /* copied only when something changes them */
     const int top_k = s->temperature > 0.0f && s->top_k > 0 && s->top_k < n_vocab;
     /* top-k's shortcut: the (want+1)-th largest of SAMPLE strided logits lets ~4k+64 through */
@@ -302,12 +343,15 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         pl_thread_share(n_vocab, &a, &b);
         if (t == 0) team = omp_get_num_threads();
         if (modify) {
-            memcpy(work + a, logits + a, (size_t)(b - a) * sizeof(float));
+            if (allowed) copy_allowed(work, logits, allowed, a, b);
+            else memcpy(work + a, logits + a, (size_t)(b - a) * sizeof(float));
 #pragma omp barrier
 #pragma omp single
             {
+                /* a banned token stays banned: -inf plus a +inf bias would be NaN */
                 for (int i = 0; i < n_bias; i++)
-                    if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab) work[bias_ids[i]] += bias_vals[i];
+                    if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab && (!allowed || is_allowed(allowed, bias_ids[i])))
+                        work[bias_ids[i]] += bias_vals[i];
                 if (penalize) apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand: scratch */
             }
         }
@@ -315,7 +359,11 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
             sample_top(v, n_vocab, a, b, want, &part[t]);
 #pragma omp barrier
 #pragma omp single
-            threshold = merge_threshold(part, omp_get_num_threads(), want);
+            {
+                threshold = merge_threshold(part, omp_get_num_threads(), want);
+                /* a mask leaves many -inf logits: collect only the allowed ones */
+                if (allowed && threshold == -INFINITY) threshold = -FLT_MAX;
+            }
         }
         scan(v, a, b, threshold, cand, &part[t]);
     }
@@ -335,7 +383,8 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         return -1;
     }
     if (vmax == -INFINITY) {
-        pl_set_error("every token has logit -inf (a logit_bias that bans the whole vocabulary?)");
+        pl_set_error(allowed ? "the grammar allows no token here (every allowed token has logit -inf)"
+                             : "every token has logit -inf (a logit_bias that bans the whole vocabulary?)");
         return -1;
     }
     int best = best_chunk;
@@ -392,6 +441,12 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         n = m;
     }
 
+    if (allowed) { /* banned tokens have probability 0: drop them, so no rounding can draw one */
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (v[cand[i]] > -INFINITY) cand[m++] = cand[i];
+        n = m;
+    }
     if (n <= 0) { /* cannot happen with parameters in range; keep the best token rather than read cand[-1] */
         cand[0] = best;
         n = 1;

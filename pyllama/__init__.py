@@ -40,6 +40,8 @@ _import_numpy_leaving_signals_to_this_thread()
 
 from .errors import (ChatTemplateError, ContextOverflowError, FetchError, ModelError, PyllamaError,
                      TokenizerError)
+from .generation import LogitsProcessorList, StoppingCriteriaList
+from .grammar import LlamaGrammar
 from .llama import Llama
 from .tokenizer import Tokenizer
 
@@ -48,6 +50,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Llama",
     "Tokenizer",
+    "LlamaGrammar",
+    "LogitsProcessorList",
+    "StoppingCriteriaList",
     "PyllamaError",
     "ModelError",
     "ContextOverflowError",

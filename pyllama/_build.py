@@ -3,7 +3,8 @@
 The cdef is cut out of csrc/pyllama.h (between the CDEF markers), so the C boundary
 is declared in one place. The build targets baseline x86-64 / aarch64: faster
 instruction sets are chosen at run time. ``PYLLAMA_NATIVE=1`` opts into
-``-march=native`` for a build that only has to run on this machine.
+``-march=native`` for a build that only has to run on this machine;
+``PYLLAMA_SANITIZE=1`` builds with ASan and UBSan.
 """
 from __future__ import annotations
 
@@ -79,7 +80,18 @@ def compile_args() -> list[str]:
         args.append("-march=native")
     if os.environ.get("PYLLAMA_DEBUG") == "1":
         args += ["-O1", "-g", "-fno-omit-frame-pointer"]
+    args += sanitize_flags()
     return args
+
+
+def sanitize_flags() -> list[str]:
+    """``PYLLAMA_SANITIZE=1``: AddressSanitizer and UndefinedBehaviorSanitizer in the
+    extension itself (CI runs the C-touching tests so, with libasan preloaded into
+    Python: see .ci/run). Undefined behaviour aborts instead of printing and going on."""
+    if os.environ.get("PYLLAMA_SANITIZE") != "1":
+        return []
+    return ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined"]
 
 
 ffibuilder = FFI()
@@ -91,6 +103,6 @@ ffibuilder.set_source(
     sources=sorted(os.path.relpath(p, ROOT) for p in CSRC.glob("*.c")),
     include_dirs=[os.path.relpath(CSRC, ROOT)],
     extra_compile_args=compile_args(),
-    extra_link_args=[*OPENMP_LINK, "-lm"],
+    extra_link_args=[*OPENMP_LINK, "-lm", *sanitize_flags()],
 )
 

@@ -8,75 +8,23 @@ reply (the program keeps running), Ctrl-D exits.
 When stdin is not a terminal, each input line is one user message and only
 the replies are printed (one per message), so scripts can drive it:
 
-    printf 'What is the capital of France?\\n' | python -m pyllama.chat -t 0
+    printf 'What is the capital of France?\\n' | python -m pyllama.chat --temp 0
+
+The options are llama.cpp's (pyllama/cli_common.py): -t threads, -sys / -sysf the
+system prompt, -p / -f a first user message, -r a text that ends a reply.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+# the shared options; also imported from here by code written before cli_common existed
+from .cli_common import (ArgumentParser, add_cache_type_args, add_conversation_arg, add_mmap_arg,  # noqa: F401
+                         add_model_args, add_sampling_args, add_text_args, check_conversation_arg,
+                         check_model_args, check_positive, check_sampling_args, load_model, prompt_text,
+                         read_text_file, reverse_prompts, sampling_kwargs)
+
 HELP = "commands: /reset  /system TEXT  /exit  (Ctrl-C stops a reply, Ctrl-D exits)"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) on bad arguments; still exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_cache_type_args(ap: argparse.ArgumentParser) -> None:
-    """llama.cpp's -ctk/-ctv: the KV cache's element types (Llama's type_k / type_v)."""
-    ap.add_argument("-ctk", "--cache-type-k", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for keys (default f16, as llama.cpp)")
-    ap.add_argument("-ctv", "--cache-type-v", choices=["f16", "f32"], default="f16",
-                    help="KV cache type for values (default f16)")
-
-
-def add_mmap_arg(ap: argparse.ArgumentParser) -> None:
-    """llama.cpp's --no-mmap: read the weights into memory instead of mapping the file (Llama's use_mmap)."""
-    ap.add_argument("--no-mmap", dest="use_mmap", action="store_false",
-                    help="read the model into memory (on huge pages where the kernel has them) instead of "
-                         "mapping the file: a slower load, faster decode on some machines")
-
-
-def add_model_args(ap: argparse.ArgumentParser, n_ctx_default: int) -> None:
-    ap.add_argument("-m", "--model", default=None,
-                    help="GGUF file, llama2.c checkpoint or catalog name (default: the default model, "
-                         "fetched on first use)")
-    ap.add_argument("-c", "--ctx-size", type=int, default=n_ctx_default, metavar="N_CTX",
-                    help=f"context length in tokens (default {n_ctx_default}; 0: the model's own)")
-    ap.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="CPU threads (default: all available)")
-    ap.add_argument("--seed", type=int, default=-1, metavar="N", help="sampling seed (-1: random)")
-    add_cache_type_args(ap)
-    add_mmap_arg(ap)
-    ap.add_argument("--tokenizer", default=None, metavar="PATH",
-                    help="tokenizer for llama2.c checkpoints (tokenizer.bin or .model)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print loading details to stderr")
-
-
-def check_positive(ap, name, value, allow_zero=False):
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        ap.error(f"{name} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
-
-
-def load_model(args, **extra):
-    """Open the model named on the command line; on failure print one line and exit 1."""
-    from .errors import PyllamaError
-
-    try:
-        from .llama import Llama
-
-        return Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
-                     seed=args.seed, verbose=args.verbose, tokenizer_path=args.tokenizer,
-                     type_k=args.cache_type_k, type_v=args.cache_type_v, use_mmap=args.use_mmap, **extra)
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        raise SystemExit(130)
-    except (PyllamaError, OSError, ValueError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1)
 
 
 def dim(text: str, stream) -> str:
@@ -98,11 +46,16 @@ def stats_line(timings: dict) -> str:
 class ChatSession:
     """A conversation with a model: history, trimming to the context, streaming replies."""
 
-    def __init__(self, llm, system: str | None = None, max_tokens: int | None = None, **sampling):
+    MAX_TOOL_ROUNDS = 5  # model turns with tool calls per user message
+
+    def __init__(self, llm, system: str | None = None, max_tokens: int | None = None, tools=None,
+                 show_tool=None, **sampling):
         self.llm = llm
         self.system = system
         self.max_tokens = max_tokens if max_tokens and max_tokens > 0 else None
         self.sampling = sampling
+        self.tools = list(tools) if tools else None  # built-in tool names (pyllama.builtin_tools)
+        self.show_tool = show_tool  # called with (name, arguments, result) after each tool call
         self.messages: list[dict] = []
         self.reset()
 
@@ -139,18 +92,46 @@ class ChatSession:
         stream = None
         try:
             self._fit()
-            stream = self.llm.create_chat_completion(self.messages, stream=True,
-                                                     max_tokens=self.max_tokens, **self.sampling)
-            for chunk in stream:
-                piece = chunk["choices"][0]["delta"].get("content")
-                if piece:
-                    out.write(piece)
-                    parts.append(piece)
-                    out.flush()
+            extra = {}
+            if self.tools:
+                from .builtin_tools import tool_specs
+
+                extra["tools"] = tool_specs(self.tools)
+            done_calls: set = set()
+            results: set = set()
+            answer_now = False
+            for _round in range(self.MAX_TOOL_ROUNDS + 1):
+                if answer_now or _round == self.MAX_TOOL_ROUNDS:
+                    # enough calls: answer with what is known, in words (a small model that
+                    # keeps writing calls would otherwise write one here as plain text)
+                    extra.update(tool_choice="none", grammar=_answer_grammar())
+                stream = self.llm.create_chat_completion(self.messages, stream=True,
+                                                         max_tokens=self.max_tokens, **extra, **self.sampling)
+                calls = []
+                for chunk in stream:
+                    delta = chunk["choices"][0]["delta"]
+                    piece = delta.get("content")
+                    if piece:
+                        out.write(piece)
+                        parts.append(piece)
+                        out.flush()
+                    calls.extend(delta.get("tool_calls") or [])
+                stream.close()
+                stream = None
+                if not calls:
+                    break
+                fresh = [c for c in calls if not _repeated_call(c, done_calls, results)]
+                if not fresh:  # the same call again, or the calculator on its own result
+                    answer_now = True
+                    continue
+                results.update(self._run_tools(fresh, "".join(parts)))
+                parts = []
         except KeyboardInterrupt:
             interrupted = True
         except BaseException:
-            if self.messages and self.messages[-1]["role"] == "user":
+            while self.messages and self.messages[-1]["role"] != "user":
+                self.messages.pop()  # a tool round of this question
+            if self.messages:
                 self.messages.pop()
             raise
         finally:
@@ -158,10 +139,57 @@ class ChatSession:
                 stream.close()
         reply = "".join(parts)
         if interrupted and not parts:  # stopped before any answer: as if never asked
+            while self.messages and self.messages[-1]["role"] != "user":
+                self.messages.pop()  # a tool round of this question
             self.messages.pop()
         else:
             self.messages.append({"role": "assistant", "content": reply})
         return reply, interrupted
+
+    def _run_tools(self, calls: list, content: str) -> list:
+        """Run the tool calls of one model turn; the calls and results join the conversation.
+        Returns the results."""
+        from .builtin_tools import run_tool
+
+        results = []
+        calls = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+        self.messages.append({"role": "assistant", "content": content or None, "tool_calls": calls})
+        for call in calls:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            result = run_tool(name, arguments) if name in (self.tools or ()) else (
+                f"error: the tool {name!r} is not enabled (enabled: {', '.join(self.tools or [])})")
+            if self.show_tool is not None:
+                self.show_tool(name, arguments, result)
+            self.messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "name": name,
+                                  "content": result})
+            results.append(result.strip())
+        return results
+
+
+def _answer_grammar():
+    """Prose: a reply that starts with a letter or digit and holds no JSON braces."""
+    from .grammar import LlamaGrammar
+
+    return LlamaGrammar.from_lark("start: /[A-Za-z0-9][^{}]*/")
+
+
+def _repeated_call(call: dict, done: set, results: set) -> bool:
+    """Whether a call adds nothing: made before in this reply, or a calculator call on a
+    number that a tool already returned. New calls are added to ``done``."""
+    import json
+
+    f = call.get("function", {})
+    try:
+        args = json.loads(f.get("arguments") or "{}")
+    except json.JSONDecodeError:
+        args = f.get("arguments")
+    key = (f.get("name"), json.dumps(args, sort_keys=True))
+    if key in done:
+        return True
+    done.add(key)
+    if f.get("name") == "calculator" and isinstance(args, dict):
+        return str(args.get("expression", "")).strip() in results
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,32 +198,69 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a model in the terminal. " + HELP + ". With stdin not a terminal: "
                     "one user message per line, only replies printed.")
     add_model_args(ap, n_ctx_default=2048)
-    ap.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
-    ap.add_argument("-t", "--temp", type=float, default=0.2, help="temperature (0: greedy; default 0.2)")
-    ap.add_argument("--top-k", type=int, default=40, help="top-k (0: off; default 40)")
-    ap.add_argument("--top-p", type=float, default=0.95, help="top-p (1: off; default 0.95)")
-    ap.add_argument("--min-p", type=float, default=0.05, help="min-p (0: off; default 0.05)")
-    ap.add_argument("--repeat-penalty", type=float, default=1.1, help="repeat penalty (1: off; default 1.1)")
-    ap.add_argument("-n", "--max-tokens", type=int, default=-1, metavar="N",
+    add_conversation_arg(ap, always=True)
+    ap.add_argument("-sys", "--system-prompt", "--system", dest="system", default=None, metavar="TEXT",
+                    help="system prompt")
+    ap.add_argument("-sysf", "--system-prompt-file", default=None, metavar="FILE",
+                    help="read the system prompt from a file (one trailing newline dropped)")
+    add_text_args(ap, prompt_help="a first user message, sent before any input is read")
+    add_sampling_args(ap, temp=0.2, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+    ap.add_argument("-n", "--n-predict", "--max-tokens", dest="max_tokens", type=int, default=-1, metavar="N",
                     help="longest reply in tokens (-1: until the model ends its turn)")
+    ap.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
+                    help="end a reply where this text appears (repeatable)")
     ap.add_argument("--chat-format", default=None,
                     help="built-in template (chatml, llama-2, llama-3, mistral, gemma) instead of the file's")
+    ap.add_argument("--tools", default=None, metavar="NAMES",
+                    help="built-in tools the model may call, comma-separated: calculator, python "
+                         "(calls and results are shown on stderr; see pyllama/builtin_tools.py for the "
+                         "python tool's limits)")
     return ap
+
+
+def parse_tools(ap, value):
+    if not value:
+        return None
+    from .builtin_tools import BUILTIN_TOOLS
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BUILTIN_TOOLS]
+    if not names:
+        ap.error(f"--tools needs tool names; choose from {', '.join(BUILTIN_TOOLS)}")
+    if unknown:
+        ap.error(f"--tools: unknown tool {', '.join(unknown)}; choose from {', '.join(BUILTIN_TOOLS)}")
+    return names
+
+
+def show_tool_call(name, arguments, result, stream=None) -> None:
+    """One line per call on stderr: the call, then its result (cut to a few lines)."""
+    stream = stream or sys.stderr
+    lines = result.splitlines() or [""]
+    shown = "\n".join(lines[:8]) + (f"\n... ({len(lines) - 8} more lines)" if len(lines) > 8 else "")
+    stream.write(dim(f"[{name}] {arguments}\n=> {shown}", stream) + "\n")
+    stream.flush()
 
 
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    check_positive(ap, "--ctx-size", args.ctx_size, allow_zero=True)
-    check_positive(ap, "--threads", args.threads)
-    if args.temp < 0:
-        ap.error(f"--temp must be >= 0 (got {args.temp})")
+    check_model_args(ap, args)
+    check_conversation_arg(ap, args)
+    check_sampling_args(ap, args)
+    if args.max_tokens < -1:
+        ap.error(f"--n-predict must be >= -1 (got {args.max_tokens})")
+    if args.system_prompt_file is not None:
+        if args.system is not None:
+            ap.error("give the system prompt with -sys or -sysf, not both")
+        args.system = read_text_file(ap, args.system_prompt_file, prompt=True)
+    first = prompt_text(ap, args) or None
     if args.chat_format is not None:
         from .chat_format import BUILTIN_TEMPLATES
 
         if args.chat_format not in BUILTIN_TEMPLATES:
             ap.error(f"--chat-format must be one of {', '.join(BUILTIN_TEMPLATES)}")
 
+    tools = parse_tools(ap, args.tools)
     interactive = sys.stdin.isatty()
     if interactive:
         try:
@@ -207,31 +272,37 @@ def main(argv=None) -> int:
 
     from .errors import PyllamaError
 
-    session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, temperature=args.temp,
-                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty)
+    session = ChatSession(llm, system=args.system, max_tokens=args.max_tokens, tools=tools,
+                          show_tool=show_tool_call,
+                          stop=reverse_prompts(args) or None,
+                          **sampling_kwargs(args))
     if interactive:
         sys.stderr.write(dim(f"{llm.model_path}\n{HELP}", sys.stderr) + "\n")
     out = sys.stdout
     while True:
-        try:
+        if first is not None:  # -p / -f: a message, never a command
+            text, first, command = first, None, False
             if interactive:
-                line = input("> ")
-            else:
-                line = sys.stdin.readline()
-                if not line:
-                    break
-        except EOFError:
-            if interactive:
+                sys.stderr.write(f"> {text}\n")
+        else:
+            try:
+                if interactive:
+                    line = input("> ")
+                else:
+                    line = sys.stdin.readline()
+                    if not line:
+                        break
+            except EOFError:
+                if interactive:
+                    sys.stderr.write("\n")
+                break
+            except KeyboardInterrupt:  # at the prompt: drop the line, keep going
                 sys.stderr.write("\n")
-            break
-        except KeyboardInterrupt:  # at the prompt: drop the line, keep going
-            sys.stderr.write("\n")
-            continue
-        text = line.strip()
+                continue
+            text, command = line.strip(), True
         if not text:
             continue
-        if text.startswith("/"):
+        if command and text.startswith("/"):
             cmd, _, rest = text.partition(" ")
             if cmd in ("/exit", "/quit"):
                 break

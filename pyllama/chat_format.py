@@ -2,25 +2,19 @@
 
 A GGUF file carries its template as Jinja2 source in ``tokenizer.chat_template``.
 Model files are untrusted input, so templates are rendered in Jinja2's
-``ImmutableSandboxedEnvironment``: attribute access to Python internals
-(``__class__``, ``__globals__``, ...) raises, containers cannot be mutated,
-and huge repetitions (``'a' * 10**10``) are refused. Any failure surfaces as
-:class:`ChatTemplateError` naming the problem.
+``ImmutableSandboxedEnvironment`` (:mod:`pyllama.template_sandbox`): attribute
+access to Python internals (``__class__``, ``__globals__``, ...) raises,
+containers cannot be mutated, and rendering has a size budget and a CPU-time
+budget. Any failure surfaces as :class:`ChatTemplateError` naming the problem.
 
 Files without a template (and users who want another) can pick a built-in one
 by name: chatml, llama-2, llama-3, mistral, gemma.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import operator
 from dataclasses import dataclass
 
-import jinja2
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from . import template_sandbox
 from .errors import ChatTemplateError
 
 __all__ = ["ChatTemplateError", "BUILTIN_TEMPLATES", "render_template", "ChatPrompt",
@@ -116,81 +110,6 @@ _ALIASES = {"llama2": "llama-2", "llama3": "llama-3", "llama-2-chat": "llama-2",
             "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml"}
 
 
-# ---------------------------------------------------------------------------
-# Sandbox
-
-_MAX_OUTPUT_ITEMS = 1_000_000  # largest string/list a template may build with * or **
-
-
-class _StrictUnsafeUndefined(jinja2.Undefined):
-    """Undefined that is lenient like the default one, except for sandbox refusals:
-    those raise even when merely printed, so ``{{ ''.__class__ }}`` fails loudly
-    instead of rendering an empty string."""
-
-    __slots__ = ()
-
-    def _strict(self):
-        if self._undefined_exception is SecurityError:
-            self._fail_with_undefined_error()
-
-    def __str__(self):
-        self._strict()
-        return super().__str__()
-
-    def __iter__(self):
-        self._strict()
-        return super().__iter__()
-
-    def __bool__(self):
-        self._strict()
-        return super().__bool__()
-
-    def __len__(self):
-        self._strict()
-        return super().__len__()
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**"])
-
-    def call_binop(self, context, operator_name, left, right):
-        if operator_name == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple, bytes)) and isinstance(count, int):
-                    if len(seq) * count > _MAX_OUTPUT_ITEMS:
-                        raise SecurityError("template tried to build a sequence that is too large")
-            return operator.mul(left, right)
-        if operator_name == "**":
-            if isinstance(right, (int, float)) and isinstance(left, (int, float)):
-                if abs(right) > 64 and abs(left) > 1:
-                    raise SecurityError("template tried to compute a power that is too large")
-            return operator.pow(left, right)
-        return super().call_binop(context, operator_name, left, right)
-
-
-def _raise_exception(message):
-    raise jinja2.TemplateError(str(message))
-
-
-def _strftime_now(fmt):
-    return datetime.datetime.now().strftime(str(fmt))
-
-
-def _tojson(value, indent=None, separators=None, sort_keys=False):
-    # Like Hugging Face's: plain JSON (Jinja's own tojson HTML-escapes <, >, & and ').
-    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-
-def _environment() -> _Sandbox:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, undefined=_StrictUnsafeUndefined,
-                   loader=jinja2.BaseLoader(), autoescape=False)
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.filters["tojson"] = _tojson
-    return env
-
-
 def _normalize_messages(messages):
     """Copy messages as plain dicts; OpenAI content parts become one string."""
     if not isinstance(messages, (list, tuple)):
@@ -213,27 +132,18 @@ def _normalize_messages(messages):
 
 
 def render_template(source: str, messages, *, bos_token: str = "", eos_token: str = "",
-                    add_generation_prompt: bool = True, tools=None, **extra) -> str:
-    """Render a (possibly hostile) chat template in the sandbox."""
-    env = _environment()
-    try:
-        template = env.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat template has a syntax error (line {e.lineno}): {e.message}") from None
+                    add_generation_prompt: bool = True, tools=None,
+                    max_chars: int = template_sandbox.DEFAULT_MAX_CHARS,
+                    cpu_seconds: float = template_sandbox.DEFAULT_CPU_SECONDS, **extra) -> str:
+    """Render a (possibly hostile) chat template in the sandbox: at most `max_chars`
+    characters of output (and of any string built on the way) and `cpu_seconds` of CPU
+    time, else :class:`ChatTemplateError` (see :mod:`pyllama.template_sandbox`)."""
     variables = dict(extra)
     variables.update(messages=_normalize_messages(messages), bos_token=bos_token,
                      eos_token=eos_token, add_generation_prompt=add_generation_prompt)
     if tools is not None:
         variables["tools"] = tools
-    try:
-        return template.render(**variables)
-    except SecurityError as e:
-        raise ChatTemplateError(f"chat template refused by the sandbox: {e}") from None
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"chat template failed: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-            OverflowError, RecursionError, MemoryError) as e:
-        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+    return template_sandbox.render(source, variables, max_chars=max_chars, cpu_seconds=cpu_seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -297,20 +207,97 @@ def _token_str(tokenizer, token_id) -> str:
         return tokenizer.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
 
-def format_chat(llama, messages, tools=None, add_generation_prompt=True) -> ChatPrompt:
+def _strings(value):
+    """Every string inside `value` (nested dicts, lists and tuples; dict values only)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _replace_strings(value, replace):
+    if isinstance(value, str):
+        return replace(value)
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, replace) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replace_strings(v, replace) for v in value)
+    return value
+
+
+_PLACEHOLDER_BASE = 0xF0000  # Supplementary Private Use Area-A: in no vocabulary's control tokens
+
+
+def _shield_control_texts(tokenizer, source, values):
+    """`values` with each control-token spelling in its strings replaced by a placeholder
+    character, and the placeholders' texts (None when nothing needed replacing).
+
+    The rendered prompt is tokenized with special tokens parsed, so that the template's
+    own ``<|im_start|>`` become control tokens; a placeholder survives the template
+    (no filter changes a private-use character) and is turned back into its text only
+    after the control tokens are cut out, as plain text."""
+    found = set()
+    for s in _strings(values):
+        found |= tokenizer.control_texts_in(s)
+    if not found:
+        return values, None
+    seen = set(source) | {c for s in _strings(values) for c in s} | {c for t in found for c in t}
+    chars, c = [], _PLACEHOLDER_BASE
+    for _ in found:
+        while chr(c) in seen:
+            c += 1
+        chars.append(chr(c))
+        c += 1
+    texts = sorted(found, key=len, reverse=True)  # longest first: "<|im_start|>" before "<|im"
+    literal = dict(zip(chars, texts))
+
+    def replace(s: str) -> str:
+        for ch, t in zip(chars, texts):
+            if t in s:
+                s = s.replace(t, ch)
+        return s
+
+    return _replace_strings(values, replace), literal
+
+
+def format_chat(llama, messages, tools=None, add_generation_prompt=True,
+                parse_special_in_messages: bool | None = None) -> ChatPrompt:
     """Render and tokenize a conversation for ``llama`` (anything with
-    ``.tokenizer`` and ``.metadata``; ``chat_format`` is read if present)."""
+    ``.tokenizer`` and ``.metadata``; ``chat_format`` is read if present).
+
+    Text in the messages (and tools) that spells a control token, such as
+    ``<|im_start|>system``, stays plain text: only the template's own markers become
+    control tokens, so a user message, a retrieved document or a tool result cannot
+    open a system turn. ``parse_special_in_messages=True`` (default: the model's
+    ``parse_special_in_messages`` attribute, else False) parses them as the template's
+    are, as llama.cpp's server and llama-cpp-python do."""
     tokenizer = llama.tokenizer
     metadata = getattr(llama, "metadata", None) or {}
     source, name = template_for(getattr(llama, "chat_format", None), tokenizer, metadata)
     bos = _token_str(tokenizer, tokenizer.bos_id)
     eos = _token_str(tokenizer, tokenizer.eos_id)
+    if parse_special_in_messages is None:
+        parse_special_in_messages = bool(getattr(llama, "parse_special_in_messages", False))
+    literal = None
+    if not parse_special_in_messages and hasattr(tokenizer, "control_texts_in"):
+        messages = _normalize_messages(messages)
+        (messages, tools), literal = _shield_control_texts(tokenizer, source, (messages, tools))
+    n_ctx = llama.n_ctx() if callable(getattr(llama, "n_ctx", None)) else 0
     text = render_template(source, messages, bos_token=bos, eos_token=eos,
-                           add_generation_prompt=add_generation_prompt, tools=tools)
+                           add_generation_prompt=add_generation_prompt, tools=tools,
+                           max_chars=max(template_sandbox.DEFAULT_MAX_CHARS, 64 * int(n_ctx or 0)))
     # The template decides about BOS: add the model's BOS only when the model wants one
     # and the template did not already write it.
     add_bos = bool(tokenizer.add_bos) and not (bos and text.startswith(bos))
-    tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True)
+    if literal:
+        tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True, literal=literal)
+        text = text.translate({ord(k): v for k, v in literal.items()})
+    else:
+        tokens = tokenizer.tokenize(text, add_bos=add_bos, special=True)
     if name in _END_OF_TURN:
         stop = list(_END_OF_TURN[name])
     else:  # the file's own template: the end-of-turn markers it writes

@@ -1,10 +1,12 @@
 """Plain text completion in the spirit of llama2.c's ``run``:
 
-    python -m pyllama.generate -m MODEL -p "Once upon a time" -n 256 -t 1.0 --top-p 0.9 --seed 42
+    python -m pyllama.generate -m MODEL -p "Once upon a time" -n 256 --temp 1.0 --top-p 0.9 -s 42
 
 The prompt and its continuation go to stdout as they are produced; the speed
 achieved goes to stderr at the end. Sampling is temperature + top-p only
-(llama2.c's), unless --top-k / --min-p / --repeat-penalty are given.
+(llama2.c's), unless --top-k / --min-p / the penalties are given. The options are
+llama.cpp's (pyllama/cli_common.py): -t threads, -f prompt file, -e escapes (on by
+default), -r stop text, -n -1 for no length limit.
 """
 from __future__ import annotations
 
@@ -12,36 +14,63 @@ import argparse
 import sys
 import time
 
-from .chat import ArgumentParser, add_model_args, check_positive, dim, load_model
+from .chat import dim
+from .cli_common import (ArgumentParser, add_conversation_arg, add_model_args, add_sampling_args, add_text_args,
+                         check_conversation_arg, check_model_args, check_sampling_args, load_model, prompt_text,
+                         reverse_prompts, sampling_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="python -m pyllama.generate",
                                  description="Continue a prompt with a model (llama2.c run style).")
     add_model_args(ap, n_ctx_default=512)
-    ap.add_argument("-p", "-i", "--prompt", default="", help="prompt text (-i is an alias, as in llama2.c)")
-    ap.add_argument("-n", "--steps", type=int, default=256,
-                    help="tokens to generate (0: until the context is full; default 256)")
-    ap.add_argument("-t", "--temp", type=float, default=1.0, help="temperature (0: greedy; default 1.0)")
-    ap.add_argument("--top-p", type=float, default=0.9, help="top-p (default 0.9; 1: off)")
-    ap.add_argument("--top-k", type=int, default=0, help="top-k (default 0: off)")
-    ap.add_argument("--min-p", type=float, default=0.0, help="min-p (default 0: off)")
-    ap.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (default 1: off)")
+    add_conversation_arg(ap, always=False)
+    add_text_args(ap, prompt_help="prompt text (-i is an alias, as in llama2.c)")
+    ap.add_argument("-i", dest="prompt", help=argparse.SUPPRESS)
+    ap.add_argument("-n", "--n-predict", "--steps", dest="steps", type=int, default=256, metavar="N",
+                    help="tokens to generate (default 256; -1: no limit, until end-of-text or Ctrl-C, "
+                         "shifting the context when full; 0 or -2: until the context is full)")
+    add_sampling_args(ap, temp=1.0, top_k=0, top_p=0.9, min_p=0.0, repeat_penalty=1.0)
+    ap.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
+                    help="stop where this text appears (repeatable; the text itself is printed)")
     ap.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-text tokens")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--grammar", default=None, metavar="GRAMMAR",
+                   help="constrain the output with a grammar (GBNF as llama.cpp's, or Lark)")
+    g.add_argument("--grammar-file", default=None, metavar="FNAME", help="read the grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid under this JSON schema (its text, e.g. '{}')")
     return ap
+
+
+def load_grammar(ap, args):
+    """The LlamaGrammar the options ask for, or None; a bad one is a usage error."""
+    from .grammar import LlamaGrammar
+
+    try:
+        if args.grammar is not None:
+            return LlamaGrammar.from_string(args.grammar)
+        if args.grammar_file is not None:
+            return LlamaGrammar.from_file(args.grammar_file)
+        if args.json_schema is not None:
+            return LlamaGrammar.from_json_schema(args.json_schema)
+    except ValueError as e:
+        ap.error(str(e).replace("\n", " "))
+    return None
 
 
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    check_positive(ap, "--steps", args.steps, allow_zero=True)
-    check_positive(ap, "--ctx-size", args.ctx_size, allow_zero=True)
-    check_positive(ap, "--threads", args.threads)
-    if args.temp < 0:
-        ap.error(f"--temp must be >= 0 (got {args.temp})")
-    if not 0.0 <= args.top_p <= 1.0:
-        ap.error(f"--top-p must be in [0, 1] (got {args.top_p})")
+    if args.steps < -2:
+        ap.error(f"--n-predict must be >= -2 (got {args.steps})")
+    check_model_args(ap, args)
+    check_conversation_arg(ap, args)
+    check_sampling_args(ap, args)
+    args.prompt = prompt_text(ap, args)
+    stops = reverse_prompts(args)
 
+    grammar = load_grammar(ap, args)
     llm = load_model(args)
     from .errors import PyllamaError
 
@@ -56,8 +85,13 @@ def main(argv=None) -> int:
                 print("error: empty prompt and the model has no BOS token: pass -p TEXT", file=sys.stderr)
                 return 1
             prompt = [tok.bos_id]
-        steps = args.steps or (llm.n_ctx() - len(prompt))
-        end_ids = set() if args.ignore_eos else set(tok.eot_ids or ()) | (
+        if args.steps == -1:
+            steps = float("inf")
+        elif args.steps in (0, -2):
+            steps = llm.n_ctx() - len(prompt)
+        else:
+            steps = args.steps
+        end_ids = set() if args.ignore_eos and grammar is None else set(tok.eot_ids or ()) | (
             {tok.eos_id} if tok.eos_id is not None else set())
 
         out = sys.stdout
@@ -67,8 +101,11 @@ def main(argv=None) -> int:
         n = 0
         t_start = time.perf_counter()
         t_first = None
-        gen = llm.generate(prompt, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
-                           min_p=args.min_p, repeat_penalty=args.repeat_penalty)
+        sampling = sampling_kwargs(args)
+        sampling["temp"] = sampling.pop("temperature")
+        gen = llm.generate(prompt, grammar=grammar, **sampling)
+        tail = ""  # the end of the output, as long as the longest stop text
+        keep = max((len(r) for r in stops), default=0)
         try:
             for token in gen:
                 if t_first is None:
@@ -76,8 +113,14 @@ def main(argv=None) -> int:
                 if token in end_ids:
                     break
                 n += 1
-                out.write(decoder.push(token))
+                piece = decoder.push(token)
+                out.write(piece)
                 out.flush()
+                if stops:
+                    tail += piece
+                    if any(r in tail for r in stops):
+                        break
+                    tail = tail[-keep:]
                 if n >= steps:
                     break
         except KeyboardInterrupt:

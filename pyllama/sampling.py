@@ -26,6 +26,8 @@ Each filter keeps at least ``min_keep`` (1) token.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from dataclasses import dataclass, field
 
@@ -39,6 +41,8 @@ __all__ = [
     "apply_penalties",
     "log_softmax",
     "candidate_distribution",
+    "apply_token_mask",
+    "mask_bits",
 ]
 
 
@@ -57,11 +61,22 @@ class SamplingParams:
     min_keep: int = 1
 
     def validate(self) -> None:
+        """Check every setting, naming the first bad one (TypeError for a wrong type,
+        ValueError for a bad value), so a caller's mistake is never blamed on the model."""
         def bad(name, value, why):
             raise ValueError(f"{name}={value!r}: {why}")
 
-        if not np.isfinite(self.temperature):
-            bad("temperature", self.temperature, "must be a finite number")
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
+                     "presence_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r})")
+            if not math.isfinite(value):
+                bad(name, value, "must be a finite number")
+        for name in ("top_k", "penalty_last_n", "min_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer (got {type(value).__name__} {value!r})")
         if not 0.0 <= self.top_p <= 1.0:
             bad("top_p", self.top_p, "must be in [0, 1]")
         if not 0.0 <= self.min_p <= 1.0:
@@ -72,6 +87,8 @@ class SamplingParams:
             bad("repeat_penalty", self.repeat_penalty, "must be > 0 (1.0 disables it)")
         if self.penalty_last_n < -1:
             bad("penalty_last_n", self.penalty_last_n, "must be >= -1 (-1: whole history, 0: off)")
+        if self.logit_bias is not None and not isinstance(self.logit_bias, dict):
+            raise TypeError(f"logit_bias must be a dict of token id -> bias (got {type(self.logit_bias).__name__})")
 
 
 def make_rng(seed) -> random.Random:
@@ -85,6 +102,19 @@ def make_rng(seed) -> random.Random:
         return random.Random()
     seed = int(seed)
     return random.Random() if seed < 0 else random.Random(seed)
+
+
+def mask_bits(allowed: np.ndarray, n_vocab: int) -> np.ndarray:
+    """A token bitmask (32-bit words, bit ``i % 32`` of word ``i // 32``) as n_vocab booleans."""
+    words = np.ascontiguousarray(allowed).view(np.uint32)
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n_vocab].astype(bool)
+
+
+def apply_token_mask(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """A float32 copy of logits with the tokens the bitmask does not allow at -inf."""
+    out = np.array(logits, dtype=np.float32)
+    out[~mask_bits(allowed, out.shape[0])] = -np.inf
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -300,9 +330,14 @@ class Sampler:
     def uses_c(self) -> bool:
         return self.params.typical_p >= 1.0 and self.params.min_keep <= 1
 
-    def sample(self, logits, history=()) -> int:
+    def sample(self, logits, history=(), allowed=None) -> int:
+        """Draw a token. ``allowed``: None, or a token bitmask (uint32 words, bit
+        ``i % 32`` of word ``i // 32`` for token i, as llguidance fills it): only tokens
+        whose bit is set can be drawn."""
         if self.uses_c:
-            return self._c_sample(logits, history, draw=True)[0]
+            return self._c_sample(logits, history, draw=True, allowed=allowed)[0]
+        if allowed is not None:
+            logits = apply_token_mask(logits, allowed)
         ids, probs = candidate_distribution(logits, history, self.params)
         if ids.size == 1:
             return int(ids[0])
@@ -310,9 +345,9 @@ class Sampler:
         i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
         return int(ids[min(i, ids.size - 1)])
 
-    def c_distribution(self, logits, history=()):
+    def c_distribution(self, logits, history=(), allowed=None):
         """The C sampler's distribution ``(ids, probs)``, highest first (for tests)."""
-        _, ids, probs = self._c_sample(logits, history, draw=False)
+        _, ids, probs = self._c_sample(logits, history, draw=False, allowed=allowed)
         return ids, probs
 
     def _setup_c(self, n_vocab: int):
@@ -322,7 +357,9 @@ class Sampler:
         c = {
             "n": n_vocab,
             "params": ffi.new("pl_sampler *", {
-                "temperature": p.temperature, "top_k": int(p.top_k), "top_p": p.top_p, "min_p": p.min_p,
+                # any top_k at or above the vocabulary keeps it all; C's int holds those up to 2^31-1
+                "temperature": p.temperature, "top_k": max(-1, min(int(p.top_k), 2**31 - 1)),
+                "top_p": p.top_p, "min_p": p.min_p,
                 "repeat_penalty": p.repeat_penalty, "frequency_penalty": p.frequency_penalty,
                 "presence_penalty": p.presence_penalty}),
             "work": np.empty(n_vocab, dtype=np.float32),
@@ -344,7 +381,7 @@ class Sampler:
         self._c = c
         return c
 
-    def _c_sample(self, logits, history, draw: bool):
+    def _c_sample(self, logits, history, draw: bool, allowed=None):
         ffi, lib = _core()
         c = self._c
         if c is not None and logits is c["logits"]:  # decode: the same array every step
@@ -368,7 +405,13 @@ class Sampler:
             else:  # cffi converts a short list of ints itself, faster than through numpy
                 recent = window
             n_recent = len(window)
-        args = (c["params"], recent, n_recent, c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]),
+        mask = ffi.NULL
+        if allowed is not None:
+            if allowed.dtype.itemsize != 4 or allowed.size != (n + 31) // 32 or not allowed.flags.c_contiguous:
+                raise ValueError(f"allowed must be a contiguous array of {(n + 31) // 32} 32-bit words "
+                                 f"(got {allowed.size} of {allowed.dtype})")
+            mask = ffi.cast("const uint32_t *", ffi.from_buffer(allowed))
+        args = (c["params"], recent, n_recent, c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]), mask,
                 c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
         try:
             token = lib.pl_sample(x_p, n, *args)

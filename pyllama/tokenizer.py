@@ -46,6 +46,8 @@ import os
 import re
 import struct
 
+import numpy as np
+
 from ._spm import SPACE, SpmBpe
 from .errors import TokenizerError
 
@@ -105,6 +107,21 @@ def _llama_cpp_types(tokens, types, fim_ids=(None, None, None)) -> tuple[list, s
     for i in eog:
         types[i] = CONTROL
     return types, eog
+
+
+def _is_array(v) -> bool:
+    return not isinstance(v, (str, bytes, dict)) and hasattr(v, "__len__") and hasattr(v, "__getitem__")
+
+
+def _kind(v) -> str:
+    """How a metadata value looks, for messages: 'an array of 12 uint32', 'a string', ..."""
+    if isinstance(v, np.ndarray):
+        return f"an array of {len(v)} {v.dtype}"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)) or _is_array(v):
+        return f"an array of {len(v)} values"
+    return f"a {type(v).__name__}"
 
 
 def _int_list(values, n: int, key: str) -> list:
@@ -220,7 +237,13 @@ class Tokenizer:
         model = md.get("tokenizer.ggml.model")
         if model is None:
             raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.model' (no vocabulary)")
+        for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
+            if key in md and not isinstance(md[key], str):
+                raise TokenizerError(f"GGUF metadata {key!r} is {_kind(md[key])}, not a string")
         tokens = md.get("tokenizer.ggml.tokens")
+        if tokens is not None and not _is_array(tokens):
+            raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.tokens' is {_kind(tokens)}, "
+                                 "not an array of strings")
         if tokens is None or len(tokens) == 0:
             raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.tokens'")
         n = len(tokens)
@@ -246,7 +269,11 @@ class Tokenizer:
 
         def get_bool(key, default):
             v = md.get(key)
-            return default if v is None else bool(v)
+            if v is None:
+                return default
+            if not isinstance(v, (bool, int, np.bool_, np.integer)):
+                raise TokenizerError(f"GGUF metadata {key!r} is {_kind(v)}, not a boolean")
+            return bool(v)
 
         encoder = None
         if model == "gpt2":
@@ -254,6 +281,10 @@ class Tokenizer:
             merges = md.get("tokenizer.ggml.merges")
             if merges is None:
                 raise TokenizerError("GGUF 'gpt2' vocabulary without 'tokenizer.ggml.merges'")
+            for key, arr in (("tokenizer.ggml.merges", merges), ("tokenizer.ggml.tokens", tokens)):
+                if not isinstance(arr, StringArray) and not (
+                        isinstance(arr, (list, tuple)) and all(isinstance(m, str) for m in arr)):
+                    raise TokenizerError(f"GGUF metadata {key!r} is {_kind(arr)}, not an array of strings")
             encoder = ByteLevelBpe(tokens, merges, md.get("tokenizer.ggml.pre") or "default")
             tokens = TokenTexts(encoder)  # the C tables have the strings: no list of them
         fim = tuple(get_id(f"tokenizer.ggml.fim_{k}_token_id") for k in ("pad", "rep", "sep"))
@@ -405,7 +436,8 @@ class Tokenizer:
 
     # --------------------------------------------------------------- encoding
 
-    def tokenize(self, text, add_bos: bool | None = None, special: bool = False) -> list[int]:
+    def tokenize(self, text, add_bos: bool | None = None, special: bool = False,
+                 literal: dict | None = None) -> list[int]:
         """Token ids of `text` (str, or bytes holding UTF-8; invalid bytes
         become U+FFFD, one per byte).
 
@@ -413,6 +445,12 @@ class Tokenizer:
         ``self.add_eos``); True always puts BOS first (and EOS last if the model
         adds EOS); False adds neither. `special`: parse the text of control
         tokens (``<|im_start|>``, ``<s>``...) as those tokens.
+
+        `literal` maps single characters (placeholders) to text: once the
+        special tokens are cut out, each placeholder left in the text is
+        replaced by its text, which is then encoded like the text around it,
+        as plain text. Chat prompts use it to keep control-token spellings in
+        message contents from becoming control tokens.
         """
         s = as_text(text)
         out: list[int] = []
@@ -425,14 +463,26 @@ class Tokenizer:
                 raise TokenizerError("this vocabulary has no BOS token")
             out.append(self.bos_id)
         if s:
-            out.extend(self._encode(s, special))
+            out.extend(self._encode(s, special, literal))
         if add_eos:
             out.append(self.eos_id)
         return out
 
-    def _encode(self, s: str, special: bool) -> list[int]:
+    def control_texts_in(self, text: str) -> set[str]:
+        """The texts of control and unknown tokens that ``tokenize(text, special=True)``
+        would turn into those tokens (and ``special=False`` would not)."""
+        splitter = self._splitter(True)
+        if splitter is None:
+            return set()
+        return {self._tokens[p] for p in splitter.split(as_text(text))
+                if isinstance(p, int) and self._types[p] in (CONTROL, UNKNOWN)}
+
+    def _encode(self, s: str, special: bool, literal: dict | None = None) -> list[int]:
         splitter = self._splitter(special)
         parts = splitter.split(s) if splitter is not None else [s]
+        if literal:
+            table = {ord(k): v for k, v in literal.items()}
+            parts = [p if isinstance(p, int) else p.translate(table) for p in parts]
         out: list[int] = []
         if self._sp is not None:
             for p in parts:
@@ -466,7 +516,7 @@ class Tokenizer:
                 kinds = (USER_DEFINED,)
             found = {}
             for i, ty in enumerate(self._types):
-                if ty in kinds:
+                if ty in kinds and self._tokens[i]:  # an empty token matches nowhere (and everywhere)
                     found.setdefault(self._tokens[i], i)
             self._splitters[special] = _SpecialSplitter(found) if found else None
         return self._splitters[special]
@@ -541,6 +591,14 @@ class Tokenizer:
         """An incremental detokenizer: feed ids one at a time, get text."""
         return StreamDecoder(self, special, prev_ids)
 
+    def encode(self, text, add_bos: bool = True, special: bool = True) -> list[int]:
+        """llama-cpp-python's ``LlamaTokenizer.encode``: ``add_bos=True`` adds BOS when the model does."""
+        return self.tokenize(text, add_bos=None if add_bos else False, special=special)
+
+    def __call__(self) -> "Tokenizer":
+        """``llm.tokenizer()`` gives the tokenizer, as llama-cpp-python's ``Llama.tokenizer()`` does."""
+        return self
+
     def __repr__(self) -> str:
         return (f"Tokenizer({self.vocab_type}, n_vocab={self.n_vocab}, bos={self.bos_id}, "
                 f"eos={self.eos_id}, add_bos={self.add_bos})")
@@ -606,11 +664,18 @@ class _SpecialSplitter:
 
     def __init__(self, tokens: dict[str, int]):
         self.ids = tokens
-        self.scan = re.compile("(?=(" + _trie_regex(sorted(tokens)) + "))", re.DOTALL)
-        # tokens that are prefixes of a token
+        trie = _trie(tokens)
+        self.scan = re.compile("(?=(" + _trie_regex(trie, tokens) + "))", re.DOTALL)
+        # the tokens that are prefixes of each token (a walk down the trie: linear in the
+        # token's length, so a token of a million characters costs no more than its text)
         self.prefixes = {}
         for t in tokens:
-            self.prefixes[t] = [t[:k] for k in range(1, len(t)) if t[:k] in tokens]
+            node, found = trie, []
+            for k, ch in enumerate(t[:-1], 1):
+                node = node[ch]
+                if "" in node:
+                    found.append(t[:k])
+            self.prefixes[t] = found
 
     def split(self, s: str) -> list:
         """`s` as a list of str pieces and int token ids."""
@@ -648,26 +713,51 @@ class _SpecialSplitter:
         return [p if isinstance(p, int) else s[p[0]:p[1]] for p in parts]
 
 
-def _trie_regex(words: list[str]) -> str:
-    """A regex matching the longest of `words` (sorted) at a position."""
+def _trie(words) -> dict:
+    """A character trie of `words`: nested dicts, "" marking the end of a word."""
     trie: dict = {}
     for w in words:
         node = trie
         for ch in w:
             node = node.setdefault(ch, {})
         node[""] = True
+    return trie
 
-    def build(node) -> str:
-        end = "" in node
-        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+
+_MAX_TRIE_NESTING = 100  # groups nested in the regex; deeper only for contrived vocabularies
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _trie_regex(trie: dict, words) -> str:
+    """A regex matching the longest of `words` at a position: the trie as nested groups,
+    runs of characters without a branch or a word end written as one literal. When the
+    nesting gets deep (tokens that are each other's prefixes a hundred times over), an
+    alternation of the words, longest first, does the same job more slowly."""
+
+    def build(node, depth: int) -> str:
+        if depth > _MAX_TRIE_NESTING:
+            raise _TooDeep
+        alts = []
+        for ch, child in sorted((k, v) for k, v in node.items() if k):
+            run = [ch]
+            while len(child) == 1 and "" not in child:  # one way on, no word ends here
+                (ch2, child), = child.items()
+                run.append(ch2)
+            alts.append(re.escape("".join(run)) + build(child, depth + 1))
         if not alts:
             return ""
         body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        if end:
+        if "" in node:
             return "(?:" + body + ")?"
         return body
 
-    return build(trie)
+    try:
+        return build(trie, 0)
+    except _TooDeep:
+        return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
 
 
 def _spm_piece(text: str) -> bytes:

@@ -4,6 +4,14 @@
     python tests/record_perplexity_reference.py [--llama-perplexity PATH] [--chunks N]
     python tests/record_perplexity_reference.py -m MODEL --out tests/data/perplexity_reference_NAME.json
     python tests/record_perplexity_reference.py --extract-text     # rewrite the text file (needs apt)
+    python tests/record_perplexity_reference.py -m qwen2.5-coder-0.5b-instruct -c 512 --chunks 3 --top-logits
+
+With -m (a catalog name or a path) the record goes to tests/data/perplexity_reference_<name>.json
+(read by tests/test_kquant_models.py). --top-logits also has llama-perplexity save every scored
+position's logits (its --kl-divergence-base file: per position, 16-bit log-probabilities over the
+whole vocabulary, 2.4e-4 apart) and keeps, for each, the token ids of the TOP largest logits
+and their distance below the largest; the record then holds the chunks' token ids as well,
+so a test can feed exactly llama.cpp's tokens.
 
 The text, tests/data/perplexity_pride_and_prejudice.txt, is chapters 1-5 of Jane Austen's
 "Pride and Prejudice" (1813, public domain): 29,623 bytes of ASCII, 7,608 tokens for
@@ -153,27 +161,73 @@ def parse_output(text: str) -> dict:
             "final_line": final.group(0).strip()}
 
 
+TOP = 5
+
+
+def read_logits_file(path: str, top: int = TOP) -> dict:
+    """llama-perplexity's --kl-divergence-base file (tools/perplexity/perplexity.cpp): "_logits_",
+    int32 n_ctx, n_vocab, n_chunk, the n_chunk * n_ctx token ids, then for every chunk and each of
+    its n_ctx - 1 - n_ctx/2 scored positions a record of nv = 2*((n_vocab+1)/2) + 4 uint16: two
+    floats (scale, min_log_prob) and n_vocab values q with logit - min_logit = q * scale (0 for
+    logits more than 16 below the largest). Logit differences are therefore (q_i - q_j) * scale."""
+    import numpy as np
+
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"_logits_":
+            raise SystemExit(f"{path}: not a llama-perplexity logits file")
+        n_ctx = int(np.frombuffer(fh.read(4), "<i4")[0])
+        n_vocab, n_chunk = (int(v) for v in np.frombuffer(fh.read(8), "<i4"))
+        tokens = np.frombuffer(fh.read(4 * n_chunk * n_ctx), "<i4").reshape(n_chunk, n_ctx)
+        nv = 2 * ((n_vocab + 1) // 2) + 4
+        n_pos = n_ctx - 1 - n_ctx // 2
+        chunks = []
+        for _ in range(n_chunk):
+            rec = np.frombuffer(fh.read(2 * nv * n_pos), "<u2").reshape(n_pos, nv)
+            scale = rec[:, :4].copy().view("<f4")[:, 0].astype(np.float64)
+            q = rec[:, 4:4 + n_vocab].astype(np.int64)
+            idx = np.argsort(-q, axis=1, kind="stable")[:, :top]
+            qt = np.take_along_axis(q, idx, axis=1)
+            below = (qt[:, :1] - qt) * scale[:, None]  # how far each is below the largest logit
+            chunks.append({"top_ids": idx.tolist(), "top_below": np.round(below, 5).tolist()})
+        if fh.read(1):
+            raise SystemExit(f"{path}: longer than its header says")
+    return {"n_ctx": n_ctx, "n_vocab": n_vocab, "first_scored": n_ctx // 2, "tokens": tokens.tolist(),
+            "chunks": chunks}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--extract-text", action="store_true", help="rewrite the text file from the Debian package")
     p.add_argument("--llama-perplexity", help="path of llama-perplexity (default: bench/build_llamacpp.sh's)")
     p.add_argument("-m", "--model", help="model file (default: pyllama's default model)")
     p.add_argument("--chunks", type=int, default=CHUNKS)
+    p.add_argument("-c", "--ctx-size", type=int, default=N_CTX, help=f"window length (default {N_CTX})")
     p.add_argument("-t", "--threads", type=int, default=2)
-    p.add_argument("--out", default=OUT, help="JSON to write (default: the default model's reference); "
-                   "tests/test_perplexity.py also checks every tests/data/perplexity_reference_*.json")
+    p.add_argument("--top-logits", action="store_true",
+                   help="also record the top token ids and logit gaps of every scored position")
+    p.add_argument("--out", help="JSON to write (default: tests/data/perplexity_reference.json, or "
+                   "tests/data/perplexity_reference_<name>.json with -m)")
     args = p.parse_args(argv)
     if args.extract_text:
         extract_text()
         return 0
 
     sys.path.insert(0, ROOT)
-    from pyllama.models import default_model_name, default_model_path
+    from pyllama.models import default_model_name, default_model_path, model_names, resolve_model
 
-    model = args.model or default_model_path()
+    model = resolve_model(args.model) if args.model else default_model_path()
+    name = args.model if args.model in model_names() else (
+        os.path.splitext(os.path.basename(model))[0] if args.model else default_model_name())
+    out_path = args.out or (OUT if not args.model else
+                            os.path.join(HERE, "data", f"perplexity_reference_{name}.json"))
     exe = find_llama_perplexity(args.llama_perplexity)
-    cmd = [exe, "-m", model, "-f", TEXT, "-c", str(N_CTX), "-b", str(N_CTX), "-t", str(args.threads),
+    n_ctx = args.ctx_size
+    cmd = [exe, "-m", model, "-f", TEXT, "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(args.threads),
            "--chunks", str(args.chunks)]
+    tmp = tempfile.TemporaryDirectory()
+    logits_file = os.path.join(tmp.name, "logits.bin")
+    if args.top_logits:
+        cmd += ["--kl-divergence-base", logits_file]
     print("running: " + shlex.join(cmd), file=sys.stderr)
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if res.returncode != 0:
@@ -182,8 +236,9 @@ def main(argv=None) -> int:
     if len(out["running_ppl"]) != args.chunks:
         raise SystemExit(f"expected {args.chunks} per-chunk values, parsed {len(out['running_ppl'])}")
     record = {
-        "what": f"llama.cpp llama-perplexity on {'the default model' if not args.model else os.path.basename(model)}: "
-                "a reference for tests/test_perplexity.py",
+        "what": ("llama.cpp llama-perplexity on the default model: the reference for tests/test_perplexity.py"
+                 if not args.model else f"llama.cpp llama-perplexity on {name}: the reference for "
+                 "tests/test_kquant_models.py"),
         "recorded_by": "tests/record_perplexity_reference.py",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "llama_cpp": {
@@ -192,14 +247,14 @@ def main(argv=None) -> int:
             "version": version_info(exe),
         },
         "command": shlex.join(["llama-perplexity", "-m", os.path.basename(model), "-f",
-                               os.path.relpath(TEXT, ROOT)] + cmd[5:]),
-        "model": {"name": default_model_name() if not args.model else os.path.basename(model),
+                               os.path.relpath(TEXT, ROOT)] + cmd[5:]).replace(logits_file, "LOGITS.bin"),
+        "model": {"name": name,
                   "file": os.path.basename(model), "sha256": sha256(model)},
         "text": {"file": os.path.relpath(TEXT, ROOT), "sha256": sha256(TEXT),
                  "source": "Jane Austen, Pride and Prejudice (1813, public domain), chapters 1-5, from the Project "
                            "Gutenberg transcription as packaged in Debian's r-cran-janeaustenr 1.0.0-1"},
-        "n_ctx": N_CTX,
-        "n_batch": N_CTX,
+        "n_ctx": n_ctx,
+        "n_batch": n_ctx,
         "n_threads": args.threads,
         "chunks": args.chunks,
         "running_ppl": out["running_ppl"],
@@ -207,10 +262,25 @@ def main(argv=None) -> int:
         "ppl": out["ppl"],
         "ppl_error": out["ppl_error"],
     }
-    with open(args.out, "w") as fh:
-        json.dump(record, fh, indent=2)
+    if args.top_logits:
+        logits = read_logits_file(logits_file)
+        tmp.cleanup()
+        if len(logits["chunks"]) != args.chunks or logits["n_ctx"] != n_ctx:
+            raise SystemExit(f"logits file holds {len(logits['chunks'])} chunks of {logits['n_ctx']}")
+        record["top_logits"] = {
+            "what": (f"per chunk, for positions first_scored..n_ctx-2: the {TOP} token ids with the largest "
+                     "logits (llama.cpp's --kl-divergence-base file, ties in its 16-bit values by id) and "
+                     "how far each is below the largest (logit units, resolution 16/65535)"),
+            **logits,
+        }
+    with open(out_path, "w") as fh:
+        if args.top_logits:  # one line per field, the long per-position lists kept on theirs
+            fh.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                                          for k, v in record.items()) + "\n}")
+        else:
+            json.dump(record, fh, indent=2)
         fh.write("\n")
-    print(f"wrote {args.out}: PPL = {out['ppl']} +/- {out['ppl_error']}", file=sys.stderr)
+    print(f"wrote {out_path}: PPL = {out['ppl']} +/- {out['ppl_error']}", file=sys.stderr)
     return 0
 
 

@@ -190,11 +190,13 @@ def quantize_activations_q8(x):
     return (q.astype(np.float64) * d.astype(np.float64)).reshape(shape)
 
 
-def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_half=False):
+def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_half=False, hidden=False):
     """Logits (len(tokens), n_vocab) in float64 for tokens at positions 0..n-1 (causal).
 
     kv_half: keys (after RoPE) and values rounded to IEEE half, as an F16 KV cache
-    stores them (numpy's float16 cast rounds to nearest even)."""
+    stores them (numpy's float16 cast rounds to nearest even).
+    hidden: return the output layer's input instead (rmsnorm of the last hidden
+    state, (len(tokens), dim)): what embeddings pool."""
     tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
     H, KV, hd = model.n_heads, model.n_kv_heads, model.head_dim
@@ -269,6 +271,8 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_ha
         g, u = gate_up(xn, p)
         x = x + post_norm(matmul(act(g) * u, p + "ffn_down.weight"), p + "post_ffw_norm.weight")
     xn = rmsnorm(x, model.weight("output_norm.weight"), model.eps)
+    if hidden:
+        return xn
     out_name = "token_embd.weight" if model.tied else "output.weight"
     return matmul(xn, out_name)
 

@@ -81,7 +81,7 @@ def test_missing_or_bad_model_one_line_exit_1(cmd, tmp_path):
 
 @pytest.mark.slow
 def test_chat_through_a_pipe(default_model_path):
-    p = run("pyllama", "chat", "-m", default_model_path, "-t", "0", "-c", "256", "-n", "24",
+    p = run("pyllama", "chat", "-m", default_model_path, "--temp", "0", "-c", "256", "-n", "24",
             "--system", SYSTEM, stdin="What is the capital of France?\n/reset\n\n"
                                       "What is the capital of France?\n")
     assert p.returncode == 0, p.stderr
@@ -94,7 +94,7 @@ def test_chat_through_a_pipe(default_model_path):
 @pytest.mark.parametrize("cache", [[], ["-ctk", "f32", "-ctv", "f32"], ["--no-mmap"]])
 def test_generate_cli(default_model_path, cache):
     p = run("pyllama.generate", "-m", default_model_path, "-p", "The capital of France is",
-            "-n", "4", "-t", "0", "-c", "64", *cache)
+            "-n", "4", "--temp", "0", "-c", "64", *cache)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("The capital of France is") and "Paris" in p.stdout
     assert "achieved tok/s:" in p.stderr
@@ -103,7 +103,7 @@ def test_generate_cli(default_model_path, cache):
 @pytest.mark.slow
 def test_chat_under_a_pty_streams_and_survives_ctrl_c(default_model_path):
     pexpect = pytest.importorskip("pexpect", reason="pexpect is needed to drive a pseudo-terminal")
-    child = pexpect.spawn(sys.executable, ["-m", "pyllama.chat", "-m", default_model_path, "-t", "0",
+    child = pexpect.spawn(sys.executable, ["-m", "pyllama.chat", "-m", default_model_path, "--temp", "0",
                                            "-c", "512", "-n", "300"],
                           cwd=str(ROOT), env=env(), encoding="utf-8", timeout=90, dimensions=(24, 200))
     try:

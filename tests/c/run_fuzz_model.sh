@@ -19,7 +19,7 @@ if ! printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n){(void)d;
 fi
 cflags="-std=gnu11 -O1 -g -fno-omit-frame-pointer -fopenmp -I$src $san"
 objs=""
-for f in gguf llama2c model context forward kv_cache team rope quants dispatch kernels_scalar kernels_avx2 kernels_avx512 kernels_neon sampling; do
+for f in gguf llama2c model context forward kv_cache team rope quants dispatch kernels_scalar kernels_avx2 kernels_avx512 kquants_avx2 kquants_avx512 kernels_neon sampling; do
     $CC $cflags -fsanitize=fuzzer-no-link -c "$src/$f.c" -o "$out/$f.o"
     objs="$objs $out/$f.o"
 done
@@ -34,7 +34,7 @@ for target in gguf llama2c; do
     corpus="$out/corpus_$target"
     mkdir -p "$corpus"
     echo "== fuzz_$target: $secs s from $(ls "$seeds" | wc -l) seeds"
-    OMP_NUM_THREADS=1 "$out/fuzz_$target" -max_total_time="$secs" -max_len=200000 -timeout=10 \
+    OMP_NUM_THREADS=1 "$out/fuzz_$target" -max_total_time="$secs" -max_len=400000 -timeout=10 \
         -rss_limit_mb=2048 -malloc_limit_mb=1024 -artifact_prefix="$out/$target-" -print_final_stats=1 \
         "$@" "$corpus" "$seeds"
 done

@@ -453,6 +453,13 @@ int main(void) {
                     cases++;
                 }
         }
+        /* the quantized types' rows past the x86 kernels' on-stack activation buffers
+         * (kquants_avx2.c, kquants_avx512.c): 75 super-blocks, 600 blocks */
+        if (uses_q8x(type) && type != PL_TYPE_Q8_0 && !q4_repacked(type) && q4_base(type) == type &&
+            type != PL_TYPE_Q4_0 && type != PL_TYPE_Q4_1) {
+            test_matmul(type, 19200, 5, 1, 4, 1);
+            cases++;
+        }
         /* a float row length that is not a multiple of 8 or 32; and multiples of 8 but not
          * of 32 with enough tokens for the panels (their last chunk 8 or 24 values long) */
         if (!uses_q8x(type)) {

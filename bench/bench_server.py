@@ -1,0 +1,190 @@
+"""Issue 16's server speed targets, side by side in one run (the lead runs it in a quiet period).
+
+    python bench/bench_server.py [-m MODEL] [-t 2] [-n 64] [--llama-server PATH]
+
+Prints, for the default model and 2 threads:
+  A. one stream: in-process create_completion tokens/s vs the same over HTTP (target: HTTP >= 90%);
+  B. aggregate decode tokens/s of 8 concurrent streams vs 1 stream (target >= 3x), and the same
+     load against llama.cpp's `llama-server -np 8` when its binary is given or found (target >= 1.5x);
+  C. time to first token of a request arriving while 7 others stream vs on an idle server
+     (target <= 2x).
+Tokens are counted from each response's usage; generation ignores EOS (min_p 0, a fixed
+long prompt) only as far as the model allows, so counts come from the responses, not assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle. Chapter 1:"
+LLAMA_SERVER = Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin/llama-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(url: str, proc, timeout=120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server did not become healthy")
+
+
+def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
+    """One streamed completion: time to first token, decode time, tokens."""
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, "cache_prompt": False}
+    t0 = time.perf_counter()
+    first = None
+    usage = None
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if "timings" in chunk:  # llama-server's own final chunk
+                usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
+    end = time.perf_counter()
+    tokens = (usage or {}).get("completion_tokens") or 0
+    return {"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
+            "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0}
+
+
+def aggregate(url: str, n_streams: int, n: int) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_streams) as pool:
+        results = list(pool.map(lambda _: stream_completion(url, n), range(n_streams)))
+    return sum(r["tokens"] for r in results) / (time.perf_counter() - t0)
+
+
+def ttft_under_load(url: str, n: int) -> float:
+    stop = threading.Event()
+    with ThreadPoolExecutor(7) as pool:
+        busy = [pool.submit(stream_completion, url, n * 4) for _ in range(7)]
+        time.sleep(2.0)  # the 7 are decoding
+        r = stream_completion(url, 8, prompt=PROMPT + " The end.")
+        stop.set()
+        for f in busy:
+            f.result()
+    return r["ttft"]
+
+
+def measure_server(name: str, url: str, n: int) -> dict:
+    one = stream_completion(url, n)
+    one = stream_completion(url, n)  # warm
+    idle_ttft = min(stream_completion(url, 8, prompt=PROMPT + " The end.")["ttft"] for _ in range(3))
+    agg1 = aggregate(url, 1, n)
+    agg8 = aggregate(url, 8, n)
+    loaded_ttft = ttft_under_load(url, n)
+    out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
+           "ttft_idle_s": idle_ttft, "ttft_under_7_s": loaded_ttft}
+    print(json.dumps(out), file=sys.stderr)
+    return out
+
+
+def in_process_tps(model: str, threads: int, n: int) -> float:
+    from pyllama import Llama
+
+    llm = Llama(model, n_ctx=2048, n_threads=threads)
+    best = 0.0
+    for _ in range(2):
+        llm.reset()
+        first = None
+        count = 0
+        for chunk in llm.create_completion(PROMPT, max_tokens=n, temperature=0, stream=True):
+            if first is None and chunk["choices"][0]["text"]:
+                first = time.perf_counter()
+            count += 1
+        end = time.perf_counter()
+        tokens = llm.last_usage["completion_tokens"]
+        best = max(best, (tokens - 1) / (end - first))
+    llm.close()
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", default=None)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-n", type=int, default=64, help="tokens per stream")
+    ap.add_argument("--llama-server", default=str(LLAMA_SERVER))
+    args = ap.parse_args()
+    from pyllama import models
+
+    model = models.resolve_model(args.model)
+    rows = []
+    tps_in = in_process_tps(model, args.threads, args.n)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "pyllama.server", "-m", model, "--port", str(port),
+                             "-t", str(args.threads), "-np", "8", "-c", "1024", "--max-queue", "64"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_health(url, proc)
+        ours = measure_server("pyllama", url, args.n)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows.append(ours)
+
+    theirs = None
+    if os.path.exists(args.llama_server):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([args.llama_server, "-m", model, "--port", str(port), "-t", str(args.threads),
+                                 "-np", "8", "-c", str(1024 * 8), "--no-webui"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_health(url, proc)
+            theirs = measure_server("llama-server", url, args.n)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        rows.append(theirs)
+    else:
+        print(f"(no llama-server at {args.llama_server}: skipped)", file=sys.stderr)
+
+    print("| | pyllama server | llama-server -np 8 | target |")
+    print("| --- | --- | --- | --- |")
+    fmt = lambda r, k: f"{r[k]:.2f}" if r else "-"  # noqa: E731
+    print(f"| in-process create_completion decode tok/s | {tps_in:.1f} | | |")
+    print(f"| one stream over HTTP, decode tok/s | {fmt(ours, 'one_stream_decode_tps')} | {fmt(theirs, 'one_stream_decode_tps')} "
+          f"| >= 90% of in-process: {ours['one_stream_decode_tps'] / tps_in:.0%} |")
+    print(f"| aggregate tok/s, 1 stream | {fmt(ours, 'aggregate_1')} | {fmt(theirs, 'aggregate_1')} | |")
+    ratio = ours["aggregate_8"] / ours["aggregate_1"]
+    vs = f"; {ours['aggregate_8'] / theirs['aggregate_8']:.2f}x llama-server (>= 1.5x)" if theirs else ""
+    print(f"| aggregate tok/s, 8 streams | {fmt(ours, 'aggregate_8')} | {fmt(theirs, 'aggregate_8')} "
+          f"| {ratio:.2f}x one stream (>= 3x){vs} |")
+    print(f"| time to first token, idle (s) | {fmt(ours, 'ttft_idle_s')} | {fmt(theirs, 'ttft_idle_s')} | |")
+    print(f"| time to first token, 7 streaming (s) | {fmt(ours, 'ttft_under_7_s')} | {fmt(theirs, 'ttft_under_7_s')} "
+          f"| <= 2x idle: {ours['ttft_under_7_s'] / ours['ttft_idle_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+/*
+ * kquants_avx512.c - AVX-512 (F, BW, VL, VNNI) decode rows and prefill tiles for the
+ * 5-bit, K-quant and IQ4 weight types, put into the AVX-512 set by pl_kq_fill_avx512
+ * (kernels_avx512.c); the types without rows here keep the AVX2 ones.
+ *
+ * Decode: Q4_K, Q6_K and Q5_0 rows. vpdpbusd multiplies unsigned weight bytes by signed
+ * activation bytes and adds each 4 products into an int32 lane, with no 16-bit step
+ * to overflow; the activation is rearranged once per call so that its bytes meet the
+ * weight bytes where one 64-byte load of the block puts them, and one convert and one
+ * multiply-add per 16 lanes apply each lane's scale (weight scale x activation scale).
+ *
+ * Prefill: 16 rows at a time are unpacked (kq_unpack) and transposed so that each 32-bit
+ * lane holds 4 values of one row: one vpdpbusd multiplies 16 rows by 4 activation bytes,
+ * integer sums per half block, one float scale per row and half (as kernels_avx512.c's
+ * Q4 tiles).
+ *
+ * Like every x86 kernel file, each function carries its target attribute; dispatch.c
+ * uses this set only after cpuid reports the features.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "kq_blocks_x86.h"
+#include "kquants_x86.h"
+#include "simd_x86.h"
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+/* ------------------------------------------------------- the activation, per call */
+
+/* Up to this many values the per-call buffers live on the stack (KQ512_STACK bytes). */
+#define KQ512_STACK_N 12288
+#define KQ512_STACK (3 * KQ512_STACK_N + 64)
+
+/*
+ * Q4_K: per super-block i, 4 vectors matching the two 64-byte loads of its nibbles
+ * (chunks of 32 bytes: low nibbles of chunk c are sub-block 2c, high nibbles 2c+1):
+ * [a0 | a2], [a1 | a3], [a4 | a6], [a5 | a7] (a_k: the 32 bytes of activation block k);
+ * then 16 floats per super-block: da of its 8 blocks, then their s.
+ */
+AVX512_INLINE void q4k_prep(const block_q8x *a, int nsb, __m512i *q, float *f) {
+    for (int i = 0; i < nsb; i++) {
+        const block_q8x *ab = a + 8 * i;
+        for (int v = 0; v < 4; v++) {
+            const int k0 = 4 * (v / 2) + (v & 1); /* blocks k0 and k0 + 2 */
+            const __m256i lo = _mm256_loadu_si256((const __m256i *)ab[k0].qs);
+            const __m256i hi = _mm256_loadu_si256((const __m256i *)ab[k0 + 2].qs);
+            q[4 * i + v] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        }
+        for (int k = 0; k < 8; k++) f[16 * i + k] = ab[k].d, f[16 * i + 8 + k] = ab[k].s;
+    }
+}
+
+/* Q6_K: the bytes back to back (q), -32 x the sum of each lane's 4 bytes (c), and per
+ * super-block da of each 16-value sub-block's activation block (f). */
+AVX512_INLINE void q6k_prep(const block_q8x *a, int nsb, __m512i *q, __m512i *c, float *f) {
+    for (int i = 0; i < nsb; i++)
+        for (int v = 0; v < 4; v++) {
+            const block_q8x *ab = a + 8 * i + 2 * v;
+            const __m512i x = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)ab[0].qs)),
+                _mm256_loadu_si256((const __m256i *)ab[1].qs), 1);
+            q[4 * i + v] = x;
+            c[4 * i + v] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(32), x));
+            for (int k = 0; k < 4; k++) f[16 * i + 4 * v + k] = ab[k / 2].d;
+        }
+}
+
+/* ------------------------------------------------------------------ Q4_K rows */
+
+/*
+ * Per super-block: its first 16 bytes (d, dmin, the 12 scale bytes) become 16 floats,
+ * [d sc_k da_k | dmin m_k s_k]: the first 8 scale the sub-block sums (lanes permuted to
+ * where each sub-block's lanes are), the last 8 are the minimums' terms, summed apart.
+ */
+AVX512_INLINE float q4k_row512(const uint8_t *row, int nsb, const __m512i *aq, const float *af) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i i02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i i13 = _mm512_add_epi32(i02, _mm512_set1_epi32(1));
+    const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
+    const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
+    const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *blk = row + (size_t)i * sizeof(block_q4_k);
+        const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
+        const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
+        const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
+        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af + 16 * i));
+        macc = _mm512_mask_add_ps(macc, 0xff00, macc, g);
+        const __m512i x0 = _mm512_loadu_si512(blk + 16), x1 = _mm512_loadu_si512(blk + 80);
+        const __m512i *a = aq + 4 * i;
+        const __m512i r0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(x0, m4), a[0]);
+        const __m512i r1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4), a[1]);
+        const __m512i r2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(x1, m4), a[2]);
+        const __m512i r3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4), a[3]);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r0), _mm512_permutexvar_ps(i02, g), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r1), _mm512_permutexvar_ps(i13, g), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r2), _mm512_permutexvar_ps(i46, g), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r3), _mm512_permutexvar_ps(i57, g), acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(macc);
+}
+
+/* ------------------------------------------------------------------ Q6_K rows */
+
+/*
+ * Per half super-block: ql's 64 bytes hold the low 4 bits (low nibbles: values 0..63,
+ * high nibbles: 64..127), qh's 32 bytes, read twice (one copy per 256-bit half), the 2
+ * high bits of each quarter at bits 0-1, 2-3, 4-5, 6-7: shifted per 64-bit lane into
+ * bits 4-5. The values are 0..63; the zero (32) comes off in the integers (c starts
+ * each sum). Lane l of a sum belongs to sub-block 8h + l/4 (low) or 8h + 4 + l/4 (high).
+ */
+AVX512_INLINE float q6k_row512(const uint8_t *row, int nsb, const __m512i *aq, const __m512i *ac, const float *af) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+    const __m512i shl = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2), shr = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m512i quarter = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *blk = row + (size_t)i * sizeof(block_q6_k);
+        const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192))));
+        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(scf, _mm512_set1_ps(half(*(const uint16_t *)(blk + 208)))),
+                                       _mm512_loadu_ps(af + 16 * i));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m512i x = _mm512_loadu_si512(blk + 64 * h);
+            const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
+            const __m512i lo = _mm512_ternarylogic_epi32(x, m4, _mm512_and_si512(_mm512_sllv_epi64(hb, shl), m30), 0xEA);
+            const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(x, 4), m4,
+                                                         _mm512_and_si512(_mm512_srlv_epi64(hb, shr), m30), 0xEA);
+            const __m512i rl = _mm512_dpbusd_epi32(ac[4 * i + 2 * h], lo, aq[4 * i + 2 * h]);
+            const __m512i rh = _mm512_dpbusd_epi32(ac[4 * i + 2 * h + 1], hi, aq[4 * i + 2 * h + 1]);
+            const __m512i il = _mm512_add_epi32(quarter, _mm512_set1_epi32(8 * h));
+            const __m512i ih = _mm512_add_epi32(il, _mm512_set1_epi32(4));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rl), _mm512_permutexvar_ps(il, g), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rh), _mm512_permutexvar_ps(ih, g), acc1);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* ------------------------------------------------------------------ Q5_0 rows */
+
+/*
+ * Four blocks per step, as kernels_avx512.c's Q4_0 rows: the activation in groups of 4
+ * blocks, lo = the first 16 bytes of each (block b in 128-bit lane b, they meet the low
+ * nibbles), hi = the last 16; c = -16 x each lane's 4 bytes of lo and hi together (the
+ * zero), da per lane. The fifth bits become byte masks (bits 0..15 of each block's qh
+ * for the low nibbles, 16..31 for the high ones) that add 16.
+ */
+typedef struct {
+    __m512i lo, hi, c;
+    __m512 da;
+} q5quad;
+
+AVX512_INLINE void q5quad_prep(const block_q8x *a, int nb, q5quad *p) {
+    for (int g = 0; g * 4 < nb; g++) {
+        int8_t lob[64] = {0}, hib[64] = {0};
+        float da[16] = {0};
+        for (int b = 0; b < 4 && 4 * g + b < nb; b++) {
+            const block_q8x *ab = a + 4 * g + b;
+            memcpy(lob + 16 * b, ab->qs, 16);
+            memcpy(hib + 16 * b, ab->qs + 16, 16);
+            for (int i = 0; i < 4; i++) da[4 * b + i] = ab->d;
+        }
+        const __m512i lo = _mm512_loadu_si512(lob), hi = _mm512_loadu_si512(hib);
+        const __m512i c16 = _mm512_set1_epi8(16);
+        p[g].lo = lo;
+        p[g].hi = hi;
+        p[g].c = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                  _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c16, lo), c16, hi));
+        p[g].da = _mm512_loadu_ps(da);
+    }
+}
+
+/* blocks 4g.. of a row (nq of them, 1..4; the lanes of missing ones stay zero) */
+AVX512_INLINE __m512 q5quad_block(const uint8_t *wp, int nq, const q5quad *p, __m512 acc) {
+    const size_t bb = sizeof(block_q5_0);
+    __m512i x = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(wp + 6)));
+    uint32_t h[4] = {0, 0, 0, 0};
+    uint16_t d[4] = {0, 0, 0, 0};
+    memcpy(&h[0], wp + 2, 4);
+    memcpy(&d[0], wp, 2);
+    if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + 6)), 1), memcpy(&h[1], wp + bb + 2, 4), memcpy(&d[1], wp + bb, 2);
+    if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + 6)), 2), memcpy(&h[2], wp + 2 * bb + 2, 4), memcpy(&d[2], wp + 2 * bb, 2);
+    if (nq > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 3 * bb + 6)), 3), memcpy(&h[3], wp + 3 * bb + 2, 4), memcpy(&d[3], wp + 3 * bb, 2);
+    const uint64_t mlo = (uint64_t)(h[0] & 0xffff) | (uint64_t)(h[1] & 0xffff) << 16 | (uint64_t)(h[2] & 0xffff) << 32 |
+                         (uint64_t)(h[3] & 0xffff) << 48;
+    const uint64_t mhi = (uint64_t)(h[0] >> 16) | (uint64_t)(h[1] >> 16) << 16 | (uint64_t)(h[2] >> 16) << 32 |
+                         (uint64_t)(h[3] >> 16) << 48;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), b5 = _mm512_set1_epi8(0x10);
+    __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+    wl = _mm512_mask_add_epi8(wl, (__mmask64)mlo, wl, b5);
+    wh = _mm512_mask_add_epi8(wh, (__mmask64)mhi, wh, b5);
+    const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(p->c, wl, p->lo), wh, p->hi);
+    uint64_t d64;
+    memcpy(&d64, d, 8);
+    const __m512 dw = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                            _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d64))));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, p->da), acc);
+}
+
+/* ------------------------------------------------------------------ rows */
+
+AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1, int n) {
+    char stackbuf[KQ512_STACK] __attribute__((aligned(64)));
+    const int nb = n / QK, nsb = n / QK_K;
+    size_t need;
+    if (T == PL_TYPE_Q4_K) need = (size_t)nsb * (4 * 64 + 64);
+    else if (T == PL_TYPE_Q6_K) need = (size_t)nsb * (8 * 64 + 64);
+    else need = (size_t)(nb + 3) / 4 * sizeof(q5quad);
+    char *buf = need <= sizeof stackbuf ? stackbuf : aligned_alloc(64, (need + 63) / 64 * 64);
+    if (!buf) { /* out of memory: the AVX2 kernel needs no buffer of this size */
+        pl_kernels_avx2.rows[T](w, rb, a, y, r0, r1, n);
+        return;
+    }
+    if (T == PL_TYPE_Q4_K) {
+        __m512i *aq = (__m512i *)buf;
+        float *af = (float *)(aq + 4 * (size_t)nsb);
+        q4k_prep(a, nsb, aq, af);
+        for (int r = r0; r < r1; r++) {
+            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));
+            y[r] = q4k_row512(ROW(w, rb, r), nsb, aq, af);
+        }
+    } else if (T == PL_TYPE_Q6_K) {
+        __m512i *aq = (__m512i *)buf, *ac = aq + 4 * (size_t)nsb;
+        float *af = (float *)(ac + 4 * (size_t)nsb);
+        q6k_prep(a, nsb, aq, ac, af);
+        for (int r = r0; r < r1; r++) {
+            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));
+            y[r] = q6k_row512(ROW(w, rb, r), nsb, aq, ac, af);
+        }
+    } else { /* Q5_0 */
+        q5quad *p = (q5quad *)buf;
+        q5quad_prep(a, nb, p);
+        const int full = nb / 4;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *wr = ROW(w, rb, r);
+            prefetch_ahead(wr, rb, ROW(w, rb, r1));
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            int g = 0;
+            for (; g + 2 <= full; g += 2) {
+                acc0 = q5quad_block(wr + (size_t)(4 * g) * sizeof(block_q5_0), 4, p + g, acc0);
+                acc1 = q5quad_block(wr + (size_t)(4 * g + 4) * sizeof(block_q5_0), 4, p + g + 1, acc1);
+            }
+            for (; 4 * g < nb; g++) {
+                const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+                acc0 = q5quad_block(wr + (size_t)(4 * g) * sizeof(block_q5_0), nq, p + g, acc0);
+            }
+            y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        }
+    }
+    if (buf != stackbuf) free(buf);
+}
+
+AVX512 static void rows_q4_k(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    kq_rows512(PL_TYPE_Q4_K, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+AVX512 static void rows_q6_k(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    kq_rows512(PL_TYPE_Q6_K, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+AVX512 static void rows_q5_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    kq_rows512(PL_TYPE_Q5_0, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+
+/* ---------------------------------------------------------------- tiles */
+
+typedef struct {
+    __m512i q[8]; /* q[g] lane i: values 4g..4g+3 of row i, unsigned */
+    __m512 d[2], m[2];
+} kpack16;
+
+#define KQ_KCHUNK 16 /* blocks packed at a time: 16 rows x 16 blocks stays in L1 */
+#define KQ_TOK 8     /* tokens per pass over a packed chunk */
+
+/* blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row) */
+AVX512_INLINE void kq_pack16(int T, const void *w, size_t rb, int r, int nr, int b0, int nb, kpack16 *pk) {
+    for (int b = 0; b < nb; b++) {
+        __m256i lo[8], hi[8];
+        float d0[16], d1[16], m0[16], m1[16];
+        for (int i = 0; i < 16; i++) {
+            kblock k;
+            kq_unpack(T, ROW(w, rb, r + (i < nr ? i : nr - 1)), b0 + b, &k);
+            if (i < 8) lo[i] = k.u;
+            else hi[i - 8] = k.u;
+            d0[i] = k.d[0], d1[i] = k.d[1], m0[i] = k.m[0], m1[i] = k.m[1];
+        }
+        transpose8(lo);
+        transpose8(hi);
+        for (int g = 0; g < 8; g++) pk[b].q[g] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1);
+        pk[b].d[0] = _mm512_loadu_ps(d0), pk[b].d[1] = _mm512_loadu_ps(d1);
+        pk[b].m[0] = _mm512_loadu_ps(m0), pk[b].m[1] = _mm512_loadu_ps(m1);
+    }
+}
+
+/* 16 rows (lanes) x TT tokens over nb packed blocks, added into acc */
+AVX512_INLINE void kq_panel16(int T, int TT, const kpack16 *pk, int nb, const block_q8x *const *a,
+                              const kq_asum *const *s, __m512 *acc) {
+    const int H = KQ_HALVES(T), Z = KQ_ZERO(T);
+    for (int b = 0; b < nb; b++) {
+        const kpack16 *p = pk + b;
+        __m512i s0[KQ_TOK], s1[KQ_TOK];
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) {
+            s0[t] = Z ? _mm512_set1_epi32(-Z * (H == 1 ? s[t][b].a[0] + s[t][b].a[1] : s[t][b].a[0])) : _mm512_setzero_si512();
+            if (H == 2) s1[t] = Z ? _mm512_set1_epi32(-Z * s[t][b].a[1]) : _mm512_setzero_si512();
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++)
+#pragma GCC unroll 8
+            for (int t = 0; t < TT; t++) {
+                int32_t av;
+                memcpy(&av, a[t][b].qs + 4 * g, 4);
+                if (H == 2 && g >= 4) s1[t] = _mm512_dpbusd_epi32(s1[t], p->q[g], _mm512_set1_epi32(av));
+                else s0[t] = _mm512_dpbusd_epi32(s0[t], p->q[g], _mm512_set1_epi32(av));
+            }
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) {
+            const block_q8x *ab = a[t] + b;
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(s0[t]), p->d[0]);
+            if (H == 2) f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[t]), p->d[1], f);
+            acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(ab->d), acc[t]);
+            if (KQ_HAS_M(T)) {
+                if (H == 1) {
+                    acc[t] = _mm512_fmadd_ps(p->m[0], _mm512_set1_ps(ab->s), acc[t]);
+                } else {
+                    acc[t] = _mm512_fmadd_ps(p->m[0], _mm512_set1_ps(s[t][b].sa[0]), acc[t]);
+                    acc[t] = _mm512_fmadd_ps(p->m[1], _mm512_set1_ps(s[t][b].sa[1]), acc[t]);
+                }
+            }
+        }
+    }
+}
+
+AVX512_INLINE void kq_tile512(int T, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int r0,
+                              int r1, int nt, int n) {
+    const int nbt = n / QK;
+    kq_asum *sums = malloc(sizeof(kq_asum) * (size_t)nt * nbt);
+    if (!sums) { /* out of memory: the AVX2 tile falls back to rows */
+        pl_kernels_avx2.tile[T](w, rb, act, as, y, ys, r0, r1, nt, n);
+        return;
+    }
+    kq_asums(act, as, nt, nbt, sums);
+    kpack16 pk[KQ_KCHUNK];
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __mmask16 m = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        for (int b0 = 0; b0 < nbt; b0 += KQ_KCHUNK) {
+            const int nb = nbt - b0 < KQ_KCHUNK ? nbt - b0 : KQ_KCHUNK;
+            kq_pack16(T, w, rb, r, nr, b0, nb, pk);
+            for (int t = 0; t < nt;) {
+                const int TT = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const block_q8x *a[KQ_TOK];
+                const kq_asum *s[KQ_TOK];
+                __m512 acc[KQ_TOK];
+                for (int j = 0; j < TT; j++) {
+                    a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+                    s[j] = sums + (size_t)(t + j) * nbt + b0;
+                    acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + r) : _mm512_setzero_ps();
+                }
+                switch (TT) {
+                case 8: kq_panel16(T, 8, pk, nb, a, s, acc); break;
+                case 4: kq_panel16(T, 4, pk, nb, a, s, acc); break;
+                case 2: kq_panel16(T, 2, pk, nb, a, s, acc); break;
+                default: kq_panel16(T, 1, pk, nb, a, s, acc); break;
+                }
+                for (int j = 0; j < TT; j++) _mm512_mask_storeu_ps(y + (t + j) * ys + r, m, acc[j]);
+                t += TT;
+            }
+        }
+    }
+    free(sums);
+}
+
+#define KQ_TILE512(NAME, TYPE)                                                                            \
+    AVX512 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, \
+                                   int r0, int r1, int nt, int n) {                                       \
+        kq_tile512(TYPE, w, rb, act, as, y, ys, r0, r1, nt, n);                                           \
+    }
+PL_KQ_TYPES(KQ_TILE512)
+
+#define KQ_SET_TILE(NAME, TYPE) set->tile[TYPE] = tile_##NAME;
+
+void pl_kq_fill_avx512(pl_kernel_set *set) {
+    PL_KQ_TYPES(KQ_SET_TILE)
+    set->rows[PL_TYPE_Q4_K] = rows_q4_k;
+    set->rows[PL_TYPE_Q6_K] = rows_q6_k;
+    set->rows[PL_TYPE_Q5_0] = rows_q5_0;
+}
+
+#endif

@@ -1,0 +1,250 @@
+"""The server's scheduler: N slots served round-robin by one engine thread.
+
+Each slot is a :meth:`pyllama.Llama.fork` of the loaded model: the same weights, a
+KV cache of its own, so a conversation that comes back finds its earlier turns
+still cached. One thread owns every C call: each round it advances every busy slot
+by one step of its stream (one chunk: one token or a few when text is held back),
+so concurrent streams progress together; a new request's prompt is evaluated in
+its first step. Requests beyond the slots wait in a bounded queue; past it
+:class:`QueueFull` is raised so the web layer answers 429.
+
+A job's results travel to the asyncio side through ``loop.call_soon_threadsafe``;
+a job whose client went away is marked cancelled and its stream closed at the next
+step, freeing the slot.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+END = object()  # the last item a job delivers
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the waiting queue is full."""
+
+
+class Job:
+    """One request: ``start(slot)`` returns its stream of chunks (run on the engine thread).
+
+    Items delivered to ``out``: ("started", None), then ("chunk", dict) ..., then
+    ("end", usage) -- or ("error", exception) at any point. With ``prefill``, the
+    engine first runs ``prefill(slot)`` one step per round (a chunk of the prompt
+    each), so a long prompt does not stall the other slots' streams.
+    """
+
+    def __init__(self, start: Callable[[Any], Iterator[dict]], prefix_key: str,
+                 loop: asyncio.AbstractEventLoop, prefill: Optional[Callable[[Any], Iterator[None]]] = None):
+        self.start = start
+        self.prefill = prefill  # prefill(slot): evaluates the prompt a chunk per resumption
+        self.prefilling: Optional[Iterator[None]] = None
+        self.prefix_key = prefix_key
+        self.loop = loop
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.stream: Optional[Iterator[dict]] = None
+        self.slot: Optional[Slot] = None
+        self.text: list[str] = []  # what was generated, for the slot's prefix key
+
+    def deliver(self, kind: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancelled = True
+
+
+class Slot:
+    def __init__(self, index: int, llm):
+        self.index = index
+        self.llm = llm
+        self.key = ""  # the text the slot's cache holds: prompt key plus generated text
+        self.job: Optional[Job] = None
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _chunk_text(chunk: dict) -> str:
+    for choice in chunk.get("choices") or ():
+        if "text" in choice:
+            return choice["text"] or ""
+        return (choice.get("delta") or {}).get("content") or ""
+    return ""
+
+
+class Engine:
+    """Slots, a waiting queue and the thread that runs them (see the module doc)."""
+
+    def __init__(self, llm, n_slots: int, max_queue: int):
+        self.llm = llm
+        self.slots = [Slot(i, llm.fork()) for i in range(n_slots)]
+        self.max_queue = max_queue
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.calls: collections.deque = collections.deque()  # (fn, future) run between steps
+        self.cond = threading.Condition()
+        self.stopping = False
+        # metrics
+        self.decode_times: collections.deque = collections.deque()  # (time, tokens) of recent steps
+        self.tokens_generated = 0
+        self.tokens_prompt = 0
+        self.thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
+        self.thread.start()
+
+    # ---------------------------------------------------------------- asyncio side
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if len(self.waiting) >= self.max_queue and all(s.job is not None for s in self.slots):
+                raise QueueFull()
+            self.waiting.append(job)
+            self.cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        with self.cond:
+            job.cancelled = True
+            try:
+                self.waiting.remove(job)
+            except ValueError:
+                pass
+            self.cond.notify()
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the engine thread between steps (C calls on the shared model) and return its result."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self.cond:
+            self.calls.append((fn, fut, loop))
+            self.cond.notify()
+        return await fut
+
+    def queue_depth(self) -> int:
+        with self.cond:
+            return len(self.waiting)
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        now = time.monotonic()
+        with self.cond:
+            while self.decode_times and self.decode_times[0][0] < now - window:
+                self.decode_times.popleft()
+            total = sum(n for _, n in self.decode_times)
+        return total / window
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join(timeout=30)
+
+    # ---------------------------------------------------------------- engine thread
+
+    def _assign(self) -> None:
+        """Give waiting jobs free slots, each the one whose cache shares most of its prompt."""
+        while self.waiting:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self.waiting.popleft()
+            slot = max(free, key=lambda s: _common_prefix_len(s.key, job.prefix_key))
+            slot.job, job.slot = job, slot
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and not self.calls and not self.waiting and \
+                        all(s.job is None for s in self.slots):
+                    self.cond.wait()
+                if self.stopping:
+                    break
+                self._assign()
+                calls = list(self.calls)
+                self.calls.clear()
+            for fn, fut, loop in calls:
+                self._run_call(fn, fut, loop)
+            for slot in self.slots:
+                if slot.job is not None:
+                    self._step(slot)
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, ("error", RuntimeError("the server is shutting down")))
+
+    @staticmethod
+    def _run_call(fn, fut, loop) -> None:
+        def settle(ok, value):
+            if fut.done():
+                return
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+        try:
+            result = fn()
+            ok = True
+        except Exception as e:  # handed to the awaiting request
+            result, ok = e, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, result)
+        except RuntimeError:
+            pass
+
+    def _step(self, slot: Slot) -> None:
+        job = slot.job
+        if job.cancelled:
+            self._finish(slot, None)
+            return
+        llm = slot.llm
+        try:
+            if job.prefill is not None:
+                if job.prefilling is None:
+                    job.prefilling = iter(job.prefill(llm))
+                try:
+                    next(job.prefilling)
+                    return
+                except StopIteration:
+                    job.prefill = job.prefilling = None
+            if job.stream is None:  # and on to its first token in the same step
+                job.stream = job.start(llm)
+                job.deliver("started", None)
+            before = llm._timings().get("gen_tokens", 0)
+            try:
+                chunk = next(job.stream)
+            except StopIteration:
+                usage = getattr(llm, "last_usage", None)
+                if usage:
+                    with self.cond:
+                        self.tokens_prompt += usage.get("prompt_tokens", 0)
+                self._finish(slot, ("end", usage))
+                return
+            decoded = llm._timings().get("gen_tokens", 0) - before
+            if decoded > 0:
+                with self.cond:
+                    self.tokens_generated += decoded
+                    self.decode_times.append((time.monotonic(), decoded))
+            job.text.append(_chunk_text(chunk))
+            job.deliver("chunk", chunk)
+        except Exception as e:  # the request's own error (bad arguments, context overflow)
+            self._finish(slot, ("error", e))
+
+    def _finish(self, slot: Slot, final) -> None:
+        job = slot.job
+        if job.prefilling is not None:
+            job.prefilling.close()
+        if job.stream is not None:
+            try:
+                job.stream.close()
+            except Exception:
+                pass
+        # what the cache now holds, roughly: a cancelled or failed job's cache is not worth matching
+        slot.key = job.prefix_key + "".join(job.text) if final and final[0] == "end" else ""
+        slot.job = None
+        job.slot = None
+        if final is not None:
+            job.deliver(*final)

@@ -1,0 +1,105 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic models; they make the OpenAPI schema).
+
+Bounds that OpenAI documents are enforced here, so a bad value is a 400 naming the
+field before any work starts. Unknown fields are ignored, as llama-cpp-python's
+server does. Sampling options OpenAI lacks (top_k, min_p, repeat_penalty) are
+accepted as llama.cpp's server accepts them.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+INT64 = dict(ge=-(2 ** 63), le=2 ** 63 - 1)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Optional[Union[str, List[TextPart]]] = None
+    name: Optional[str] = None
+    tool_call_id: Optional[str] = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: Optional[str] = Field(None, description="the served model's id (GET /v1/models); optional")
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    top_k: int = Field(40, ge=0, le=1 << 30)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, gt=0.0, le=100.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stop: Optional[Union[str, List[str]]] = Field(None, description="up to 16 stop strings")
+    seed: Optional[int] = Field(None, **INT64)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    logit_bias: Optional[Dict[str, float]] = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    cache_prompt: Optional[bool] = Field(
+        None, description="reuse the slot's cached prefix of the prompt (llama-server's option; default: the "
+                          "server's --cache-prompt setting). Off: the prompt is evaluated whole, so the answer is "
+                          "the one a fresh model gives")
+    user: Optional[str] = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: List[ChatMessage] = Field(..., min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1, le=1 << 24)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=1 << 24)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    response_format: Optional[Dict[str, object]] = None
+    tools: Optional[List[Dict[str, object]]] = None
+    tool_choice: Optional[Union[str, Dict[str, object]]] = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, List[str], List[int]] = Field(..., description="a text, a list of one text, or token ids")
+    suffix: Optional[str] = None
+    max_tokens: Optional[int] = Field(16, ge=1, le=1 << 24)
+    echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    best_of: Optional[int] = Field(None, ge=1, le=1)
+
+
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class EmbeddingRequest(_Body):
+    input: Union[NonEmpty, Annotated[List[NonEmpty], Field(min_length=1)]] = Field(
+        ..., description="a text or a list of texts (none empty)")
+    model: Optional[str] = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1)
+    user: Optional[str] = None
+
+
+class TokenizeRequest(_Body):
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Body):
+    tokens: List[int]

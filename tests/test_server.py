@@ -1,0 +1,491 @@
+"""The OpenAI-compatible server (pyllama.server) driven by the official `openai` client.
+
+A server runs in this process (uvicorn in a thread, a free port on 127.0.0.1) on the
+default model. References:
+  * llama.cpp's greedy tokens for the same prompt (tests/data/reference_greedy.json,
+    recorded by tests/record_reference.py): the server's first tokens must be llama.cpp's;
+  * the same request served alone in-process by a separate ``Llama`` (an answer over HTTP,
+    streamed or not, alone or among 16 concurrent ones, must equal it at temperature 0);
+  * OpenAI's documented error bodies and status codes for bad input.
+Skips when fastapi/uvicorn/sse-starlette (the `server` extra) or openai are absent.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server extra is not installed (pip install -e '.[server]')")
+pytest.importorskip("uvicorn", reason="the server extra is not installed (pip install -e '.[server]')")
+pytest.importorskip("sse_starlette", reason="the server extra is not installed (pip install -e '.[server]')")
+openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[server-test]')")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed")
+
+import uvicorn  # noqa: E402
+
+from pyllama.server.app import create_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+N_CTX = 512
+# A request that finds all but the last token of its prompt cached evaluates that token
+# alone, and the core's one-token path and batched path differ on AVX2/AVX-512 (issue 16's
+# batch invariance): requests compared token for token with another run ask for
+# cache_prompt=False, which evaluates the whole prompt as a fresh model does.
+FRESH = {"cache_prompt": False}
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """uvicorn serving an app in a thread; .url, .stop()."""
+
+    def __init__(self, app):
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = httpx.get(self.url + "/health")
+            if r.status_code == 200:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the model did not load: {r.text}")
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(default_model_path):
+    srv = RunningServer(create_app(default_model_path, n_slots=4, n_ctx=N_CTX, n_threads=2, api_key=KEY,
+                                   max_queue=64, max_body_bytes=64 * 1024))
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="module")
+def alone(default_model_path):
+    """A separate in-process Llama: what a request gives when served alone."""
+    from pyllama import Llama
+
+    llm = Llama(default_model_path, n_ctx=N_CTX, n_threads=2, embedding=True)
+    yield llm
+    llm.close()
+
+
+def ask(messages):
+    return [{"role": "user", "content": m} for m in ([messages] if isinstance(messages, str) else messages)]
+
+
+def stream_text(stream, chat=True):
+    parts, finish, usage, n_chunks = [], None, None, 0
+    for chunk in stream:
+        n_chunks += 1
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            parts.append((c.delta.content or "") if chat else c.text)
+            finish = c.finish_reason or finish
+    return "".join(parts), finish, usage, n_chunks
+
+
+# ------------------------------------------------------------------------------ basics
+
+def test_models_and_health(server, client, default_model_path):
+    models = client.models.list().data
+    assert len(models) == 1 and models[0].id == Path(default_model_path).stem
+    r = httpx.get(server.url + "/health")  # open without a key
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_completion_starts_with_llama_cpp_greedy_tokens(client, model_id, alone):
+    rec = json.loads((DATA / "reference_greedy.json").read_text())
+    if Path(alone.model_path).name != rec["model"]["file"]:
+        pytest.skip("the default model is not the file reference_greedy.json was recorded with")
+    # the first 4 tokens: pyllama and llama.cpp part at a near tie later (test_forward.py checks the gap)
+    for run in rec["engines"]["llama_cpp"]["runs"][:2]:
+        out = client.completions.create(model=model_id, prompt=run["prompt"], max_tokens=8, temperature=0,
+                                        extra_body=FRESH)
+        want = alone.detokenize(run["tokens"][:4]).decode()
+        assert out.choices[0].text.startswith(want), (out.choices[0].text, want)
+        assert out.usage.prompt_tokens == len(run["prompt"]) and out.usage.completion_tokens == 8
+        assert out.choices[0].finish_reason == "length"
+
+
+def test_chat_stream_and_not_equal_in_process(client, model_id, alone):
+    messages = ask("Name three colors.")
+    alone.reset()  # a fresh cache: the whole prompt in one batch
+    ref = alone.create_chat_completion(messages, max_tokens=24, temperature=0)
+    full = client.chat.completions.create(model=model_id, messages=messages, max_tokens=24, temperature=0,
+                                          extra_body=FRESH)
+    assert full.choices[0].message.content == ref["choices"][0]["message"]["content"]
+    assert full.choices[0].finish_reason == ref["choices"][0]["finish_reason"]
+    assert full.usage.model_dump(exclude_none=True) == ref["usage"]
+    text, finish, usage, n_chunks = stream_text(client.chat.completions.create(
+        model=model_id, messages=messages, max_tokens=24, temperature=0, stream=True, extra_body=FRESH,
+        stream_options={"include_usage": True}))
+    assert text == full.choices[0].message.content and finish == full.choices[0].finish_reason
+    assert usage is not None and usage.model_dump(exclude_none=True) == ref["usage"]
+    assert n_chunks > 3  # streamed, not one lump
+
+
+def test_completion_stream_ends_with_done(server, model_id):
+    body = {"model": model_id, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        data = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["object"] == "text_completion" for c in chunks)
+
+
+def test_max_tokens_and_stop(client, model_id, alone):
+    prompt = "The capital of France is"
+    alone.reset()
+    free = alone.create_completion(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+    out = client.completions.create(model=model_id, prompt=prompt, max_tokens=12, temperature=0, extra_body=FRESH)
+    assert out.choices[0].text == free and out.usage.completion_tokens == 12
+    stop = free.strip().split()[1]  # a word in the middle of the free-running answer
+    cut = client.completions.create(model=model_id, prompt=prompt, max_tokens=12, temperature=0, stop=[stop],
+                                    extra_body=FRESH)
+    assert cut.choices[0].text == free[:free.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_seed_reproduces_sampling(client, model_id):
+    def sample(seed):
+        return client.chat.completions.create(model=model_id, messages=ask("Write a word."), max_tokens=16,
+                                              temperature=1.0, top_p=1.0, seed=seed,
+                                              extra_body={"top_k": 0, "min_p": 0.0, **FRESH}).choices[0].message.content
+
+    a, b = sample(1234), sample(1234)
+    assert a == b
+    assert len({sample(s) for s in (1, 2, 3, 4)}) > 1  # the seed matters
+
+
+def test_embeddings(client, model_id, alone):
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today."]
+    out = client.embeddings.create(model=model_id, input=texts)  # the client asks for base64
+    ref = alone.embed(texts)
+    import numpy as np
+
+    assert [d.index for d in out.data] == [0, 1]
+    for d, r in zip(out.data, ref):
+        v = np.asarray(d.embedding)
+        assert v.shape == (alone.config["dim"],)
+        assert abs(np.linalg.norm(v) - 1) < 1e-5
+        assert np.max(np.abs(v - np.asarray(r))) < 1e-6
+    assert out.usage.prompt_tokens == sum(len(alone.tokenize(t.encode())) for t in texts)
+    raw = httpx.post(client.base_url.join("embeddings").__str__(), json={"input": "hi", "encoding_format": "float"},
+                     headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert isinstance(raw["data"][0]["embedding"], list)
+
+
+def test_tokenize_detokenize(server, alone):
+    h = {"Authorization": f"Bearer {KEY}"}
+    text = "Hello, world! Ünïcödé"
+    ids = httpx.post(server.url + "/tokenize", json={"content": text}, headers=h).json()["tokens"]
+    assert ids == alone.tokenize(text.encode(), add_bos=False, special=True)
+    back = httpx.post(server.url + "/detokenize", json={"tokens": ids}, headers=h).json()["content"]
+    assert back == text
+    bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 9]}, headers=h)
+    assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
+
+
+def test_metrics(server, client, model_id):
+    client.completions.create(model=model_id, prompt="Hi", max_tokens=2)
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    for name in ("pyllama_requests_total", "pyllama_generated_tokens_total", "pyllama_prompt_tokens_total",
+                 "pyllama_queue_depth", "pyllama_tokens_per_second", "pyllama_slots_busy"):
+        assert f"\n{name}" in text or text.startswith(name) or f"{name}{{" in text, name
+    line = [ln for ln in text.splitlines() if ln.startswith('pyllama_requests_total{path="/v1/completions",status="200"}')]
+    assert line and int(line[0].split()[-1]) >= 1
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+def test_16_concurrent_streams_equal_alone(client, model_id, alone):
+    topics = ["cats", "rain", "bread", "music", "trains", "the sea", "chess", "snow", "tea", "maps",
+              "clocks", "bees", "paper", "glass", "wind", "salt"]
+    prompts = [ask(f"Say one sentence about {t}.") for t in topics]
+
+    def one(messages):
+        return stream_text(client.chat.completions.create(model=model_id, messages=messages, max_tokens=10,
+                                                          temperature=0, stream=True, extra_body=FRESH))
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, prompts))
+    for messages, (text, finish, _, _) in zip(prompts, results):
+        assert finish in ("stop", "length")
+        alone.reset()
+        ref = alone.create_chat_completion(messages, max_tokens=10, temperature=0)["choices"][0]
+        assert text == ref["message"]["content"], messages
+
+
+def test_thread_safe_metrics_while_streaming(server, client, model_id):
+    """/health and /metrics answer while every slot is busy."""
+    def long(_):
+        return client.completions.create(model=model_id, prompt="Count: 1, 2, 3,", max_tokens=24).usage
+
+    with ThreadPoolExecutor(4) as pool:
+        fut = [pool.submit(long, i) for i in range(4)]
+        time.sleep(0.3)
+        t0 = time.time()
+        assert httpx.get(server.url + "/health").status_code == 200
+        assert time.time() - t0 < 5
+        assert all(f.result().completion_tokens == 24 for f in fut)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def post(server, path, headers=None, **kw):
+    h = {"Authorization": f"Bearer {KEY}"}
+    h.update(headers or {})
+    return httpx.post(server.url + path, headers=h, timeout=60, **kw)
+
+
+def assert_openai_error(r, status, code=None):
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+
+
+def test_bad_requests_get_openai_errors(server, client, model_id):
+    assert_openai_error(post(server, "/v1/chat/completions", content=b'{"messages": [',
+                             headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    assert_openai_error(post(server, "/v1/chat/completions", json={"messages": "hi"}), 400)
+    assert_openai_error(post(server, "/v1/chat/completions",
+                             json={"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}), 400)
+    assert_openai_error(post(server, "/v1/completions", json={"prompt": "x", "max_tokens": -3}), 400)
+    assert_openai_error(post(server, "/v1/completions", json={"prompt": [1, 2, 10 ** 9]}), 400)
+    assert_openai_error(post(server, "/v1/completions", json={"prompt": "x", "logit_bias": {"abc": 1}}), 400)
+    assert_openai_error(post(server, "/v1/completions", json={"prompt": "x", "n": 2}), 400)
+    assert_openai_error(post(server, "/v1/embeddings", json={"input": []}), 400)
+    assert_openai_error(post(server, "/v1/nowhere", json={}), 404)
+
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-17", messages=ask("hi"))
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_id, messages=ask("hi"), max_tokens=N_CTX + 1)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model_id, prompt="word " * (N_CTX + 10), max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:  # also when streaming: an error before the stream
+        client.completions.create(model=model_id, prompt="word " * (N_CTX + 10), max_tokens=4, stream=True)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=model_id, input="word " * (N_CTX + 10))
+
+    big = {"prompt": "x" * (200 * 1024), "max_tokens": 1}
+    assert_openai_error(post(server, "/v1/completions", json=big), 413, "request_too_large")
+
+    def chunked():  # no Content-Length: the limit applies as the body is read
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"y" * 1024
+        yield b'"}'
+
+    assert_openai_error(post(server, "/v1/completions", content=chunked(),
+                             headers={"Content-Type": "application/json"}), 413)
+
+    # still serving
+    ok = client.completions.create(model=model_id, prompt="Hello", max_tokens=2)
+    assert ok.usage.completion_tokens == 2
+
+
+def test_api_key(server, model_id):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"}, headers=headers)
+        assert_openai_error(r, 401, "invalid_api_key")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0).models.list()
+    assert httpx.get(server.url + "/").status_code == 200  # the page itself asks for the key
+
+
+# ------------------------------------------------------------------------------ slots, queue, loading
+
+@pytest.fixture(scope="module")
+def one_slot_server(default_model_path):
+    srv = RunningServer(create_app(default_model_path, n_slots=1, n_ctx=N_CTX, n_threads=2, max_queue=1))
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def busy(srv) -> int:
+    text = httpx.get(srv.url + "/metrics").text
+    return int(next(ln for ln in text.splitlines() if ln.startswith("pyllama_slots_busy ")).split()[1])
+
+
+def test_queue_full_gets_429_and_disconnect_frees_the_slot(one_slot_server):
+    srv = one_slot_server
+    body = {"prompt": "List the numbers: 1, 2, 3,", "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r1:
+        assert r1.status_code == 200
+        lines = r1.iter_lines()
+        next(ln for ln in lines if ln.startswith("data:"))  # generating now
+        assert busy(srv) == 1
+        # one request may wait; the next is refused
+        waiting = threading.Thread(target=httpx.post, args=(srv.url + "/v1/completions",),
+                                   kwargs=dict(json={"prompt": "Hi", "max_tokens": 1}, timeout=120))
+        waiting.start()
+        deadline = time.time() + 10
+        while "pyllama_queue_depth 1" not in httpx.get(srv.url + "/metrics").text:
+            assert time.time() < deadline, "the second request never queued"
+            time.sleep(0.02)
+        r3 = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+        assert_openai_error(r3, 429, "queue_full")
+        assert int(r3.headers["Retry-After"]) >= 1
+    # the stream's client is gone: its slot goes to the waiting request, long before 400 tokens
+    t0 = time.time()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+    deadline = time.time() + 10
+    while busy(srv) != 0:
+        assert time.time() < deadline, "the slot was not freed"
+        time.sleep(0.05)
+    assert time.time() - t0 < 20
+    done = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+    assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 2
+
+
+def test_health_is_503_while_loading(default_model_path, monkeypatch):
+    from pyllama.server import app as app_mod
+
+    gate = threading.Event()
+    real_load = app_mod.ServerState.load
+
+    def slow_load(self):
+        gate.wait(30)
+        real_load(self)
+
+    monkeypatch.setattr(app_mod.ServerState, "load", slow_load)
+    srv = RunningServer(create_app(default_model_path, n_slots=1, n_ctx=64, n_threads=1))
+    try:
+        r = httpx.get(srv.url + "/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and "Retry-After" in r.headers
+        assert_openai_error(httpx.post(srv.url + "/v1/completions", json={"prompt": "x"}), 503, "loading")
+        gate.set()
+        srv.wait_ready()
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "pyllama.server", "-np", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "-np" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "pyllama.server", "-m", str(tmp_path / "none.gguf"),
+                              "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "none.gguf" in missing.stderr
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pyllama.server", "-m", default_model_path, "--port", str(port),
+                             "-t", "1", "-np", "1", "-c", "128", "--api-key", "k"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.1)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        assert c.completions.create(model=Path(default_model_path).stem, prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_logprobs_and_echo_equal_in_process(client, model_id, alone):
+    prompt = "The capital of France is"
+    alone.reset()
+    ref = alone.create_completion(prompt, max_tokens=5, temperature=0, logprobs=2, echo=True)["choices"][0]
+    out = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0, logprobs=2,
+                                    echo=True, extra_body=FRESH).choices[0]
+    assert out.text == ref["text"]
+    assert out.logprobs.tokens == ref["logprobs"]["tokens"]
+    assert out.logprobs.text_offset == ref["logprobs"]["text_offset"]
+    assert out.logprobs.token_logprobs[1:] == pytest.approx(ref["logprobs"]["token_logprobs"][1:], abs=1e-4)
+    messages = ask("Say yes.")
+    alone.reset()
+    ref = alone.create_chat_completion(messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    chat = client.chat.completions.create(model=model_id, messages=messages, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=3, extra_body=FRESH)
+    got = chat.choices[0].logprobs.content
+    want = ref["choices"][0]["logprobs"]["content"]
+    assert [c.token for c in got] == [c["token"] for c in want]
+    assert [len(c.top_logprobs) for c in got] == [len(c["top_logprobs"]) for c in want]
+    assert [c.logprob for c in got] == pytest.approx([c["logprob"] for c in want], abs=1e-4)
+
+
+def test_long_prompt_prefilled_in_chunks_equals_in_process(client, model_id, alone, monkeypatch):
+    """A prompt over 128 tokens is evaluated a chunk per engine round (so running streams
+    keep going); the chunks fall where the core cuts one long call, so the answer is the same."""
+    prompt = " ".join(f"item {i}," for i in range(90)) + " and the next item is"
+    assert len(alone.tokenize(prompt.encode())) > 300
+    alone.reset()
+    ref = alone.create_completion(prompt, max_tokens=6, temperature=0)["choices"][0]["text"]
+    from pyllama.server import app as app_mod
+
+    steps = []
+    real = app_mod._prefill
+
+    def counting(slot, ids, cache_prompt):
+        for _ in real(slot, ids, cache_prompt):
+            steps.append(slot.n_tokens)
+            yield
+
+    monkeypatch.setattr(app_mod, "_prefill", counting)
+    with ThreadPoolExecutor(3) as pool:  # alongside other streams
+        others = [pool.submit(client.completions.create, model=model_id, prompt=f"Story {i}:", max_tokens=20)
+                  for i in range(2)]
+        out = client.completions.create(model=model_id, prompt=prompt, max_tokens=6, temperature=0,
+                                        extra_body=FRESH)
+        assert all(f.result().usage.completion_tokens > 0 for f in others)
+    assert out.choices[0].text == ref
+    assert steps[:2] == [128, 256]  # the long prompt went in chunks
