@@ -37,6 +37,7 @@ typedef struct {
     const uint8_t *value;   /* the value's bytes in the file */
     uint32_t array_type;    /* for arrays */
     uint64_t array_count;
+    uint64_t value_size;    /* bytes of the value in the file */
 } kv_entry;
 
 typedef struct {
@@ -219,7 +220,23 @@ static int parse_metadata(cursor *c, uint64_t n_kv, metadata *md) {
             memcpy(&e->array_count, c->p + 4, 8);
         }
         if (skip_value(c, e->type, 0, key)) return -1;
+        e->value_size = (uint64_t)(c->p - e->value);
     }
+    return 0;
+}
+
+/* The entries, kept for Python (pl_model_metadata): parsing the file once is enough. */
+static int keep_metadata(pl_model *m, const metadata *md) {
+    m->metadata = calloc(md->n_kv ? md->n_kv : 1, sizeof *m->metadata);
+    if (!m->metadata) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    for (uint64_t i = 0; i < md->n_kv; i++) {
+        const kv_entry *e = &md->kv[i];
+        m->metadata[i] = (pl_metadata_entry){e->key, e->key_len, (int)e->type, e->value, e->value_size};
+    }
+    m->n_metadata = (int64_t)md->n_kv;
     return 0;
 }
 
@@ -577,9 +594,8 @@ pl_model *pl_load_gguf(const char *path, int flags) {
 
     if (read_config(&md, &m->cfg)) goto fail;
     if (pl_model_bind(m)) goto fail;
-    /* Parsing read the whole header, whose vocabulary and merges are megabytes (1.6 MiB for
-     * the default model) that the forward pass never reads again. */
-    pl_release_pages(&m->map, 0, data_start);
+    if (keep_metadata(m, &md)) goto fail;
+    m->header_end = data_start; /* released by pl_model_drop_header, once Python has read the metadata */
     pl_map_seal(&m->map);
     free(md.kv);
     free(offsets);
@@ -591,4 +607,25 @@ fail:
     pl_model_release(m);
     free(m);
     return NULL;
+}
+
+int64_t pl_model_n_metadata(const pl_model *m) { return m->n_metadata; }
+
+int pl_model_metadata(const pl_model *m, int64_t i, pl_metadata_entry *out) {
+    if (i < 0 || i >= m->n_metadata) {
+        pl_set_error("metadata index %lld out of range", (long long)i);
+        return -1;
+    }
+    *out = m->metadata[i];
+    return 0;
+}
+
+/* The header holds the vocabulary and merges, megabytes (1.6 MiB for the default model)
+ * that the forward pass never reads again. */
+void pl_model_drop_header(pl_model *m) {
+    if (m->header_end) pl_release_pages(&m->map, 0, m->header_end);
+    m->header_end = 0;
+    free(m->metadata);
+    m->metadata = NULL;
+    m->n_metadata = 0;
 }

@@ -73,6 +73,9 @@ struct pl_model {
     const pl_tensor *rope_freqs;/* optional per-dimension frequency divisors (llama3) */
     pl_layer *layers;
     const pl_tensor **by_name;  /* the tensors sorted by name (pl_index_tensors) */
+    pl_metadata_entry *metadata;/* GGUF metadata entries, pointing into the mapping (gguf.c) */
+    int64_t n_metadata;
+    uint64_t header_end;        /* bytes of header still resident (pl_model_drop_header) */
 };
 
 /* Sort the tensors by name for pl_find_tensor (n log n: a file may hold millions of tensor

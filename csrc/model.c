@@ -264,6 +264,7 @@ void pl_model_release(pl_model *m) {
     free(m->tensors);
     free(m->by_name);
     free(m->layers);
+    free(m->metadata);
     while (m->heap) {
         void **block = m->heap;
         m->heap = block[0];

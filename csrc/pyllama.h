@@ -121,6 +121,22 @@ int pl_model_tensor(const pl_model *m, int i, pl_tensor_info *out);
 uint64_t pl_model_file_size(const pl_model *m);
 const void *pl_model_file_data(const pl_model *m); /* start of the mapped file */
 
+/* A GGUF file's metadata as the loader read and checked it (each file is parsed once):
+ * entry i's key (key_len bytes, not NUL-terminated), its GGUF value type (as the file
+ * stores it: 0-12) and the value's bytes in the file. Valid until pl_model_drop_header. */
+typedef struct {
+    const char *key;
+    uint64_t key_len;
+    int type;
+    const void *value;
+    uint64_t value_bytes;
+} pl_metadata_entry;
+int64_t pl_model_n_metadata(const pl_model *m);
+int pl_model_metadata(const pl_model *m, int64_t i, pl_metadata_entry *out);
+/* Done with the metadata: the header's pages leave the resident set (the vocabulary and
+ * merges are megabytes the forward pass never reads) and the entries are gone. */
+void pl_model_drop_header(pl_model *m);
+
 /* A context owns the KV cache and scratch buffers for one sequence. type_k and
  * type_v are the cache's element types: PL_TYPE_F16 (half the memory and reads;
  * llama.cpp's default) or PL_TYPE_F32 (keys and values exactly as computed). */

@@ -156,6 +156,23 @@ def detect_format(path: str) -> str:
     return "llama2c"
 
 
+def _loaded_metadata(model, path: str) -> dict:
+    """The GGUF metadata the C loader read and checked, as Python values (the file is parsed once;
+    pyllama.gguf's reader decodes each value's bytes as read_metadata would)."""
+    from .gguf import _Parser
+
+    entry = ffi.new("pl_metadata_entry *")
+    out: dict = {}
+    for i in range(lib.pl_model_n_metadata(model)):
+        lib.pl_model_metadata(model, i, entry)
+        key = ffi.buffer(entry.key, entry.key_len)[:].decode("utf-8", "surrogateescape")
+        if key in out:
+            raise ModelError(f"{path}: duplicate metadata key {key!r}")
+        raw = ffi.buffer(entry.value, entry.value_bytes)
+        out[key] = _Parser(raw, entry.value_bytes, path).value(entry.type, f"metadata {key!r}")[0]
+    return out
+
+
 class Llama(GenerationMixin):
     """A loaded model with one KV cache (one sequence).
 
@@ -311,14 +328,14 @@ class Llama(GenerationMixin):
         self.use_mmap = bool(use_mmap)
         load_flags = 0 if self.use_mmap else lib.PL_LOAD_NO_MMAP
         if self.format == "gguf":
-            from .gguf import read_metadata
-
-            self.metadata: dict[str, Any] = read_metadata(self.model_path)
             self._model = lib.pl_load_gguf(path_b, load_flags)
         else:
             self._model = lib.pl_load_llama2c(path_b, float(rope_freq_base or 0.0), load_flags)
         if self._model == ffi.NULL:
             raise ModelError(f"{self.model_path}: {_error('could not load the model')}")
+        if self.format == "gguf":
+            self.metadata: dict[str, Any] = _loaded_metadata(self._model, self.model_path)
+            lib.pl_model_drop_header(self._model)
         if rope_freq_base and lib.pl_model_set_rope_base(self._model, float(rope_freq_base)) != 0:
             raise ValueError(_error("bad rope_freq_base"))
 
