@@ -225,6 +225,13 @@ def test_budget_messages_name_the_problem():
         render_template(HOSTILE["deep_parens"], [])
 
 
+def test_filter_assertion_is_a_template_error():
+    """Found by tests/fuzz/fuzz_chat_template.py: Jinja's truncate() asserts on its argument,
+    and the AssertionError escaped."""
+    with pytest.raises(ChatTemplateError, match="AssertionError"):
+        render_template("{{ 'abc' | truncate(0) }}", [])
+
+
 def test_timeout_stops_a_loop_of_long_c_calls():
     """Each step is one C call (a 10**6-character repeat, below every size limit) and
     nothing is printed: only the CPU-time budget can stop it."""
