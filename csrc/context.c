@@ -58,12 +58,12 @@ int pl_set_threads(pl_context *c, int n_threads) {
         if (pl_team_reserve(&c->team, n_threads)) return -1;
         float *na = realloc(c->att, (size_t)n_threads * group * c->n_ctx * sizeof(float));
         if (na) c->att = na;
-        float *nh = na ? realloc(c->head_buf, (size_t)n_threads * c->m->cfg.head_dim * sizeof(float)) : NULL;
-        if (!nh) {
+        char *nw = na ? realloc(c->window_keys, (size_t)n_threads * c->window_key_bytes + 1) : NULL;
+        if (!nw) {
             pl_set_error("out of memory");
             return -1;
         }
-        c->head_buf = nh;
+        c->window_keys = nw;
         c->att_threads = n_threads;
         c->capacity = 0; /* per-thread batch buffers are resized by the next eval */
     }
@@ -106,6 +106,10 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, in
         return NULL;
     }
     compute_inv_freq(c);
+    if (p->sliding_window > 0 && p->sliding_window < n_ctx) { /* windows that can start inside the cache */
+        const size_t positions = (size_t)(p->sliding_window + PL_KV_BLOCK - 1) / PL_KV_BLOCK * PL_KV_BLOCK;
+        c->window_key_bytes = positions * p->head_dim * pl_kv_elem_size(type_k);
+    }
     if (pl_set_threads(c, n_threads) || pl_context_reserve(c, 1)) {
         pl_context_free(c);
         return NULL;
@@ -116,7 +120,7 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, in
 void pl_context_free(pl_context *c) {
     if (!c) return;
     void *bufs[] = {c->inv_freq, c->inv_freq_local, c->x, c->xb, c->xb2, c->q, c->k, c->v, c->hb, c->hb2,
-                    c->rope_cs, c->rope_cs_local, c->xn, c->att, c->head_buf, c->act};
+                    c->rope_cs, c->rope_cs_local, c->xn, c->att, c->window_keys, c->act};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     pl_kv_cache_free(&c->kv);
     pl_team_free(&c->team);

@@ -172,43 +172,26 @@ static void project_into_residual(pl_context *c, const pl_tensor *w, const float
 
 /*
  * The n_q query heads (sharing kv head g) of a token at position pos attend to the
- * positions the layer lets them see. A window that starts inside the cache is not
- * something the kernels' blocked keys can begin at, so it takes the plain loop
- * below (positions more than a window back only exist past the window's length).
+ * positions the layer lets them see. The kernels read keys in whole blocks from
+ * position 0, so a window that starts inside the cache is first copied out, its
+ * keys re-blocked from 0 in this thread's scratch (values are rows: the kernel
+ * starts at the window's first row).
  */
 static void attend_heads(pl_context *c, int layer, const float *q, int n_q, int g, int pos, float scale, float *out,
                          float *att) {
     const pl_kv_cache *kv = &c->kv;
     const int hd = kv->head_dim, window = c->m->layers[layer].window;
     const int first = window && pos + 1 > window ? pos + 1 - window : 0;
-    if (!first) {
-        const size_t vh = (size_t)hd * pl_kv_elem_size(kv->v_type);
-        pl_kernels()->attend(q, n_q, hd, kv->k_type, pl_kv_key_head(kv, layer, g), kv->v_type,
-                             (const char *)pl_kv_value_row(kv, layer, 0) + g * vh, (size_t)kv->n_kv_heads * hd,
-                             pos + 1, scale, out, att);
-        return;
+    const size_t vh = (size_t)hd * pl_kv_elem_size(kv->v_type);
+    const void *keys = pl_kv_key_head(kv, layer, g);
+    if (first) {
+        void *k = c->window_keys + (size_t)omp_get_thread_num() * c->window_key_bytes;
+        pl_kv_gather_keys(kv, layer, g, first, pos + 1 - first, k);
+        keys = k;
     }
-    float *row = c->head_buf + (size_t)omp_get_thread_num() * hd; /* one cached key or value as floats */
-    const int n = pos + 1 - first;
-    for (int h = 0; h < n_q; h++) {
-        const float *qh = q + (size_t)h * hd;
-        float *oh = out + (size_t)h * hd, top = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            pl_kv_load_key(kv, layer, g, first + j, row);
-            float s = 0.0f;
-            for (int d = 0; d < hd; d++) s += qh[d] * row[d];
-            att[j] = s * scale;
-            top = att[j] > top ? att[j] : top;
-        }
-        float sum = 0.0f;
-        for (int j = 0; j < n; j++) sum += att[j] = expf(att[j] - top);
-        memset(oh, 0, (size_t)hd * sizeof(float));
-        for (int j = 0; j < n; j++) {
-            pl_kv_load_value(kv, layer, g, first + j, row);
-            const float w = att[j] / sum;
-            for (int d = 0; d < hd; d++) oh[d] += w * row[d];
-        }
-    }
+    pl_kernels()->attend(q, n_q, hd, kv->k_type, keys, kv->v_type,
+                         (const char *)pl_kv_value_row(kv, layer, first) + g * vh, (size_t)kv->n_kv_heads * hd,
+                         pos + 1 - first, scale, out, att);
 }
 
 /*

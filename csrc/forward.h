@@ -28,7 +28,8 @@ struct pl_context {
     char *act;             /* [thread][...] quantized input */
     size_t act_stride;     /* bytes per thread in act */
     float *att;            /* [thread][group][n_ctx] attention scores */
-    float *head_buf;       /* [thread][head_dim]: a cached key or value as floats (windowed attention) */
+    char *window_keys;     /* [thread][window_key_bytes]: a window's keys re-blocked (attend_heads) */
+    size_t window_key_bytes;
     int att_threads;       /* threads the per-thread buffers are sized for */
 };
 

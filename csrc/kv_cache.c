@@ -92,6 +92,15 @@ void pl_kv_load_value(const pl_kv_cache *kv, int layer, int g, int pos, float *v
         v[d] = kv->v_type == PL_TYPE_F16 ? fp16_to_f32(((const pl_fp16 *)src)[d]) : ((const float *)src)[d];
 }
 
+void pl_kv_gather_keys(const pl_kv_cache *kv, int layer, int g, int first, int n, void *dst) {
+    const int hd = kv->head_dim;
+    const size_t es = pl_kv_elem_size(kv->k_type);
+    const char *src = pl_kv_key_head(kv, layer, g);
+    for (int d = 0; d < hd; d++)
+        for (int j = 0; j < n; j++)
+            memcpy((char *)dst + key_index(j, d, hd) * es, src + key_index(first + j, d, hd) * es, es);
+}
+
 void pl_kv_cache_shift(const pl_kv_cache *kv, int n_past, int n_keep, int n_discard, const float *const *back_cs,
                        int neox, float *scratch) {
     const int hd = kv->head_dim;

@@ -42,6 +42,12 @@ void pl_kv_store_value(const pl_kv_cache *kv, int layer, int g, int pos, const f
 void pl_kv_load_key(const pl_kv_cache *kv, int layer, int g, int pos, float *k);
 void pl_kv_load_value(const pl_kv_cache *kv, int layer, int g, int pos, float *v);
 
+/* The keys of positions first..first+n-1 of one (layer, kv head) into dst in the layout of
+ * pl_kv_key_head, as if they started at position 0 (for attention over a window that starts
+ * inside the cache: the kernels read whole blocks from position 0). dst holds n rounded up
+ * to PL_KV_BLOCK positions. */
+void pl_kv_gather_keys(const pl_kv_cache *kv, int layer, int g, int first, int n, void *dst);
+
 /*
  * Slide positions n_keep+n_discard .. n_past-1 down by n_discard (a context shift).
  * Keys carry their position in their rotation: layer l's keys are turned back by
