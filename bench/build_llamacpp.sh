@@ -9,6 +9,8 @@
 #   LLAMACPP_AMX   1: keep llama.cpp's AMX matrix path on CPUs that have AMX (default 0: built without it;
 #                  in 0.3.36 it segfaults in ggml_backend_amx_mul_mat on the project's Intel VMs, the
 #                  machine-dependent crash of ggml-org/llama.cpp#20824, so llama-bench could not run at all)
+#   LLAMACPP_SOURCE_ONLY  1: only download and unpack the source (convert_hf_to_gguf.py, gguf-py,
+#                  grammars/ for the tests); prints the source directory and builds nothing
 #   LLAMACPP_ISA   avx2: build for AVX2+FMA+F16C only (GGML_NATIVE=OFF, no AVX-512, into build-avx2/), the
 #                  instruction set of an AVX2-only CPU, to compare with `PYLLAMA_ISA=avx2` on a newer one
 # Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
@@ -49,7 +51,8 @@ write_version() {
     } > "$BUILD/VERSION.txt"
 }
 
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; then
+if [[ "${LLAMACPP_SOURCE_ONLY:-0}" != 1 && -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" &&
+      -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; then
     log "already built in $BIN"
     [[ -f "$BUILD/VERSION.txt" ]] && grep -q sha256 "$BUILD/VERSION.txt" 2>/dev/null || write_version
     echo "$BIN"
@@ -72,6 +75,10 @@ if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
     mv "$VENDOR" "$SRC"
     rm -f "$SRC/.git"  # a submodule pointer into the llama-cpp-python repository, which is not here
     rm -rf "$DIR/unpack"
+fi
+if [[ "${LLAMACPP_SOURCE_ONLY:-0}" == 1 ]]; then
+    echo "$SRC"
+    exit 0
 fi
 
 log "configuring ($CMAKE_ISA, Release${EXTRA_FLAGS:+, $EXTRA_FLAGS})"
