@@ -26,7 +26,9 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "kquants_neon.h"
 #include "pyllama.h"
+#include "simd_neon.h"
 
 #if defined(__linux__)
 #include <sys/auxv.h>
@@ -34,22 +36,6 @@
 #define HWCAP_ASIMDDP (1 << 20)
 #endif
 #endif
-
-#if defined(__clang__)
-#define DOTPROD __attribute__((target("dotprod")))
-#else
-#define DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#define INLINE static inline __attribute__((always_inline))
-
-/* SDOT (int8 dot products of 4 into int32 lanes), plain and by lane. GCC and newer clang expose
- * the intrinsics inside a function with the dotprod target; clang before 15 hides them unless the
- * whole file is built for it, so there they are written as the instructions. */
-#if defined(__clang__) && __clang_major__ < 15 && !defined(__ARM_FEATURE_DOTPROD)
-#define SDOT_ASM 1
-#endif
-
-#define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
 
 /* ------------------------------------------------------------ CPU features */
 
@@ -71,12 +57,6 @@ int pl_neon_has_dotprod(void) {
 }
 
 /* ------------------------------------------------------------------ helpers */
-
-INLINE float half(uint16_t h) {
-    __fp16 f;
-    memcpy(&f, &h, 2);
-    return (float)f;
-}
 
 /* Where block b of a quantized row (nb blocks) keeps its values, scale and (Q4_1) minimum:
  * GGUF's interleaved blocks, or a repacked Q4 row (quants.h). */
@@ -266,22 +246,6 @@ INLINE void qrows_plain(int type, int R, const void *w, size_t rb, const block_q
     QROWS_BODY(dot32_plain)
 }
 
-#ifdef SDOT_ASM
-DOTPROD INLINE int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
-    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
-    return acc;
-}
-/* lane is a constant wherever this is inlined ("i" operand) */
-#define sdot_lane(acc, a, b, lane)                                                      \
-    ({                                                                                  \
-        int32x4_t acc_ = (acc);                                                         \
-        __asm__("sdot %0.4s, %1.16b, %2.4b[%c3]" : "+w"(acc_) : "w"(a), "w"(b), "i"(lane)); \
-        acc_;                                                                           \
-    })
-#else
-#define sdot(acc, a, b) vdotq_s32(acc, a, b)
-#define sdot_lane(acc, a, b, lane) vdotq_laneq_s32(acc, a, b, lane)
-#endif
 
 DOTPROD INLINE int32x4_t dot32_sdot(int8x16_t w0, int8x16_t a0, int8x16_t w1, int8x16_t a1) {
     return sdot(sdot(vdupq_n_s32(0), w0, a0), w1, a1);
@@ -589,11 +553,13 @@ const pl_kernel_set pl_kernels_neon = {
         [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
         [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
         [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
+        PL_KQ_NEON_TYPES(PL_KQ_ROWS_NEON) /* kquants_neon.c */
     },
     .tile = {
         [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
         [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
+        PL_KQ_NEON_TYPES(PL_KQ_TILE_NEON)
     },
     .attend = pl_attend_neon,
     .silu_mul = silu_mul,

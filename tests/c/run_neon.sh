@@ -2,7 +2,9 @@
 # Cross-compile tests/c/test_kernels.c for AArch64 and run it under qemu-user,
 # twice: on a CPU with the dot-product extension (qemu -cpu max) and on one
 # without it (-cpu cortex-a53), so both NEON paths are checked against the
-# scalar reference. Installs gcc-aarch64-linux-gnu and qemu-user with apt-get
+# scalar reference. Before that, every file of the C core is compiled for AArch64 (as
+# pyllama/_build.py builds the extension there), so a change that breaks the ARM build fails
+# here even where only the kernels are run. Installs gcc-aarch64-linux-gnu and qemu-user with apt-get
 # when they are missing (needs root); exits 77 (skip) when that is not possible.
 # Usage: tests/c/run_neon.sh
 set -eu
@@ -24,9 +26,13 @@ if ! command -v "$CC" >/dev/null 2>&1 || ! command -v "$QEMU" >/dev/null 2>&1; t
 fi
 
 mkdir -p "$out"
+for src in "$root"/csrc/*.c; do
+    $CC -std=gnu11 -O3 -fopenmp -Wall -Wno-unused-function -I"$root/csrc" -c "$src" -o "$out/core.o" ||
+        { echo "FAIL: $(basename "$src") does not compile for AArch64"; exit 1; }
+done
 $CC -std=c11 -O2 -g -Wall -Wextra -DTEST_NEON -I"$root/csrc" \
     "$here/test_kernels.c" "$root/csrc/kernels_scalar.c" "$root/csrc/kernels_neon.c" \
-    "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/test_kernels_neon"
+    "$root/csrc/kquants_neon.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/test_kernels_neon"
 
 sysroot=${AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}
 status=0
