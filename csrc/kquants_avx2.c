@@ -94,13 +94,16 @@ AVX2_INLINE __m256i kq_sum8x8(const __m256i p[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
-/* One Q4_K row: per super-block 8 sub-block sums (sub-block k meets activation block k),
- * x = d * sc_k * q - dmin * m_k; the minimums meet the activation sums s. */
-AVX2_INLINE float q4k_row(const uint8_t *row, int nsb, const kq_act *A) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+/* One Q4_K or Q5_K row: per super-block 8 sub-block sums (sub-block k meets activation block
+ * k), x = d * sc_k * q - dmin * m_k; the minimums meet the activation sums s. Q5_K's fifth
+ * bits (bit k of qh byte l: value l of sub-block k) add 16. */
+AVX2_INLINE float q4k_row(int T, const uint8_t *row, int nsb, const kq_act *A) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), b1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (int i = 0; i < nsb; i++) {
-        const uint8_t *blk = row + (size_t)i * sizeof(block_q4_k);
+        const uint8_t *blk = row + (size_t)i * KQ_BLOCK_BYTES(T);
+        const uint8_t *qs = blk + (T == PL_TYPE_Q5_K ? 48 : 16);
+        const __m256i qh = T == PL_TYPE_Q5_K ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
         const __m128 dd = _mm_cvtph_ps(hdr); /* d, dmin */
         const __m128i scm = kq_scales_k4(hdr);
@@ -110,8 +113,13 @@ AVX2_INLINE float q4k_row(const uint8_t *row, int nsb, const kq_act *A) {
         __m256i p[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
-            const __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            if (T == PL_TYPE_Q5_K) {
+                const __m256i h = _mm256_srli_epi16(qh, 2 * j); /* bits 2j, 2j+1 to bits 0, 1 */
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, b1), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), b1), 4));
+            }
             p[2 * j] = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(aq + 64 * j))), ones);
             p[2 * j + 1] =
                 _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(aq + 64 * j + 32))), ones);
@@ -173,6 +181,40 @@ AVX2_INLINE float q6k_row(const uint8_t *row, int nsb, const kq_act *A) {
         const __m256i t = _mm256_sub_epi32(kq_sum8x8(p), _mm256_slli_epi32(off, 5));
         const __m256 f = _mm256_mul_ps(_mm256_set1_ps(half(*(const uint16_t *)(blk + 208))), _mm256_loadu_ps(A->da + 8 * i));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), f, acc);
+    }
+    return kq_hsum8(acc);
+}
+
+/* One IQ4_XS row: each 32-value block's 16 nibble bytes looked up in the signed table, then
+ * |v| times the activation with v's sign (maddubs would saturate on v + 128); the 8 block
+ * sums reduced as Q4_K's, scaled by d * (ls_k - 32) * da_k. */
+AVX2_INLINE float iq4xs_row(const uint8_t *row, int nsb, const kq_act *A) {
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const block_iq4_xs *x = (const block_iq4_xs *)(row + (size_t)i * sizeof(block_iq4_xs));
+        const int8_t *aq = A->q + 256 * (size_t)i;
+        __m256i p[8];
+#pragma GCC unroll 8
+        for (int b = 0; b < 8; b++) {
+            const __m256i v = _mm256_shuffle_epi8(tab, q4_unpack(x->qs + 16 * b));
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(aq + 32 * b));
+            p[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v)), ones);
+        }
+        uint32_t sl;
+        memcpy(&sl, x->scales_l, 4);
+        const __m128i l4 = _mm_cvtsi32_si128((int)sl);
+        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
+                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
+        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
+                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                            _mm256_set1_epi32(3));
+        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)),
+                                            _mm256_set1_epi32(32));
+        const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(half(x->d))),
+                                       _mm256_loadu_ps(A->da + 8 * i));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_sum8x8(p)), f, acc);
     }
     return kq_hsum8(acc);
 }
@@ -312,8 +354,9 @@ AVX2_INLINE void kq_rows(int T, const void *w, size_t rb, const block_q8x *a, fl
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = ROW(w, rb, r);
         prefetch_ahead(wr, rb, ROW(w, rb, r1));
-        if (T == PL_TYPE_Q4_K) y[r] = q4k_row(wr, n / QK_K, &A);
+        if (T == PL_TYPE_Q4_K || T == PL_TYPE_Q5_K) y[r] = q4k_row(T, wr, n / QK_K, &A);
         else if (T == PL_TYPE_Q6_K) y[r] = q6k_row(wr, n / QK_K, &A);
+        else if (T == PL_TYPE_IQ4_XS) y[r] = iq4xs_row(wr, n / QK_K, &A);
         else y[r] = kq_row_generic(T, wr, n / QK, &A);
     }
     free(A.heap);
