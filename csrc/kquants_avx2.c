@@ -94,13 +94,16 @@ AVX2_INLINE __m256i kq_sum8x8(const __m256i p[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
-/* One Q4_K row: per super-block 8 sub-block sums (sub-block k meets activation block k),
- * x = d * sc_k * q - dmin * m_k; the minimums meet the activation sums s. */
-AVX2_INLINE float q4k_row(const uint8_t *row, int nsb, const kq_act *A) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+/* One Q4_K or Q5_K row: per super-block 8 sub-block sums (sub-block k meets activation block
+ * k), x = d * sc_k * q - dmin * m_k; the minimums meet the activation sums s. Q5_K's fifth
+ * bits (bit k of qh byte l: value l of sub-block k) add 16. */
+AVX2_INLINE float q4k_row(int T, const uint8_t *row, int nsb, const kq_act *A) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), b1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (int i = 0; i < nsb; i++) {
-        const uint8_t *blk = row + (size_t)i * sizeof(block_q4_k);
+        const uint8_t *blk = row + (size_t)i * KQ_BLOCK_BYTES(T);
+        const uint8_t *qs = blk + (T == PL_TYPE_Q5_K ? 48 : 16);
+        const __m256i qh = T == PL_TYPE_Q5_K ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
         const __m128 dd = _mm_cvtph_ps(hdr); /* d, dmin */
         const __m128i scm = kq_scales_k4(hdr);
@@ -110,8 +113,13 @@ AVX2_INLINE float q4k_row(const uint8_t *row, int nsb, const kq_act *A) {
         __m256i p[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
-            const __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(x, m4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            if (T == PL_TYPE_Q5_K) {
+                const __m256i h = _mm256_srli_epi16(qh, 2 * j); /* bits 2j, 2j+1 to bits 0, 1 */
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, b1), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), b1), 4));
+            }
             p[2 * j] = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(aq + 64 * j))), ones);
             p[2 * j + 1] =
                 _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(aq + 64 * j + 32))), ones);
@@ -125,36 +133,76 @@ AVX2_INLINE float q4k_row(const uint8_t *row, int nsb, const kq_act *A) {
     return kq_hsum8(acc) - kq_hsum8(macc);
 }
 
+/* The 16 sub-block scales of a Q3_K super-block (6 bits each, packed in 12 bytes), as int16 minus 32 */
+AVX2_INLINE __m256i q3k_scales(const uint8_t *s) {
+    uint32_t a[3];
+    memcpy(a, s, 12);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, t = a[2];
+    const __m128i v = _mm_setr_epi32((int)((a[0] & k2) | ((t & k1) << 4)), (int)((a[1] & k2) | (((t >> 2) & k1) << 4)),
+                                     (int)(((a[0] >> 4) & k2) | (((t >> 4) & k1) << 4)),
+                                     (int)(((a[1] >> 4) & k2) | (((t >> 6) & k1) << 4)));
+    return _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32));
+}
+
 /*
- * One Q6_K row. Per half super-block (128 values): ql's 64 bytes give the low 4 bits (low
- * nibbles: values 0..63, high nibbles: 64..127), qh's 32 bytes 2 more bits for each of the
- * four 32-value quarters. The values are 0..63 with the zero at 32; maddubs by the activation,
- * then madd by the sub-block scales (int16), so the 8 sums of a super-block come out scaled;
- * the zero comes off as 32 x sum_k sc_k x (activation sum of sub-block k), from a16.
+ * One Q6_K, Q3_K or Q2_K row (16-value sub-blocks). A half super-block (128 values) is four
+ * 32-value quarters, quarter m meeting activation block 4h + m. Q6_K: ql's 64 bytes give
+ * the low 4 bits (low nibbles: quarters 0, 1; high nibbles: 2, 3), qh's 32 bytes 2 more bits
+ * per quarter; Q3_K: qs's 32 bytes 2 bits per quarter, hmask the third (bit 4h + m); Q2_K:
+ * qs's 2 bits per quarter. The values are unsigned (zero at 32, 4, 0): maddubs by the
+ * activation, then madd by the sub-block scales (int16), so the 8 sums of a super-block come
+ * out scaled; the zero comes off as Z x sum_k sc_k x (activation sum of sub-block k), from
+ * a16, and Q2_K's minimums the same way in float.
  */
-AVX2_INLINE float q6k_row(const uint8_t *row, int nsb, const kq_act *A) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
-    /* byte indices that broadcast int16 scale 2b' (low lane) and 2b'+1 (high lane), b' = 0..3 */
-    __m256 acc = _mm256_setzero_ps();
+AVX2_INLINE float k16_row(int T, const uint8_t *row, int nsb, const kq_act *A) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (int i = 0; i < nsb; i++) {
-        const uint8_t *blk = row + (size_t)i * sizeof(block_q6_k);
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8); /* sc0..15 as int16 */
+        const uint8_t *blk = row + (size_t)i * KQ_BLOCK_BYTES(T);
+        __m256i sc16, mn16 = _mm256_setzero_si256();
+        float d, dmin = 0.0f;
+        if (T == PL_TYPE_Q6_K) {
+            sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+            d = half(*(const uint16_t *)(blk + 208));
+        } else if (T == PL_TYPE_Q3_K) {
+            sc16 = q3k_scales(blk + 96);
+            d = half(*(const uint16_t *)(blk + 108));
+        } else {
+            const __m256i s = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk));
+            sc16 = _mm256_and_si256(s, _mm256_set1_epi16(15));
+            mn16 = _mm256_srli_epi16(s, 4);
+            d = half(*(const uint16_t *)(blk + 80));
+            dmin = half(*(const uint16_t *)(blk + 82));
+        }
         const __m256i scl = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));      /* sc0..7 twice */
         const __m256i sch = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1)); /* sc8..15 twice */
         const int8_t *aq = A->q + 256 * (size_t)i;
         __m256i p[8];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
             __m256i v[4];
-            v[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-            v[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
-            v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            if (T == PL_TYPE_Q6_K) {
+                const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+                const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+                v[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+                v[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+                v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
+                v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            } else {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (T == PL_TYPE_Q3_K ? 32 : 16) + 32 * h));
+                const __m256i hm = T == PL_TYPE_Q3_K ? _mm256_loadu_si256((const __m256i *)blk) : _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int m = 0; m < 4; m++) {
+                    v[m] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * m), m3);
+                    if (T == PL_TYPE_Q3_K) { /* bit j = 4h + m of hmask, to bit 2 */
+                        const int j = 4 * h + m;
+                        const __m256i hb = j >= 2 ? _mm256_srli_epi16(hm, j - 2) : _mm256_slli_epi16(hm, 2 - j);
+                        v[m] = _mm256_or_si256(v[m], _mm256_and_si256(hb, _mm256_set1_epi8(4)));
+                    }
+                }
+            }
             const __m256i sc = h ? sch : scl;
 #pragma GCC unroll 4
             for (int m = 0; m < 4; m++) {
@@ -168,11 +216,51 @@ AVX2_INLINE float q6k_row(const uint8_t *row, int nsb, const kq_act *A) {
                 p[4 * h + m] = _mm256_madd_epi16(_mm256_maddubs_epi16(v[m], a), _mm256_shuffle_epi8(sc, idx));
             }
         }
-        /* lane b: sc_2b A_2b + sc_2b+1 A_2b+1 */
-        const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(A->a16 + 16 * (size_t)i)));
-        const __m256i t = _mm256_sub_epi32(kq_sum8x8(p), _mm256_slli_epi32(off, 5));
-        const __m256 f = _mm256_mul_ps(_mm256_set1_ps(half(*(const uint16_t *)(blk + 208))), _mm256_loadu_ps(A->da + 8 * i));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), f, acc);
+        const __m256i a16 = _mm256_loadu_si256((const __m256i *)(A->a16 + 16 * (size_t)i));
+        __m256i t = kq_sum8x8(p);
+        if (T != PL_TYPE_Q2_K) { /* lane b: sc_2b A_2b + sc_2b+1 A_2b+1, times the zero */
+            const __m256i off = _mm256_madd_epi16(sc16, a16);
+            t = _mm256_sub_epi32(t, _mm256_slli_epi32(off, T == PL_TYPE_Q6_K ? 5 : 2));
+        }
+        const __m256 da = _mm256_loadu_ps(A->da + 8 * i);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(_mm256_set1_ps(d), da), acc);
+        if (T == PL_TYPE_Q2_K)
+            macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, a16)), _mm256_mul_ps(_mm256_set1_ps(dmin), da),
+                                   macc);
+    }
+    return kq_hsum8(acc) - kq_hsum8(macc);
+}
+
+/* One IQ4_XS row: each 32-value block's 16 nibble bytes looked up in the signed table, then
+ * |v| times the activation with v's sign (maddubs would saturate on v + 128); the 8 block
+ * sums reduced as Q4_K's, scaled by d * (ls_k - 32) * da_k. */
+AVX2_INLINE float iq4xs_row(const uint8_t *row, int nsb, const kq_act *A) {
+    const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const block_iq4_xs *x = (const block_iq4_xs *)(row + (size_t)i * sizeof(block_iq4_xs));
+        const int8_t *aq = A->q + 256 * (size_t)i;
+        __m256i p[8];
+#pragma GCC unroll 8
+        for (int b = 0; b < 8; b++) {
+            const __m256i v = _mm256_shuffle_epi8(tab, q4_unpack(x->qs + 16 * b));
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(aq + 32 * b));
+            p[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v)), ones);
+        }
+        uint32_t sl;
+        memcpy(&sl, x->scales_l, 4);
+        const __m128i l4 = _mm_cvtsi32_si128((int)sl);
+        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
+                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
+        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
+                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                            _mm256_set1_epi32(3));
+        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)),
+                                            _mm256_set1_epi32(32));
+        const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(half(x->d))),
+                                       _mm256_loadu_ps(A->da + 8 * i));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_sum8x8(p)), f, acc);
     }
     return kq_hsum8(acc);
 }
@@ -312,8 +400,9 @@ AVX2_INLINE void kq_rows(int T, const void *w, size_t rb, const block_q8x *a, fl
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = ROW(w, rb, r);
         prefetch_ahead(wr, rb, ROW(w, rb, r1));
-        if (T == PL_TYPE_Q4_K) y[r] = q4k_row(wr, n / QK_K, &A);
-        else if (T == PL_TYPE_Q6_K) y[r] = q6k_row(wr, n / QK_K, &A);
+        if (T == PL_TYPE_Q4_K || T == PL_TYPE_Q5_K) y[r] = q4k_row(T, wr, n / QK_K, &A);
+        else if (T == PL_TYPE_Q6_K || T == PL_TYPE_Q3_K || T == PL_TYPE_Q2_K) y[r] = k16_row(T, wr, n / QK_K, &A);
+        else if (T == PL_TYPE_IQ4_XS) y[r] = iq4xs_row(wr, n / QK_K, &A);
         else y[r] = kq_row_generic(T, wr, n / QK, &A);
     }
     free(A.heap);
