@@ -461,16 +461,28 @@ static void quantize_q6_k(const float *x, block_q6_k *y, int64_t nb) {
 
 /* ---- IQ4_NL ---- */
 
-/* Index of the table entry nearest to v (IQ4_VALUES is sorted). */
-static inline int nearest_iq4(float v) {
+/* below[k]: index of the last IQ4_VALUES entry <= k - 128, for k - 128 in -127..112 (the
+ * table is sorted), so the nearest entry to any v is found with one lookup and one comparison. */
+typedef struct {
+    uint8_t below[256];
+} iq4_lookup;
+
+static void iq4_lookup_init(iq4_lookup *t) {
+    int j = 0;
+    for (int k = 0; k < 256; k++) {
+        while (j < 15 && IQ4_VALUES[j + 1] <= k - 128) j++;
+        t->below[k] = (uint8_t)j;
+    }
+}
+
+/* Index of the table entry nearest to v (ties to the larger). */
+static inline int nearest_iq4(const iq4_lookup *t, float v) {
     if (v <= IQ4_VALUES[0]) return 0;
     if (v >= IQ4_VALUES[15]) return 15;
-    int lo = 0, hi = 15;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (v < IQ4_VALUES[mid]) hi = mid; else lo = mid;
-    }
-    return v - IQ4_VALUES[lo] < IQ4_VALUES[hi] - v ? lo : hi;
+    int f = (int)v;
+    f -= v < (float)f; /* floor */
+    int lo = t->below[f + 128];
+    return v - IQ4_VALUES[lo] < IQ4_VALUES[lo + 1] - v ? lo : lo + 1;
 }
 
 /* One block of 32: try scales that put the extreme value near either end of the table, fit
@@ -479,7 +491,11 @@ static inline int nearest_iq4(float v) {
  * plain one.) */
 static void quantize_iq4_nl(const float *x, block_iq4_nl *y, int64_t nb) {
     uint8_t q[QK];
+    float w[QK];
+    iq4_lookup t;
+    iq4_lookup_init(&t);
     for (int64_t b = 0; b < nb; b++, x += QK) {
+        for (int i = 0; i < QK; i++) w[i] = x[i] * x[i];
         float max = signed_absmax(x, QK);
         if (fabsf(max) < TINY) {
             y[b].d = 0;
@@ -494,9 +510,9 @@ static void quantize_iq4_nl(const float *x, block_iq4_nl *y, int64_t nb) {
             float id = k < -7 ? -IQ4_VALUES[0] / max : (IQ4_VALUES[0] + k) / max;
             float sqx = 0, sq2 = 0;
             for (int i = 0; i < QK; i++) {
-                float qv = IQ4_VALUES[nearest_iq4(id * x[i])], w = x[i] * x[i];
-                sqx += w * qv * x[i];
-                sq2 += w * qv * qv;
+                float qv = IQ4_VALUES[nearest_iq4(&t, id * x[i])];
+                sqx += w[i] * qv * x[i];
+                sq2 += w[i] * qv * qv;
             }
             if (sq2 > 0 && (!have || sqx * sqx * best_sq2 > best_sqx * best_sqx * sq2)) {
                 have = 1;
@@ -507,7 +523,7 @@ static void quantize_iq4_nl(const float *x, block_iq4_nl *y, int64_t nb) {
         }
         y[b].d = f32_to_fp16(best_d);
         float d = fp16_to_f32(y[b].d), id = d ? 1.f / d : 0.f;
-        for (int i = 0; i < QK; i++) q[i] = (uint8_t)nearest_iq4(id * x[i]);
+        for (int i = 0; i < QK; i++) q[i] = (uint8_t)nearest_iq4(&t, id * x[i]);
         pack_nibbles(q, y[b].qs);
     }
 }

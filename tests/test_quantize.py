@@ -289,7 +289,7 @@ def test_llama_cpp_loads_the_output(tmp_path):
     for ftype in ("Q4_K_M", "Q3_K_M", "IQ4_NL"):
         dst = tmp_path / f"m.{ftype}.gguf"
         pq.quantize(src, dst, ftype, n_threads=2, progress=False)
-        r = subprocess.run([binary, "-m", str(dst), "-f", str(text), "-c", "32", "--chunks", "2", "-t", "2"],
+        r = subprocess.run([binary, "-m", str(dst), "-f", str(text), "-c", "32", "-b", "32", "--chunks", "2", "-t", "2"],
                            capture_output=True, text=True, timeout=300)
         # a random model: the value means nothing, but llama.cpp loaded the file and ran it
         assert r.returncode == 0 and re.search(r"\[1\][0-9.]+,", r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
