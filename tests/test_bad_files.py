@@ -234,7 +234,9 @@ def parse_layout(data: bytes) -> dict:
 
 
 def tensor_nbytes(t) -> int:
-    blk, size = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20)}[t["type"]]
+    blk, size = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 6: (32, 22),
+                 7: (32, 24), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
+                 20: (32, 18), 23: (256, 136)}[t["type"]]
     n = int(np.prod(t["ne"]))
     return n // blk * size
 
@@ -428,6 +430,44 @@ def test_gguf_tensor_infos(base_gguf):
     b[k["name_off"] + 8:k["name_off"] + 8 + len("blk.0.attn_k.weight")] = b"blk.0.attn_q.weight"
     m.add("duplicate-name", bytes(b), needles=("blk.0.attn_q.weight", "blk.0.attn_k.weight"))
     check(m.cases, d)
+
+
+# Widths of 256 for the 256-value blocks; a Q4_K_M-like mix, the last tensor in the file a K-quant.
+KQUANT_SPEC = TinySpec(arch="qwen2", wtype="Q4_K", dim=256, hidden_dim=256, n_heads=2, n_kv_heads=1, n_layers=1,
+                       tied=False, context_length=32, seed=5,
+                       type_overrides={"output.weight": "Q6_K", "blk.0.ffn_down.weight": "Q5_K",
+                                       "blk.0.attn_v.weight": "Q3_K", "blk.0.attn_k.weight": "IQ4_XS",
+                                       "blk.0.attn_q.weight": "Q2_K", "token_embd.weight": "Q5_0"})
+
+
+def test_gguf_kquant_tensors(tmp_path):
+    """A truncated K-quant tensor, K-quant rows that are not whole super-blocks, unknown and
+    retired type ids on a K-quant tensor: ModelError naming the tensor."""
+    path = tiny_models.write_tiny_gguf(tmp_path / "kq.gguf", KQUANT_SPEC)
+    data = path.read_bytes()
+    lay = parse_layout(data)
+    ts = lay["tensors"]
+    assert {t["type"] for t in ts.values()} >= {6, 10, 11, 12, 13, 14, 23}
+    m = Mutator(tmp_path, data)
+    m.add("kq-base", data, expect="any")
+    last_name, last = max(ts.items(), key=lambda kv: kv[1]["offset"])
+    assert last["type"] in (10, 11, 12, 13, 14, 23)
+    end = lay["data_start"] + last["offset"] + tensor_nbytes(last)
+    for cut in (1, 100, tensor_nbytes(last) // 2):  # inside the last super-block, mid-tensor
+        m.add(f"kq-trunc-{cut}", data[:end - cut], needles=(last_name,))
+    for name in ("blk.0.ffn_up.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "output.weight"):
+        t, nm = ts[name], (name,)
+        ne0, ne1 = t["ne"]
+        # same bytes, rows of 128 (half a super-block): "row length 128 is not a multiple of ... (256)"
+        b = bytearray(data)
+        struct.pack_into("<QQ", b, t["ne_offs"][0], ne0 // 2, ne1 * 2)
+        m.add(f"kq-{name}-half-rows", bytes(b), needles=nm)
+        b = bytearray(data)
+        struct.pack_into("<QQ", b, t["ne_offs"][0], ne0 + 32, ne1)  # a whole number of 32s, not of 256s
+        m.add(f"kq-{name}-row-288", bytes(b), needles=nm)
+        for v in (15, 16, 19, 99):  # Q8_K (llama.cpp's activation type), IQ2_XXS, IQ1_S, unknown
+            m.put(f"kq-{name}-type-{v}", t["type_off"], "<I", v, needles=nm)
+    check(m.cases, tmp_path)
 
 
 def test_gguf_shapes_disagree_with_metadata(tmp_path):

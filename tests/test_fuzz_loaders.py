@@ -31,6 +31,14 @@ GGUF_SEEDS = {
     "q8_0": dict(wtype="Q8_0", n_layers=2),
     "q4_0-llama3": dict(wtype="Q4_0", rope_scaling="llama3", rope_scale_factor=4.0, rope_freqs=True),
     "q4_1-untied": dict(wtype="Q4_1", tied=False, alignment=64),
+    "q5_0": dict(wtype="Q5_0"),
+    "q5_1-iq4_nl": dict(wtype="Q5_1", tied=False, type_overrides={"blk.0.ffn_down.weight": "IQ4_NL"}),
+    # 256-value super-blocks need rows of 256: every K-quant and IQ4_XS in one model (315 KB, hence
+    # run_fuzz_model.sh's -max_len of 400000)
+    "kquants-qwen2": dict(arch="qwen2", dim=256, hidden_dim=256, n_heads=2, n_kv_heads=1, wtype="Q4_K", tied=False,
+                          type_overrides={"output.weight": "Q6_K", "blk.0.ffn_down.weight": "Q5_K",
+                                          "blk.0.attn_v.weight": "Q3_K", "blk.0.attn_q.weight": "Q2_K",
+                                          "blk.0.attn_k.weight": "IQ4_XS"}),
 }
 
 

@@ -30,8 +30,19 @@ WEIGHT_TYPES = {
     "Q8_0": QT.Q8_0,
     "Q4_0": QT.Q4_0,
     "Q4_1": QT.Q4_1,
+    "Q5_0": QT.Q5_0,
+    "Q5_1": QT.Q5_1,
 }
-QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Types the gguf package cannot encode (it only decodes them): written as random blocks whose
+# values have about the array's spread (the weights' values are not kept; a test's reference
+# reads what the file holds). Row lengths must be multiples of 256 (32 for IQ4_NL).
+RANDOM_BLOCK_TYPES = {"IQ4_NL": QT.IQ4_NL, "Q2_K": QT.Q2_K, "Q3_K": QT.Q3_K, "Q4_K": QT.Q4_K, "Q5_K": QT.Q5_K,
+                      "Q6_K": QT.Q6_K, "IQ4_XS": QT.IQ4_XS}
+# (offset of the fp16 scale d, of the fp16 minimum scale or None, typical |q * sub-scale|)
+_FP16_FIELDS = {QT.IQ4_NL: (0, None, 60), QT.Q2_K: (80, 82, 12),
+                QT.Q3_K: (108, None, 32), QT.Q4_K: (0, 2, 240), QT.Q5_K: (0, 2, 500), QT.Q6_K: (208, None, 1000),
+                QT.IQ4_XS: (0, None, 1000)}
 
 
 @dataclasses.dataclass
@@ -192,8 +203,32 @@ def random_weights(spec: TinySpec) -> dict[str, np.ndarray]:
     return w
 
 
+def random_blocks(arr: np.ndarray, qt: QT) -> np.ndarray:
+    """Valid blocks of type qt for an array of arr's shape: random quants, sub-block scales and
+    high bits, fp16 scales sized so the values spread about as arr's do (a minimum scale
+    sized to centre them). Deterministic in arr's bytes."""
+    block, nbytes = gguf.GGML_QUANT_SIZES[qt]
+    rows, cols = arr.shape
+    if cols % block:
+        raise ValueError(f"row length {cols} is not a multiple of {qt.name}'s {block}")
+    rng = np.random.default_rng(int.from_bytes(arr.tobytes()[:64].ljust(8, b"\0")[:8], "little"))
+    n = rows * cols // block
+    raw = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+    d_off, m_off, typical = _FP16_FIELDS[qt]
+    spread = float(np.std(arr)) or 1.0
+    raw[:, d_off:d_off + 2] = np.full(n, spread / typical, np.float16).view(np.uint8).reshape(n, 2)
+    if m_off is not None:
+        m = spread / (64 if qt in (QT.Q4_K, QT.Q5_K) else 8)
+        raw[:, m_off:m_off + 2] = np.full(n, m, np.float16).view(np.uint8).reshape(n, 2)
+    return raw.reshape(rows, cols // block * nbytes)
+
+
 def encode_tensor(arr: np.ndarray, type_name: str) -> tuple[np.ndarray, QT]:
-    """Encode a float32 (rows, cols) array in a GGML type with the gguf package's quantizers."""
+    """Encode a float32 (rows, cols) array in a GGML type with the gguf package's quantizers
+    (random_blocks for the types it cannot encode)."""
+    if type_name in RANDOM_BLOCK_TYPES:
+        qt = RANDOM_BLOCK_TYPES[type_name]
+        return random_blocks(arr.astype(np.float32), qt), qt
     qt = WEIGHT_TYPES[type_name]
     if qt == QT.F32:
         return arr.astype(np.float32), qt

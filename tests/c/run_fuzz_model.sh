@@ -34,7 +34,7 @@ for target in gguf llama2c; do
     corpus="$out/corpus_$target"
     mkdir -p "$corpus"
     echo "== fuzz_$target: $secs s from $(ls "$seeds" | wc -l) seeds"
-    OMP_NUM_THREADS=1 "$out/fuzz_$target" -max_total_time="$secs" -max_len=200000 -timeout=10 \
+    OMP_NUM_THREADS=1 "$out/fuzz_$target" -max_total_time="$secs" -max_len=400000 -timeout=10 \
         -rss_limit_mb=2048 -malloc_limit_mb=1024 -artifact_prefix="$out/$target-" -print_final_stats=1 \
         "$@" "$corpus" "$seeds"
 done

@@ -440,6 +440,8 @@ int main(void) {
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
             int n = ns[i];
             if (n % pl_type_block_size(type)) continue;
+            /* 256, 512, 768 are for the 256-value types; the others have lengths enough */
+            if ((n == 256 || n == 512 || n == 768) && pl_type_block_size(type) < QK_K) continue;
             /* row ranges: odd, offset, shorter and longer than the 4- and 8-row blocks and the
              * 16/32-row float panels; tokens past the panels' 12 per pass, from the 16 that use them */
             static const int shapes[][3] = {{1, 0, 1}, {3, 0, 3}, {8, 0, 8}, {13, 2, 13}, {37, 3, 36}, {40, 8, 40},
