@@ -355,11 +355,14 @@ AVX2_INLINE float kq_row_generic(int T, const uint8_t *row, int nb, const kq_act
 
 /* Rows [r0, r1) of type T */
 AVX2_INLINE void kq_rows(int T, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1, int n) {
-    kq_act_buf buf;
+    union { /* one or the other: Q5_0's pairs, every other type's kq_act */
+        kq_act_buf act;
+        q5pair pairs[KQ_STACK_N / 64];
+    } buf;
     kq_act A;
     if (T == PL_TYPE_Q5_0) {
         const int nb = n / QK, np = nb / 2;
-        q5pair stackbuf[KQ_STACK_N / 64];
+        q5pair *const stackbuf = buf.pairs;
         q5pair *ap = np <= KQ_STACK_N / 64 ? stackbuf : aligned_alloc(32, sizeof(q5pair) * (size_t)np);
         if (!ap) {
             pl_kernels_scalar.rows[T](w, rb, a, y, r0, r1, n);
@@ -393,7 +396,7 @@ AVX2_INLINE void kq_rows(int T, const void *w, size_t rb, const block_q8x *a, fl
         if (ap != stackbuf) free(ap);
         return;
     }
-    if (kq_act_prep(a, n, &buf, &A)) {
+    if (kq_act_prep(a, n, &buf.act, &A)) {
         pl_kernels_scalar.rows[T](w, rb, a, y, r0, r1, n);
         return;
     }
