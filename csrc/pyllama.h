@@ -223,6 +223,12 @@ void pl_release_free_heap(void);
  * logits). Exposed for tests. */
 void pl_set_sample_threads(int n_threads);
 
+/* Batch invariance: when on, every token of every batch is multiplied by the one-token
+ * kernels, so a sequence's logits are bitwise the same whether it is evaluated alone, in a
+ * prompt batch or in a batch with other sequences (the server turns it on); prompts are
+ * then slower than with the batched kernels. Process-wide; returns the previous setting. */
+int pl_set_batch_invariant(int on);
+
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */

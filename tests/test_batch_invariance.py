@@ -3,7 +3,10 @@ prompt was cut into eval() calls -- all at once, or all but one token then the l
 (what a request that finds its prefix cached does). The reference is the same model run
 in one batch on the same kernel path; the scalar path must agree exactly.
 
-Known gap (xfail): with quantized weights the AVX2/AVX-512 kernels' results depend on how
+With pl_set_batch_invariant(1) (what the server runs with) every token goes through the
+one-token kernels and the split must not matter on any path (test_..._invariant_mode).
+
+Known gap without it (xfail): with quantized weights the AVX2/AVX-512 kernels' results depend on how
 many tokens a call carries: on these tiny 8-layer models the logits move by up to 0.2-3%
 of their scale (AVX-512: Q4_0/Q4_1 one token vs a batch; AVX2: Q4_1 and Q8_0 also between
 batch sizes), far beyond summation order; F32 weights differ by ~2e-6 and the scalar path
@@ -55,3 +58,19 @@ def test_logits_do_not_depend_on_the_batch_split(tiny_model_factory, wtype, isa,
     if isa == lib.PL_ISA_SCALAR:
         assert diff == 0.0
     assert diff < TOL, f"{wtype}: one-token / batched logits differ by {diff:.3g} of their scale"
+
+
+@pytest.fixture
+def invariant_mode():
+    old = lib.pl_set_batch_invariant(1)
+    yield
+    lib.pl_set_batch_invariant(old)
+
+
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("isa", [lib.PL_ISA_AVX2, lib.PL_ISA_AVX512])
+def test_invariant_mode_makes_the_split_irrelevant(tiny_model_factory, wtype, isa, invariant_mode):
+    path = tiny_model_factory(wtype=wtype, n_layers=8, dim=128, hidden_dim=256, n_heads=4, n_kv_heads=2,
+                              context_length=128)
+    diff = max_split_difference(path, isa)
+    assert diff == 0.0, f"{wtype}: one-token / batched logits differ by {diff:.3g} of their scale"

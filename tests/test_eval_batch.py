@@ -147,3 +147,26 @@ def test_bad_batches_are_refused_with_clear_errors(tiny_model_factory):
     fb = a.fork(n_ctx=32)
     eval_batch([(f, [1, 2]), (fb, [3])])  # sorted so the larger context lends the scratch
     assert f.n_tokens == 2 and fb.n_tokens == 1
+
+
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0", "Q4_1"])
+def test_batch_equals_alone_in_batch_invariant_mode_on_the_best_kernels(tiny_model_factory, wtype):
+    """The same bitwise equality on the SIMD path the CPU picks, with pl_set_batch_invariant(1)."""
+    old = lib.pl_set_batch_invariant(1)
+    try:
+        path = tiny_model_factory(wtype=wtype, n_heads=4, n_kv_heads=2)
+        base, alone = _open(path), _open(path)
+        llms = [base, base.fork(), base.fork()]
+        seqs = _seqs(base.n_vocab(), [7, 3, 11], seed=4)
+        cuts = [(4, 6, 7), (1, 2, 3), (8, 10, 11)]
+        prev = [0, 0, 0]
+        for r in range(3):
+            eval_batch([(llm, s[prev[i]:cuts[i][r]]) for i, (llm, s) in enumerate(zip(llms, seqs))])
+            prev = [cuts[i][r] for i in range(3)]
+        for llm, s in zip(llms, seqs):
+            alone.reset()
+            for t in s:  # one token at a time: the decode path
+                alone.eval([t])
+            np.testing.assert_array_equal(llm.logits, alone.logits)
+    finally:
+        lib.pl_set_batch_invariant(old)
