@@ -156,7 +156,15 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
     const pl_kernel_set *kt = k->rows[p->type] ? k : &pl_kernels_scalar;
     const pl_rows_fn rows = kt->rows[p->type];
     const pl_tile_fn tile = kt->tile[p->type];
-    if (n_tok > 1 && tile && !atomic_load_explicit(&batch_invariant, memory_order_relaxed)) {
+    /* Batch-invariant mode: where the set has a one-token kernel with its tile's arithmetic,
+     * the tile takes every batch and that kernel single tokens; elsewhere rows() takes all. */
+    const int invariant = atomic_load_explicit(&batch_invariant, memory_order_relaxed);
+    const pl_rows_fn rows_inv = kt->rows_invariant[p->type];
+    if (invariant && rows_inv && n_tok == 1) {
+        rows_inv(p->w, row_bytes, act, p->y, r0, r1, cols);
+        return;
+    }
+    if (tile && (invariant ? rows_inv != NULL : n_tok > 1)) {
         tile(p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
         return;
     }

@@ -170,3 +170,22 @@ def test_batch_equals_alone_in_batch_invariant_mode_on_the_best_kernels(tiny_mod
             np.testing.assert_array_equal(llm.logits, alone.logits)
     finally:
         lib.pl_set_batch_invariant(old)
+
+
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_batch_invariant_kernels_match_the_numpy_reference(tiny_model_factory, wtype):
+    """Batch-invariant mode's one-token kernels (rows_invariant) against the float64 reference
+    with the activations rounded to 8 bits as the C core does (test_forward.py's Q8_EMULATED_TOL)."""
+    old = lib.pl_set_batch_invariant(1)
+    try:
+        path = tiny_model_factory(wtype=wtype, n_heads=4, n_kv_heads=2)
+        llm = _open(path)
+        (s,) = _seqs(llm.n_vocab(), [9], seed=5)
+        got = []
+        for t in s:
+            llm.eval([t])
+            got.append(llm.logits.copy())
+        want = reference.forward(reference.ReferenceModel(str(path)), s, act_quant=True)
+        assert reference.rel_err(np.array(got), want) < 1e-3
+    finally:
+        lib.pl_set_batch_invariant(old)
