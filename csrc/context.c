@@ -173,13 +173,11 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
  * (error set). Each context's tokens must continue one another: a context seen before
  * in the batch takes the position after its previous token.
  */
-static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n,
-                             const int8_t *want_logits) {
+static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n) {
     if (!ctxs || !tokens || !pos || n <= 0) {
         pl_set_error("eval_batch needs at least one token (and its context and position)");
         return -1;
     }
-    (void)want_logits;
     const pl_context *c0 = ctxs[0];
     if (!c0) {
         pl_set_error("context 0 of the batch is NULL");
@@ -227,7 +225,7 @@ static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, con
 int pl_eval_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n,
                   const int8_t *want_logits, float *logits) {
     pl_clear_error();
-    if (check_multi_batch(ctxs, tokens, pos, n, want_logits)) return -1;
+    if (check_multi_batch(ctxs, tokens, pos, n)) return -1;
     pl_context *c = ctxs[0];
     const int ub = n < PL_MAX_UBATCH ? n : PL_MAX_UBATCH;
     if (pl_context_reserve(c, ub)) return -1;
