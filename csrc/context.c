@@ -37,6 +37,12 @@ int pl_context_reserve(pl_context *c, int n_tok) {
         if (!nb) goto oom;
         *bufs[i] = nb;
     }
+    const pl_kv_cache **nkv = realloc(c->tok_kv, (size_t)n_tok * sizeof *nkv);
+    if (!nkv) goto oom;
+    c->tok_kv = nkv;
+    int *npos = realloc(c->tok_pos, (size_t)n_tok * sizeof *npos);
+    if (!npos) goto oom;
+    c->tok_pos = npos;
     const size_t stride = (pl_act_bytes(PL_TYPE_Q8_0, widest, n_tok) + 63) / 64 * 64;
     char *na = realloc(c->act, nth * stride);
     if (!na) goto oom;
@@ -120,7 +126,8 @@ pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, in
 void pl_context_free(pl_context *c) {
     if (!c) return;
     void *bufs[] = {c->inv_freq, c->inv_freq_local, c->x, c->xb, c->xb2, c->q, c->k, c->v, c->hb, c->hb2,
-                    c->rope_cs, c->rope_cs_local, c->xn, c->att, c->window_keys, c->act};
+                    c->rope_cs, c->rope_cs_local, c->xn, c->att, c->window_keys, c->act, (void *)c->tok_kv,
+                    c->tok_pos};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     pl_kv_cache_free(&c->kv);
     pl_team_free(&c->team);
@@ -162,6 +169,89 @@ int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, floa
         else
             pl_forward(c, tokens + start, n, n_past + start, last ? logits : NULL, 0, NULL);
     }
+    return 0;
+}
+
+/*
+ * The checks of a batch over several sequences (pyllama.h, pl_eval_batch); 0 or -1
+ * (error set). Each context's tokens must continue one another: a context seen before
+ * in the batch takes the position after its previous token.
+ */
+static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n) {
+    if (!ctxs || !tokens || !pos || n <= 0) {
+        pl_set_error("eval_batch needs at least one token (and its context and position)");
+        return -1;
+    }
+    const pl_context *c0 = ctxs[0];
+    if (!c0) {
+        pl_set_error("context 0 of the batch is NULL");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const pl_context *c = ctxs[i];
+        if (!c) {
+            pl_set_error("context %d of the batch is NULL", i);
+            return -1;
+        }
+        if (c->m != c0->m) {
+            pl_set_error("token %d's context belongs to another model than context 0's", i);
+            return -1;
+        }
+        if (c->n_ctx > c0->n_ctx) {
+            pl_set_error("token %d's context has n_ctx %d, more than context 0's %d (context 0 holds the "
+                         "batch's scratch: put the largest first)", i, c->n_ctx, c0->n_ctx);
+            return -1;
+        }
+        if (tokens[i] < 0 || tokens[i] >= c0->m->cfg.n_vocab) {
+            pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
+                         c0->m->cfg.n_vocab);
+            return -1;
+        }
+        if (pos[i] < 0 || pos[i] >= c->n_ctx) {
+            pl_set_error("context overflow: token %d at position %d of a context with n_ctx = %d", i, pos[i],
+                         c->n_ctx);
+            return -1;
+        }
+        for (int j = i - 1; j >= 0; j--)
+            if (ctxs[j] == c) {
+                if (pos[i] != pos[j] + 1) {
+                    pl_set_error("token %d is at position %d of its context, but the batch's previous token "
+                                 "there (index %d) is at %d: a context's tokens must be consecutive", i, pos[i], j,
+                                 pos[j]);
+                    return -1;
+                }
+                break;
+            }
+    }
+    return 0;
+}
+
+int pl_eval_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n,
+                  const int8_t *want_logits, float *logits) {
+    pl_clear_error();
+    if (check_multi_batch(ctxs, tokens, pos, n)) return -1;
+    pl_context *c = ctxs[0];
+    const int ub = n < PL_MAX_UBATCH ? n : PL_MAX_UBATCH;
+    if (pl_context_reserve(c, ub)) return -1;
+    int *rows = malloc((size_t)ub * sizeof *rows);
+    if (!rows) {
+        pl_set_error("out of memory");
+        return -1;
+    }
+    pl_set_sample_threads(c->n_threads);
+    const size_t n_vocab = (size_t)c->m->cfg.n_vocab;
+    for (int start = 0; start < n; start += PL_MAX_UBATCH) {
+        const int len = n - start < PL_MAX_UBATCH ? n - start : PL_MAX_UBATCH;
+        int n_out = 0;
+        for (int t = 0; t < len; t++) {
+            c->tok_kv[t] = &ctxs[start + t]->kv;
+            c->tok_pos[t] = pos[start + t];
+            if (logits && (!want_logits || want_logits[start + t])) rows[n_out++] = t;
+        }
+        pl_forward_rows(c, tokens + start, len, rows, n_out, logits);
+        if (logits) logits += (size_t)n_out * n_vocab;
+    }
+    free(rows);
     return 0;
 }
 

@@ -9,6 +9,7 @@
  */
 #include <omp.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -135,6 +136,15 @@ size_t pl_act_bytes(int type, int cols, int n_tok) {
 /* Thread shares start on multiples of this, so SIMD kernels see whole row groups. */
 #define ROW_ALIGN 8
 
+/* Batch-invariant mode (pl_set_batch_invariant): every token through the one-token
+ * rows() kernel, whatever the batch size. The tile() kernels block and sum differently
+ * from rows(), and the 8-bit rounding of the next product's input turns those last-bit
+ * differences into visible ones, so only one kernel per token gives a sequence the same
+ * logits alone, in a prompt batch and in a decode batch with other sequences. */
+static _Atomic int batch_invariant;
+
+int pl_set_batch_invariant(int on) { return atomic_exchange(&batch_invariant, on ? 1 : 0); }
+
 /* Rows [r0, r1) of one part, for every token. */
 static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols, const float *x,
                       const void *q8, size_t q8_stride, int n_tok, int r0, int r1) {
@@ -146,7 +156,15 @@ static void part_rows(const pl_kernel_set *k, const pl_matmul_part *p, int cols,
     const pl_kernel_set *kt = k->rows[p->type] ? k : &pl_kernels_scalar;
     const pl_rows_fn rows = kt->rows[p->type];
     const pl_tile_fn tile = kt->tile[p->type];
-    if (n_tok > 1 && tile) {
+    /* Batch-invariant mode: where the set has a one-token kernel with its tile's arithmetic,
+     * the tile takes every batch and that kernel single tokens; elsewhere rows() takes all. */
+    const int invariant = atomic_load_explicit(&batch_invariant, memory_order_relaxed);
+    const pl_rows_fn rows_inv = kt->rows_invariant[p->type];
+    if (invariant && rows_inv && n_tok == 1) {
+        rows_inv(p->w, row_bytes, act, p->y, r0, r1, cols);
+        return;
+    }
+    if (tile && (invariant ? rows_inv != NULL : n_tok > 1)) {
         tile(p->w, row_bytes, act, astride, p->y, p->y_stride, r0, r1, n_tok, cols);
         return;
     }

@@ -177,9 +177,8 @@ static void project_into_residual(pl_context *c, const pl_tensor *w, const float
  * keys re-blocked from 0 in this thread's scratch (values are rows: the kernel
  * starts at the window's first row).
  */
-static void attend_heads(pl_context *c, int layer, const float *q, int n_q, int g, int pos, float scale, float *out,
-                         float *att) {
-    const pl_kv_cache *kv = &c->kv;
+static void attend_heads(pl_context *c, const pl_kv_cache *kv, int layer, const float *q, int n_q, int g, int pos,
+                         float scale, float *out, float *att) {
     const int hd = kv->head_dim, window = c->m->layers[layer].window;
     const int first = window && pos + 1 > window ? pos + 1 - window : 0;
     const size_t vh = (size_t)hd * pl_kv_elem_size(kv->v_type);
@@ -205,7 +204,7 @@ static void attend_heads(pl_context *c, int layer, const float *q, int n_q, int 
  * heads. Called by every thread of the team; a thread returns when its work is done
  * (no barrier).
  */
-static void attention(pl_context *c, int layer, int n_tok, int n_past) {
+static void attention(pl_context *c, int layer, int n_tok) {
     const pl_config *p = &c->m->cfg;
     const int hd = p->head_dim, q_dim = p->n_heads * hd;
     const int group = p->n_heads / p->n_kv_heads;
@@ -221,7 +220,8 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
         const int h0 = (int)((long)p->n_heads * ith / nth), h1 = (int)((long)p->n_heads * (ith + 1) / nth);
         for (int h = h0; h < h1;) {
             const int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
-            attend_heads(c, layer, c->q + (size_t)h * hd, end - h, g, n_past, scale, c->xb2 + (size_t)h * hd,
+            attend_heads(c, c->tok_kv[0], layer, c->q + (size_t)h * hd, end - h, g, c->tok_pos[0], scale,
+                         c->xb2 + (size_t)h * hd,
                          c->att + (size_t)ith * group * c->n_ctx);
             h = end;
         }
@@ -235,7 +235,7 @@ static void attention(pl_context *c, int layer, int n_tok, int n_past) {
         for (int i = 0; i < n_items; i++) {
             const int g = i / split; /* key/value head */
             const size_t qo = (size_t)t * q_dim + (size_t)i * per_item * hd;
-            attend_heads(c, layer, c->q + qo, per_item, g, n_past + t, scale, c->xb2 + qo,
+            attend_heads(c, c->tok_kv[t], layer, c->q + qo, per_item, g, c->tok_pos[t], scale, c->xb2 + qo,
                          c->att + (size_t)omp_get_thread_num() * group * c->n_ctx);
         }
     }
@@ -263,7 +263,7 @@ static void position_query(const pl_config *p, const pl_layer *L, float *q, int 
 }
 
 /* One kv head: the same for its key, the value's bias, both into the cache. */
-static void position_kv(pl_context *c, const pl_layer *L, int l, float *k, float *v, int g, int pos, const float *cs) {
+static void position_kv(pl_context *c, const pl_layer *L, int l, float *k, float *v, int g, int t, const float *cs) {
     const pl_config *p = &c->m->cfg;
     const size_t o = (size_t)g * p->head_dim;
     const int hd = p->head_dim;
@@ -271,8 +271,8 @@ static void position_kv(pl_context *c, const pl_layer *L, int l, float *k, float
     if (L->bv) add_bias(v, (const float *)L->bv->data + o, hd);
     if (L->k_norm) rmsnorm(k, k, L->k_norm->data, hd, p->norm_eps);
     pl_rope(k, hd, cs, p->rope_type == PL_ROPE_NEOX);
-    pl_kv_store_key(&c->kv, l, g, pos, k);
-    pl_kv_store_value(&c->kv, l, g, pos, v);
+    pl_kv_store_key(c->tok_kv[t], l, g, c->tok_pos[t], k);
+    pl_kv_store_value(c->tok_kv[t], l, g, c->tok_pos[t], v);
 }
 
 /*
@@ -284,7 +284,7 @@ static void position_kv(pl_context *c, const pl_layer *L, int l, float *k, float
  * by weight: each goes to the thread whose share holds its midpoint. (A dynamic
  * schedule cost more than it balanced.)
  */
-static void position_heads(pl_context *c, int l, int n_tok, int n_past) {
+static void position_heads(pl_context *c, int l, int n_tok) {
     enum { KV_ITEM_WEIGHT = 8 };
     const pl_config *p = &c->m->cfg;
     const pl_layer *L = &c->m->layers[l];
@@ -304,18 +304,18 @@ static void position_heads(pl_context *c, int l, int n_tok, int n_past) {
             position_query(p, L, c->q + (size_t)t * q_dim + (size_t)h * hd, h, cs);
         } else {
             const size_t o = (size_t)t * kv_dim + (size_t)(h - p->n_heads) * hd;
-            position_kv(c, L, l, c->k + o, c->v + o, h - p->n_heads, n_past + t, cs);
+            position_kv(c, L, l, c->k + o, c->v + o, h - p->n_heads, t, cs);
         }
     }
     pl_team_barrier(&c->team);
 }
 
 /* x += [post norm] Wo . attention(q, k, v) */
-static void attention_block(pl_context *c, int l, int n_tok, int n_past) {
+static void attention_block(pl_context *c, int l, int n_tok) {
     const pl_layer *L = &c->m->layers[l];
     qkv_projection(c, L, n_tok);
-    position_heads(c, l, n_tok, n_past);
-    attention(c, l, n_tok, n_past);
+    position_heads(c, l, n_tok);
+    attention(c, l, n_tok);
     pl_team_barrier(&c->team);
     project_into_residual(c, L->wo, c->xb2, c->m->cfg.n_heads * c->m->cfg.head_dim, L->post_attn_norm, n_tok);
 }
@@ -335,16 +335,16 @@ static void ffn_block(pl_context *c, int l, int n_tok) {
 }
 
 /* logits = Wout . rmsnorm(x) for the n_out rows from `first` on */
-static void logits_block(pl_context *c, int first, int n_out, float *logits) {
+static void logits_block(pl_context *c, const float *x, int first, int n_out, float *logits) {
     const pl_model *m = c->m;
     const pl_matmul_part out = part(m->output, m->cfg.n_vocab, logits);
     const void *xq;
-    const float *in = product_input(c, c->x, m->output_norm->data, first, n_out, m->cfg.dim, &out, 1, &xq);
+    const float *in = product_input(c, x, m->output_norm->data, first, n_out, m->cfg.dim, &out, 1, &xq);
     pl_matmul_share(&out, 1, m->cfg.dim, in, xq, n_out, 0, NULL, NULL);
 }
 
-/* x = embedding rows of the tokens (scaled), and each position's RoPE angles */
-static void embed(pl_context *c, const int32_t *tokens, int n_tokens, int n_past) {
+/* x = embedding rows of the tokens (scaled), and each token's RoPE angles at its position */
+static void embed(pl_context *c, const int32_t *tokens, int n_tokens) {
     const pl_model *m = c->m;
     const pl_config *p = &m->cfg;
     const int dim = p->dim, half = p->head_dim / 2;
@@ -355,30 +355,66 @@ static void embed(pl_context *c, const int32_t *tokens, int n_tokens, int n_past
         dequantize_row(m->tok_embd->type, (const char *)m->tok_embd->data + (size_t)tokens[t] * emb_row, x, dim);
         if (p->scale_embeddings)
             for (int i = 0; i < dim; i++) x[i] *= scale;
-        pl_rope_angles(c->rope_cs + (size_t)t * p->head_dim, n_past + t, c->inv_freq, half);
+        pl_rope_angles(c->rope_cs + (size_t)t * p->head_dim, c->tok_pos[t], c->inv_freq, half);
         if (p->rope_base_local > 0.0f)
-            pl_rope_angles(c->rope_cs_local + (size_t)t * p->head_dim, n_past + t, c->inv_freq_local, half);
+            pl_rope_angles(c->rope_cs_local + (size_t)t * p->head_dim, c->tok_pos[t], c->inv_freq_local, half);
+    }
+}
+
+/*
+ * The layers over the batch, then the output layer over the rows asked for: rows
+ * first..first+n_out-1 (out_rows NULL) are read where they are; a listed set that does
+ * not follow on is first copied together (into xb, free once the last layer is done) so
+ * the output product is one call.
+ */
+static void run_layers(pl_context *c, int n_tokens, int first, const int *out_rows, int n_out, float *logits) {
+    const pl_config *p = &c->m->cfg;
+    int contiguous = 1;
+    if (out_rows && n_out > 0) {
+        first = out_rows[0];
+        for (int i = 1; i < n_out; i++) contiguous &= out_rows[i] == first + i;
+    }
+    pl_team_reset(&c->team, c->n_threads);
+#pragma omp parallel num_threads(c->n_threads)
+    {
+        pl_team_enter();
+        for (int l = 0; l < p->n_layers; l++) {
+            attention_block(c, l, n_tokens);
+            ffn_block(c, l, n_tokens);
+        }
+        if (logits && n_out > 0) { /* NULL: a slice only filling the cache */
+            if (contiguous) {
+                logits_block(c, c->x, first, n_out, logits);
+            } else {
+                if (omp_get_thread_num() == 0)
+                    for (int i = 0; i < n_out; i++)
+                        memcpy(c->xb + (size_t)i * p->dim, c->x + (size_t)out_rows[i] * p->dim,
+                               (size_t)p->dim * sizeof(float));
+                pl_team_barrier(&c->team);
+                logits_block(c, c->xb, 0, n_out, logits);
+            }
+        }
     }
 }
 
 void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all,
                 float *hidden) {
     const pl_config *p = &c->m->cfg;
-    embed(c, tokens, n_tokens, n_past);
+    for (int t = 0; t < n_tokens; t++) {
+        c->tok_kv[t] = &c->kv;
+        c->tok_pos[t] = n_past + t;
+    }
+    embed(c, tokens, n_tokens);
     /* only the rows whose logits are wanted go through the final norm and output layer */
     const int first = logits_all ? 0 : n_tokens - 1;
-
-    pl_team_reset(&c->team, c->n_threads);
-#pragma omp parallel num_threads(c->n_threads)
-    {
-        pl_team_enter();
-        for (int l = 0; l < p->n_layers; l++) {
-            attention_block(c, l, n_tokens, n_past);
-            ffn_block(c, l, n_tokens);
-        }
-        if (logits) logits_block(c, first, n_tokens - first, logits); /* NULL: a slice only filling the cache */
-    }
+    run_layers(c, n_tokens, first, NULL, n_tokens - first, logits);
     /* what the output layer would multiply, for every token: the vectors embeddings pool */
     for (int t = 0; hidden && t < n_tokens; t++)
         rmsnorm(hidden + (size_t)t * p->dim, c->x + (size_t)t * p->dim, c->m->output_norm->data, p->dim, p->norm_eps);
+}
+
+void pl_forward_rows(pl_context *c, const int32_t *tokens, int n_tokens, const int *out_rows, int n_out,
+                     float *logits) {
+    embed(c, tokens, n_tokens);
+    run_layers(c, n_tokens, 0, out_rows, n_out, logits);
 }

@@ -31,6 +31,10 @@ struct pl_context {
     char *window_keys;     /* [thread][window_key_bytes]: a window's keys re-blocked (attend_heads) */
     size_t window_key_bytes;
     int att_threads;       /* threads the per-thread buffers are sized for */
+    /* per token of the batch being run: the cache it belongs to and its position there
+     * (one cache for pl_eval; one per sequence for pl_eval_batch) */
+    const pl_kv_cache **tok_kv;
+    int *tok_pos;
 };
 
 /* Tokens per forward pass: a long prompt goes through in slices of this many, so the
@@ -46,5 +50,11 @@ int pl_context_reserve(pl_context *c, int n_tok);
  * output norm) into hidden, unless it is NULL. */
 void pl_forward(pl_context *c, const int32_t *tokens, int n_tokens, int n_past, float *logits, int logits_all,
                 float *hidden);
+
+/* One forward pass over n_tokens <= capacity tokens whose caches and positions are already
+ * in c->tok_kv / c->tok_pos (validated): logits of the n_out rows listed in out_rows (in that
+ * order) into logits. c supplies the scratch and thread team. */
+void pl_forward_rows(pl_context *c, const int32_t *tokens, int n_tokens, const int *out_rows, int n_out,
+                     float *logits);
 
 #endif

@@ -72,6 +72,9 @@ typedef struct {
     void (*quantize_q8x)(const float *x, block_q8x *y, int n);
     pl_rows_fn rows[PL_TYPE_SLOTS];
     pl_tile_fn tile[PL_TYPE_SLOTS];
+    /* One token with exactly tile()'s float arithmetic, where tile() gives each token the same
+     * result in any batch (NULL elsewhere): batch-invariant decode (pl_set_batch_invariant). */
+    pl_rows_fn rows_invariant[PL_TYPE_SLOTS];
     pl_attend_fn attend;
     /* SwiGLU's activation: g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] */
     void (*silu_mul)(float *g, const float *u, int n);

@@ -25,6 +25,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -593,6 +594,186 @@ AVX512 static void rows_q4_1(const void *w, size_t rb, const void *act, float *y
     q4rows(PL_TYPE_Q4_1, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
 
+/* ------------------------------------- one token in the tile's order (invariant decode) */
+
+/*
+ * qtile() gives a row, for any token, the chain acc = fma(isum_b, d_w * d_a, acc) (Q4_1:
+ * then acc = fma(m_w, s_a, acc)) over its blocks b in order, isum_b the block's exact
+ * integer dot product; so a token's result does not depend on the batch. These rows
+ * kernels compute the same chain for one token without packing 16 rows first (what
+ * makes the tile slow for a single token): the integer sums may come any way (they are
+ * exact), the float steps are the tile's, one row at a time.
+ */
+
+/* The integer dot products of 4 blocks (quad p) with nq of their weight blocks from `row`
+ * (any Q4 layout; Q4_0 types with the "- 8" taken off), into isum[0..3]. */
+AVX512_INLINE void q4quad_isums(int type, const void *row, int nb, int b0, int nq, const q4quad *p, int32_t *isum) {
+    __m512i x = _mm512_setzero_si512();
+    for (int b = 0; b < nq; b++) {
+        const q4_block k = q4_block_at(type, row, b0 + b, nb);
+        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)k.qs), 0);
+        x = _mm512_alignr_epi32(x, x, 4); /* block b ends in lane b, as q4quad_prep places it */
+    }
+    for (int b = nq; b < 4; b++) x = _mm512_alignr_epi32(x, x, 4);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+    __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+    if (q4_base(type) == PL_TYPE_Q4_0) s = _mm512_sub_epi32(s, p->c);
+    s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+    s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC)); /* lane 4b: block b's sum */
+    _mm_storeu_si128((__m128i *)isum, _mm512_castsi512_si128(_mm512_permutexvar_epi32(
+                                          _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s)));
+}
+
+AVX512_INLINE void q4rows_invariant(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0,
+                                    int r1, int n) {
+    const int nb = n / QK, q41 = q4_base(type) == PL_TYPE_Q4_1;
+    q4quad stackbuf[QUADS_ON_STACK];
+    q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
+    if (!ap) { /* out of memory: the tile itself needs no buffer of this size */
+        qtile(type, w, rb, a, 0, y, 0, r0, r1, 1, n);
+        return;
+    }
+    /* two rows at a time: each row's chain is serial, two chains keep the FMA unit busy */
+    for (int r = r0; r < r1; r += 2) {
+        const int nr = r + 1 < r1 ? 2 : 1;
+        const uint8_t *wr[2] = {ROW(w, rb, r), ROW(w, rb, r + nr - 1)};
+        prefetch_ahead_past_end(wr[0], rb);
+        if (nr == 2) prefetch_ahead_past_end(wr[1], rb);
+        float acc[2] = {0.0f, 0.0f};
+        for (int b0 = 0; b0 < nb; b0 += 4) {
+            const int nq = nb - b0 < 4 ? nb - b0 : 4;
+            int32_t isum[2][4];
+            q4quad_isums(type, wr[0], nb, b0, nq, ap + b0 / 4, isum[0]);
+            q4quad_isums(type, wr[1], nb, b0, nq, ap + b0 / 4, isum[1]);
+            for (int b = 0; b < nq; b++) {
+                const float da = a[b0 + b].d, sa = a[b0 + b].s;
+                for (int i = 0; i < 2; i++) {
+                    const q4_block k = q4_block_at(type, wr[i], b0 + b, nb);
+                    acc[i] = fmaf((float)isum[i][b], _cvtsh_ss(*k.d) * da, acc[i]);
+                    if (q41) acc[i] = fmaf(_cvtsh_ss(*k.m), sa, acc[i]);
+                }
+            }
+        }
+        y[r] = acc[0];
+        if (nr == 2) y[r + 1] = acc[1];
+    }
+    if (ap != stackbuf) free(ap);
+}
+
+/*
+ * The repacked layouts (decode's): a quad's nibbles are one load and its 4 scales (and
+ * minimums) one 8-byte load each, so the scales are multiplied 4 at a time (per lane the
+ * same float product as the tile's); only the chain itself is scalar, four rows of it
+ * interleaved so that their independent FMAs overlap.
+ */
+#define INV_ROWS 4
+AVX512_INLINE void q4rrows_invariant(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0,
+                                     int r1, int n) {
+    const int nb = n / QK, q41 = type == PL_TYPE_Q4_1R, nquad = (nb + 3) / 4;
+    q4quad stackbuf[QUADS_ON_STACK];
+    q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
+    if (!ap) {
+        qtile(type, w, rb, a, 0, y, 0, r0, r1, 1, n);
+        return;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int r = r0; r < r1; r += INV_ROWS) {
+        const int nr = r1 - r < INV_ROWS ? r1 - r : INV_ROWS;
+        const uint8_t *wr[INV_ROWS];
+        float acc[INV_ROWS] = {0.0f};
+        for (int i = 0; i < INV_ROWS; i++) {
+            wr[i] = ROW(w, rb, r + (i < nr ? i : nr - 1));
+            prefetch_ahead_past_end(wr[i], rb);
+        }
+        for (int g = 0; g < nquad; g++) {
+            const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            const q4quad *p = ap + g;
+            const __m128 da = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, p->da));
+            float isf[INV_ROWS][4], dd[INV_ROWS][4], mo[INV_ROWS][4];
+#pragma GCC unroll 4
+            for (int i = 0; i < INV_ROWS; i++) {
+                const q4_block k = q4_block_at(type, wr[i], 4 * g, nb);
+                const __mmask8 hm = (__mmask8)((1u << nq) - 1);
+                const __m512i x = nq == 4 ? _mm512_loadu_si512(k.qs)
+                                          : _mm512_maskz_loadu_epi8(((__mmask64)1 << (16 * nq)) - 1, k.qs);
+                const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+                __m512i sv = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+                if (!q41) sv = _mm512_sub_epi32(sv, p->c);
+                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_CDAB));
+                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_BADC));
+                _mm_storeu_ps(isf[i], _mm_cvtepi32_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, sv))));
+                _mm_storeu_ps(dd[i], _mm_mul_ps(_mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.d)), da));
+                if (q41) _mm_storeu_ps(mo[i], _mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.m)));
+            }
+            for (int b = 0; b < nq; b++) {
+                const float sa = a[4 * g + b].s;
+#pragma GCC unroll 4
+                for (int i = 0; i < INV_ROWS; i++) {
+                    acc[i] = fmaf(isf[i][b], dd[i][b], acc[i]);
+                    if (q41) acc[i] = fmaf(mo[i][b], sa, acc[i]);
+                }
+            }
+        }
+        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+    }
+    if (ap != stackbuf) free(ap);
+}
+
+#define Q4_ROWS_INVARIANT(NAME, TYPE)                                                                       \
+    AVX512 static void rows_inv_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1,   \
+                                       int n) {                                                              \
+        q4rows_invariant(TYPE, w, rb, (const block_q8x *)act, y, r0, r1, n);                                  \
+    }
+
+Q4_ROWS_INVARIANT(q4_0, PL_TYPE_Q4_0)
+Q4_ROWS_INVARIANT(q4_1, PL_TYPE_Q4_1)
+AVX512 static void rows_inv_q4_0r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    q4rrows_invariant(PL_TYPE_Q4_0R, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+
+AVX512 static void rows_inv_q4_1r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    q4rrows_invariant(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
+}
+
+/* Q8_0: each block's signed dot product (the sign moved onto the activation so maddubs can take |w|), */
+/* four rows at a time: their products for a block are summed together (one set of
+ * horizontal adds for four rows), then each row's chain takes its step */
+AVX512 static void rows_inv_q8_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    const int nb = n / QK;
+    const block_q8x *a = (const block_q8x *)act;
+    for (int r = r0; r < r1; r += 4) {
+        const int nr = r1 - r < 4 ? r1 - r : 4;
+        const block_q8_0 *wb[4];
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int i = 0; i < 4; i++) {
+            wb[i] = (const block_q8_0 *)ROW(w, rb, r + (i < nr ? i : nr - 1));
+            prefetch_ahead_past_end(wb[i], rb);
+        }
+        for (int b = 0; b < nb; b++) {
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)a[b].qs);
+            __m256i p32[4];
+            float dw[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m256i wq = _mm256_loadu_si256((const __m256i *)wb[i][b].qs);
+                p32[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq)),
+                                           _mm256_set1_epi16(1));
+                dw[i] = _cvtsh_ss(wb[i][b].d);
+            }
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p32[0], p32[1]), _mm256_hadd_epi32(p32[2], p32[3]));
+            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            float isf[4], dd[4];
+            _mm_storeu_ps(isf, _mm_cvtepi32_ps(s4));
+            _mm_storeu_ps(dd, _mm_mul_ps(_mm_loadu_ps(dw), _mm_set1_ps(a[b].d)));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) acc[i] = fmaf(isf[i], dd[i], acc[i]);
+        }
+        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+    }
+}
+
 /* ---------------------------------------------------------------- attention */
 
 /* Unscaled scores of J <= 3 query heads (q0, hd floats apart) against NB key blocks
@@ -702,6 +883,11 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.tile[PL_TYPE_Q4_1] = tile_q4_1;
     avx512_set.tile[PL_TYPE_Q4_0R] = tile_q4_0r;
     avx512_set.tile[PL_TYPE_Q4_1R] = tile_q4_1r;
+    avx512_set.rows_invariant[PL_TYPE_Q8_0] = rows_inv_q8_0;
+    avx512_set.rows_invariant[PL_TYPE_Q4_0] = rows_inv_q4_0;
+    avx512_set.rows_invariant[PL_TYPE_Q4_1] = rows_inv_q4_1;
+    avx512_set.rows_invariant[PL_TYPE_Q4_0R] = rows_inv_q4_0r;
+    avx512_set.rows_invariant[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.rows[PL_TYPE_Q4_0] = rows_q4_0;
     avx512_set.rows[PL_TYPE_Q4_1] = rows_q4_1;
     avx512_set.rows[PL_TYPE_Q4_0R] = rows_q4_0r;

@@ -154,6 +154,21 @@ int pl_set_threads(pl_context *c, int n_threads);
 int pl_eval(pl_context *c, const int32_t *tokens, int n_tokens, int n_past,
             float *logits, int logits_all);
 
+/*
+ * Advance several sequences in one forward pass (continuous batching): token i goes into
+ * ctxs[i]'s cache at position pos[i]. A context may appear several times (a prompt chunk
+ * riding with other sequences' decode tokens): its tokens must then have consecutive
+ * positions in the order they appear, each seeing the ones before it. Every context must
+ * belong to the same model; ctxs[0] lends the batch its scratch buffers and thread team
+ * (its n_threads), so no context may have a larger n_ctx than ctxs[0], and none of them may
+ * be in use by another call meanwhile. Logits (n_vocab floats each) go to `logits` for the
+ * tokens whose want_logits[i] is nonzero (every token when want_logits is NULL), in batch
+ * order; logits NULL only fills the caches. Batches past PL_MAX_UBATCH tokens run in slices.
+ * 0, or -1 with the error set (nothing evaluated) for a bad index, token or position.
+ */
+int pl_eval_batch(pl_context *const *ctxs, const int32_t *tokens, const int32_t *pos, int n,
+                  const int8_t *want_logits, float *logits);
+
 /* Like pl_eval, but instead of logits writes each token's final hidden state (after
  * the output norm, the vector the output layer multiplies): n_tokens * dim floats.
  * Embeddings pool these. */
@@ -223,6 +238,12 @@ void pl_release_free_heap(void);
  * (pl_eval sets it to its context's count, matching how the output layer split the
  * logits). Exposed for tests. */
 void pl_set_sample_threads(int n_threads);
+
+/* Batch invariance: when on, every token of every batch is multiplied by the one-token
+ * kernels, so a sequence's logits are bitwise the same whether it is evaluated alone, in a
+ * prompt batch or in a batch with other sequences (the server turns it on); prompts are
+ * then slower than with the batched kernels. Process-wide; returns the previous setting. */
+int pl_set_batch_invariant(int on);
 
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */

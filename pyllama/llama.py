@@ -267,6 +267,8 @@ class Llama(GenerationMixin):
         from . import models
 
         self._ctx = ffi.NULL
+        # set by a batching scheduler (server/engine.py): eval() hands it its tokens instead
+        self._batch_hook = None
         self._model = ffi.NULL
         # _call_lock serializes whole calls (see _serial.py); _c_lock guards each C call on the
         # model, so close() or a thread count change waits for an evaluation in progress
@@ -584,6 +586,8 @@ class Llama(GenerationMixin):
         self._live()
         if logits_all is None:
             logits_all = self.logits_all
+        if self._batch_hook is not None and not logits_all:  # a server slot: the engine batches it
+            return self._batch_hook(self, tokens)
         if type(tokens) is list and len(tokens) == 1 and not logits_all:  # decode, from generate()
             t = tokens[0]
             if type(t) is int and 0 <= t < self._n_vocab and self.n_tokens < self._n_ctx:

@@ -276,9 +276,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
     ``max_queue`` more wait; past that requests get 429. ``n_predict`` > 0: no request
     generates more tokens than that (llama-server's -n). ``cache_prompt``: a request
     evaluates only the part of its prompt its slot has not cached (a request may override it).
-    The core's one-token path and its batched prompt path round differently, so a prompt
-    whose cached prefix leaves one token to evaluate can continue differently at
-    temperature 0 than the same prompt on a fresh cache (issue 16's batch invariance).
+    The engine runs the core in batch-invariant mode (engine.py), so a prompt whose cached
+    prefix leaves one token to evaluate continues as the same prompt on a fresh cache does.
     """
     if n_slots < 1 or max_queue < 0 or n_ctx < 0 or max_body_bytes < 1:
         raise ValueError("n_slots must be >= 1, max_queue >= 0, n_ctx >= 0, max_body_bytes >= 1")

@@ -1,12 +1,18 @@
-"""The server's scheduler: N slots served round-robin by one engine thread.
+"""The server's scheduler: N slots advanced together by one forward pass per round.
 
 Each slot is a :meth:`pyllama.Llama.fork` of the loaded model: the same weights, a
 KV cache of its own, so a conversation that comes back finds its earlier turns
-still cached. One thread owns every C call: each round it advances every busy slot
-by one step of its stream (one chunk: one token or a few when text is held back),
-so concurrent streams progress together; a new request's prompt is evaluated in
-its first step. Requests beyond the slots wait in a bounded queue; past it
-:class:`QueueFull` is raised so the web layer answers 429.
+still cached. A slot's request runs as the usual generator (create_completion's
+stream: sampling, grammars, stop strings unchanged) on a worker thread of the slot,
+but only one such thread runs at a time, handed control by the engine thread like a
+coroutine: when the stream calls ``eval()`` the slot parks its tokens with the
+engine (Llama._batch_hook) and stops. Once every busy slot has parked (or ended its
+step), the engine evaluates all parked tokens in ONE forward pass
+(:func:`pyllama.batch.eval_batch`: each weight read once for every slot) and hands
+each slot its logits. A new request's prompt is prefilled in chunks (app.py's
+_prefill, one chunk per step) that ride in the same passes as the other slots'
+decode tokens, so running streams don't stall. Requests beyond the slots wait in a
+bounded queue; past it :class:`QueueFull` is raised so the web layer answers 429.
 
 A job's results travel to the asyncio side through ``loop.call_soon_threadsafe``;
 a job whose client went away is marked cancelled and its stream closed at the next
@@ -57,11 +63,61 @@ class Job:
 
 
 class Slot:
+    """A fork and the worker thread its request's generator runs on (one worker runs at a time)."""
+
     def __init__(self, index: int, llm):
         self.index = index
         self.llm = llm
         self.key = ""  # the text the slot's cache holds: prompt key plus generated text
         self.job: Optional[Job] = None
+        # hand-over between the engine thread and the worker: exactly one of them runs
+        self.to_worker = threading.Semaphore(0)
+        self.to_engine = threading.Semaphore(0)
+        self.task: Optional[Callable[[], None]] = None  # what the worker runs when resumed
+        self.parked: Optional[list] = None  # tokens the worker waits to have evaluated
+        self.eval_error: Optional[BaseException] = None
+        self.quit = False
+        self.thread = threading.Thread(target=self._work, name=f"pyllama-slot-{index}", daemon=True)
+        self.thread.start()
+        llm._batch_hook = self._park
+
+    def _work(self) -> None:
+        while True:
+            self.to_worker.acquire()
+            if self.quit:
+                return
+            task, self.task = self.task, None
+            try:
+                task()
+            finally:
+                self.to_engine.release()
+
+    def _park(self, llm, tokens) -> None:
+        """eval() on this slot's fork (worker thread): wait for the engine's batched pass."""
+        self.parked = list(tokens)
+        self.eval_error = None
+        self.to_engine.release()
+        self.to_worker.acquire()
+        if self.eval_error is not None:
+            err, self.eval_error = self.eval_error, None
+            raise err
+
+    def run(self, task: Callable[[], None]) -> None:
+        """Engine thread: run task on the worker until it ends or parks in eval()."""
+        self.task = task
+        self.to_worker.release()
+        self.to_engine.acquire()
+
+    def resume(self) -> None:
+        """Engine thread: let a parked worker go on until it ends its task or parks again."""
+        self.parked = None
+        self.to_worker.release()
+        self.to_engine.acquire()
+
+    def close(self) -> None:
+        self.quit = True
+        self.to_worker.release()
+        self.thread.join(timeout=5)
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -84,7 +140,12 @@ class Engine:
     """Slots, a waiting queue and the thread that runs them (see the module doc)."""
 
     def __init__(self, llm, n_slots: int, max_queue: int):
+        from .._core import lib
+
         self.llm = llm
+        # one kernel per token whatever the batch: a slot's answer must not depend on what
+        # else shares its forward passes (issue 16); process-wide, prompts evaluate slower
+        lib.pl_set_batch_invariant(1)
         self.slots = [Slot(i, llm.fork()) for i in range(n_slots)]
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
@@ -158,6 +219,10 @@ class Engine:
             slot = max(free, key=lambda s: _common_prefix_len(s.key, job.prefix_key))
             slot.job, job.slot = job, slot
 
+    # Steps a slot may end in one round without evaluating anything (a chunk of held-back
+    # text, the end of its stream) before the round's pass goes ahead without it.
+    MAX_IDLE_STEPS = 4
+
     def _run(self) -> None:
         while True:
             with self.cond:
@@ -171,12 +236,43 @@ class Engine:
                 self.calls.clear()
             for fn, fut, loop in calls:
                 self._run_call(fn, fut, loop)
-            for slot in self.slots:
-                if slot.job is not None:
-                    self._step(slot)
+            self._round()
         for slot in self.slots:
+            if slot.parked is not None:
+                slot.eval_error = RuntimeError("the server is shutting down")
+                slot.resume()
             if slot.job is not None:
                 self._finish(slot, ("error", RuntimeError("the server is shutting down")))
+            slot.close()
+
+    def _round(self) -> None:
+        """Bring every busy slot to its next eval() (or the end of its steps), then one forward pass for all."""
+        for slot in self.slots:
+            for _ in range(self.MAX_IDLE_STEPS):
+                if slot.job is None or slot.parked is not None:
+                    break
+                slot.run(lambda slot=slot: self._step(slot))
+        parked = [s for s in self.slots if s.parked is not None]
+        if not parked:
+            return
+        self._eval_parked(parked)
+        for slot in parked:
+            slot.resume()
+
+    def _eval_parked(self, parked: list) -> None:
+        """One pass for every parked slot's tokens; a slot whose tokens are refused gets the error."""
+        from ..batch import eval_batch
+
+        try:
+            eval_batch([(s.llm, s.parked) for s in parked])
+            return
+        except Exception:
+            pass
+        for s in parked:  # one request's bad tokens (or overflow) must not fail the others
+            try:
+                eval_batch([(s.llm, s.parked)])
+            except Exception as e:
+                s.eval_error = e
 
     @staticmethod
     def _run_call(fn, fut, loop) -> None:
