@@ -74,17 +74,17 @@ _MISTRAL = (
     "{% endfor %}"
 )
 
-# Gemma: roles user/model; a system prompt is prepended to the first user turn.
+# Gemma: roles user/model; as Gemma 3's template does, a system prompt (untrimmed) and a blank
+# line go before the first turn's (trimmed) text.
 _GEMMA = (
     "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set rest = messages[1:] %}"
-    "{% else %}{% set system = none %}{% set rest = messages %}{% endif %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set rest = messages %}{% endif %}"
     "{{ bos_token }}"
     "{% for message in rest %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{% if loop.first and system is not none %}{% set content = system + '\n\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\n' + content | trim + '<end_of_turn>\n' }}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
