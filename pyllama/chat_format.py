@@ -111,14 +111,18 @@ _ALIASES = {"llama2": "llama-2", "llama3": "llama-3", "llama-2-chat": "llama-2",
 
 
 def _normalize_messages(messages):
-    """Copy messages as plain dicts; OpenAI content parts become one string."""
+    """Copy messages as plain dicts; OpenAI content parts become one string.
+
+    Keys set to None (OpenAI clients send ``"tool_calls": null``) are dropped, as transformers'
+    apply_chat_template drops them: templates test for a key (Llama 3.1's ``'tool_calls' in
+    message``), not for None. A None content becomes "" instead, which the built-in formats need."""
     if not isinstance(messages, (list, tuple)):
         raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"messages[{i}] must be a dict with a 'role' key")
-        m = dict(m)
+        m = {k: v for k, v in m.items() if v is not None or k == "content"}
         content = m.get("content")
         if content is None:
             m["content"] = ""

@@ -161,6 +161,19 @@ def test_fallback_reference_agrees_with_transformers():
                                   **kw) == reference(source, messages, tools=tools, **kw)
 
 
+@pytest.mark.parametrize("name", ["meta-llama-Llama-3.1-8B-Instruct", "Qwen-Qwen2.5-7B-Instruct",
+                                  "mistralai-Mistral-Nemo-Instruct-2407", "Qwen-Qwen3-0.6B"])
+def test_null_fields_as_openai_clients_send_them(name):
+    """``"tool_calls": null`` on a plain answer (the OpenAI SDK's model_dump() writes it):
+    apply_chat_template drops None-valued keys before rendering, and so must pyllama
+    (Llama 3.1's template tests ``'tool_calls' in message``)."""
+    source = official(name)
+    sent = [U1, {"role": "assistant", "content": "4.", "tool_calls": None, "name": None}, U2]
+    dropped = [U1, {"role": "assistant", "content": "4."}, U2]
+    assert pyllama(source, sent, bos_token=BOS, eos_token=EOS) == reference(source, dropped, bos_token=BOS,
+                                                                           eos_token=EOS)
+
+
 def test_qwen3_thinking_switch():
     source = official("Qwen-Qwen3-0.6B")
     for flag in (True, False):
