@@ -8,7 +8,7 @@ containers cannot be mutated, and rendering has a size budget and a CPU-time
 budget. Any failure surfaces as :class:`ChatTemplateError` naming the problem.
 
 Files without a template (and users who want another) can pick a built-in one
-by name: chatml, llama-2, llama-3, mistral, gemma.
+by name: chatml, llama-2, llama-3, mistral, gemma, phi-3.
 """
 from __future__ import annotations
 
@@ -89,12 +89,24 @@ _GEMMA = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
+# Phi-3 / Phi-3.5: <|role|> headers closed by <|end|>; an empty system prompt is left out,
+# and a prompt that does not ask for the answer ends with EOS, as in Phi-3.5's template.
+_PHI3 = (
+    "{% for message in messages %}"
+    "{% if message['role'] in ('user', 'assistant') or (message['role'] == 'system' and message['content']) %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
 BUILTIN_TEMPLATES = {
     "chatml": _CHATML,
     "llama-2": _LLAMA2,
     "llama-3": _LLAMA3,
     "mistral": _MISTRAL,
     "gemma": _GEMMA,
+    "phi-3": _PHI3,
 }
 
 # Strings that end an assistant turn in each built-in format (besides EOS).
@@ -104,10 +116,12 @@ _END_OF_TURN = {
     "llama-3": ["<|eot_id|>"],
     "mistral": [],
     "gemma": ["<end_of_turn>"],
+    "phi-3": ["<|end|>"],
 }
 
 _ALIASES = {"llama2": "llama-2", "llama3": "llama-3", "llama-2-chat": "llama-2", "gemma2": "gemma",
-            "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml"}
+            "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml", "phi3": "phi-3",
+            "phi-3.5": "phi-3"}
 
 
 def _normalize_messages(messages):
@@ -171,6 +185,8 @@ def _vocab_has(tokenizer, metadata, piece: str) -> bool:
 def _guess_format(tokenizer, metadata) -> str:
     if str((metadata or {}).get("general.architecture", "")).startswith("gemma"):
         return "gemma"  # Gemma files often come without a template
+    if str((metadata or {}).get("general.architecture", "")) == "phi3":
+        return "phi-3"
     for piece, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"),
                         ("<start_of_turn>", "gemma"), ("[INST]", "mistral")):
         if _vocab_has(tokenizer, metadata, piece):

@@ -213,6 +213,7 @@ BUILTIN_VS_OFFICIAL = [
     ("gemma", "google-gemma-2-2b-it"),
     ("chatml", "Qwen-Qwen2.5-7B-Instruct"),
     ("chatml", "Qwen-Qwen3-0.6B"),
+    ("phi-3", "microsoft-Phi-3.5-mini-instruct"),
 ]
 
 
@@ -247,6 +248,13 @@ def test_builtin_format_matches_official(builtin, name, conv, gen):
         want = _strip_llama3_preamble(want)
     got = pyllama(BUILTIN_TEMPLATES[builtin], messages, add_generation_prompt=gen, bos_token=BOS, eos_token=EOS)
     assert got == want
+
+
+def test_phi3_file_without_template_gets_phi3_format():
+    from pyllama.chat_format import template_for
+
+    source, name = template_for(None, None, {"general.architecture": "phi3", "tokenizer.ggml.tokens": ["<|end|>"]})
+    assert name == "phi-3" and source == BUILTIN_TEMPLATES["phi-3"]
 
 
 def test_gemma_system_prompt_goes_before_the_first_turn():
