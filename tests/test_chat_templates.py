@@ -153,7 +153,8 @@ def test_family_template_renders_as_transformers(name, conv, gen):
 def test_fallback_reference_agrees_with_transformers():
     """hf_like_render stands in for transformers where it is not installed: it must agree."""
     pytest.importorskip("transformers", reason="transformers is not installed")
-    for name in ("Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct", "mistralai-Mistral-Nemo-Instruct-2407"):
+    for name in ("Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct",
+                 "mistralai-Mistral-Nemo-Instruct-2407"):
         source = official(name)
         for messages, tools in (([SYSTEM, U1, A1, U2], None), ([U1, A1, U2, CALL, RESULT], TOOLS)):
             kw = dict(bos_token=BOS, eos_token=EOS)
@@ -343,6 +344,20 @@ def test_qwen_file_with_tools_renders_as_its_own_template():
         assert "<tools>" in want and "get_weather" in want
     prompt, _, _ = llm._chat_prompt([SYSTEM, U1, A1, U2])
     assert prompt.text == reference(source, [SYSTEM, U1, A1, U2], add_generation_prompt=True, **kw)
+
+
+@pytest.mark.slow
+def test_smollm2_file_renders_as_its_own_template():
+    llm = _real_model("smollm2-135m-instruct-q4_1")
+    source = llm.metadata["tokenizer.chat_template"]
+    kw = dict(bos_token=_token_text(llm, llm.tokenizer.bos_id), eos_token=_token_text(llm, llm.tokenizer.eos_id))
+    from pyllama.chat_format import format_chat
+
+    for messages in ([U1], [SYSTEM, U1, A1, U2]):
+        for gen in (True, False):
+            want = reference(source, messages, add_generation_prompt=gen, **kw)
+            assert format_chat(llm, messages, add_generation_prompt=gen).text == want
+        assert llm._chat_prompt(messages)[0].text == reference(source, messages, add_generation_prompt=True, **kw)
 
 
 @pytest.mark.slow
