@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                     help="end a reply where this text appears (repeatable)")
     ap.add_argument("--chat-format", default=None,
-                    help="built-in template (chatml, llama-2, llama-3, mistral, gemma) instead of the file's")
+                    help="built-in template (chatml, llama-2, llama-3, mistral, gemma, phi-3) instead of the file's")
     ap.add_argument("--tools", default=None, metavar="NAMES",
                     help="built-in tools the model may call, comma-separated: calculator, python "
                          "(calls and results are shown on stderr; see pyllama/builtin_tools.py for the "

@@ -8,7 +8,7 @@ containers cannot be mutated, and rendering has a size budget and a CPU-time
 budget. Any failure surfaces as :class:`ChatTemplateError` naming the problem.
 
 Files without a template (and users who want another) can pick a built-in one
-by name: chatml, llama-2, llama-3, mistral, gemma.
+by name: chatml, llama-2, llama-3, mistral, gemma, phi-3.
 """
 from __future__ import annotations
 
@@ -74,19 +74,30 @@ _MISTRAL = (
     "{% endfor %}"
 )
 
-# Gemma: roles user/model; a system prompt is prepended to the first user turn.
+# Gemma: roles user/model; as Gemma 3's template does, a system prompt (untrimmed) and a blank
+# line go before the first turn's (trimmed) text.
 _GEMMA = (
     "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set rest = messages[1:] %}"
-    "{% else %}{% set system = none %}{% set rest = messages %}{% endif %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set rest = messages %}{% endif %}"
     "{{ bos_token }}"
     "{% for message in rest %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{% if loop.first and system is not none %}{% set content = system + '\n\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\n' + content | trim + '<end_of_turn>\n' }}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+# Phi-3 / Phi-3.5: <|role|> headers closed by <|end|>; an empty system prompt is left out,
+# and a prompt that does not ask for the answer ends with EOS, as in Phi-3.5's template.
+_PHI3 = (
+    "{% for message in messages %}"
+    "{% if message['role'] in ('user', 'assistant') or (message['role'] == 'system' and message['content']) %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
 BUILTIN_TEMPLATES = {
@@ -95,6 +106,7 @@ BUILTIN_TEMPLATES = {
     "llama-3": _LLAMA3,
     "mistral": _MISTRAL,
     "gemma": _GEMMA,
+    "phi-3": _PHI3,
 }
 
 # Strings that end an assistant turn in each built-in format (besides EOS).
@@ -104,21 +116,27 @@ _END_OF_TURN = {
     "llama-3": ["<|eot_id|>"],
     "mistral": [],
     "gemma": ["<end_of_turn>"],
+    "phi-3": ["<|end|>"],
 }
 
 _ALIASES = {"llama2": "llama-2", "llama3": "llama-3", "llama-2-chat": "llama-2", "gemma2": "gemma",
-            "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml"}
+            "gemma3": "gemma", "qwen": "chatml", "smollm": "chatml", "phi3": "phi-3",
+            "phi-3.5": "phi-3"}
 
 
 def _normalize_messages(messages):
-    """Copy messages as plain dicts; OpenAI content parts become one string."""
+    """Copy messages as plain dicts; OpenAI content parts become one string.
+
+    Keys set to None (OpenAI clients send ``"tool_calls": null``) are dropped, as transformers'
+    apply_chat_template drops them: templates test for a key (Llama 3.1's ``'tool_calls' in
+    message``), not for None. A None content becomes "" instead, which the built-in formats need."""
     if not isinstance(messages, (list, tuple)):
         raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise ValueError(f"messages[{i}] must be a dict with a 'role' key")
-        m = dict(m)
+        m = {k: v for k, v in m.items() if v is not None or k == "content"}
         content = m.get("content")
         if content is None:
             m["content"] = ""
@@ -167,6 +185,8 @@ def _vocab_has(tokenizer, metadata, piece: str) -> bool:
 def _guess_format(tokenizer, metadata) -> str:
     if str((metadata or {}).get("general.architecture", "")).startswith("gemma"):
         return "gemma"  # Gemma files often come without a template
+    if str((metadata or {}).get("general.architecture", "")) == "phi3":
+        return "phi-3"
     for piece, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama-3"),
                         ("<start_of_turn>", "gemma"), ("[INST]", "mistral")):
         if _vocab_has(tokenizer, metadata, piece):

@@ -191,7 +191,7 @@ class Llama(GenerationMixin):
             checkpoints carry none, and run.c uses 10000).
         bos_token_id, eos_token_id: llama2.c checkpoints carry neither (run.c: 1 and 2).
         chat_format: a built-in chat template name (chatml, llama-2, llama-3,
-            mistral, gemma) used instead of the file's own template.
+            mistral, gemma, phi-3) used instead of the file's own template.
         context_overflow: what generation does when the context is full:
             "shift" (drop the oldest half after the prompt start, like llama.cpp)
             or "error" (raise ContextOverflowError).

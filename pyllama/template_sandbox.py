@@ -24,6 +24,8 @@ import threading
 import time
 
 import jinja2
+import jinja2.ext
+from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -213,6 +215,23 @@ class _StrictUnsafeUndefined(jinja2.Undefined):
         return super().__len__()
 
 
+class _GenerationTag(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: templates written for Hugging Face mark the
+    assistant's text with it (transformers uses it to build a training mask). Rendering a prompt
+    needs only the text, so the block renders its body, in its own scope as transformers' does."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    @staticmethod
+    def _body(caller):
+        return caller()
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with every string-, list- or number-growing operation
     checked against `max_chars` before it runs."""
@@ -397,7 +416,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 setattr(checked, attr, getattr(f, attr))
         return checked
 
-    def _tojson(self, value, indent=None, separators=None, sort_keys=False):
+    def _tojson(self, value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # Like Hugging Face's: plain JSON (Jinja's own tojson HTML-escapes <, >, & and ').
         if indent is not None and not (
             (isinstance(indent, int) and 0 <= indent <= _MAX_INDENT)
@@ -405,7 +424,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         ):
             _refuse(f"tojson indent {indent!r} is not an integer from 0 to {_MAX_INDENT}")
         _check_expanded(value, self.max_chars, "tojson")
-        out = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+        out = json.dumps(value, ensure_ascii=bool(ensure_ascii), indent=indent, separators=separators,
+                         sort_keys=sort_keys)
         if len(out) > self.max_chars:
             _refuse(f"tojson built {len(out)} characters (budget {self.max_chars})")
         return out
@@ -518,8 +538,11 @@ def render(source: str, variables: dict, *, max_chars: int = DEFAULT_MAX_CHARS,
 def _compile(source: str, max_chars: int) -> jinja2.Template:
     """The compiled template (a chat renders the same template every turn; compiling
     it takes longer than rendering it)."""
+    # The settings transformers' apply_chat_template renders with (templates are written against
+    # it): trim_blocks, lstrip_blocks, {% break %} / {% continue %}, {% generation %}.
     env = _Sandbox(max_chars, trim_blocks=True, lstrip_blocks=True, undefined=_StrictUnsafeUndefined,
-                   loader=jinja2.BaseLoader(), autoescape=False)
+                   loader=jinja2.BaseLoader(), autoescape=False,
+                   extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     return env.from_string(source)
 
 

@@ -32,6 +32,8 @@ EXPECTED = {
     "mistral": "<s>[INST] SYS\n\nU1 [/INST]A1</s>[INST] U2 [/INST]",
     "gemma": "<s><start_of_turn>user\nSYS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
              "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n",
+    "phi-3": "<|system|>\nSYS<|end|>\n<|user|>\nU1<|end|>\n<|assistant|>\nA1<|end|>\n<|user|>\nU2<|end|>\n"
+             "<|assistant|>\n",
 }
 
 
