@@ -155,9 +155,11 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
         *min_out = -lo;
         return 0.f;
     }
-    float scale = (hi - lo) / nmax, offset = lo, best = 0;
+    /* multiply by the inverse, as the trials below do: on values already on a grid the two
+     * round differently at exact halves */
+    float iscale0 = nmax / (hi - lo), scale = 1 / iscale0, offset = lo, best = 0;
     for (int i = 0; i < n; i++) {
-        q[i] = (uint8_t)clampi(round_int((x[i] - lo) / scale), 0, nmax);
+        q[i] = (uint8_t)clampi(round_int(iscale0 * (x[i] - lo)), 0, nmax);
         float e = scale * q[i] + lo - x[i];
         best += w[i] * (abs_err ? fabsf(e) : e * e);
     }
