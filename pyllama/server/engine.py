@@ -136,6 +136,28 @@ def _chunk_text(chunk: dict) -> str:
     return ""
 
 
+_invariance_lock = threading.Lock()
+_invariance_users = 0
+_invariance_before = 0
+
+
+def _hold_batch_invariance(on: bool) -> None:
+    """Count the engines that need the core's batch-invariant mode; the first turns it on,
+    the last to stop puts back what the process had before."""
+    global _invariance_users, _invariance_before
+    from .._core import lib
+
+    with _invariance_lock:
+        if on:
+            if _invariance_users == 0:
+                _invariance_before = lib.pl_set_batch_invariant(1)
+            _invariance_users += 1
+        else:
+            _invariance_users -= 1
+            if _invariance_users == 0:
+                lib.pl_set_batch_invariant(_invariance_before)
+
+
 class Engine:
     """Slots, a waiting queue and the thread that runs them (see the module doc)."""
 
@@ -144,8 +166,10 @@ class Engine:
 
         self.llm = llm
         # one kernel per token whatever the batch: a slot's answer must not depend on what
-        # else shares its forward passes (issue 16); process-wide, prompts evaluate slower
-        lib.pl_set_batch_invariant(1)
+        # else shares its forward passes (issue 16); process-wide while an engine runs
+        # (prompts evaluate slower), restored when the last engine stops
+        _hold_batch_invariance(True)
+        self._holds_invariance = True
         self.slots = [Slot(i, llm.fork()) for i in range(n_slots)]
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
@@ -206,6 +230,9 @@ class Engine:
             self.stopping = True
             self.cond.notify()
         self.thread.join(timeout=30)
+        if self._holds_invariance:
+            self._holds_invariance = False
+            _hold_batch_invariance(False)
 
     # ---------------------------------------------------------------- engine thread
 
