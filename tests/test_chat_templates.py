@@ -47,9 +47,25 @@ def official(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant's text for a
+    training mask): for rendering, the block's body as it is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
 def hf_like_render(source, messages, tools=None, documents=None, add_generation_prompt=False, **kwargs):
     """Plain Jinja2 configured as transformers' chat-template code configures it."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols, _GenerationBlock])
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
