@@ -280,7 +280,7 @@ static void position_kv(pl_context *c, const pl_layer *L, int l, float *k, float
  * the cache. Items: every key/value head and every query head of every token (one
  * token's worth of work is too little to leave to one thread while the others wait).
  * Storing a key writes head_dim scattered elements of the transposed blocks and costs
- * about KV_ITEM_WEIGHT query rotations (bench/phase_timing.patch), so items are dealt
+ * about KV_ITEM_WEIGHT query rotations (timed per phase with the patch of commit 881e71f), so items are dealt
  * by weight: each goes to the thread whose share holds its midpoint. (A dynamic
  * schedule cost more than it balanced.)
  */
