@@ -25,6 +25,16 @@ def _open(path, n_ctx=64, **kw):
     return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, type_k="f32", type_v="f32", **kw)
 
 
+def _eval_in_rounds(llms, seqs):
+    """Three eval_batch rounds over sequences of 7, 3 and 11 tokens: a prompt chunk of one
+    sequence riding with decode tokens of the others."""
+    cuts = [(4, 6, 7), (1, 2, 3), (8, 10, 11)]
+    prev = [0, 0, 0]
+    for r in range(3):
+        eval_batch([(llm, s[prev[i]:cuts[i][r]]) for i, (llm, s) in enumerate(zip(llms, seqs))])
+        prev = [cuts[i][r] for i in range(3)]
+
+
 def _seqs(n_vocab, lengths, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, n_vocab, n).tolist() for n in lengths]
@@ -63,12 +73,7 @@ def test_batch_equals_each_sequence_alone_on_the_scalar_path(tiny_model_factory,
     forks = [base.fork() for _ in range(2)]
     llms = [base] + forks
     seqs = _seqs(base.n_vocab(), [7, 3, 11], seed=2)
-    # a prompt chunk of one sequence riding with decode tokens of the others, over three rounds
-    cuts = [(4, 6, 7), (1, 2, 3), (8, 10, 11)]
-    prev = [0, 0, 0]
-    for r in range(3):
-        eval_batch([(llm, s[prev[i]:cuts[i][r]]) for i, (llm, s) in enumerate(zip(llms, seqs))])
-        prev = [cuts[i][r] for i in range(3)]
+    _eval_in_rounds(llms, seqs)
     for llm, s in zip(llms, seqs):
         alone.reset()
         alone.eval(s)
@@ -158,11 +163,7 @@ def test_batch_equals_alone_in_batch_invariant_mode_on_the_best_kernels(tiny_mod
         base, alone = _open(path), _open(path)
         llms = [base, base.fork(), base.fork()]
         seqs = _seqs(base.n_vocab(), [7, 3, 11], seed=4)
-        cuts = [(4, 6, 7), (1, 2, 3), (8, 10, 11)]
-        prev = [0, 0, 0]
-        for r in range(3):
-            eval_batch([(llm, s[prev[i]:cuts[i][r]]) for i, (llm, s) in enumerate(zip(llms, seqs))])
-            prev = [cuts[i][r] for i in range(3)]
+        _eval_in_rounds(llms, seqs)
         for llm, s in zip(llms, seqs):
             alone.reset()
             for t in s:  # one token at a time: the decode path

@@ -16,7 +16,6 @@ with PYLLAMA_TEST_FETCH=name[,name] (set by .ci/run for the 0.5B file) a missing
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,19 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyllama.models import sha256_file
+
 DATA = Path(__file__).resolve().parent / "data"
 TEXT = DATA / "perplexity_pride_and_prejudice.txt"
 MODELS = ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 MARGIN = 0.5
 THREADS = 2
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _reference(name: str) -> dict:
@@ -57,7 +50,7 @@ def _model_file(name: str, ref: dict) -> str:
     if not os.path.exists(path):
         pytest.skip(f"{name} is not downloaded ({path}); python -m pyllama.models fetch {name}, "
                     f"or PYLLAMA_TEST_FETCH={name} to have the tests fetch it")
-    if _sha256(path) != ref["model"]["sha256"]:
+    if sha256_file(str(path)) != ref["model"]["sha256"]:
         pytest.skip(f"{path} is not the file the reference was recorded on (sha256 "
                     f"{ref['model']['sha256'][:12]}...)")
     return path
