@@ -341,6 +341,16 @@ static void quantize_q5_k(const float *x, block_q5_k *y, int64_t nb) {
     }
 }
 
+
+/* 256 values of 0..3 into Q2_K's / Q3_K's qs: value 128h + 32s + i in bits 2s of qs[32h + i]. */
+static void pack_2bit(const uint8_t *q, uint8_t *qs) {
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 32; i++) {
+            const uint8_t *v = q + 128 * h + i;
+            qs[32 * h + i] = (uint8_t)(v[0] | v[32] << 2 | v[64] << 4 | v[96] << 6);
+        }
+}
+
 /*
  * Q2_K: 16 sub-blocks of 16, fitted as scale * q - min with q in 0..3 (weights |x|, absolute
  * error: with four levels the squared error lets outliers pull the grid too far), then
@@ -367,12 +377,7 @@ static void quantize_q2_k(const float *x, block_q2_k *y, int64_t nb) {
             if (ds == 0) continue;
             for (int i = 0; i < 16; i++) q[16 * j + i] = (uint8_t)clampi(round_int((x[16 * j + i] + dm) / ds), 0, 3);
         }
-        /* value 128h + 32s + i in bits 2s of qs[32h + i] */
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < 32; i++) {
-                const uint8_t *v = q + 128 * h + i;
-                y[b].qs[32 * h + i] = (uint8_t)(v[0] | v[32] << 2 | v[64] << 4 | v[96] << 6);
-            }
+        pack_2bit(q, y[b].qs);
     }
 }
 
@@ -419,11 +424,7 @@ static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb) {
                 y[b].hmask[v % 32] |= (uint8_t)(1 << (v / 32));
                 q[v] -= 4;
             }
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < 32; i++) {
-                const uint8_t *v = q + 128 * h + i;
-                y[b].qs[32 * h + i] = (uint8_t)(v[0] | v[32] << 2 | v[64] << 4 | v[96] << 6);
-            }
+        pack_2bit(q, y[b].qs);
     }
 }
 
