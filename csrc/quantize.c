@@ -341,7 +341,6 @@ static void quantize_q5_k(const float *x, block_q5_k *y, int64_t nb) {
     }
 }
 
-
 /* 256 values of 0..3 into Q2_K's / Q3_K's qs: value 128h + 32s + i in bits 2s of qs[32h + i]. */
 static void pack_2bit(const uint8_t *q, uint8_t *qs) {
     for (int h = 0; h < 2; h++)
