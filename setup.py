@@ -8,10 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pyllama", "pyllama.models_data", "pyllama.server"],
-    # the model catalog lives in models/ at the top of the repository
-    package_dir={"pyllama.models_data": "models"},
-    package_data={"pyllama.models_data": ["*.json"], "pyllama.server": ["static/*.html"]},
+    packages=["pyllama", "pyllama.cli", "pyllama.server"],
+    package_data={"pyllama": ["catalog.json"], "pyllama.server": ["static/*.html"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pyllama/_build.py:ffibuilder"],
     install_requires=[
@@ -32,7 +30,7 @@ setup(
         # its tests: the official OpenAI client, schema fuzzing, a headless-browser test of the page
         "server-test": ["openai>=1.0", "httpx>=0.24", "schemathesis>=4.0", "playwright>=1.40"],
     },
-    entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.chat:main",
+    entry_points={"console_scripts": ["pyllama=pyllama.__main__:main", "pyllama-chat=pyllama.cli.chat:main",
                                         "pyllama-server=pyllama.server.__main__:main"]},
     zip_safe=False,
 )

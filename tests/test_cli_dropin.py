@@ -32,7 +32,7 @@ def tiny(tiny_model_factory):
 def test_t_is_threads_and_temp_is_temperature(module):
     import importlib
 
-    mod = importlib.import_module(f"pyllama.{module}")
+    mod = importlib.import_module(f"pyllama.cli.{module}")
     ap = mod.build_parser() if hasattr(mod, "build_parser") else None
     argv = ["-t", "4", "-s", "9", "-ngl", "99", "-c", "128"] + (["-f", "x.txt"] if module == "perplexity" else
                                                                 ["--temp", "0.5", "--repeat-last-n", "32"])
@@ -58,7 +58,7 @@ def test_t_is_threads_and_temp_is_temperature(module):
 
 
 def test_bench_t_is_threads():
-    from pyllama import bench
+    from pyllama.cli import bench
 
     with pytest.raises(SystemExit) as info:
         bench.main(["-t", "0"])

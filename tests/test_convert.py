@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pyllama import convert
+from pyllama.cli import convert as convert_cli
 from pyllama.errors import ModelError
 
 gguf = pytest.importorskip("gguf", reason="the `gguf` package (reference writer/dequantizers) is not installed")
@@ -148,7 +149,7 @@ def test_gguf_to_v0_layout_and_round_trip(tmp_path, shared, capsys):
     weights = random_weights(shared)
     src = write_tiny_gguf(tmp_path / "tiny.gguf", weights)
     v0 = str(tmp_path / "tiny.bin")
-    assert convert.main([src, v0]) == 0
+    assert convert_cli.main([src, v0]) == 0
     assert "100%" in capsys.readouterr().err
 
     data = open(v0, "rb").read()
@@ -171,7 +172,7 @@ def test_gguf_to_v0_layout_and_round_trip(tmp_path, shared, capsys):
 
     # and back: identical float tensors, as read by the gguf package
     back = str(tmp_path / "back.gguf")
-    assert convert.main([v0, back, "--format", "gguf", "-q"]) == 0
+    assert convert_cli.main([v0, back, "--format", "gguf", "-q"]) == 0
     tensors, r = read_gguf_tensors_with_reference(back)
     assert set(tensors) == set(weights)
     for name, a in weights.items():
@@ -219,7 +220,7 @@ def test_v2_layout_and_quantization_error(tmp_path):
     weights = random_weights(shared=True, seed=5)
     src = write_tiny_gguf(tmp_path / "tiny.gguf", weights)
     v2 = str(tmp_path / "tiny_v2.bin")
-    assert convert.main([src, v2, "--format", "llama2c-v2", "--group-size", "32", "-q"]) == 0
+    assert convert_cli.main([src, v2, "--format", "llama2c-v2", "--group-size", "32", "-q"]) == 0
     data = open(v2, "rb").read()
     magic, version, *cfg = struct.unpack_from("<Ii7i", data, 0)
     assert (magic, version, tuple(cfg)) == (0x616B3432, 2, (DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, CTX))
@@ -281,10 +282,10 @@ def test_quantized_gguf_to_v0_equals_reference_dequantization(tmp_path, qname):
 def test_rope_base_note_and_option(tmp_path, capsys):
     src = write_tiny_gguf(tmp_path / "tiny.gguf", random_weights(), rope_base=100000.0)
     v0 = str(tmp_path / "t.bin")
-    assert convert.main([src, v0, "-q"]) == 0
+    assert convert_cli.main([src, v0, "-q"]) == 0
     assert "rope base 100000" in capsys.readouterr().err
     back = str(tmp_path / "b.gguf")
-    assert convert.main([v0, back, "--rope-base", "100000", "--bos-id", "1", "-q"]) == 0
+    assert convert_cli.main([v0, back, "--rope-base", "100000", "--bos-id", "1", "-q"]) == 0
     r = gguf.GGUFReader(back)
     assert r.fields["llama.rope.freq_base"].contents() == 100000.0
 
@@ -354,7 +355,7 @@ def test_bad_llama2c_files(tmp_path):
 def test_tokenizer_bin_from_spm_gguf(tmp_path):
     src = write_tiny_gguf(tmp_path / "t.gguf", random_weights())
     out = str(tmp_path / "tok.bin")
-    assert convert.main([src, str(tmp_path / "t.bin"), "--tokenizer-out", out, "-q"]) == 0
+    assert convert_cli.main([src, str(tmp_path / "t.bin"), "--tokenizer-out", out, "-q"]) == 0
     toks, scores, mx = convert.read_tokenizer_bin(out, VOCAB)
     names, sc, _ = spm_vocab()
     # llama2.c's tokenizer.py conventions: '▁' -> ' ', BOS/EOS wrapped in newlines
@@ -450,7 +451,7 @@ def test_vocab_from_copies_the_gguf_vocabulary(tmp_path):
     v0 = str(tmp_path / "t.bin")
     convert.gguf_to_llama2c(src, v0, progress=False)
     back = str(tmp_path / "b.gguf")
-    assert convert.main([v0, back, "--vocab-from", src, "-q"]) == 0
+    assert convert_cli.main([v0, back, "--vocab-from", src, "-q"]) == 0
     a, b = gguf.GGUFReader(src).fields, gguf.GGUFReader(back).fields
     keys = [k for k in a if k.startswith("tokenizer.")]
     assert keys and keys == [k for k in b if k.startswith("tokenizer.")]

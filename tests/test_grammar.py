@@ -237,7 +237,7 @@ def test_python_tool_has_no_network():
 
 
 def test_generate_cli_refuses_a_bad_grammar(capsys, tmp_path):
-    from pyllama import generate
+    from pyllama.cli import generate
 
     for args in (["--grammar", "root ::= ("], ["--json-schema", "{nope"], ["--grammar-file", str(tmp_path / "none")]):
         with pytest.raises(SystemExit) as e:

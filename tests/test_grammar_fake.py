@@ -80,7 +80,7 @@ class ScriptedLlm(FakeLlama):
 
 
 def test_chat_session_runs_tools_and_returns_results():
-    from pyllama.chat import ChatSession
+    from pyllama.cli.chat import ChatSession
 
     llm = ScriptedLlm([[("calculator", {"expression": "1234*5678"}), ("calculator", {"expression": "1/0"})],
                        [("python", {"code": "print(1)"})],
@@ -98,7 +98,7 @@ def test_chat_session_runs_tools_and_returns_results():
 
 
 def test_chat_session_stops_a_repeating_model():
-    from pyllama.chat import ChatSession
+    from pyllama.cli.chat import ChatSession
 
     call = [("calculator", {"expression": "2+2"})]
     llm = ScriptedLlm([call, call, "4."])
@@ -110,7 +110,7 @@ def test_chat_session_stops_a_repeating_model():
 
 
 def test_chat_tools_flag_is_checked(capsys):
-    from pyllama import chat
+    from pyllama.cli import chat
 
     with pytest.raises(SystemExit) as e:
         chat.main(["--tools", "calculator,shell", "-m", "/nonexistent.gguf"])

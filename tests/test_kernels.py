@@ -248,7 +248,7 @@ def test_bench_cli_json_fields(tiny_model_factory, capsys):
     """`python -m pyllama.bench --json` emits llama-bench's fields, one record per test and thread count."""
     import json
 
-    from pyllama import bench
+    from pyllama.cli import bench
 
     path = str(tiny_model_factory())
     assert bench.main(["-m", path, "-p", "8", "-n", "4", "-t", "1,2", "-r", "2", "--json"]) == 0
@@ -262,7 +262,7 @@ def test_bench_cli_json_fields(tiny_model_factory, capsys):
 
 
 def test_bench_cli_table(tiny_model_factory, capsys):
-    from pyllama import bench
+    from pyllama.cli import bench
 
     path = str(tiny_model_factory())
     assert bench.main(["-m", path, "-p", "8", "-n", "0", "-r", "1", "-t", "1"]) == 0
@@ -275,7 +275,7 @@ def test_bench_cli_mmap_column(tiny_model_factory, capsys):
     """-mmp 0,1 (llama-bench's flag): each model loaded both ways, with an mmap column and field."""
     import json
 
-    from pyllama import bench
+    from pyllama.cli import bench
 
     path = str(tiny_model_factory())
     assert bench.main(["-m", path, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-mmp", "0,1"]) == 0

@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from pyllama import models
+from pyllama.cli import models as models_cli
 from pyllama.errors import FetchError
 
 
@@ -47,12 +48,14 @@ def test_catalog_well_formed():
 
 
 def test_catalog_is_packaged_as_data_files():
-    """The catalog lives in models/ next to an __init__.py so setup.py can ship it as pyllama.models_data."""
+    """The catalog is pyllama/catalog.json, which setup.py ships as the package's data."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, "models")):
+    setup_py = os.path.join(root, "setup.py")
+    if not os.path.isfile(setup_py):
         pytest.skip("not running from a source checkout")
-    assert os.path.isfile(os.path.join(root, "models", "__init__.py"))
-    assert os.path.isfile(os.path.join(root, "models", "catalog.json"))
+    assert os.path.isfile(os.path.join(root, "pyllama", "catalog.json"))
+    with open(setup_py, encoding="utf-8") as f:
+        assert '"pyllama": ["catalog.json"]' in f.read()
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,12 +305,12 @@ def test_pip_download_command_and_failure(tmp_path, monkeypatch):
 
 
 def test_cli_list_and_path(fake_env, capsys):
-    assert models.main(["list"]) == 0
+    assert models_cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "* single" in out and "multi" in out and "hub" in out
-    assert models.main(["path", "multi"]) == 0
+    assert models_cli.main(["path", "multi"]) == 0
     assert capsys.readouterr().out.strip() == str(fake_env["cache"] / "multi.gguf")
-    assert models.main(["fetch", "nonexistent"]) == 1
+    assert models_cli.main(["fetch", "nonexistent"]) == 1
     assert "known models" in capsys.readouterr().err
 
 
@@ -485,7 +488,7 @@ def test_support_from_fields_and_files(fake_env, monkeypatch, tmp_path):
 def test_cli_list_shows_runs(fake_env, monkeypatch, tmp_path, capsys):
     pytest.importorskip("pyllama._core", reason="the C core is not built")
     _runs_env(fake_env, monkeypatch, tmp_path)
-    assert models.main(["list"]) == 0
+    assert models_cli.main(["list"]) == 0
     lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "runs" in lines["name"]
     assert " yes " in lines["fields-ok"]

@@ -276,7 +276,7 @@ def test_fallback_prompt_reaches_a_template_without_tools(llm):
 
 
 def test_qwen_calculator_answers_1234_times_5678(qwen):
-    from pyllama.chat import ChatSession
+    from pyllama.cli.chat import ChatSession
 
     shown = []
     session = ChatSession(qwen, tools=["calculator"], show_tool=lambda *a: shown.append(a), temperature=0,
@@ -289,7 +289,7 @@ def test_qwen_calculator_answers_1234_times_5678(qwen):
 
 
 def test_generate_cli_json_schema_and_grammar(default_model_path, capsys):
-    from pyllama import generate
+    from pyllama.cli import generate
 
     schema = '{"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}}, ' \
              '"required": ["capital"], "additionalProperties": false}'
