@@ -38,9 +38,9 @@ def _import_numpy_leaving_signals_to_this_thread() -> None:
 
 _import_numpy_leaving_signals_to_this_thread()
 
+from .completion import LogitsProcessorList, StoppingCriteriaList
 from .errors import (ChatTemplateError, ContextOverflowError, FetchError, ModelError, PyllamaError,
                      TokenizerError)
-from .generation import LogitsProcessorList, StoppingCriteriaList
 from .grammar import LlamaGrammar
 from .llama import Llama
 from .tokenizer import Tokenizer

@@ -3,7 +3,7 @@
 ``Llama`` follows llama-cpp-python's shape so code can switch between the two:
 ``Llama(model_path=..., n_ctx=..., n_threads=...)``, ``tokenize``, ``detokenize``,
 ``eval``, ``create_completion`` and ``create_chat_completion`` (the last two come
-from :class:`pyllama.generation.GenerationMixin`).
+from :class:`pyllama.completion.GenerationMixin`).
 
 The hot path is one C call per batch of tokens (``pl_eval``); logits land
 directly in numpy arrays that the C code writes into.
@@ -22,7 +22,7 @@ import numpy as np
 from ._core import ffi, lib
 from .errors import ContextOverflowError, ModelError, PyllamaError
 from ._serial import CallLock, serialized
-from .generation import GenerationMixin
+from .completion import GenerationMixin
 
 ROPE_TYPES = {lib.PL_ROPE_NORM: "norm", lib.PL_ROPE_NEOX: "neox"}
 ISA_NAMES = {lib.PL_ISA_SCALAR: "scalar", lib.PL_ISA_AVX2: "avx2", lib.PL_ISA_AVX512: "avx512",

@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 
 from pyllama.errors import ContextOverflowError
-from pyllama.generation import GenerationMixin
+from pyllama.completion import GenerationMixin
 
 BOS, EOS, IM_START, IM_END = 256, 257, 258, 259
 SPECIAL = {BOS: b"<s>", EOS: b"</s>", IM_START: b"<|im_start|>", IM_END: b"<|im_end|>"}

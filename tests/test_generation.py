@@ -1,4 +1,4 @@
-"""The generation loop (pyllama.generation) on a fake model whose logits are a
+"""The generation loop (pyllama.completion) on a fake model whose logits are a
 known function of the context (tests/test_chat_fake.py): caching, batching,
 stop strings, max_tokens, context overflow, seeds, response shapes."""
 import os
@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_chat_fake import BOS, EOS, IM_END, FakeLlama, hash_logits  # noqa: E402
 
 from pyllama.errors import ContextOverflowError  # noqa: E402
-from pyllama.generation import StopStringFilter  # noqa: E402
+from pyllama.completion import StopStringFilter  # noqa: E402
 
 
 def greedy_reference(prompt, n):

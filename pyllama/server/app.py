@@ -27,7 +27,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ContextOverflowError, PyllamaError
-from ..generation import _common_prefix
+from ..completion import _common_prefix
 from .engine import Engine, Job, QueueFull
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       TokenizeRequest)

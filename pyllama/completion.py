@@ -1,4 +1,4 @@
-"""Text generation on top of a model's ``eval``: the llama-cpp-python API.
+"""Completions on top of a model's ``eval``: the llama-cpp-python API.
 
 :class:`GenerationMixin` gives a model class ``generate``, ``create_completion``
 (also ``__call__``) and ``create_chat_completion``. It only uses these
