@@ -1,6 +1,6 @@
 """Text <-> token ids for every model pyllama loads.
 
-One class, :class:`Tokenizer`, built from
+One class, :class:`Tokenizer`, built by the loaders in :mod:`pyllama.vocab` from
 
 * a SentencePiece ``.model`` file (encoding done by the ``sentencepiece`` library),
 * a llama2.c ``tokenizer.bin`` (SentencePiece BPE, see :mod:`pyllama._spm`),
@@ -8,6 +8,8 @@ One class, :class:`Tokenizer`, built from
   BPE with scores, token types and ``<0xXX>`` byte fallback, see
   :mod:`pyllama._spm`) or ``"gpt2"`` (byte-level BPE with merges and a
   pre-tokenizer, see :mod:`pyllama._bpe`).
+
+The text of special tokens is cut out first (:mod:`pyllama.special_tokens`).
 
 Behaviour follows llama.cpp, the reference for GGUF vocabularies:
 
@@ -44,32 +46,16 @@ from __future__ import annotations
 import codecs
 import os
 import re
-import struct
 
-import numpy as np
-
-from ._spm import SPACE, SpmBpe
+from ._spm import SPACE
 from .errors import TokenizerError
+from .special_tokens import SpecialSplitter
 
 # GGUF token types (llama.cpp's llama_token_type)
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
 
-# Token texts llama.cpp treats as "end of generation" whatever their id.
-_EOG_TEXTS = frozenset([
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<|return|>", "<|call|>", "</s>",
-])
-
-# FIM tokens llama.cpp also treats as end of generation (pad, repo, file separator).
-_FIM_EOG_TEXTS = (
-    ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
-    ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
-    ("<|file_sep|>",),
-)
-_FIM_KIND = {t: k for k, texts in enumerate(_FIM_EOG_TEXTS) for t in texts}
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 def as_text(text) -> str:
@@ -83,55 +69,6 @@ def as_text(text) -> str:
     if _SURROGATE.search(s):
         s = _SURROGATE.sub("\ufffd", s)
     return s
-
-
-def _llama_cpp_types(tokens, types, fim_ids=(None, None, None)) -> tuple[list, set]:
-    """Token types as llama.cpp uses them, and its end-of-generation ids.
-
-    llama.cpp recognises end-of-generation tokens by their text (``<|im_end|>``,
-    ``<end_of_turn>``, ...) plus the FIM pad/repo/file-separator tokens (ids
-    from the metadata, else found by text), and makes each of them a control
-    token whatever the file says (so gemma's user-defined ``</s>`` is not cut
-    out of plain text and renders as nothing).
-    """
-    eog = set()
-    fim = list(fim_ids)
-    for i, t in enumerate(tokens):
-        if t in _EOG_TEXTS:
-            eog.add(i)
-        k = _FIM_KIND.get(t)
-        if k is not None and fim[k] is None:  # the lowest id, when several match
-            fim[k] = i
-    eog.update(i for i in fim if i is not None)
-    types = list(types)
-    for i in eog:
-        types[i] = CONTROL
-    return types, eog
-
-
-def _is_array(v) -> bool:
-    return not isinstance(v, (str, bytes, dict)) and hasattr(v, "__len__") and hasattr(v, "__getitem__")
-
-
-def _kind(v) -> str:
-    """How a metadata value looks, for messages: 'an array of 12 uint32', 'a string', ..."""
-    if isinstance(v, np.ndarray):
-        return f"an array of {len(v)} {v.dtype}"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, (list, tuple)) or _is_array(v):
-        return f"an array of {len(v)} values"
-    return f"a {type(v).__name__}"
-
-
-def _int_list(values, n: int, key: str) -> list:
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError) as e:
-        raise TokenizerError(f"GGUF metadata {key!r} is not a list of integers") from e
-    if len(out) < n:
-        raise TokenizerError(f"GGUF metadata {key!r} has {len(out)} entries for {n} tokens")
-    return out
 
 
 class Tokenizer:
@@ -184,7 +121,7 @@ class Tokenizer:
                 continue
             t = tokens[i]
             if ty == BYTE:
-                m = _BYTE_PIECE.fullmatch(t)
+                m = BYTE_PIECE.fullmatch(t)
                 plain[i] = shown[i] = bytes([int(m.group(1), 16)]) if m else t.encode("utf-8", "surrogateescape")
             elif ty in (CONTROL, UNKNOWN):
                 plain[i] = b""
@@ -198,9 +135,10 @@ class Tokenizer:
         self._plain = _Pieces(token_bytes, plain)
         self._shown = _Pieces(token_bytes, shown)
         self._special_flag = special_flag
-        self._splitters: dict[bool, _SpecialSplitter | None] = {}
+        self._splitters: dict[bool, SpecialSplitter | None] = {}
 
     # ------------------------------------------------------------------ loading
+    # (the loaders are pyllama/vocab/: one module per kind of vocabulary file)
 
     @classmethod
     def from_file(cls, path, vocab_size: int | None = None) -> "Tokenizer":
@@ -232,207 +170,24 @@ class Tokenizer:
         """Build the tokenizer of a GGUF file from its metadata dict alone
         (values plain, as :func:`pyllama.gguf.read_metadata` gives them, or
         wrapped in :class:`pyllama.gguf.GGUFValue`)."""
-        from .gguf import GGUFValue, StringArray
-        md = {k: v.value if isinstance(v, GGUFValue) else v for k, v in md.items()}
-        model = md.get("tokenizer.ggml.model")
-        if model is None:
-            raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.model' (no vocabulary)")
-        for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
-            if key in md and not isinstance(md[key], str):
-                raise TokenizerError(f"GGUF metadata {key!r} is {_kind(md[key])}, not a string")
-        tokens = md.get("tokenizer.ggml.tokens")
-        if tokens is not None and not _is_array(tokens):
-            raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.tokens' is {_kind(tokens)}, "
-                                 "not an array of strings")
-        if tokens is None or len(tokens) == 0:
-            raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.tokens'")
-        n = len(tokens)
-        if not isinstance(tokens, StringArray) or model != "gpt2":  # (the gpt2 path reads it from C)
-            tokens = list(tokens)
-            for i, t in enumerate(tokens):
-                if not isinstance(t, str):
-                    raise TokenizerError(f"tokenizer.ggml.tokens[{i}] is not a string")
-                if not t:
-                    tokens[i] = f"[EMPTY_{i}]"  # as llama.cpp
-        if "tokenizer.ggml.token_type" in md:
-            types = _int_list(md["tokenizer.ggml.token_type"], n, "tokenizer.ggml.token_type")[:n]
-        else:
-            types = [NORMAL] * n
+        from .vocab.from_gguf import tokenizer_from_gguf_metadata
 
-        def get_id(key, default=None):
-            v = md.get(key)
-            if v is None:
-                return default
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TokenizerError(f"GGUF metadata {key!r} is not an integer")
-            return v if 0 <= v < n else default  # llama.cpp ignores bad ids
-
-        def get_bool(key, default):
-            v = md.get(key)
-            if v is None:
-                return default
-            if not isinstance(v, (bool, int, np.bool_, np.integer)):
-                raise TokenizerError(f"GGUF metadata {key!r} is {_kind(v)}, not a boolean")
-            return bool(v)
-
-        encoder = None
-        if model == "gpt2":
-            from ._bpe import ByteLevelBpe, TokenTexts
-            merges = md.get("tokenizer.ggml.merges")
-            if merges is None:
-                raise TokenizerError("GGUF 'gpt2' vocabulary without 'tokenizer.ggml.merges'")
-            for key, arr in (("tokenizer.ggml.merges", merges), ("tokenizer.ggml.tokens", tokens)):
-                if not isinstance(arr, StringArray) and not (
-                        isinstance(arr, (list, tuple)) and all(isinstance(m, str) for m in arr)):
-                    raise TokenizerError(f"GGUF metadata {key!r} is {_kind(arr)}, not an array of strings")
-            encoder = ByteLevelBpe(tokens, merges, md.get("tokenizer.ggml.pre") or "default")
-            tokens = TokenTexts(encoder)  # the C tables have the strings: no list of them
-        fim = tuple(get_id(f"tokenizer.ggml.fim_{k}_token_id") for k in ("pad", "rep", "sep"))
-        types, eog = _llama_cpp_types(tokens, types, fim)
-        eog.update((get_id("tokenizer.ggml.eot_token_id"), get_id("tokenizer.ggml.eom_token_id")))
-        common = dict(eog_ids=eog)
-        if model == "llama":
-            if "tokenizer.ggml.scores" not in md:
-                raise TokenizerError("GGUF 'llama' vocabulary without 'tokenizer.ggml.scores'")
-            try:
-                scores = [float(s) for s in md["tokenizer.ggml.scores"]]
-            except (TypeError, ValueError) as e:
-                raise TokenizerError("'tokenizer.ggml.scores' is not a list of numbers") from e
-            if len(scores) < n:
-                raise TokenizerError(f"'tokenizer.ggml.scores' has {len(scores)} entries for {n} tokens")
-            unk = get_id("tokenizer.ggml.unknown_token_id", 0 if n > 0 else None)
-            return cls._spm(tokens, scores, types, unk_id=unk,
-                            bos_id=get_id("tokenizer.ggml.bos_token_id", 1),
-                            eos_id=get_id("tokenizer.ggml.eos_token_id", 2),
-                            add_bos=get_bool("tokenizer.ggml.add_bos_token", True),
-                            add_eos=get_bool("tokenizer.ggml.add_eos_token", False),
-                            add_space_prefix=get_bool("tokenizer.ggml.add_space_prefix", True),
-                            **common)
-        if model == "gpt2":
-            llama3 = encoder.pre == "llama3"
-            return cls(tokens=tokens, types=types, vocab_type="bpe", encoder=encoder,
-                       bos_id=get_id("tokenizer.ggml.bos_token_id"),
-                       eos_id=get_id("tokenizer.ggml.eos_token_id"),
-                       add_bos=get_bool("tokenizer.ggml.add_bos_token", llama3),
-                       add_eos=get_bool("tokenizer.ggml.add_eos_token", False),
-                       add_space_prefix=False, token_bytes=encoder.token_bytes, **common)
-        raise TokenizerError(f"unsupported tokenizer type {model!r} (tokenizer.ggml.model); "
-                             "supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE)")
+        return tokenizer_from_gguf_metadata(md)
 
     @classmethod
     def from_llama2c(cls, path, vocab_size: int | None = None) -> "Tokenizer":
-        """Load llama2.c's ``tokenizer.bin``: int32 max_token_length, then per
-        token float32 score, int32 length, bytes. Ids 0/1/2 are <unk>, <s>, </s>.
+        """Load llama2.c's ``tokenizer.bin`` (`vocab_size`: the number of tokens the model
+        uses, as llama2.c reads it); see :mod:`pyllama.vocab.from_llama2c`."""
+        from .vocab.from_llama2c import tokenizer_from_llama2c
 
-        Encoding is llama2.c's ``encode`` (= SentencePiece BPE): a dummy-prefix
-        space, then highest-score merges, byte fallback ``<0xXX>`` for the rest.
-        A file without byte pieces is taken as a byte-level BPE vocabulary
-        exported by :mod:`pyllama.convert` and rebuilt there (approximately)."""
-        path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise TokenizerError(f"cannot open tokenizer file {path}: {e.strerror or e}") from e
-        if len(data) < 4:
-            raise TokenizerError(f"{path}: too short for a llama2.c tokenizer.bin")
-        (max_len,) = struct.unpack_from("<i", data, 0)
-        if not 0 < max_len <= 4096:
-            raise TokenizerError(f"{path}: max_token_length {max_len} is not plausible "
-                                 "(not a llama2.c tokenizer.bin)")
-        tokens, scores, pos = [], [], 4
-        while pos < len(data) and (vocab_size is None or len(tokens) < vocab_size):
-            if pos + 8 > len(data):
-                raise TokenizerError(f"{path}: truncated at token {len(tokens)}")
-            score, length = struct.unpack_from("<fi", data, pos)
-            pos += 8
-            if not 0 <= length <= max_len or pos + length > len(data):
-                raise TokenizerError(f"{path}: token {len(tokens)} has bad length {length}")
-            tokens.append(data[pos:pos + length].decode("utf-8", "surrogateescape"))
-            scores.append(score)
-            pos += length
-        if vocab_size is not None and len(tokens) < vocab_size:
-            raise TokenizerError(f"{path}: has {len(tokens)} tokens, the model needs {vocab_size}")
-        if len(tokens) < 3:
-            raise TokenizerError(f"{path}: only {len(tokens)} tokens")
-        if "<0x00>" not in tokens:
-            # not SentencePiece: a byte-level BPE vocabulary exported by pyllama.convert
-            # (raw token bytes, scores from merge ranks); its merges are rebuilt there
-            from .convert import gguf_vocab_from_tokenizer_bin
-            raw = [t.encode("utf-8", "surrogateescape") for t in tokens]
-            return cls.from_gguf_metadata(gguf_vocab_from_tokenizer_bin(raw, scores))
-        types = []
-        for i, t in enumerate(tokens):
-            if i == 0:
-                types.append(UNKNOWN)
-            elif i in (1, 2):
-                types.append(CONTROL)
-            elif _BYTE_PIECE.fullmatch(t):
-                types.append(BYTE)
-            else:
-                types.append(NORMAL)
-        # llama2.c stores "\n<s>\n" / "\n</s>\n" and spaces instead of "▁"
-        tokens = [t.strip("\n") if i in (1, 2) else t.replace(" ", SPACE) for i, t in enumerate(tokens)]
-        types, eog = _llama_cpp_types(tokens, types)
-        return cls._spm(tokens, scores, types, unk_id=0, bos_id=1, eos_id=2, eog_ids=eog,
-                        add_bos=True, add_eos=False, add_space_prefix=True)
+        return tokenizer_from_llama2c(path, vocab_size)
 
     @classmethod
     def from_sentencepiece(cls, path) -> "Tokenizer":
         """Load a SentencePiece ``.model`` file; encoding uses the library itself."""
-        try:
-            import sentencepiece
-        except ImportError as e:  # pragma: no cover - sentencepiece is a dependency
-            raise TokenizerError("reading .model files needs the 'sentencepiece' package") from e
-        path = os.fspath(path)
-        sp = sentencepiece.SentencePieceProcessor()
-        try:
-            sp.Load(path)
-        except (OSError, RuntimeError) as e:
-            raise TokenizerError(f"{path}: not a SentencePiece model ({e})") from e
-        n = sp.get_piece_size()
-        tokens, types = [], []
-        user_defined = _sentencepiece_user_defined(path)
-        for i in range(n):
-            tokens.append(sp.id_to_piece(i))
-            if sp.is_control(i):
-                types.append(CONTROL)
-            elif sp.is_unknown(i):
-                types.append(UNKNOWN)
-            elif sp.is_byte(i):
-                types.append(BYTE)
-            elif sp.is_unused(i):
-                types.append(UNUSED)
-            elif i in user_defined:
-                types.append(USER_DEFINED)
-            else:
-                types.append(NORMAL)
-        prefix = sp.encode("a", out_type=str)
-        add_space_prefix = bool(prefix) and prefix[0].startswith(SPACE)
-        bos, eos = sp.bos_id(), sp.eos_id()
-        types, eog = _llama_cpp_types(tokens, types)
-        return cls(tokens=tokens, types=types, vocab_type="spm", sp=sp, eog_ids=eog,
-                   bos_id=bos if bos >= 0 else None, eos_id=eos if eos >= 0 else None,
-                   add_bos=bos >= 0, add_eos=False, add_space_prefix=add_space_prefix,
-                   decode_piece=_spm_piece)
+        from .vocab.from_sentencepiece import tokenizer_from_sentencepiece
 
-    @classmethod
-    def _spm(cls, tokens, scores, types, unk_id, **kw) -> "Tokenizer":
-        # Pieces merges may produce: as sentencepiece, not control/unknown/byte pieces.
-        pieces = {}
-        byte_ids = [None] * 256
-        for i, (t, s, ty) in enumerate(zip(tokens, scores, types)):
-            if ty == BYTE:
-                m = _BYTE_PIECE.fullmatch(t)
-                if m and byte_ids[int(m.group(1), 16)] is None:
-                    byte_ids[int(m.group(1), 16)] = i
-            elif ty not in (CONTROL, UNKNOWN):
-                if t in pieces:
-                    raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids "
-                                         f"{pieces[t][0]} and {i}")
-                pieces[t] = (i, s)
-        return cls(tokens=tokens, types=types, vocab_type="spm",
-                   encoder=SpmBpe(pieces, byte_ids, unk_id), decode_piece=_spm_piece, **kw)
+        return tokenizer_from_sentencepiece(path)
 
     # --------------------------------------------------------------- encoding
 
@@ -518,7 +273,7 @@ class Tokenizer:
             for i, ty in enumerate(self._types):
                 if ty in kinds and self._tokens[i]:  # an empty token matches nowhere (and everywhere)
                     found.setdefault(self._tokens[i], i)
-            self._splitters[special] = _SpecialSplitter(found) if found else None
+            self._splitters[special] = SpecialSplitter(found) if found else None
         return self._splitters[special]
 
     # --------------------------------------------------------------- decoding
@@ -649,175 +404,3 @@ class _Pieces:
     def __getitem__(self, i: int) -> bytes:
         b = self._override.get(i)
         return self._base(i) if b is None else b
-
-
-class _SpecialSplitter:
-    """Cuts special-token text out of a string exactly as llama.cpp does.
-
-    llama.cpp takes the special tokens one at a time, longest first, and cuts
-    every occurrence of each out of the text pieces still left. To do the same
-    without trying every token on the text, one scan finds, at every position,
-    the longest token starting there; the tokens that occur at all are those
-    and their prefixes that are tokens too, and only they are then replayed in
-    llama.cpp's order.
-    """
-
-    def __init__(self, tokens: dict[str, int]):
-        self.ids = tokens
-        trie = _trie(tokens)
-        self.scan = re.compile("(?=(" + _trie_regex(trie, tokens) + "))", re.DOTALL)
-        # the tokens that are prefixes of each token (a walk down the trie: linear in the
-        # token's length, so a token of a million characters costs no more than its text)
-        self.prefixes = {}
-        for t in tokens:
-            node, found = trie, []
-            for k, ch in enumerate(t[:-1], 1):
-                node = node[ch]
-                if "" in node:
-                    found.append(t[:k])
-            self.prefixes[t] = found
-
-    def split(self, s: str) -> list:
-        """`s` as a list of str pieces and int token ids."""
-        found = set()
-        for m in self.scan.finditer(s):
-            t = m.group(1)
-            if t not in found:
-                found.add(t)
-                found.update(self.prefixes[t])
-        if not found:
-            return [s]
-        parts: list = [(0, len(s))]
-        # llama.cpp sorts by length only; equal lengths keep id order here
-        for t in sorted(found, key=lambda t: (-len(t), self.ids[t])):
-            tid, n = self.ids[t], len(t)
-            new = []
-            for p in parts:
-                if isinstance(p, int):
-                    new.append(p)
-                    continue
-                start, end = p
-                at = s.find(t, start, end)
-                if at < 0:
-                    new.append(p)
-                    continue
-                while at >= 0:
-                    if at > start:
-                        new.append((start, at))
-                    new.append(tid)
-                    start = at + n
-                    at = s.find(t, start, end)
-                if start < end:
-                    new.append((start, end))
-            parts = new
-        return [p if isinstance(p, int) else s[p[0]:p[1]] for p in parts]
-
-
-def _trie(words) -> dict:
-    """A character trie of `words`: nested dicts, "" marking the end of a word."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = True
-    return trie
-
-
-_MAX_TRIE_NESTING = 100  # groups nested in the regex; deeper only for contrived vocabularies
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _trie_regex(trie: dict, words) -> str:
-    """A regex matching the longest of `words` at a position: the trie as nested groups,
-    runs of characters without a branch or a word end written as one literal. When the
-    nesting gets deep (tokens that are each other's prefixes a hundred times over), an
-    alternation of the words, longest first, does the same job more slowly."""
-
-    def build(node, depth: int) -> str:
-        if depth > _MAX_TRIE_NESTING:
-            raise _TooDeep
-        alts = []
-        for ch, child in sorted((k, v) for k, v in node.items() if k):
-            run = [ch]
-            while len(child) == 1 and "" not in child:  # one way on, no word ends here
-                (ch2, child), = child.items()
-                run.append(ch2)
-            alts.append(re.escape("".join(run)) + build(child, depth + 1))
-        if not alts:
-            return ""
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        if "" in node:
-            return "(?:" + body + ")?"
-        return body
-
-    try:
-        return build(trie, 0)
-    except _TooDeep:
-        return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
-
-
-def _spm_piece(text: str) -> bytes:
-    return text.replace(SPACE, " ").encode("utf-8", "surrogateescape")
-
-
-def _sentencepiece_user_defined(path: str) -> set:
-    """Ids of USER_DEFINED pieces in a .model file (the sentencepiece Python API
-    cannot tell them): reads field 1 (pieces) of the ModelProto, and in each
-    piece field 3 (type; 4 = USER_DEFINED). Returns an empty set if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return set()
-
-    def varint(buf, pos):
-        shift = result = 0
-        while True:
-            b = buf[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result, pos
-            shift += 7
-
-    found, index, pos = set(), 0, 0
-    try:
-        while pos < len(data):
-            key, pos = varint(data, pos)
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = varint(data, pos)
-                if field == 1:
-                    sub, end = pos, pos + length
-                    while sub < end:
-                        k, sub = varint(data, sub)
-                        if k & 7 == 0:
-                            v, sub = varint(data, sub)
-                            if k >> 3 == 3 and v == 4:
-                                found.add(index)
-                        elif k & 7 == 2:
-                            ln, sub = varint(data, sub)
-                            sub += ln
-                        elif k & 7 == 5:
-                            sub += 4
-                        elif k & 7 == 1:
-                            sub += 8
-                        else:
-                            return set()
-                    index += 1
-                pos += length
-            else:
-                return set()
-    except IndexError:
-        return set()
-    return found

@@ -18,6 +18,8 @@ from _harness import instrumented, main, scratch_path  # noqa: E402
 with instrumented(__name__ == "__main__"):
     import pyllama._bpe  # noqa: F401 - imported lazily by the code: instrumented here
     import pyllama.convert  # noqa: F401
+    import pyllama.vocab.from_gguf  # noqa: F401
+    import pyllama.vocab.from_llama2c  # noqa: F401
     from pyllama.errors import TokenizerError
     from pyllama.tokenizer import Tokenizer
 

@@ -19,6 +19,7 @@ from _harness import instrumented, main, scratch_path  # noqa: E402
 
 with instrumented(__name__ == "__main__"):
     import pyllama._bpe  # noqa: F401 - imported lazily by the code: instrumented here
+    import pyllama.vocab.from_gguf  # noqa: F401
     from pyllama.errors import ModelError, TokenizerError
     from pyllama.gguf import read_metadata
     from pyllama.tokenizer import Tokenizer
