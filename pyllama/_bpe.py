@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import accumulate
 
-from .errors import TokenizerError
+from .errors import TokenizerError, c_error
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -109,7 +109,7 @@ class ByteLevelBpe:
         bpe = lib.pl_bpe_new(raw_tokens, len(raw_tokens), n_tokens, raw_merges, len(raw_merges), n_merges,
                              int(ignore_merges))
         if bpe == ffi.NULL:
-            raise TokenizerError(ffi.string(lib.pl_last_error()).decode("utf-8", "replace"))
+            raise TokenizerError(c_error("cannot build the byte-level BPE tables"))
         self._bpe = ffi.gc(bpe, lib.pl_bpe_free)
         self._ffi, self._lib = ffi, lib
         self.n_tokens = n_tokens
@@ -170,7 +170,7 @@ class ByteLevelBpe:
         n = self._lib.pl_bpe_encode(self._bpe, data, len(data), list(accumulate(map(len, parts))), len(parts),
                                     out, len(data))
         if n < 0:
-            raise TokenizerError(ffi.string(self._lib.pl_last_error()).decode("utf-8", "replace"))
+            raise TokenizerError(c_error("cannot encode the text"))
         return ffi.unpack(out, n)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ._core import ffi, lib
-from .errors import ContextOverflowError, PyllamaError
+from .errors import ContextOverflowError, PyllamaError, c_error
 
 
 def eval_batch(requests: Sequence[tuple[object, Sequence[int]]]) -> None:
@@ -73,7 +73,7 @@ def eval_batch(requests: Sequence[tuple[object, Sequence[int]]]) -> None:
         rc = lib.pl_eval_batch(ctxs, ffi.from_buffer("int32_t[]", tokens), ffi.from_buffer("int32_t[]", pos),
                                n, ffi.from_buffer("int8_t[]", want), ffi.from_buffer("float[]", logits))
     if rc != 0:
-        raise PyllamaError(ffi.string(lib.pl_last_error()).decode("utf-8", "replace") or "batch evaluation failed")
+        raise PyllamaError(c_error("batch evaluation failed"))
     for k, (llm, ids) in enumerate(parts):
         llm.input_ids.extend(ids.tolist())
         llm.n_tokens += len(ids)

@@ -44,66 +44,37 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cli.progress import Progress, log
-from .errors import ModelError
+from .errors import ModelError, c_error
 from .gguf import GGMLType, GGUFValue, ValueType, ggml_type_name, read_gguf, write_gguf
 
 LLAMA2C_MAGIC = 0x616B3432  # "ak42"
 LLAMA2C_HEADER_SIZE = 256
 
 # ----------------------------------------------------------------------------------------
-# dequantization of GGUF tensor data (numpy, float32)
-
-
-def _f16_to_f32(u16: np.ndarray) -> np.ndarray:
-    return u16.view(np.float16).astype(np.float32)
-
-
-def _blocks(raw: np.ndarray, block_bytes: int, what: str) -> np.ndarray:
-    if raw.size % block_bytes:
-        raise ModelError(f"{what}: {raw.size} bytes is not a whole number of {block_bytes}-byte blocks")
-    return raw.reshape(-1, block_bytes)
+# dequantization of GGUF tensor data (the C core's dequantizers)
 
 
 def dequantize(raw: np.ndarray, ggml_type: int, shape=None, name: str = "tensor") -> np.ndarray:
-    """Dequantize the raw bytes of a GGUF tensor to float32.
+    """Dequantize the raw bytes of a GGUF tensor to float32 (csrc/quants.c: every type this
+    build reads; ModelError naming the tensor for any other).
 
     `shape` is in GGML order (ne[0] first); the result has the numpy (row-major) shape
     reversed(shape), or is flat when `shape` is None.
     """
+    from ._core import ffi, lib
+
     raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
-    if ggml_type == GGMLType.F32:
-        out = raw.view("<f4").astype(np.float32, copy=True)
-    elif ggml_type == GGMLType.F16:
-        out = raw.view("<f2").astype(np.float32)
-    elif ggml_type == GGMLType.BF16:
-        # bfloat16 is the top half of a float32
-        out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    elif ggml_type == GGMLType.Q8_0:
-        # block: fp16 scale d, 32 x int8 q; x = d * q
-        b = _blocks(raw, 34, name)
-        d = _f16_to_f32(b[:, 0:2].copy().view("<u2"))
-        q = b[:, 2:].view(np.int8).astype(np.float32)
-        out = (d * q).reshape(-1)
-    elif ggml_type == GGMLType.Q4_0:
-        # block: fp16 scale d, 16 bytes of nibbles; element j < 16 is the low nibble of
-        # byte j, element j + 16 the high nibble; x = d * (nibble - 8)
-        b = _blocks(raw, 18, name)
-        d = _f16_to_f32(b[:, 0:2].copy().view("<u2"))
-        qs = b[:, 2:]
-        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int8) - np.int8(8)
-        out = (d * q.astype(np.float32)).reshape(-1)
-    elif ggml_type == GGMLType.Q4_1:
-        # block: fp16 scale d, fp16 minimum m, 16 bytes of nibbles (same order as Q4_0);
-        # x = d * nibble + m
-        b = _blocks(raw, 20, name)
-        d = _f16_to_f32(b[:, 0:2].copy().view("<u2"))
-        m = _f16_to_f32(b[:, 2:4].copy().view("<u2"))
-        qs = b[:, 4:]
-        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
-        out = (d * q + m).reshape(-1)
-    else:
-        raise ModelError(f"{name}: tensor type {ggml_type_name(ggml_type)} is not supported by the converter "
-                         f"(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+    block = lib.pl_type_block_size(ggml_type) if 0 <= ggml_type < 1 << 16 else -1
+    if block <= 0:
+        raise ModelError(f"{name}: tensor type {ggml_type_name(ggml_type)} cannot be read by this build "
+                         "of pyllama, so it cannot be converted")
+    block_bytes = lib.pl_type_block_bytes(ggml_type)
+    if raw.size % block_bytes:
+        raise ModelError(f"{name}: {raw.size} bytes is not a whole number of {block_bytes}-byte "
+                         f"{ggml_type_name(ggml_type)} blocks")
+    out = np.empty(raw.size // block_bytes * block, np.float32)
+    if lib.pl_dequantize(ggml_type, ffi.from_buffer(raw), ffi.from_buffer("float[]", out), out.size) != 0:
+        raise ModelError(f"{name}: {c_error('cannot dequantize')}")
     if shape is not None:
         want = math.prod(shape)
         if out.size != want:

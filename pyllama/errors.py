@@ -29,3 +29,11 @@ class FetchError(PyllamaError, RuntimeError):
 
 class ChatTemplateError(PyllamaError, ValueError):
     """A chat template is invalid, unsafe, or raised an error while rendering."""
+
+
+def c_error(default: str = "") -> str:
+    """The C core's message about the call that just failed on this thread (``pl_last_error``),
+    or `default` when it left none."""
+    from ._core import ffi, lib
+
+    return ffi.string(lib.pl_last_error()).decode("utf-8", "replace") or default

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ._core import ffi, lib
-from .errors import ContextOverflowError, ModelError, PyllamaError
+from .errors import ContextOverflowError, ModelError, PyllamaError, c_error
 from ._serial import CallLock, serialized
 from .completion import GenerationMixin
 
@@ -30,11 +30,6 @@ ISA_NAMES = {lib.PL_ISA_SCALAR: "scalar", lib.PL_ISA_AVX2: "avx2", lib.PL_ISA_AV
 
 # llama.cpp / llama2.c ids used when a llama2.c checkpoint says nothing
 LLAMA2C_BOS, LLAMA2C_EOS = 1, 2
-
-
-def _error(default: str) -> str:
-    msg = ffi.string(lib.pl_last_error()).decode("utf-8", "replace")
-    return msg or default
 
 
 def _default_threads() -> int:
@@ -334,12 +329,12 @@ class Llama(GenerationMixin):
         else:
             self._model = lib.pl_load_llama2c(path_b, float(rope_freq_base or 0.0), load_flags)
         if self._model == ffi.NULL:
-            raise ModelError(f"{self.model_path}: {_error('could not load the model')}")
+            raise ModelError(f"{self.model_path}: {c_error('could not load the model')}")
         if self.format == "gguf":
             self.metadata: dict[str, Any] = _loaded_metadata(self._model, self.model_path)
             lib.pl_model_drop_header(self._model)
         if rope_freq_base and lib.pl_model_set_rope_base(self._model, float(rope_freq_base)) != 0:
-            raise ValueError(_error("bad rope_freq_base"))
+            raise ValueError(c_error("bad rope_freq_base"))
 
         cfg = ffi.new("pl_config *")
         lib.pl_model_config(self._model, cfg)
@@ -408,7 +403,7 @@ class Llama(GenerationMixin):
     def _new_context(self, n_ctx: int) -> None:
         self._ctx = lib.pl_context_new(self._model, n_ctx, self._n_threads, *self._kv_types)
         if self._ctx == ffi.NULL:
-            raise MemoryError(_error("could not create the context"))
+            raise MemoryError(c_error("could not create the context"))
         self._c_threads = self._n_threads  # what the C context runs with now
         self._n_ctx = n_ctx
         self.n_tokens = 0
@@ -540,7 +535,7 @@ class Llama(GenerationMixin):
         with self._c_lock:  # never while another thread evaluates on this context
             self._live()
             if lib.pl_set_threads(self._ctx, int(n)) != 0:
-                raise MemoryError(_error("could not set threads"))
+                raise MemoryError(c_error("could not set threads"))
             self._c_threads = n
 
     @property
@@ -598,7 +593,7 @@ class Llama(GenerationMixin):
                     self._live()
                     rc = lib.pl_eval(self._ctx, self._one_id, 1, self.n_tokens, self._logits_p, 0)
                 if rc != 0:
-                    raise PyllamaError(_error("evaluation failed"))
+                    raise PyllamaError(c_error("evaluation failed"))
                 self.input_ids.append(t)
                 self.n_tokens += 1
                 return
@@ -637,7 +632,7 @@ class Llama(GenerationMixin):
                 rc = lib.pl_eval(self._ctx, ffi.from_buffer("int32_t[]", chunk), len(chunk), self.n_tokens,
                                  ffi.from_buffer("float[]", out), 1 if logits_all else 0)
             if rc != 0:
-                raise PyllamaError(_error("evaluation failed"))
+                raise PyllamaError(c_error("evaluation failed"))
             # input_ids first: n_tokens never counts a token input_ids lacks (Ctrl-C between the two)
             self.input_ids.extend(chunk.tolist())
             self.n_tokens += len(chunk)
@@ -707,7 +702,7 @@ class Llama(GenerationMixin):
             self._live()
             new = lib.pl_kv_shift(self._ctx, self.n_tokens, n_keep, n_discard)
         if new < 0:
-            raise ValueError(_error("bad context shift"))
+            raise ValueError(c_error("bad context shift"))
         if self.scores is not None:
             self.scores[n_keep:new] = self.scores[n_keep + n_discard:old]
         del self.input_ids[n_keep:n_keep + n_discard]
@@ -737,7 +732,7 @@ class Llama(GenerationMixin):
             rc = lib.pl_eval_hidden(self._ctx, ffi.from_buffer("int32_t[]", arr), len(arr), 0,
                                     ffi.from_buffer("float[]", out))
         if rc != 0:
-            raise PyllamaError(_error("evaluation failed"))
+            raise PyllamaError(c_error("evaluation failed"))
         return out
 
     @serialized

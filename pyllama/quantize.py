@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, c_error
 from .gguf import (GGML_BLOCK_SIZES, GGMLType, GGUFFile, GGUFValue, ValueType, _as_tuple, _encode_str,
                    _encode_value, _infer_type, ggml_type_name, read_gguf, tensor_nbytes, write_gguf)
 
@@ -318,14 +318,13 @@ def _convert(g: GGUFFile, p: Plan, n_threads: int):
     ne0 = p.shape[0]
     n_rows = p.src_bytes // tensor_nbytes(p.src_type, (ne0,))
     if p.dst_type == T.F16:  # the fallback for a row too short for any block type
-        f = np.empty(n_rows * ne0, np.float32)
-        if lib.pl_dequantize(p.src_type, ffi.from_buffer(src), ffi.from_buffer(f), f.size) != 0:
-            raise ModelError(f"tensor {p.name!r}: {ffi.string(lib.pl_last_error()).decode()}")
-        return f.astype(np.float16)
+        from .convert import dequantize
+
+        return dequantize(src, p.src_type, name=f"tensor {p.name!r}").astype(np.float16)
     out = np.empty(p.dst_bytes, np.uint8)
     if lib.pl_quantize_rows(p.src_type, ffi.from_buffer(src), p.dst_type, ffi.from_buffer(out), n_rows, ne0,
                             n_threads) != 0:
-        raise ModelError(f"tensor {p.name!r}: {ffi.string(lib.pl_last_error()).decode()}")
+        raise ModelError(f"tensor {p.name!r}: {c_error()}")
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ._core import ffi, lib
+from .errors import c_error
 
 
 class LlamaState:
@@ -30,16 +31,12 @@ class LlamaState:
         return f"LlamaState(n_tokens={self.n_tokens}, llama_state_size={self.llama_state_size})"
 
 
-def _error(default: str) -> str:
-    return ffi.string(lib.pl_last_error()).decode("utf-8", "replace") or default
-
-
 def save_kv(ctx, n_tokens: int) -> bytes:
     """The first n_tokens positions of a C context's KV cache, as bytes."""
     size = lib.pl_state_size(ctx, n_tokens)
     buf = bytearray(size)
     if size == 0 or lib.pl_state_save(ctx, n_tokens, ffi.from_buffer("uint8_t[]", buf), size) != 0:
-        raise ValueError(_error("could not save the state"))
+        raise ValueError(c_error("could not save the state"))
     return bytes(buf)
 
 
@@ -49,4 +46,4 @@ def load_kv(ctx, n_tokens: int, data) -> None:
         raise TypeError(f"llama_state must be bytes (got {type(data).__name__})")
     data = bytes(data)
     if lib.pl_state_load(ctx, n_tokens, ffi.from_buffer("uint8_t[]", data), len(data)) != 0:
-        raise ValueError(f"cannot load this state: {_error('it does not fit this model')}")
+        raise ValueError(f"cannot load this state: {c_error('it does not fit this model')}")

@@ -217,6 +217,26 @@ def test_requantize_needs_the_flag(tmp_path):
         assert rel_rmse(y, x) < (1e-7 if t.tensor_type == QT.F32 else 0.2), t.name
 
 
+def test_row_too_short_for_blocks_falls_back_to_f16(tmp_path):
+    """A matrix whose rows hold no whole block is stored as F16, from an F32 or a BF16 source.
+    Reference: the gguf package's writer and dequantizer, and numpy's float16 rounding."""
+    rng = np.random.default_rng(5)
+    short = rng.standard_normal((4, 16)).astype(np.float32)  # rows of 16: no 32-value block fits
+    w = gguf.GGUFWriter(str(tmp_path / "s.gguf"), "llama")
+    w.add_tensor("blk.0.attn_q.weight", short)
+    w.add_tensor("blk.0.attn_k.weight", gguf.quants.quantize(short, QT.BF16), raw_dtype=QT.BF16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    pq.quantize(tmp_path / "s.gguf", tmp_path / "o.gguf", "Q4_0", progress=False)
+    src = {t.name: t for t in gguf.GGUFReader(tmp_path / "s.gguf").tensors}
+    for t in gguf.GGUFReader(tmp_path / "o.gguf").tensors:
+        assert t.tensor_type == QT.F16, t.name
+        want = dequantize(src[t.name].data, src[t.name].tensor_type).reshape(-1).astype(np.float16)
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(-1), want, err_msg=t.name)
+
+
 def test_bad_input(tmp_path):
     src = write_tiny_gguf(tmp_path / "m.gguf", TinySpec(wtype="F16", dim=64, hidden_dim=96))
     r = run_cli(src, tmp_path / "o.gguf", "Q7_K")
