@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._bpe import BYTE_TO_CHAR
 from .cli.progress import Progress, log
 from .errors import ModelError, c_error
 from .gguf import GGMLType, GGUFValue, ValueType, ggml_type_name, read_gguf, write_gguf
@@ -417,19 +418,6 @@ def read_llama2c(path) -> tuple[Llama2cConfig, dict]:
 # tokenizers
 
 
-def _gpt2_byte_decoder() -> dict:
-    """Inverse of GPT-2's byte-level mapping: printable char -> the byte it stands for."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    table = {chr(b): b for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in keep:
-            table[chr(256 + n)] = b
-            n += 1
-    return table
-
-
 def tokenizer_bin_from_gguf(metadata: dict) -> tuple[list, list, int]:
     """(token bytes, scores, max_token_length) for a llama2.c tokenizer.bin, from GGUF metadata.
 
@@ -457,7 +445,7 @@ def tokenizer_bin_from_gguf(metadata: dict) -> tuple[list, list, int]:
             out.append(t.replace("\u2581", " ").encode("utf-8", "surrogateescape"))
         scores = [float(s) for s in sc]
     elif model == "gpt2":
-        dec = _gpt2_byte_decoder()
+        dec = {ch: b for b, ch in enumerate(BYTE_TO_CHAR)}  # GPT-2's printable char -> its byte
         merges = metadata.get("tokenizer.ggml.merges") or []
         rank = {}
         for r, m in enumerate(merges):
@@ -555,12 +543,12 @@ def _spm_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id) -> dict:
 
 
 def _bpe_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id) -> dict:
-    enc = {b: ch for ch, b in _gpt2_byte_decoder().items()}
+    enc = BYTE_TO_CHAR
     scores = np.asarray(scores, dtype=np.float64)
     texts, types, ranked = [], [], []
     for i, (b, s) in enumerate(zip(tokens, scores)):
         if len(b) == 1 or (-1e8 < s <= -1 and s == int(s)):
-            texts.append("".join(enc[x] for x in b))
+            texts.append(texts_of(b, enc))
             types.append(1)  # NORMAL
             if len(b) > 1:
                 ranked.append((int(-s - 1), b))
@@ -589,7 +577,8 @@ def _bpe_vocab_from_tokenizer_bin(tokens, scores, bos_id, eos_id) -> dict:
     }
 
 
-def texts_of(b: bytes, enc: dict) -> str:
+def texts_of(b: bytes, enc) -> str:
+    """Bytes as GPT-2's printable characters (``enc[byte]``)."""
     return "".join(enc[x] for x in b)
 
 
