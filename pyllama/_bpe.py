@@ -15,6 +15,7 @@ that is why llama.cpp and transformers disagree on "  0." for SmolLM.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from itertools import accumulate
 
@@ -84,7 +85,13 @@ class ByteLevelBpe:
     merges run in C (csrc/bpe.c) on tables built from the GGUF arrays, which
     also give each token's string and bytes (:meth:`token_text`,
     :meth:`token_bytes`) without a Python object per token.
+
+    The tables are freed by :meth:`close` or when the object is collected, as a
+    ``Llama`` frees its model: each C call holds a lock, so ``close()`` from
+    another thread waits for the call in progress; later calls raise TokenizerError.
     """
+
+    _bpe = None  # the C tables (None until built)
 
     def __init__(self, tokens, merges, pre: str):
         try:
@@ -110,17 +117,40 @@ class ByteLevelBpe:
                              int(ignore_merges))
         if bpe == ffi.NULL:
             raise TokenizerError(c_error("cannot build the byte-level BPE tables"))
-        self._bpe = ffi.gc(bpe, lib.pl_bpe_free)
+        self._bpe = bpe
         self._ffi, self._lib = ffi, lib
+        self._lock = threading.Lock()  # held by every use of the tables, and by close()
+        self._len = ffi.new("int *")  # a length out of the tables (used under the lock)
         self.n_tokens = n_tokens
+
+    def _tables(self):
+        """The C tables; call with self._lock held."""
+        if self._bpe is None:
+            raise TokenizerError("this byte-level BPE vocabulary has been closed")
+        return self._bpe
+
+    def close(self) -> None:
+        """Free the C tables now (also done when the object is collected)."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the tables existed
+            return
+        with lock:
+            if self._bpe is not None:
+                self._lib.pl_bpe_free(self._bpe)
+                self._bpe = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def __reduce__(self):
         """Pickle as the vocabulary and merges the C tables hold (a pair listed twice keeps its
         later rank, the one that counts)."""
         ffi, lib = self._ffi, self._lib
-        n = lib.pl_bpe_merges(self._bpe, ffi.NULL, 0)
-        table = ffi.new("int32_t[]", 3 * max(n, 1))
-        lib.pl_bpe_merges(self._bpe, table, n)
+        with self._lock:
+            bpe = self._tables()
+            n = lib.pl_bpe_merges(bpe, ffi.NULL, 0)
+            table = ffi.new("int32_t[]", 3 * max(n, 1))
+            lib.pl_bpe_merges(bpe, table, n)
         flat = ffi.unpack(table, 3 * n)
         triples = sorted(zip(flat[0::3], flat[1::3], flat[2::3]))
         texts = [self._raw_text(i) for i in range(self.n_tokens)]
@@ -128,11 +158,12 @@ class ByteLevelBpe:
         return (_rebuild, (texts, merges, self._pre_name))
 
     def _raw_text(self, i: int) -> bytes:
-        n = self._ffi.new("int *")  # per call: cffi releases the GIL, another thread may be here too
-        p = self._lib.pl_bpe_token_text(self._bpe, i, n)
-        if p == self._ffi.NULL:
-            raise IndexError(i)
-        return self._ffi.buffer(p, n[0])[:]
+        n = self._len
+        with self._lock:
+            p = self._lib.pl_bpe_token_text(self._bpe or self._tables(), i, n)
+            if p == self._ffi.NULL:
+                raise IndexError(i)
+            return self._ffi.buffer(p, n[0])[:]
 
     def token_text(self, i: int) -> str:
         """Token `i`'s string as the file has it (GPT-2 alphabet: "Ġworld")."""
@@ -144,11 +175,12 @@ class ByteLevelBpe:
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes token `i` stands for (an empty token: its llama.cpp name, "[EMPTY_<i>]")."""
-        n = self._ffi.new("int *")
-        p = self._lib.pl_bpe_token_bytes(self._bpe, i, n)
-        if p == self._ffi.NULL:
-            raise IndexError(i)
-        return self._ffi.buffer(p, n[0])[:] if n[0] else b"[EMPTY_%d]" % i
+        n = self._len
+        with self._lock:
+            p = self._lib.pl_bpe_token_bytes(self._bpe or self._tables(), i, n)
+            if p == self._ffi.NULL:
+                raise IndexError(i)
+            return self._ffi.buffer(p, n[0])[:] if n[0] else b"[EMPTY_%d]" % i
 
     def pre_tokenize(self, text: str) -> list[str]:
         """`text` cut into the pieces BPE works on, as llama.cpp cuts it."""
@@ -167,8 +199,10 @@ class ByteLevelBpe:
         data = b"".join(parts)
         ffi = self._ffi
         out = ffi.new("int32_t[]", len(data))
-        n = self._lib.pl_bpe_encode(self._bpe, data, len(data), list(accumulate(map(len, parts))), len(parts),
-                                    out, len(data))
+        with self._lock:
+            bpe = self._tables()
+            n = self._lib.pl_bpe_encode(bpe, data, len(data), list(accumulate(map(len, parts))), len(parts),
+                                        out, len(data))
         if n < 0:
             raise TokenizerError(c_error("cannot encode the text"))
         return ffi.unpack(out, n)

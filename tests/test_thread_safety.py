@@ -136,3 +136,43 @@ def test_forks_share_weights_and_close_with_their_parent(tiny):
     llm.close()
     with pytest.raises(PyllamaError, match="closed"):
         fork.eval([1])
+
+
+def test_bpe_tables_close_while_threads_encode():
+    """A byte-level vocabulary's C tables are freed one way, as a Llama's are: close() (or
+    collection) waits for the call in progress; every call either gives the answer it gives
+    alone or, once closed, raises TokenizerError. Nothing reads freed memory."""
+    import pickle
+
+    from pyllama._bpe import BYTE_TO_CHAR, ByteLevelBpe
+    from pyllama.errors import TokenizerError
+
+    tokens = list(BYTE_TO_CHAR) + ["ab", "Ġab", "abc"]
+    text = "ab abc xab " * 200
+    for round in range(4):
+        bpe = ByteLevelBpe(tokens, ["a b", "Ġ ab", "ab c"], "gpt2")
+        want_ids, want_piece = bpe.encode(text), bpe.token_bytes(257)
+        assert pickle.loads(pickle.dumps(bpe)).encode(text) == want_ids
+        outcomes = []
+
+        def work():
+            try:
+                while True:
+                    assert bpe.encode(text) == want_ids and bpe.token_bytes(257) == want_piece
+                    outcomes.append("ok")
+            except TokenizerError as e:
+                assert "closed" in str(e)
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.002 * round)
+        bpe.close()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        bpe.close()  # twice: nothing left to free
+        for call in (lambda: bpe.encode("ab"), lambda: bpe.token_bytes(0), lambda: bpe.token_text(0),
+                     lambda: pickle.dumps(bpe)):
+            with pytest.raises(TokenizerError, match="closed"):
+                call()
