@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pyllama", "pyllama.cli", "pyllama.server"],
+    packages=["pyllama", "pyllama.cli", "pyllama.server", "pyllama.vocab"],
     package_data={"pyllama": ["catalog.json"], "pyllama.server": ["static/*.html"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pyllama/_build.py:ffibuilder"],

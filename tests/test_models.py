@@ -58,6 +58,23 @@ def test_catalog_is_packaged_as_data_files():
         assert '"pyllama": ["catalog.json"]' in f.read()
 
 
+def test_setup_py_lists_every_package():
+    """An installed (not editable) pyllama has every subpackage: setup.py lists each folder of
+    pyllama/ that is a package, as setuptools' own search finds them."""
+    import ast
+
+    from setuptools import find_packages
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    setup_py = os.path.join(root, "setup.py")
+    if not os.path.isfile(setup_py):
+        pytest.skip("not running from a source checkout")
+    call = next(n for n in ast.walk(ast.parse(open(setup_py, encoding="utf-8").read()))
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    listed = next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "packages")
+    assert sorted(listed) == sorted(find_packages(root, include=["pyllama", "pyllama.*"]))
+
+
 # ---------------------------------------------------------------------------------------
 # fetching from fake wheels
 
