@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from ..gguf import ggml_type_name
 from .options import ArgumentParser, add_cache_type_args, add_gpu_args, note_ignored
 
 # llama.cpp's file types (general.file_type) -> the names llama-bench prints
@@ -39,8 +40,6 @@ FTYPE_NAMES = {0: "all F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0
                11: "Q3_K - Small", 12: "Q3_K - Medium", 13: "Q3_K - Large", 14: "Q4_K - Small",
                15: "Q4_K - Medium", 16: "Q5_K - Small", 17: "Q5_K - Medium", 18: "Q6_K", 25: "IQ4_NL - 4.5 bpw",
                30: "IQ4_XS - 4.25 bpw", 32: "BF16"}
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 10: "Q2_K", 11: "Q3_K",
-              12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS", 30: "BF16"}
 
 
 def _int_list(s: str) -> list[int]:
@@ -77,7 +76,7 @@ def describe(llm) -> dict:
         ftype_name = FTYPE_NAMES[ftype]
     else:  # llama2.c checkpoints and files without the key: the type of most weights
         main = max(counts, key=counts.get) if counts else 0
-        ftype_name = TYPE_NAMES.get(main, str(main))
+        ftype_name = ggml_type_name(main)
     label = meta.get("general.size_label") or _size_label(n_params)
     return {
         "model_filename": os.path.abspath(llm.model_path),
