@@ -473,30 +473,6 @@ def write_tokenizer_bin(path, tokens: list, scores: list, max_len: int | None = 
             f.write(b)
 
 
-def read_tokenizer_bin(path, vocab_size: int) -> tuple[list, np.ndarray, int]:
-    """Read a llama2.c tokenizer.bin with `vocab_size` entries: (token bytes, scores, max_token_length)."""
-    path = os.fspath(path)
-    try:
-        data = open(path, "rb").read()
-    except OSError as e:
-        raise ModelError(f"cannot open tokenizer {path}: {e.strerror or e}") from e
-    if len(data) < 4:
-        raise ModelError(f"{path}: too short for a tokenizer.bin")
-    (max_len,) = struct.unpack_from("<i", data, 0)
-    pos, toks, scores = 4, [], np.empty(vocab_size, dtype=np.float32)
-    for i in range(vocab_size):
-        if pos + 8 > len(data):
-            raise ModelError(f"{path}: truncated at token {i} of {vocab_size}")
-        s, n = struct.unpack_from("<fi", data, pos)
-        pos += 8
-        if n < 0 or pos + n > len(data) or n > max(max_len, 0):
-            raise ModelError(f"{path}: token {i} has length {n} (max_token_length {max_len}, file size {len(data)})")
-        toks.append(data[pos:pos + n])
-        scores[i] = s
-        pos += n
-    return toks, scores, max_len
-
-
 def gguf_vocab_from_tokenizer_bin(tokens: list, scores, bos_id: int = 1, eos_id: int = 2) -> dict:
     """GGUF tokenizer metadata from llama2.c tokenizer.bin entries.
 
@@ -623,6 +599,8 @@ def llama2c_to_gguf(in_path, out_path, tokenizer_path=None, rope_base: float = 1
             raise ModelError(f"{vocab_from}: vocabulary has {n} tokens but the checkpoint has vocab_size {c.vocab_size}")
         md.update(tok)
     elif tokenizer_path is not None:
+        from .vocab.from_llama2c import read_tokenizer_bin
+
         toks, scores, _ = read_tokenizer_bin(tokenizer_path, c.vocab_size)
         md.update(gguf_vocab_from_tokenizer_bin(toks, scores, bos_id, eos_id))
     else:

@@ -12,6 +12,7 @@ from pyllama import convert
 from pyllama._bpe import BYTE_TO_CHAR
 from pyllama.cli import convert as convert_cli
 from pyllama.errors import ModelError
+from pyllama.vocab.from_llama2c import read_tokenizer_bin
 
 gguf = pytest.importorskip("gguf", reason="the `gguf` package (reference writer/dequantizers) is not installed")
 from gguf.quants import dequantize as ref_dequantize, quantize as ref_quantize  # noqa: E402
@@ -358,7 +359,7 @@ def test_tokenizer_bin_from_spm_gguf(tmp_path):
     src = write_tiny_gguf(tmp_path / "t.gguf", random_weights())
     out = str(tmp_path / "tok.bin")
     assert convert_cli.main([src, str(tmp_path / "t.bin"), "--tokenizer-out", out, "-q"]) == 0
-    toks, scores, mx = convert.read_tokenizer_bin(out, VOCAB)
+    toks, scores, mx = read_tokenizer_bin(out, VOCAB)
     names, sc, _ = spm_vocab()
     # llama2.c's tokenizer.py conventions: '▁' -> ' ', BOS/EOS wrapped in newlines
     assert toks[:5] == [b"<unk>", b"\n<s>\n", b"\n</s>\n", b"<0x00>", b"<0x01>"]
@@ -375,7 +376,7 @@ def test_shared_llama2c_tokenizer_round_trip(tmp_path):
     path = os.path.join(SHARED, "data", "llama2c-tokenizer.bin")
     if not os.path.exists(path):
         pytest.skip("../shared/data/llama2c-tokenizer.bin is not available")
-    toks, scores, mx = convert.read_tokenizer_bin(path, 32000)
+    toks, scores, mx = read_tokenizer_bin(path, 32000)
     md = {k: (v.value if hasattr(v, "type") and not isinstance(v, np.ndarray) else v)
           for k, v in convert.gguf_vocab_from_tokenizer_bin(toks, scores).items()}
     assert md["tokenizer.ggml.tokens"][:3] == ["<unk>", "<s>", "</s>"]

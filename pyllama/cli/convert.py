@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..convert import gguf_to_llama2c, llama2c_to_gguf, tokenizer_bin_from_gguf, write_tokenizer_bin
-from ..errors import ModelError
+from ..errors import ModelError, TokenizerError
 from .progress import log
 
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             toks, scores, mx = tokenizer_bin_from_gguf(read_metadata(args.input))
             write_tokenizer_bin(args.tokenizer_out, toks, scores, mx)
             log(f"wrote {args.tokenizer_out} ({len(toks)} tokens)")
-    except ModelError as e:
+    except (ModelError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

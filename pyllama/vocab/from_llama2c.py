@@ -1,4 +1,4 @@
-"""A :class:`~pyllama.tokenizer.Tokenizer` from llama2.c's ``tokenizer.bin``.
+"""A :class:`~pyllama.tokenizer.Tokenizer` from llama2.c's ``tokenizer.bin``, and the file's reader.
 
 The file is an int32 max_token_length, then per token a float32 score, an int32 length and
 the bytes. Ids 0/1/2 are <unk>, <s>, </s>. A file without byte pieces is a byte-level BPE
@@ -16,14 +16,12 @@ from .common import llama_cpp_types, spm_tokenizer
 from .from_gguf import tokenizer_from_gguf_metadata
 
 
-def tokenizer_from_llama2c(path, vocab_size: int | None = None) -> Tokenizer:
-    """Load llama2.c's ``tokenizer.bin``: int32 max_token_length, then per
-    token float32 score, int32 length, bytes. Ids 0/1/2 are <unk>, <s>, </s>.
+def read_tokenizer_bin(path, vocab_size: int | None = None) -> tuple[list[bytes], list[float], int]:
+    """The entries of a llama2.c ``tokenizer.bin``: (token bytes, scores, max_token_length).
 
-    Encoding is llama2.c's ``encode`` (= SentencePiece BPE): a dummy-prefix
-    space, then highest-score merges, byte fallback ``<0xXX>`` for the rest.
-    A file without byte pieces is taken as a byte-level BPE vocabulary
-    exported by :mod:`pyllama.convert` and rebuilt there (approximately)."""
+    The file has no count of its own: `vocab_size` entries are read, as llama2.c reads as many
+    as the model has, or all of them when it is None. TokenizerError for a file that is not one.
+    """
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -44,19 +42,31 @@ def tokenizer_from_llama2c(path, vocab_size: int | None = None) -> Tokenizer:
         pos += 8
         if not 0 <= length <= max_len or pos + length > len(data):
             raise TokenizerError(f"{path}: token {len(tokens)} has bad length {length}")
-        tokens.append(data[pos:pos + length].decode("utf-8", "surrogateescape"))
+        tokens.append(data[pos:pos + length])
         scores.append(score)
         pos += length
     if vocab_size is not None and len(tokens) < vocab_size:
         raise TokenizerError(f"{path}: has {len(tokens)} tokens, the model needs {vocab_size}")
-    if len(tokens) < 3:
-        raise TokenizerError(f"{path}: only {len(tokens)} tokens")
-    if "<0x00>" not in tokens:
+    return tokens, scores, max_len
+
+
+def tokenizer_from_llama2c(path, vocab_size: int | None = None) -> Tokenizer:
+    """The tokenizer of a llama2.c ``tokenizer.bin`` (see :func:`read_tokenizer_bin`).
+
+    Encoding is llama2.c's ``encode`` (= SentencePiece BPE): a dummy-prefix
+    space, then highest-score merges, byte fallback ``<0xXX>`` for the rest.
+    A file without byte pieces is taken as a byte-level BPE vocabulary
+    exported by :mod:`pyllama.convert` and rebuilt there (approximately)."""
+    raw, scores, _ = read_tokenizer_bin(path, vocab_size)
+    if len(raw) < 3:
+        raise TokenizerError(f"{os.fspath(path)}: only {len(raw)} tokens")
+    if b"<0x00>" not in raw:
         # not SentencePiece: a byte-level BPE vocabulary exported by pyllama.convert
         # (raw token bytes, scores from merge ranks); its merges are rebuilt there
         from ..convert import gguf_vocab_from_tokenizer_bin
-        raw = [t.encode("utf-8", "surrogateescape") for t in tokens]
+
         return tokenizer_from_gguf_metadata(gguf_vocab_from_tokenizer_bin(raw, scores))
+    tokens = [t.decode("utf-8", "surrogateescape") for t in raw]
     types = []
     for i, t in enumerate(tokens):
         if i == 0:
