@@ -294,7 +294,7 @@ def main(argv=None) -> int:
         in_process.close()
 
     first = next(iter(info.values()), {})
-    build = "" if args.llama_cpp_python else f", build {first.get('build_commit', '?')}/{first.get('build_number', '?')}"
+    build = "" if args.llama_cpp_python else f", build {first.get('build_commit')}/{first.get('build_number')}"
     isa = ""
     if args.isa != "native":
         isa = f"{args.isa} instruction set{' (pyllama; llama-bench as given)' if given_exe else ''}, "

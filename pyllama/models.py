@@ -438,10 +438,11 @@ def _drop_page_cache(fd: int, path: str) -> None:
 
     Writing leaves it cached in 4 KB pages. Read again through the C core's mapping, which
     asks for transparent huge pages, it comes back in 2 MB folios mapped with 2 MB entries,
-    and decode of a file larger than the CPU caches gets faster (bench/RESULTS.md H): it
-    costs one read of the file from disk on the first load. Only dirty-free pages can be
-    evicted, hence the fsync first. Where there is no posix_fadvise (macOS, Windows), or the
-    filesystem cannot sync, nothing is done; a failed sync of written data is an error.
+    and decode of a file larger than the CPU caches gets faster (bench/RESULTS.md, "Mapped or
+    read into memory"): it costs one read of the file from disk on the first load. Only
+    dirty-free pages can be evicted, hence the fsync first. Where there is no posix_fadvise
+    (macOS, Windows), or the filesystem cannot sync, nothing is done; a failed sync of
+    written data is an error.
     """
     if not hasattr(os, "posix_fadvise"):
         return
