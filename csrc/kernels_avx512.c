@@ -2,10 +2,11 @@
  * kernels_avx512.c - kernels for x86-64 CPUs with AVX-512 (F, BW, VL, VNNI).
  *
  * The AVX-512 set is the AVX2 set with the tile() kernels, attention and the Q4
- * rows() kernels replaced. Prefill is bound by arithmetic, and on cores with
- * full-width 512-bit units (AMD Zen 5, Intel server cores) these tiles do twice the
- * work per instruction of the AVX2 ones; decode is bound by memory, and its Q4 rows
- * (below) are about reading the blocks with few loads.
+ * rows() kernels replaced (and the other quantized types' from kquants_avx512.c).
+ * Prefill is bound by arithmetic, and on cores with full-width 512-bit units (AMD
+ * Zen 5, Intel server cores) these tiles do twice the work per instruction of the
+ * AVX2 ones; decode is bound by memory, and its Q4 rows (below) are about reading
+ * the blocks with few loads.
  *
  *  - Float weights: from 16 tokens on, 32-row panels transposed into a buffer and
  *    multiplied by broadcast activations (no horizontal sums); for fewer tokens a
