@@ -242,7 +242,7 @@ def check_runs(name: str) -> None:
 
 
 def sha256_file(path: str, progress: bool = False) -> str:
-    import hashlib  # here, not at import: OpenSSL's libcrypto adds 3+ MiB to every process
+    import hashlib  # here, not at import: OpenSSL's libcrypto adds megabytes to every process
 
     h = hashlib.sha256()
     bar = Progress(f"checking {os.path.basename(path)}", os.path.getsize(path), enabled=progress)
