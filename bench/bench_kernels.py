@@ -2,8 +2,8 @@
 
     pytest bench/bench_kernels.py --benchmark-only -s
 
-Each weight type gets a matrix of about 96 MiB (three times this machine's 32 MiB L3,
-so it comes from memory), multiplied by one vector through pl_matvec with
+Each weight type gets a matrix of about 96 MiB (larger than most CPUs' L3, so on them
+it comes from memory), multiplied by one vector through pl_matvec with
 PYLLAMA_BENCH_THREADS threads (default 2). The reference is a read of the same
 bytes by numpy (an integer sum, split over the same number of threads), the best
 that plain loads reach here. Decode reads every weight once per token, so

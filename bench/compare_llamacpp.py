@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
-"""pyllama against llama.cpp's llama-bench, side by side on the same model files.
+"""pyllama against llama.cpp, side by side on the same model files: the one comparison driver.
 
     python bench/compare_llamacpp.py [-m MODEL ...] [-p 512] [-n 128] [-t 2] [-r 3] [--rounds 1]
                                      [--mmap 0|1] [--isa native|avx2] [--llama-bench PATH] [--no-variants]
-                                     [--json-out FILE]
+                                     [--llama-cpp-python] [--no-stream] [--json-out FILE]
 
 For every model file and test (ppN = prefill of N tokens, tgN = N decode steps) it runs
-llama.cpp's `llama-bench ... -o json` and then pyllama's `python -m pyllama.bench ... --json`
-(or, when that tool is missing, an equivalent timing of `pyllama.Llama.eval` from Python),
+llama.cpp's `llama-bench ... -o json` and then pyllama's `python -m pyllama.bench ... --json`,
 alternating the two engines test by test so that both see the same machine load. With
 --rounds R the alternation is repeated R times (the engine that goes first swaps each round)
 and the samples of all rounds are pooled.
 
+--llama-cpp-python: llama.cpp through llama-cpp-python instead of llama-bench, both engines
+loaded once in this process and driven alike from Python (ppN = one eval of N tokens into an
+empty cache; tgN = N times eval([token]) + argmax over the logits), so each pays the same
+Python overhead that a Python user of either pays. Needs `pip install llama-cpp-python`.
+
 Models: the ones given with -m, else the default model (pyllama.models.default_model_path())
-plus, when bench/make_variants.py exists, the Q4_0/Q8_0/F16/F32 variants it writes.
+plus the Q4_0/Q8_0/F16/F32 variants bench/make_variants.py writes.
 llama-bench: --llama-bench, else $LLAMA_BENCH, else the binary bench/build_llamacpp.sh built.
 --isa avx2 compares the two engines' AVX2 code on a CPU that has more (the instruction set of an
 AVX2-only machine): pyllama runs with PYLLAMA_ISA=avx2, llama-bench is the LLAMACPP_ISA=avx2 build.
+After each model's decode tests, bench/stream_read.c reads 1 GiB with the same thread count:
+decode's weight bandwidth is given as a share of it (the bandwidth a shared host leaves moves
+from minute to minute, so only a reading taken in the same minutes is a fair denominator).
 
 Prints a markdown table: tokens/s of each engine (mean ± sd over repetitions, as llama-bench
 reports them) and the ratio pyllama / llama.cpp; then the best repetition of each and their
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -107,54 +115,78 @@ def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, threads: in
     return rows[0]
 
 
-def have_pyllama_bench() -> bool:
-    return os.path.exists(os.path.join(ROOT, "pyllama", "bench.py"))
-
-
 def run_pyllama_bench(model: str, n_prompt: int, n_gen: int, threads: int, reps: int, use_mmap: bool = True,
                       isa: str = "native") -> dict:
-    if have_pyllama_bench():
-        cmd = [sys.executable, "-m", "pyllama.bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
-               "-t", str(threads), "-r", str(reps), "--json", *([] if use_mmap else ["-mmp", "0"]),
-               *([] if isa == "native" else ["--isa", isa])]  # an error there if this CPU lacks it
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        if res.returncode != 0:
-            sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-        rows = json.loads(res.stdout)
-        if len(rows) != 1:
-            sys.exit(f"compare_llamacpp: expected one result from pyllama.bench, got {len(rows)}")
-        return rows[0]
-    return time_pyllama_directly(model, n_prompt, n_gen, threads, reps)  # (older trees: mmap only)
+    cmd = [sys.executable, "-m", "pyllama.bench", "-m", model, "-p", str(n_prompt), "-n", str(n_gen),
+           "-t", str(threads), "-r", str(reps), "--json", *([] if use_mmap else ["-mmp", "0"]),
+           *([] if isa == "native" else ["--isa", isa])]  # an error there if this CPU lacks it
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        sys.exit(f"compare_llamacpp: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+    rows = json.loads(res.stdout)
+    if len(rows) != 1:
+        sys.exit(f"compare_llamacpp: expected one result from pyllama.bench, got {len(rows)}")
+    return rows[0]
 
 
-def time_pyllama_directly(model: str, n_prompt: int, n_gen: int, threads: int, reps: int) -> dict:
-    """Fallback when pyllama.bench is absent: the same measurement, in this process."""
-    import numpy as np
+class InProcess:
+    """Both engines in this process (--llama-cpp-python), each model loaded once per engine."""
 
-    sys.path.insert(0, ROOT)
-    from pyllama import Llama
+    def __init__(self, n_ctx: int, threads: int, use_mmap: bool):
+        self.n_ctx, self.threads, self.use_mmap = n_ctx, threads, use_mmap
+        self.loaded: dict[tuple[str, str], tuple] = {}
 
-    llm = Llama(model_path=model, n_ctx=max(n_prompt + n_gen, 16), n_threads=threads, n_batch=max(n_prompt, 1))
-    rng = np.random.default_rng(1234)
-    samples = []
-    for rep in range(reps + 1):  # the first run is a warm-up
+    def open(self, engine: str, model: str):
+        """(llm, a function returning the last position's logits), loaded and warmed up on first use."""
+        key = (engine, model)
+        if key not in self.loaded:
+            if engine == "pyllama":
+                from pyllama import Llama
+
+                llm = Llama(model_path=model, n_ctx=self.n_ctx, n_threads=self.threads, n_batch=512,
+                            use_mmap=self.use_mmap)
+                logits = lambda: llm.logits  # noqa: E731
+            else:
+                import llama_cpp
+
+                llm = llama_cpp.Llama(model_path=model, n_ctx=self.n_ctx, n_threads=self.threads,
+                                      n_threads_batch=self.threads, n_batch=512, n_ubatch=512,
+                                      use_mmap=self.use_mmap, verbose=False)
+                logits = lambda: llm.scores[llm.n_tokens - 1]  # noqa: E731
+            self.loaded[key] = (llm, logits)
+            self.time_once(engine, model, list(range(1, 33)), 0)  # page the weights in, start the threads
+            self.time_once(engine, model, [], 2)
+        return self.loaded[key]
+
+    def time_once(self, engine: str, model: str, tokens: list[int], n_gen: int) -> float:
+        llm, logits = self.open(engine, model)
         llm.reset()
-        if n_prompt:
-            tokens = rng.integers(0, llm.n_vocab(), n_prompt, dtype=np.int32)
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        if tokens:
             llm.eval(tokens)
-            dt, n = time.perf_counter() - t0, n_prompt
-        else:
-            token = int(rng.integers(0, llm.n_vocab()))
-            t0 = time.perf_counter()
-            for _ in range(n_gen):
-                llm.eval([token])
-                token = int(np.argmax(llm.logits))
-            dt, n = time.perf_counter() - t0, n_gen
-        if rep:
-            samples.append(n / dt)
-    return {"avg_ts": statistics.fmean(samples), "samples_ts": samples,
-            "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0}
+        token = 1
+        for _ in range(n_gen):
+            llm.eval([token])
+            token = int(logits().argmax())
+        return time.perf_counter() - t0
+
+    def run(self, engine: str, model: str, n_prompt: int, n_gen: int, reps: int) -> dict:
+        """The same fields as llama-bench's and pyllama.bench's JSON that the table uses."""
+        llm, _ = self.open(engine, model)
+        tokens = random.Random(1234).choices(range(llm.n_vocab()), k=n_prompt)  # the same ids for both
+        samples = [(n_prompt + n_gen) / self.time_once(engine, model, tokens, 0 if n_prompt else n_gen)
+                   for _ in range(reps)]
+        return {"avg_ts": statistics.fmean(samples), "samples_ts": samples,
+                "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0}
+
+    def weight_bytes(self, model: str) -> int:
+        """What decode reads per token: the bytes of all tensors (llama-bench's model_size)."""
+        llm, _ = self.open("pyllama", model)
+        return sum(int(t["data"].nbytes) for t in llm.tensors())
+
+    def close(self) -> None:
+        for llm, _ in self.loaded.values():
+            llm.close()
 
 
 def build_stream_read() -> str | None:
@@ -200,17 +232,27 @@ def main(argv=None) -> int:
     p.add_argument("--isa", choices=["native", "avx2"], default="native",
                    help="avx2: pyllama with PYLLAMA_ISA=avx2 against llama.cpp built for AVX2 only "
                         "(bench/build_llamacpp.sh with LLAMACPP_ISA=avx2)")
+    p.add_argument("--llama-cpp-python", action="store_true",
+                   help="llama.cpp through llama-cpp-python, both engines timed in this process from Python")
     p.add_argument("--no-stream", action="store_true",
                    help="skip the stream-read measurement after each decode test (bench/stream_read.c)")
     args = p.parse_args(argv)
 
-    if not args.mmap and not have_pyllama_bench():
-        sys.exit("compare_llamacpp: --mmap 0 needs pyllama.bench (the in-process fallback maps the file)")
     if args.isa != "native":
-        os.environ["PYLLAMA_ISA"] = args.isa  # inherited by pyllama.bench (and read by the in-process fallback)
-    exe = find_llama_bench(args.llama_bench, args.isa)
+        if args.llama_cpp_python:
+            sys.exit("compare_llamacpp: --isa applies to llama-bench builds; llama-cpp-python runs as installed")
+        os.environ["PYLLAMA_ISA"] = args.isa  # inherited by pyllama.bench
+    if args.llama_cpp_python:
+        try:
+            import llama_cpp
+        except ImportError:
+            sys.exit("compare_llamacpp: --llama-cpp-python needs llama_cpp (pip install llama-cpp-python)")
+        exe = f"llama-cpp-python {llama_cpp.__version__}, in process"
+        in_process = InProcess(args.n_prompt + args.n_gen + 16, args.threads, bool(args.mmap))
+    else:
+        exe = find_llama_bench(args.llama_bench, args.isa)
     given_exe = bool(args.llama_bench or os.environ.get("LLAMA_BENCH"))
-    llama_extra = [] if args.mmap else llama_bench_no_mmap_args(exe)
+    llama_extra = [] if args.mmap or args.llama_cpp_python else llama_bench_no_mmap_args(exe)
     models = [os.path.abspath(m) for m in args.models] if args.models else default_models(args.no_variants)
     for m in models:
         if not os.path.isfile(m):
@@ -232,7 +274,11 @@ def main(argv=None) -> int:
                 for engine in order:
                     log(f"round {rnd + 1}/{args.rounds} {os.path.basename(model)} {name} {engine} "
                         f"(load {load_average()})")
-                    if engine == "llama.cpp":
+                    if args.llama_cpp_python:
+                        r = in_process.run("pyllama" if engine == "pyllama" else "llama_cpp", model,
+                                           n_prompt, n_gen, args.repetitions)
+                        info.setdefault(model, {"model_type": "-", "model_size": in_process.weight_bytes(model)})
+                    elif engine == "llama.cpp":
                         r = run_llama_bench(exe, model, n_prompt, n_gen, args.threads, args.repetitions, llama_extra)
                         info.setdefault(model, r)
                     else:
@@ -244,12 +290,18 @@ def main(argv=None) -> int:
                     streams.setdefault(model, []).append(stream_read_gbs(stream_exe, args.threads))
                     raw.append({"round": rnd, "model": model, "test": "stream_read", "GB/s": streams[model][-1]})
     load_after = load_average()
+    if args.llama_cpp_python:
+        in_process.close()
 
     first = next(iter(info.values()), {})
-    build = f"{first.get('build_commit', '?')}/{first.get('build_number', '?')}"
+    build = "" if args.llama_cpp_python else f", build {first.get('build_commit')}/{first.get('build_number')}"
+    isa = ""
+    if args.isa != "native":
+        isa = f"{args.isa} instruction set{' (pyllama; llama-bench as given)' if given_exe else ''}, "
+    mmap = "mmap" if args.mmap else "no mmap" + (f" ({' '.join(llama_extra)} / -mmp 0)" if llama_extra else "")
     lines = [
-        f"pyllama vs llama.cpp ({exe}, build {build}), {args.threads} threads, {args.repetitions} repetitions x {args.rounds} round(s), {started}, "
-        f"{platform.machine()} {os.cpu_count()} CPUs, {args.isa + ' instruction set' + (' (pyllama; llama-bench as given)' if given_exe else '') + ', ' if args.isa != 'native' else ''}{'mmap' if args.mmap else 'no mmap (' + ' '.join(llama_extra) + ' / -mmp 0)'}; "
+        f"pyllama vs llama.cpp ({exe}{build}), {args.threads} threads, {args.repetitions} repetitions x "
+        f"{args.rounds} round(s), {started}, {platform.machine()} {os.cpu_count()} CPUs, {isa}{mmap}; "
         f"load average before {load_before}, after {load_after}",
         "",
         "| model | type | size MiB | test | llama.cpp t/s | pyllama t/s | pyllama / llama.cpp "
@@ -274,8 +326,6 @@ def main(argv=None) -> int:
             lines.append(f"| {os.path.basename(model)} | {meta.get('model_type', '?')} | {size:.1f} | {name} "
                          f"| {lm:.1f} ± {ls:.1f} | {pm:.1f} ± {ps:.1f} | {pm / lm:.2f} "
                          f"| {lb:.1f} | {pb:.1f} | {pb / lb:.2f} | {bw} |")
-    if not have_pyllama_bench():
-        lines.append("\n(pyllama timed in-process: pyllama.bench was not available)")
     print("\n".join(lines))
     if args.json_out:
         with open(args.json_out, "w") as fh:

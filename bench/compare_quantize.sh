@@ -4,7 +4,7 @@
 #
 #   bench/compare_quantize.sh SOURCE.gguf OUTDIR TYPE [TYPE...]
 #
-# Environment: THREADS (default 2), LLAMA_BIN (llama.cpp's bin dir, default the lead's build),
+# Environment: THREADS (default 2), LLAMA_BIN (llama.cpp's bin dir, default bench/build_llamacpp.sh's),
 # TEXT (default tests/data/perplexity_pride_and_prejudice.txt), CTX (default 512),
 # PPL=0 to skip perplexity, PYPPL=1 to add pyllama.perplexity (needs the K-quant kernels).
 # Prints one line per measurement. Timings are of the whole command (wall clock and user+system

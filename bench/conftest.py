@@ -2,7 +2,8 @@
 
 Models: the default model plus, when present, the requantized variants that
 bench/make_variants.py writes to the cache (run it once to benchmark every type).
-Threads: PYLLAMA_BENCH_THREADS (default 2, the issue's setting).
+Model: PYLLAMA_BENCH_MODEL overrides the default model.
+Threads: PYLLAMA_BENCH_THREADS (default 2, the setting of the project's targets).
 """
 from __future__ import annotations
 

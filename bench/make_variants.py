@@ -106,7 +106,7 @@ def make_variant(src: str, target: str, out: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     # as for a download: out of the page cache, so the first load reads it back in 2 MB folios
-    # (bench/RESULTS.md H) instead of the 4 KB pages the writes left
+    # (RESULTS.md, "Mapped or read into memory") instead of the 4 KB pages the writes left
     from pyllama.models import _drop_page_cache
 
     with open(tmp, "rb+") as f:

@@ -1,6 +1,6 @@
 /*
- * stream_read.c - how fast this machine reads memory: the denominator of issue 5's
- * "decode reads weights at >= 80% of the measured stream-read bandwidth".
+ * stream_read.c - how fast this machine reads memory: the denominator of the decode
+ * targets' "reads the weights at >= N% of the measured stream-read bandwidth".
  *
  *   gcc -O2 -fopenmp -mavx2 bench/stream_read.c -o /tmp/stream_read      (-mavx2 on x86 only)
  *   /tmp/stream_read [MiB=1024] [threads=2] [reps=10]
@@ -8,7 +8,8 @@
  * Each thread sums its contiguous slice of a buffer (touched once beforehand) with
  * 256-bit loads (x86) and four independent accumulators, so the loop is bound by
  * memory, not by the adds. bench/compare_llamacpp.py runs it after each decode test:
- * on a shared host the bandwidth left to this VM moves with the neighbours' load. Prints the best and the median of `reps` passes in GB/s (1e9 B/s).
+ * on a shared host the bandwidth left to a VM moves with the neighbours' load.
+ * Prints the best and the median of `reps` passes in GB/s (1e9 B/s).
  */
 #if defined(__AVX2__)
 #include <immintrin.h>

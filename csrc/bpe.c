@@ -9,7 +9,7 @@
  *
  * The tables are built straight from the GGUF string arrays, so a 49k-token vocabulary costs
  * a few hundred kilobytes here instead of ~100k Python strings and a second copy in a BPE
- * library (bench/RESULTS.md E).
+ * library (bench/RESULTS.md, "Memory").
  */
 #include <stdlib.h>
 #include <string.h>

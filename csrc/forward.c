@@ -33,7 +33,7 @@
 /* ------------------------------------------------------------------ the math */
 
 /* 1 / rms(x): four sums in double: independent chains (one chain of dependent adds
- * cost ~1 us per call, dozens of calls per token), still exact enough to be order-blind */
+ * showed in a profile, at dozens of calls per token), still exact enough to be order-blind */
 static float rms_scale(const float *x, int n, float eps) {
     double s4[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
@@ -214,9 +214,9 @@ static void attention(pl_context *c, int layer, int n_tok) {
         /* Decode with few key/value heads: each thread takes a contiguous run of query heads
          * and attends to them one key/value head at a time, so it reads each cached key/value
          * head it needs once, in one stream its kernel prefetches ahead of (they come from
-         * DRAM: the weights streamed since the last token have pushed them out). With the
-         * kernels' prefetch, 400-464 cached positions: 3.04-3.25 -> 2.73-2.80 ms a token;
-         * either change alone gains little (bench/RESULTS.md D). */
+         * DRAM: the weights streamed since the last token have pushed them out). Together
+         * with the kernels' prefetch this shortens a token at a few hundred cached positions;
+         * either change alone gains little. */
         const int h0 = (int)((long)p->n_heads * ith / nth), h1 = (int)((long)p->n_heads * (ith + 1) / nth);
         for (int h = h0; h < h1;) {
             const int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;

@@ -1,8 +1,9 @@
 /*
  * gguf.c - reads a GGUF file (versions 2 and 3) into a pl_model.
  *
- * The file is mapped read-only and tensors point straight into the mapping,
- * so loading costs no copy of the weights. Everything read from the file is
+ * The file is mapped (privately, read-only but for the Q4 matrices model.c regroups
+ * in place; with PL_LOAD_NO_MMAP read into memory instead) and tensors point straight
+ * into it, so loading costs no copy of the weights. Everything read from the file is
  * treated as hostile: every count, length and offset is checked against the
  * bytes that remain before it is used.
  *

@@ -1,9 +1,11 @@
 /*
  * kernels.h - the matrix kernels, one set per instruction-set path.
  *
- * Every path (scalar, AVX2, NEON) fills the same table, and the scalar one is
- * the reference the others are tested against. Weight rows are used exactly
- * as they sit in the file (GGML block layouts, see quants.h).
+ * Every path (scalar, AVX2, AVX-512, NEON) fills the same table, and the scalar one
+ * is the reference the others are tested against. The 5-bit, K-quant and IQ4 types'
+ * kernels live in kquants_*.c and go into the same tables. Weight rows are used as
+ * they sit in the file (GGML block layouts, see quants.h), except the Q4_0 and Q4_1
+ * matrices, which the loader regroups in place into Q4_0R / Q4_1R (quants.h, model.c).
  *
  * For the quantized weight types the activation vector is first quantized to
  * block_q8x (32 values, one float scale) so dot products run on 8-bit integers.

@@ -361,9 +361,9 @@ AVX2_INLINE void qblock(int type, const void *blk, const block_q8x *ab, __m256 *
 
 /*
  * One row at a time, two accumulator chains (even and odd blocks). Decode streams
- * the weights from memory, and on the machines measured (bench/RESULTS.md) a
- * single sequential stream per core reads DRAM much faster than several rows
- * interleaved (Q8_0: 24 vs 6 GB/s), so rows are not interleaved here.
+ * the weights from memory, and on the machines measured a single sequential stream
+ * per core reads DRAM much faster than several rows interleaved, so rows are not
+ * interleaved here.
  */
 AVX2_INLINE void qrow(int type, const void *row, const block_q8x *a, float *y, int n) {
     const size_t bb = type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_0 ? sizeof(block_q4_0)
@@ -393,7 +393,7 @@ AVX2_INLINE void qrow(int type, const void *row, const block_q8x *a, float *y, i
  * weight blocks' nibble bytes (block 2j in the low 128-bit lane). Then per two
  * blocks: 2 maddubs, 1 madd, 1 convert, 1 FMA, and the two fp16 scales convert
  * together. Lanes 0-3 carry block 2j, lanes 4-7 block 2j+1. One row at a time:
- * two rows per pass was faster in L2 but slower from DRAM (bench/RESULTS.md).
+ * two rows per pass was faster in L2 but slower from DRAM.
  * Q4_0's "- 8" stays in the integers: c = 8 * pair sums of the activation,
  * computed here once for all rows.
  */
@@ -701,7 +701,7 @@ AVX2_INLINE __m256 exp8(__m256 x) {
     return _mm256_and_ps(r, _mm256_cmp_ps(n, _mm256_set1_ps(-126.5f), _CMP_GT_OQ));
 }
 
-/* g = silu(g) * u: the exp of 8 lanes at once (expf was ~7% of a prefill) */
+/* g = silu(g) * u: the exp of 8 lanes at once (expf showed in prefill profiles) */
 AVX2 static void silu_mul(float *g, const float *u, int n) {
     const __m256 one = _mm256_set1_ps(1.0f);
     int i = 0;

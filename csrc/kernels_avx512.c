@@ -2,10 +2,11 @@
  * kernels_avx512.c - kernels for x86-64 CPUs with AVX-512 (F, BW, VL, VNNI).
  *
  * The AVX-512 set is the AVX2 set with the tile() kernels, attention and the Q4
- * rows() kernels replaced. Prefill is bound by arithmetic, and on cores with
- * full-width 512-bit units (AMD Zen 5, Intel server cores) these tiles do twice the
- * work per instruction of the AVX2 ones; decode is bound by memory, and its Q4 rows
- * (below) are about reading the blocks with few loads.
+ * rows() kernels replaced (and the other quantized types' from kquants_avx512.c).
+ * Prefill is bound by arithmetic, and on cores with full-width 512-bit units (AMD
+ * Zen 5, Intel server cores) these tiles do twice the work per instruction of the
+ * AVX2 ones; decode is bound by memory, and its Q4 rows (below) are about reading
+ * the blocks with few loads.
  *
  *  - Float weights: from 16 tokens on, 32-row panels transposed into a buffer and
  *    multiplied by broadcast activations (no horizontal sums); for fewer tokens a
@@ -84,16 +85,15 @@ AVX512_INLINE void ftile_rows(int type, int R, const void *w, size_t rb, const f
 /*
  * Float weights for a batch of 16 tokens or more: packed panels. The 4x4 tile above
  * ends each of its 16 outputs with a horizontal sum, whose shuffles and adds take the
- * two ports that also run the FMAs (~1 for every 4.5 FMAs at n = 576); it reached 41%
- * of the core's FMA peak on the Intel VM (45 GMAC/s on one thread, the peak 110).
+ * two ports that also run the FMAs (about one for every few FMAs at the models' widths),
+ * which kept it under half of the core's FMA peak.
  * Here 32 rows x FKC values are transposed once into a buffer (value k of the 32 rows
  * in two registers' worth, p[k][0..31]), and each pass over it multiplies them by one
  * broadcast activation per token: 24 accumulators (2 x 16 rows, 12 tokens), each lane
  * one output, so the results are stored as they are. The buffer (16 KB) and a 12-token
  * slice of the activations (6 KB) stay in L1 while every token of the batch uses them.
  * Each output is summed over k in order; the transposition costs 64 shuffles per 256
- * values, once per batch. bench/kernel_speed.sh, 64 tokens: F32 45 -> 70 GMAC/s, F16
- * 45 -> 75; the pass over a packed chunk alone runs at 82-87% of the peak.
+ * values, once per batch; the pass over a packed chunk alone runs close to the FMA peak.
  */
 #define FKC 128 /* values of each row packed at a time */
 #define FTOK 12 /* tokens per pass over a packed chunk */
@@ -204,7 +204,7 @@ AVX512 static void fpanel_rows(int type, const void *w, size_t rb, const float *
  * Weights are widened to float (F16, BF16) or copied (F32) once per 4 rows into an
  * aligned buffer that every token then uses: converting in the inner loop (once per
  * 4 tokens) made the conversions the limit, and F32 rows straight from the file
- * (32-byte aligned) split loads across cache lines (tile 87 -> 105 GMAC/s).
+ * (32-byte aligned) split loads across cache lines.
  */
 #define FLOAT_TILE(NAME, TYPE)                                                                           \
     AVX512 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y,        \
@@ -512,7 +512,7 @@ AVX512_INLINE float q4row(int type, const char *wr, int nb, const q4quad *ap) {
  * of nibbles (block b in 128-bit lane b, as the q4quad activation expects) and one
  * 8-byte load of scales (Q4_1R: and one of minimums), where the GGUF layout needs four
  * 16-byte pieces and four scalar loads. Streaming from DRAM with two threads these rows
- * read 20-50% faster (bench/q4_layout_stream.c). A last group of 1-3 blocks is read
+ * read faster than the GGUF layout's. A last group of 1-3 blocks is read
  * with masked loads: nothing past its own bytes.
  */
 /* group g (nq of its 4 blocks present) of a repacked row, added into acc (Q4_1R: and off) */
@@ -542,7 +542,7 @@ AVX512_INLINE __m512 q4rgroup(int type, const uint8_t *row, int nb, int g, int n
 }
 
 /* One repacked row, its groups in order into one accumulator: the rows stream from
- * memory, where a second accumulator chain bought nothing (bench/rows_stream.sh). */
+ * memory, where a second accumulator chain bought nothing. */
 AVX512_INLINE float q4rrow(int type, const uint8_t *wr, int nb, const q4quad *ap) {
     const int ngroup = (nb + 3) / 4, full = nb / 4;
     __m512 acc = _mm512_setzero_ps();

@@ -492,8 +492,8 @@ INLINE void weighted_values(int v_type, const float *p0, int J, const void *v, s
  * key blocks (kernels.h): per block, q[d] x 16 keys of dimension d, for every d. The
  * block two on is asked for meanwhile, as the x86 kernels do (decode's cache has been
  * pushed out by the weights streamed since the last token; on x86 this and the
- * per-thread head runs of forward.c's attention() took 10% off a token at 400 positions;
- * not measured on ARM hardware). */
+ * per-thread head runs of forward.c's attention() shortened a token at a few hundred
+ * positions; not measured on ARM hardware). */
 INLINE void key_scores(int k_type, const float *q0, int J, int hd, const void *k, int n_pos, float *att) {
     const size_t row_bytes = (size_t)PL_KV_BLOCK * (k_type == PL_TYPE_F16 ? 2 : 4);
     for (int p0 = 0; p0 < n_pos; p0 += PL_KV_BLOCK) {

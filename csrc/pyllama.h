@@ -1,7 +1,7 @@
 /*
  * pyllama.h - the whole boundary between the C core and Python.
  *
- * setup.py derives cffi's cdef from the region between the CDEF markers below,
+ * pyllama/_build.py derives cffi's cdef from the region between the CDEF markers below,
  * so every declaration Python can see is written exactly once, here.
  * Keep that region free of preprocessor lines other than plain integer #defines.
  *
@@ -107,7 +107,7 @@ const char *pl_last_error(void);
  * mapping's private pages). PL_LOAD_NO_MMAP: the file is read into anonymous memory on
  * 2 MB pages where the kernel has transparent huge pages (llama.cpp's --no-mmap): a
  * load that reads the whole file and memory the page cache cannot share, for fewer TLB
- * misses in decode (bench/RESULTS.md G). */
+ * misses in decode (bench/RESULTS.md, "Mapped or read into memory"). */
 #define PL_LOAD_NO_MMAP 1
 pl_model *pl_load_gguf(const char *path, int flags);
 /* llama2.c checkpoints carry no rope base and no BOS/EOS ids: pass them (run.c: 10000, 1, 2). */

@@ -10,8 +10,9 @@
  * Q4_0R, Q4_1R (pyllama's, made at load time from Q4_0 / Q4_1 matrices): the same
  * bytes per row, regrouped: a row of nb blocks holds the nb scales d, then (Q4_1R)
  * the nb minimums m, then the nb x 16 nibble bytes. In the GGUF layout a 2-byte scale
- * interrupts every 16 bytes of nibbles; decode streams the regrouped rows 20-50%
- * faster (bench/q4_layout_stream.c, bench/RESULTS.md section D).
+ * interrupts every 16 bytes of nibbles, so a kernel needs several small loads per cache
+ * line; the regrouped rows take one 64-byte load of nibbles per 4 blocks, and decode
+ * streams them faster from DRAM.
  *
  * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them.
  *

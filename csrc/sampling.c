@@ -328,7 +328,7 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
      * The passes over the whole vocabulary are split over the threads of the last
      * forward pass the way its output layer split the rows: each thread then reads
      * the logits it wrote, from its own cache (one thread reading them all, half from
-     * the other core's cache, took ~25 us per token for the maximum alone).
+     * the other core's cache, made the maximum alone a visible share of a token).
      */
     int nth = sample_threads < MAX_SAMPLE_THREADS ? sample_threads : MAX_SAMPLE_THREADS;
     if (nth < 1 || n_vocab < 16384) nth = 1;

@@ -35,20 +35,17 @@ AVX2_INLINE float load1(int type, const void *w, size_t k) {
 /*
  * Decode streams each thread's rows once. Before a row is read, ask for the bytes
  * PREFETCH_BYTES further on (the same row's length of them, up to `end`): each thread's
- * share of a matrix is a short burst (0.1-1 MB) after a barrier, too short for the
- * hardware prefetcher's ramp-up to hide (one core from DRAM, bench/kernel_speed.sh:
- * Q4_0 rows 27.6 -> 30.2 GB/s, Q4_1 29.5 -> 33.2). always_inline, as the helper below:
- * see there.
+ * share of a matrix is a short burst after a barrier, too short for the hardware
+ * prefetcher's ramp-up to hide. always_inline, as the helper below: see there.
  */
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 4096
 #endif
 /* The F16 and BF16 rows ask 4x as far ahead: on the Intel VM, in the minutes when 4 KB
- * pages are slow, F16 decode 58 -> 73-75 tok/s with 16 KB (8 KB: 58-64; 32-64 KB: 71-75),
- * equal in the fast minutes; Q8_0 and Q4 rows lose from a longer distance. The F32 rows
- * do best with none: their long rows keep the hardware prefetcher going, and the extra
- * requests only compete with it (F32 decode 40.2 -> 42.4 tok/s mapped, 49.2 -> 54.6
- * read into memory). bench/RESULTS.md G. */
+ * pages are slow, F16 decode gained most from 16 KB (8 KB less, 32-64 KB no more), and
+ * nothing was lost in the fast minutes; Q8_0 and Q4 rows lose from a longer distance. The
+ * F32 rows do best with none: their long rows keep the hardware prefetcher going, and the
+ * extra requests only compete with it. */
 #define PREFETCH_BYTES_F16 (4 * PREFETCH_BYTES)
 static inline __attribute__((always_inline)) void prefetch_at(const void *row, size_t row_bytes, const void *end,
                                                               size_t ahead) {
@@ -81,8 +78,8 @@ static inline __attribute__((always_inline)) void prefetch_next_chunk(int type, 
 }
 
 /* The same, not stopped at `end`: past a thread's last row lie the next burst's or the
- * next matrix's rows, and a prefetch never faults. The repacked Q4 rows stream 5-10%
- * faster so (bench/RESULTS.md D); for the other rows it changed nothing measurable.
+ * next matrix's rows, and a prefetch never faults. The repacked Q4 rows stream faster
+ * so; for the other rows it changed nothing measurable.
  * always_inline: GCC finds a function that only prefetches to be "const", and where it
  * does not inline the call it deletes it (so it did in the Q4 rows kernels). */
 static inline __attribute__((always_inline)) void prefetch_ahead_past_end(const void *row, size_t row_bytes) {

@@ -3,9 +3,9 @@
  *
  * libgomp's barrier spins for milliseconds before sleeping. When the cores are
  * shared with other work (a laptop), the spinning thread occupies the core its
- * partner needs to reach the barrier, and a decode step with ~200 barriers goes
- * from 5 ms to 700 ms (bench/RESULTS.md, section 4b). This one spins briefly,
- * then yields the core on every check.
+ * partner needs to reach the barrier, and a decode step, with hundreds of barriers,
+ * becomes a hundred times slower. This one spins briefly, then yields the core on
+ * every check.
  */
 #include <omp.h>
 #include <sched.h>
@@ -51,8 +51,8 @@ void pl_team_reset(pl_team *t, int n_threads) {
  * places before it; after the last round every thread has heard, through a chain
  * of release/acquire pairs, from every other. Nobody writes a shared line: with one
  * shared arrival counter every thread's arrival was a read-modify-write of the same
- * line, one after another: a decode step with 16 threads took 1.16x as long, with 8
- * 1.04x (bench/RESULTS.md, F; at 2-4 threads the two cost the same). Counters only
+ * line, one after another, which made decode steps at 8 and 16 threads measurably
+ * longer (at 2-4 threads the two cost the same). Counters only
  * grow during a forward pass (reset before it): a partner's counter at or past the
  * value this round asks for means it has signalled.
  */

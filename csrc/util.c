@@ -36,14 +36,13 @@ void pl_set_error(const char *fmt, ...) {
  * use_mmap = 0: the file read into anonymous memory, aligned to 2 MB and advised to
  * sit on transparent huge pages. Decode reads every weight once per token, and with
  * 4 KB pages that is a TLB miss every 4 KB; in a VM each miss is a two-level page
- * walk. On the project's Intel VM, in the minutes when that is slow, the F16 file
- * decodes at 87-92 tok/s so, at 57-64 from the file mapping or from anonymous 4 KB
- * pages (in others all three run alike; bench/RESULTS.md G). A file mapping gets the same
- * when the page cache holds the file in 2 MB folios (pl_map_file below; since the build
- * dropped -fwrapv, bench/RESULTS.md H). llama.cpp's no-mmap load gains
- * 5%, its buffers being on 4 KB pages. The region stays writable
- * until pl_map_seal, so the loader's in-place rewrites (pl_map_writable) need no
- * mprotect, which would split the huge pages.
+ * walk. On the project's Intel VM, in the minutes when that is slow, F16 decode runs
+ * far faster so than from the file mapping or from anonymous 4 KB pages (in others all
+ * three run alike; bench/RESULTS.md, "Mapped or read into memory"). A file mapping gets
+ * the same when the page cache holds the file in 2 MB folios (pl_map_file below).
+ * llama.cpp's no-mmap load gains less, its buffers being on 4 KB pages. The region
+ * stays writable until pl_map_seal, so the loader's in-place rewrites (pl_map_writable)
+ * need no mprotect, which would split the huge pages.
  */
 #define HUGE_PAGE ((size_t)2 << 20)
 
@@ -117,10 +116,10 @@ int pl_map_file(const char *path, int use_mmap, pl_mapping *out) {
     }
 #ifdef MADV_HUGEPAGE
     /* Pages this mapping reads into the page cache (a file not cached yet) then come in 2 MB
-     * folios, which the kernel maps with 2 MB entries, in this and later processes: on the
-     * Intel VM the F32 file decodes at 52-54 tok/s so, at 45-50 from 4 KB folios; files that
-     * fit in its L3 lose 2-9% (bench/RESULTS.md H). A file already cached in small folios
-     * stays as it is; without THP this does nothing. */
+     * folios, which the kernel maps with 2 MB entries, in this and later processes: fewer
+     * TLB misses for files that stream from DRAM, at a small cost to files that fit in the
+     * L3 (bench/RESULTS.md, "Mapped or read into memory"). A file already cached in small
+     * folios stays as it is; without THP this does nothing. */
     madvise(p, (size_t)st.st_size, MADV_HUGEPAGE);
 #endif
     out->data = p;

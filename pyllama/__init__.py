@@ -9,7 +9,7 @@ import os as _os
 # libgomp reads this when the C core loads it. Its default spin (milliseconds)
 # starves a partner thread when the cores are shared with other programs; the
 # forward pass syncs with its own yielding barrier, and this bounds the waits
-# left to libgomp (the start and end of each batch). See bench/RESULTS.md 4b.
+# left to libgomp (the start and end of each batch). csrc/team.c says why.
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -68,9 +68,9 @@ OPENMP_COMPILE, OPENMP_LINK = openmp_flags()
 def compile_args() -> list[str]:
     # -fno-wrapv undoes the -fwrapv in Python's own CFLAGS, which setuptools puts first on the line:
     # with signed overflow defined, GCC keeps re-extending the int indices of the kernels' inner loops,
-    # and the decode rows stream 13-16% slower (F16 matvec over 56 MB from DRAM, 2 threads, -fPIC:
-    # 26.5 vs 30.4-31.4 GB/s, bench/matvec_flags.sh, bench/RESULTS.md H). The C tests and benchmarks
-    # compile without it too. Python 3.12+ passes -fno-strict-overflow instead, which for GCC also
+    # the extra instructions per byte shorten how far ahead the core reads, and the decode rows stream
+    # slower from DRAM (bench/RESULTS.md, "What we tried and why it lost"). The C tests compile without
+    # it too. Python 3.12+ passes -fno-strict-overflow instead, which for GCC also
     # means -fwrapv-pointer: -fstrict-overflow undoes both (clang only warns about it, so not there).
     args = ["-O3", "-fno-wrapv", "-std=gnu11", *OPENMP_COMPILE, "-Wall", "-Wno-unused-function"]
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or ""

@@ -194,9 +194,9 @@ class Llama(GenerationMixin):
             with mmap: loading is instant and processes share the page cache's
             copy. False: the file is read into this process's memory, on 2 MB
             pages where the kernel has transparent huge pages: a load that reads
-            the whole file, for fewer TLB misses while decoding (on the project's
-            Intel VM the F16 file decodes at 87-92 tok/s so, at 57-64 mapped in
-            the minutes when 4 KB pages are slow; bench/RESULTS.md G).
+            the whole file, for fewer TLB misses while decoding (faster decode of
+            files larger than the CPU caches where 4 KB pages are slow, as in VMs;
+            bench/RESULTS.md, "Mapped or read into memory").
             A mapped file must not be truncated or rewritten while it is loaded: the
             kernel then ends the process with SIGBUS on the next read of a lost page
             (llama.cpp behaves the same). ``pyllama.models.fetch`` only ever renames a
@@ -362,7 +362,7 @@ class Llama(GenerationMixin):
         self.use_mlock = bool(use_mlock)
         if self.use_mlock:
             self._mlock_weights()
-        lib.pl_release_free_heap()  # the tokenizer's temporaries: 2-4 MiB less resident (bench/RESULTS.md E)
+        lib.pl_release_free_heap()  # the tokenizer's temporaries: less resident (bench/RESULTS.md, "Memory")
         if verbose:
             print(
                 f"pyllama: loaded {self.model_path} ({self.format}, {cfg.n_layers} layers, dim {cfg.dim}, "

@@ -178,7 +178,7 @@ def check_runs(name: str) -> None:
 
 
 def sha256_file(path: str, progress: bool = False) -> str:
-    import hashlib  # here, not at import: OpenSSL's libcrypto adds 3+ MiB to every process
+    import hashlib  # here, not at import: OpenSSL's libcrypto adds megabytes to every process
 
     h = hashlib.sha256()
     bar = Progress(f"checking {os.path.basename(path)}", os.path.getsize(path), enabled=progress)
@@ -374,10 +374,11 @@ def _drop_page_cache(fd: int, path: str) -> None:
 
     Writing leaves it cached in 4 KB pages. Read again through the C core's mapping, which
     asks for transparent huge pages, it comes back in 2 MB folios mapped with 2 MB entries,
-    and decode of a file larger than the CPU caches gets faster (bench/RESULTS.md H): it
-    costs one read of the file from disk on the first load. Only dirty-free pages can be
-    evicted, hence the fsync first. Where there is no posix_fadvise (macOS, Windows), or the
-    filesystem cannot sync, nothing is done; a failed sync of written data is an error.
+    and decode of a file larger than the CPU caches gets faster (bench/RESULTS.md, "Mapped or
+    read into memory"): it costs one read of the file from disk on the first load. Only
+    dirty-free pages can be evicted, hence the fsync first. Where there is no posix_fadvise
+    (macOS, Windows), or the filesystem cannot sync, nothing is done; a failed sync of
+    written data is an error.
     """
     if not hasattr(os, "posix_fadvise"):
         return

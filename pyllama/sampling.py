@@ -96,7 +96,7 @@ def make_rng(seed) -> random.Random:
 
     Python's Mersenne Twister, not numpy's Generator: it only seeds the C sampler's own
     generator (and draws for the numpy fallback), and importing numpy.random would load
-    hashlib and OpenSSL into every generating process (~6 MiB resident, bench/RESULTS.md E).
+    hashlib and OpenSSL into every generating process (megabytes resident; bench/RESULTS.md, "Memory").
     A numpy Generator passed to Sampler works as well."""
     if seed is None:
         return random.Random()

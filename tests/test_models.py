@@ -185,7 +185,7 @@ def _cached_pages(path) -> tuple[int, int]:
 def test_fetched_file_leaves_the_page_cache(fake_env, tmp_path):
     """A fresh download is dropped from the page cache once synced, so that its first load
     reads it through the C core's mapping (which asks for 2 MB folios) instead of keeping
-    the 4 KB pages the writes left (bench/RESULTS.md H)."""
+    the 4 KB pages the writes left (bench/RESULTS.md, "Mapped or read into memory")."""
     probe = tmp_path / "probe.bin"
     with open(probe, "wb") as f:
         f.write(os.urandom(300_000))
