@@ -233,13 +233,19 @@ class GrammarConstraint:
             raise ValueError(f"token {token} is not allowed by the grammar: {self._matcher.get_error()}")
 
     def try_accept(self, token: int) -> bool:
-        """Advance past ``token`` if the grammar allows it next (the mask's answer, without the mask)."""
+        """Advance past ``token`` if the mask would allow it, without computing the mask.
+        False: the mask would not allow it, or this check cannot tell."""
+        m = self._matcher
         if token in self._end:
-            if not self._matcher.is_accepting():
+            if not m.is_accepting():
                 return False
             self.accept(token)
             return True
-        return self._matcher.try_consume_tokens([token]) == 1
+        if m.compute_ff_bytes():
+            # text the grammar forces next: its mask then allows only the tokens that begin
+            # the canonical tokenization of that text, fewer than the grammar would accept
+            return False
+        return m.try_consume_tokens([token]) == 1
 
     def choose(self, sampler, logits, history) -> int:
         """The next token: drawn by ``sampler`` (a :class:`~pyllama.sampling.Sampler`) from
