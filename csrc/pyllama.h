@@ -187,10 +187,11 @@ uint64_t pl_state_size(const pl_context *c, int n_tokens);
 int pl_state_save(const pl_context *c, int n_tokens, uint8_t *buf, uint64_t size);
 int pl_state_load(pl_context *c, int n_tokens, const uint8_t *buf, uint64_t size);
 
-/* Sampling parameters (llama.cpp's order: bias, penalties, top-k, top-p, min-p, temperature). */
+/* Sampling parameters (llama.cpp's order: bias, penalties, top-k, typical, top-p, min-p, temperature). */
 typedef struct {
     float temperature;       /* <= 0: greedy */
     int top_k;               /* <= 0: off */
+    float typical_p;         /* >= 1: off; locally typical sampling */
     float top_p;             /* >= 1: off */
     float min_p;             /* <= 0: off */
     float repeat_penalty;    /* 1: off; positive logits divided, negative multiplied */
@@ -204,8 +205,8 @@ typedef struct {
  * words (bit i % 32 of word i / 32 set: token i may be drawn; llguidance's layout):
  * the other tokens are never drawn. work holds n_vocab floats, cand n_vocab ids,
  * probs n_vocab doubles; on return cand[0..*n_cand) and probs[...] are the
- * distribution the draw used (highest first). rng (splitmix64 state) is advanced;
- * NULL = no draw. Returns the token id, or -1 (NaN logits, no token allowed).
+ * distribution the draw used (highest first after a top-k, typical or top-p cut).
+ * rng (splitmix64 state) is advanced; NULL = no draw. Returns the token id, or -1 (NaN logits, no token allowed).
  */
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
               const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,

@@ -1,12 +1,12 @@
 /*
  * sampling.c - choosing the next token from the logits, in llama.cpp's order:
- * logit bias -> repetition penalties -> top-k -> top-p -> min-p -> temperature -> draw.
+ * logit bias -> repetition penalties -> top-k -> typical -> top-p -> min-p -> temperature -> draw.
  *
  * It runs once per generated token over the whole vocabulary, so it must cost
  * little next to a forward pass: no full sort of the vocabulary. The k-th
  * largest logit (top-k) and the top-p boundary are found by bucketing the
  * logits below the maximum in one pass and sorting only the boundary bucket.
- * pyllama/sampling.py holds the numpy definition this is tested against.
+ * tests/reference_sampling.py holds the numpy definition this is tested against.
  */
 #include <float.h>
 #include <math.h>
@@ -255,6 +255,61 @@ static int top_k_sorted(int32_t *ids, int m, int n, const float *vals, float vma
     return top_prefix(ids, n, vals, vmax, 0.0, (double)k);
 }
 
+/* A candidate's distance from the typical surprisal, and its place in the candidate list. */
+typedef struct {
+    double score;
+    int32_t pos;
+} typical_rank;
+
+static int by_score(const void *a, const void *b) {
+    const typical_rank *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos); /* stable: ties keep the list's order */
+}
+
+/*
+ * Locally typical sampling (Meister et al. 2022): rank the candidates by how far their
+ * surprisal -log p lies from the entropy of the distribution, and keep the closest
+ * ones until their mass exceeds typical_p. ids[0..n) is rewritten, sorted by logit;
+ * returns the new count. It sorts every candidate, like llama.cpp's: it is used rarely,
+ * usually after top-k.
+ */
+static int typical_filter(int32_t *ids, int n, const float *vals, float vmax, double typical_p) {
+    typical_rank *rank = malloc((size_t)n * sizeof *rank);
+    double *p = malloc((size_t)n * sizeof *p);
+    if (!rank || !p) { /* out of memory: keep everything rather than fail the draw */
+        free(rank);
+        free(p);
+        return n;
+    }
+    double z = 0.0, entropy = 0.0;
+    for (int i = 0; i < n; i++) z += p[i] = exp((double)vals[ids[i]] - vmax);
+    for (int i = 0; i < n; i++) {
+        p[i] /= z;
+        const double logp = log(p[i] > 1e-300 ? p[i] : 1e-300); /* -inf logits: far from typical */
+        entropy -= p[i] * logp;
+        rank[i].score = -logp;
+        rank[i].pos = i;
+    }
+    for (int i = 0; i < n; i++) rank[i].score = fabs(rank[i].score - entropy);
+    qsort(rank, (size_t)n, sizeof *rank, by_score);
+    double mass = 0.0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+        mass += p[rank[i].pos];
+        if (mass > typical_p) {
+            keep = i + 1;
+            break;
+        }
+    }
+    for (int i = 0; i < keep; i++) rank[i].pos = ids[rank[i].pos];
+    for (int i = 0; i < keep; i++) ids[i] = rank[i].pos;
+    free(rank);
+    free(p);
+    sort_candidates(ids, keep, vals);
+    return keep;
+}
+
 /* counts is n_vocab ints of scratch; only the entries of recent tokens are touched */
 static void apply_penalties(float *v, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
                             int32_t *counts) {
@@ -402,6 +457,10 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
         sorted = 1;
     } else {
         for (int i = 0; i < n; i++) cand[i] = i;
+    }
+    if (s->typical_p < 1.0f && n > 1) {
+        n = typical_filter(cand, n, v, vmax, (double)s->typical_p);
+        sorted = 1;
     }
     if (s->top_p < 1.0f && n > 1) {
         double z = 0.0;

@@ -320,9 +320,7 @@ class GenerationMixin:
                 token = sample(self.logits, history)
             else:
                 logits = self.logits if processors is None else _process_logits(processors, history, self.logits)
-                token = sample(logits, history, constraint.fill_mask() if constraint is not None else None)
-                if constraint is not None:
-                    constraint.accept(token)
+                token = sample(logits, history) if constraint is None else constraint.choose(sampler, logits, history)
             timings["sample_s"] += now() - t0
             history.append(token)
             yield token

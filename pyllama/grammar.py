@@ -186,9 +186,19 @@ class GrammarConstraint:
 
     ``end_ids`` are the tokens that end the generation (EOS, end of turn): they are
     allowed exactly when the grammar accepts what has been generated.
+
+    :meth:`choose` picks each token. When the sampler draws from the whole distribution
+    (greedy, or plain temperature sampling), it first draws without the mask and asks
+    llguidance about that one token, which costs far less than a mask; only when the
+    grammar rejects it is the mask computed and the token drawn again under it (llama.cpp
+    does the same). For greedy that is the masked argmax exactly; for temperature sampling
+    a token t is taken with probability p(t) + (1 - Z) p(t) / Z = p(t) / Z, Z the mass the
+    grammar allows: the masked distribution exactly. Truncating samplers (top-k, top-p,
+    min-p, typical) cut the unmasked distribution differently from the masked one, so they
+    always draw under the mask.
     """
 
-    def __init__(self, tokenizer, grammar: LlamaGrammar | str, end_ids: Iterable[int] = ()):
+    def __init__(self, tokenizer, grammar: LlamaGrammar | str, end_ids: Iterable[int] = (), lazy: bool = True):
         llg = _llguidance()
         text = grammar._grammar if isinstance(grammar, LlamaGrammar) else grammar
         self._matcher = llg.LLMatcher(ll_tokenizer(tokenizer), text, log_level=0)
@@ -196,23 +206,57 @@ class GrammarConstraint:
             raise ValueError(f"bad grammar: {self._matcher.get_error()}")
         self.n_vocab = tokenizer.n_vocab
         self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.uint32)
-        self._end = [int(t) for t in end_ids if 0 <= int(t) < self.n_vocab]
+        self._mask_at, self._mask_bytes = self.mask.ctypes.data, self.mask.nbytes
+        self._end = frozenset(int(t) for t in end_ids if 0 <= int(t) < self.n_vocab)
+        words: dict = {}
+        for t in self._end:
+            words[t >> 5] = words.get(t >> 5, 0) | 1 << (t & 31)
+        self._end_words = np.array(sorted(words), dtype=np.intp)
+        self._end_bits = np.array([words[w] for w in sorted(words)], dtype=np.uint32)
+        self.lazy = lazy
+        self.n_masks = 0  # masks computed (the rest of the steps took the lazy check)
 
     def fill_mask(self) -> np.ndarray:
         """The bitmask of tokens allowed next (bit i % 32 of word i // 32), in ``self.mask``."""
         m = self._matcher
-        m.unsafe_compute_mask_ptr(self.mask.ctypes.data, self.mask.nbytes)
+        m.unsafe_compute_mask_ptr(self._mask_at, self._mask_bytes)
+        self.n_masks += 1
         if m.is_error():
             raise ValueError(f"grammar failed: {m.get_error()}")
-        if m.is_accepting():
-            for t in self._end:
-                self.mask[t >> 5] |= np.uint32(1 << (t & 31))
+        if self._end_words.size and m.is_accepting():
+            self.mask[self._end_words] |= self._end_bits
         return self.mask
 
     def accept(self, token: int) -> None:
         """Advance past a sampled token (one the mask allowed)."""
         if not self._matcher.consume_token(int(token)):
             raise ValueError(f"token {token} is not allowed by the grammar: {self._matcher.get_error()}")
+
+    def try_accept(self, token: int) -> bool:
+        """Advance past ``token`` if the mask would allow it, without computing the mask.
+        False: the mask would not allow it, or this check cannot tell."""
+        m = self._matcher
+        if token in self._end:
+            if not m.is_accepting():
+                return False
+            self.accept(token)
+            return True
+        if m.compute_ff_bytes():
+            # text the grammar forces next: its mask then allows only the tokens that begin
+            # the canonical tokenization of that text, fewer than the grammar would accept
+            return False
+        return m.try_consume_tokens([token]) == 1
+
+    def choose(self, sampler, logits, history) -> int:
+        """The next token: drawn by ``sampler`` (a :class:`~pyllama.sampling.Sampler`) from
+        ``logits`` under the grammar, and accepted."""
+        if self.lazy and sampler.untruncated:
+            token = sampler.sample(logits, history)
+            if self.try_accept(token):
+                return token
+        token = sampler.sample(logits, history, self.fill_mask())
+        self.accept(token)
+        return token
 
     def allows(self, token: int) -> bool:
         """Whether the grammar accepts ``token`` next (llguidance's own check, without the mask)."""

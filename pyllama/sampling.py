@@ -1,7 +1,8 @@
 """Token sampling: turn a logits vector into the next token id.
 
-Everything here is vectorized numpy over the vocabulary; no Python loop runs
-per vocabulary entry. The chain follows llama.cpp's default order:
+The work runs in C (``pl_sample`` in csrc/sampling.c, one call per token); this module
+holds the parameters, checks them, and keeps the C sampler's buffers. The chain follows
+llama.cpp's default order:
 
     logit bias -> penalties -> top-k -> typical -> top-p -> min-p -> temperature -> draw
 
@@ -22,7 +23,8 @@ Definitions (p = softmax of the current candidates' logits):
 * temperature: divide the logits by it; temperature <= 0 means greedy
   (argmax after bias and penalties; the other filters do not matter).
 
-Each filter keeps at least ``min_keep`` (1) token.
+Each filter keeps at least one token. tests/reference_sampling.py is the same chain
+written in numpy, the definition the C code is tested against.
 """
 from __future__ import annotations
 
@@ -33,17 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = [
-    "SamplingParams",
-    "Sampler",
-    "make_rng",
-    "apply_logit_bias",
-    "apply_penalties",
-    "log_softmax",
-    "candidate_distribution",
-    "apply_token_mask",
-    "mask_bits",
-]
+__all__ = ["SamplingParams", "Sampler", "make_rng", "log_softmax"]
 
 
 @dataclass
@@ -58,7 +50,6 @@ class SamplingParams:
     presence_penalty: float = 0.0
     penalty_last_n: int = 64
     logit_bias: dict | None = field(default=None)
-    min_keep: int = 1
 
     def validate(self) -> None:
         """Check every setting, naming the first bad one (TypeError for a wrong type,
@@ -73,7 +64,7 @@ class SamplingParams:
                 raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r})")
             if not math.isfinite(value):
                 bad(name, value, "must be a finite number")
-        for name in ("top_k", "penalty_last_n", "min_keep"):
+        for name in ("top_k", "penalty_last_n"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{name} must be an integer (got {type(value).__name__} {value!r})")
@@ -104,31 +95,6 @@ def make_rng(seed) -> random.Random:
     return random.Random() if seed < 0 else random.Random(seed)
 
 
-def mask_bits(allowed: np.ndarray, n_vocab: int) -> np.ndarray:
-    """A token bitmask (32-bit words, bit ``i % 32`` of word ``i // 32``) as n_vocab booleans."""
-    words = np.ascontiguousarray(allowed).view(np.uint32)
-    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n_vocab].astype(bool)
-
-
-def apply_token_mask(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """A float32 copy of logits with the tokens the bitmask does not allow at -inf."""
-    out = np.array(logits, dtype=np.float32)
-    out[~mask_bits(allowed, out.shape[0])] = -np.inf
-    return out
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64)
-    m = np.max(x)
-    shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted)))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x)).astype(np.float64)
-    return e / e.sum()
-
-
 def _bias_arrays(logit_bias: dict | None, n_vocab: int):
     if not logit_bias:
         return None
@@ -142,150 +108,11 @@ def _bias_arrays(logit_bias: dict | None, n_vocab: int):
     return ids, vals
 
 
-def apply_logit_bias(logits: np.ndarray, logit_bias: dict | None) -> np.ndarray:
-    """Return a float32 copy of logits with the biases added."""
-    out = np.array(logits, dtype=np.float32)
-    arrays = _bias_arrays(logit_bias, out.shape[0])
-    if arrays is not None:
-        np.add.at(out, arrays[0], arrays[1].astype(np.float32))
-    return out
-
-
-def apply_penalties(logits: np.ndarray, history, repeat_penalty=1.0, frequency_penalty=0.0,
-                    presence_penalty=0.0, penalty_last_n=64) -> np.ndarray:
-    """Penalize tokens seen in the last ``penalty_last_n`` ids of ``history`` (in place on a float array)."""
-    if penalty_last_n == 0 or len(history) == 0:
-        return logits
-    if repeat_penalty == 1.0 and frequency_penalty == 0.0 and presence_penalty == 0.0:
-        return logits
-    window = history if penalty_last_n < 0 else history[-penalty_last_n:]
-    ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
-    ids_ok = (ids >= 0) & (ids < logits.shape[0])
-    ids, counts = ids[ids_ok], counts[ids_ok]
-    vals = logits[ids]
-    if repeat_penalty != 1.0:
-        vals = np.where(vals > 0, vals / repeat_penalty, vals * repeat_penalty)
-    vals = vals - counts * frequency_penalty - presence_penalty
-    logits[ids] = vals
-    return logits
-
-
-def _order(ids, vals):
-    """Positions sorting candidates by decreasing logit, ties by increasing id."""
-    return np.lexsort((ids, -vals))
-
-
-_SORT_LIMIT = 4096  # candidate sets up to this size are returned sorted
-_N_BINS = 4096
-
-
-def _top_prefix(ids, vals, weights, target):
-    """Positions of the shortest run of highest logits (in the sorted order:
-    decreasing logit, ties by id) whose ``weights`` sum reaches ``target``
-    (weights None: count tokens). Returns ``(positions, is_sorted)``.
-
-    Instead of sorting the vocabulary, the logits are binned below the maximum
-    (one O(n) pass); every bin above the one where the running weight reaches
-    the target lies wholly inside the prefix, and only that boundary bin is sorted.
-    """
-    n = vals.size
-    top = np.max(vals)
-    if not np.isfinite(top) or n <= 256:
-        w = np.ones(n) if weights is None else weights
-        sel = np.arange(n)[_order(ids, vals)]
-        reach = np.nonzero(np.cumsum(w[sel]) >= target)[0]
-        return sel[:(int(reach[0]) + 1) if reach.size else n], True
-    low = max(float(np.min(vals)), float(top) - 64.0)  # -inf logits land in the last bin
-    scale = (_N_BINS - 1) / max(float(top) - low, 1e-30)
-    bins = np.minimum((top - vals) * scale, _N_BINS - 1).astype(np.intp)  # larger logit, smaller bin
-    per_bin = np.bincount(bins, weights=weights, minlength=_N_BINS)
-    reach = np.nonzero(np.cumsum(per_bin) >= target)[0]
-    b = int(reach[0]) if reach.size else _N_BINS - 1
-    w = np.ones(n) if weights is None else weights
-    core = np.flatnonzero(bins < b)
-    band = np.flatnonzero(bins == b)
-    band = band[_order(ids[band], vals[band])]
-    need = target - (w[core].sum() if core.size else 0.0)
-    hit = np.nonzero(np.cumsum(w[band]) >= need)[0]
-    band = band[:(int(hit[0]) + 1) if hit.size else band.size]
-    sel = np.concatenate([core, band])
-    if sel.size <= _SORT_LIMIT:
-        return sel[_order(ids[sel], vals[sel])], True
-    return sel, False
-
-
-def candidate_distribution(logits: np.ndarray, history=(), params: SamplingParams | None = None):
-    """The distribution the sampler draws from: ``(ids, probs)``; probs sum to 1.
-
-    When filters leave at most 4096 candidates, ``ids`` are sorted by
-    decreasing probability (ties: lower id first); larger sets are left
-    unsorted (sorting the whole vocabulary every token would cost more than
-    the draw is worth). With temperature <= 0 it is the single greedy token.
-    """
-    p = params or SamplingParams()
-    x = apply_logit_bias(logits, p.logit_bias)
-    apply_penalties(x, history, p.repeat_penalty, p.frequency_penalty, p.presence_penalty,
-                    p.penalty_last_n)
-    n = x.shape[0]
-    min_keep = max(1, int(p.min_keep))
-    if np.isnan(np.max(x)):
-        raise ValueError("the logits contain NaN (the model produced invalid numbers)")
-
-    if p.temperature <= 0.0:
-        best = int(np.argmax(x))
-        return np.array([best], dtype=np.int64), np.array([1.0])
-
-    ids, vals, is_sorted = np.arange(n), x, False
-
-    # top-k: the k highest logits.
-    k = int(p.top_k)
-    if 0 < k < n:
-        k = max(k, min_keep)
-        sel, is_sorted = _top_prefix(ids, vals, None, k)
-        ids, vals = ids[sel], vals[sel]
-
-    # typical: keep the most "typical" tokens until their mass exceeds typical_p.
-    if p.typical_p < 1.0 and ids.size > min_keep:
-        probs = _softmax(vals)
-        logp = np.log(np.maximum(probs, 1e-300))
-        entropy = -np.sum(probs * logp)
-        shifted = np.abs(-logp - entropy)
-        t_order = np.argsort(shifted, kind="stable")
-        cum = np.cumsum(probs[t_order])
-        over = np.nonzero(cum > p.typical_p)[0]
-        last = (int(over[0]) + 1) if over.size else ids.size
-        keep = t_order[:max(last, min_keep)]
-        keep = keep[_order(ids[keep], vals[keep])]  # back to decreasing-logit order
-        ids, vals, is_sorted = ids[keep], vals[keep], True
-
-    # top-p: smallest set of most probable tokens whose mass reaches top_p.
-    if p.top_p < 1.0 and ids.size > min_keep:
-        probs = _softmax(vals)
-        if is_sorted:
-            reach = np.nonzero(np.cumsum(probs) >= p.top_p)[0]
-            sel = np.arange(max((int(reach[0]) + 1) if reach.size else ids.size, min_keep))
-        else:
-            sel, is_sorted = _top_prefix(ids, vals, probs, p.top_p)
-            if sel.size < min_keep:
-                sel, is_sorted = _top_prefix(ids, vals, None, min_keep)
-        ids, vals = ids[sel], vals[sel]
-
-    # min-p: tokens at least min_p times as likely as the best one.
-    if p.min_p > 0.0 and ids.size > min_keep:
-        threshold = np.max(vals) + np.log(p.min_p)
-        if is_sorted:  # a prefix
-            last = max(int(np.count_nonzero(vals >= threshold)), min_keep)
-            ids, vals = ids[:last], vals[:last]
-        else:
-            sel = np.flatnonzero(vals >= threshold)
-            if sel.size < min_keep:
-                sel = _top_prefix(ids, vals, None, min_keep)[0]
-            if sel.size <= _SORT_LIMIT:
-                sel, is_sorted = sel[_order(ids[sel], vals[sel])], True
-            ids, vals = ids[sel], vals[sel]
-
-    probs = _softmax(vals / p.temperature)
-    return ids, probs
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    m = np.max(x)
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted)))
 
 
 _CORE: tuple = ()
@@ -312,9 +139,7 @@ class Sampler:
     """Draws token ids with a given :class:`SamplingParams` and random generator (see :func:`make_rng`).
 
     The draw runs in C (``pl_sample`` in csrc/sampling.c: one call per token, no
-    sort of the vocabulary); :func:`candidate_distribution` above is the numpy
-    definition it is tested against, and serves the settings the C path lacks
-    (typical sampling, min_keep > 1).
+    sort of the vocabulary).
     """
 
     def __init__(self, params: SamplingParams | None = None, rng=None):
@@ -323,30 +148,22 @@ class Sampler:
         self.rng = rng if rng is not None else make_rng(None)
         self._c = None  # buffers for the C sampler, made on first use
 
-    def distribution(self, logits, history=()):
-        return candidate_distribution(logits, history, self.params)
-
     @property
-    def uses_c(self) -> bool:
-        return self.params.typical_p >= 1.0 and self.params.min_keep <= 1
+    def untruncated(self) -> bool:
+        """Whether draws come from the whole distribution (greedy, or temperature alone):
+        no top-k, typical, top-p or min-p cut."""
+        p = self.params
+        return p.temperature <= 0.0 or (p.top_k <= 0 and p.typical_p >= 1.0 and p.top_p >= 1.0 and p.min_p <= 0.0)
 
     def sample(self, logits, history=(), allowed=None) -> int:
         """Draw a token. ``allowed``: None, or a token bitmask (uint32 words, bit
         ``i % 32`` of word ``i // 32`` for token i, as llguidance fills it): only tokens
         whose bit is set can be drawn."""
-        if self.uses_c:
-            return self._c_sample(logits, history, draw=True, allowed=allowed)[0]
-        if allowed is not None:
-            logits = apply_token_mask(logits, allowed)
-        ids, probs = candidate_distribution(logits, history, self.params)
-        if ids.size == 1:
-            return int(ids[0])
-        cum = np.cumsum(probs)
-        i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
-        return int(ids[min(i, ids.size - 1)])
+        return self._c_sample(logits, history, draw=True, allowed=allowed)[0]
 
-    def c_distribution(self, logits, history=(), allowed=None):
-        """The C sampler's distribution ``(ids, probs)``, highest first (for tests)."""
+    def distribution(self, logits, history=(), allowed=None):
+        """The distribution a draw uses, ``(ids, probs)``, without drawing; highest first
+        after a top-k, typical or top-p cut."""
         _, ids, probs = self._c_sample(logits, history, draw=False, allowed=allowed)
         return ids, probs
 
@@ -359,7 +176,7 @@ class Sampler:
             "params": ffi.new("pl_sampler *", {
                 # any top_k at or above the vocabulary keeps it all; C's int holds those up to 2^31-1
                 "temperature": p.temperature, "top_k": max(-1, min(int(p.top_k), 2**31 - 1)),
-                "top_p": p.top_p, "min_p": p.min_p,
+                "typical_p": p.typical_p, "top_p": p.top_p, "min_p": p.min_p,
                 "repeat_penalty": p.repeat_penalty, "frequency_penalty": p.frequency_penalty,
                 "presence_penalty": p.presence_penalty}),
             "work": np.empty(n_vocab, dtype=np.float32),
@@ -374,6 +191,8 @@ class Sampler:
                                                    or p.presence_penalty != 0.0),
             "logits": None,  # the last float32 logits array seen, and its cffi pointer
             "logits_p": None,
+            "mask": None,  # the same for the last token bitmask
+            "mask_p": None,
         }
         for k, ctype in (("work", "float[]"), ("cand", "int32_t[]"), ("probs", "double[]"),
                          ("bias_ids", "int32_t[]"), ("bias_vals", "float[]")):
@@ -406,11 +225,16 @@ class Sampler:
                 recent = window
             n_recent = len(window)
         mask = ffi.NULL
-        if allowed is not None:
+        if allowed is None:
+            pass
+        elif allowed is c["mask"]:  # a grammar's mask: the same array every step
+            mask = c["mask_p"]
+        else:
             if allowed.dtype.itemsize != 4 or allowed.size != (n + 31) // 32 or not allowed.flags.c_contiguous:
                 raise ValueError(f"allowed must be a contiguous array of {(n + 31) // 32} 32-bit words "
                                  f"(got {allowed.size} of {allowed.dtype})")
             mask = ffi.cast("const uint32_t *", ffi.from_buffer(allowed))
+            c["mask"], c["mask_p"] = allowed, mask
         args = (c["params"], recent, n_recent, c["bias_ids_p"], c["bias_vals_p"], len(c["bias_ids"]), mask,
                 c["rng"] if draw else ffi.NULL, c["work_p"], c["cand_p"], c["probs_p"], c["n_cand"])
         try:

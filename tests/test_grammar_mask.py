@@ -1,8 +1,8 @@
 """The token bitmask of constrained decoding, applied inside the C sampler (pl_sample's
 ``allowed``), against independent definitions.
 
-Reference: the numpy sampler (``candidate_distribution``, itself tested against the
-plain definitions in test_sampling.py) run on logits where the banned tokens were set
+Reference: the numpy sampler (``candidate_distribution`` in reference_sampling.py, itself
+tested against the plain definitions in test_sampling.py) run on logits where the banned tokens were set
 to -inf by a loop over the bits written here, not by pyllama's own mask helpers. With
 the mask switched off (None) or allowing everything, the C sampler must give exactly
 what it gave before: the same distribution and the same draws for a seed.
@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyllama.sampling import Sampler, SamplingParams, candidate_distribution
-from test_sampling_c import CASES, logits_kinds
+from pyllama.sampling import Sampler, SamplingParams
+from reference_sampling import candidate_distribution
+from test_sampling import CASES, logits_kinds
 
 
 @pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
@@ -67,13 +68,13 @@ def test_masked_distribution_equals_reference(case, n, sample_threads):
             if not np.isfinite(x).any() or np.isnan(x).any():
                 continue
             words = words_from_allowed(allowed)
-            c_ids, c_probs = Sampler(params, np.random.default_rng(0)).c_distribution(logits, history, words)
+            c_ids, c_probs = Sampler(params, np.random.default_rng(0)).distribution(logits, history, words)
             assert allowed[c_ids].all(), (kind, mkind)
             ref_ids, ref_probs = candidate_distribution(x, history, params)
             keep = ref_probs > 0  # the reference keeps -inf tokens at probability 0; C drops them
             ref = dict(zip(ref_ids[keep].tolist(), ref_probs[keep].tolist()))
             if sorted(c_ids.tolist()) != sorted(ref):
-                # the knife edge of test_c_distribution_equals_numpy: a flat top_p boundary
+                # the knife edge of test_c_distribution_equals_numpy_on_large_vocabularies: a flat top_p boundary
                 assert kind == "flat" and abs(len(c_ids) - len(ref)) == 1, (kind, mkind, len(c_ids), len(ref))
                 continue
             got = np.array([ref[i] for i in c_ids.tolist()])
@@ -106,7 +107,7 @@ def test_draws_stay_in_the_mask(sample_threads):
     allowed[rng.integers(100, n, 50)] = True
     words = words_from_allowed(allowed)
     for params in (SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0), SamplingParams(),
-                   SamplingParams(temperature=0.0), SamplingParams(typical_p=0.9)):  # the last: numpy path
+                   SamplingParams(temperature=0.0), SamplingParams(typical_p=0.9)):
         s = Sampler(params, np.random.default_rng(2))
         assert all(allowed[s.sample(logits, allowed=words)] for _ in range(300))
 

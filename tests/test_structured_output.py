@@ -90,19 +90,36 @@ def test_json_object_response_format(llm):
 
 
 class _Checked(GrammarConstraint):
-    """Asks llguidance itself (validate_tokens, no bitmask) about every sampled token."""
+    """Asks llguidance itself (validate_tokens, no bitmask) about every sampled token, and
+    holds the lazy check's answer (no mask) to the mask's at every step it is used."""
 
     steps = 0
 
-    def accept(self, token):
+    def _vet(self, token):
         if token in self._end:  # the end of generation: only once the grammar is satisfied
             assert self.accepting, f"step {self.steps}: end token {token} before the grammar is complete"
         else:
             assert self.allows(token), f"step {self.steps}: token {token} is not allowed by the grammar"
+        type(self).steps += 1
+
+    def accept(self, token):
         bits = self.mask
         assert bits[token >> 5] >> (token & 31) & 1
-        type(self).steps += 1
+        self._vet(token)
         super().accept(token)
+
+    def try_accept(self, token):
+        in_mask = bool(self.fill_mask()[token >> 5] >> (token & 31) & 1)  # this step's mask, for the checks
+        self.n_masks -= 1
+        forced = token not in self._end and bool(self._matcher.compute_ff_bytes())
+        if token not in self._end and not forced:
+            assert self.allows(token) == in_mask, f"step {self.steps}: validate_tokens and the mask differ"
+        taken = super().try_accept(token)  # an end token it takes goes through accept() above
+        # with forced text the check defers to the mask (which allows only its canonical tokens)
+        assert taken == (in_mask and not forced), f"step {self.steps}: lazy {taken}, mask {in_mask} for {token}"
+        if taken and token not in self._end:
+            type(self).steps += 1
+        return taken
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -121,8 +138,33 @@ def test_every_sampled_token_is_allowed(llm, temperature):
             break
     gen.close()
     assert _Checked.steps >= len(out) > 5
+    if temperature == 0.0:  # greedy: the lazy check ran, and took the model's token at some steps
+        assert constraint.n_masks < len(out)
     if constraint.accepting:
         jsonschema.validate(json.loads(llm.detokenize(out).decode()), schema)
+
+
+def test_lazy_check_keeps_greedy_output(llm):
+    """Greedy JSON under a schema: the same tokens whether each step computes the mask or
+    first asks llguidance about the model's own choice."""
+    grammar = LlamaGrammar.from_json_schema(SCHEMAS[-2][1])
+    prompt = llm.tokenize(b"A meeting as JSON: ", add_bos=True)
+
+    def run(lazy):
+        llm.reset()
+        constraint = GrammarConstraint(llm.tokenizer, grammar, end_ids=llm.tokenizer.eot_ids, lazy=lazy)
+        gen = llm.generate(prompt, temp=0.0, grammar=constraint)
+        out = []
+        for token in gen:
+            out.append(token)
+            if token in llm.tokenizer.eot_ids or len(out) >= 120:
+                break
+        gen.close()
+        return out, constraint.n_masks
+
+    (full, full_masks), (lazy, lazy_masks) = run(False), run(True)
+    assert lazy == full
+    assert full_masks == len(full) and lazy_masks < len(lazy)  # forced text (keys, patterns) still masks
 
 
 def test_without_a_constraint_tokens_are_unchanged(llm):
