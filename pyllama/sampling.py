@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import c_error
+
 __all__ = ["SamplingParams", "Sampler", "make_rng", "log_softmax"]
 
 
@@ -243,7 +245,7 @@ class Sampler:
             window = np.clip(np.asarray(window, dtype=np.int64), -1, 2**31 - 1).astype(np.int32)
             token = lib.pl_sample(x_p, n, args[0], ffi.from_buffer("int32_t[]", window), n_recent, *args[3:])
         if token < 0:
-            raise ValueError(ffi.string(lib.pl_last_error()).decode())
+            raise ValueError(c_error("the sampler failed"))
         if draw:
             return int(token), None, None
         k = c["n_cand"][0]
