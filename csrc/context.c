@@ -16,7 +16,9 @@
 static void compute_inv_freq(pl_context *c) {
     const pl_model *m = c->m;
     const pl_config *p = &m->cfg;
-    const float *divisors = m->rope_freqs ? m->rope_freqs->data : NULL;
+    const float *divisors = m->rope_freqs ? m->rope_freqs->data /* first, as in llama.cpp */
+                            : m->rope_long ? pl_rope_longrope_divisors(p, c->n_ctx, m->rope_long->data, m->rope_short->data)
+                            : NULL;
     pl_rope_inv_freq(p, p->rope_base, 1, divisors, c->inv_freq);
     if (p->rope_base_local > 0.0f) pl_rope_inv_freq(p, p->rope_base_local, 0, NULL, c->inv_freq_local);
     else memcpy(c->inv_freq_local, c->inv_freq, (size_t)(p->head_dim / 2) * sizeof(float));
