@@ -204,6 +204,12 @@ static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, con
                          "batch's scratch: put the largest first)", i, c->n_ctx, c0->n_ctx);
             return -1;
         }
+        if (memcmp(c->inv_freq, c0->inv_freq, (size_t)(c0->m->cfg.head_dim / 2) * sizeof(float))) {
+            /* the batch's angles come from context 0's table */
+            pl_set_error("token %d's context rotates positions unlike context 0's (LongRoPE's factors depend on "
+                         "n_ctx; a rope base set in between): evaluate it on its own", i);
+            return -1;
+        }
         if (tokens[i] < 0 || tokens[i] >= c0->m->cfg.n_vocab) {
             pl_set_error("token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
                          c0->m->cfg.n_vocab);

@@ -268,3 +268,23 @@ def test_phi3_longrope_bad_factors_are_named(tmp_path, case, message):
     path = longrope_gguf(tmp_path / f"{case}.gguf", **kwargs)
     with pytest.raises(ModelError, match=message):
         Llama(model_path=path, n_ctx=16, verbose=False)
+
+
+def test_phi3_longrope_batch_of_forks(tmp_path):
+    """Forks evaluated in one batch rotate with the batch's first context's table: forks whose n_ctx
+    picks the same factor set give their own eval's logits; one with the other set is refused."""
+    from pyllama import PyllamaError
+    from pyllama.batch import eval_batch
+
+    path = longrope_gguf(tmp_path / "p.gguf", n_layers=2, orig_ctx=16)
+    rng = np.random.default_rng(5)
+    a, b = ([int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 9)] for _ in range(2))
+    parent = Llama(model_path=path, n_ctx=32, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    same = parent.fork(n_ctx=24)  # also above the original 16: the long factors
+    eval_batch([(parent, a), (same, b)])
+    alone = Llama(model_path=path, n_ctx=24, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    alone.eval(b)
+    np.testing.assert_allclose(same.logits, alone.logits, rtol=1e-4, atol=1e-4)
+    other = parent.fork(n_ctx=16)  # the short factors
+    with pytest.raises(PyllamaError, match="rotates positions unlike context 0's"):
+        eval_batch([(parent, a[:1]), (other, b)])
