@@ -288,3 +288,18 @@ def test_phi3_longrope_batch_of_forks(tmp_path):
     other = parent.fork(n_ctx=16)  # the short factors
     with pytest.raises(PyllamaError, match="rotates positions unlike context 0's"):
         eval_batch([(parent, a[:1]), (other, b)])
+
+
+def test_phi3_longrope_switches_just_above_the_original_context(tmp_path):
+    """n_ctx = original context: the short factors; one more: the long ones (the numpy reference
+    told which set each context takes)."""
+    path = longrope_gguf(tmp_path / "p.gguf", n_layers=2, orig_ctx=12)
+    tokens = [int(t) for t in np.random.default_rng(2).integers(0, tiny_models.n_vocab_of("gpt2"), 10)]
+    model = reference.ReferenceModel(path)
+    got = {}
+    for n_ctx in (12, 13):
+        llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+        llm.eval(tokens, logits_all=True)
+        got[n_ctx] = np.asarray(llm.eval_logits, dtype=np.float64)
+        assert reference.rel_err(got[n_ctx], reference.forward(model, tokens, n_ctx=n_ctx)) < 1e-4, n_ctx
+    assert reference.rel_err(got[12], got[13]) > 0.05
