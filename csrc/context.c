@@ -16,7 +16,9 @@
 static void compute_inv_freq(pl_context *c) {
     const pl_model *m = c->m;
     const pl_config *p = &m->cfg;
-    const float *divisors = m->rope_freqs ? m->rope_freqs->data : NULL;
+    const float *divisors = m->rope_freqs ? m->rope_freqs->data /* first, as in llama.cpp */
+                            : m->rope_long ? pl_rope_longrope_divisors(p, c->n_ctx, m->rope_long->data, m->rope_short->data)
+                            : NULL;
     pl_rope_inv_freq(p, p->rope_base, 1, divisors, c->inv_freq);
     if (p->rope_base_local > 0.0f) pl_rope_inv_freq(p, p->rope_base_local, 0, NULL, c->inv_freq_local);
     else memcpy(c->inv_freq_local, c->inv_freq, (size_t)(p->head_dim / 2) * sizeof(float));
@@ -200,6 +202,12 @@ static int check_multi_batch(pl_context *const *ctxs, const int32_t *tokens, con
         if (c->n_ctx > c0->n_ctx) {
             pl_set_error("token %d's context has n_ctx %d, more than context 0's %d (context 0 holds the "
                          "batch's scratch: put the largest first)", i, c->n_ctx, c0->n_ctx);
+            return -1;
+        }
+        if (memcmp(c->inv_freq, c0->inv_freq, (size_t)(c0->m->cfg.head_dim / 2) * sizeof(float))) {
+            /* the batch's angles come from context 0's table */
+            pl_set_error("token %d's context rotates positions unlike context 0's (LongRoPE's factors depend on "
+                         "n_ctx; a rope base set in between): evaluate it on its own", i);
             return -1;
         }
         if (tokens[i] < 0 || tokens[i] >= c0->m->cfg.n_vocab) {

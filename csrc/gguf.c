@@ -504,6 +504,15 @@ static int read_config(const metadata *md, pl_config *cfg) {
         return -1;
     }
     if (cfg->rope_scaling == PL_ROPE_SCALING_NONE) cfg->rope_scale_factor = 1.0f;
+    if (!cfg->rope_orig_ctx) cfg->rope_orig_ctx = cfg->n_ctx_train; /* as llama.cpp's n_ctx_orig_yarn */
+    /* LongRoPE's magnitude correction: llama.cpp and transformers multiply cos and sin by it */
+    cfg->rope_attn_factor = 1.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.attn_factor", arch);
+    if (get_float(md, key, &cfg->rope_attn_factor) < 0) return -1;
+    if (!(cfg->rope_attn_factor > 0.0f) || !isfinite(cfg->rope_attn_factor)) {
+        pl_set_error("metadata key '%s' must be a positive number (got %g)", key, cfg->rope_attn_factor);
+        return -1;
+    }
     if (read_window(md, arch, cfg)) return -1;
 
     /* The vocabulary size is the token list's length; the embedding tensor is checked against it. */

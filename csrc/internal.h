@@ -71,6 +71,7 @@ struct pl_model {
     const pl_tensor *output_norm;
     const pl_tensor *output;    /* == tok_embd when tied */
     const pl_tensor *rope_freqs;/* optional per-dimension frequency divisors (llama3) */
+    const pl_tensor *rope_long, *rope_short; /* LongRoPE's divisors (Phi-3 128k): both or neither */
     pl_layer *layers;
     const pl_tensor **by_name;  /* the tensors sorted by name (pl_index_tensors) */
     pl_metadata_entry *metadata;/* GGUF metadata entries, pointing into the mapping (gguf.c) */

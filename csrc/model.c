@@ -163,6 +163,29 @@ static int bind_ffn(pl_model *m, int l, pl_layer *L, int repack) {
 }
 #undef BIND
 
+/* Per-pair divisors of the rotary frequencies (rope_freqs; LongRoPE's long and short sets):
+ * head_dim/2 positive floats. *out stays NULL when the file has no such tensor. */
+static int bind_rope_divisors(pl_model *m, const char *name, const pl_tensor **out) {
+    const int half = m->cfg.head_dim / 2;
+    const pl_tensor *t = pl_find_tensor(m, name);
+    *out = NULL;
+    if (!t) return 0;
+    if (t->type != PL_TYPE_F32 && t->type != PL_TYPE_F16 && t->type != PL_TYPE_BF16) {
+        pl_set_error("tensor '%s' has type %s; rope frequency factors must be F32, F16 or BF16", name,
+                     pl_type_name(t->type));
+        return -1;
+    }
+    if (!(t = find_checked(m, name, half, 0, 1)) || vector_to_f32(m, t)) return -1;
+    const float *d = t->data;
+    for (int i = 0; i < half; i++)
+        if (!(d[i] > 0.0f) || !isfinite(d[i])) {
+            pl_set_error("tensor '%s' holds %g at index %d; rope frequency factors must be positive", name, d[i], i);
+            return -1;
+        }
+    *out = t;
+    return 0;
+}
+
 /* Which layers see a window, and with which RoPE (pl_layer's options from the config). */
 static void set_layer_options(const pl_config *c, int l, pl_layer *L) {
     const int windowed = c->sliding_window > 0 && (c->swa_period == 0 || l % c->swa_period != c->swa_period - 1);
@@ -183,6 +206,10 @@ int pl_model_bind(pl_model *m) {
     }
 
     if (c->attn_scale == 0.0f) c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    /* LongRoPE's attention factor scales cos and sin, so q and k each (llama.cpp, transformers): the
+     * scores by its square. Applied here instead, the cached keys stay pure rotations, which a
+     * context shift can rotate back without compounding the factor. */
+    if (c->rope_attn_factor > 0.0f) c->attn_scale *= c->rope_attn_factor * c->rope_attn_factor;
 
     const pl_tensor *emb = pl_find_tensor(m, "token_embd.weight");
     if (!emb) {
@@ -202,14 +229,13 @@ int pl_model_bind(pl_model *m) {
     }
     if (vector_to_f32(m, m->output_norm)) return -1;
 
-    m->rope_freqs = pl_find_tensor(m, "rope_freqs.weight");
-    if (m->rope_freqs) {
-        if (!(m->rope_freqs = find_checked(m, "rope_freqs.weight", c->head_dim / 2, 0, 1))) return -1;
-        if (vector_to_f32(m, m->rope_freqs)) return -1;
-    }
-
-    if (pl_find_tensor(m, "rope_factors_long.weight")) {
-        pl_set_error("long-context RoPE factors (tensor 'rope_factors_long.weight', Phi-3 128k) are not supported");
+    if (bind_rope_divisors(m, "rope_freqs.weight", &m->rope_freqs) ||
+        bind_rope_divisors(m, "rope_factors_long.weight", &m->rope_long) ||
+        bind_rope_divisors(m, "rope_factors_short.weight", &m->rope_short))
+        return -1;
+    if (!m->rope_long != !m->rope_short) {
+        pl_set_error("tensor '%s' is missing (LongRoPE needs both the long and the short factors)",
+                     m->rope_long ? "rope_factors_short.weight" : "rope_factors_long.weight");
         return -1;
     }
 

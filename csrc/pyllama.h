@@ -75,7 +75,8 @@ typedef struct {
     float rope_scale_factor;        /* linear / llama3 factor */
     float rope_low_freq_factor;     /* llama3 */
     float rope_high_freq_factor;    /* llama3 */
-    int rope_orig_ctx;              /* llama3 original context */
+    int rope_orig_ctx;              /* original training context: llama3's rule; LongRoPE's switch */
+    float rope_attn_factor;         /* rope.scaling.attn_factor (LongRoPE): q and k times it; 0 or 1: none */
     int tied_output;  /* 1 when the output layer reuses token_embd */
     int has_qkv_bias; /* 1 for qwen2-style attention biases */
     /* a family's differences from llama (forward.c); zero everywhere is llama */
@@ -83,7 +84,7 @@ typedef struct {
     int post_norms;       /* 1: attention and FFN outputs RMS-normalized before their residual add (gemma) */
     int activation;       /* PL_ACT_* */
     int scale_embeddings; /* 1: embeddings multiplied by sqrt(dim) (gemma) */
-    float attn_scale;     /* scores = q.k * attn_scale; 0 means 1/sqrt(head_dim) */
+    float attn_scale;     /* scores = q.k * attn_scale; 0 means 1/sqrt(head_dim); loading folds in rope_attn_factor^2 */
     int sliding_window;   /* 0: none; else how many positions a windowed layer's query sees, itself included */
     int swa_period;       /* with a window: 0 windows every layer; n windows all but layers n-1, 2n-1, ... */
     float rope_base_local;/* nonzero: windowed layers' RoPE base, unscaled (gemma3); 0: they use the global RoPE */

@@ -30,6 +30,10 @@ void pl_rope_inv_freq(const pl_config *c, float base, int scaled, const float *d
     }
 }
 
+const float *pl_rope_longrope_divisors(const pl_config *c, int n_ctx, const float *long_set, const float *short_set) {
+    return n_ctx > c->rope_orig_ctx ? long_set : short_set;
+}
+
 void pl_rope_angles(float *cs, int pos, const float *inv_freq, int half) {
     for (int i = 0; i < half; i++) {
         float theta = (float)pos * inv_freq[i];

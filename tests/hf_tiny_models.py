@@ -19,7 +19,8 @@ tested here, so the tiny byte-level BPE vocabulary of tests/tiny_models.py is wr
 instead of the converter's tokenizer step (which wants a real tokenizer's files). For
 Mistral the converter writes `llama` and drops the sliding window (llama.cpp ignores
 Mistral's window); the window is added to the file here so that pyllama's windowed
-attention is checked against transformers'.
+attention is checked against transformers'. `phi3-longrope` (LONGROPE below) is Phi-3 with
+the 128k variants' rope scaling, run at two lengths.
 """
 
 from __future__ import annotations
@@ -32,10 +33,23 @@ FAMILIES = ("qwen3", "llama3", "mistral", "phi3", "gemma3")
 N_VOCAB = 269  # tests/tiny_models.gpt2_vocab()
 SEQ_LEN = 14   # longer than the windows below, so windowed layers drop positions
 
+# Phi-3 with LongRoPE (the 128k variants' rope scaling), tested in both regimes on one model.
+# transformers takes the long factors when a forward call's sequence is longer than the original
+# context, llama.cpp (and pyllama) when the context size n_ctx is: the short run is SEQ_LEN tokens
+# with n_ctx = LONGROPE_ORIG_CTX (short in both), the long run LONGROPE_LONG_LEN tokens with n_ctx
+# LONGROPE_LONG_CTX (long in both). It is written as FAMILY.long.tokens.npy / .long.logits.npy
+# beside the short run's files.
+LONGROPE = "phi3-longrope"
+LONGROPE_ORIG_CTX = 16
+LONGROPE_LONG_LEN = 24
+LONGROPE_LONG_CTX = 32
+LONGROPE_SHORT_FACTORS = [1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0]
+LONGROPE_LONG_FACTORS = [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
-def token_sequence():
+
+def token_sequence(n=SEQ_LEN):
     import numpy as np
-    return np.random.default_rng(7).integers(0, N_VOCAB, SEQ_LEN)
+    return np.random.default_rng(7).integers(0, N_VOCAB, n)
 
 
 def hf_config(family: str):
@@ -57,12 +71,19 @@ def hf_config(family: str):
     if family == "phi3":
         return "Phi3ForCausalLM", tf.Phi3Config(**common, num_hidden_layers=2, original_max_position_embeddings=64,
                                                 tie_word_embeddings=False)
+    if family == LONGROPE:
+        # max_position_embeddings / original = 4: attention factor sqrt(1 + ln 4 / ln 16) = 1.22
+        rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": LONGROPE_SHORT_FACTORS,
+                "long_factor": LONGROPE_LONG_FACTORS, "original_max_position_embeddings": LONGROPE_ORIG_CTX}
+        return "Phi3ForCausalLM", tf.Phi3Config(**common, num_hidden_layers=2,
+                                                original_max_position_embeddings=LONGROPE_ORIG_CTX,
+                                                rope_parameters=rope, tie_word_embeddings=False)
     if family == "gemma3":
         # 7 layers: five windowed, a global one, a windowed one; query_pre_attn_scalar = head_dim as in
         # every Gemma 3 but 27B (llama.cpp scales queries by 1/sqrt(head_dim) for them)
         return "Gemma3ForCausalLM", tf.Gemma3TextConfig(**common, num_hidden_layers=7, head_dim=16,
                                                         query_pre_attn_scalar=16, sliding_window=4)
-    raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES + (LONGROPE,))})")
 
 
 def build_hf_model(family: str, model_dir: Path):
@@ -136,6 +157,10 @@ def main(argv):
     tokens = token_sequence()
     np.save(out_dir / f"{family}.tokens.npy", tokens)
     np.save(out_dir / f"{family}.logits.npy", hf_logits(model, tokens))
+    if family == LONGROPE:
+        long_tokens = token_sequence(LONGROPE_LONG_LEN)
+        np.save(out_dir / f"{family}.long.tokens.npy", long_tokens)
+        np.save(out_dir / f"{family}.long.logits.npy", hf_logits(model, long_tokens))
     convert(family, model_dir, out_dir / f"{family}.gguf", converter_dir)
 
 

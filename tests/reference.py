@@ -31,6 +31,12 @@ Family options (from the published model descriptions and the GGUF conventions):
 - a window of W (attention.sliding_window): query at position i sees keys
   j with i - W < j <= i.
 - phi3: attn_qkv holds Q, K, V rows stacked; ffn_up holds gate rows, then up.
+  LongRoPE (Phi-3 128k, Phi-3.5; Microsoft's LongRoPE paper, transformers'
+  "longrope" rope type): rope_factors_long / rope_factors_short hold per-pair
+  divisors of the rotary frequencies, the long set used when the context is
+  longer than {arch}.rope.scaling.original_context_length (llama.cpp decides by
+  the context size n_ctx, transformers by the sequence length: `forward` takes
+  n_ctx); cos and sin are multiplied by {arch}.rope.scaling.attn_factor.
 
 `act_quant=True` additionally models what llama.cpp-style engines do for
 quantized weights: the input vector of every matrix product with a quantized
@@ -89,6 +95,13 @@ class ReferenceModel:
                 float(md.get(f"{a}.rope.scaling.low_freq_factor", 1.0)),
                 float(md.get(f"{a}.rope.scaling.high_freq_factor", 4.0)),
                 float(md.get(f"{a}.rope.scaling.original_context_length", 8192)))
+        # LongRoPE: two divisor sets, chosen by the context size (forward's n_ctx)
+        self.long_factors = self.short_factors = None
+        if "rope_factors_long.weight" in self.tensors and self.freq_factors is None:
+            self.long_factors = self.weight("rope_factors_long.weight")
+            self.short_factors = self.weight("rope_factors_short.weight")
+        self.rope_orig_ctx = int(md.get(f"{a}.rope.scaling.original_context_length", md[f"{a}.context_length"]))
+        self.rope_attn_factor = float(md.get(f"{a}.rope.scaling.attn_factor", 1.0))
         self.n_vocab = int(self.tensors["token_embd.weight"].shape[1])
         self.tied = "output.weight" not in self.tensors
         if f"{a}.attention.key_length" in md:
@@ -159,11 +172,12 @@ def rope_angles(positions, n_rot, base, linear_factor=1.0, freq_factors=None):
     return pos[:, None] * inv[None, :]
 
 
-def apply_rope(x, angles, n_rot, neox):
-    """x: (n_pos, n_heads, head_dim). Rotates the first n_rot dims of every head."""
+def apply_rope(x, angles, n_rot, neox, mscale=1.0):
+    """x: (n_pos, n_heads, head_dim). Rotates the first n_rot dims of every head (cos and sin
+    times mscale: LongRoPE's attention factor)."""
     x = x.copy()
-    c = np.cos(angles)[:, None, :]
-    s = np.sin(angles)[:, None, :]
+    c = mscale * np.cos(angles)[:, None, :]
+    s = mscale * np.sin(angles)[:, None, :]
     if neox:
         half = n_rot // 2
         a = x[..., :half].copy()
@@ -190,8 +204,11 @@ def quantize_activations_q8(x):
     return (q.astype(np.float64) * d.astype(np.float64)).reshape(shape)
 
 
-def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_half=False, hidden=False):
+def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_half=False, hidden=False, n_ctx=None):
     """Logits (len(tokens), n_vocab) in float64 for tokens at positions 0..n-1 (causal).
+
+    n_ctx: the context size the engine was given (None: len(tokens)); it picks LongRoPE's
+    factor set, long when n_ctx > the original training context.
 
     kv_half: keys (after RoPE) and values rounded to IEEE half, as an F16 KV cache
     stores them (numpy's float16 cast rounds to nearest even).
@@ -235,7 +252,10 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_ha
     if model.gemma:
         x *= math.sqrt(model.dim)
     linear = model.rope_factor if model.rope_scaling == "linear" else 1.0
-    angles = rope_angles(np.arange(n), model.n_rot, model.rope_base, linear, model.freq_factors)
+    factors = model.freq_factors
+    if model.long_factors is not None:
+        factors = model.long_factors if (n if n_ctx is None else n_ctx) > model.rope_orig_ctx else model.short_factors
+    angles = rope_angles(np.arange(n), model.n_rot, model.rope_base, linear, factors)
     if model.local_rope_base:
         local_angles = rope_angles(np.arange(n), model.n_rot, model.local_rope_base)
     mask = np.triu(np.full((n, n), -np.inf), k=1)
@@ -252,8 +272,8 @@ def forward(model: ReferenceModel, tokens, act_quant=False, n_layers=None, kv_ha
         q = head_norm(q.reshape(n, H, hd), p + "attn_q_norm.weight")
         k = head_norm(k.reshape(n, KV, hd), p + "attn_k_norm.weight")
         v = v.reshape(n, KV, hd)
-        q = apply_rope(q, layer_angles, model.n_rot, model.rope_neox)
-        k = apply_rope(k, layer_angles, model.n_rot, model.rope_neox)
+        q = apply_rope(q, layer_angles, model.n_rot, model.rope_neox, model.rope_attn_factor)
+        k = apply_rope(k, layer_angles, model.n_rot, model.rope_neox, model.rope_attn_factor)
         if kv_half:
             k = k.astype(np.float16).astype(np.float64)
             v = v.astype(np.float16).astype(np.float64)

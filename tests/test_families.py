@@ -8,7 +8,8 @@ left is summation order, observed around 1e-6). Every family's difference from l
 on that path: QK-norm (qwen3, gemma3), llama3 RoPE scaling and a tied output (llama3),
 sliding-window attention shorter than the sequence (mistral, gemma3's local layers with
 their own RoPE base), fused QKV and gate/up tensors (phi3), embedding scale, post norms,
-GELU and norm weights stored as 1 + w (gemma3).
+GELU and norm weights stored as 1 + w (gemma3). Phi-3's LongRoPE (the 128k variants) is
+checked in both of its regimes, with context shifts and malformed factor tensors, below.
 
 Skips (with the reason) when torch, transformers or llama.cpp's converter are absent.
 The generated files go to a cache directory (PYLLAMA_TEST_CACHE or ~/.cache/pyllama-tests/families).
@@ -153,3 +154,152 @@ def test_gemma3_context_shift_matches_fresh_evaluation(tmp_path, pattern):
     # and the file's numbers are the float64 reference's
     expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]])[-1]
     assert reference.rel_err(ref.logits, expected) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Phi-3 LongRoPE (the 128k variants): per-pair frequency divisors, a long and a short set chosen
+# by the context size, and an attention factor on cos and sin. tests/hf_tiny_models.py explains
+# how the two runs make transformers (which decides by sequence length) and pyllama (by n_ctx)
+# use the same set.
+
+LONGROPE_RUNS = {"short": ("", hf_tiny_models.LONGROPE_ORIG_CTX),
+                 "long": (".long", hf_tiny_models.LONGROPE_LONG_CTX)}
+
+
+def longrope_run(regime):
+    path = tiny_family(hf_tiny_models.LONGROPE)
+    suffix, n_ctx = LONGROPE_RUNS[regime]
+    tokens = [int(t) for t in np.load(path.with_suffix(f"{suffix}.tokens.npy"))]
+    return path, tokens, np.load(path.with_suffix(f"{suffix}.logits.npy")), n_ctx
+
+
+@pytest.mark.parametrize("regime", LONGROPE_RUNS)
+def test_phi3_longrope_matches_transformers(regime):
+    """Batch and token-by-token logits equal transformers' in each regime; so does the float64
+    reference, and pyllama equals the reference more closely still."""
+    path, tokens, expected, n_ctx = longrope_run(regime)
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, verbose=False, type_k="f32", type_v="f32")
+    llm.eval(tokens, logits_all=True)
+    ours = np.asarray(llm.eval_logits, dtype=np.float64)
+    err = reference.rel_err(ours, expected)
+    assert err < TOL, f"{regime}: rel_err {err:.3g} vs transformers"
+    llm.reset()
+    for i, t in enumerate(tokens):
+        llm.eval([t])
+        err = reference.rel_err(np.asarray(llm.logits, dtype=np.float64), expected[i])
+        assert err < TOL, f"{regime}: token {i}: rel_err {err:.3g} vs transformers"
+    ref = reference.forward(reference.ReferenceModel(path), tokens, n_ctx=n_ctx)
+    assert reference.rel_err(ref, expected) < TOL
+    assert reference.rel_err(ours, ref) < 1e-4
+
+
+def test_phi3_longrope_factor_set_and_attention_factor_matter():
+    """The comparisons above can fail: the other factor set, or no attention factor, is far off."""
+    path, tokens, expected, _ = longrope_run("short")
+    llm = Llama(model_path=str(path), n_ctx=hf_tiny_models.LONGROPE_LONG_CTX, n_threads=1, verbose=False,
+                type_k="f32", type_v="f32")
+    llm.eval(tokens, logits_all=True)  # n_ctx above the original context: the long factors
+    assert reference.rel_err(np.asarray(llm.eval_logits, dtype=np.float64), expected) > 0.1
+    model = reference.ReferenceModel(path)
+    assert model.rope_attn_factor == pytest.approx((1 + np.log(4) / np.log(16)) ** 0.5, rel=1e-6)
+    model.rope_attn_factor = 1.0
+    assert reference.rel_err(reference.forward(model, tokens, n_ctx=hf_tiny_models.LONGROPE_ORIG_CTX),
+                             expected) > 0.1
+
+
+def longrope_gguf(path, n_layers=1, orig_ctx=8, attn_factor=1.3, long=None, short=None, long_type="F32",
+                  metadata=None):
+    """A tiny phi3 file (tests/tiny_models.py's writer, gate and up fused as phi3 stores them) with
+    LongRoPE factors; long/short: divisor arrays (None: defaults; False: leave the tensor out)."""
+    import gguf
+
+    spec = tiny_models.TinySpec(arch="phi3", n_layers=n_layers, extra_metadata={
+        "phi3.rope.scaling.original_context_length": (orig_ctx, gguf.GGUFValueType.UINT32),
+        "phi3.rope.scaling.attn_factor": (attn_factor, gguf.GGUFValueType.FLOAT32), **(metadata or {})})
+    half = spec.head_dim // 2
+    weights = tiny_models.random_weights(spec)
+    for layer in range(n_layers):
+        gate = weights.pop(f"blk.{layer}.ffn_gate.weight")
+        weights[f"blk.{layer}.ffn_up.weight"] = np.concatenate([gate, weights[f"blk.{layer}.ffn_up.weight"]])
+    sets = {"rope_factors_long.weight": np.linspace(1.5, 8.0, half) if long is None else long,
+            "rope_factors_short.weight": np.linspace(1.0, 2.0, half) if short is None else short}
+    for name, values in sets.items():
+        if values is not False:
+            weights[name] = np.asarray(values, dtype=np.float32)
+    spec.type_overrides["rope_factors_long.weight"] = long_type
+    return str(tiny_models.write_tiny_gguf(path, spec, weights))
+
+
+@pytest.mark.parametrize("orig_ctx", [8, 16], ids=["long", "short"])
+def test_phi3_longrope_context_shift_matches_fresh_evaluation(tmp_path, orig_ctx):
+    """One layer (keys depend on their token alone): after a shift the cache equals a fresh
+    evaluation of the kept tokens, so keys are re-rotated with the context's factor set, and the
+    attention factor is not compounded on the shifted keys (llama.cpp's shift multiplies the
+    cached keys by it once more; pyllama applies it to the scores, keeping keys pure rotations)."""
+    path = longrope_gguf(tmp_path / "p.gguf", orig_ctx=orig_ctx)
+    rng = np.random.default_rng(3)
+    tokens = [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)]
+    keep, discard, rest = tokens[:2], tokens[2:6], tokens[6:10]
+    shifted = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    shifted.eval(keep + discard + rest)
+    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
+    shifted.eval([tokens[10]])
+    fresh = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    fresh.eval(keep + rest + [tokens[10]])
+    np.testing.assert_allclose(shifted.logits, fresh.logits, rtol=1e-4, atol=1e-4)
+    expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]], n_ctx=16)[-1]
+    assert reference.rel_err(fresh.logits, expected) < 1e-4
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no-short", r"tensor 'rope_factors_short\.weight' is missing"),
+    ("no-long", r"tensor 'rope_factors_long\.weight' is missing"),
+    ("misshapen", r"tensor 'rope_factors_long\.weight' has shape \[9, 1\]"),
+    ("quantized", r"tensor 'rope_factors_long\.weight' has type Q8_0"),
+    ("zero", r"tensor 'rope_factors_short\.weight' holds 0 at index 3"),
+    ("negative-attn-factor", r"'phi3\.rope\.scaling\.attn_factor' must be a positive number"),
+])
+def test_phi3_longrope_bad_factors_are_named(tmp_path, case, message):
+    zero = np.linspace(1.0, 2.0, 8)
+    zero[3] = 0.0
+    kwargs = {"no-short": dict(short=False), "no-long": dict(long=False), "misshapen": dict(long=np.ones(9)),
+              "quantized": dict(long=np.ones(32), long_type="Q8_0"), "zero": dict(short=zero),
+              "negative-attn-factor": dict(attn_factor=-1.0)}[case]
+    path = longrope_gguf(tmp_path / f"{case}.gguf", **kwargs)
+    with pytest.raises(ModelError, match=message):
+        Llama(model_path=path, n_ctx=16, verbose=False)
+
+
+def test_phi3_longrope_batch_of_forks(tmp_path):
+    """Forks evaluated in one batch rotate with the batch's first context's table: forks whose n_ctx
+    picks the same factor set give their own eval's logits; one with the other set is refused."""
+    from pyllama import PyllamaError
+    from pyllama.batch import eval_batch
+
+    path = longrope_gguf(tmp_path / "p.gguf", n_layers=2, orig_ctx=16)
+    rng = np.random.default_rng(5)
+    a, b = ([int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 9)] for _ in range(2))
+    parent = Llama(model_path=path, n_ctx=32, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    same = parent.fork(n_ctx=24)  # also above the original 16: the long factors
+    eval_batch([(parent, a), (same, b)])
+    alone = Llama(model_path=path, n_ctx=24, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    alone.eval(b)
+    np.testing.assert_allclose(same.logits, alone.logits, rtol=1e-4, atol=1e-4)
+    other = parent.fork(n_ctx=16)  # the short factors
+    with pytest.raises(PyllamaError, match="rotates positions unlike context 0's"):
+        eval_batch([(parent, a[:1]), (other, b)])
+
+
+def test_phi3_longrope_switches_just_above_the_original_context(tmp_path):
+    """n_ctx = original context: the short factors; one more: the long ones (the numpy reference
+    told which set each context takes)."""
+    path = longrope_gguf(tmp_path / "p.gguf", n_layers=2, orig_ctx=12)
+    tokens = [int(t) for t in np.random.default_rng(2).integers(0, tiny_models.n_vocab_of("gpt2"), 10)]
+    model = reference.ReferenceModel(path)
+    got = {}
+    for n_ctx in (12, 13):
+        llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+        llm.eval(tokens, logits_all=True)
+        got[n_ctx] = np.asarray(llm.eval_logits, dtype=np.float64)
+        assert reference.rel_err(got[n_ctx], reference.forward(model, tokens, n_ctx=n_ctx)) < 1e-4, n_ctx
+    assert reference.rel_err(got[12], got[13]) > 0.05
