@@ -1,4 +1,4 @@
-"""Constrained generation on the fake model of test_chat_fake (byte vocabulary, random
+"""Constrained generation on the fake model of support/fake_llama.py (byte vocabulary, random
 logits): a model with no preference at all explores the grammar widely, so every one of
 the 30 schemas is sampled at temperature 1 and its output validated with ``jsonschema``,
 without a real model. Also the chat's tool loop (--tools) with a scripted model."""
@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("llguidance", reason="constrained decoding needs the llguidance package")
 jsonschema = pytest.importorskip("jsonschema", reason="the tests validate output with the jsonschema package")
 
-from json_schemas import SCHEMAS  # noqa: E402
-from test_chat_fake import FakeLlama  # noqa: E402
+from support.json_schemas import SCHEMAS  # noqa: E402
+from support.fake_llama import FakeLlama  # noqa: E402
 
 from pyllama.grammar import LlamaGrammar  # noqa: E402
 

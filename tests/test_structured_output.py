@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("llguidance", reason="constrained decoding needs the llguidance package")
 jsonschema = pytest.importorskip("jsonschema", reason="the tests validate output with the jsonschema package")
 
-from json_schemas import SCHEMAS  # noqa: E402
+from support.json_schemas import SCHEMAS  # noqa: E402
 from pyllama.grammar import GrammarConstraint, LlamaGrammar  # noqa: E402
 
 pytestmark = pytest.mark.slow
