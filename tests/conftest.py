@@ -6,7 +6,7 @@
   use (PYLLAMA_TEST_NO_FETCH=1: use the cache only). Tests using it skip with
   the reason when it is unavailable (no network, fetch failed).
 - `tiny_model_factory`: writes tiny random GGUF models (tests/support/tiny_models.py)
-  into a session temp dir, one file per distinct spec.
+  into a session temp dir, one file per distinct spec; `tiny_path`: the default one's path.
 - markers: `slow` (real-model tests), `subprocess` (tests that spawn interpreters),
   `perf` (checks of memory placement: page cache, huge pages, resident memory; they run by
   default and assert no timings -- speed is measured in bench/; `-m "not perf"` leaves them out
@@ -84,3 +84,9 @@ def tiny_model_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny_model_factory) -> str:
+    """The default tiny model (TinySpec()), as the path string Llama(model_path=...) takes."""
+    return str(tiny_model_factory())

@@ -26,11 +26,6 @@ from pyllama.state import LlamaState
 TOKENS = [5, 17, 3, 42, 9, 28, 11, 7, 30, 2, 19, 23]
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tiny_model_factory):
-    return str(tiny_model_factory())
-
-
 def fresh(path, **kw):
     kw.setdefault("n_ctx", 64)
     kw.setdefault("n_threads", 1)

@@ -19,11 +19,6 @@ import pyllama
 from pyllama import ContextOverflowError, Llama, ModelError
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tiny_model_factory):
-    return str(tiny_model_factory())
-
-
 def fresh(path, **kw):
     kw.setdefault("n_ctx", 64)
     kw.setdefault("n_threads", 2)

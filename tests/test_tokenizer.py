@@ -93,19 +93,18 @@ def test_long_text_matches_sentencepiece(spm_tokenizers, sp, kind):
     assert spm_tokenizers[kind].tokenize(text, add_bos=False) == sp.encode(text)
 
 
-@needs_shared
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=60))
-def test_random_text_matches_sentencepiece(spm_tokenizers, sp, text):
-    want = sp.encode(text)
-    for kind in KINDS:
-        assert spm_tokenizers[kind].tokenize(text, add_bos=False) == want, kind
+RANDOM_TEXTS = {
+    "any": st.text(max_size=60),
+    "tricky": st.text(alphabet=st.sampled_from(list("ab <>/s\n▁x.é中😀")), max_size=40),  # spaces, markers
+}
 
 
 @needs_shared
+@pytest.mark.parametrize("texts", list(RANDOM_TEXTS))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.sampled_from(list("ab <>/s\n▁x.é中😀")), max_size=40))
-def test_random_tricky_text_matches_sentencepiece(spm_tokenizers, sp, text):
+@given(data=st.data())
+def test_random_text_matches_sentencepiece(spm_tokenizers, sp, texts, data):
+    text = data.draw(RANDOM_TEXTS[texts], label="text")
     want = sp.encode(text)
     for kind in KINDS:
         assert spm_tokenizers[kind].tokenize(text, add_bos=False) == want, kind
