@@ -8,9 +8,8 @@
 - `tiny_model_factory`: writes tiny random GGUF models (tests/support/tiny_models.py)
   into a session temp dir, one file per distinct spec; `tiny_path`: the default one's path.
 - markers: `slow` (real-model tests), `subprocess` (tests that spawn interpreters),
-  `perf` (checks of memory placement: page cache, huge pages, resident memory; they run by
-  default and assert no timings -- speed is measured in bench/; `-m "not perf"` leaves them out
-  on machines whose kernel or load makes them meaningless).
+  `perf` (where memory lives: page cache, huge pages, resident set; they run by default
+  and time nothing -- speed is measured in bench/; `-m "not perf"` leaves them out).
 
 Layout: test_*.py are the tests; support/ holds the independent references and test inputs
 they import (`from support import reference`); recorders/ the scripts that recorded other
