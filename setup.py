@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "gguf>=0.10", "pytest-benchmark>=4", "pexpect>=4.8",
-                 "tokenizers>=0.19",  # the reference BPE for tests/test_bpe_c.py (ignore_merges needs 0.19)
+                 "tokenizers>=0.19",  # the reference BPE for tests/test_bpe.py (ignore_merges needs 0.19)
                  "jsonschema>=4"],  # the validator constrained JSON output is checked with
         "hub": ["huggingface_hub>=0.20"],
         # the OpenAI-compatible server: the stack llama-cpp-python's server uses

@@ -42,6 +42,6 @@ PY
 # the BPE tables, sampling, quantized blocks, the forward pass, the Python API and the fuzz
 # harnesses' seeds. (The kernel-vs-scalar sweep is left to the plain run: long under ASan.)
 python -m pytest -q -p no:cacheprovider \
-    tests/test_gguf_reader.py tests/test_bad_files.py tests/test_llama2c.py tests/test_bpe_c.py \
+    tests/test_gguf_reader.py tests/test_bad_files.py tests/test_llama2c.py tests/test_bpe.py \
     tests/test_tokenizer_gguf.py tests/test_tokenizer_metadata.py tests/test_sampling.py \
     tests/test_quants.py tests/test_forward.py tests/test_llama_api.py tests/test_fuzz_harnesses.py

@@ -1,5 +1,5 @@
 /*
- * forward.c - the transformer's forward pass. The spec is tests/reference.py (an
+ * forward.c - the transformer's forward pass. The spec is tests/support/reference.py (an
  * independent numpy implementation the tests compare against); this is the same
  * computation, split over a thread team.
  *

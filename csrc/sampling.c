@@ -6,7 +6,7 @@
  * little next to a forward pass: no full sort of the vocabulary. The k-th
  * largest logit (top-k) and the top-p boundary are found by bucketing the
  * logits below the maximum in one pass and sorting only the boundary bucket.
- * tests/reference_sampling.py holds the numpy definition this is tested against.
+ * tests/support/reference_sampling.py holds the numpy definition this is tested against.
  */
 #include <float.h>
 #include <math.h>

@@ -23,7 +23,7 @@ Definitions (p = softmax of the current candidates' logits):
 * temperature: divide the logits by it; temperature <= 0 means greedy
   (argmax after bias and penalties; the other filters do not matter).
 
-Each filter keeps at least one token. tests/reference_sampling.py is the same chain
+Each filter keeps at least one token. tests/support/reference_sampling.py is the same chain
 written in numpy, the definition the C code is tested against.
 """
 from __future__ import annotations

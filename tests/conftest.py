@@ -5,9 +5,15 @@
   pyllama.models.default_model_path(), which fetches it into the cache on first
   use (PYLLAMA_TEST_NO_FETCH=1: use the cache only). Tests using it skip with
   the reason when it is unavailable (no network, fetch failed).
-- `tiny_model_factory`: writes tiny random GGUF models (tests/tiny_models.py)
-  into a session temp dir, one file per distinct spec.
-- markers: `slow` (real-model tests), `subprocess` (tests that spawn interpreters).
+- `tiny_model_factory`: writes tiny random GGUF models (tests/support/tiny_models.py)
+  into a session temp dir, one file per distinct spec; `tiny_path`: the default one's path.
+- markers: `slow` (real-model tests), `subprocess` (tests that spawn interpreters),
+  `perf` (where memory lives: page cache, huge pages, resident set; they run by default
+  and time nothing -- speed is measured in bench/; `-m "not perf"` leaves them out).
+
+Layout: test_*.py are the tests; support/ holds the independent references and test inputs
+they import (`from support import reference`); recorders/ the scripts that recorded other
+engines' outputs into data/; fuzz/ the atheris harnesses; c/ the C-level tests and fuzzers.
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:  # so test files can `import tiny_models, reference`
+if str(TESTS_DIR) not in sys.path:  # so test files can `from support import reference`
     sys.path.insert(0, str(TESTS_DIR))
 
-import tiny_models  # noqa: E402
+from support import tiny_models  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real default model (seconds, not milliseconds)")
     config.addinivalue_line("markers", "subprocess: loads files in child interpreters to catch crashes")
+    config.addinivalue_line("markers", "perf: checks where memory lives (page cache, huge pages, resident "
+                            "set); no timings")
 
 
 def _find_default_model() -> tuple[str | None, str]:
@@ -75,3 +83,9 @@ def tiny_model_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny_model_factory) -> str:
+    """The default tiny model (TinySpec()), as the path string Llama(model_path=...) takes."""
+    return str(tiny_model_factory())

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tiny_models
-from tiny_models import TinySpec
+from support import tiny_models
+from support.tiny_models import TinySpec
 
 pytestmark = pytest.mark.subprocess
 

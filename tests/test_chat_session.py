@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_chat_fake import EOS, IM_END, FakeLlama  # noqa: E402
+from support.fake_llama import EOS, IM_END, FakeLlama  # noqa: E402
 
 from pyllama.cli.chat import ChatSession, stats_line  # noqa: E402
 from pyllama.chat_format import format_chat  # noqa: E402

@@ -2,7 +2,7 @@
 (issue 18, "Callers"), the constructor keywords and methods llama-cpp-python users call,
 save_state / load_state, logits_all, from_pretrained and text_offset.
 
-References: the numpy forward pass (tests/reference.py) for logits_all rows; the
+References: the numpy forward pass (tests/support/reference.py) for logits_all rows; the
 `gguf` package's reading of the vocabulary for token_nl; llama-cpp-python's documented
 text_offset rule (len(prompt) + len(detokenize(completion[:i]).decode("utf-8", "ignore")),
 its Llama._create_completion) recomputed here from the token ids.
@@ -19,16 +19,11 @@ import types
 import numpy as np
 import pytest
 
-import reference
+from support import reference
 from pyllama import FetchError, Llama
 from pyllama.state import LlamaState
 
 TOKENS = [5, 17, 3, 42, 9, 28, 11, 7, 30, 2, 19, 23]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tiny_model_factory):
-    return str(tiny_model_factory())
 
 
 def fresh(path, **kw):

@@ -1,5 +1,5 @@
 """Llama.embed / create_embedding: pooled final hidden states against the float64 numpy
-reference (tests/reference.py) on tiny F32 models, with pooling from the file's metadata."""
+reference (tests/support/reference.py) on tiny F32 models, with pooling from the file's metadata."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("gguf", reason="the gguf package writes the tiny models")
 
-import reference  # noqa: E402
+from support import reference  # noqa: E402
 from gguf import GGUFValueType  # noqa: E402
 
 from pyllama import ContextOverflowError, Llama  # noqa: E402

@@ -1,7 +1,7 @@
 """pl_eval_batch / pyllama.batch.eval_batch: several sequences (forks with caches of
 their own) advanced in one forward pass.
 
-References: the independent float64 numpy forward pass (tests/reference.py), each
+References: the independent float64 numpy forward pass (tests/support/reference.py), each
 sequence's logits at its last position of the batch; and each sequence evaluated alone
 with eval() on the scalar kernel path, where batching must change nothing at all
 (every token's arithmetic is the same whatever else is in the batch)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference
+from support import reference
 
 pyllama = pytest.importorskip("pyllama", reason="pyllama is not importable")
 from pyllama import ContextOverflowError, Llama  # noqa: E402

@@ -1,4 +1,4 @@
-"""Each supported family against transformers, on tiny random models (tests/hf_tiny_models.py).
+"""Each supported family against transformers, on tiny random models (tests/support/hf_tiny_models.py).
 
 The model is built by transformers (config + seeded random weights), its logits on a fixed
 sequence computed by transformers in float32, and the file written by llama.cpp's own
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hf_tiny_models
-import reference
-import tiny_models
+from support import hf_tiny_models
+from support import reference
+from support import tiny_models
 from pyllama import Llama, ModelError
 
 TOL = 1e-3
@@ -57,9 +57,9 @@ def tiny_family(family: str) -> Path:
     path = out / f"{family}.gguf"
     stamp = out / f"{family}.source"
     # regenerate when the generating script changes
-    version = str(os.path.getmtime(HERE / "hf_tiny_models.py"))
+    version = str(os.path.getmtime(HERE / "support" / "hf_tiny_models.py"))
     if not path.is_file() or not stamp.is_file() or stamp.read_text() != version:
-        r = subprocess.run([sys.executable, str(HERE / "hf_tiny_models.py"), family, str(out), str(src)],
+        r = subprocess.run([sys.executable, str(HERE / "support" / "hf_tiny_models.py"), family, str(out), str(src)],
                            capture_output=True, text=True, timeout=600)
         if r.returncode:
             pytest.fail(f"generating the tiny {family} model failed:\n{r.stderr[-3000:]}")
@@ -94,7 +94,7 @@ def test_family_decode_matches_batch(family):
 
 @pytest.mark.parametrize("family", hf_tiny_models.FAMILIES)
 def test_family_logits_match_numpy_reference(family):
-    """The same files against tests/reference.py (float64; reads the file with the `gguf` package),
+    """The same files against tests/support/reference.py (float64; reads the file with the `gguf` package),
     which is checked against transformers on the way: three implementations agree."""
     path = tiny_family(family)
     tokens = [int(t) for t in np.load(path.with_suffix(".tokens.npy"))]
@@ -158,7 +158,7 @@ def test_gemma3_context_shift_matches_fresh_evaluation(tmp_path, pattern):
 
 # ---------------------------------------------------------------------------------------------
 # Phi-3 LongRoPE (the 128k variants): per-pair frequency divisors, a long and a short set chosen
-# by the context size, and an attention factor on cos and sin. tests/hf_tiny_models.py explains
+# by the context size, and an attention factor on cos and sin. tests/support/hf_tiny_models.py explains
 # how the two runs make transformers (which decides by sequence length) and pyllama (by n_ctx)
 # use the same set.
 
@@ -209,7 +209,7 @@ def test_phi3_longrope_factor_set_and_attention_factor_matter():
 
 def longrope_gguf(path, n_layers=1, orig_ctx=8, attn_factor=1.3, long=None, short=None, long_type="F32",
                   metadata=None):
-    """A tiny phi3 file (tests/tiny_models.py's writer, gate and up fused as phi3 stores them) with
+    """A tiny phi3 file (tests/support/tiny_models.py's writer, gate and up fused as phi3 stores them) with
     LongRoPE factors; long/short: divisor arrays (None: defaults; False: leave the tensor out)."""
     import gguf
 

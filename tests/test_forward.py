@@ -1,11 +1,11 @@
-"""The C forward pass against an independent float64 numpy reference (tests/reference.py).
+"""The C forward pass against an independent float64 numpy reference (tests/support/reference.py).
 
-Tiny random models (tests/tiny_models.py, written by the `gguf` package) cover
+Tiny random models (tests/support/tiny_models.py, written by the `gguf` package) cover
 every weight type, both rotary layouts, grouped-query attention, tied and
 separate output layers, q/k/v biases, rope scaling, and batch vs incremental
 evaluation. The real default model is checked on a fixed token sequence and
 its greedy continuations against recordings of other engines
-(tests/record_reference.py -> tests/data/reference_greedy.json).
+(tests/recorders/record_reference.py -> tests/data/reference_greedy.json).
 
 Error measure: rel_err = max|ours - ref| / max|ref| over the whole logit array.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import reference
-import tiny_models
-from tiny_models import TinySpec
+from support import reference
+from support import tiny_models
+from support.tiny_models import TinySpec
 
 pyllama = pytest.importorskip("pyllama", reason="pyllama is not importable")
 if not hasattr(pyllama, "Llama"):
@@ -471,7 +471,7 @@ def file_sha256(path) -> str:
 def load_recording():
     path = DATA / "reference_greedy.json"
     if not path.exists():
-        pytest.skip(f"{path} missing (run tests/record_reference.py)")
+        pytest.skip(f"{path} missing (run tests/recorders/record_reference.py)")
     return json.loads(path.read_text())
 
 

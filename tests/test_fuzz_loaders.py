@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import tiny_models
+from support import tiny_models
 
 SCRIPT = Path(__file__).resolve().parent / "c" / "run_fuzz_model.sh"
 SECONDS_EACH = int(os.environ.get("PYLLAMA_FUZZ_SECONDS", "10"))

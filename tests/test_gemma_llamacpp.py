@@ -2,10 +2,10 @@
 
 Two recordings, each with the script that made it (llama.cpp built from the llama-cpp-python 0.3.36
 sdist; nothing of pyllama's engine involved):
-- tests/data/reference_greedy_gemma-3-270m.json (tests/record_gemma_reference.py, llama-server):
+- tests/data/reference_greedy_gemma-3-270m.json (tests/recorders/record_gemma_reference.py, llama-server):
   for five prompts (token ids), llama.cpp's greedy continuation of 32 tokens and its top-5
   log-probabilities at every step (their differences are logit differences).
-- tests/data/perplexity_reference_gemma-3-270m-window.json (tests/record_perplexity_reference.py
+- tests/data/perplexity_reference_gemma-3-270m-window.json (tests/recorders/record_perplexity_reference.py
   -c 1024 --chunks 3 --top-logits): llama-perplexity's 1024-token windows of the Pride and Prejudice
   text, and for each scored position (512..1022, where the 512-position sliding window of five layers
   in six no longer reaches the start) the top-5 token ids and their distance below the largest logit.
@@ -42,7 +42,7 @@ PIECE = 128  # tokens evaluated per call when logits are kept (Gemma's 262,144 l
 
 def _recording(path: Path, key: str) -> dict:
     if not path.exists():
-        pytest.skip(f"no llama.cpp recording {path.name} (see tests/record_gemma_reference.py)")
+        pytest.skip(f"no llama.cpp recording {path.name} (see tests/recorders/record_gemma_reference.py)")
     with open(path) as fh:
         ref = json.load(fh)
     if key not in ref:

@@ -1,5 +1,5 @@
 """The generation loop (pyllama.completion) on a fake model whose logits are a
-known function of the context (tests/test_chat_fake.py): caching, batching,
+known function of the context (tests/support/fake_llama.py): caching, batching,
 stop strings, max_tokens, context overflow, seeds, response shapes."""
 import os
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_chat_fake import BOS, EOS, IM_END, FakeLlama, hash_logits  # noqa: E402
+from support.fake_llama import BOS, EOS, IM_END, FakeLlama, hash_logits  # noqa: E402
 
 from pyllama.errors import ContextOverflowError  # noqa: E402
 from pyllama.completion import StopStringFilter  # noqa: E402
@@ -380,7 +380,7 @@ def test_stop_filter(pieces, stops, expect):
 
 
 def test_llama_cpp_python_options_at_neutral_values_are_accepted():
-    from test_chat_fake import FakeLlama
+    from support.fake_llama import FakeLlama
 
     llm = FakeLlama()
     out = llm.create_completion("ab", max_tokens=3, temperature=0, tfs_z=1.0, mirostat_mode=0,

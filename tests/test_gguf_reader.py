@@ -237,6 +237,18 @@ def test_writer_output_reads_back_with_reference(tmp_path):
     assert open(path, "rb").read() == open(path2, "rb").read()
 
 
+def test_nested_string_arrays_write_back(tmp_path):
+    """Arrays of string arrays (read lazily as StringArray) write back as they were read."""
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    pg.write_gguf(a, {"x.nested": [["a", "b"], ["c"]], "x.flat": ["p", "q"]}, [])
+    md = pg.read_metadata(a)
+    pg.write_gguf(b, md, [])
+    back = pg.read_metadata(b)
+    assert back["x.flat"] == ["p", "q"] and back["x.flat"].tolist() == ["p", "q"]
+    assert [s.tolist() for s in back["x.nested"]] == [["a", "b"], ["c"]]
+    assert md["x.flat"] != ("p", "q")  # like the list it stands for
+
+
 def test_writer_rejects_wrong_tensor_size(tmp_path):
     with pytest.raises(ValueError, match="'w'"):
         pg.write_gguf(str(tmp_path / "bad.gguf"), {}, [("w", pg.GGMLType.F32, (4,), np.zeros(3, np.float32))])

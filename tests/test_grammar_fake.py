@@ -1,4 +1,4 @@
-"""Constrained generation on the fake model of test_chat_fake (byte vocabulary, random
+"""Constrained generation on the fake model of support/fake_llama.py (byte vocabulary, random
 logits): a model with no preference at all explores the grammar widely, so every one of
 the 30 schemas is sampled at temperature 1 and its output validated with ``jsonschema``,
 without a real model. Also the chat's tool loop (--tools) with a scripted model.
@@ -6,7 +6,7 @@ without a real model. Also the chat's tool loop (--tools) with a scripted model.
 The lazy check (draw without the mask, compute the mask only when the grammar rejects
 the token) must change nothing: greedy runs give the same tokens with and without it, and
 its temperature draws follow the masked distribution of the numpy reference sampler
-(reference_sampling.py) on a mask written here by hand."""
+(support/reference_sampling.py) on a mask written here by hand."""
 from __future__ import annotations
 
 import io
@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("llguidance", reason="constrained decoding needs the llguidance package")
 jsonschema = pytest.importorskip("jsonschema", reason="the tests validate output with the jsonschema package")
 
-from json_schemas import SCHEMAS  # noqa: E402
-from test_chat_fake import FakeLlama  # noqa: E402
+from support.json_schemas import SCHEMAS  # noqa: E402
+from support.fake_llama import FakeLlama  # noqa: E402
 
 from pyllama.grammar import GrammarConstraint, LlamaGrammar  # noqa: E402
 from pyllama.sampling import Sampler, SamplingParams, make_rng  # noqa: E402
-from reference_sampling import apply_token_mask, candidate_distribution  # noqa: E402
+from support.reference_sampling import apply_token_mask, candidate_distribution  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_lazy_check_draws_the_masked_distribution():
     """Plain temperature sampling under a grammar that allows the bytes a..m: a draw the
     grammar rejects is drawn again under the mask, which must leave exactly the masked
     distribution (chi-square against the reference's probabilities)."""
-    from test_chat_fake import FakeTokenizer
+    from support.fake_llama import FakeTokenizer
 
     tok = FakeTokenizer()
     allowed = np.zeros(tok.n_vocab, bool)
@@ -109,7 +109,7 @@ def test_lazy_check_draws_the_masked_distribution():
 
 
 def test_truncating_samplers_always_use_the_mask():
-    from test_chat_fake import FakeTokenizer
+    from support.fake_llama import FakeTokenizer
 
     tok = FakeTokenizer()
     logits = np.zeros(tok.n_vocab, np.float32)

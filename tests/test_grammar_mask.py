@@ -1,7 +1,7 @@
 """The token bitmask of constrained decoding, applied inside the C sampler (pl_sample's
 ``allowed``), against independent definitions.
 
-Reference: the numpy sampler (``candidate_distribution`` in reference_sampling.py, itself
+Reference: the numpy sampler (``candidate_distribution`` in support/reference_sampling.py, itself
 tested against the plain definitions in test_sampling.py) run on logits where the banned tokens were set
 to -inf by a loop over the bits written here, not by pyllama's own mask helpers. With
 the mask switched off (None) or allowing everything, the C sampler must give exactly
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pyllama.sampling import Sampler, SamplingParams
-from reference_sampling import candidate_distribution
+from support.reference_sampling import candidate_distribution
 from test_sampling import CASES, logits_kinds
 
 

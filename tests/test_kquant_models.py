@@ -2,7 +2,7 @@
 
 The references, tests/data/perplexity_reference_<name>.json, are llama.cpp's `llama-perplexity`
 on tests/data/perplexity_pride_and_prejudice.txt with 512-token windows, recorded by
-tests/record_perplexity_reference.py (-m NAME -c 512 --chunks N --top-logits): the perplexity,
+tests/recorders/record_perplexity_reference.py (-m NAME -c 512 --chunks N --top-logits): the perplexity,
 the token ids it scored, and for every scored position the ids of its largest logits and how far
 each lies below the largest. pyllama runs the same windows through pyllama.perplexity's own code
 (the `python -m pyllama.perplexity` path) and must
@@ -35,7 +35,7 @@ THREADS = 2
 def _reference(name: str) -> dict:
     path = DATA / f"perplexity_reference_{name}.json"
     if not path.exists():
-        pytest.skip(f"no llama.cpp recording for {name} ({path.name}; tests/record_perplexity_reference.py "
+        pytest.skip(f"no llama.cpp recording for {name} ({path.name}; tests/recorders/record_perplexity_reference.py "
                     f"-m {name} -c 512 --chunks N --top-logits makes it)")
     with open(path) as fh:
         return json.load(fh)

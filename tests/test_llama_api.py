@@ -19,11 +19,6 @@ import pyllama
 from pyllama import ContextOverflowError, Llama, ModelError
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tiny_model_factory):
-    return str(tiny_model_factory())
-
-
 def fresh(path, **kw):
     kw.setdefault("n_ctx", 64)
     kw.setdefault("n_threads", 2)
@@ -176,6 +171,7 @@ def test_n_ctx_zero_means_the_models_own(tiny_path):
     assert llm.n_ctx() == llm.config["n_ctx_train"]
 
 
+@pytest.mark.perf
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("repack", ["0", "1"])
@@ -223,6 +219,7 @@ def _thp_mode() -> str:
     return text.split("[")[1].split("]")[0] if "[" in text else "absent"
 
 
+@pytest.mark.perf
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -266,6 +263,7 @@ def test_no_mmap_reads_the_weights_onto_huge_pages_read_only(default_model_path)
     assert "written" not in out.stdout and out.returncode == -11, (out.returncode, out.stdout, out.stderr[-500:])
 
 
+@pytest.mark.perf
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")

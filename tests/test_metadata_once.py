@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-import tiny_models
+from support import tiny_models
 from pyllama import Llama, ModelError
 
 

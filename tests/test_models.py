@@ -181,6 +181,7 @@ def _cached_pages(path) -> tuple[int, int]:
         libc.munmap(addr, size)
 
 
+@pytest.mark.perf
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and posix_fadvise as on Linux")
 def test_fetched_file_leaves_the_page_cache(fake_env, tmp_path):
     """A fresh download is dropped from the page cache once synced, so that its first load
@@ -470,7 +471,7 @@ def test_real_catalog_support():
 
 def _runs_env(fake_env, monkeypatch, tmp_path):
     """Entries described by catalog fields only, and one whose cached file decides."""
-    import tiny_models
+    from support import tiny_models
 
     cat = dict(models._catalog_cache)
     base = {"licence": "MIT", "sha256": None, "size": None,

@@ -1,7 +1,7 @@
 """`python -m pyllama.perplexity` against llama.cpp's `llama-perplexity` on the same model and text.
 
 The reference, tests/data/perplexity_reference.json, is llama-perplexity's output recorded by
-tests/record_perplexity_reference.py (llama.cpp from the llama-cpp-python 0.3.36 sdist, built
+tests/recorders/record_perplexity_reference.py (llama.cpp from the llama-cpp-python 0.3.36 sdist, built
 by bench/build_llamacpp.sh) on the default model and tests/data/perplexity_pride_and_prejudice.txt
 (chapters 1-5 of Pride and Prejudice, public domain), 256-token windows. pyllama must agree
 within 1% on the final perplexity, and print the final line in llama.cpp's form.
@@ -99,7 +99,7 @@ def test_progress_matches_llama_cpp_chunk_by_chunk(pyllama_run, reference):
 
 
 # ---- other models: tests/data/perplexity_reference_<name>.json, recorded with
-# `tests/record_perplexity_reference.py -m MODEL --out ...`; run when the model file is in pyllama's cache.
+# `tests/recorders/record_perplexity_reference.py -m MODEL --out ...`; run when the model file is in pyllama's cache.
 OTHER_REFERENCES = sorted(DATA.glob("perplexity_reference_*.json"))
 
 

@@ -4,7 +4,7 @@
   (independent of pyllama) are close to the source, under a per-type error bound that a wrong bit
   layout or a scale search that does not search would exceed; for the types the `gguf` package
   can also quantize (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) our error is no larger than its numpy quantizer's.
-- Quality against llama.cpp: on the tiny model of tests/record_quantize_reference.py, the error of
+- Quality against llama.cpp: on the tiny model of tests/recorders/record_quantize_reference.py, the error of
   our quantization of every 2-D weight is at most that of `llama-quantize --pure` on the same file
   (recorded by that script, errors measured with the gguf package's dequantizer).
 - Mixes: the type of every tensor equals what `llama-quantize --dry-run` chose (recorded) for 15 file
@@ -33,7 +33,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
-from tiny_models import TinySpec, write_tiny_gguf
+from support.tiny_models import TinySpec, write_tiny_gguf
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
 ffi, lib = core.ffi, core.lib
@@ -45,7 +45,7 @@ from pyllama.gguf import ggml_type_name, read_gguf  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REFERENCE = json.loads((HERE / "data" / "quantize_types_llamacpp.json").read_text())
 sys.path.insert(0, str(HERE))
-from record_quantize_reference import SPECS  # noqa: E402
+from recorders.record_quantize_reference import SPECS  # noqa: E402
 
 # relative RMSE bound per type on rows_with_outliers() (ours is ~10% below each)
 ERROR_BOUND = {"Q4_0": 0.165, "Q4_1": 0.112, "Q5_0": 0.082, "Q5_1": 0.055, "Q8_0": 0.0105, "IQ4_NL": 0.124,

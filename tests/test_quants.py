@@ -19,7 +19,7 @@ import pytest
 import gguf
 from gguf import GGMLQuantizationType as QT
 
-from reference import quantize_activations_q8
+from support.reference import quantize_activations_q8
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
 ffi, lib = core.ffi, core.lib

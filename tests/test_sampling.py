@@ -1,7 +1,7 @@
 """The sampler against independent references.
 
 Two implementations are checked: pyllama's C sampler (csrc/sampling.c, through
-``Sampler``) and the numpy one in reference_sampling.py. Both are compared with a
+``Sampler``) and the numpy one in support/reference_sampling.py. Both are compared with a
 plain-Python loop per definition (small vocabularies; it follows the published
 definitions: llama.cpp's sampler chain and penalty rule, OpenAI's frequency/presence
 penalties, nucleus, min-p and locally typical sampling), and hand-worked examples pin
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pyllama.sampling import Sampler, SamplingParams, log_softmax, make_rng
-from reference_sampling import candidate_distribution
+from support.reference_sampling import candidate_distribution
 
 # ------------------------------------------------------------------ reference (plain Python)
 

@@ -3,7 +3,7 @@
 A server runs in this process (uvicorn in a thread, a free port on 127.0.0.1) on the
 default model. References:
   * llama.cpp's greedy tokens for the same prompt (tests/data/reference_greedy.json,
-    recorded by tests/record_reference.py): the server's first tokens must be llama.cpp's;
+    recorded by tests/recorders/record_reference.py): the server's first tokens must be llama.cpp's;
   * the same request served alone in-process by a separate ``Llama`` (an answer over HTTP,
     streamed or not, alone or among 16 concurrent ones, must equal it at temperature 0);
   * OpenAI's documented error bodies and status codes for bad input.

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("llguidance", reason="constrained decoding needs the llguidance package")
 jsonschema = pytest.importorskip("jsonschema", reason="the tests validate output with the jsonschema package")
 
-from json_schemas import SCHEMAS  # noqa: E402
+from support.json_schemas import SCHEMAS  # noqa: E402
 from pyllama.grammar import GrammarConstraint, LlamaGrammar  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -65,18 +65,11 @@ def _schema_reply(model, request, schema, max_tokens=160):
     return r["choices"][0]
 
 
+@pytest.mark.parametrize("model", ["llm", "qwen"])  # the fixtures: the default model, Qwen2.5-Coder-0.5B
 @pytest.mark.parametrize("i", range(len(SCHEMAS)))
-def test_json_schema_output_validates(llm, i):
-    request, schema = SCHEMAS[i]
-    choice = _schema_reply(llm, request, schema)
-    assert choice["finish_reason"] == "stop", choice
-    jsonschema.validate(json.loads(choice["message"]["content"]), schema)
-
-
-@pytest.mark.parametrize("i", range(len(SCHEMAS)))
-def test_json_schema_output_validates_qwen(qwen, i):
-    request, schema = SCHEMAS[i]
-    choice = _schema_reply(qwen, request, schema)
+def test_json_schema_output_validates(request, model, i):
+    ask, schema = SCHEMAS[i]
+    choice = _schema_reply(request.getfixturevalue(model), ask, schema)
     assert choice["finish_reason"] == "stop", choice
     jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 

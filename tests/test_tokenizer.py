@@ -4,7 +4,7 @@ against the sentencepiece library itself, plus the behaviour every tokenizer sha
 
 The Llama 2 vocabulary comes from ../shared/data (tests skip without it). GGUF
 'llama' metadata is built from the .model through sentencepiece's API by
-tests/record_tokenizer_reference.py's `llama2_vocab_metadata`, the same metadata
+tests/recorders/record_tokenizer_reference.py's `llama2_vocab_metadata`, the same metadata
 llama.cpp was recorded on (see test_tokenizer_gguf.py).
 """
 
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pyllama.errors import TokenizerError
 from pyllama.tokenizer import Tokenizer, as_text
 
-from record_tokenizer_reference import llama2_vocab_metadata
+from recorders.record_tokenizer_reference import llama2_vocab_metadata
 
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -88,24 +88,23 @@ def test_corpus_matches_sentencepiece(spm_tokenizers, sp, kind):
 @needs_shared
 @pytest.mark.parametrize("kind", KINDS)
 def test_long_text_matches_sentencepiece(spm_tokenizers, sp, kind):
-    text = Path(__file__).read_text() + Path(__file__).with_name("record_tokenizer_reference.py").read_text()
+    text = Path(__file__).read_text() + (DATA.parent / "recorders" / "record_tokenizer_reference.py").read_text()
     text += "".join(t + "\n" for t in VALID) * 3
     assert spm_tokenizers[kind].tokenize(text, add_bos=False) == sp.encode(text)
 
 
-@needs_shared
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=60))
-def test_random_text_matches_sentencepiece(spm_tokenizers, sp, text):
-    want = sp.encode(text)
-    for kind in KINDS:
-        assert spm_tokenizers[kind].tokenize(text, add_bos=False) == want, kind
+RANDOM_TEXTS = {
+    "any": st.text(max_size=60),
+    "tricky": st.text(alphabet=st.sampled_from(list("ab <>/s\n▁x.é中😀")), max_size=40),  # spaces, markers
+}
 
 
 @needs_shared
+@pytest.mark.parametrize("texts", list(RANDOM_TEXTS))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.sampled_from(list("ab <>/s\n▁x.é中😀")), max_size=40))
-def test_random_tricky_text_matches_sentencepiece(spm_tokenizers, sp, text):
+@given(data=st.data())
+def test_random_text_matches_sentencepiece(spm_tokenizers, sp, texts, data):
+    text = data.draw(RANDOM_TEXTS[texts], label="text")
     want = sp.encode(text)
     for kind in KINDS:
         assert spm_tokenizers[kind].tokenize(text, add_bos=False) == want, kind

@@ -1,6 +1,6 @@
 """GGUF vocabularies against llama.cpp's own tokenizer.
 
-tests/data/tokenizer_<name>.json were recorded by tests/record_tokenizer_reference.py
+tests/data/tokenizer_<name>.json were recorded by tests/recorders/record_tokenizer_reference.py
 with llama.cpp's tokenizer (llama-cpp-python, ``vocab_only=True``) on the corpus in
 tests/data/tokenizer_corpus.json:
 
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from pyllama.tokenizer import Tokenizer, as_text
 
-import record_tokenizer_reference as rec
+from recorders import record_tokenizer_reference as rec
 
 DATA = Path(__file__).resolve().parent / "data"
 REAL = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]

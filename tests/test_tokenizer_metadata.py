@@ -14,11 +14,11 @@ import gguf
 import numpy as np
 import pytest
 
-import tiny_models
+from support import tiny_models
 from pyllama import Llama
 from pyllama.errors import ModelError, TokenizerError
 from pyllama.tokenizer import CONTROL, NORMAL, USER_DEFINED, Tokenizer
-from tiny_models import TinySpec
+from support.tiny_models import TinySpec
 
 T = gguf.GGUFValueType
 

@@ -5,7 +5,7 @@
  * the vocabulary: the ids of a text stand for exactly its bytes minus the bytes that have no
  * token; a damaged string array is refused with a message or, when it still parses, encodes
  * without touching memory it does not own. (Agreement with a reference BPE is checked in
- * tests/test_bpe_c.py against the `tokenizers` library.)
+ * tests/test_bpe.py against the `tokenizers` library.)
  */
 #include <stdio.h>
 #include <stdlib.h>

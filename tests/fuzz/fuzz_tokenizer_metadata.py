@@ -81,7 +81,7 @@ def _gguf_seed(kind: str) -> bytes:
     import gguf
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tiny_models
+    from support import tiny_models
 
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "v.gguf")

@@ -17,8 +17,8 @@ rebuild the same metadata with `derived_metadata` and compare.
 
 Usage (models are looked up in the pyllama cache, then /tmp/models):
 
-    python tests/record_tokenizer_reference.py                 # every model found
-    python tests/record_tokenizer_reference.py smollm2-135m /path/to/file.gguf
+    python tests/recorders/record_tokenizer_reference.py                 # every model found
+    python tests/recorders/record_tokenizer_reference.py smollm2-135m /path/to/file.gguf
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 sys.path.insert(0, str(DATA.parent.parent))
 
 # name used in tests/data/tokenizer_<name>.json -> GGUF file name
@@ -41,7 +41,7 @@ MODELS = {
 }
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 LLAMA2_MODEL = ROOT.parent / "shared" / "data" / "llama2-tokenizer.model"
 
 # name -> (source, metadata overrides)
@@ -154,7 +154,7 @@ def record(name: str, path: str, derived_from=None) -> None:
         entries.append(e)
     n_vocab = llm.n_vocab()
     out = {
-        "comment": "Recorded by tests/record_tokenizer_reference.py with llama.cpp's tokenizer "
+        "comment": "Recorded by tests/recorders/record_tokenizer_reference.py with llama.cpp's tokenizer "
                    "(llama-cpp-python). Do not edit by hand.",
         "model_file": os.path.basename(path),
         "model_sha256": sha256(path) if derived_from is None else None,

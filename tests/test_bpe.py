@@ -1,11 +1,12 @@
-"""The C byte-level BPE (csrc/bpe.c) against the `tokenizers` library's BPE model.
+"""The byte-level BPE encoder (csrc/bpe.c, pyllama's only one) against the `tokenizers` BPE model.
 
 pyllama merges in C; the reference here is the Rust BPE model of Hugging Face's
 `tokenizers` (a test dependency only), fed the same vocabulary, merges and
 pre-tokens. tests/test_tokenizer_gguf.py compares whole texts with llama.cpp's
 recorded output; this file goes piece by piece, with random pieces, vocabularies
 built to hit the corner cases (duplicate tokens and merges, overlapping merges,
-bytes without a token, ignore_merges) and damaged arrays.
+bytes without a token, ignore_merges) and damaged arrays; then the C tables'
+pickling, empty tokens and lookups from threads.
 """
 
 from __future__ import annotations
@@ -230,16 +231,3 @@ def test_token_lookups_from_threads(default_model_path):
     with ThreadPoolExecutor(4) as pool:
         for got in pool.map(lambda _: [tok.token_to_piece(i) for i in ids], range(8)):
             assert got == want
-
-
-def test_nested_string_arrays_write_back(tmp_path):
-    from pyllama.gguf import read_metadata, write_gguf
-
-    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    write_gguf(a, {"x.nested": [["a", "b"], ["c"]], "x.flat": ["p", "q"]}, [])
-    md = read_metadata(a)
-    write_gguf(b, md, [])
-    back = read_metadata(b)
-    assert back["x.flat"] == ["p", "q"] and back["x.flat"].tolist() == ["p", "q"]
-    assert [s.tolist() for s in back["x.nested"]] == [["a", "b"], ["c"]]
-    assert md["x.flat"] != ("p", "q")  # like the list it stands for

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Record llama.cpp's greedy continuations of Gemma 3 270M, for tests/test_gemma_llamacpp.py.
 
-    python tests/record_gemma_reference.py [--llama-server PATH] [-m MODEL]
+    python tests/recorders/record_gemma_reference.py [--llama-server PATH] [-m MODEL]
 
 Writes tests/data/reference_greedy_gemma-3-270m.json. For each fixed prompt it stores the
 prompt's token ids (llama.cpp's tokenizer, BOS added as the file asks), the greedy
@@ -18,7 +18,7 @@ evaluates each prompt afresh. The binary is the one bench/build_llamacpp.sh buil
 llama.cpp source in the llama-cpp-python 0.3.36 sdist.
 
 The teacher-forced side of the Gemma test reads tests/data/perplexity_reference_gemma-3-270m-window.json,
-made by tests/record_perplexity_reference.py -m gemma-3-270m-q4_k_m -c 1024 --chunks 3 --top-logits
+made by tests/recorders/record_perplexity_reference.py -m gemma-3-270m-q4_k_m -c 1024 --chunks 3 --top-logits
 --out tests/data/perplexity_reference_gemma-3-270m-window.json.
 Nothing here imports pyllama's engine (only its catalog, to find the model file).
 """
@@ -37,7 +37,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 ROOT = HERE.parent
 OUT = HERE / "data" / "reference_greedy_gemma-3-270m.json"
 MODEL = "gemma-3-270m-q4_k_m"
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         proc.wait(timeout=30)
     data = {
         "what": f"llama.cpp's greedy continuations of {MODEL}: the reference for tests/test_gemma_llamacpp.py",
-        "recorded_by": "tests/record_gemma_reference.py",
+        "recorded_by": "tests/recorders/record_gemma_reference.py",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "llama_cpp": {"source": "vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist (PyPI)",
                       "binary": "llama-server (bench/build_llamacpp.sh)", "version": version_info(exe),

@@ -306,6 +306,17 @@ def _llama2c_tensors(spec: TinySpec, w: dict) -> dict[str, np.ndarray]:
     }
 
 
+def _write_llama2c(path, header: bytes, t: dict, order: list) -> Path:
+    """The header, the arrays in the version's order, then the classifier when it is not shared."""
+    if t["wcls"] is not None:
+        order = order + [t["wcls"].astype(np.float32)]
+    with open(path, "wb") as fh:
+        fh.write(header)
+        for a in order:
+            fh.write(np.ascontiguousarray(a).tobytes())
+    return Path(path)
+
+
 def write_llama2c_v0(path, spec: TinySpec | None = None, weights: dict | None = None) -> Path:
     """Legacy llama2.c checkpoint: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
     vocab_size (negative: separate classifier follows), seq_len), then fp32 weights."""
@@ -317,15 +328,8 @@ def write_llama2c_v0(path, spec: TinySpec | None = None, weights: dict | None = 
     header = struct.pack("<7i", spec.dim, spec.hidden_dim, spec.n_layers, spec.n_heads, spec.n_kv_heads,
                          n_vocab if shared else -n_vocab, spec.context_length)
     freq = np.zeros((spec.context_length, hd // 2), np.float32)  # freq_cis_real/imag: unused by run.c
-    order = [t["tok"], t["rms_att"], t["wq"], t["wk"], t["wv"], t["wo"], t["rms_ffn"],
-             t["w1"], t["w2"], t["w3"], t["rms_final"], freq, freq]
-    if not shared:
-        order.append(t["wcls"].astype(np.float32))
-    with open(path, "wb") as fh:
-        fh.write(header)
-        for a in order:
-            fh.write(np.ascontiguousarray(a).tobytes())
-    return Path(path)
+    return _write_llama2c(path, header, t, [t["tok"], t["rms_att"], t["wq"], t["wk"], t["wv"], t["wo"],
+                                            t["rms_ffn"], t["w1"], t["w2"], t["w3"], t["rms_final"], freq, freq])
 
 
 def write_llama2c_v1(path, spec: TinySpec | None = None, weights: dict | None = None) -> Path:
@@ -341,12 +345,5 @@ def write_llama2c_v1(path, spec: TinySpec | None = None, weights: dict | None = 
                           n_vocab, spec.context_length)
     header += struct.pack("<B", 1 if shared else 0)
     header += b"\0" * (256 - len(header))
-    order = [t["rms_att"], t["rms_ffn"], t["rms_final"], t["tok"], t["wq"], t["wk"], t["wv"], t["wo"],
-             t["w1"], t["w2"], t["w3"]]
-    if not shared:
-        order.append(t["wcls"].astype(np.float32))
-    with open(path, "wb") as fh:
-        fh.write(header)
-        for a in order:
-            fh.write(np.ascontiguousarray(a).tobytes())
-    return Path(path)
+    return _write_llama2c(path, header, t, [t["rms_att"], t["rms_ffn"], t["rms_final"], t["tok"], t["wq"],
+                                            t["wk"], t["wv"], t["wo"], t["w1"], t["w2"], t["w3"]])

@@ -1,6 +1,6 @@
 """Record the default model's greedy continuations with independent engines.
 
-    python tests/record_reference.py [MODEL.gguf] [--engines llama_cpp,transformers]
+    python tests/recorders/record_reference.py [MODEL.gguf] [--engines llama_cpp,transformers]
 
 Writes tests/data/reference_greedy.json, read by test_forward.py. For each
 fixed prompt (token ids, stored in the file) and each engine it stores the
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 OUT = HERE / "data" / "reference_greedy.json"
 N_NEW = 32
 TOP = 5

@@ -1,9 +1,9 @@
 """Record which type llama-quantize gives each tensor of the tiny models in tests/test_quantize.py.
 
-    python tests/record_quantize_reference.py [--llama-quantize PATH]
+    python tests/recorders/record_quantize_reference.py [--llama-quantize PATH]
 
 For every file type pyllama.quantize offers, runs ``llama-quantize --dry-run`` on tiny random
-models (written by tests/tiny_models.py, deterministic) and stores the per-tensor types in
+models (written by tests/support/tiny_models.py, deterministic) and stores the per-tensor types in
 tests/data/quantize_types_llamacpp.json. tests/test_quantize.py compares pyllama.quantize's
 choices with these. llama-quantize default: the lead's build in
 ~/.cache/pyllama/llama.cpp-0.3.36/build-noamx/bin (see bench/build_llamacpp.sh; the
@@ -20,10 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 sys.path.insert(0, str(HERE))
 
-from tiny_models import TinySpec, write_tiny_gguf  # noqa: E402
+from support.tiny_models import TinySpec, write_tiny_gguf  # noqa: E402
 
 DEFAULT_BIN = Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin/llama-quantize"
 OUT = HERE / "data" / "quantize_types_llamacpp.json"

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Record llama.cpp's perplexity of the default model on a public-domain text, for tests/test_perplexity.py.
 
-    python tests/record_perplexity_reference.py [--llama-perplexity PATH] [--chunks N]
-    python tests/record_perplexity_reference.py -m MODEL --out tests/data/perplexity_reference_NAME.json
-    python tests/record_perplexity_reference.py --extract-text     # rewrite the text file (needs apt)
-    python tests/record_perplexity_reference.py -m qwen2.5-coder-0.5b-instruct -c 512 --chunks 3 --top-logits
+    python tests/recorders/record_perplexity_reference.py [--llama-perplexity PATH] [--chunks N]
+    python tests/recorders/record_perplexity_reference.py -m MODEL --out tests/data/perplexity_reference_NAME.json
+    python tests/recorders/record_perplexity_reference.py --extract-text     # rewrite the text file (needs apt)
+    python tests/recorders/record_perplexity_reference.py -m qwen2.5-coder-0.5b-instruct -c 512 --chunks 3 --top-logits
 
 With -m (a catalog name or a path) the record goes to tests/data/perplexity_reference_<name>.json
 (read by tests/test_kquant_models.py). --top-logits also has llama-perplexity save every scored
@@ -42,7 +42,7 @@ import tempfile
 import zlib
 from datetime import datetime, timezone
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 ROOT = os.path.dirname(HERE)
 TEXT = os.path.join(HERE, "data", "perplexity_pride_and_prejudice.txt")
 OUT = os.path.join(HERE, "data", "perplexity_reference.json")
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         "what": ("llama.cpp llama-perplexity on the default model: the reference for tests/test_perplexity.py"
                  if not args.model else f"llama.cpp llama-perplexity on {name}: the reference for "
                  "tests/test_kquant_models.py"),
-        "recorded_by": "tests/record_perplexity_reference.py",
+        "recorded_by": "tests/recorders/record_perplexity_reference.py",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "llama_cpp": {
             "source": f"vendor/llama.cpp of the llama-cpp-python {LLAMACPP_PY_VERSION} sdist (PyPI)",

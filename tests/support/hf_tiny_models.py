@@ -10,12 +10,12 @@ converter.
 Run as a script (the test does, in a subprocess, because the converter needs its own
 gguf-py first on sys.path):
 
-    python tests/hf_tiny_models.py FAMILY OUT_DIR CONVERTER_DIR
+    python tests/support/hf_tiny_models.py FAMILY OUT_DIR CONVERTER_DIR
 
 writes OUT_DIR/FAMILY.gguf, OUT_DIR/FAMILY.tokens.npy and OUT_DIR/FAMILY.logits.npy.
 
 The converter is used as it is except for the vocabulary: tokenizers are not what is
-tested here, so the tiny byte-level BPE vocabulary of tests/tiny_models.py is written
+tested here, so the tiny byte-level BPE vocabulary of tests/support/tiny_models.py is written
 instead of the converter's tokenizer step (which wants a real tokenizer's files). For
 Mistral the converter writes `llama` and drops the sliding window (llama.cpp ignores
 Mistral's window); the window is added to the file here so that pyllama's windowed
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 FAMILIES = ("qwen3", "llama3", "mistral", "phi3", "gemma3")
-N_VOCAB = 269  # tests/tiny_models.gpt2_vocab()
+N_VOCAB = 269  # tests/support/tiny_models.gpt2_vocab()
 SEQ_LEN = 14   # longer than the windows below, so windowed layers drop positions
 
 # Phi-3 with LongRoPE (the 128k variants' rope scaling), tested in both regimes on one model.

@@ -1,5 +1,5 @@
-"""A stand-in for pyllama.Llama for unit tests of the generation loop (no tests here;
-named test_chat_* only because of file ownership: imported by test_generation and test_chat).
+"""A stand-in for pyllama.Llama for unit tests of the generation loop (test_generation,
+test_chat_format, test_chat_session, test_grammar_fake).
 
 Byte-level vocabulary (ids 0..255 are bytes) plus a few special tokens. Its
 "forward pass" is a deterministic function of the whole cached context, so KV
