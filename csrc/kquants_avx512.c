@@ -1,9 +1,9 @@
 /*
  * kquants_avx512.c - AVX-512 (F, BW, VL, VNNI) decode rows and prefill tiles for the
  * 5-bit, K-quant and IQ4 weight types, put into the AVX-512 set by pl_kq_fill_avx512
- * (kernels_avx512.c); the types without rows here keep the AVX2 ones.
+ * (kernels_avx512.c).
  *
- * Decode: Q4_K, Q6_K and Q5_0 rows. vpdpbusd multiplies unsigned weight bytes by signed
+ * Decode: rows for every type. vpdpbusd multiplies unsigned weight bytes by signed
  * activation bytes and adds each 4 products into an int32 lane, with no 16-bit step
  * to overflow; the activation is rearranged once per call so that its bytes meet the
  * weight bytes where one 64-byte load of the block puts them, and one convert and one
