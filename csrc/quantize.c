@@ -25,6 +25,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 /* quantize_avx2.c: the same results as the scalar code here, bit for bit */
 void pl_fit_k4_avx2(const float *x, int nmax, float first, int n_steps, uint8_t *q, float *sc, float *mn);
+void pl_fit_symmetric16_avx2(const float *x, int nmax, int n_trials, int refine, uint8_t *q, float *sc);
 void pl_f16_to_f32_avx2(const pl_fp16 *src, float *dst, int64_t n);
 #endif
 
@@ -265,6 +266,18 @@ static float fit_scale_symmetric(int n, int nmax, const float *x, uint8_t *q, in
 
 /* ---- K-quants ---- */
 
+/* fit_scale_symmetric for the 16 sub-blocks of 16 of a super-block (simd: quantize_avx2.c's) */
+static void fit_symmetric16(const float *x, int nmax, int n_trials, int refine, uint8_t *q, float sc[16], int simd) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (simd) {
+        pl_fit_symmetric16_avx2(x, nmax, n_trials, refine, q, sc);
+        pl_fit_symmetric16_avx2(x + 128, nmax, n_trials, refine, q + 128, sc + 8);
+        return;
+    }
+#endif
+    for (int j = 0; j < 16; j++) sc[j] = fit_scale_symmetric(16, nmax, x + 16 * j, q + 16 * j, n_trials, refine);
+}
+
 /* The 6-bit scale and minimum of sub-block j in the 12 bytes of Q4_K / Q5_K. */
 static void put_scale_min_k4(int j, int sc, int m, uint8_t *s) {
     if (j < 4) {
@@ -397,14 +410,13 @@ static void quantize_q2_k(const float *x, block_q2_k *y, int64_t nb) {
  * plain error), then the signed scales to 6 bits against the one of largest magnitude (so it
  * lands on -32).
  */
-static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb) {
+static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb, int simd) {
     uint8_t q[QK_K];
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
         float sc[16], max_sc = 0;
-        for (int j = 0; j < 16; j++) {
-            sc[j] = fit_scale_symmetric(16, 4, x + 16 * j, q + 16 * j, 0, 1);
+        fit_symmetric16(x, 4, 0, 1, q, sc, simd);
+        for (int j = 0; j < 16; j++)
             if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
-        }
         memset(y[b].scales, 0, sizeof y[b].scales);
         int ls[16] = {0};
         if (max_sc != 0) {
@@ -439,14 +451,13 @@ static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb) {
 }
 
 /* Q6_K: 16 sub-blocks of 16 with q - 32 in -32..31, int8 scales against the largest (-> -128). */
-static void quantize_q6_k(const float *x, block_q6_k *y, int64_t nb) {
+static void quantize_q6_k(const float *x, block_q6_k *y, int64_t nb, int simd) {
     uint8_t q[QK_K];
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
         float sc[16], max_sc = 0;
-        for (int j = 0; j < 16; j++) {
-            sc[j] = fit_scale_symmetric(16, 32, x + 16 * j, q + 16 * j, 9, 1);
+        fit_symmetric16(x, 32, 9, 1, q, sc, simd);
+        for (int j = 0; j < 16; j++)
             if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
-        }
         if (fabsf(max_sc) < TINY) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
@@ -578,10 +589,10 @@ static void quantize_row(int type, const float *x, void *dst, int64_t n, int sim
     case PL_TYPE_Q8_0: quantize_q8_0(x, dst, n / QK); break;
     case PL_TYPE_IQ4_NL: quantize_iq4_nl(x, dst, n / QK); break;
     case PL_TYPE_Q2_K: quantize_q2_k(x, dst, n / QK_K); break;
-    case PL_TYPE_Q3_K: quantize_q3_k(x, dst, n / QK_K); break;
+    case PL_TYPE_Q3_K: quantize_q3_k(x, dst, n / QK_K, simd); break;
     case PL_TYPE_Q4_K: quantize_q4_k(x, dst, n / QK_K, simd); break;
     case PL_TYPE_Q5_K: quantize_q5_k(x, dst, n / QK_K, simd); break;
-    case PL_TYPE_Q6_K: quantize_q6_k(x, dst, n / QK_K); break;
+    case PL_TYPE_Q6_K: quantize_q6_k(x, dst, n / QK_K, simd); break;
     }
 }
 

@@ -110,6 +110,86 @@ QAVX2 void pl_fit_k4_avx2(const float *x, int nmax, float first, int n_steps, ui
     _mm256_storeu_ps(mn, _mm256_xor_ps(offset, _mm256_set1_ps(-0.f))); /* -offset */
 }
 
+/*
+ * quantize.c's fit_scale_symmetric(16, nmax, ..., n_trials, refine) for 8 sub-blocks of 16 at
+ * once (x: 128 values, sub-block j in lane j): sc[j] and the 16 q of each (q + 16 j). A lane
+ * that a refining pass leaves unchanged would stay so in every later pass: running passes
+ * until no lane changes is each lane's own stopping rule.
+ */
+QAVX2 void pl_fit_symmetric16_avx2(const float *x, int nmax, int n_trials, int refine, uint8_t *q, float *sc) {
+    __m256 xt[16], w[16], wx[16];
+    __m256i l[16], best_l[16];
+    const __m256 zero = _mm256_setzero_ps(), absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 amax = zero, max = zero;
+    for (int i = 0; i < 16; i++) {
+        xt[i] = _mm256_setr_ps(x[i], x[16 + i], x[32 + i], x[48 + i], x[64 + i], x[80 + i], x[96 + i], x[112 + i]);
+        w[i] = _mm256_mul_ps(xt[i], xt[i]);
+        wx[i] = _mm256_mul_ps(w[i], xt[i]);
+        const __m256 a = _mm256_and_ps(xt[i], absmask), gt = _mm256_cmp_ps(a, amax, _CMP_GT_OQ);
+        amax = _mm256_blendv_ps(amax, a, gt);
+        max = _mm256_blendv_ps(max, xt[i], gt);
+    }
+    const __m256 tiny = _mm256_cmp_ps(_mm256_and_ps(max, absmask), _mm256_set1_ps(1e-15f), _CMP_LT_OQ);
+    const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1);
+    __m256 best_sxl = zero, best_sl2 = zero, have = zero;
+    for (int i = 0; i < 16; i++) best_l[i] = _mm256_setzero_si256();
+    for (int k = -n_trials; k <= n_trials; k++) {
+        const __m256 iscale = _mm256_div_ps(_mm256_set1_ps(-((float)nmax + 0.1f * (float)k)), max);
+        __m256 sxl = zero, sl2 = zero;
+        for (int i = 0; i < 16; i++) {
+            l[i] = _mm256_min_epi32(_mm256_max_epi32(round8(_mm256_mul_ps(iscale, xt[i])), lo), hi);
+            const __m256 lf = _mm256_cvtepi32_ps(l[i]);
+            sxl = _mm256_add_ps(sxl, _mm256_mul_ps(wx[i], lf));
+            sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i], lf), lf));
+        }
+        const __m256 gain = _mm256_cmp_ps(_mm256_mul_ps(_mm256_mul_ps(sxl, sxl), best_sl2),
+                                          _mm256_mul_ps(_mm256_mul_ps(best_sxl, best_sxl), sl2), _CMP_GT_OQ);
+        /* sl2 > 0 && (the first fit || a better one) */
+        const __m256 first = _mm256_xor_ps(have, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+        const __m256 take = _mm256_and_ps(_mm256_cmp_ps(sl2, zero, _CMP_GT_OQ), _mm256_or_ps(first, gain));
+        if (_mm256_testz_ps(take, take)) continue;
+        have = _mm256_or_ps(have, take);
+        best_sxl = _mm256_blendv_ps(best_sxl, sxl, take);
+        best_sl2 = _mm256_blendv_ps(best_sl2, sl2, take);
+        const __m256i ti = _mm256_castps_si256(take);
+        for (int i = 0; i < 16; i++) best_l[i] = _mm256_blendv_epi8(best_l[i], l[i], ti);
+    }
+    for (int pass = 0; refine && pass < 5; pass++) {
+        __m256 changed = zero;
+        for (int i = 0; i < 16; i++) {
+            const __m256 bl = _mm256_cvtepi32_ps(best_l[i]);
+            const __m256 sxl_o = _mm256_sub_ps(best_sxl, _mm256_mul_ps(wx[i], bl));
+            const __m256 sl2_o = _mm256_sub_ps(best_sl2, _mm256_mul_ps(w[i], _mm256_cvtepi32_ps(_mm256_mullo_epi32(best_l[i], best_l[i]))));
+            const __m256i nl = _mm256_min_epi32(
+                _mm256_max_epi32(round8(_mm256_div_ps(_mm256_mul_ps(xt[i], sl2_o), sxl_o)), lo), hi);
+            const __m256 nlf = _mm256_cvtepi32_ps(nl);
+            const __m256 sxl = _mm256_add_ps(sxl_o, _mm256_mul_ps(wx[i], nlf));
+            const __m256 sl2 = _mm256_add_ps(sl2_o, _mm256_mul_ps(w[i], _mm256_cvtepi32_ps(_mm256_mullo_epi32(nl, nl))));
+            const __m256 moved = _mm256_andnot_ps(_mm256_cmp_ps(sxl_o, zero, _CMP_EQ_OQ),
+                                                  _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(nl, best_l[i]),
+                                                                                       _mm256_set1_epi32(-1))));
+            const __m256 gain = _mm256_cmp_ps(_mm256_mul_ps(_mm256_mul_ps(sxl, sxl), best_sl2),
+                                              _mm256_mul_ps(_mm256_mul_ps(best_sxl, best_sxl), sl2), _CMP_GT_OQ);
+            const __m256 take = _mm256_and_ps(_mm256_and_ps(moved, have),
+                                              _mm256_and_ps(_mm256_cmp_ps(sl2, zero, _CMP_GT_OQ), gain));
+            best_l[i] = _mm256_blendv_epi8(best_l[i], nl, _mm256_castps_si256(take));
+            best_sxl = _mm256_blendv_ps(best_sxl, sxl, take);
+            best_sl2 = _mm256_blendv_ps(best_sl2, sl2, take);
+            changed = _mm256_or_ps(changed, take);
+        }
+        if (_mm256_testz_ps(changed, changed)) break;
+    }
+    /* a tiny sub-block, or one no trial fitted: q = nmax (the zero), scale 0 */
+    const __m256 none = _mm256_or_ps(tiny, _mm256_andnot_ps(have, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
+    const __m256i none_i = _mm256_castps_si256(none);
+    int32_t qv[16][8];
+    for (int i = 0; i < 16; i++)
+        _mm256_storeu_si256((__m256i *)qv[i], _mm256_add_epi32(_mm256_andnot_si256(none_i, best_l[i]), _mm256_set1_epi32(nmax)));
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < 16; i++) q[16 * j + i] = (uint8_t)qv[i][j];
+    _mm256_storeu_ps(sc, _mm256_blendv_ps(_mm256_div_ps(best_sxl, best_sl2), zero, none));
+}
+
 /* n halves to floats (F16C converts every half exactly, as fp16_to_f32 does) */
 QAVX2 void pl_f16_to_f32_avx2(const pl_fp16 *src, float *dst, int64_t n) {
     int64_t i = 0;
