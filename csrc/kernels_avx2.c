@@ -301,17 +301,7 @@ AVX2 static void fpanel16_rows(int type, const void *w, size_t rb, const float *
             fpanel16_rows(TYPE, w, rb, x, xs, y, ys, r0, r1, nt, n);                            \
             return;                                                                             \
         }                                                                                       \
-        int r = r0;                                                                             \
-        for (; r + 4 <= r1; r += 4) {                                                           \
-            int t = 0;                                                                          \
-            for (; t + 3 <= nt; t += 3) ftile(TYPE, 4, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
-            for (; t < nt; t++) ftile(TYPE, 4, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-        }                                                                                       \
-        for (; r < r1; r++) {                                                                   \
-            int t = 0;                                                                          \
-            for (; t + 3 <= nt; t += 3) ftile(TYPE, 1, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
-            for (; t < nt; t++) ftile(TYPE, 1, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-        }                                                                                       \
+        PL_FTILE_ALL(TYPE, 3, w, rb, x, xs, y, ys, r0, r1, nt, n);                              \
     }
 
 FLOAT_KERNELS(f32, PL_TYPE_F32)
@@ -848,24 +838,8 @@ AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {
     for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
-const pl_kernel_set pl_kernels_avx2 = {
-    .name = "avx2",
-    .quantize_q8x = quantize_q8x,
-    .rows = {
-        [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
-        [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
-        [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
-        PL_KQ_TYPES(PL_KQ_ROWS_AVX2) /* kquants_avx2.c */
-    },
-    .tile = {
-        [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
-        [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
-        [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
-        PL_KQ_TYPES(PL_KQ_TILE_AVX2)
-    },
-    .attend = pl_attend_avx2,
-    .silu_mul = silu_mul,
-    .to_f16 = to_f16,
-};
+/* the K-quant entries: kquants_avx2.c */
+const pl_kernel_set pl_kernels_avx2 =
+    PL_SIMD_KERNEL_SET("avx2", pl_attend_avx2, PL_KQ_TYPES(PL_KQ_ROWS_AVX2), PL_KQ_TYPES(PL_KQ_TILE_AVX2));
 
 #endif
