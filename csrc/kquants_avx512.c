@@ -353,11 +353,14 @@ AVX512_INLINE __m512 quad_block(int T, const uint8_t *wp, int nq, const q5quad *
 #pragma GCC unroll 4
     for (int b = 0; b < 4; b++)
         if (b < nq) {
-            x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + b * bb + qs)), b);
             memcpy(&d[b], wp + b * bb, 2);
             if (T == PL_TYPE_Q5_1) memcpy(&m[b], wp + b * bb + 2, 2);
             if (T != PL_TYPE_IQ4_NL) memcpy(&h[b], wp + b * bb + qh, 4);
         }
+    x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + qs)), 0);
+    if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + qs)), 1);
+    if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + qs)), 2);
+    if (nq > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 3 * bb + qs)), 3);
     const uint64_t mlo = (uint64_t)(h[0] & 0xffff) | (uint64_t)(h[1] & 0xffff) << 16 | (uint64_t)(h[2] & 0xffff) << 32 |
                          (uint64_t)(h[3] & 0xffff) << 48;
     const uint64_t mhi = (uint64_t)(h[0] >> 16) | (uint64_t)(h[1] >> 16) << 16 | (uint64_t)(h[2] >> 16) << 32 |

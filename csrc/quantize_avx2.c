@@ -13,7 +13,11 @@
  */
 #if defined(__x86_64__) || defined(_M_X64)
 
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <immintrin.h>
 #include <string.h>
