@@ -226,30 +226,10 @@ AVX2_INLINE void fpack16(int type, const void *w, size_t rb, int r, int nr, int 
         }
 }
 
-/* Both halves (16 rows) x T tokens over kc packed values; first: start from zero, else add
- * to what y holds. m[i]: lanes (rows) of half i that exist. */
-AVX2_INLINE void fpanel8(int T, const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int first,
-                         const __m256i m[2]) {
-    __m256 acc[2][FTOK2];
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++)
-            acc[i][t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * ys + i * 8, m[i]);
-    for (int k = 0; k < kc; k++) {
-        const __m256 w0 = _mm256_load_ps(p + (size_t)k * 16), w1 = _mm256_load_ps(p + (size_t)k * 16 + 8);
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            const __m256 xv = _mm256_broadcast_ss(x + t * xs + k);
-            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
-        }
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) _mm256_maskstore_ps(y + t * ys + i * 8, m[i], acc[i][t]);
-}
+/* Both halves (16 rows) x T tokens over kc packed values (simd_x86.h) */
+#define LOADM8(m, p) _mm256_maskload_ps(p, m)
+DEFINE_FPANEL(fpanel8, AVX2_INLINE, __m256, 8, __m256i, FTOK2, _mm256_setzero_ps, LOADM8, _mm256_load_ps,
+              _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_maskstore_ps)
 
 /* Every token over one packed chunk: FTOK2 at a time, then 4, then one by one (T a constant
  * in each call, for the unrolling). */
