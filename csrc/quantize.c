@@ -13,7 +13,9 @@
  *
  * pl_quantize_rows converts the source rows (F32, F16, BF16, or any type the core can
  * dequantize) one at a time into a per-thread scratch row, so a tensor never needs a full
- * float copy, and spreads the rows over OpenMP threads.
+ * float copy, and spreads the rows over OpenMP threads. Where the kernel set in use is AVX2
+ * or AVX-512, the K-quant scale searches and the F16 conversion run in quantize_avx2.c,
+ * which gives the same bytes as the code here (the definition) in a fraction of the time.
  */
 #include <math.h>
 #include <stdlib.h>
