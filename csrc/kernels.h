@@ -84,6 +84,40 @@ typedef struct {
     void (*to_f16)(const float *x, pl_fp16 *y, int n);
 } pl_kernel_set;
 
+/*
+ * The float tiles' loop (kernels_avx2.c, kernels_neon.c): rows [r0, r1) x nt tokens through the
+ * file's ftile(TYPE, rows, tokens, ...), whose counts must be constants: 4 rows x TT tokens at a
+ * time, then the tokens and the rows left one by one.
+ */
+#define PL_FTILE_ROWS(TYPE, R, TT, w, rb, x, xs, y, ys, r, nt, n)                                            \
+    do {                                                                                                     \
+        int t_ = 0;                                                                                          \
+        for (; t_ + (TT) <= (nt); t_ += (TT)) ftile(TYPE, R, TT, w, rb, x + t_ * xs, xs, y + t_ * ys, ys, r, n); \
+        for (; t_ < (nt); t_++) ftile(TYPE, R, 1, w, rb, x + t_ * xs, xs, y + t_ * ys, ys, r, n);              \
+    } while (0)
+#define PL_FTILE_ALL(TYPE, TT, w, rb, x, xs, y, ys, r0, r1, nt, n)                                           \
+    do {                                                                                                     \
+        int r_ = (r0);                                                                                       \
+        for (; r_ + 4 <= (r1); r_ += 4) PL_FTILE_ROWS(TYPE, 4, TT, w, rb, x, xs, y, ys, r_, nt, n);           \
+        for (; r_ < (r1); r_++) PL_FTILE_ROWS(TYPE, 1, TT, w, rb, x, xs, y, ys, r_, nt, n);                   \
+    } while (0)
+
+/*
+ * The initializer of a SIMD set (kernels_avx2.c, kernels_neon.c), from the static functions
+ * of these names in its file, plus KQ_ROWS and KQ_TILE: the K-quant entries (kquants.h).
+ */
+#define PL_SIMD_KERNEL_SET(NAME, ATTEND, KQ_ROWS, KQ_TILE)                                                   \
+    {                                                                                                        \
+        .name = NAME, .quantize_q8x = quantize_q8x,                                                          \
+        .rows = {[PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,             \
+                 [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,          \
+                 [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r, KQ_ROWS},                      \
+        .tile = {[PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,             \
+                 [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,          \
+                 [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r, KQ_TILE},                      \
+        .attend = ATTEND, .silu_mul = silu_mul, .to_f16 = to_f16,                                            \
+    }
+
 extern const pl_kernel_set pl_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const pl_kernel_set pl_kernels_avx2;

@@ -226,30 +226,10 @@ AVX2_INLINE void fpack16(int type, const void *w, size_t rb, int r, int nr, int 
         }
 }
 
-/* Both halves (16 rows) x T tokens over kc packed values; first: start from zero, else add
- * to what y holds. m[i]: lanes (rows) of half i that exist. */
-AVX2_INLINE void fpanel8(int T, const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int first,
-                         const __m256i m[2]) {
-    __m256 acc[2][FTOK2];
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++)
-            acc[i][t] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y + t * ys + i * 8, m[i]);
-    for (int k = 0; k < kc; k++) {
-        const __m256 w0 = _mm256_load_ps(p + (size_t)k * 16), w1 = _mm256_load_ps(p + (size_t)k * 16 + 8);
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            const __m256 xv = _mm256_broadcast_ss(x + t * xs + k);
-            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
-        }
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) _mm256_maskstore_ps(y + t * ys + i * 8, m[i], acc[i][t]);
-}
+/* Both halves (16 rows) x T tokens over kc packed values (simd_x86.h) */
+#define LOADM8(m, p) _mm256_maskload_ps(p, m)
+DEFINE_FPANEL(fpanel8, AVX2_INLINE, __m256, 8, __m256i, FTOK2, _mm256_setzero_ps, LOADM8, _mm256_load_ps,
+              _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_maskstore_ps)
 
 /* Every token over one packed chunk: FTOK2 at a time, then 4, then one by one (T a constant
  * in each call, for the unrolling). */
@@ -301,17 +281,7 @@ AVX2 static void fpanel16_rows(int type, const void *w, size_t rb, const float *
             fpanel16_rows(TYPE, w, rb, x, xs, y, ys, r0, r1, nt, n);                            \
             return;                                                                             \
         }                                                                                       \
-        int r = r0;                                                                             \
-        for (; r + 4 <= r1; r += 4) {                                                           \
-            int t = 0;                                                                          \
-            for (; t + 3 <= nt; t += 3) ftile(TYPE, 4, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
-            for (; t < nt; t++) ftile(TYPE, 4, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-        }                                                                                       \
-        for (; r < r1; r++) {                                                                   \
-            int t = 0;                                                                          \
-            for (; t + 3 <= nt; t += 3) ftile(TYPE, 1, 3, w, rb, x + t * xs, xs, y + t * ys, ys, r, n); \
-            for (; t < nt; t++) ftile(TYPE, 1, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-        }                                                                                       \
+        PL_FTILE_ALL(TYPE, 3, w, rb, x, xs, y, ys, r0, r1, nt, n);                              \
     }
 
 FLOAT_KERNELS(f32, PL_TYPE_F32)
@@ -848,24 +818,8 @@ AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {
     for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
-const pl_kernel_set pl_kernels_avx2 = {
-    .name = "avx2",
-    .quantize_q8x = quantize_q8x,
-    .rows = {
-        [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
-        [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
-        [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
-        PL_KQ_TYPES(PL_KQ_ROWS_AVX2) /* kquants_avx2.c */
-    },
-    .tile = {
-        [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
-        [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
-        [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
-        PL_KQ_TYPES(PL_KQ_TILE_AVX2)
-    },
-    .attend = pl_attend_avx2,
-    .silu_mul = silu_mul,
-    .to_f16 = to_f16,
-};
+/* the K-quant entries: kquants_avx2.c */
+const pl_kernel_set pl_kernels_avx2 =
+    PL_SIMD_KERNEL_SET("avx2", pl_attend_avx2, PL_KQ_TYPES(PL_KQ_ROWS_AVX2), PL_KQ_TYPES(PL_KQ_TILE_AVX2));
 
 #endif

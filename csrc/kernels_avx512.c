@@ -144,31 +144,11 @@ AVX512_INLINE void fpack32(int type, const void *w, size_t rb, int r, int nr, in
         }
 }
 
-/* Both panels (32 rows) x T tokens over kc packed values; first: start from zero, else add
- * to what y holds. m[i]: the rows of panel i that exist (a missing panel is computed from
- * repeated rows and not stored). */
-AVX512_INLINE void fpanel(int T, const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int first,
-                          const __mmask16 m[2]) {
-    __m512 acc[2][FTOK];
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 12
-        for (int t = 0; t < T; t++)
-            acc[i][t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[i], y + t * ys + i * 16);
-    for (int k = 0; k < kc; k++) {
-        const __m512 w0 = _mm512_load_ps(p + (size_t)k * 32), w1 = _mm512_load_ps(p + (size_t)k * 32 + 16);
-#pragma GCC unroll 12
-        for (int t = 0; t < T; t++) {
-            const __m512 xv = _mm512_set1_ps(x[t * xs + k]);
-            acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
-        }
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-#pragma GCC unroll 12
-        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + t * ys + i * 16, m[i], acc[i][t]);
-}
+/* Both panels (32 rows) x T tokens over kc packed values (simd_x86.h); a missing panel is
+ * computed from repeated rows and not stored */
+#define SET1_16(p) _mm512_set1_ps(*(p))
+DEFINE_FPANEL(fpanel, AVX512_INLINE, __m512, 16, __mmask16, FTOK, _mm512_setzero_ps, _mm512_maskz_loadu_ps,
+              _mm512_load_ps, SET1_16, _mm512_fmadd_ps, _mm512_mask_storeu_ps)
 
 /* Every token over one packed chunk: FTOK at a time, the rest 8, 4 and 1 at a time (T is a
  * constant in each call, for the unrolling; four forms keep the code, and clang's

@@ -197,17 +197,7 @@ INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const float 
                             int r0, int r1, int nt, int n) {                                             \
         const float *x = (const float *)act;                                                             \
         const size_t xs = as / sizeof(float);                                                            \
-        int r = r0;                                                                                      \
-        for (; r + 4 <= r1; r += 4) {                                                                    \
-            int t = 0;                                                                                   \
-            for (; t + 4 <= nt; t += 4) ftile(TYPE, 4, 4, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-            for (; t < nt; t++) ftile(TYPE, 4, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);          \
-        }                                                                                                \
-        for (; r < r1; r++) {                                                                            \
-            int t = 0;                                                                                   \
-            for (; t + 4 <= nt; t += 4) ftile(TYPE, 1, 4, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);  \
-            for (; t < nt; t++) ftile(TYPE, 1, 1, w, rb, x + t * xs, xs, y + t * ys, ys, r, n);          \
-        }                                                                                                \
+        PL_FTILE_ALL(TYPE, 4, w, rb, x, xs, y, ys, r0, r1, nt, n);                                       \
     }
 
 FLOAT_KERNELS(f32, PL_TYPE_F32)
@@ -324,14 +314,7 @@ DOTPROD INLINE void qpanel(int type, int T, const pack4 *pk, int nb, const block
         for (int t = 0; t < T; t++) {
             const block_q8x *ab = a[t] + b;
             const int8x16_t a0 = vld1q_s8(ab->qs), a1 = vld1q_s8(ab->qs + 16);
-            int32x4_t s = sdot_lane(vdupq_n_s32(0), p->q[0], a0, 0);
-            s = sdot_lane(s, p->q[1], a0, 1);
-            s = sdot_lane(s, p->q[2], a0, 2);
-            s = sdot_lane(s, p->q[3], a0, 3);
-            s = sdot_lane(s, p->q[4], a1, 0);
-            s = sdot_lane(s, p->q[5], a1, 1);
-            s = sdot_lane(s, p->q[6], a1, 2);
-            s = sdot_lane(s, p->q[7], a1, 3);
+            const int32x4_t s = sdot_lanes4(sdot_lanes4(vdupq_n_s32(0), p->q, a0), p->q + 4, a1);
             acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(s), vmulq_n_f32(p->d, ab->d));
             if (type == PL_TYPE_Q4_1) acc[t] = vfmaq_n_f32(acc[t], p->m, ab->s);
         }
@@ -546,24 +529,8 @@ static void to_f16(const float *x, pl_fp16 *y, int n) {
     for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
-const pl_kernel_set pl_kernels_neon = {
-    .name = "neon",
-    .quantize_q8x = quantize_q8x,
-    .rows = {
-        [PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,
-        [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
-        [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
-        PL_KQ_NEON_TYPES(PL_KQ_ROWS_NEON) /* kquants_neon.c */
-    },
-    .tile = {
-        [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
-        [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
-        [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
-        PL_KQ_NEON_TYPES(PL_KQ_TILE_NEON)
-    },
-    .attend = pl_attend_neon,
-    .silu_mul = silu_mul,
-    .to_f16 = to_f16,
-};
+/* the K-quant entries: kquants_neon.c */
+const pl_kernel_set pl_kernels_neon =
+    PL_SIMD_KERNEL_SET("neon", pl_attend_neon, PL_KQ_TYPES(PL_KQ_ROWS_NEON), PL_KQ_TYPES(PL_KQ_TILE_NEON));
 
 #endif

@@ -83,6 +83,16 @@ static inline int kq_scale_k3(const uint8_t *s, int k) {
     return lo | (((s[8 + (k & 3)] >> (2 * (k >> 2))) & 3) << 4);
 }
 
+/* All 16 6-bit scales of a Q3_K super-block (its 12 scale bytes), as bytes, as stored (use minus 32) */
+AVX2_INLINE __m128i kq_scales_k3(const uint8_t *s) {
+    uint32_t a[3];
+    memcpy(a, s, 12);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, t = a[2];
+    return _mm_setr_epi32((int)((a[0] & k2) | ((t & k1) << 4)), (int)((a[1] & k2) | (((t >> 2) & k1) << 4)),
+                          (int)(((a[0] >> 4) & k2) | (((t >> 4) & k1) << 4)),
+                          (int)(((a[1] >> 4) & k2) | (((t >> 6) & k1) << 4)));
+}
+
 /* Block b of a row of type T (K-quants: b counts 32-value blocks from the row's start). */
 AVX2_INLINE void kq_unpack(int T, const uint8_t *row, int b, kblock *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);

@@ -133,15 +133,9 @@ AVX2_INLINE float q4k_row(int T, const uint8_t *row, int nsb, const kq_act *A) {
     return kq_hsum8(acc) - kq_hsum8(macc);
 }
 
-/* The 16 sub-block scales of a Q3_K super-block (6 bits each, packed in 12 bytes), as int16 minus 32 */
+/* The 16 sub-block scales of a Q3_K super-block as int16 minus 32 */
 AVX2_INLINE __m256i q3k_scales(const uint8_t *s) {
-    uint32_t a[3];
-    memcpy(a, s, 12);
-    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, t = a[2];
-    const __m128i v = _mm_setr_epi32((int)((a[0] & k2) | ((t & k1) << 4)), (int)((a[1] & k2) | (((t >> 2) & k1) << 4)),
-                                     (int)(((a[0] >> 4) & k2) | (((t >> 4) & k1) << 4)),
-                                     (int)(((a[1] >> 4) & k2) | (((t >> 6) & k1) << 4)));
-    return _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32));
+    return _mm256_sub_epi16(_mm256_cvtepu8_epi16(kq_scales_k3(s)), _mm256_set1_epi16(32));
 }
 
 /*

@@ -1,9 +1,9 @@
 /*
  * kquants_avx512.c - AVX-512 (F, BW, VL, VNNI) decode rows and prefill tiles for the
  * 5-bit, K-quant and IQ4 weight types, put into the AVX-512 set by pl_kq_fill_avx512
- * (kernels_avx512.c); the types without rows here keep the AVX2 ones.
+ * (kernels_avx512.c).
  *
- * Decode: Q4_K, Q6_K and Q5_0 rows. vpdpbusd multiplies unsigned weight bytes by signed
+ * Decode: rows for every type. vpdpbusd multiplies unsigned weight bytes by signed
  * activation bytes and adds each 4 products into an int32 lane, with no 16-bit step
  * to overflow; the activation is rearranged once per call so that its bytes meet the
  * weight bytes where one 64-byte load of the block puts them, and one convert and one
@@ -148,21 +148,155 @@ AVX512_INLINE float q6k_row512(const uint8_t *row, int nsb, const __m512i *aq, c
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-/* ------------------------------------------------------------------ Q5_0 rows */
+/* ------------------------------------------------------------------ Q5_K rows */
+
+/* 64 bytes: lo in the low 32, hi in the high 32 */
+AVX512_INLINE __m512i bytes2(char lo, char hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(lo)), _mm256_set1_epi8(hi), 1);
+}
 
 /*
- * Four blocks per step, as kernels_avx512.c's Q4_0 rows: the activation in groups of 4
- * blocks, lo = the first 16 bytes of each (block b in 128-bit lane b, they meet the low
- * nibbles), hi = the last 16; c = -16 x each lane's 4 bytes of lo and hi together (the
- * zero), da per lane. The fifth bits become byte masks (bits 0..15 of each block's qh
- * for the low nibbles, 16..31 for the high ones) that add 16.
+ * As Q4_K's rows (same activation, same scale vector g) with the high nibbles shifted down,
+ * since the fifth bit of sub-block k (bit k of qh byte l, value l) must land on bit 4: a
+ * byte mask from qh (read once per 256-bit half) adds 16 where it is set.
+ */
+AVX512_INLINE float q5k_row512(const uint8_t *row, int nsb, const __m512i *aq, const float *af) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), b16 = _mm512_set1_epi8(0x10);
+    const __m512i i02 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i i13 = _mm512_add_epi32(i02, _mm512_set1_epi32(1));
+    const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
+    const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
+    const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i k02 = bytes2(1, 4), k13 = bytes2(2, 8), k46 = bytes2(16, 64), k57 = bytes2(32, (char)128);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *blk = row + (size_t)i * sizeof(block_q5_k);
+        const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
+        const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
+        const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
+        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af + 16 * i));
+        macc = _mm512_mask_add_ps(macc, 0xff00, macc, g);
+        const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
+        const __m512i x0 = _mm512_loadu_si512(blk + 48), x1 = _mm512_loadu_si512(blk + 112);
+        __m512i w0 = _mm512_and_si512(x0, m4), w1 = _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4);
+        __m512i w2 = _mm512_and_si512(x1, m4), w3 = _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4);
+        w0 = _mm512_mask_add_epi8(w0, _mm512_test_epi8_mask(hb, k02), w0, b16);
+        w1 = _mm512_mask_add_epi8(w1, _mm512_test_epi8_mask(hb, k13), w1, b16);
+        w2 = _mm512_mask_add_epi8(w2, _mm512_test_epi8_mask(hb, k46), w2, b16);
+        w3 = _mm512_mask_add_epi8(w3, _mm512_test_epi8_mask(hb, k57), w3, b16);
+        const __m512i *a = aq + 4 * i;
+        const __m512i r0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, a[0]);
+        const __m512i r1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, a[1]);
+        const __m512i r2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, a[2]);
+        const __m512i r3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w3, a[3]);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r0), _mm512_permutexvar_ps(i02, g), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r1), _mm512_permutexvar_ps(i13, g), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r2), _mm512_permutexvar_ps(i46, g), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r3), _mm512_permutexvar_ps(i57, g), acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(macc);
+}
+
+/* -------------------------------------------------------------- Q3_K, Q2_K rows */
+
+/*
+ * The activation for Q3_K and Q2_K: its bytes back to back (q: vector v of super-block i
+ * is blocks 8i + 2v, 8i + 2v + 1); -Z x the sum of each lane's 4 bytes (c, Q3_K's zero);
+ * per 16-value sub-block k, da of its block (f) and da x the sum of its 16 bytes (sa, for
+ * Q2_K's minimums).
+ */
+AVX512_INLINE void k16_prep(int Z, const block_q8x *a, int nsb, __m512i *q, __m512i *c, float *f, float *sa) {
+    for (int i = 0; i < nsb; i++)
+        for (int v = 0; v < 4; v++) {
+            const block_q8x *ab = a + 8 * i + 2 * v;
+            const __m512i x = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)ab[0].qs)),
+                _mm256_loadu_si256((const __m256i *)ab[1].qs), 1);
+            q[4 * i + v] = x;
+            const __m512i lane = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), x);
+            c[4 * i + v] = _mm512_mullo_epi32(lane, _mm512_set1_epi32(-Z));
+            int32_t l[16];
+            _mm512_storeu_si512(l, lane);
+            for (int k = 0; k < 4; k++) {
+                f[16 * i + 4 * v + k] = ab[k / 2].d;
+                sa[16 * i + 4 * v + k] = ab[k / 2].d * (float)(l[4 * k] + l[4 * k + 1] + l[4 * k + 2] + l[4 * k + 3]);
+            }
+        }
+}
+
+/*
+ * Q3_K (T) or Q2_K. Vector v of a super-block (blocks 2v and 2v + 1 in its two 256-bit
+ * halves) is qs's 32 bytes n = v / 2, read once per half, shifted per 64-bit lane by the
+ * block's 2-bit position; Q3_K's third bit (bit b of hmask byte l for block b) adds 4
+ * through a byte mask. Lane l of vector v belongs to sub-block 4v + l / 4, whose scale
+ * (d x sc x da) one permute picks from the super-block's 16.
+ */
+AVX512_INLINE float k16_row512(int T, const uint8_t *row, int nsb, const __m512i *aq, const __m512i *ac,
+                               const float *af, const float *asa) {
+    const __m512i m3 = _mm512_set1_epi8(3), b4 = _mm512_set1_epi8(4);
+    const __m512i sh0 = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2), sh1 = _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i quarter = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const uint8_t *blk = row + (size_t)i * KQ_BLOCK_BYTES(T);
+        __m512 g;
+        __m512i hm = _mm512_setzero_si512();
+        if (T == PL_TYPE_Q3_K) {
+            const __m512i sc = _mm512_sub_epi32(_mm512_cvtepu8_epi32(kq_scales_k3(blk + 96)), _mm512_set1_epi32(32));
+            g = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(half(*(const uint16_t *)(blk + 108)))),
+                              _mm512_loadu_ps(af + 16 * i));
+            hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
+        } else {
+            const __m512i s = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
+            const __m512 sc = _mm512_cvtepi32_ps(_mm512_and_si512(s, _mm512_set1_epi32(15)));
+            const __m512 mn = _mm512_cvtepi32_ps(_mm512_srli_epi32(s, 4));
+            g = _mm512_mul_ps(_mm512_mul_ps(sc, _mm512_set1_ps(half(*(const uint16_t *)(blk + 80)))),
+                              _mm512_loadu_ps(af + 16 * i));
+            macc = _mm512_fmadd_ps(_mm512_mul_ps(mn, _mm512_set1_ps(half(*(const uint16_t *)(blk + 82)))),
+                                   _mm512_loadu_ps(asa + 16 * i), macc);
+        }
+        const uint8_t *qs = blk + (T == PL_TYPE_Q3_K ? 32 : 16);
+#pragma GCC unroll 2
+        for (int n = 0; n < 2; n++) {
+            const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * n)));
+            __m512i u0 = _mm512_and_si512(_mm512_srlv_epi64(x, sh0), m3);
+            __m512i u1 = _mm512_and_si512(_mm512_srlv_epi64(x, sh1), m3);
+            if (T == PL_TYPE_Q3_K) { /* blocks 4n .. 4n + 3: bits 4n .. 4n + 3 of hmask */
+                const char b = (char)(1 << (4 * n));
+                u0 = _mm512_mask_add_epi8(u0, _mm512_test_epi8_mask(hm, bytes2(b, (char)(b << 1))), u0, b4);
+                u1 = _mm512_mask_add_epi8(u1, _mm512_test_epi8_mask(hm, bytes2((char)(b << 2), (char)(b << 3))), u1, b4);
+            }
+            const int v = 2 * n;
+            const __m512i c0 = T == PL_TYPE_Q3_K ? ac[4 * i + v] : _mm512_setzero_si512();
+            const __m512i c1 = T == PL_TYPE_Q3_K ? ac[4 * i + v + 1] : _mm512_setzero_si512();
+            const __m512i r0 = _mm512_dpbusd_epi32(c0, u0, aq[4 * i + v]);
+            const __m512i r1 = _mm512_dpbusd_epi32(c1, u1, aq[4 * i + v + 1]);
+            const __m512i i0 = _mm512_add_epi32(quarter, _mm512_set1_epi32(4 * v));
+            const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r0), _mm512_permutexvar_ps(i0, g), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r1), _mm512_permutexvar_ps(i1, g), acc1);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm512_reduce_add_ps(macc);
+}
+
+/* ------------------------------------------------------ Q5_0, Q5_1, IQ4_NL, IQ4_XS rows */
+
+/*
+ * Four 32-value blocks per step, as kernels_avx512.c's Q4_0 rows: the activation in groups
+ * of 4 blocks, lo = the first 16 bytes of each (block b in 128-bit lane b, they meet the
+ * low nibbles), hi = the last 16; c = -Z x each lane's 4 bytes of lo and hi together (the
+ * type's zero: 16 for Q5_0, 128 for the IQ4 types, whose table lookups are made unsigned
+ * by adding 128), da per lane. The fifth bits of Q5_0 / Q5_1 become byte masks (bits 0..15
+ * of each block's qh for the low nibbles, 16..31 for the high ones) that add 16. IQ4_XS's
+ * 16 nibble bytes per block sit as IQ4_NL's, 4 blocks to a 64-byte load.
  */
 typedef struct {
     __m512i lo, hi, c;
     __m512 da;
 } q5quad;
 
-AVX512_INLINE void q5quad_prep(const block_q8x *a, int nb, q5quad *p) {
+AVX512_INLINE void q5quad_prep(int Z, const block_q8x *a, int nb, q5quad *p) {
     for (int g = 0; g * 4 < nb; g++) {
         int8_t lob[64] = {0}, hib[64] = {0};
         float da[16] = {0};
@@ -173,63 +307,158 @@ AVX512_INLINE void q5quad_prep(const block_q8x *a, int nb, q5quad *p) {
             for (int i = 0; i < 4; i++) da[4 * b + i] = ab->d;
         }
         const __m512i lo = _mm512_loadu_si512(lob), hi = _mm512_loadu_si512(hib);
-        const __m512i c16 = _mm512_set1_epi8(16);
+        const __m512i cz = _mm512_set1_epi8((char)Z);
         p[g].lo = lo;
         p[g].hi = hi;
         p[g].c = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                  _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c16, lo), c16, hi));
+                                  _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), cz, lo), cz, hi));
         p[g].da = _mm512_loadu_ps(da);
     }
 }
 
-/* blocks 4g.. of a row (nq of them, 1..4; the lanes of missing ones stay zero) */
-AVX512_INLINE __m512 q5quad_block(const uint8_t *wp, int nq, const q5quad *p, __m512 acc) {
-    const size_t bb = sizeof(block_q5_0);
-    __m512i x = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(wp + 6)));
+/* the lanes of 4 blocks' scales, block b in lanes 4b..4b+3 */
+AVX512_INLINE __m512 quad_lanes(__m128 d4) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                 _mm512_castps128_ps512(d4));
+}
+
+/* the IQ4 table + 128 in every 128-bit lane */
+AVX512_INLINE __m512i iq4_table512(void) { return _mm512_broadcast_i32x4(_mm256_castsi256_si128(kq_iq4_table())); }
+
+/* the integer sums of 4 blocks' nibble bytes x (as loaded) with the fifth bits mlo, mhi (Q5_0, Q5_1) */
+AVX512_INLINE __m512i quad_dot(int T, __m512i x, uint64_t mlo, uint64_t mhi, const q5quad *p) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+    if (T == PL_TYPE_Q5_0 || T == PL_TYPE_Q5_1) {
+        const __m512i b5 = _mm512_set1_epi8(0x10);
+        wl = _mm512_mask_add_epi8(wl, (__mmask64)mlo, wl, b5);
+        wh = _mm512_mask_add_epi8(wh, (__mmask64)mhi, wh, b5);
+    } else {
+        wl = _mm512_shuffle_epi8(iq4_table512(), wl);
+        wh = _mm512_shuffle_epi8(iq4_table512(), wh);
+    }
+    const __m512i c = KQ_ZERO(T) ? p->c : _mm512_setzero_si512();
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, wl, p->lo), wh, p->hi);
+}
+
+/* blocks 4g.. of a row of type T (Q5_0, Q5_1, IQ4_NL; nq of them, 1..4: the lanes of
+ * missing ones stay zero); Q5_1's minimums times the blocks' s (s4) go to macc */
+AVX512_INLINE __m512 quad_block(int T, const uint8_t *wp, int nq, const q5quad *p, const float *s4, __m512 acc,
+                                __m128 *macc) {
+    const size_t bb = KQ_BLOCK_BYTES(T);
+    const int qs = T == PL_TYPE_Q5_0 ? 6 : T == PL_TYPE_Q5_1 ? 8 : 2, qh = T == PL_TYPE_Q5_0 ? 2 : 4;
+    __m512i x = _mm512_setzero_si512();
     uint32_t h[4] = {0, 0, 0, 0};
-    uint16_t d[4] = {0, 0, 0, 0};
-    memcpy(&h[0], wp + 2, 4);
-    memcpy(&d[0], wp, 2);
-    if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + 6)), 1), memcpy(&h[1], wp + bb + 2, 4), memcpy(&d[1], wp + bb, 2);
-    if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + 6)), 2), memcpy(&h[2], wp + 2 * bb + 2, 4), memcpy(&d[2], wp + 2 * bb, 2);
-    if (nq > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 3 * bb + 6)), 3), memcpy(&h[3], wp + 3 * bb + 2, 4), memcpy(&d[3], wp + 3 * bb, 2);
+    uint16_t d[4] = {0, 0, 0, 0}, m[4] = {0, 0, 0, 0};
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; b++)
+        if (b < nq) {
+            memcpy(&d[b], wp + b * bb, 2);
+            if (T == PL_TYPE_Q5_1) memcpy(&m[b], wp + b * bb + 2, 2);
+            if (T != PL_TYPE_IQ4_NL) memcpy(&h[b], wp + b * bb + qh, 4);
+        }
+    x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + qs)), 0);
+    if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + qs)), 1);
+    if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + qs)), 2);
+    if (nq > 3) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 3 * bb + qs)), 3);
     const uint64_t mlo = (uint64_t)(h[0] & 0xffff) | (uint64_t)(h[1] & 0xffff) << 16 | (uint64_t)(h[2] & 0xffff) << 32 |
                          (uint64_t)(h[3] & 0xffff) << 48;
     const uint64_t mhi = (uint64_t)(h[0] >> 16) | (uint64_t)(h[1] >> 16) << 16 | (uint64_t)(h[2] >> 16) << 32 |
                          (uint64_t)(h[3] >> 16) << 48;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), b5 = _mm512_set1_epi8(0x10);
-    __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-    wl = _mm512_mask_add_epi8(wl, (__mmask64)mlo, wl, b5);
-    wh = _mm512_mask_add_epi8(wh, (__mmask64)mhi, wh, b5);
-    const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(p->c, wl, p->lo), wh, p->hi);
+    const __m512i s = quad_dot(T, x, mlo, mhi, p);
     uint64_t d64;
     memcpy(&d64, d, 8);
-    const __m512 dw = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                                            _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d64))));
+    if (T == PL_TYPE_Q5_1) {
+        uint64_t m64;
+        memcpy(&m64, m, 8);
+        *macc = _mm_fmadd_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)m64)), _mm_loadu_ps(s4), *macc);
+    }
+    const __m512 dw = quad_lanes(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d64)));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, p->da), acc);
+}
+
+/* One Q5_0, Q5_1 or IQ4_NL row of nb blocks (s: Q5_1's activation sums, per block) */
+AVX512_INLINE float quad_row512(int T, const uint8_t *wr, int nb, const q5quad *p, const float *s) {
+    const size_t bb = KQ_BLOCK_BYTES(T);
+    const int full = nb / 4;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m128 macc = _mm_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= full; g += 2) {
+        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, 4, p + g, s + 4 * g, acc0, &macc);
+        acc1 = quad_block(T, wr + (size_t)(4 * g + 4) * bb, 4, p + g + 1, s + 4 * g + 4, acc1, &macc);
+    }
+    for (; 4 * g < nb; g++) {
+        const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, nq, p + g, s + 4 * g, acc0, &macc);
+    }
+    float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if (T == PL_TYPE_Q5_1) {
+        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
+        r += _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
+    }
+    return r;
+}
+
+/* One IQ4_XS row: per super-block two groups of 4 blocks (qs's two 64-byte halves),
+ * scaled per block by d x (ls - 32), picked for each group's lanes. */
+AVX512_INLINE float iq4xs_row512(const uint8_t *row, int nsb, const q5quad *p) {
+    const __m512i hi4 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        const block_iq4_xs *x = (const block_iq4_xs *)(row + (size_t)i * sizeof(block_iq4_xs));
+        uint32_t sl;
+        memcpy(&sl, x->scales_l, 4);
+        const __m128i l4 = _mm_cvtsi32_si128((int)sl);
+        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
+                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
+        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
+                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                            _mm256_set1_epi32(3));
+        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)),
+                                            _mm256_set1_epi32(32));
+        const __m512 f = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(half(x->d))));
+        const q5quad *pq = p + 2 * i;
+        const __m512i s0 = quad_dot(PL_TYPE_IQ4_XS, _mm512_loadu_si512(x->qs), 0, 0, pq);
+        const __m512i s1 = quad_dot(PL_TYPE_IQ4_XS, _mm512_loadu_si512(x->qs + 64), 0, 0, pq + 1);
+        const __m512i lo4 = _mm512_sub_epi32(hi4, _mm512_set1_epi32(4));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(_mm512_permutexvar_ps(lo4, f), pq[0].da), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(_mm512_permutexvar_ps(hi4, f), pq[1].da), acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 /* ------------------------------------------------------------------ rows */
 
+/* bytes of per-call activation buffer a row of n values of type T needs */
+static size_t rows_buffer_bytes(int T, int n) {
+    const int nb = n / QK, nsb = n / QK_K;
+    switch (T) {
+    case PL_TYPE_Q4_K:
+    case PL_TYPE_Q5_K: return (size_t)nsb * (4 * 64 + 64);
+    case PL_TYPE_Q6_K: return (size_t)nsb * (8 * 64 + 64);
+    case PL_TYPE_Q3_K:
+    case PL_TYPE_Q2_K: return (size_t)nsb * (8 * 64 + 2 * 64);
+    default: return (size_t)(nb + 3) / 4 * (sizeof(q5quad) + 16); /* the quads, then Q5_1's s */
+    }
+}
+
 AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1, int n) {
     char stackbuf[KQ512_STACK] __attribute__((aligned(64)));
     const int nb = n / QK, nsb = n / QK_K;
-    size_t need;
-    if (T == PL_TYPE_Q4_K) need = (size_t)nsb * (4 * 64 + 64);
-    else if (T == PL_TYPE_Q6_K) need = (size_t)nsb * (8 * 64 + 64);
-    else need = (size_t)(nb + 3) / 4 * sizeof(q5quad);
+    const size_t need = rows_buffer_bytes(T, n);
     char *buf = need <= sizeof stackbuf ? stackbuf : aligned_alloc(64, (need + 63) / 64 * 64);
     if (!buf) { /* out of memory: the AVX2 kernel needs no buffer of this size */
         pl_kernels_avx2.rows[T](w, rb, a, y, r0, r1, n);
         return;
     }
-    if (T == PL_TYPE_Q4_K) {
+    if (T == PL_TYPE_Q4_K || T == PL_TYPE_Q5_K) {
         __m512i *aq = (__m512i *)buf;
         float *af = (float *)(aq + 4 * (size_t)nsb);
         q4k_prep(a, nsb, aq, af);
         for (int r = r0; r < r1; r++) {
             prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));
-            y[r] = q4k_row512(ROW(w, rb, r), nsb, aq, af);
+            y[r] = T == PL_TYPE_Q4_K ? q4k_row512(ROW(w, rb, r), nsb, aq, af) : q5k_row512(ROW(w, rb, r), nsb, aq, af);
         }
     } else if (T == PL_TYPE_Q6_K) {
         __m512i *aq = (__m512i *)buf, *ac = aq + 4 * (size_t)nsb;
@@ -239,38 +468,33 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
             prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));
             y[r] = q6k_row512(ROW(w, rb, r), nsb, aq, ac, af);
         }
-    } else { /* Q5_0 */
+    } else if (T == PL_TYPE_Q3_K || T == PL_TYPE_Q2_K) {
+        __m512i *aq = (__m512i *)buf, *ac = aq + 4 * (size_t)nsb;
+        float *af = (float *)(ac + 4 * (size_t)nsb), *asa = af + 16 * (size_t)nsb;
+        k16_prep(KQ_ZERO(T), a, nsb, aq, ac, af, asa);
+        for (int r = r0; r < r1; r++) {
+            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));
+            y[r] = k16_row512(T, ROW(w, rb, r), nsb, aq, ac, af, asa);
+        }
+    } else { /* Q5_0, Q5_1, IQ4_NL, IQ4_XS */
         q5quad *p = (q5quad *)buf;
-        q5quad_prep(a, nb, p);
-        const int full = nb / 4;
+        float *s = (float *)(p + (nb + 3) / 4);
+        q5quad_prep(KQ_ZERO(T), a, nb, p);
+        for (int b = 0; b < (nb + 3) / 4 * 4; b++) s[b] = b < nb ? a[b].s : 0.0f;
         for (int r = r0; r < r1; r++) {
             const uint8_t *wr = ROW(w, rb, r);
             prefetch_ahead(wr, rb, ROW(w, rb, r1));
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-            int g = 0;
-            for (; g + 2 <= full; g += 2) {
-                acc0 = q5quad_block(wr + (size_t)(4 * g) * sizeof(block_q5_0), 4, p + g, acc0);
-                acc1 = q5quad_block(wr + (size_t)(4 * g + 4) * sizeof(block_q5_0), 4, p + g + 1, acc1);
-            }
-            for (; 4 * g < nb; g++) {
-                const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
-                acc0 = q5quad_block(wr + (size_t)(4 * g) * sizeof(block_q5_0), nq, p + g, acc0);
-            }
-            y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            y[r] = T == PL_TYPE_IQ4_XS ? iq4xs_row512(wr, nsb, p) : quad_row512(T, wr, nb, p, s);
         }
     }
     if (buf != stackbuf) free(buf);
 }
 
-AVX512 static void rows_q4_k(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    kq_rows512(PL_TYPE_Q4_K, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-AVX512 static void rows_q6_k(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    kq_rows512(PL_TYPE_Q6_K, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-AVX512 static void rows_q5_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    kq_rows512(PL_TYPE_Q5_0, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
+#define KQ_ROWS512(NAME, TYPE)                                                                            \
+    AVX512 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) { \
+        kq_rows512(TYPE, w, rb, (const block_q8x *)act, y, r0, r1, n);                                    \
+    }
+PL_KQ_TYPES(KQ_ROWS512)
 
 /* ---------------------------------------------------------------- tiles */
 
@@ -389,12 +613,11 @@ AVX512_INLINE void kq_tile512(int T, const void *w, size_t rb, const void *act, 
 PL_KQ_TYPES(KQ_TILE512)
 
 #define KQ_SET_TILE(NAME, TYPE) set->tile[TYPE] = tile_##NAME;
+#define KQ_SET_ROWS(NAME, TYPE) set->rows[TYPE] = rows_##NAME;
 
 void pl_kq_fill_avx512(pl_kernel_set *set) {
     PL_KQ_TYPES(KQ_SET_TILE)
-    set->rows[PL_TYPE_Q4_K] = rows_q4_k;
-    set->rows[PL_TYPE_Q6_K] = rows_q6_k;
-    set->rows[PL_TYPE_Q5_0] = rows_q5_0;
+    PL_KQ_TYPES(KQ_SET_ROWS)
 }
 
 #endif

@@ -288,6 +288,6 @@ static void kq_tile_rows(pl_rows_fn rows, const void *w, size_t rb, const void *
         if (pl_neon_has_dotprod()) tile_##NAME##_sdot(w, rb, act, as, y, ys, r0, r1, nt, n);             \
         else kq_tile_rows(rows_##NAME##_plain, w, rb, act, as, y, ys, r0, r1, nt, n);                    \
     }
-PL_KQ_NEON_TYPES(KQ_DEFINE_NEON)
+PL_KQ_TYPES(KQ_DEFINE_NEON)
 
 #endif

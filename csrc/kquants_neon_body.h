@@ -108,22 +108,12 @@ KQ_ATTR INLINE void kq_panel_sdot(int T, int TT, const kq_pack4 *pk, int nb, con
         for (int t = 0; t < TT; t++) {
             const block_q8x *ab = a[t] + b;
             const int8x16_t a0 = vld1q_s8(ab->qs), a1 = vld1q_s8(ab->qs + 16);
-            int32x4_t s0 = sdot_lane(vdupq_n_s32(0), p->q[0], a0, 0);
-            s0 = sdot_lane(s0, p->q[1], a0, 1);
-            s0 = sdot_lane(s0, p->q[2], a0, 2);
-            s0 = sdot_lane(s0, p->q[3], a0, 3);
+            const int32x4_t s0 = sdot_lanes4(vdupq_n_s32(0), p->q, a0);
             float32x4_t f;
             if (KQ_HALVES(T) == 1) {
-                s0 = sdot_lane(s0, p->q[4], a1, 0);
-                s0 = sdot_lane(s0, p->q[5], a1, 1);
-                s0 = sdot_lane(s0, p->q[6], a1, 2);
-                s0 = sdot_lane(s0, p->q[7], a1, 3);
-                f = vmulq_f32(vcvtq_f32_s32(s0), p->d[0]);
+                f = vmulq_f32(vcvtq_f32_s32(sdot_lanes4(s0, p->q + 4, a1)), p->d[0]);
             } else {
-                int32x4_t s1 = sdot_lane(vdupq_n_s32(0), p->q[4], a1, 0);
-                s1 = sdot_lane(s1, p->q[5], a1, 1);
-                s1 = sdot_lane(s1, p->q[6], a1, 2);
-                s1 = sdot_lane(s1, p->q[7], a1, 3);
+                const int32x4_t s1 = sdot_lanes4(vdupq_n_s32(0), p->q + 4, a1);
                 f = vfmaq_f32(vmulq_f32(vcvtq_f32_s32(s0), p->d[0]), vcvtq_f32_s32(s1), p->d[1]);
             }
             acc[t] = vfmaq_n_f32(acc[t], f, ab->d);

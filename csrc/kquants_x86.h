@@ -19,25 +19,14 @@
 #ifndef PL_KQUANTS_X86_H
 #define PL_KQUANTS_X86_H
 
-#include "kernels.h"
+#include "kquants.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 
-/* The types these files serve: X(suffix, type id) */
-#define PL_KQ_TYPES(X)                                                                                   \
-    X(q5_0, PL_TYPE_Q5_0) X(q5_1, PL_TYPE_Q5_1) X(q2_k, PL_TYPE_Q2_K) X(q3_k, PL_TYPE_Q3_K)                \
-    X(q4_k, PL_TYPE_Q4_K) X(q5_k, PL_TYPE_Q5_K) X(q6_k, PL_TYPE_Q6_K) X(iq4_nl, PL_TYPE_IQ4_NL)           \
-    X(iq4_xs, PL_TYPE_IQ4_XS)
-
-#define PL_KQ_DECLARE_AVX2(NAME, TYPE)                                                                   \
-    void pl_kq_rows_##NAME##_avx2(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n); \
-    void pl_kq_tile_##NAME##_avx2(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, \
-                                  int r0, int r1, int nt, int n);
+#define PL_KQ_DECLARE_AVX2(NAME, TYPE) PL_KQ_DECLARE(NAME, avx2)
 PL_KQ_TYPES(PL_KQ_DECLARE_AVX2)
-
-/* designated initializers for pl_kernels_avx2's rows and tile tables */
-#define PL_KQ_ROWS_AVX2(NAME, TYPE) [TYPE] = pl_kq_rows_##NAME##_avx2,
-#define PL_KQ_TILE_AVX2(NAME, TYPE) [TYPE] = pl_kq_tile_##NAME##_avx2,
+#define PL_KQ_ROWS_AVX2(NAME, TYPE) PL_KQ_ROWS_ENTRY(NAME, TYPE, avx2)
+#define PL_KQ_TILE_AVX2(NAME, TYPE) PL_KQ_TILE_ENTRY(NAME, TYPE, avx2)
 
 /* Put the AVX-512 kernels of these types into a set (a copy of the AVX2 one). */
 void pl_kq_fill_avx512(pl_kernel_set *set);

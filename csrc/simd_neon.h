@@ -39,6 +39,15 @@ DOTPROD INLINE int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #define sdot_lane(acc, a, b, lane) vdotq_laneq_s32(acc, a, b, lane)
 #endif
 
+/* acc + q[k] (4 bytes of each of 4 rows per lane) dotted with bytes 4k..4k+3 of a, k = 0..3: the
+ * packed tiles' step (4 rows x 16 values) */
+DOTPROD INLINE int32x4_t sdot_lanes4(int32x4_t acc, const int8x16_t q[4], int8x16_t a) {
+    acc = sdot_lane(acc, q[0], a, 0);
+    acc = sdot_lane(acc, q[1], a, 1);
+    acc = sdot_lane(acc, q[2], a, 2);
+    return sdot_lane(acc, q[3], a, 3);
+}
+
 #define ROW(w, rb, r) ((const void *)((const char *)(w) + (size_t)(r) * (rb)))
 
 /* 1 when the CPU has the dot-product extension and PYLLAMA_NEON_NODOT does not forbid it

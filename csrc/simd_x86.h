@@ -114,6 +114,32 @@ AVX2_INLINE void transpose8(__m256i v[8]) {
     v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
+/*
+ * The float panels' product (kernels_avx2.c: 2 x 8 rows, kernels_avx512.c: 2 x 16): both row
+ * vectors x T tokens over kc packed values (p: per value, the rows of vector 0 then 1); first:
+ * start from zero, else add to what y holds; m[i]: the rows of vector i that exist. A macro
+ * over the including file's vector V of W floats, mask M and operations ZERO(), LOADM(m, p),
+ * LOAD(p), SET1(p) (broadcast *p), FMA(a, b, c) and STOREM(p, m, v); NTOK: the most tokens.
+ */
+#define DEFINE_FPANEL(NAME, ATTR, V, W, M, NTOK, ZERO, LOADM, LOAD, SET1, FMA, STOREM)                    \
+    ATTR void NAME(int T, const float *p, int kc, const float *x, size_t xs, float *y, size_t ys, int first, \
+                   const M m[2]) {                                                                    \
+        V acc[2][NTOK];                                                                               \
+        _Pragma("GCC unroll 2") for (int i = 0; i < 2; i++)                                           \
+        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++)                                          \
+            acc[i][t] = first ? ZERO() : LOADM(m[i], y + t * ys + i * W);                             \
+        for (int k = 0; k < kc; k++) {                                                                \
+            const V w0 = LOAD(p + (size_t)k * 2 * W), w1 = LOAD(p + (size_t)k * 2 * W + W);          \
+            _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {                                    \
+                const V xv = SET1(x + t * xs + k);                                                    \
+                acc[0][t] = FMA(w0, xv, acc[0][t]);                                                   \
+                acc[1][t] = FMA(w1, xv, acc[1][t]);                                                   \
+            }                                                                                         \
+        }                                                                                             \
+        _Pragma("GCC unroll 2") for (int i = 0; i < 2; i++)                                           \
+        _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) STOREM(y + t * ys + i * W, m[i], acc[i][t]); \
+    }
+
 /* Attention: call CALL(type, J, ...) with the cache type and the head count (1..3)
  * as constants, so that inlined loops keep their accumulators in registers (a run-time
  * count spilled them on every step). */

@@ -109,6 +109,32 @@ def test_threads_and_source_types_do_not_change_bytes():
                           quantize_rows(h, QT.Q6_K, src_type=QT.F16, src=h.view(np.uint16)))
 
 
+@pytest.mark.parametrize("src_type", [QT.F32, QT.F16])
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_simd_scale_search_gives_the_scalar_bytes(name, src_type):
+    """The AVX2 scale searches (csrc/quantize_avx2.c) against the scalar code, which is the
+    definition: every byte equal, on rows with outliers, zero and all-positive blocks, values on
+    a coarse grid (ties in the rounding) and constant sub-blocks."""
+    if lib.pl_cpu_isa() not in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512):
+        pytest.skip("this CPU has no AVX2: only the scalar quantizer runs")
+    x = rows_with_outliers(rows=24, n=1024, seed=3)
+    rng = np.random.default_rng(3)
+    x[5] = np.round(x[5] * 8) / 8
+    x[6, :48] = 0.75
+    x[7, 16:144] = -rng.uniform(0.5, 1.0, 128).astype(np.float32)
+    x[8] = (rng.standard_normal(1024) ** 3).astype(np.float32)
+    x[9, :256] = 1e-20
+    src = x.astype(np.float16) if src_type == QT.F16 else x
+    raw = src.view(np.uint16) if src_type == QT.F16 else src
+    try:
+        lib.pl_set_isa(lib.PL_ISA_SCALAR)
+        scalar = quantize_rows(x, QT[name], src_type=src_type, src=raw)
+    finally:
+        lib.pl_set_isa(lib.PL_ISA_AUTO)
+    simd = quantize_rows(x, QT[name], src_type=src_type, src=raw)
+    assert np.array_equal(scalar, simd), f"{name}: {np.count_nonzero(scalar != simd)} bytes differ"
+
+
 def test_quality_not_worse_than_llama_quantize_pure(tmp_path):
     """Our error on each base type <= llama-quantize --pure's on the same tensors (recorded;
     a subset of the model's tensors, for time: the output matrix and layers 0 and 9)."""
