@@ -662,15 +662,46 @@ AVX512_INLINE void q4rows_invariant(int type, const void *w, size_t rb, const bl
 }
 
 /*
- * The repacked layouts (decode's): a quad's nibbles are one load and its 4 scales (and
- * minimums) one 8-byte load each, so the scales are multiplied 4 at a time (per lane the
- * same float product as the tile's); only the chain itself is scalar, four rows of it
- * interleaved so that their independent FMAs overlap.
+ * The repacked layouts (decode's) the tile's way round: 16 rows at once, one per lane, so
+ * each step of the chain is one vector FMA for 16 rows (the tile's own instruction on the
+ * same operands) instead of a scalar FMA per row. Per quad of blocks each row's integer
+ * dot products come out as 16 int32 partial sums (block b in lanes 4b..4b+3); three rounds
+ * of adds with unpack/shuffle steps turn the 16 rows' vectors into one vector per block
+ * holding every row's exact block sum. The rows' scales (and minimums) are gathered 8
+ * rows to a register and their fp16 lanes picked out per block.
  */
-#define INV_ROWS 4
+#define PANEL_AHEAD 16 /* rows: the next panel's lines are asked for while this one runs */
+
+/* s[i] (row i): block b's partial sums in lanes 4b..4b+3 -> v[b] (lane i: row i's block-b sum) */
+AVX512_INLINE void quad_sums_by_row(const __m512i s[16], __m512i v[4]) {
+    __m512i t[8], u[4];
+    for (int k = 0; k < 8; k++) /* per 128-bit lane: rows 2k, 2k+1, each two of its four partials */
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane b: the block-b sums of rows 4j..4j+3 */
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    const __m512i x0 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x1 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i x2 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x3 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1));
+    v[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
+    v[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
+    v[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+/* fp16 value b of each of 16 rows' 4-value groups (lo: rows 0-7, hi: rows 8-15, 8 bytes a row) as floats */
+AVX512_INLINE __m512 halves_by_row(__m512i lo, __m512i hi, int b) {
+    const __m512i idx = _mm512_zextsi256_si512(_mm256_add_epi16(
+        _mm256_setr_epi16(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60), _mm256_set1_epi16((short)b)));
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(lo, idx, hi)));
+}
+
 AVX512_INLINE void q4rrows_invariant(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0,
                                      int r1, int n) {
     const int nb = n / QK, q41 = type == PL_TYPE_Q4_1R, nquad = (nb + 3) / 4;
+    const size_t qs_at = (size_t)(q41 ? 4 : 2) * nb; /* where a row's nibbles start (quants.h) */
     q4quad stackbuf[QUADS_ON_STACK];
     q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
     if (!ap) {
@@ -678,45 +709,53 @@ AVX512_INLINE void q4rrows_invariant(int type, const void *w, size_t rb, const b
         return;
     }
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    for (int r = r0; r < r1; r += INV_ROWS) {
-        const int nr = r1 - r < INV_ROWS ? r1 - r : INV_ROWS;
-        const uint8_t *wr[INV_ROWS];
-        float acc[INV_ROWS] = {0.0f};
-        for (int i = 0; i < INV_ROWS; i++) {
-            wr[i] = ROW(w, rb, r + (i < nr ? i : nr - 1));
-            prefetch_ahead_past_end(wr[i], rb);
-        }
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const uint8_t *wr[16];
+        for (int i = 0; i < 16; i++) wr[i] = ROW(w, rb, r + (i < nr ? i : nr - 1)); /* missing lanes: the last row */
+        /* the scales (minimums) of rows 0-7 and 8-15: gathered 8 bytes (4 blocks) a row, per quad */
+        const __m512i off_lo = _mm512_setr_epi64(wr[0] - wr[0], wr[1] - wr[0], wr[2] - wr[0], wr[3] - wr[0],
+                                                 wr[4] - wr[0], wr[5] - wr[0], wr[6] - wr[0], wr[7] - wr[0]);
+        const __m512i off_hi = _mm512_setr_epi64(wr[8] - wr[0], wr[9] - wr[0], wr[10] - wr[0], wr[11] - wr[0],
+                                                 wr[12] - wr[0], wr[13] - wr[0], wr[14] - wr[0], wr[15] - wr[0]);
+        const uint8_t *ahead = (const uint8_t *)ROW(w, rb, r + PANEL_AHEAD);
+        if (r + PANEL_AHEAD < r1)
+            for (size_t o = 0; o < qs_at; o += 64)
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)ahead + i * rb + o, _MM_HINT_T0);
+        __m512 acc = _mm512_setzero_ps();
         for (int g = 0; g < nquad; g++) {
             const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
             const q4quad *p = ap + g;
-            const __m128 da = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, p->da));
-            float isf[INV_ROWS][4], dd[INV_ROWS][4], mo[INV_ROWS][4];
-#pragma GCC unroll 4
-            for (int i = 0; i < INV_ROWS; i++) {
-                const q4_block k = q4_block_at(type, wr[i], 4 * g, nb);
-                const __mmask8 hm = (__mmask8)((1u << nq) - 1);
-                const __m512i x = nq == 4 ? _mm512_loadu_si512(k.qs)
-                                          : _mm512_maskz_loadu_epi8(((__mmask64)1 << (16 * nq)) - 1, k.qs);
+            const __mmask64 qmask = nq == 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * nq)) - 1;
+            __m512i sv[16], v[4];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const uint8_t *qs = wr[i] + qs_at + 64 * (size_t)g;
+                if (r + PANEL_AHEAD < r1) _mm_prefetch((const char *)qs + PANEL_AHEAD * rb, _MM_HINT_T0);
+                const __m512i x = nq == 4 ? _mm512_loadu_si512(qs) : _mm512_maskz_loadu_epi8(qmask, qs);
                 const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-                __m512i sv = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
-                if (!q41) sv = _mm512_sub_epi32(sv, p->c);
-                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_CDAB));
-                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_BADC));
-                _mm_storeu_ps(isf[i], _mm_cvtepi32_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, sv))));
-                _mm_storeu_ps(dd[i], _mm_mul_ps(_mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.d)), da));
-                if (q41) _mm_storeu_ps(mo[i], _mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.m)));
+                sv[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+                if (!q41) sv[i] = _mm512_sub_epi32(sv[i], p->c);
+            }
+            quad_sums_by_row(sv, v);
+            /* 8 bytes from block 4g's scale on: past the row's last block they read the next
+             * array of the same row (minimums or nibbles), lanes no block uses */
+            const __m512i d_lo = _mm512_i64gather_epi64(off_lo, wr[0] + 8 * (size_t)g, 1);
+            const __m512i d_hi = _mm512_i64gather_epi64(off_hi, wr[0] + 8 * (size_t)g, 1);
+            __m512i m_lo = _mm512_setzero_si512(), m_hi = _mm512_setzero_si512();
+            if (q41) {
+                m_lo = _mm512_i64gather_epi64(off_lo, wr[0] + 2 * (size_t)nb + 8 * (size_t)g, 1);
+                m_hi = _mm512_i64gather_epi64(off_hi, wr[0] + 2 * (size_t)nb + 8 * (size_t)g, 1);
             }
             for (int b = 0; b < nq; b++) {
-                const float sa = a[4 * g + b].s;
-#pragma GCC unroll 4
-                for (int i = 0; i < INV_ROWS; i++) {
-                    acc[i] = fmaf(isf[i][b], dd[i][b], acc[i]);
-                    if (q41) acc[i] = fmaf(mo[i][b], sa, acc[i]);
-                }
+                const block_q8x *ab = a + 4 * g + b;
+                const __m512 dd = _mm512_mul_ps(halves_by_row(d_lo, d_hi, b), _mm512_set1_ps(ab->d));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v[b]), dd, acc);
+                if (q41) acc = _mm512_fmadd_ps(halves_by_row(m_lo, m_hi, b), _mm512_set1_ps(ab->s), acc);
             }
         }
-        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+        _mm512_mask_storeu_ps(y + r, keep, acc);
     }
     if (ap != stackbuf) free(ap);
 }
