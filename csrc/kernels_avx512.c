@@ -776,40 +776,87 @@ AVX512 static void rows_inv_q4_1r(const void *w, size_t rb, const void *act, flo
     q4rrows_invariant(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
 
-/* Q8_0: each block's signed dot product (the sign moved onto the activation so maddubs can take |w|), */
-/* four rows at a time: their products for a block are summed together (one set of
- * horizontal adds for four rows), then each row's chain takes its step */
+/* sum of an activation block's 32 bytes (exact) */
+AVX512_INLINE int32_t block_sum_q8(const block_q8x *ab) {
+    __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)ab->qs));
+    __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    return _mm_cvtsi128_si32(s4);
+}
+
+/*
+ * Q8_0 the same way round: 16 rows in the lanes, two blocks per step. A row's two blocks
+ * are one zmm of weight bytes made unsigned (+128, as the tile packs them) against the
+ * two activation blocks: 8 int32 partial sums per block, reduced across the 16 rows' vectors
+ * into one vector per block (lane = row), from which the tile's 128 x sum(activation)
+ * comes off before the chain step acc = fma(isum, d_w * d_a, acc).
+ */
+/* s[i] (row i): block 0's partial sums in lanes 0-7, block 1's in 8-15 -> v[0], v[1] (lane = row) */
+AVX512_INLINE void pair_sums_by_row(const __m512i s[16], __m512i v[2]) {
+    __m512i t[8], u[4];
+    for (int k = 0; k < 8; k++)
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane l: half l % 2 of block l / 2, rows 4j..4j+3 */
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    const __m512i y01 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i y23 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    v[0] = _mm512_shuffle_i32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
 AVX512 static void rows_inv_q8_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
     const int nb = n / QK;
     const block_q8x *a = (const block_q8x *)act;
-    for (int r = r0; r < r1; r += 4) {
-        const int nr = r1 - r < 4 ? r1 - r : 4;
-        const block_q8_0 *wb[4];
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int i = 0; i < 4; i++) {
-            wb[i] = (const block_q8_0 *)ROW(w, rb, r + (i < nr ? i : nr - 1));
-            prefetch_ahead_past_end(wb[i], rb);
-        }
-        for (int b = 0; b < nb; b++) {
-            const __m256i aq = _mm256_loadu_si256((const __m256i *)a[b].qs);
-            __m256i p32[4];
-            float dw[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                const __m256i wq = _mm256_loadu_si256((const __m256i *)wb[i][b].qs);
-                p32[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq)),
-                                           _mm256_set1_epi16(1));
-                dw[i] = _cvtsh_ss(wb[i][b].d);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const block_q8_0 *wb[16];
+        for (int i = 0; i < 16; i++) wb[i] = (const block_q8_0 *)ROW(w, rb, r + (i < nr ? i : nr - 1));
+        const __m512i off = _mm512_setr_epi32(
+            (int)((const char *)wb[0] - (const char *)wb[0]), (int)((const char *)wb[1] - (const char *)wb[0]),
+            (int)((const char *)wb[2] - (const char *)wb[0]), (int)((const char *)wb[3] - (const char *)wb[0]),
+            (int)((const char *)wb[4] - (const char *)wb[0]), (int)((const char *)wb[5] - (const char *)wb[0]),
+            (int)((const char *)wb[6] - (const char *)wb[0]), (int)((const char *)wb[7] - (const char *)wb[0]),
+            (int)((const char *)wb[8] - (const char *)wb[0]), (int)((const char *)wb[9] - (const char *)wb[0]),
+            (int)((const char *)wb[10] - (const char *)wb[0]), (int)((const char *)wb[11] - (const char *)wb[0]),
+            (int)((const char *)wb[12] - (const char *)wb[0]), (int)((const char *)wb[13] - (const char *)wb[0]),
+            (int)((const char *)wb[14] - (const char *)wb[0]), (int)((const char *)wb[15] - (const char *)wb[0]));
+        const char *ahead = (const char *)ROW(w, rb, r + PANEL_AHEAD);
+        const int prefetch = r + PANEL_AHEAD < r1;
+        __m512 acc = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b += 2) {
+            const int two = b + 1 < nb;
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)a[b].qs);
+            const __m512i ab = two ? _mm512_inserti64x4(_mm512_castsi256_si512(a0),
+                                                        _mm256_loadu_si256((const __m256i *)a[b + 1].qs), 1)
+                                   : _mm512_zextsi256_si512(a0);
+            __m512i sv[16], v[2];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)wb[i][b].qs);
+                const __m512i x = two ? _mm512_inserti64x4(_mm512_castsi256_si512(w0),
+                                                           _mm256_loadu_si256((const __m256i *)wb[i][b + 1].qs), 1)
+                                      : _mm512_zextsi256_si512(w0);
+                if (prefetch) _mm_prefetch(ahead + i * rb + (size_t)b * sizeof(block_q8_0), _MM_HINT_T0);
+                sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(x, flip), ab);
             }
-            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p32[0], p32[1]), _mm256_hadd_epi32(p32[2], p32[3]));
-            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            float isf[4], dd[4];
-            _mm_storeu_ps(isf, _mm_cvtepi32_ps(s4));
-            _mm_storeu_ps(dd, _mm_mul_ps(_mm_loadu_ps(dw), _mm_set1_ps(a[b].d)));
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) acc[i] = fmaf(isf[i], dd[i], acc[i]);
+            pair_sums_by_row(sv, v);
+            for (int k = 0; k < 1 + two; k++) {
+                const block_q8x *ak = a + b + k;
+                const __m512i d16 = _mm512_i32gather_epi32(off, (const char *)&wb[0][b + k].d, 1);
+                const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d16)); /* low 16 bits: the scale */
+                const __m512i si = _mm512_sub_epi32(v[k], _mm512_set1_epi32(128 * block_sum_q8(ak)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(dw, _mm512_set1_ps(ak->d)), acc);
+            }
         }
-        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+        _mm512_mask_storeu_ps(y + r, keep, acc);
     }
 }
 

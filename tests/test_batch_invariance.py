@@ -175,7 +175,7 @@ def _matmul(type_id: int, raw: np.ndarray, x: np.ndarray, rows: int, cols: int) 
 
 
 @pytest.mark.parametrize("wtype", list(MATMUL_TYPES))
-@pytest.mark.parametrize("shape", [(37, 96), (16, 288), (50, 608), (33, 1056)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(37, 96), (16, 288), (20, 256), (50, 608), (33, 1056)], ids=lambda s: "x".join(map(str, s)))
 def test_invariant_one_token_kernels_equal_the_tile_bitwise(wtype, shape, invariant_mode):
     """In batch-invariant mode one token (rows_invariant) and a batch (the tile) give the same
     bits for every row; row counts off the 16-row panels and blocks off the 4-block groups
