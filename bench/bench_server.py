@@ -57,19 +57,28 @@ def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
     t0 = time.perf_counter()
     first = None
     usage = None
+    tail: list[str] = []  # the last events: usage (ours) or timings (llama-server's) come last
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
         r.raise_for_status()
+        # the client shares the cores with the server: it decodes JSON only until the first
+        # token and at the end, not once per token
         for line in r.iter_lines():
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
-            chunk = json.loads(line[5:])
-            if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
-                first = time.perf_counter()
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if "timings" in chunk:  # llama-server's own final chunk
-                usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
+            if first is None:
+                chunk = json.loads(line[5:])
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    first = time.perf_counter()
+            tail.append(line)
+            if len(tail) > 2:
+                del tail[0]
     end = time.perf_counter()
+    for line in tail:
+        chunk = json.loads(line[5:])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if "timings" in chunk:  # llama-server's own final chunk
+            usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
     tokens = (usage or {}).get("completion_tokens") or 0
     return {"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
             "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0}

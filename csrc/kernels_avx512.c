@@ -578,14 +578,6 @@ AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a
     if (ap != stackbuf) free(ap);
 }
 
-AVX512 static void rows_q4_0r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rows(PL_TYPE_Q4_0R, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-
-AVX512 static void rows_q4_1r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rows(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-
 AVX512 static void rows_q4_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
     q4rows(PL_TYPE_Q4_0, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
@@ -976,8 +968,11 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.rows_invariant[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.rows[PL_TYPE_Q4_0] = rows_q4_0;
     avx512_set.rows[PL_TYPE_Q4_1] = rows_q4_1;
-    avx512_set.rows[PL_TYPE_Q4_0R] = rows_q4_0r;
-    avx512_set.rows[PL_TYPE_Q4_1R] = rows_q4_1r;
+    /* decode of these types takes the tile's arithmetic too: as fast as a row-at-a-time
+     * kernel, and a sequence's logits then do not depend on its batch in either mode */
+    avx512_set.rows[PL_TYPE_Q8_0] = rows_inv_q8_0;
+    avx512_set.rows[PL_TYPE_Q4_0R] = rows_inv_q4_0r;
+    avx512_set.rows[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.attend = attend;
     pl_kq_fill_avx512(&avx512_set); /* kquants_avx512.c */
 }
