@@ -260,23 +260,41 @@ AVX512_INLINE __m256i block_u8(int type, const void *row, int b, int nbr, float 
     return q4_unpack(k.qs);
 }
 
+/* The fp16 at byte `at` of each of 16 rows (row i at base + off[i]) as floats. Gathered
+ * 4 bytes a row: the 2 after the value are the block's (or row's) next field, never past
+ * the row. (16 scalar conversions stored to memory and reloaded as one vector stalled on
+ * store forwarding, once per packed block.) */
+AVX512_INLINE __m512 fp16_by_row(__m512i off, const void *at) {
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(off, at, 1)));
+}
+
 /* Pack blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row). */
 AVX512_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int nr, int b0, int nb, int nbr,
                               pack16 *pk) {
+    const void *row0 = ROW(w, rb, r);
+    int32_t offs[16];
+    for (int i = 0; i < 16; i++) offs[i] = (int32_t)((size_t)(i < nr ? i : nr - 1) * rb);
+    const __m512i off = _mm512_loadu_si512(offs);
     for (int b = 0; b < nb; b++) {
         __m256i lo[8], hi[8];
-        float d[16], o[16];
+        float unused_d, unused_o;
         for (int i = 0; i < 16; i++) {
             const void *row = ROW(w, rb, r + (i < nr ? i : nr - 1));
-            __m256i v = block_u8(type, row, b0 + b, nbr, &d[i], &o[i]);
+            __m256i v = block_u8(type, row, b0 + b, nbr, &unused_d, &unused_o);
             if (i < 8) lo[i] = v;
             else hi[i - 8] = v;
         }
         transpose8(lo);
         transpose8(hi);
         for (int g = 0; g < 8; g++) pk[b].q[g] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1);
-        pk[b].d = _mm512_loadu_ps(d);
-        pk[b].o = _mm512_loadu_ps(o);
+        if (type == PL_TYPE_Q8_0) {
+            pk[b].d = fp16_by_row(off, &((const block_q8_0 *)row0)[b0 + b].d);
+            pk[b].o = _mm512_setzero_ps();
+        } else {
+            const q4_block k = q4_block_at(type, row0, b0 + b, nbr);
+            pk[b].d = fp16_by_row(off, k.d);
+            pk[b].o = k.m ? fp16_by_row(off, k.m) : _mm512_setzero_ps();
+        }
     }
 }
 
