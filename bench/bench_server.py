@@ -14,6 +14,7 @@ long prompt) only as far as the model allows, so counts come from the responses,
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -50,26 +51,54 @@ def wait_health(url: str, proc, timeout=120) -> None:
     raise SystemExit("server did not become healthy")
 
 
+def _events(raw: bytes) -> list[dict]:
+    """The JSON events of an SSE byte stream (complete ones only; [DONE] left out)."""
+    out = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                try:
+                    out.append(json.loads(line[5:]))
+                except ValueError:  # an event cut at the end of what has arrived so far
+                    pass
+    return out
+
+
 def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
-    """One streamed completion: time to first token, decode time, tokens."""
+    """One streamed completion: time to first token, decode time, tokens.
+
+    The client shares the cores with the server, so it stays cheap: it reads raw bytes,
+    parses events only until the first token, and the rest once at the end."""
     body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "cache_prompt": False}
     t0 = time.perf_counter()
     first = None
     usage = None
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
-            if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+    pieces: list[bytes] = []
+    host, port = url.split("//", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)  # lighter per chunk than httpx
+    try:
+        conn.request("POST", "/v1/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {r.read()[:500]!r}")
+        while True:
+            piece = r.read1(1 << 16)
+            if not piece:
+                break
+            pieces.append(piece)
+            if first is None and any(c.get("choices") and c["choices"][0].get("text")
+                                     for c in _events(b"".join(pieces))):
                 first = time.perf_counter()
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if "timings" in chunk:  # llama-server's own final chunk
-                usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
+    finally:
+        conn.close()
     end = time.perf_counter()
+    for chunk in _events(b"".join(pieces))[-3:]:
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if "timings" in chunk:  # llama-server's own final chunk
+            usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
     tokens = (usage or {}).get("completion_tokens") or 0
     return {"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
             "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0}

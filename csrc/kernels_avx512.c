@@ -240,23 +240,41 @@ AVX512_INLINE __m256i block_u8(int type, const void *row, int b, int nbr, float 
     return q4_unpack(k.qs);
 }
 
+/* The fp16 at byte `at` of each of 16 rows (row i at base + off[i]) as floats. Gathered
+ * 4 bytes a row: the 2 after the value are the block's (or row's) next field, never past
+ * the row. (16 scalar conversions stored to memory and reloaded as one vector stalled on
+ * store forwarding, once per packed block.) */
+AVX512_INLINE __m512 fp16_by_row(__m512i off, const void *at) {
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(off, at, 1)));
+}
+
 /* Pack blocks b0..b0+nb of rows r..r+nr-1 (nr <= 16; the missing lanes repeat the last row). */
 AVX512_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int nr, int b0, int nb, int nbr,
                               pack16 *pk) {
+    const void *row0 = ROW(w, rb, r);
+    int32_t offs[16];
+    for (int i = 0; i < 16; i++) offs[i] = (int32_t)((size_t)(i < nr ? i : nr - 1) * rb);
+    const __m512i off = _mm512_loadu_si512(offs);
     for (int b = 0; b < nb; b++) {
         __m256i lo[8], hi[8];
-        float d[16], o[16];
+        float unused_d, unused_o;
         for (int i = 0; i < 16; i++) {
             const void *row = ROW(w, rb, r + (i < nr ? i : nr - 1));
-            __m256i v = block_u8(type, row, b0 + b, nbr, &d[i], &o[i]);
+            __m256i v = block_u8(type, row, b0 + b, nbr, &unused_d, &unused_o);
             if (i < 8) lo[i] = v;
             else hi[i - 8] = v;
         }
         transpose8(lo);
         transpose8(hi);
         for (int g = 0; g < 8; g++) pk[b].q[g] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1);
-        pk[b].d = _mm512_loadu_ps(d);
-        pk[b].o = _mm512_loadu_ps(o);
+        if (type == PL_TYPE_Q8_0) {
+            pk[b].d = fp16_by_row(off, &((const block_q8_0 *)row0)[b0 + b].d);
+            pk[b].o = _mm512_setzero_ps();
+        } else {
+            const q4_block k = q4_block_at(type, row0, b0 + b, nbr);
+            pk[b].d = fp16_by_row(off, k.d);
+            pk[b].o = k.m ? fp16_by_row(off, k.m) : _mm512_setzero_ps();
+        }
     }
 }
 
@@ -558,14 +576,6 @@ AVX512_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a
     if (ap != stackbuf) free(ap);
 }
 
-AVX512 static void rows_q4_0r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rows(PL_TYPE_Q4_0R, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-
-AVX512 static void rows_q4_1r(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4rows(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
-}
-
 AVX512 static void rows_q4_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
     q4rows(PL_TYPE_Q4_0, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
@@ -642,15 +652,46 @@ AVX512_INLINE void q4rows_invariant(int type, const void *w, size_t rb, const bl
 }
 
 /*
- * The repacked layouts (decode's): a quad's nibbles are one load and its 4 scales (and
- * minimums) one 8-byte load each, so the scales are multiplied 4 at a time (per lane the
- * same float product as the tile's); only the chain itself is scalar, four rows of it
- * interleaved so that their independent FMAs overlap.
+ * The repacked layouts (decode's) the tile's way round: 16 rows at once, one per lane, so
+ * each step of the chain is one vector FMA for 16 rows (the tile's own instruction on the
+ * same operands) instead of a scalar FMA per row. Per quad of blocks each row's integer
+ * dot products come out as 16 int32 partial sums (block b in lanes 4b..4b+3); three rounds
+ * of adds with unpack/shuffle steps turn the 16 rows' vectors into one vector per block
+ * holding every row's exact block sum. The rows' scales (and minimums) are gathered 8
+ * rows to a register and their fp16 lanes picked out per block.
  */
-#define INV_ROWS 4
+#define PANEL_AHEAD 16 /* rows: the next panel's lines are asked for while this one runs */
+
+/* s[i] (row i): block b's partial sums in lanes 4b..4b+3 -> v[b] (lane i: row i's block-b sum) */
+AVX512_INLINE void quad_sums_by_row(const __m512i s[16], __m512i v[4]) {
+    __m512i t[8], u[4];
+    for (int k = 0; k < 8; k++) /* per 128-bit lane: rows 2k, 2k+1, each two of its four partials */
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane b: the block-b sums of rows 4j..4j+3 */
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    const __m512i x0 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x1 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i x2 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x3 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1));
+    v[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
+    v[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
+    v[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+/* fp16 value b of each of 16 rows' 4-value groups (lo: rows 0-7, hi: rows 8-15, 8 bytes a row) as floats */
+AVX512_INLINE __m512 halves_by_row(__m512i lo, __m512i hi, int b) {
+    const __m512i idx = _mm512_zextsi256_si512(_mm256_add_epi16(
+        _mm256_setr_epi16(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60), _mm256_set1_epi16((short)b)));
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(lo, idx, hi)));
+}
+
 AVX512_INLINE void q4rrows_invariant(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0,
                                      int r1, int n) {
     const int nb = n / QK, q41 = type == PL_TYPE_Q4_1R, nquad = (nb + 3) / 4;
+    const size_t qs_at = (size_t)(q41 ? 4 : 2) * nb; /* where a row's nibbles start (quants.h) */
     q4quad stackbuf[QUADS_ON_STACK];
     q4quad *ap = q4quad_acts(a, nb, stackbuf, QUADS_ON_STACK);
     if (!ap) {
@@ -658,45 +699,53 @@ AVX512_INLINE void q4rrows_invariant(int type, const void *w, size_t rb, const b
         return;
     }
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    for (int r = r0; r < r1; r += INV_ROWS) {
-        const int nr = r1 - r < INV_ROWS ? r1 - r : INV_ROWS;
-        const uint8_t *wr[INV_ROWS];
-        float acc[INV_ROWS] = {0.0f};
-        for (int i = 0; i < INV_ROWS; i++) {
-            wr[i] = ROW(w, rb, r + (i < nr ? i : nr - 1));
-            prefetch_ahead_past_end(wr[i], rb);
-        }
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const uint8_t *wr[16];
+        for (int i = 0; i < 16; i++) wr[i] = ROW(w, rb, r + (i < nr ? i : nr - 1)); /* missing lanes: the last row */
+        /* the scales (minimums) of rows 0-7 and 8-15: gathered 8 bytes (4 blocks) a row, per quad */
+        const __m512i off_lo = _mm512_setr_epi64(wr[0] - wr[0], wr[1] - wr[0], wr[2] - wr[0], wr[3] - wr[0],
+                                                 wr[4] - wr[0], wr[5] - wr[0], wr[6] - wr[0], wr[7] - wr[0]);
+        const __m512i off_hi = _mm512_setr_epi64(wr[8] - wr[0], wr[9] - wr[0], wr[10] - wr[0], wr[11] - wr[0],
+                                                 wr[12] - wr[0], wr[13] - wr[0], wr[14] - wr[0], wr[15] - wr[0]);
+        const uint8_t *ahead = (const uint8_t *)ROW(w, rb, r + PANEL_AHEAD);
+        if (r + PANEL_AHEAD < r1)
+            for (size_t o = 0; o < qs_at; o += 64)
+                for (int i = 0; i < 16; i++) _mm_prefetch((const char *)ahead + i * rb + o, _MM_HINT_T0);
+        __m512 acc = _mm512_setzero_ps();
         for (int g = 0; g < nquad; g++) {
             const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
             const q4quad *p = ap + g;
-            const __m128 da = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, p->da));
-            float isf[INV_ROWS][4], dd[INV_ROWS][4], mo[INV_ROWS][4];
-#pragma GCC unroll 4
-            for (int i = 0; i < INV_ROWS; i++) {
-                const q4_block k = q4_block_at(type, wr[i], 4 * g, nb);
-                const __mmask8 hm = (__mmask8)((1u << nq) - 1);
-                const __m512i x = nq == 4 ? _mm512_loadu_si512(k.qs)
-                                          : _mm512_maskz_loadu_epi8(((__mmask64)1 << (16 * nq)) - 1, k.qs);
+            const __mmask64 qmask = nq == 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * nq)) - 1;
+            __m512i sv[16], v[4];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const uint8_t *qs = wr[i] + qs_at + 64 * (size_t)g;
+                if (r + PANEL_AHEAD < r1) _mm_prefetch((const char *)qs + PANEL_AHEAD * rb, _MM_HINT_T0);
+                const __m512i x = nq == 4 ? _mm512_loadu_si512(qs) : _mm512_maskz_loadu_epi8(qmask, qs);
                 const __m512i wl = _mm512_and_si512(x, m4), wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
-                __m512i sv = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
-                if (!q41) sv = _mm512_sub_epi32(sv, p->c);
-                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_CDAB));
-                sv = _mm512_add_epi32(sv, _mm512_shuffle_epi32(sv, _MM_PERM_BADC));
-                _mm_storeu_ps(isf[i], _mm_cvtepi32_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(pick, sv))));
-                _mm_storeu_ps(dd[i], _mm_mul_ps(_mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.d)), da));
-                if (q41) _mm_storeu_ps(mo[i], _mm_cvtph_ps(_mm_maskz_loadu_epi16(hm, k.m)));
+                sv[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, p->lo), wh, p->hi);
+                if (!q41) sv[i] = _mm512_sub_epi32(sv[i], p->c);
+            }
+            quad_sums_by_row(sv, v);
+            /* 8 bytes from block 4g's scale on: past the row's last block they read the next
+             * array of the same row (minimums or nibbles), lanes no block uses */
+            const __m512i d_lo = _mm512_i64gather_epi64(off_lo, wr[0] + 8 * (size_t)g, 1);
+            const __m512i d_hi = _mm512_i64gather_epi64(off_hi, wr[0] + 8 * (size_t)g, 1);
+            __m512i m_lo = _mm512_setzero_si512(), m_hi = _mm512_setzero_si512();
+            if (q41) {
+                m_lo = _mm512_i64gather_epi64(off_lo, wr[0] + 2 * (size_t)nb + 8 * (size_t)g, 1);
+                m_hi = _mm512_i64gather_epi64(off_hi, wr[0] + 2 * (size_t)nb + 8 * (size_t)g, 1);
             }
             for (int b = 0; b < nq; b++) {
-                const float sa = a[4 * g + b].s;
-#pragma GCC unroll 4
-                for (int i = 0; i < INV_ROWS; i++) {
-                    acc[i] = fmaf(isf[i][b], dd[i][b], acc[i]);
-                    if (q41) acc[i] = fmaf(mo[i][b], sa, acc[i]);
-                }
+                const block_q8x *ab = a + 4 * g + b;
+                const __m512 dd = _mm512_mul_ps(halves_by_row(d_lo, d_hi, b), _mm512_set1_ps(ab->d));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v[b]), dd, acc);
+                if (q41) acc = _mm512_fmadd_ps(halves_by_row(m_lo, m_hi, b), _mm512_set1_ps(ab->s), acc);
             }
         }
-        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+        _mm512_mask_storeu_ps(y + r, keep, acc);
     }
     if (ap != stackbuf) free(ap);
 }
@@ -717,40 +766,87 @@ AVX512 static void rows_inv_q4_1r(const void *w, size_t rb, const void *act, flo
     q4rrows_invariant(PL_TYPE_Q4_1R, w, rb, (const block_q8x *)act, y, r0, r1, n);
 }
 
-/* Q8_0: each block's signed dot product (the sign moved onto the activation so maddubs can take |w|), */
-/* four rows at a time: their products for a block are summed together (one set of
- * horizontal adds for four rows), then each row's chain takes its step */
+/* sum of an activation block's 32 bytes (exact) */
+AVX512_INLINE int32_t block_sum_q8(const block_q8x *ab) {
+    __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)ab->qs));
+    __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    return _mm_cvtsi128_si32(s4);
+}
+
+/*
+ * Q8_0 the same way round: 16 rows in the lanes, two blocks per step. A row's two blocks
+ * are one zmm of weight bytes made unsigned (+128, as the tile packs them) against the
+ * two activation blocks: 8 int32 partial sums per block, reduced across the 16 rows' vectors
+ * into one vector per block (lane = row), from which the tile's 128 x sum(activation)
+ * comes off before the chain step acc = fma(isum, d_w * d_a, acc).
+ */
+/* s[i] (row i): block 0's partial sums in lanes 0-7, block 1's in 8-15 -> v[0], v[1] (lane = row) */
+AVX512_INLINE void pair_sums_by_row(const __m512i s[16], __m512i v[2]) {
+    __m512i t[8], u[4];
+    for (int k = 0; k < 8; k++)
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane l: half l % 2 of block l / 2, rows 4j..4j+3 */
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    const __m512i y01 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i y23 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                         _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    v[0] = _mm512_shuffle_i32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
 AVX512 static void rows_inv_q8_0(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
     const int nb = n / QK;
     const block_q8x *a = (const block_q8x *)act;
-    for (int r = r0; r < r1; r += 4) {
-        const int nr = r1 - r < 4 ? r1 - r : 4;
-        const block_q8_0 *wb[4];
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int i = 0; i < 4; i++) {
-            wb[i] = (const block_q8_0 *)ROW(w, rb, r + (i < nr ? i : nr - 1));
-            prefetch_ahead_past_end(wb[i], rb);
-        }
-        for (int b = 0; b < nb; b++) {
-            const __m256i aq = _mm256_loadu_si256((const __m256i *)a[b].qs);
-            __m256i p32[4];
-            float dw[4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                const __m256i wq = _mm256_loadu_si256((const __m256i *)wb[i][b].qs);
-                p32[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq)),
-                                           _mm256_set1_epi16(1));
-                dw[i] = _cvtsh_ss(wb[i][b].d);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int r = r0; r < r1; r += 16) {
+        const int nr = r1 - r < 16 ? r1 - r : 16;
+        const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+        const block_q8_0 *wb[16];
+        for (int i = 0; i < 16; i++) wb[i] = (const block_q8_0 *)ROW(w, rb, r + (i < nr ? i : nr - 1));
+        const __m512i off = _mm512_setr_epi32(
+            (int)((const char *)wb[0] - (const char *)wb[0]), (int)((const char *)wb[1] - (const char *)wb[0]),
+            (int)((const char *)wb[2] - (const char *)wb[0]), (int)((const char *)wb[3] - (const char *)wb[0]),
+            (int)((const char *)wb[4] - (const char *)wb[0]), (int)((const char *)wb[5] - (const char *)wb[0]),
+            (int)((const char *)wb[6] - (const char *)wb[0]), (int)((const char *)wb[7] - (const char *)wb[0]),
+            (int)((const char *)wb[8] - (const char *)wb[0]), (int)((const char *)wb[9] - (const char *)wb[0]),
+            (int)((const char *)wb[10] - (const char *)wb[0]), (int)((const char *)wb[11] - (const char *)wb[0]),
+            (int)((const char *)wb[12] - (const char *)wb[0]), (int)((const char *)wb[13] - (const char *)wb[0]),
+            (int)((const char *)wb[14] - (const char *)wb[0]), (int)((const char *)wb[15] - (const char *)wb[0]));
+        const char *ahead = (const char *)ROW(w, rb, r + PANEL_AHEAD);
+        const int prefetch = r + PANEL_AHEAD < r1;
+        __m512 acc = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b += 2) {
+            const int two = b + 1 < nb;
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)a[b].qs);
+            const __m512i ab = two ? _mm512_inserti64x4(_mm512_castsi256_si512(a0),
+                                                        _mm256_loadu_si256((const __m256i *)a[b + 1].qs), 1)
+                                   : _mm512_zextsi256_si512(a0);
+            __m512i sv[16], v[2];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)wb[i][b].qs);
+                const __m512i x = two ? _mm512_inserti64x4(_mm512_castsi256_si512(w0),
+                                                           _mm256_loadu_si256((const __m256i *)wb[i][b + 1].qs), 1)
+                                      : _mm512_zextsi256_si512(w0);
+                if (prefetch) _mm_prefetch(ahead + i * rb + (size_t)b * sizeof(block_q8_0), _MM_HINT_T0);
+                sv[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(x, flip), ab);
             }
-            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p32[0], p32[1]), _mm256_hadd_epi32(p32[2], p32[3]));
-            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            float isf[4], dd[4];
-            _mm_storeu_ps(isf, _mm_cvtepi32_ps(s4));
-            _mm_storeu_ps(dd, _mm_mul_ps(_mm_loadu_ps(dw), _mm_set1_ps(a[b].d)));
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) acc[i] = fmaf(isf[i], dd[i], acc[i]);
+            pair_sums_by_row(sv, v);
+            for (int k = 0; k < 1 + two; k++) {
+                const block_q8x *ak = a + b + k;
+                const __m512i d16 = _mm512_i32gather_epi32(off, (const char *)&wb[0][b + k].d, 1);
+                const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d16)); /* low 16 bits: the scale */
+                const __m512i si = _mm512_sub_epi32(v[k], _mm512_set1_epi32(128 * block_sum_q8(ak)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(dw, _mm512_set1_ps(ak->d)), acc);
+            }
         }
-        for (int i = 0; i < nr; i++) y[r + i] = acc[i];
+        _mm512_mask_storeu_ps(y + r, keep, acc);
     }
 }
 
@@ -870,8 +966,11 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.rows_invariant[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.rows[PL_TYPE_Q4_0] = rows_q4_0;
     avx512_set.rows[PL_TYPE_Q4_1] = rows_q4_1;
-    avx512_set.rows[PL_TYPE_Q4_0R] = rows_q4_0r;
-    avx512_set.rows[PL_TYPE_Q4_1R] = rows_q4_1r;
+    /* decode of these types takes the tile's arithmetic too: as fast as a row-at-a-time
+     * kernel, and a sequence's logits then do not depend on its batch in either mode */
+    avx512_set.rows[PL_TYPE_Q8_0] = rows_inv_q8_0;
+    avx512_set.rows[PL_TYPE_Q4_0R] = rows_inv_q4_0r;
+    avx512_set.rows[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.attend = attend;
     pl_kq_fill_avx512(&avx512_set); /* kquants_avx512.c */
 }

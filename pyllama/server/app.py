@@ -109,6 +109,44 @@ class BodyLimit:
             await resp(scope, receive, send)
 
 
+class AuthAndCount:
+    """ASGI middleware: the API key check and the request counters behind /metrics.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    passes every body chunk of a streamed response through a memory stream and a task of
+    its own, a cost paid per token of every SSE stream."""
+
+    def __init__(self, app, state: "ServerState", api_key: Optional[str], known_paths: set):
+        self.app, self.state, self.api_key, self.known_paths = app, state, api_key, known_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        requests = self.state.requests
+        if self.api_key is not None and path not in OPEN_PATHS:
+            header = ""
+            for name, value in scope.get("headers") or ():
+                if name == b"authorization":
+                    header = value.decode("latin-1")
+                    break
+            token = header[7:].strip() if header.lower().startswith("bearer ") else None
+            if token is None or not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                requests[(path, 401)] += 1
+                why = "no API key given" if token is None else "wrong API key"
+                resp = error_response(APIError(401, f"{why}: send 'Authorization: Bearer KEY'",
+                                               code="invalid_api_key"))
+                return await resp(scope, receive, send)
+        counted = path if path in self.known_paths else "other"
+
+        async def counting_send(msg):
+            if msg["type"] == "http.response.start":
+                requests[(counted, msg["status"])] += 1
+            await send(msg)
+
+        await self.app(scope, receive, counting_send)
+
+
 class ServerState:
     """The loaded model, its engine and the request counters behind /metrics."""
 
@@ -329,21 +367,6 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
     async def _internal(request, exc: Exception):
         return error_response(api_error_from(exc))
 
-    @app.middleware("http")
-    async def _auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if api_key is not None and path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else None
-            if token is None or not hmac.compare_digest(token.encode(), api_key.encode()):
-                state.requests[(path, 401)] += 1
-                why = "no API key given" if token is None else "wrong API key"
-                return error_response(APIError(401, f"{why}: send 'Authorization: Bearer KEY'",
-                                               code="invalid_api_key"))
-        response = await call_next(request)
-        state.requests[(path if path in KNOWN_PATHS else "other", response.status_code)] += 1
-        return response
-
     # -------------------------------------------------------------- running jobs
 
     async def run_job(request: Request, start, key: str, stream: bool, include_usage: bool, kind: str,
@@ -366,28 +389,35 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         return await _collect(job, request, engine, kind)
 
     async def _sse(job: Job, engine: Engine, include_usage: bool):
+        """The job's items as SSE events, encoded here (one JSON line each: no newline can
+        occur in json.dumps' output) and every item already waiting sent in one write."""
         last = None
         done = False
         try:
-            while True:
-                kind, value = await job.out.get()
-                if kind == "chunk":
-                    last = value
-                    if include_usage:
-                        value = dict(value, usage=None)
-                    yield {"data": json.dumps(value, ensure_ascii=False)}
-                elif kind == "end":
-                    if include_usage and last is not None:
-                        tail = {k: last[k] for k in ("id", "object", "created", "model")}
-                        yield {"data": json.dumps(dict(tail, choices=[], usage=value))}
-                    done = True
-                    yield {"data": "[DONE]"}
-                    return
-                else:  # an error after the stream started: OpenAI's body as one event
-                    done = True
-                    err = api_error_from(value)
-                    yield {"data": json.dumps(error_body(err.message, err.type, err.param, err.code))}
-                    return
+            while not done:
+                items = [await job.out.get()]
+                while not job.out.empty():
+                    items.append(job.out.get_nowait())
+                events = []
+                for kind, value in items:
+                    if kind == "chunk":
+                        last = value
+                        if include_usage:
+                            value = dict(value, usage=None)
+                        events.append(json.dumps(value, ensure_ascii=False))
+                    elif kind == "end":
+                        if include_usage and last is not None:
+                            tail = {k: last[k] for k in ("id", "object", "created", "model")}
+                            events.append(json.dumps(dict(tail, choices=[], usage=value)))
+                        done = True
+                        events.append("[DONE]")
+                        break
+                    else:  # an error after the stream started: OpenAI's body as one event
+                        done = True
+                        err = api_error_from(value)
+                        events.append(json.dumps(error_body(err.message, err.type, err.param, err.code)))
+                        break
+                yield "".join(f"data: {e}\r\n\r\n" for e in events).encode("utf-8")
         finally:
             if not done:
                 engine.cancel(job)  # the client went away: free the slot now
@@ -622,6 +652,6 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             raise api_error_from(e)
         return {"content": text.decode("utf-8", errors="replace")}
 
-    KNOWN_PATHS = {r.path for r in app.routes}
+    app.add_middleware(AuthAndCount, state=state, api_key=api_key, known_paths={r.path for r in app.routes})
     app.add_middleware(BodyLimit, limit=max_body_bytes)  # added last: the outermost layer
     return app

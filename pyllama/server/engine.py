@@ -14,9 +14,11 @@ _prefill, one chunk per step) that ride in the same passes as the other slots'
 decode tokens, so running streams don't stall. Requests beyond the slots wait in a
 bounded queue; past it :class:`QueueFull` is raised so the web layer answers 429.
 
-A job's results travel to the asyncio side through ``loop.call_soon_threadsafe``;
-a job whose client went away is marked cancelled and its stream closed at the next
-step, freeing the slot.
+A job's results travel to the asyncio side through ``loop.call_soon_threadsafe``,
+gathered: what every slot produced in a round goes over in one call (one wake-up of
+the event loop per round, not one per slot), sent before the round's forward pass so
+the web side writes them while the pass runs. A job whose client went away is marked
+cancelled and its stream closed at the next step, freeing the slot.
 """
 from __future__ import annotations
 
@@ -54,12 +56,18 @@ class Job:
         self.stream: Optional[Iterator[dict]] = None
         self.slot: Optional[Slot] = None
         self.text: list[str] = []  # what was generated, for the slot's prefix key
+        self.pending: list = []  # items delivered since the engine last flushed
 
     def deliver(self, kind: str, value: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            self.cancelled = True
+        """Queue an item; it reaches ``out`` at the engine's next :meth:`Engine._flush`."""
+        self.pending.append((kind, value))
+
+
+def _put_all(batch: list) -> None:
+    """On the event loop: hand each job its items of the round."""
+    for job, items in batch:
+        for item in items:
+            job.out.put_nowait(item)
 
 
 class Slot:
@@ -70,9 +78,14 @@ class Slot:
         self.llm = llm
         self.key = ""  # the text the slot's cache holds: prompt key plus generated text
         self.job: Optional[Job] = None
-        # hand-over between the engine thread and the worker: exactly one of them runs
-        self.to_worker = threading.Semaphore(0)
-        self.to_engine = threading.Semaphore(0)
+        # hand-over between the engine thread and the worker: exactly one of them runs. Each
+        # is a held lock the other side releases (a binary semaphore: the hand-over strictly
+        # alternates); threading.Semaphore is Python code around a Condition, several times
+        # the cost per hand-over, and there are two hand-overs per slot per token.
+        self.to_worker = threading.Lock()
+        self.to_engine = threading.Lock()
+        self.to_worker.acquire()
+        self.to_engine.acquire()
         self.task: Optional[Callable[[], None]] = None  # what the worker runs when resumed
         self.parked: Optional[list] = None  # tokens the worker waits to have evaluated
         self.eval_error: Optional[BaseException] = None
@@ -174,6 +187,7 @@ class Engine:
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
         self.calls: collections.deque = collections.deque()  # (fn, future) run between steps
+        self._finished: list[Job] = []  # jobs that left their slot with items still to flush
         self.cond = threading.Condition()
         self.stopping = False
         # metrics
@@ -271,6 +285,7 @@ class Engine:
             if slot.job is not None:
                 self._finish(slot, ("error", RuntimeError("the server is shutting down")))
             slot.close()
+        self._flush()
 
     def _round(self) -> None:
         """Bring every busy slot to its next eval() (or the end of its steps), then one forward pass for all."""
@@ -279,12 +294,33 @@ class Engine:
                 if slot.job is None or slot.parked is not None:
                     break
                 slot.run(lambda slot=slot: self._step(slot))
+        self._flush()
         parked = [s for s in self.slots if s.parked is not None]
         if not parked:
             return
         self._eval_parked(parked)
         for slot in parked:
             slot.resume()
+
+    def _flush(self) -> None:
+        """Send every job's pending items to its event loop: one call per loop."""
+        by_loop: dict = {}
+        for slot in self.slots:
+            job = slot.job
+            if job is not None and job.pending:
+                by_loop.setdefault(job.loop, []).append((job, job.pending))
+                job.pending = []
+        for job in self._finished:
+            if job.pending:
+                by_loop.setdefault(job.loop, []).append((job, job.pending))
+                job.pending = []
+        self._finished.clear()
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                for job, _ in batch:
+                    job.cancelled = True
 
     def _eval_parked(self, parked: list) -> None:
         """One pass for every parked slot's tokens; a slot whose tokens are refused gets the error."""
@@ -371,3 +407,4 @@ class Engine:
         job.slot = None
         if final is not None:
             job.deliver(*final)
+        self._finished.append(job)
