@@ -316,11 +316,11 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
         }
         if (read_u32(c, &type, t->name) || read_u64(c, &offsets[i], t->name)) return -1;
         t->type = (int)type;
-        if (!pl_type_supported(t->type) || q4_repacked(t->type)) { /* the repacked ids are pyllama's own */
+        if (!pl_type_supported(t->type) || pl_type_repacked(t->type)) { /* the repacked ids are pyllama's own */
             pl_set_error("tensor '%s' has type %s (%u), which pyllama does not support "
                          "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, "
                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS)",
-                         t->name, q4_repacked(t->type) ? "Q4_0_4_x (GGML's dropped interleaved Q4_0)" : pl_type_name(t->type), type);
+                         t->name, pl_type_repacked(t->type) ? "Q4_0_4_x (GGML's dropped interleaved Q4_0)" : pl_type_name(t->type), type);
             return -1;
         }
         int64_t nbytes = pl_type_nbytes(t->type, n_elems);
