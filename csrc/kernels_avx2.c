@@ -856,14 +856,14 @@ const pl_kernel_set pl_kernels_avx2 = {
         [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,
         [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r,
         PL_KQ_TYPES(PL_KQ_ROWS_AVX2) /* kquants_avx2.c */
-        [PL_TYPE_Q4_KR] = pl_kqr_rows_q4_kr_avx2, /* kquants_repack.c */
+        [PL_TYPE_Q4_KR] = pl_kqr_rows_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_rows_q6_kr_avx2, /* kquants_repack.c */
     },
     .tile = {
         [PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,
         [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,
         [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r,
         PL_KQ_TYPES(PL_KQ_TILE_AVX2)
-        [PL_TYPE_Q4_KR] = pl_kqr_tile_q4_kr_avx2,
+        [PL_TYPE_Q4_KR] = pl_kqr_tile_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_tile_q6_kr_avx2,
     },
     .attend = pl_attend_avx2,
     .silu_mul = silu_mul,

@@ -1,6 +1,6 @@
 /*
- * kquants_repack.c - decode rows and prefill tiles for Q4_KR, the Q4_K matrices the loader
- * regroups 8 rows at a time (quants.h says how; model.c does it on CPUs with AVX-512 VNNI).
+ * kquants_repack.c - decode rows and prefill tiles for Q4_KR and Q6_KR, the Q4_K and Q6_K matrices
+ * the loader regroups 8 rows at a time (quants.h says how; model.c does it on CPUs with AVX-512 VNNI).
  *
  * AVX-512: two groups (16 rows) per step, one 32-bit lane per row. A 32-byte chunk of each
  * group, side by side, is one vector whose low nibbles are 4 values of one sub-block of all
@@ -30,35 +30,42 @@
 
 /* ------------------------------------------------- any rows: through the Q4_K layout */
 
-/* Rows [r0, r1) (any bounds) of a Q4_KR matrix through a Q4_K kernel of the AVX2 set, one group
- * read back into the file's layout at a time: tokens [0, nt), nt = 0 meaning rows() for one. */
-static void q4kr_via_q4k(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int r0, int r1,
-                         int nt, int n) {
-    const int nsb = n / QK_K;
-    block_q4_k *buf = malloc(G8 * rb);
+/* Rows [r0, r1) (any bounds) of a Q4_KR / Q6_KR matrix through the Q4_K / Q6_K kernel of the AVX2
+ * set, one group read back into the file's layout at a time: tokens [0, nt), nt = 0 meaning rows()
+ * for one. */
+static void kr_via_file_layout(int type, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                               int r0, int r1, int nt, int n) {
+    const int nsb = n / QK_K, base = q4_base(type);
+    char *buf = malloc(G8 * rb);
     if (!buf) { /* out of memory: the scalar reference needs no buffer */
         for (int t = 0; t < (nt ? nt : 1); t++)
-            pl_kernels_scalar.rows[PL_TYPE_Q4_KR](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
+            pl_kernels_scalar.rows[type](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
         return;
     }
     for (int g = r0 / G8 * G8; g < r1; g += G8) {
         const int lo = r0 > g ? r0 : g, hi = r1 < g + G8 ? r1 : g + G8;
         for (int r = lo; r < hi; r++)
-            for (int sb = 0; sb < nsb; sb++) q4kr_block(w, rb, r, sb, (block_q4_k *)((char *)buf + (size_t)(r - g) * rb) + sb);
-        if (nt) pl_kernels_avx2.tile[PL_TYPE_Q4_K](buf, rb, act, as, y + g, ys, lo - g, hi - g, nt, n);
-        else pl_kernels_avx2.rows[PL_TYPE_Q4_K](buf, rb, act, y + g, lo - g, hi - g, n);
+            for (int sb = 0; sb < nsb; sb++) {
+                char *row = buf + (size_t)(r - g) * rb;
+                if (type == PL_TYPE_Q4_KR) q4kr_block(w, rb, r, sb, (block_q4_k *)row + sb);
+                else q6kr_block(w, rb, r, sb, (block_q6_k *)row + sb);
+            }
+        if (nt) pl_kernels_avx2.tile[base](buf, rb, act, as, y + g, ys, lo - g, hi - g, nt, n);
+        else pl_kernels_avx2.rows[base](buf, rb, act, y + g, lo - g, hi - g, n);
     }
     free(buf);
 }
 
-void pl_kqr_rows_q4_kr_avx2(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    q4kr_via_q4k(w, rb, act, 0, y, 0, r0, r1, 0, n);
-}
-
-void pl_kqr_tile_q4_kr_avx2(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int r0, int r1,
-                            int nt, int n) {
-    q4kr_via_q4k(w, rb, act, as, y, ys, r0, r1, nt, n);
-}
+#define KR_AVX2(NAME, TYPE)                                                                                \
+    void pl_kqr_rows_##NAME##_avx2(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) { \
+        kr_via_file_layout(TYPE, w, rb, act, 0, y, 0, r0, r1, 0, n);                                        \
+    }                                                                                                      \
+    void pl_kqr_tile_##NAME##_avx2(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, \
+                                   int r0, int r1, int nt, int n) {                                        \
+        kr_via_file_layout(TYPE, w, rb, act, as, y, ys, r0, r1, nt, n);                                    \
+    }
+KR_AVX2(q4_kr, PL_TYPE_Q4_KR)
+KR_AVX2(q6_kr, PL_TYPE_Q6_KR)
 
 /* ------------------------------------------------------------- AVX-512: scales */
 
@@ -155,21 +162,21 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
 }
 
 /* the rows [r0, r1) not on whole groups go the slow way; r0 on a group from here on */
-static int q4kr_edges(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int *r0, int *r1,
-                      int nt, int n) {
+static int kr_edges(int type, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int *r0,
+                    int *r1, int nt, int n) {
     const int a = (*r0 + G8 - 1) / G8 * G8, b = *r1 / G8 * G8;
     if (a >= b) {
-        q4kr_via_q4k(w, rb, act, as, y, ys, *r0, *r1, nt, n);
+        kr_via_file_layout(type, w, rb, act, as, y, ys, *r0, *r1, nt, n);
         return 1;
     }
-    if (*r0 < a) q4kr_via_q4k(w, rb, act, as, y, ys, *r0, a, nt, n);
-    if (b < *r1) q4kr_via_q4k(w, rb, act, as, y, ys, b, *r1, nt, n);
+    if (*r0 < a) kr_via_file_layout(type, w, rb, act, as, y, ys, *r0, a, nt, n);
+    if (b < *r1) kr_via_file_layout(type, w, rb, act, as, y, ys, b, *r1, nt, n);
     *r0 = a, *r1 = b;
     return 0;
 }
 
 AVX512 static void rows_q4_kr(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
-    if (q4kr_edges(w, rb, act, 0, y, 0, &r0, &r1, 0, n)) return;
+    if (kr_edges(PL_TYPE_Q4_KR, w, rb, act, 0, y, 0, &r0, &r1, 0, n)) return;
     const int nsb = n / QK_K;
     const char *end = (const char *)ROW(w, rb, r1);
     for (int r = r0; r < r1; r += 2 * G8) {
@@ -233,7 +240,7 @@ AVX512_INLINE void q4kr_panel(int TT, const q4kr_pack *pk, int nb, const block_q
 
 AVX512 static void tile_q4_kr(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int r0,
                               int r1, int nt, int n) {
-    if (q4kr_edges(w, rb, act, as, y, ys, &r0, &r1, nt, n)) return;
+    if (kr_edges(PL_TYPE_Q4_KR, w, rb, act, as, y, ys, &r0, &r1, nt, n)) return;
     const int nsb = n / QK_K;
     q4kr_pack pk[8 * Q4KR_CHUNK];
     for (int r = r0; r < r1; r += 2 * G8) {
@@ -265,9 +272,190 @@ AVX512 static void tile_q4_kr(const void *w, size_t rb, const void *act, size_t 
     }
 }
 
+/* ---------------------------------------------------------------- AVX-512: Q6_KR */
+
+/*
+ * -32 x the sum of each 16-value half of nb activation blocks (c[2b + h]): Q6_K's values are
+ * q - 32, q = 0..63 unsigned for vpdpbusd, so each half's integer sum starts from this.
+ */
+static void q6kr_zero_terms(const block_q8x *a, int nb, int32_t *c) {
+    for (int b = 0; b < nb; b++)
+        for (int h = 0; h < 2; h++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += a[b].qs[16 * h + j];
+            c[2 * b + h] = -32 * s;
+        }
+}
+
+/* the 4 blocks m = 0..3 of half super-block n, chunk g: values 4g..4g+3 of 16 rows, 0..63 */
+AVX512_INLINE void q6kr_values(const block_q6_kr *a, const block_q6_kr *b, int n, int g, __m512i u[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+    const __m512i l0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a->ql[n][0][g])),
+                                          _mm256_loadu_si256((const __m256i *)b->ql[n][0][g]), 1);
+    const __m512i l1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a->ql[n][1][g])),
+                                          _mm256_loadu_si256((const __m256i *)b->ql[n][1][g]), 1);
+    const __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a->qh[n][g])),
+                                          _mm256_loadu_si256((const __m256i *)b->qh[n][g]), 1);
+    /* (x & m4) | (high bits moved to 4-5 & 0x30): ternary logic 0xEA is (A & B) | C */
+    u[0] = _mm512_ternarylogic_epi32(l0, m4, _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30), 0xEA);
+    u[1] = _mm512_ternarylogic_epi32(l1, m4, _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30), 0xEA);
+    u[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), m4, _mm512_and_si512(hb, m30), 0xEA);
+    u[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), m4, _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30), 0xEA);
+}
+
+/* scale k (0..15) of 16 rows as floats */
+AVX512_INLINE __m512 q6kr_scale(const block_q6_kr *a, const block_q6_kr *b, int k) {
+    const __m128i s = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)a->scales[k]),
+                                         _mm_loadl_epi64((const __m128i *)b->scales[k]));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s));
+}
+
+AVX512_INLINE __m512 q6kr_d(const block_q6_kr *a, const block_q6_kr *b) {
+    return _mm512_cvtph_ps(_mm256_setr_m128i(_mm_loadu_si128((const __m128i *)a->d), _mm_loadu_si128((const __m128i *)b->d)));
+}
+
+AVX512_INLINE __m512 q6kr_rows16(const block_q6_kr *ga, const block_q6_kr *gb, const block_q8x *a, const int32_t *c,
+                                 int nsb, const char *end) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < nsb; i++) {
+        for (int o = 0; o < (int)sizeof(block_q6_kr); o += 64) {
+            const char *pa = (const char *)(ga + i) + PREFETCH_BYTES + o, *pb = (const char *)(gb + i) + PREFETCH_BYTES + o;
+            if (pa < end) _mm_prefetch(pa, _MM_HINT_T0);
+            if (pb < end) _mm_prefetch(pb, _MM_HINT_T0);
+        }
+        const block_q8x *ab = a + 8 * i;
+        const int32_t *ci = c + 16 * i;
+        __m512 s = _mm512_setzero_ps();
+        for (int n = 0; n < 2; n++) {
+            __m512i sum[4][2];
+            for (int m = 0; m < 4; m++)
+                for (int h = 0; h < 2; h++) sum[m][h] = _mm512_set1_epi32(ci[2 * (4 * n + m) + h]);
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) {
+                __m512i u[4];
+                q6kr_values(ga + i, gb + i, n, g, u);
+                for (int m = 0; m < 4; m++)
+                    sum[m][g >> 2] = _mm512_dpbusd_epi32(sum[m][g >> 2], u[m], bcast4(ab[4 * n + m].qs + 4 * g));
+            }
+            for (int m = 0; m < 4; m++) {
+                const int jb = 4 * n + m;
+                const __m512 da = _mm512_set1_ps(ab[jb].d);
+                for (int h = 0; h < 2; h++)
+                    s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[m][h]), _mm512_mul_ps(q6kr_scale(ga + i, gb + i, 2 * jb + h), da), s);
+            }
+        }
+        acc = _mm512_fmadd_ps(q6kr_d(ga + i, gb + i), s, acc);
+    }
+    return acc;
+}
+
+AVX512 static void rows_q6_kr(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
+    if (kr_edges(PL_TYPE_Q6_KR, w, rb, act, 0, y, 0, &r0, &r1, 0, n)) return;
+    const int nsb = n / QK_K, nb = n / QK;
+    int32_t cstack[2 * 512], *c = nb <= 512 ? cstack : malloc(sizeof(int32_t) * 2 * (size_t)nb);
+    if (!c) {
+        kr_via_file_layout(PL_TYPE_Q6_KR, w, rb, act, 0, y, 0, r0, r1, 0, n);
+        return;
+    }
+    q6kr_zero_terms((const block_q8x *)act, nb, c);
+    const char *end = (const char *)ROW(w, rb, r1);
+    for (int r = r0; r < r1; r += 2 * G8) {
+        const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r);
+        const int two = r + 2 * G8 <= r1;
+        const __m512 v = q6kr_rows16(ga, two ? ga + nsb : ga, (const block_q8x *)act, c, nsb, end);
+        _mm512_mask_storeu_ps(y + r, two ? (__mmask16)0xffff : (__mmask16)0xff, v);
+    }
+    if (c != cstack) free(c);
+}
+
+/* one 32-value block of 16 rows, values 4g..4g+3 of each row in q[g]; d x scale of each half */
+typedef struct {
+    __m512i q[8];
+    __m512 d[2];
+} q6kr_pack;
+
+AVX512_INLINE void q6kr_pack16(const block_q6_kr *ga, const block_q6_kr *gb, q6kr_pack *pk) {
+    const __m512 d = q6kr_d(ga, gb);
+    for (int k = 0; k < 16; k++) pk[k / 2].d[k % 2] = _mm512_mul_ps(d, q6kr_scale(ga, gb, k));
+    for (int n = 0; n < 2; n++)
+        for (int g = 0; g < 8; g++) {
+            __m512i u[4];
+            q6kr_values(ga, gb, n, g, u);
+            for (int m = 0; m < 4; m++) pk[4 * n + m].q[g] = u[m];
+        }
+}
+
+AVX512_INLINE void q6kr_panel(int TT, const q6kr_pack *pk, int nb, const block_q8x *const *a,
+                              const int32_t *const *c, __m512 *acc) {
+    for (int b = 0; b < nb; b++) {
+        const q6kr_pack *p = pk + b;
+        __m512i s0[Q4KR_TOK], s1[Q4KR_TOK];
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) s0[t] = _mm512_set1_epi32(c[t][2 * b]), s1[t] = _mm512_set1_epi32(c[t][2 * b + 1]);
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++)
+#pragma GCC unroll 8
+            for (int t = 0; t < TT; t++) {
+                if (g < 4) s0[t] = _mm512_dpbusd_epi32(s0[t], p->q[g], bcast4(a[t][b].qs + 4 * g));
+                else s1[t] = _mm512_dpbusd_epi32(s1[t], p->q[g], bcast4(a[t][b].qs + 4 * g));
+            }
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) {
+            const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[t]), p->d[1], _mm512_mul_ps(_mm512_cvtepi32_ps(s0[t]), p->d[0]));
+            acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(a[t][b].d), acc[t]);
+        }
+    }
+}
+
+AVX512 static void tile_q6_kr(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int r0,
+                              int r1, int nt, int n) {
+    if (kr_edges(PL_TYPE_Q6_KR, w, rb, act, as, y, ys, &r0, &r1, nt, n)) return;
+    const int nsb = n / QK_K, nbt = n / QK;
+    int32_t *c = malloc(sizeof(int32_t) * 2 * (size_t)nbt * nt);
+    if (!c) {
+        kr_via_file_layout(PL_TYPE_Q6_KR, w, rb, act, as, y, ys, r0, r1, nt, n);
+        return;
+    }
+    for (int t = 0; t < nt; t++)
+        q6kr_zero_terms((const block_q8x *)((const char *)act + (size_t)t * as), nbt, c + 2 * (size_t)nbt * t);
+    q6kr_pack pk[8 * Q4KR_CHUNK];
+    for (int r = r0; r < r1; r += 2 * G8) {
+        const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r);
+        const int two = r + 2 * G8 <= r1;
+        const block_q6_kr *gb = two ? ga + nsb : ga;
+        const __mmask16 m = two ? (__mmask16)0xffff : (__mmask16)0xff;
+        for (int i0 = 0; i0 < nsb; i0 += Q4KR_CHUNK) {
+            const int ns = nsb - i0 < Q4KR_CHUNK ? nsb - i0 : Q4KR_CHUNK, nb = 8 * ns;
+            for (int i = 0; i < ns; i++) q6kr_pack16(ga + i0 + i, gb + i0 + i, pk + 8 * i);
+            for (int t = 0; t < nt;) {
+                const int TT = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const block_q8x *a[Q4KR_TOK];
+                const int32_t *cc[Q4KR_TOK];
+                __m512 acc[Q4KR_TOK];
+                for (int k = 0; k < TT; k++) {
+                    a[k] = (const block_q8x *)((const char *)act + (size_t)(t + k) * as) + 8 * i0;
+                    cc[k] = c + 2 * ((size_t)nbt * (t + k) + 8 * i0);
+                    acc[k] = i0 ? _mm512_maskz_loadu_ps(m, y + (t + k) * ys + r) : _mm512_setzero_ps();
+                }
+                switch (TT) {
+                case 8: q6kr_panel(8, pk, nb, a, cc, acc); break;
+                case 4: q6kr_panel(4, pk, nb, a, cc, acc); break;
+                case 2: q6kr_panel(2, pk, nb, a, cc, acc); break;
+                default: q6kr_panel(1, pk, nb, a, cc, acc); break;
+                }
+                for (int k = 0; k < TT; k++) _mm512_mask_storeu_ps(y + (t + k) * ys + r, m, acc[k]);
+                t += TT;
+            }
+        }
+    }
+    free(c);
+}
+
 void pl_kqr_fill_avx512(pl_kernel_set *set) {
     set->rows[PL_TYPE_Q4_KR] = rows_q4_kr;
     set->tile[PL_TYPE_Q4_KR] = tile_q4_kr;
+    set->rows[PL_TYPE_Q6_KR] = rows_q6_kr;
+    set->tile[PL_TYPE_Q6_KR] = tile_q6_kr;
 }
 
 #endif

@@ -69,7 +69,7 @@ static int vector_to_f32(pl_model *m, const pl_tensor *t) {
 static void repack_q4k(pl_model *m, const pl_tensor *t);
 
 static void repack_q4(pl_model *m, const pl_tensor *t) {
-    if (t && t->type == PL_TYPE_Q4_K) repack_q4k(m, t);
+    if (t && (t->type == PL_TYPE_Q4_K || t->type == PL_TYPE_Q6_K)) repack_q4k(m, t);
     if (!t || (t->type != PL_TYPE_Q4_0 && t->type != PL_TYPE_Q4_1) || t->n_dims != 2) return;
     const int nb = (int)(t->ne[0] / QK);
     const int64_t rows = t->ne[1];
@@ -86,7 +86,7 @@ static void repack_q4(pl_model *m, const pl_tensor *t) {
 }
 
 /*
- * Q4_K matrices regrouped 8 rows at a time (Q4_KR, quants.h), so that the AVX-512 prefill
+ * Q4_K and Q6_K matrices regrouped 8 rows at a time (Q4_KR, Q6_KR, quants.h), so that the AVX-512 prefill
  * tiles and decode rows read 16 rows as SIMD lanes straight from the weights. Only where the
  * AVX-512 set is in use when the model loads: the other sets would read Q4_KR back into Q4_K
  * (correct, but slower than the file's layout). As for Q4: in place, PYLLAMA_REPACK=0 keeps
@@ -102,10 +102,15 @@ static void repack_q4k(pl_model *m, const pl_tensor *t) {
         free(tmp);
         return;
     }
-    for (int64_t r = 0; r < rows; r += Q4KR_ROWS) q4k_repack_group((char *)t->data + (size_t)r * rb, rb, nsb, tmp);
+    const int q6 = t->type == PL_TYPE_Q6_K;
+    for (int64_t r = 0; r < rows; r += Q4KR_ROWS) {
+        char *g = (char *)t->data + (size_t)r * rb;
+        if (q6) q6k_repack_group(g, rb, nsb, tmp);
+        else q4k_repack_group(g, rb, nsb, tmp);
+    }
     pl_map_writable(&m->map, t->data, t->nbytes, 0);
     free(tmp);
-    ((pl_tensor *)t)->type = PL_TYPE_Q4_KR;
+    ((pl_tensor *)t)->type = q6 ? PL_TYPE_Q6_KR : PL_TYPE_Q4_KR;
 }
 
 /* blk.<l>.<suffix>, checked against [ne0, ne1] (ne1 = 0: a vector); NULL when absent and not

@@ -164,11 +164,11 @@ static inline float bf16_to_f32(pl_bf16 h) {
 /* The GGUF type a repacked type was made from (other types: themselves). */
 static inline int q4_base(int type) {
     return type == PL_TYPE_Q4_0R ? PL_TYPE_Q4_0 : type == PL_TYPE_Q4_1R ? PL_TYPE_Q4_1
-         : type == PL_TYPE_Q4_KR ? PL_TYPE_Q4_K : type;
+         : type == PL_TYPE_Q4_KR ? PL_TYPE_Q4_K : type == PL_TYPE_Q6_KR ? PL_TYPE_Q6_K : type;
 }
 static inline int q4_repacked(int type) { return type == PL_TYPE_Q4_0R || type == PL_TYPE_Q4_1R; }
 /* every id that only the loader makes (a file that has one is rejected) */
-static inline int pl_type_repacked(int type) { return q4_repacked(type) || type == PL_TYPE_Q4_KR; }
+static inline int pl_type_repacked(int type) { return q4_repacked(type) || type == PL_TYPE_Q4_KR || type == PL_TYPE_Q6_KR; }
 
 /* Where block b of a Q4 row (nb blocks, either layout) keeps its scale, minimum (Q4_1) and nibbles. */
 typedef struct {
@@ -223,6 +223,26 @@ _Static_assert(sizeof(block_q4_kr) == Q4KR_ROWS * sizeof(block_q4_k), "a Q4_KR g
 void q4k_repack_group(void *rows, size_t rb, int nsb, void *tmp);
 /* Super-block sb of row r of a Q4_KR matrix (row 0 at w, rows rb bytes apart), as the Q4_K block it was. */
 void q4kr_block(const void *w, size_t rb, int r, int sb, block_q4_k *out);
+
+/*
+ * Q6_KR: Q6_K regrouped the same way (same conditions), per super-block index i of a group:
+ *   ql byte 64n + 32h + 4g + j (n, h = 0..1, g = 0..7, j = 0..3) of row r at ((n * 2 + h) * 8 + g) * 32 + 4r + j,
+ *   qh byte 32n + 4g + j of row r at 1024 + (n * 8 + g) * 32 + 4r + j,
+ *   scale s (0..15) of rows 0..7 at 1536 + 8s + r, then d of rows 0..7 (8 fp16).
+ * Chunk (n, g) of qh and chunks (n, 0, g), (n, 1, g) of ql give, per row, values
+ * 128n + 32m + 4g..+3 for m = 0..3 (ql's low nibbles for m = 0, 1, high ones for 2, 3; qh's
+ * bit pair m).
+ */
+typedef struct {
+    uint8_t ql[2][2][8][Q4KR_ROWS][4];
+    uint8_t qh[2][8][Q4KR_ROWS][4];
+    int8_t scales[QK_K / 16][Q4KR_ROWS];
+    pl_fp16 d[Q4KR_ROWS];
+} block_q6_kr;
+_Static_assert(sizeof(block_q6_kr) == Q4KR_ROWS * sizeof(block_q6_k), "a Q6_KR group block is 8 Q6_K blocks");
+
+void q6k_repack_group(void *rows, size_t rb, int nsb, void *tmp);
+void q6kr_block(const void *w, size_t rb, int r, int sb, block_q6_k *out);
 
 /*
  * A K-quant or IQ4_XS super-block unpacked to integers: value i is
