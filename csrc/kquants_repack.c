@@ -2,16 +2,20 @@
  * kquants_repack.c - decode rows and prefill tiles for Q4_KR and Q6_KR, the Q4_K and Q6_K matrices
  * the loader regroups 8 rows at a time (quants.h says how; model.c does it on CPUs with AVX-512 VNNI).
  *
- * AVX-512: two groups (16 rows) per step, one 32-bit lane per row. A 32-byte chunk of each
- * group, side by side, is one vector whose low nibbles are 4 values of one sub-block of all
- * 16 rows and whose high nibbles are the next sub-block's: one AND (or shift and AND) and one
- * vpdpbusd per 4 activation bytes, with no per-call unpacking, transposing or L1 staging
- * (kquants_avx512.c's Q4_K tile unpacks and transposes every 16 x 16-block chunk it meets).
- * The 6-bit scales of the 16 rows are decoded together, 8 bytes per group (one byte a row).
+ * AVX-512: two groups (16 rows) per step, one 32-bit lane per row. Q4_KR: a 32-byte chunk of
+ * each group, side by side, is one vector whose low nibbles are 4 values of one sub-block of
+ * all 16 rows and whose high nibbles are the next sub-block's; Q6_KR: three such chunks (two of
+ * low bits, one of high bits) give 4 values of 4 blocks. So the weights meet vpdpbusd after an
+ * AND or a shift, with no per-row unpacking or transposing (kquants_avx512.c's tiles unpack
+ * and transpose every 16-row chunk they meet, reading 16 rows' streams at once). The scales of
+ * the 16 rows are decoded together (one byte a row, 8 rows side by side in the layout).
+ * Decode (rows) streams the two groups once; the prefill tiles split a chunk of 2 super-blocks
+ * into an L1 buffer once and then pass over the tokens 8 at a time with the integer sums and
+ * float scaling of the Q4_K / Q6_K tiles (the same results, bit for bit).
  *
  * Elsewhere (the AVX2 set, rows not on a group boundary): each group is read back into the
- * Q4_K layout in a buffer and handed to the AVX2 Q4_K kernels; that path only runs when the
- * kernel set is changed after a model was loaded on an AVX-512 CPU.
+ * file's layout in a buffer and handed to the AVX2 Q4_K / Q6_K kernels; that path only runs
+ * when the kernel set is changed after a model was loaded on an AVX-512 CPU.
  */
 #if defined(__x86_64__) || defined(_M_X64)
 

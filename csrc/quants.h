@@ -13,7 +13,9 @@
  * interrupts every 16 bytes of nibbles; decode streams the regrouped rows 20-50%
  * faster (bench/q4_layout_stream.c, bench/RESULTS.md section D).
  *
- * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them.
+ * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them,
+ * except Q4_K and Q6_K matrices on CPUs with AVX-512 VNNI: regrouped 8 rows at a time
+ * (Q4_KR, Q6_KR, after q4_repack_row below).
  *
  * Activations: every quantized weight type, these included, multiplies block_q8x activations
  * (kernels.h: 32 int8 values, a float scale d and s = d * sum(q)), one block per 32 weights.
