@@ -8,7 +8,7 @@
  * N must be a multiple of 128 (whole groups of 4 blocks).
  *
  *   cc -std=gnu11 -O2 -fopenmp -Icsrc bench/q4_layout_stream.c csrc/kernels_scalar.c \
- *      csrc/kernels_avx2.c csrc/kernels_avx512.c csrc/kquants_avx2.c csrc/kquants_avx512.c csrc/quants.c csrc/util.c -lm -o /tmp/q4ls
+ *      csrc/kernels_avx2.c csrc/kernels_avx512.c csrc/kquants_avx2.c csrc/kquants_avx512.c csrc/kquants_repack.c csrc/quants.c csrc/util.c -lm -o /tmp/q4ls
  *   /tmp/q4ls [N (512)] [BURST (1536)]
  */
 #define _GNU_SOURCE

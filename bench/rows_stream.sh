@@ -5,5 +5,5 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${TMPDIR:-/tmp}/pyllama-rows-stream
 ${CC:-cc} -std=c11 -O2 -fopenmp ${CFLAGS:-} -I"$root/csrc" "$root/bench/rows_stream.c" "$root/csrc/kernels_scalar.c" \
-    "$root/csrc/kernels_avx2.c" "$root/csrc/kernels_avx512.c" "$root/csrc/kquants_avx2.c" "$root/csrc/kquants_avx512.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out"
+    "$root/csrc/kernels_avx2.c" "$root/csrc/kernels_avx512.c" "$root/csrc/kquants_avx2.c" "$root/csrc/kquants_avx512.c" "$root/csrc/kquants_repack.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out"
 "$out" "$@"

@@ -12,7 +12,7 @@
  * tells the host's placement of this VM's two vCPUs: ~85-135 ns (close) or ~430 ns (far).
  *
  *   cc -std=gnu11 -O2 -fopenmp -Icsrc bench/thread_balance.c csrc/kernels_scalar.c csrc/kernels_avx2.c \
- *      csrc/kernels_avx512.c csrc/kquants_avx2.c csrc/kquants_avx512.c csrc/quants.c csrc/util.c -lm -o /tmp/thread_balance
+ *      csrc/kernels_avx512.c csrc/kquants_avx2.c csrc/kquants_avx512.c csrc/kquants_repack.c csrc/quants.c csrc/util.c -lm -o /tmp/thread_balance
  *   /tmp/thread_balance [BURST=1536] [ROUNDS=20]      (x86-64 with AVX-512 VNNI)
  */
 #define _GNU_SOURCE
