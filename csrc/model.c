@@ -5,7 +5,6 @@
  * per-layer options. Also the model's lookups and accessors.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,18 +97,16 @@ static void repack_q4k(pl_model *m, const pl_tensor *t) {
     const int nsb = (int)(t->ne[0] / QK_K);
     const int64_t rows = t->ne[1];
     const size_t rb = (size_t)pl_type_nbytes(t->type, t->ne[0]);
-    const int nth = omp_get_max_threads(), q6 = t->type == PL_TYPE_Q6_K;
-    char *tmp = malloc((size_t)nth * Q4KR_ROWS * rb);
+    const int q6 = t->type == PL_TYPE_Q6_K;
+    char *tmp = malloc(Q4KR_ROWS * rb);
     if (!tmp || pl_map_writable(&m->map, t->data, t->nbytes, 1)) {
         free(tmp);
         return;
     }
-    /* in parallel: most of the time goes to the first write of each private page */
-#pragma omp parallel for schedule(static) num_threads(nth)
     for (int64_t r = 0; r < rows; r += Q4KR_ROWS) {
-        char *g = (char *)t->data + (size_t)r * rb, *own = tmp + (size_t)omp_get_thread_num() * Q4KR_ROWS * rb;
-        if (q6) q6k_repack_group(g, rb, nsb, own);
-        else q4k_repack_group(g, rb, nsb, own);
+        char *g = (char *)t->data + (size_t)r * rb;
+        if (q6) q6k_repack_group(g, rb, nsb, tmp);
+        else q4k_repack_group(g, rb, nsb, tmp);
     }
     pl_map_writable(&m->map, t->data, t->nbytes, 0);
     free(tmp);
