@@ -276,6 +276,18 @@ static int check_disjoint(const pl_model *m, const uint64_t *offsets) {
     return 0;
 }
 
+/* GGML's name for a type id in a file: pyllama's own ids (the regrouped layouts) are, in GGML,
+ * the interleaved Q4_0 types it dropped and TQ1_0. */
+static const char *file_type_name(int type) {
+    switch (type) {
+    case PL_TYPE_Q4_0R: return "Q4_0_4_4 (GGML's dropped interleaved Q4_0)";
+    case PL_TYPE_Q4_1R: return "Q4_0_4_8 (GGML's dropped interleaved Q4_0)";
+    case PL_TYPE_Q4_KR: return "Q4_0_8_8 (GGML's dropped interleaved Q4_0)";
+    case PL_TYPE_Q6_KR: return "TQ1_0";
+    default: return pl_type_name(type);
+    }
+}
+
 static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64_t *offsets) {
     for (uint64_t i = 0; i < n_tensors; i++) {
         pl_tensor *t = &m->tensors[i];
@@ -317,11 +329,11 @@ static int parse_tensor_infos(cursor *c, uint64_t n_tensors, pl_model *m, uint64
         }
         if (read_u32(c, &type, t->name) || read_u64(c, &offsets[i], t->name)) return -1;
         t->type = (int)type;
-        if (!pl_type_supported(t->type) || q4_repacked(t->type)) { /* the repacked ids are pyllama's own */
+        if (!pl_type_supported(t->type) || pl_type_repacked(t->type)) { /* the repacked ids are pyllama's own */
             pl_set_error("tensor '%s' has type %s (%u), which pyllama does not support "
                          "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, "
                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS)",
-                         t->name, q4_repacked(t->type) ? "Q4_0_4_x (GGML's dropped interleaved Q4_0)" : pl_type_name(t->type), type);
+                         t->name, file_type_name(t->type), type);
             return -1;
         }
         int64_t nbytes = pl_type_nbytes(t->type, n_elems);

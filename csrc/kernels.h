@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include "quants.h"
 
-#define PL_TYPE_SLOTS 33 /* type ids are GGML's (0..30), then pyllama's repacked Q4 (31, 32) */
+#define PL_TYPE_SLOTS 35 /* type ids are GGML's (0..30), then pyllama's repacked Q4 (31, 32), Q4_K and Q6_K (33, 34) */
 
 /* An activation block: x[i] ~= d * qs[i]; s = d * sum(qs) (needed by Q4_1's offset and Q4_0's -8). */
 typedef struct {

@@ -818,8 +818,10 @@ AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {
     for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
-/* the K-quant entries: kquants_avx2.c */
-const pl_kernel_set pl_kernels_avx2 =
-    PL_SIMD_KERNEL_SET("avx2", pl_attend_avx2, PL_KQ_TYPES(PL_KQ_ROWS_AVX2), PL_KQ_TYPES(PL_KQ_TILE_AVX2));
+/* the K-quant entries: kquants_avx2.c; the regrouped Q4_K/Q6_K (kquants_repack.c) */
+#define KQR_ROWS_AVX2 [PL_TYPE_Q4_KR] = pl_kqr_rows_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_rows_q6_kr_avx2,
+#define KQR_TILE_AVX2 [PL_TYPE_Q4_KR] = pl_kqr_tile_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_tile_q6_kr_avx2,
+const pl_kernel_set pl_kernels_avx2 = PL_SIMD_KERNEL_SET("avx2", pl_attend_avx2, PL_KQ_TYPES(PL_KQ_ROWS_AVX2) KQR_ROWS_AVX2,
+                                                         PL_KQ_TYPES(PL_KQ_TILE_AVX2) KQR_TILE_AVX2);
 
 #endif

@@ -973,6 +973,7 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.rows[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
     avx512_set.attend = attend;
     pl_kq_fill_avx512(&avx512_set); /* kquants_avx512.c */
+    pl_kqr_fill_avx512(&avx512_set); /* kquants_repack.c */
 }
 
 const pl_kernel_set *pl_kernels_avx512(void) { return &avx512_set; }

@@ -192,6 +192,28 @@ static float dot_q5_k(const void *w, const block_q8x *x, int n) { return dot_sup
 static float dot_q6_k(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_Q6_K, w, x, n); }
 static float dot_iq4_xs(const void *w, const block_q8x *x, int n) { return dot_superblocks(PL_TYPE_IQ4_XS, w, x, n); }
 
+/* Q4_KR, Q6_KR (quants.h): each super-block read back as the Q4_K / Q6_K block it was, then as that. */
+static void rows_kr(int type, const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    block_q6_k b; /* the larger of the two */
+    pl_superblock u;
+    for (int r = r0; r < r1; r++) {
+        float sum = 0.0f;
+        for (int sb = 0; sb < n / QK_K; sb++) {
+            if (type == PL_TYPE_Q4_KR) q4kr_block(w, row_bytes, r, sb, (block_q4_k *)(void *)&b);
+            else q6kr_block(w, row_bytes, r, sb, &b);
+            unpack_superblock(q4_base(type), &b, 0, &u);
+            sum = superblock_acc(&u, (const block_q8x *)act + sb * (QK_K / QK), sum);
+        }
+        y[r] = sum;
+    }
+}
+static void rows_q4_kr(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    rows_kr(PL_TYPE_Q4_KR, w, row_bytes, act, y, r0, r1, n);
+}
+static void rows_q6_kr(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    rows_kr(PL_TYPE_Q6_KR, w, row_bytes, act, y, r0, r1, n);
+}
+
 #define DEFINE_TILE_SUPERBLOCKS(NAME, TYPE)                                                               \
     static void tile_##NAME(const void *w, size_t row_bytes, const void *act, size_t act_stride, float *y, \
                             size_t y_stride, int r0, int r1, int n_tok, int n) {                         \
@@ -280,6 +302,8 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q4_1] = rows_q4_1,
         [PL_TYPE_Q4_0R] = rows_q4_0r,
         [PL_TYPE_Q4_1R] = rows_q4_1r,
+        [PL_TYPE_Q4_KR] = rows_q4_kr,
+        [PL_TYPE_Q6_KR] = rows_q6_kr,
         [PL_TYPE_Q5_0] = rows_q5_0,
         [PL_TYPE_Q5_1] = rows_q5_1,
         [PL_TYPE_IQ4_NL] = rows_iq4_nl,

@@ -31,5 +31,15 @@ PL_KQ_TYPES(PL_KQ_DECLARE_AVX2)
 /* Put the AVX-512 kernels of these types into a set (a copy of the AVX2 one). */
 void pl_kq_fill_avx512(pl_kernel_set *set);
 
+/* Q4_KR, Q6_KR (quants.h; kquants_repack.c): the AVX2 kernels read each group back into Q4_K;
+ * pl_kqr_fill_avx512 puts the AVX-512 ones into a set. */
+#define PL_KR_DECLARE_AVX2(NAME)                                                                          \
+    void pl_kqr_rows_##NAME##_avx2(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n); \
+    void pl_kqr_tile_##NAME##_avx2(const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, \
+                                   int r0, int r1, int nt, int n);
+PL_KR_DECLARE_AVX2(q4_kr)
+PL_KR_DECLARE_AVX2(q6_kr)
+void pl_kqr_fill_avx512(pl_kernel_set *set);
+
 #endif
 #endif

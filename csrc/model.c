@@ -66,7 +66,10 @@ static int vector_to_f32(pl_model *m, const pl_tensor *t) {
  * these rows faster than the GGUF layout, which puts a 2-byte scale between every 16
  * bytes of nibbles. PYLLAMA_REPACK=0 keeps the GGUF layout (for comparisons). A tensor that cannot be made writable stays as it is.
  */
+static void repack_q4k(pl_model *m, const pl_tensor *t);
+
 static void repack_q4(pl_model *m, const pl_tensor *t) {
+    if (t && (t->type == PL_TYPE_Q4_K || t->type == PL_TYPE_Q6_K)) repack_q4k(m, t);
     if (!t || (t->type != PL_TYPE_Q4_0 && t->type != PL_TYPE_Q4_1) || t->n_dims != 2) return;
     const int nb = (int)(t->ne[0] / QK);
     const int64_t rows = t->ne[1];
@@ -80,6 +83,34 @@ static void repack_q4(pl_model *m, const pl_tensor *t) {
     pl_map_writable(&m->map, t->data, t->nbytes, 0);
     free(tmp);
     ((pl_tensor *)t)->type = t->type == PL_TYPE_Q4_0 ? PL_TYPE_Q4_0R : PL_TYPE_Q4_1R;
+}
+
+/*
+ * Q4_K and Q6_K matrices regrouped 8 rows at a time (Q4_KR, Q6_KR, quants.h), so that the AVX-512 prefill
+ * tiles and decode rows read 16 rows as SIMD lanes straight from the weights. Only where the
+ * AVX-512 set is in use when the model loads: the other sets would read Q4_KR back into Q4_K
+ * (correct, but slower than the file's layout). As for Q4: in place, PYLLAMA_REPACK=0 keeps
+ * the GGUF layout, a tensor that cannot be made writable stays as it is.
+ */
+static void repack_q4k(pl_model *m, const pl_tensor *t) {
+    if (t->n_dims != 2 || t->ne[1] % Q4KR_ROWS || pl_current_isa() != PL_ISA_AVX512) return;
+    const int nsb = (int)(t->ne[0] / QK_K);
+    const int64_t rows = t->ne[1];
+    const size_t rb = (size_t)pl_type_nbytes(t->type, t->ne[0]);
+    const int q6 = t->type == PL_TYPE_Q6_K;
+    char *tmp = malloc(Q4KR_ROWS * rb);
+    if (!tmp || pl_map_writable(&m->map, t->data, t->nbytes, 1)) {
+        free(tmp);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r += Q4KR_ROWS) {
+        char *g = (char *)t->data + (size_t)r * rb;
+        if (q6) q6k_repack_group(g, rb, nsb, tmp);
+        else q4k_repack_group(g, rb, nsb, tmp);
+    }
+    pl_map_writable(&m->map, t->data, t->nbytes, 0);
+    free(tmp);
+    ((pl_tensor *)t)->type = q6 ? PL_TYPE_Q6_KR : PL_TYPE_Q4_KR;
 }
 
 /* blk.<l>.<suffix>, checked against [ne0, ne1] (ne1 = 0: a vector); NULL when absent and not

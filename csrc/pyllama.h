@@ -35,6 +35,8 @@
 /* pyllama's own: Q4 weights repacked at load time (never in a file; see quants.h) */
 #define PL_TYPE_Q4_0R 31
 #define PL_TYPE_Q4_1R 32
+#define PL_TYPE_Q4_KR 33 /* Q4_K, 8 rows interleaved (x86 with AVX-512 only) */
+#define PL_TYPE_Q6_KR 34 /* Q6_K, the same */
 
 /* Instruction-set paths for the kernels; PL_ISA_AUTO picks the best one the CPU has. */
 #define PL_ISA_AUTO -1

@@ -246,6 +246,59 @@ void q4_repack_row(int type, void *row, int nb, void *tmp) {
     }
 }
 
+void q4k_repack_group(void *rows, size_t rb, int nsb, void *tmp) {
+    memcpy(tmp, rows, Q4KR_ROWS * rb);
+    block_q4_kr *out = (block_q4_kr *)rows;
+    for (int i = 0; i < nsb; i++)
+        for (int r = 0; r < Q4KR_ROWS; r++) {
+            const block_q4_k *b = (const block_q4_k *)((const char *)tmp + (size_t)r * rb) + i;
+            out[i].d[r] = b->d;
+            out[i].dmin[r] = b->dmin;
+            for (int k = 0; k < K_SCALE_SIZE; k++) out[i].scales[k][r] = b->scales[k];
+            for (int c = 0; c < 4; c++)
+                for (int g = 0; g < 8; g++) memcpy(out[i].qs[c][g][r], b->qs + 32 * c + 4 * g, 4);
+        }
+}
+
+void q4kr_block(const void *w, size_t rb, int r, int sb, block_q4_k *out) {
+    const block_q4_kr *grp = (const block_q4_kr *)((const char *)w + (size_t)(r / Q4KR_ROWS) * Q4KR_ROWS * rb);
+    const block_q4_kr *x = grp + sb;
+    const int l = r % Q4KR_ROWS;
+    out->d = x->d[l];
+    out->dmin = x->dmin[l];
+    for (int k = 0; k < K_SCALE_SIZE; k++) out->scales[k] = x->scales[k][l];
+    for (int c = 0; c < 4; c++)
+        for (int g = 0; g < 8; g++) memcpy(out->qs + 32 * c + 4 * g, x->qs[c][g][l], 4);
+}
+
+void q6k_repack_group(void *rows, size_t rb, int nsb, void *tmp) {
+    memcpy(tmp, rows, Q4KR_ROWS * rb);
+    block_q6_kr *out = (block_q6_kr *)rows;
+    for (int i = 0; i < nsb; i++)
+        for (int r = 0; r < Q4KR_ROWS; r++) {
+            const block_q6_k *b = (const block_q6_k *)((const char *)tmp + (size_t)r * rb) + i;
+            for (int n = 0; n < 2; n++)
+                for (int g = 0; g < 8; g++) {
+                    for (int h = 0; h < 2; h++) memcpy(out[i].ql[n][h][g][r], b->ql + 64 * n + 32 * h + 4 * g, 4);
+                    memcpy(out[i].qh[n][g][r], b->qh + 32 * n + 4 * g, 4);
+                }
+            for (int k = 0; k < QK_K / 16; k++) out[i].scales[k][r] = b->scales[k];
+            out[i].d[r] = b->d;
+        }
+}
+
+void q6kr_block(const void *w, size_t rb, int r, int sb, block_q6_k *out) {
+    const block_q6_kr *x = (const block_q6_kr *)((const char *)w + (size_t)(r / Q4KR_ROWS) * Q4KR_ROWS * rb) + sb;
+    const int l = r % Q4KR_ROWS;
+    for (int n = 0; n < 2; n++)
+        for (int g = 0; g < 8; g++) {
+            for (int h = 0; h < 2; h++) memcpy(out->ql + 64 * n + 32 * h + 4 * g, x->ql[n][h][g][l], 4);
+            memcpy(out->qh + 32 * n + 4 * g, x->qh[n][g][l], 4);
+        }
+    for (int k = 0; k < QK_K / 16; k++) out->scales[k] = x->scales[k][l];
+    out->d = x->d[l];
+}
+
 /* n values of a type; a repacked type's layout is per row, so n must be one row there */
 void dequantize_row(int type, const void *src, float *dst, int64_t n) {
     switch (type) {

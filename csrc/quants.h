@@ -14,7 +14,9 @@
  * line; the regrouped rows take one 64-byte load of nibbles per 4 blocks, and decode
  * streams them faster from DRAM.
  *
- * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them.
+ * Q5_0, Q5_1, IQ4_NL and the 256-value K-quants / IQ4_XS below are used as the file has them,
+ * except Q4_K and Q6_K matrices on CPUs with AVX-512 VNNI: regrouped 8 rows at a time
+ * (Q4_KR, Q6_KR, after q4_repack_row below).
  *
  * Activations: every quantized weight type, these included, multiplies block_q8x activations
  * (kernels.h: 32 int8 values, a float scale d and s = d * sum(q)), one block per 32 weights.
@@ -164,9 +166,12 @@ static inline float bf16_to_f32(pl_bf16 h) {
 
 /* The GGUF type a repacked type was made from (other types: themselves). */
 static inline int q4_base(int type) {
-    return type == PL_TYPE_Q4_0R ? PL_TYPE_Q4_0 : type == PL_TYPE_Q4_1R ? PL_TYPE_Q4_1 : type;
+    return type == PL_TYPE_Q4_0R ? PL_TYPE_Q4_0 : type == PL_TYPE_Q4_1R ? PL_TYPE_Q4_1
+         : type == PL_TYPE_Q4_KR ? PL_TYPE_Q4_K : type == PL_TYPE_Q6_KR ? PL_TYPE_Q6_K : type;
 }
 static inline int q4_repacked(int type) { return type == PL_TYPE_Q4_0R || type == PL_TYPE_Q4_1R; }
+/* every id that only the loader makes (a file that has one is rejected) */
+static inline int pl_type_repacked(int type) { return q4_repacked(type) || type == PL_TYPE_Q4_KR || type == PL_TYPE_Q6_KR; }
 
 /* Where block b of a Q4 row (nb blocks, either layout) keeps its scale, minimum (Q4_1) and nibbles. */
 typedef struct {
@@ -194,6 +199,53 @@ static inline q4_block q4_block_at(int type, const void *row, int b, int nb) {
 
 /* Regroup one Q4_0 / Q4_1 row of nb blocks into its repacked layout, in place (tmp: the row's size). */
 void q4_repack_row(int type, void *row, int nb, void *tmp);
+
+/*
+ * Q4_KR (pyllama's, made at load time from Q4_K matrices whose row count is a multiple of 8,
+ * on x86 CPUs with AVX-512 VNNI): rows in groups of 8, a group's 8 x nsb super-blocks regrouped
+ * so that the prefill tiles and decode rows read 8 rows at once as SIMD lanes (one 32-bit lane
+ * per row and 4 consecutive values) with no unpacking or transposing per call. A group takes
+ * the same bytes as its 8 rows did (8 x 144 per super-block index i), in this order:
+ *   d of rows 0..7 (8 fp16), dmin of rows 0..7 (8 fp16),
+ *   scale byte k (0..11) of rows 0..7 for k = 0..11 (96 bytes: byte 8k + row),
+ *   the nibbles: qs byte 32c + 4g + j (c = 0..3, g = 0..7, j = 0..3) of row r at 256c + 32g + 4r + j.
+ * A 32-byte chunk (c, g) thus holds, per row, values 64c + 4g..+3 (low nibbles) and
+ * 64c + 32 + 4g..+3 (high nibbles); its 8 rows' scale bytes side by side let the 6-bit scales
+ * and minimums of all 8 rows be decoded together.
+ */
+#define Q4KR_ROWS 8
+typedef struct {
+    pl_fp16 d[Q4KR_ROWS], dmin[Q4KR_ROWS];
+    uint8_t scales[K_SCALE_SIZE][Q4KR_ROWS];
+    uint8_t qs[4][8][Q4KR_ROWS][4];
+} block_q4_kr;
+_Static_assert(sizeof(block_q4_kr) == Q4KR_ROWS * sizeof(block_q4_k), "a Q4_KR group block is 8 Q4_K blocks");
+
+/* Regroup 8 Q4_K rows of nsb super-blocks (rows rb bytes apart, from `rows`) into Q4_KR, in place
+ * (tmp: 8 x rb bytes). */
+void q4k_repack_group(void *rows, size_t rb, int nsb, void *tmp);
+/* Super-block sb of row r of a Q4_KR matrix (row 0 at w, rows rb bytes apart), as the Q4_K block it was. */
+void q4kr_block(const void *w, size_t rb, int r, int sb, block_q4_k *out);
+
+/*
+ * Q6_KR: Q6_K regrouped the same way (same conditions), per super-block index i of a group:
+ *   ql byte 64n + 32h + 4g + j (n, h = 0..1, g = 0..7, j = 0..3) of row r at ((n * 2 + h) * 8 + g) * 32 + 4r + j,
+ *   qh byte 32n + 4g + j of row r at 1024 + (n * 8 + g) * 32 + 4r + j,
+ *   scale s (0..15) of rows 0..7 at 1536 + 8s + r, then d of rows 0..7 (8 fp16).
+ * Chunk (n, g) of qh and chunks (n, 0, g), (n, 1, g) of ql give, per row, values
+ * 128n + 32m + 4g..+3 for m = 0..3 (ql's low nibbles for m = 0, 1, high ones for 2, 3; qh's
+ * bit pair m).
+ */
+typedef struct {
+    uint8_t ql[2][2][8][Q4KR_ROWS][4];
+    uint8_t qh[2][8][Q4KR_ROWS][4];
+    int8_t scales[QK_K / 16][Q4KR_ROWS];
+    pl_fp16 d[Q4KR_ROWS];
+} block_q6_kr;
+_Static_assert(sizeof(block_q6_kr) == Q4KR_ROWS * sizeof(block_q6_k), "a Q6_KR group block is 8 Q6_K blocks");
+
+void q6k_repack_group(void *rows, size_t rb, int nsb, void *tmp);
+void q6kr_block(const void *w, size_t rb, int r, int sb, block_q6_k *out);
 
 /*
  * A K-quant or IQ4_XS super-block unpacked to integers: value i is

@@ -182,6 +182,8 @@ static const type_traits TYPES[] = {
     {PL_TYPE_IQ4_XS, "IQ4_XS", QK_K, sizeof(block_iq4_xs)},
     {PL_TYPE_Q4_0R, "Q4_0R", QK, sizeof(block_q4_0)}, /* repacked at load, never in a file */
     {PL_TYPE_Q4_1R, "Q4_1R", QK, sizeof(block_q4_1)},
+    {PL_TYPE_Q4_KR, "Q4_KR", QK_K, sizeof(block_q4_k)},
+    {PL_TYPE_Q6_KR, "Q6_KR", QK_K, sizeof(block_q6_k)},
 };
 #define N_TYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
 

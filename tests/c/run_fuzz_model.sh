@@ -19,7 +19,7 @@ if ! printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n){(void)d;
 fi
 cflags="-std=gnu11 -O1 -g -fno-omit-frame-pointer -fopenmp -I$src $san"
 objs=""
-for f in gguf llama2c model context forward kv_cache team rope quants dispatch kernels_scalar kernels_avx2 kernels_avx512 kquants_avx2 kquants_avx512 kernels_neon kquants_neon sampling; do
+for f in gguf llama2c model context forward kv_cache team rope quants dispatch kernels_scalar kernels_avx2 kernels_avx512 kquants_avx2 kquants_avx512 kquants_repack kernels_neon kquants_neon sampling; do
     $CC $cflags -fsanitize=fuzzer-no-link -c "$src/$f.c" -o "$out/$f.o"
     objs="$objs $out/$f.o"
 done

@@ -19,7 +19,7 @@ build() { # $1: TEST_AVX2 or TEST_AVX512, $2: output name, then extra flags
     shift 2
     $CC -std=c11 -O2 -g -Wall -Wextra -D"$def" "$@" -I"$root/csrc" \
         "$here/test_kernels.c" "$root/csrc/kernels_scalar.c" "$root/csrc/kernels_avx2.c" \
-        "$root/csrc/kernels_avx512.c" "$root/csrc/kquants_avx2.c" "$root/csrc/kquants_avx512.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/$name"
+        "$root/csrc/kernels_avx512.c" "$root/csrc/kquants_avx2.c" "$root/csrc/kquants_avx512.c" "$root/csrc/kquants_repack.c" "$root/csrc/quants.c" "$root/csrc/util.c" -lm -o "$out/$name"
 }
 build TEST_AVX2 test_kernels_avx2 "$@"
 "$out/test_kernels_avx2"
