@@ -19,7 +19,7 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package provides the reference dequantizer")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
-from reference import quantize_activations_q8  # noqa: E402
+from support.reference import quantize_activations_q8  # noqa: E402
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
 ffi, lib = core.ffi, core.lib
