@@ -81,6 +81,10 @@ int pl_set_threads(pl_context *c, int n_threads) {
 
 pl_context *pl_context_new(pl_model *m, int n_ctx, int n_threads, int type_k, int type_v) {
     pl_clear_error();
+    if (!m->layers) {
+        pl_set_error("this model was read for its tensors only (pl_read_llama2c): load it to evaluate it");
+        return NULL;
+    }
     if (n_ctx <= 0 || n_ctx > (1 << 24)) {
         pl_set_error("n_ctx must be between 1 and %d (got %d)", 1 << 24, n_ctx);
         return NULL;

@@ -115,6 +115,15 @@ const char *pl_last_error(void);
 pl_model *pl_load_gguf(const char *path, int flags);
 /* llama2.c checkpoints carry no rope base and no BOS/EOS ids: pass them (run.c: 10000, 1, 2). */
 pl_model *pl_load_llama2c(const char *path, float rope_base, int flags);
+/* A llama2.c checkpoint read for its tensors (pyllama/convert.py), checked as pl_load_llama2c
+ * checks it but not bound for evaluation (pl_context_new refuses it): every tensor is F32,
+ * v2's int8 groups as q * the file's fp32 scale. format, when not NULL, receives the layout. */
+typedef struct {
+    int version;           /* 0 (legacy), 1 or 2 */
+    int group_size;        /* v2: values per fp32 scale; else 0 */
+    int shared_classifier; /* 1: the output layer is the token embedding */
+} pl_llama2c_format;
+pl_model *pl_read_llama2c(const char *path, pl_llama2c_format *format);
 void pl_model_free(pl_model *m);
 void pl_model_config(const pl_model *m, pl_config *out);
 /* llama.cpp's --rope-freq-base: replaces the file's; applies to contexts made afterwards. */

@@ -182,18 +182,6 @@ def _layout(c: Llama2cConfig):
     return norms_att + norms_ffn + final + [(n, s, kind) for n, s in [emb] + mats + cls]
 
 
-def _layout_nbytes(c: Llama2cConfig, shape, kind) -> int:
-    n = math.prod(shape)
-    if kind == "q8":
-        return n + 4 * (n // c.group_size)
-    return 4 * n
-
-
-def llama2c_expected_size(c: Llama2cConfig) -> int:
-    header = 28 if c.version == 0 else LLAMA2C_HEADER_SIZE
-    return header + sum(_layout_nbytes(c, s, k) for _, s, k in _layout(c))
-
-
 # ----------------------------------------------------------------------------------------
 # GGUF -> llama2.c
 
@@ -354,64 +342,47 @@ def gguf_to_llama2c(in_path, out_path, version: int = 0, group_size: int = 64, s
 # reading llama2.c checkpoints
 
 
-def read_llama2c_header(path) -> Llama2cConfig:
-    """Parse and validate the header of a llama2.c checkpoint against the file size."""
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(LLAMA2C_HEADER_SIZE)
-    except OSError as e:
-        raise ModelError(f"cannot open llama2.c checkpoint {path}: {e.strerror or e}") from e
-    if len(head) < 28:
-        raise ModelError(f"{path}: {len(head)} bytes is too short for a llama2.c header")
-    (magic,) = struct.unpack_from("<I", head, 0)
-    if magic == LLAMA2C_MAGIC:
-        if len(head) < LLAMA2C_HEADER_SIZE:
-            raise ModelError(f"{path}: truncated llama2.c header ({len(head)} of 256 bytes)")
-        version, *fields = struct.unpack_from("<i7i", head, 4)
-        if version not in (1, 2):
-            raise ModelError(f"{path}: unsupported llama2.c version {version} (supported: 0, 1, 2)")
-        shared = head[36]
-        if shared not in (0, 1):
-            raise ModelError(f"{path}: shared_classifier flag is {shared}, expected 0 or 1")
-        (gs,) = struct.unpack_from("<i", head, 37) if version == 2 else (0,)
-        c = Llama2cConfig(*fields, shared_classifier=bool(shared), version=version, group_size=gs)
-    else:
-        fields = list(struct.unpack_from("<7i", head, 0))
-        shared = fields[5] > 0
-        fields[5] = abs(fields[5])
-        c = Llama2cConfig(*fields, shared_classifier=shared, version=0)
-    c.validate(path)
-    want = llama2c_expected_size(c)
-    if size != want:
-        raise ModelError(f"{path}: file has {size} bytes but its llama2.c v{c.version} header "
-                         f"({c.dim=}, {c.hidden_dim=}, {c.n_layers=}, {c.n_heads=}, {c.n_kv_heads=}, "
-                         f"{c.vocab_size=}, {c.seq_len=}) implies {want}".replace("c.", ""))
-    return c
-
-
 def read_llama2c(path) -> tuple[Llama2cConfig, dict]:
-    """Read a llama2.c checkpoint: (config, {gguf tensor name: float32 numpy array (out, in)}).
+    """Read a llama2.c checkpoint with the C core's reader (csrc/llama2c.c, ``pl_read_llama2c``):
+    (config, {gguf tensor name: float32 numpy array (out, in)}).
 
-    Arrays are views of a read-only memory map (v0/v1) or dequantized copies (v2).
+    fp32 tensors are read-only views of a memory map of the file; v2's int8 groups come
+    dequantized with their fp32 scales (copies).
     """
-    c = read_llama2c_header(path)
-    data = np.memmap(os.fspath(path), dtype=np.uint8, mode="r")
-    pos = 28 if c.version == 0 else LLAMA2C_HEADER_SIZE
-    out = {}
-    for name, shape, kind in _layout(c):
-        nb = _layout_nbytes(c, shape, kind)
-        chunk = data[pos:pos + nb]
-        if kind == "q8":
-            n = math.prod(shape)
-            q = chunk[:n].view(np.int8).astype(np.float32).reshape(-1, c.group_size)
-            s = chunk[n:].view("<f4").astype(np.float32)
-            out[name] = (q * s[:, None]).reshape(shape)
-        elif kind == "f32":
-            out[name] = chunk.view("<f4").reshape(shape)
-        pos += nb
-    return c, out
+    import mmap
+
+    from ._core import ffi, lib
+
+    path = os.fspath(path)
+    fmt = ffi.new("pl_llama2c_format *")
+    model = lib.pl_read_llama2c(path.encode(), fmt)
+    if model == ffi.NULL:
+        raise ModelError(f"{path}: {c_error('cannot read the llama2.c checkpoint')}")
+    try:
+        cfg = ffi.new("pl_config *")
+        lib.pl_model_config(model, cfg)
+        c = Llama2cConfig(dim=cfg.dim, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                          n_kv_heads=cfg.n_kv_heads, vocab_size=cfg.n_vocab, seq_len=cfg.n_ctx_train,
+                          shared_classifier=bool(fmt.shared_classifier), version=fmt.version,
+                          group_size=fmt.group_size)
+        with open(path, "rb") as f:
+            file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        base = int(ffi.cast("uintptr_t", lib.pl_model_file_data(model)))
+        info = ffi.new("pl_tensor_info *")
+        out = {}
+        for i in range(lib.pl_model_n_tensors(model)):
+            lib.pl_model_tensor(model, i, info)
+            n = math.prod(info.ne[d] for d in range(info.n_dims))
+            offset = int(ffi.cast("uintptr_t", info.data)) - base
+            if 0 <= offset and offset + info.nbytes <= len(file_map):
+                w = np.frombuffer(file_map, dtype="<f4", count=n, offset=offset)
+            else:  # converted by the reader: on the C heap, freed with the model
+                w = np.frombuffer(ffi.buffer(info.data, info.nbytes), dtype="<f4", count=n).copy()
+            shape = tuple(info.ne[d] for d in reversed(range(info.n_dims)))
+            out[ffi.string(info.name).decode()] = w.reshape(shape)
+        return c, out
+    finally:
+        lib.pl_model_free(model)
 
 
 # ----------------------------------------------------------------------------------------

@@ -351,6 +351,39 @@ def test_bad_llama2c_files(tmp_path):
         convert.read_llama2c(str(tmp_path / "missing.bin"))
 
 
+def test_converts_v2_that_pyllama_cannot_evaluate(tmp_path):
+    """A runq.c file with a feed-forward width (80) and group size (16) off pyllama's 32-wide blocks:
+    Llama refuses it, the converter still reads it, values q * fp32 scale (file written here by hand)."""
+    dim, hidden, layers, heads, kv_heads, vocab, ctx, gs = 64, 80, 1, 4, 2, 40, 8, 16
+    kv = kv_heads * dim // heads
+    rng = np.random.default_rng(11)
+    norms = [rng.standard_normal(dim).astype("<f4") for _ in range(3)]  # rms_att, rms_ffn, rms_final
+    names = ["token_embd", "blk.0.attn_q", "blk.0.attn_k", "blk.0.attn_v", "blk.0.attn_output", "blk.0.ffn_gate",
+             "blk.0.ffn_down", "blk.0.ffn_up", "output"]
+    shapes = [(vocab, dim), (dim, dim), (kv, dim), (kv, dim), (dim, dim), (hidden, dim), (dim, hidden),
+              (hidden, dim), (vocab, dim)]
+    hdr = struct.pack("<Ii7iBi", 0x616B3432, 2, dim, hidden, layers, heads, kv_heads, vocab, ctx, 0, gs)
+    body, want = [hdr + b"\0" * (256 - len(hdr))] + [n.tobytes() for n in norms], {}
+    for name, shape in zip(names, shapes):
+        q = rng.integers(-127, 128, size=shape, dtype=np.int8)
+        scale = rng.uniform(0.001, 0.1, size=q.size // gs).astype("<f4")
+        body += [q.tobytes(), scale.tobytes()]
+        want[name + ".weight"] = (q.reshape(-1, gs).astype(np.float64) * scale[:, None]).reshape(shape)
+    path = tmp_path / "odd_v2.bin"
+    path.write_bytes(b"".join(body))
+
+    c, got = convert.read_llama2c(path)
+    assert (c.version, c.group_size, c.hidden_dim, c.shared_classifier) == (2, 16, 80, False)
+    for name, w in want.items():
+        np.testing.assert_array_equal(got[name], w.astype(np.float32), err_msg=name)
+    for name, n in zip(["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"], norms):
+        np.testing.assert_array_equal(got[name], n)
+    from pyllama import Llama
+
+    with pytest.raises(ModelError, match="group_size 16"):
+        Llama(str(path), verbose=False)
+
+
 # ---------------------------------------------------------------------------------------
 # tokenizer.bin
 

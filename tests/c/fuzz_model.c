@@ -3,7 +3,8 @@
  * input is a whole model file (GGUF, or llama2.c with -DFUZZ_LLAMA2C), written to a memfd
  * and loaded through the public path API. A file the loader refuses must come with an
  * error message; one it accepts gets a context (n_ctx 8) and three evaluations (one token,
- * two more, a batch of 8 from position 0), none of which may fail. Run by
+ * two more, a batch of 8 from position 0), none of which may fail. llama2.c inputs also go
+ * through the converter's reader (pl_read_llama2c). Run by
  * tests/c/run_fuzz_model.sh under ASan and UBSan.
  *
  * util.c is compiled with -Dmmap=fuzz_mmap etc. (run_fuzz_model.sh), so the "mapping" is a
@@ -71,6 +72,28 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+#ifdef FUZZ_LLAMA2C
+/* The converter's reader (pl_read_llama2c): refused with a message, or every tensor it lists
+ * is F32 and readable to its last byte. */
+static void read_for_conversion(void) {
+    pl_llama2c_format fmt;
+    pl_model *r = pl_read_llama2c(path, &fmt);
+    if (!r) {
+        if (!pl_last_error()[0]) { fprintf(stderr, "read failed without a message\n"); abort(); }
+        return;
+    }
+    volatile float sum = 0.0f;
+    pl_tensor_info t;
+    for (int i = 0; i < pl_model_n_tensors(r); i++) {
+        if (pl_model_tensor(r, i, &t) || t.type != PL_TYPE_F32) { fprintf(stderr, "tensor %d not F32\n", i); abort(); }
+        const float *d = t.data;
+        for (uint64_t j = 0; j < t.nbytes / 4; j++) sum += d[j];
+    }
+    if (pl_context_new(r, 8, 1, PL_TYPE_F32, PL_TYPE_F32)) { fprintf(stderr, "context on a read-only model\n"); abort(); }
+    pl_model_free(r);
+}
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (ftruncate(memfd, 0) || (size && pwrite(memfd, data, size, 0) != (ssize_t)size)) abort();
     file_size = size;
@@ -78,6 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
      * (whose region is 2 MB larger than the file, so ASan sees overreads only in the first) */
     const int load_flags = (size & 4) ? PL_LOAD_NO_MMAP : 0;
 #ifdef FUZZ_LLAMA2C
+    read_for_conversion();
     pl_model *m = pl_load_llama2c(path, 10000.0f, load_flags);
 #else
     pl_model *m = pl_load_gguf(path, load_flags);
