@@ -45,6 +45,7 @@ if not hasattr(pyllama, "Llama"):
     pytest.skip("pyllama.Llama is not available (C core not built?)", allow_module_level=True)
 
 from pyllama import ContextOverflowError, Llama  # noqa: E402
+from pyllama.models import sha256_file  # noqa: E402
 
 FLOAT_TOL = 1e-4
 F16_KV_TOL = 1e-3  # measured up to 4.0e-4 (scalar kernels); a mis-wired cache (stride, layout) is far outside
@@ -458,16 +459,6 @@ MARGIN = 0.5
 MIN_AGREE = 0.9
 
 
-def file_sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_recording():
     path = DATA / "reference_greedy.json"
     if not path.exists():
@@ -481,7 +472,7 @@ def test_default_model_greedy_matches_recording(default_model_path, default_llm,
     rec = load_recording()
     if engine not in rec["engines"]:
         pytest.skip(f"no {engine} recording in reference_greedy.json")
-    if file_sha256(default_model_path) != rec["model"]["sha256"]:
+    if sha256_file(default_model_path) != rec["model"]["sha256"]:
         pytest.skip(f"{default_model_path} is not the file the recording was made with")
     def check_step(run, step, a):
         top = dict((tid, logit) for tid, logit in run["top5"][step])

@@ -19,24 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support.isas import available_isas
+
 core = pytest.importorskip("pyllama._core", reason="the C core is not built (pip install -e .)")
 ffi, lib = core.ffi, core.lib
 
 ROOT = Path(__file__).resolve().parent.parent
 QK = 32
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
-
-
-def _isas():
-    best = lib.pl_cpu_isa()
-    out = [("scalar", lib.PL_ISA_SCALAR)]
-    if best in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512):
-        out.append(("avx2", lib.PL_ISA_AVX2))
-    if best == lib.PL_ISA_AVX512:
-        out.append(("avx512", lib.PL_ISA_AVX512))
-    if best == lib.PL_ISA_NEON:
-        out.append(("neon", lib.PL_ISA_NEON))
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +124,7 @@ def test_matmul_matches_scalar_and_numpy(type_name, shape):
     want, mag = reference(type_name, raw, x, rows, cols)
     tol = 3e-5 * mag + 1e-5
     results = {}
-    for name, isa in _isas():
+    for name, isa in available_isas(lib):
         assert lib.pl_set_isa(isa) == isa
         got = run_matmul(TYPES[type_name], raw, x, rows, cols, n_tok, n_threads)
         assert np.all(np.isfinite(got)), f"{name}: unwritten or non-finite outputs"
@@ -159,7 +149,7 @@ def test_q4_0_outlier_against_near_zero_weights():
     x = rng.standard_normal((1, cols), dtype=np.float32)
     x[0, ::32] = 1e4
     want, mag = reference("Q4_0", raw, x, rows, cols)
-    for name, isa in _isas():
+    for name, isa in available_isas(lib):
         lib.pl_set_isa(isa)
         got = run_matmul(TYPES["Q4_0"], raw, x, rows, cols, 1, 1)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -19,6 +19,7 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package provides the reference dequantizer")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
+from support.isas import available_isas  # noqa: E402
 from support.reference import quantize_activations_q8  # noqa: E402
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
@@ -27,18 +28,6 @@ ffi, lib = core.ffi, core.lib
 Q4_KR, Q6_KR = 33, 34  # PL_TYPE_Q4_KR, PL_TYPE_Q6_KR
 BLOCK_BYTES = 144
 KR = {"Q4_K": (Q4_KR, 144), "Q6_K": (Q6_KR, 210)}
-
-
-def _isas():
-    best = lib.pl_cpu_isa()
-    out = [("scalar", lib.PL_ISA_SCALAR)]
-    if best in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512):
-        out.append(("avx2", lib.PL_ISA_AVX2))
-    if best == lib.PL_ISA_AVX512:
-        out.append(("avx512", lib.PL_ISA_AVX512))
-    if best == lib.PL_ISA_NEON:
-        out.append(("neon", lib.PL_ISA_NEON))
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +146,7 @@ def test_kr_matches_numpy_on_every_path(kind, shape):
     w = dequant(blocks)[:used]
     want = xq @ w.T
     bound = 4 * cols * 2.0 ** -24 * (np.abs(xq) @ magnitude(blocks)[:used].T) + 1e-30
-    for name, isa in _isas():
+    for name, isa in available_isas(lib):
         assert lib.pl_set_isa(isa) == isa
         got = c_matmul(KR[kind][0], raw, x, used, cols, n_threads).astype(np.float64)
         assert np.all(np.isfinite(got)), f"{name}: unwritten or non-finite outputs"

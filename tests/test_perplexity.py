@@ -8,10 +8,8 @@ within 1% on the final perplexity, and print the final line in llama.cpp's form.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,20 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from pyllama.models import sha256_file
+
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = DATA / "perplexity_reference.json"
 TEXT = DATA / "perplexity_pride_and_prejudice.txt"
 ROOT = Path(__file__).resolve().parent.parent
 FINAL_LINE = re.compile(r"^Final estimate: PPL = ([0-9]+\.[0-9]+) \+/- ([0-9]+\.[0-9]+)$")
 RUNNING = re.compile(r"\[(\d+)\]([0-9]+\.[0-9]+),")
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def reference() -> dict:
 
 def test_reference_matches_its_text(reference):
     # The recorded numbers are only meaningful for exactly this text.
-    assert _sha256(TEXT) == reference["text"]["sha256"]
+    assert sha256_file(TEXT) == reference["text"]["sha256"]
     assert reference["text"]["file"] == "tests/data/perplexity_pride_and_prejudice.txt"
     assert FINAL_LINE.match(reference["final_line"])
     assert len(reference["running_ppl"]) == reference["chunks"]
@@ -54,7 +46,7 @@ def test_reference_matches_its_text(reference):
 def pyllama_run(reference, default_model_path):
     if importlib.util.find_spec("pyllama.perplexity") is None:
         pytest.skip("pyllama.perplexity is not importable (the perplexity tool is not in this checkout yet)")
-    if _sha256(default_model_path) != reference["model"]["sha256"]:
+    if sha256_file(default_model_path) != reference["model"]["sha256"]:
         pytest.skip(f"{default_model_path} is not the model the reference was recorded on "
                     f"({reference['model']['file']}, sha256 {reference['model']['sha256'][:12]}...)")
     n = str(reference["n_ctx"])
@@ -115,7 +107,7 @@ def test_other_model_agrees_with_llama_cpp(ref_path):
     model = Path(cache_dir()) / ref["model"]["file"]
     if not model.is_file():
         pytest.skip(f"{model} is not in pyllama's cache")
-    if _sha256(model) != ref["model"]["sha256"]:
+    if sha256_file(model) != ref["model"]["sha256"]:
         pytest.skip(f"{model} is not the file the reference was recorded on")
     cmd = [sys.executable, "-m", "pyllama.perplexity", "-m", str(model), "-f", str(TEXT), "-c", str(ref["n_ctx"]),
            "-b", str(ref["n_batch"]), "-t", str(ref["n_threads"]), "--chunks", str(ref["chunks"])]

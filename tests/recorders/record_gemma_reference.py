@@ -25,7 +25,6 @@ Nothing here imports pyllama's engine (only its catalog, to find the model file)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -54,14 +53,6 @@ PROMPTS = [
     "The three primary colors are",
     "<start_of_turn>user\nWhat is the boiling point of water?<end_of_turn>\n<start_of_turn>model\n",
 ]
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def free_port() -> int:
@@ -116,6 +107,9 @@ def record_prompt(port: int, text: str) -> dict:
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's pyllama: the catalog and the file hash
+    from pyllama.models import cached_path, sha256_file
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-server", default=str(LLAMACPP_BIN / "llama-server"))
     ap.add_argument("-m", "--model", help=f"the model file (default: pyllama's cached {MODEL})")
@@ -125,8 +119,6 @@ def main(argv=None) -> int:
     if args.model:
         model = args.model
     else:
-        sys.path.insert(0, str(ROOT))
-        from pyllama.models import cached_path
         model = str(cached_path(MODEL))
     exe = Path(args.llama_server)
     port = free_port()
@@ -152,7 +144,7 @@ def main(argv=None) -> int:
                       "command": " ".join(["llama-server", "-m", os.path.basename(model)] + cmd[3:-4]),
                       "request": {"samplers": ["temperature"], "temperature": 0.0, "n_probs": TOP,
                                   "cache_prompt": False, "ignore_eos": True, "n_predict": N_NEW}},
-        "model": {"name": MODEL, "file": os.path.basename(model), "sha256": sha256(model)},
+        "model": {"name": MODEL, "file": os.path.basename(model), "sha256": sha256_file(model)},
         "n_ctx": N_CTX,
         "n_new": N_NEW,
         "prompts_text": PROMPTS,

@@ -20,7 +20,6 @@ Nothing here imports pyllama.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -41,14 +40,6 @@ PROMPTS = [
     "def fibonacci(n):\n",
     "Once upon a time, there was a little",
 ]
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def top_k(logits: np.ndarray, k: int = TOP) -> list[list]:
@@ -114,6 +105,8 @@ def record_transformers(model_path: str, prompts: list[list[int]]) -> dict:
 
 
 def main(argv=None) -> int:
+    from pyllama.models import sha256_file
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default=os.environ.get("PYLLAMA_TEST_MODEL"),
                     help="the default model GGUF (SmolLM2-135M-Instruct.Q4_1.gguf)")
@@ -124,7 +117,7 @@ def main(argv=None) -> int:
         ap.error("pass the model path (or set PYLLAMA_TEST_MODEL)")
     prompts = tokenize_prompts(args.model)
     data = {
-        "model": {"file": os.path.basename(args.model), "sha256": sha256(args.model)},
+        "model": {"file": os.path.basename(args.model), "sha256": sha256_file(args.model)},
         "n_new": N_NEW,
         "prompts_text": PROMPTS,
         "prompts": prompts,

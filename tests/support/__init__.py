@@ -8,6 +8,7 @@ which takes its options as pyllama's SamplingParams):
 - hf_tiny_models: tiny random Hugging Face models of each family, converted by llama.cpp's
   own convert_hf_to_gguf.py (also a script, run by test_families in a child interpreter);
 - reference_sampling: the numpy sampler, the definition csrc/sampling.c is tested against;
+- isas: the kernel sets this CPU can run (tests compare each with the scalar reference);
 - json_schemas: the JSON schemas of the constrained-output tests;
 - fake_llama: a stand-in for pyllama.Llama with known logits, for the generation loop's tests.
 
