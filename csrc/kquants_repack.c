@@ -32,6 +32,14 @@
 
 #define G8 Q4KR_ROWS
 
+/* An AVX-512 step covers the groups of 8 rows at r and r + 8; where the matrix ends after the first,
+ * the "second" is the first again and its lanes are masked off. */
+#define SECOND_GROUP(ga, nsb, r, r1) ((r) + 2 * G8 <= (r1) ? (ga) + (nsb) : (ga))
+static inline __mmask16 group_lanes(int r, int r1) { return r + 2 * G8 <= r1 ? (__mmask16)0xffff : (__mmask16)0xff; }
+
+/* tokens per tile step: 8, 4, 2 or 1 */
+static inline int step_tokens(int left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
 /* ------------------------------------------------- any rows: through the Q4_K layout */
 
 /* Rows [r0, r1) (any bounds) of a Q4_KR / Q6_KR matrix through the Q4_K / Q6_K kernel of the AVX2
@@ -185,9 +193,8 @@ AVX512 static void rows_q4_kr(const void *w, size_t rb, const void *act, float *
     const char *end = (const char *)ROW(w, rb, r1);
     for (int r = r0; r < r1; r += 2 * G8) {
         const block_q4_kr *ga = (const block_q4_kr *)ROW(w, rb, r);
-        const int two = r + 2 * G8 <= r1;
-        const __m512 v = q4kr_rows16(ga, two ? ga + nsb : ga, (const block_q8x *)act, nsb, end);
-        _mm512_mask_storeu_ps(y + r, two ? (__mmask16)0xffff : (__mmask16)0xff, v);
+        const __m512 v = q4kr_rows16(ga, SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, nsb, end);
+        _mm512_mask_storeu_ps(y + r, group_lanes(r, r1), v);
     }
 }
 
@@ -248,15 +255,13 @@ AVX512 static void tile_q4_kr(const void *w, size_t rb, const void *act, size_t 
     const int nsb = n / QK_K;
     q4kr_pack pk[8 * Q4KR_CHUNK];
     for (int r = r0; r < r1; r += 2 * G8) {
-        const block_q4_kr *ga = (const block_q4_kr *)ROW(w, rb, r);
-        const int two = r + 2 * G8 <= r1;
-        const block_q4_kr *gb = two ? ga + nsb : ga;
-        const __mmask16 m = two ? (__mmask16)0xffff : (__mmask16)0xff;
+        const block_q4_kr *ga = (const block_q4_kr *)ROW(w, rb, r), *gb = SECOND_GROUP(ga, nsb, r, r1);
+        const __mmask16 m = group_lanes(r, r1);
         for (int i0 = 0; i0 < nsb; i0 += Q4KR_CHUNK) {
             const int ns = nsb - i0 < Q4KR_CHUNK ? nsb - i0 : Q4KR_CHUNK, nb = 8 * ns;
             for (int i = 0; i < ns; i++) q4kr_pack16(ga + i0 + i, gb + i0 + i, pk + 8 * i);
             for (int t = 0; t < nt;) {
-                const int TT = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const int TT = step_tokens(nt - t);
                 const block_q8x *a[Q4KR_TOK];
                 __m512 acc[Q4KR_TOK];
                 for (int k = 0; k < TT; k++) {
@@ -365,9 +370,8 @@ AVX512 static void rows_q6_kr(const void *w, size_t rb, const void *act, float *
     const char *end = (const char *)ROW(w, rb, r1);
     for (int r = r0; r < r1; r += 2 * G8) {
         const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r);
-        const int two = r + 2 * G8 <= r1;
-        const __m512 v = q6kr_rows16(ga, two ? ga + nsb : ga, (const block_q8x *)act, c, nsb, end);
-        _mm512_mask_storeu_ps(y + r, two ? (__mmask16)0xffff : (__mmask16)0xff, v);
+        const __m512 v = q6kr_rows16(ga, SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, c, nsb, end);
+        _mm512_mask_storeu_ps(y + r, group_lanes(r, r1), v);
     }
     if (c != cstack) free(c);
 }
@@ -424,15 +428,13 @@ AVX512 static void tile_q6_kr(const void *w, size_t rb, const void *act, size_t 
         q6kr_zero_terms((const block_q8x *)((const char *)act + (size_t)t * as), nbt, c + 2 * (size_t)nbt * t);
     q6kr_pack pk[8 * Q4KR_CHUNK];
     for (int r = r0; r < r1; r += 2 * G8) {
-        const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r);
-        const int two = r + 2 * G8 <= r1;
-        const block_q6_kr *gb = two ? ga + nsb : ga;
-        const __mmask16 m = two ? (__mmask16)0xffff : (__mmask16)0xff;
+        const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r), *gb = SECOND_GROUP(ga, nsb, r, r1);
+        const __mmask16 m = group_lanes(r, r1);
         for (int i0 = 0; i0 < nsb; i0 += Q4KR_CHUNK) {
             const int ns = nsb - i0 < Q4KR_CHUNK ? nsb - i0 : Q4KR_CHUNK, nb = 8 * ns;
             for (int i = 0; i < ns; i++) q6kr_pack16(ga + i0 + i, gb + i0 + i, pk + 8 * i);
             for (int t = 0; t < nt;) {
-                const int TT = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const int TT = step_tokens(nt - t);
                 const block_q8x *a[Q4KR_TOK];
                 const int32_t *cc[Q4KR_TOK];
                 __m512 acc[Q4KR_TOK];
