@@ -381,7 +381,10 @@ def test_closed_model_raises_instead_of_crashing(tiny_path):
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1"])
 def test_repacked_q4_gives_the_file_layouts_logits(tiny_model_factory, monkeypatch, wtype):
     """The Q4 matrices regrouped at load (PYLLAMA_REPACK, default on) compute what the file's
-    layout does: the same integer sums, only the float summation order differs."""
+    layout does: the same integer sums, only the float summation order differs. The prompt batch
+    (the tile kernels) agrees to 1e-4 of the logits' spread; one token at a time it may differ more,
+    because on AVX-512 the regrouped rows take the tile's summation order (batch invariance) while
+    the file layout's rows keep their own, and the difference grows over the layers."""
     path = str(tiny_model_factory(wtype=wtype, tied=False))
     logits = {}
     for repack in ("0", "1"):
@@ -395,7 +398,8 @@ def test_repacked_q4_gives_the_file_layouts_logits(tiny_model_factory, monkeypat
         logits[repack] = np.concatenate(rows)
         llm.close()
     spread = float(np.ptp(logits["0"]))
-    np.testing.assert_allclose(logits["1"], logits["0"], rtol=0, atol=1e-4 * spread)
+    np.testing.assert_allclose(logits["1"][:6], logits["0"][:6], rtol=0, atol=1e-4 * spread)
+    np.testing.assert_allclose(logits["1"][6:], logits["0"][6:], rtol=0, atol=1e-2 * spread)
 
 
 @pytest.mark.parametrize("use_mmap", [True, False])
