@@ -93,6 +93,20 @@ AVX2_INLINE __m128i kq_scales_k3(const uint8_t *s) {
                           (int)(((a[1] >> 4) & k2) | (((t >> 6) & k1) << 4)));
 }
 
+/* The 8 block scales of an IQ4_XS super-block, minus 32, as int32 lanes: low 4 bits in the
+ * nibbles of scales_l (block 2k low, 2k + 1 high), high 2 bits at bits 2b of scales_h */
+AVX2_INLINE __m256i kq_scales_iq4xs(const block_iq4_xs *x) {
+    uint32_t sl;
+    memcpy(&sl, x->scales_l, 4);
+    const __m128i l4 = _mm_cvtsi32_si128((int)sl);
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
+                                         _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
+    const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
+                                                          _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                        _mm256_set1_epi32(3));
+    return _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+}
+
 /* Block b of a row of type T (K-quants: b counts 32-value blocks from the row's start). */
 AVX2_INLINE void kq_unpack(int T, const uint8_t *row, int b, kblock *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);

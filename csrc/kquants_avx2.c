@@ -242,16 +242,7 @@ AVX2_INLINE float iq4xs_row(const uint8_t *row, int nsb, const kq_act *A) {
             const __m256i a = _mm256_loadu_si256((const __m256i *)(aq + 32 * b));
             p[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(a, v)), ones);
         }
-        uint32_t sl;
-        memcpy(&sl, x->scales_l, 4);
-        const __m128i l4 = _mm_cvtsi32_si128((int)sl);
-        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
-                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
-        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
-                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
-                                            _mm256_set1_epi32(3));
-        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)),
-                                            _mm256_set1_epi32(32));
+        const __m256i ls = kq_scales_iq4xs(x);
         const __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(half(x->d))),
                                        _mm256_loadu_ps(A->da + 8 * i));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(kq_sum8x8(p)), f, acc);

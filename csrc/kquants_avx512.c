@@ -56,15 +56,19 @@ AVX512_INLINE void q4k_prep(const block_q8x *a, int nsb, __m512i *q, float *f) {
     }
 }
 
+/* the 64 bytes of two consecutive activation blocks in one vector */
+AVX512_INLINE __m512i q8x_pair(const block_q8x *ab) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)ab[0].qs)),
+                              _mm256_loadu_si256((const __m256i *)ab[1].qs), 1);
+}
+
 /* Q6_K: the bytes back to back (q), -32 x the sum of each lane's 4 bytes (c), and per
  * super-block da of each 16-value sub-block's activation block (f). */
 AVX512_INLINE void q6k_prep(const block_q8x *a, int nsb, __m512i *q, __m512i *c, float *f) {
     for (int i = 0; i < nsb; i++)
         for (int v = 0; v < 4; v++) {
             const block_q8x *ab = a + 8 * i + 2 * v;
-            const __m512i x = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)ab[0].qs)),
-                _mm256_loadu_si256((const __m256i *)ab[1].qs), 1);
+            const __m512i x = q8x_pair(ab);
             q[4 * i + v] = x;
             c[4 * i + v] = _mm512_sub_epi32(_mm512_setzero_si512(),
                                             _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(32), x));
@@ -73,6 +77,16 @@ AVX512_INLINE void q6k_prep(const block_q8x *a, int nsb, __m512i *q, __m512i *c,
 }
 
 /* ------------------------------------------------------------------ Q4_K rows */
+
+/* The 16 floats of the comment below from a Q4_K or Q5_K super-block's first 16 bytes (the
+ * two types share that header) and its 16 activation terms af */
+AVX512_INLINE __m512 k4_header_terms(const uint8_t *blk, const float *af) {
+    const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
+    const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
+    const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
+    return _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af));
+}
 
 /*
  * Per super-block: its first 16 bytes (d, dmin, the 12 scale bytes) become 16 floats,
@@ -85,15 +99,11 @@ AVX512_INLINE float q4k_row512(const uint8_t *row, int nsb, const __m512i *aq, c
     const __m512i i13 = _mm512_add_epi32(i02, _mm512_set1_epi32(1));
     const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
     const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
-    const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512 hi16 = _mm512_setr_ps(1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 0.0625f, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         const uint8_t *blk = row + (size_t)i * sizeof(block_q4_k);
-        const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
-        const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
-        const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
-        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af + 16 * i));
+        const __m512 g = k4_header_terms(blk, af + 16 * i);
         /* the odd sub-blocks' sums come from the high nibbles in place (x 16): scaled by 1/16 */
         const __m512 gs = _mm512_mul_ps(g, hi16);
         macc = _mm512_mask_add_ps(macc, 0xff00, macc, g);
@@ -166,15 +176,11 @@ AVX512_INLINE float q5k_row512(const uint8_t *row, int nsb, const __m512i *aq, c
     const __m512i i13 = _mm512_add_epi32(i02, _mm512_set1_epi32(1));
     const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
     const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
-    const __m512i idm = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512i k02 = bytes2(1, 4), k13 = bytes2(2, 8), k46 = bytes2(16, 64), k57 = bytes2(32, (char)128);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         const uint8_t *blk = row + (size_t)i * sizeof(block_q5_k);
-        const __m128i hdr = _mm_loadu_si128((const __m128i *)blk);
-        const __m512 f16 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_k4(hdr)));
-        const __m512 dm = _mm512_permutexvar_ps(idm, _mm512_castps128_ps512(_mm_cvtph_ps(hdr)));
-        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(f16, dm), _mm512_loadu_ps(af + 16 * i));
+        const __m512 g = k4_header_terms(blk, af + 16 * i);
         macc = _mm512_mask_add_ps(macc, 0xff00, macc, g);
         const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)));
         const __m512i x0 = _mm512_loadu_si512(blk + 48), x1 = _mm512_loadu_si512(blk + 112);
@@ -209,9 +215,7 @@ AVX512_INLINE void k16_prep(int Z, const block_q8x *a, int nsb, __m512i *q, __m5
     for (int i = 0; i < nsb; i++)
         for (int v = 0; v < 4; v++) {
             const block_q8x *ab = a + 8 * i + 2 * v;
-            const __m512i x = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)ab[0].qs)),
-                _mm256_loadu_si256((const __m256i *)ab[1].qs), 1);
+            const __m512i x = q8x_pair(ab);
             q[4 * i + v] = x;
             const __m512i lane = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), x);
             c[4 * i + v] = _mm512_mullo_epi32(lane, _mm512_set1_epi32(-Z));
@@ -407,16 +411,7 @@ AVX512_INLINE float iq4xs_row512(const uint8_t *row, int nsb, const q5quad *p) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         const block_iq4_xs *x = (const block_iq4_xs *)(row + (size_t)i * sizeof(block_iq4_xs));
-        uint32_t sl;
-        memcpy(&sl, x->scales_l, 4);
-        const __m128i l4 = _mm_cvtsi32_si128((int)sl);
-        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0f)),
-                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0f)));
-        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(x->scales_h),
-                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
-                                            _mm256_set1_epi32(3));
-        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(lo), _mm256_slli_epi32(hi, 4)),
-                                            _mm256_set1_epi32(32));
+        const __m256i ls = kq_scales_iq4xs(x);
         const __m512 f = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(half(x->d))));
         const q5quad *pq = p + 2 * i;
         const __m512i s0 = quad_dot(PL_TYPE_IQ4_XS, _mm512_loadu_si512(x->qs), 0, 0, pq);

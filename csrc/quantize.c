@@ -406,6 +406,14 @@ static void quantize_q2_k(const float *x, block_q2_k *y, int64_t nb) {
     }
 }
 
+/* the value of v[0..n) that is largest in magnitude (the first of equals), 0 for none */
+static float largest_magnitude(const float *v, int n) {
+    float m = 0;
+    for (int j = 0; j < n; j++)
+        if (fabsf(v[j]) > fabsf(m)) m = v[j];
+    return m;
+}
+
 /*
  * Q3_K: 16 sub-blocks of 16 with q - 4 in -4..3, fitted symmetrically (one trial scale, then
  * refined: on this coarse grid more trial scales chosen by the x^2-weighted error raise the
@@ -415,10 +423,9 @@ static void quantize_q2_k(const float *x, block_q2_k *y, int64_t nb) {
 static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb, int simd) {
     uint8_t q[QK_K];
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
-        float sc[16], max_sc = 0;
+        float sc[16];
         fit_symmetric16(x, 4, 0, 1, q, sc, simd);
-        for (int j = 0; j < 16; j++)
-            if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
+        const float max_sc = largest_magnitude(sc, 16);
         memset(y[b].scales, 0, sizeof y[b].scales);
         int ls[16] = {0};
         if (max_sc != 0) {
@@ -456,10 +463,9 @@ static void quantize_q3_k(const float *x, block_q3_k *y, int64_t nb, int simd) {
 static void quantize_q6_k(const float *x, block_q6_k *y, int64_t nb, int simd) {
     uint8_t q[QK_K];
     for (int64_t b = 0; b < nb; b++, x += QK_K) {
-        float sc[16], max_sc = 0;
+        float sc[16];
         fit_symmetric16(x, 32, 9, 1, q, sc, simd);
-        for (int j = 0; j < 16; j++)
-            if (fabsf(sc[j]) > fabsf(max_sc)) max_sc = sc[j];
+        const float max_sc = largest_magnitude(sc, 16);
         if (fabsf(max_sc) < TINY) {
             memset(&y[b], 0, sizeof y[b]);
             continue;
