@@ -126,6 +126,21 @@ def test_family_tensor_missing_or_misshapen_is_named(tmp_path):
         Llama(model_path=str(path), n_ctx=16, verbose=False)
 
 
+def assert_shift_equals_fresh(path, tokens):
+    """Eleven tokens into an n_ctx 16 context: 2 kept, 4 discarded by a shift, 4 more, then one;
+    the logits equal a fresh evaluation of the kept tokens, and those the float64 reference's."""
+    keep, discard, rest = tokens[:2], tokens[2:6], tokens[6:10]
+    shifted = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    shifted.eval(keep + discard + rest)
+    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
+    shifted.eval([tokens[10]])
+    fresh = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
+    fresh.eval(keep + rest + [tokens[10]])
+    np.testing.assert_allclose(shifted.logits, fresh.logits, rtol=1e-4, atol=1e-4)
+    expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]], n_ctx=16)[-1]
+    assert reference.rel_err(fresh.logits, expected) < 1e-4
+
+
 @pytest.mark.parametrize("pattern", [6, 1], ids=["windowed-local-rope", "global"])
 def test_gemma3_context_shift_matches_fresh_evaluation(tmp_path, pattern):
     """A one-layer gemma3 (its keys depend on each token alone): after a shift the cache equals a
@@ -142,18 +157,7 @@ def test_gemma3_context_shift_matches_fresh_evaluation(tmp_path, pattern):
                       ("post_attention_norm", spec.dim), ("post_ffw_norm", spec.dim)):
         weights[f"blk.0.{suffix}.weight"] = (1 + 0.3 * rng.standard_normal(n)).astype(np.float32)
     path = str(tiny_models.write_tiny_gguf(tmp_path / "g.gguf", spec, weights))
-    tokens = [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)]
-    keep, discard, rest = tokens[:2], tokens[2:6], tokens[6:10]
-    shifted = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
-    shifted.eval(keep + discard + rest)
-    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
-    shifted.eval([tokens[10]])
-    ref = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
-    ref.eval(keep + rest + [tokens[10]])
-    np.testing.assert_allclose(shifted.logits, ref.logits, rtol=1e-4, atol=1e-4)
-    # and the file's numbers are the float64 reference's
-    expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]])[-1]
-    assert reference.rel_err(ref.logits, expected) < 1e-4
+    assert_shift_equals_fresh(path, [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,17 +242,7 @@ def test_phi3_longrope_context_shift_matches_fresh_evaluation(tmp_path, orig_ctx
     cached keys by it once more; pyllama applies it to the scores, keeping keys pure rotations)."""
     path = longrope_gguf(tmp_path / "p.gguf", orig_ctx=orig_ctx)
     rng = np.random.default_rng(3)
-    tokens = [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)]
-    keep, discard, rest = tokens[:2], tokens[2:6], tokens[6:10]
-    shifted = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
-    shifted.eval(keep + discard + rest)
-    shifted.shift_context(n_keep=len(keep), n_discard=len(discard))
-    shifted.eval([tokens[10]])
-    fresh = Llama(model_path=path, n_ctx=16, n_threads=1, verbose=False, type_k="f32", type_v="f32")
-    fresh.eval(keep + rest + [tokens[10]])
-    np.testing.assert_allclose(shifted.logits, fresh.logits, rtol=1e-4, atol=1e-4)
-    expected = reference.forward(reference.ReferenceModel(path), keep + rest + [tokens[10]], n_ctx=16)[-1]
-    assert reference.rel_err(fresh.logits, expected) < 1e-4
+    assert_shift_equals_fresh(path, [int(t) for t in rng.integers(0, tiny_models.n_vocab_of("gpt2"), 11)])
 
 
 @pytest.mark.parametrize("case, message", [
