@@ -138,6 +138,19 @@ def measure_server(name: str, url: str, n: int, rounds: int = 3) -> dict:
     return out
 
 
+def serve_and_measure(name: str, cmd: list[str], n: int, **popen) -> dict:
+    """Start the server `cmd` on a free port, measure it (measure_server), stop it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd + ["--port", str(port)], stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        wait_health(url, proc)
+        return measure_server(name, url, n)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def in_process_tps(model: str, threads: int, n: int) -> float:
     from pyllama import Llama
 
@@ -171,32 +184,15 @@ def main() -> None:
     rows = []
     tps_in = in_process_tps(model, args.threads, args.n)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "pyllama.server", "-m", model, "--port", str(port),
-                             "-t", str(args.threads), "-np", "8", "-c", "1024", "--max-queue", "64"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_health(url, proc)
-        ours = measure_server("pyllama", url, args.n)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    ours = serve_and_measure("pyllama", [sys.executable, "-m", "pyllama.server", "-m", model, "-t", str(args.threads),
+                                         "-np", "8", "-c", "1024", "--max-queue", "64"], args.n)
     rows.append(ours)
 
     theirs = None
     if os.path.exists(args.llama_server):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen([args.llama_server, "-m", model, "--port", str(port), "-t", str(args.threads),
-                                 "-np", "8", "-c", str(1024 * 8), "--no-webui"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_health(url, proc)
-            theirs = measure_server("llama-server", url, args.n)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        theirs = serve_and_measure("llama-server", [args.llama_server, "-m", model, "-t", str(args.threads), "-np", "8",
+                                                    "-c", str(1024 * 8), "--no-webui"], args.n,
+                                   stdout=subprocess.DEVNULL)
         rows.append(theirs)
     else:
         print(f"(no llama-server at {args.llama_server}: skipped)", file=sys.stderr)
