@@ -352,7 +352,7 @@ static void embed(pl_context *c, const int32_t *tokens, int n_tokens) {
     const float scale = sqrtf((float)dim);
     for (int t = 0; t < n_tokens; t++) {
         float *x = c->x + (size_t)t * dim;
-        dequantize_row(m->tok_embd->type, (const char *)m->tok_embd->data + (size_t)tokens[t] * emb_row, x, dim);
+        dequantize_matrix_row(m->tok_embd->type, m->tok_embd->data, emb_row, tokens[t], x, dim); /* a tied output may be in panels */
         if (p->scale_embeddings)
             for (int i = 0; i < dim; i++) x[i] *= scale;
         pl_rope_angles(c->rope_cs + (size_t)t * p->head_dim, c->tok_pos[t], c->inv_freq, half);

@@ -284,6 +284,9 @@ static const char *file_type_name(int type) {
     case PL_TYPE_Q4_1R: return "Q4_0_4_8 (GGML's dropped interleaved Q4_0)";
     case PL_TYPE_Q4_KR: return "Q4_0_8_8 (GGML's dropped interleaved Q4_0)";
     case PL_TYPE_Q6_KR: return "TQ1_0";
+    case PL_TYPE_Q4_0P: return "TQ2_0";
+    case PL_TYPE_Q4_1P: return "IQ4_NL_4_4 (GGML's dropped interleaved IQ4_NL)";
+    case PL_TYPE_Q8_0P: return "IQ4_NL_4_8 (GGML's dropped interleaved IQ4_NL)";
     default: return pl_type_name(type);
     }
 }

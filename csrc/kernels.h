@@ -19,7 +19,8 @@
 #include <stdint.h>
 #include "quants.h"
 
-#define PL_TYPE_SLOTS 35 /* type ids are GGML's (0..30), then pyllama's repacked Q4 (31, 32), Q4_K and Q6_K (33, 34) */
+#define PL_TYPE_SLOTS 38 /* type ids are GGML's (0..30), then pyllama's repacked Q4 (31, 32), Q4_K and Q6_K (33, 34),
+                         * and the 16-row panels of Q4_0, Q4_1, Q8_0 (35..37) */
 
 /* An activation block: x[i] ~= d * qs[i]; s = d * sum(qs) (needed by Q4_1's offset and Q4_0's -8). */
 typedef struct {

@@ -27,6 +27,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -278,12 +279,11 @@ AVX512_INLINE void pack_rows(int type, const void *w, size_t rb, int r, int nr, 
     }
 }
 
-/* 16 rows (lanes) x T tokens over nb packed blocks, added into acc.
+/* 16 rows (lanes) x T tokens over packed block b (qpanel: over nb packed blocks), added into acc.
  * off[t][b] = the integer to take off block b of token t (zero point x activation sum). */
-AVX512_INLINE void qpanel(int type, int T, const pack16 *pk, int nb, const block_q8x *const *a,
+AVX512_INLINE void qblock(int type, int T, const pack16 *p, int b, const block_q8x *const *a,
                           const int32_t *const *off, __m512 *acc) {
-    for (int b = 0; b < nb; b++) {
-        const pack16 *p = pk + b;
+    {
         __m512i s[TOK];
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) s[t] = _mm512_setzero_si512();
@@ -304,6 +304,11 @@ AVX512_INLINE void qpanel(int type, int T, const pack16 *pk, int nb, const block
             if (type == PL_TYPE_Q4_1) acc[t] = _mm512_fmadd_ps(p->o, _mm512_set1_ps(ab->s), acc[t]);
         }
     }
+}
+
+AVX512_INLINE void qpanel(int type, int T, const pack16 *pk, int nb, const block_q8x *const *a,
+                          const int32_t *const *off, __m512 *acc) {
+    for (int b = 0; b < nb; b++) qblock(type, T, pk + b, b, a, off, acc);
 }
 
 /* zero point x sum of each activation block: what the unsigned weights add on top of the true product */
@@ -379,6 +384,137 @@ QTILE(q4_0, PL_TYPE_Q4_0)
 QTILE(q4_1, PL_TYPE_Q4_1)
 QTILE(q4_0r, PL_TYPE_Q4_0R)
 QTILE(q4_1r, PL_TYPE_Q4_1R)
+
+/* ------------------------------------------ 16-row panels (Q4_0P, Q4_1P, Q8_0P) */
+
+/*
+ * The panel layouts (quants.h) hold a block of 16 rows the way the tile packs it: per block a
+ * few 64-byte loads and an AND / shift give pack16's q[g] (Q8_0P: an XOR), one fp16 load its
+ * 16 scales, and each (row, token) then takes qblock's steps, the tile's: so one token, a few
+ * and a prompt's batch all get the same result, and a few tokens cost little more than one.
+ * A thread's rows need not start or end on a panel: the lanes outside are not stored.
+ */
+AVX512_INLINE size_t panel_block_bytes(int ptype) {
+    return ptype == PL_TYPE_Q8_0P ? sizeof(block_q8_0p) : ptype == PL_TYPE_Q4_1P ? sizeof(block_q4_1p)
+                                                                                 : sizeof(block_q4_0p);
+}
+
+AVX512_INLINE void panel_unpack(int ptype, const uint8_t *pb, pack16 *p) {
+    p->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
+    p->o = _mm512_setzero_ps();
+    if (ptype == PL_TYPE_Q8_0P) {
+        const __m512i flip = _mm512_set1_epi8((char)0x80); /* unsigned, as the tile packs Q8_0 */
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++)
+            p->q[g] = _mm512_xor_si512(_mm512_loadu_si512(pb + offsetof(block_q8_0p, qs) + 64 * g), flip);
+        return;
+    }
+    const int q41 = ptype == PL_TYPE_Q4_1P;
+    const uint8_t *qs = pb + (q41 ? offsetof(block_q4_1p, qs) : offsetof(block_q4_0p, qs));
+    if (q41) p->o = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + offsetof(block_q4_1p, m))));
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; h++) { /* low nibbles: values 4h.., high: 16 + 4h.. */
+        const __m512i x = _mm512_loadu_si512(qs + 64 * h);
+        p->q[h] = _mm512_and_si512(x, m4);
+        p->q[h + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+    }
+}
+
+#define PANEL_PREFETCH 1024 /* bytes ahead of the block in use: the panels stream from memory */
+
+/* One panel x T tokens over all nb blocks, unpacked in registers as they come */
+AVX512_INLINE void ppanel(int ptype, int T, const uint8_t *panel, int nb, const block_q8x *const *a,
+                          const int32_t *const *off, __m512 *acc) {
+    const size_t pbb = panel_block_bytes(ptype);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *pb = panel + pbb * (size_t)b;
+        for (size_t o = 0; o < pbb; o += 64) _mm_prefetch((const char *)pb + PANEL_PREFETCH + o, _MM_HINT_T0);
+        pack16 p;
+        panel_unpack(ptype, pb, &p);
+        qblock(q4_base(ptype), T, &p, b, a, off, acc);
+    }
+}
+
+AVX512_INLINE void ptile(int ptype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                         int r0, int r1, int nt, int n) {
+    const int nbt = n / QK, type = q4_base(ptype);
+    const size_t pbb = panel_block_bytes(ptype);
+    int32_t *off = NULL;
+    int32_t off_small[TOK * 64];
+    if (type != PL_TYPE_Q4_1) {
+        const size_t need = (size_t)nt * nbt;
+        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
+        if (!off) { /* out of memory: the scalar rows need no buffer */
+            for (int t = 0; t < nt; t++)
+                pl_kernels_scalar.rows[ptype](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
+            return;
+        }
+        block_offsets(type, act, as, nt, nbt, off);
+    }
+    pack16 pk[KCHUNK];
+    for (int pr = r0 / PANEL_ROWS * PANEL_ROWS; pr < r1; pr += PANEL_ROWS) {
+        const int lo = r0 > pr ? r0 - pr : 0, hi = r1 < pr + PANEL_ROWS ? r1 - pr : PANEL_ROWS;
+        const __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+        const uint8_t *panel = (const uint8_t *)ROW(w, rb, pr);
+        /* a few tokens: the panel straight from memory for each; more: each chunk unpacked once into
+         * pk (L1) for all of them */
+        const int chunk = nt <= TOK ? nbt : KCHUNK;
+        for (int b0 = 0; b0 < nbt; b0 += chunk) {
+            const int nb = nbt - b0 < chunk ? nbt - b0 : chunk;
+            if (nt > TOK)
+                for (int b = 0; b < nb; b++) panel_unpack(ptype, panel + pbb * (size_t)(b0 + b), pk + b);
+            for (int t = 0; t < nt;) {
+                const int T = nt <= TOK ? nt : nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const block_q8x *a[TOK];
+                const int32_t *o[TOK] = {NULL};
+                __m512 acc[TOK];
+                for (int j = 0; j < T; j++) {
+                    a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+                    if (off) o[j] = off + (size_t)(t + j) * nbt + b0;
+                    acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + pr) : _mm512_setzero_ps();
+                }
+                if (nt > TOK) {
+                    switch (T) {
+                    case 8: qpanel(type, 8, pk, nb, a, o, acc); break;
+                    case 4: qpanel(type, 4, pk, nb, a, o, acc); break;
+                    case 2: qpanel(type, 2, pk, nb, a, o, acc); break;
+                    default: qpanel(type, 1, pk, nb, a, o, acc); break;
+                    }
+                } else {
+                    const uint8_t *p0 = panel + pbb * (size_t)b0;
+                    switch (T) { /* every count its own loop: one pass over the panel */
+                    case 8: ppanel(ptype, 8, p0, nb, a, o, acc); break;
+                    case 7: ppanel(ptype, 7, p0, nb, a, o, acc); break;
+                    case 6: ppanel(ptype, 6, p0, nb, a, o, acc); break;
+                    case 5: ppanel(ptype, 5, p0, nb, a, o, acc); break;
+                    case 4: ppanel(ptype, 4, p0, nb, a, o, acc); break;
+                    case 3: ppanel(ptype, 3, p0, nb, a, o, acc); break;
+                    case 2: ppanel(ptype, 2, p0, nb, a, o, acc); break;
+                    default: ppanel(ptype, 1, p0, nb, a, o, acc); break;
+                    }
+                }
+                for (int j = 0; j < T; j++) _mm512_mask_storeu_ps(y + (t + j) * ys + pr, m, acc[j]);
+                t += T;
+            }
+        }
+    }
+    if (off != off_small) free(off);
+}
+
+#define PTILE(NAME, TYPE)                                                                                 \
+    AVX512 static void tile_##NAME(const void *w, size_t rb, const void *act, size_t as, float *y,         \
+                                   size_t ys, int r0, int r1, int nt, int n) {                            \
+        ptile(TYPE, w, rb, act, as, y, ys, r0, r1, nt, n);                                                 \
+    }                                                                                                     \
+    AVX512 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1,    \
+                                   int n) {                                                               \
+        ptile(TYPE, w, rb, act, 0, y, 0, r0, r1, 1, n);                                                    \
+    }
+
+PTILE(q4_0p, PL_TYPE_Q4_0P)
+PTILE(q4_1p, PL_TYPE_Q4_1P)
+PTILE(q8_0p, PL_TYPE_Q8_0P)
 
 /* ------------------------------------------------------- Q4 rows (decode) */
 
@@ -971,6 +1107,14 @@ __attribute__((constructor)) static void fill_avx512_set(void) {
     avx512_set.rows[PL_TYPE_Q8_0] = rows_inv_q8_0;
     avx512_set.rows[PL_TYPE_Q4_0R] = rows_inv_q4_0r;
     avx512_set.rows[PL_TYPE_Q4_1R] = rows_inv_q4_1r;
+    const int panels[3] = {PL_TYPE_Q4_0P, PL_TYPE_Q4_1P, PL_TYPE_Q8_0P};
+    const pl_tile_fn ptiles[3] = {tile_q4_0p, tile_q4_1p, tile_q8_0p};
+    const pl_rows_fn prows[3] = {rows_q4_0p, rows_q4_1p, rows_q8_0p};
+    for (int i = 0; i < 3; i++) { /* one kernel for any number of tokens: invariant in either mode */
+        avx512_set.tile[panels[i]] = ptiles[i];
+        avx512_set.rows[panels[i]] = prows[i];
+        avx512_set.rows_invariant[panels[i]] = prows[i];
+    }
     avx512_set.attend = attend;
     pl_kq_fill_avx512(&avx512_set); /* kquants_avx512.c */
     pl_kqr_fill_avx512(&avx512_set); /* kquants_repack.c */

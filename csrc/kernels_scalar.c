@@ -207,6 +207,29 @@ static void rows_kr(int type, const void *w, size_t row_bytes, const void *act, 
         y[r] = sum;
     }
 }
+/* Q4_0P, Q4_1P, Q8_0P (quants.h): each block read back into the file's layout, then as that
+ * (the same float steps as the file type's rows). */
+static void rows_panel(int type, const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    const block_q8x *x = (const block_q8x *)act;
+    block_q8_0 b; /* the largest of the three */
+    for (int r = r0; r < r1; r++) {
+        float sum = 0.0f;
+        for (int k = 0; k < n / QK; k++) {
+            q_panel_blocks(type, w, row_bytes, r, k, 1, &b);
+            sum += type == PL_TYPE_Q8_0P ? dot_q8_0(&b, x + k, QK) : dot_q4(q4_base(type), &b, x + k, QK);
+        }
+        y[r] = sum;
+    }
+}
+static void rows_q4_0p(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    rows_panel(PL_TYPE_Q4_0P, w, row_bytes, act, y, r0, r1, n);
+}
+static void rows_q4_1p(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    rows_panel(PL_TYPE_Q4_1P, w, row_bytes, act, y, r0, r1, n);
+}
+static void rows_q8_0p(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
+    rows_panel(PL_TYPE_Q8_0P, w, row_bytes, act, y, r0, r1, n);
+}
 static void rows_q4_kr(const void *w, size_t row_bytes, const void *act, float *y, int r0, int r1, int n) {
     rows_kr(PL_TYPE_Q4_KR, w, row_bytes, act, y, r0, r1, n);
 }
@@ -304,6 +327,9 @@ const pl_kernel_set pl_kernels_scalar = {
         [PL_TYPE_Q4_1R] = rows_q4_1r,
         [PL_TYPE_Q4_KR] = rows_q4_kr,
         [PL_TYPE_Q6_KR] = rows_q6_kr,
+        [PL_TYPE_Q4_0P] = rows_q4_0p,
+        [PL_TYPE_Q4_1P] = rows_q4_1p,
+        [PL_TYPE_Q8_0P] = rows_q8_0p,
         [PL_TYPE_Q5_0] = rows_q5_0,
         [PL_TYPE_Q5_1] = rows_q5_1,
         [PL_TYPE_IQ4_NL] = rows_iq4_nl,

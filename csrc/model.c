@@ -67,9 +67,12 @@ static int vector_to_f32(pl_model *m, const pl_tensor *t) {
  * bytes of nibbles. PYLLAMA_REPACK=0 keeps the GGUF layout (for comparisons). A tensor that cannot be made writable stays as it is.
  */
 static void repack_q4k(pl_model *m, const pl_tensor *t);
+static int repack_panels(pl_model *m, const pl_tensor *t, int split);
 
-static void repack_q4(pl_model *m, const pl_tensor *t) {
+/* split: a fused matrix's parts are views starting at multiples of it (1: not fused) */
+static void repack_q4(pl_model *m, const pl_tensor *t, int split) {
     if (t && (t->type == PL_TYPE_Q4_K || t->type == PL_TYPE_Q6_K)) repack_q4k(m, t);
+    if (t && repack_panels(m, t, split)) return;
     if (!t || (t->type != PL_TYPE_Q4_0 && t->type != PL_TYPE_Q4_1) || t->n_dims != 2) return;
     const int nb = (int)(t->ne[0] / QK);
     const int64_t rows = t->ne[1];
@@ -113,6 +116,33 @@ static void repack_q4k(pl_model *m, const pl_tensor *t) {
     ((pl_tensor *)t)->type = q6 ? PL_TYPE_Q6_KR : PL_TYPE_Q4_KR;
 }
 
+/*
+ * Q4_0, Q4_1 and Q8_0 matrices regrouped 16 rows at a time (Q4_0P, Q4_1P, Q8_0P, quants.h), so
+ * that the AVX-512 kernels read 16 rows as the lanes of one vector per 4 values: a decode step
+ * of a few sequences then costs little more than one sequence's, where the file's layout had
+ * to be transposed 16 rows at a time on every call. Only where the AVX-512 set is in use when
+ * the model loads (the others read each block back into the file's layout: correct, slow), the
+ * row count (and a fused matrix's parts) a multiple of 16. In place, as above. 1 if done.
+ */
+static int repack_panels(pl_model *m, const pl_tensor *t, int split) {
+    const int ptype = q_panel_type(t->type);
+    if (ptype < 0 || t->n_dims != 2 || t->ne[1] % PANEL_ROWS || split % PANEL_ROWS ||
+        pl_current_isa() != PL_ISA_AVX512)
+        return 0;
+    const int nb = (int)(t->ne[0] / QK);
+    const size_t rb = (size_t)pl_type_nbytes(t->type, t->ne[0]);
+    char *tmp = malloc(PANEL_ROWS * rb);
+    if (!tmp || pl_map_writable(&m->map, t->data, t->nbytes, 1)) {
+        free(tmp);
+        return 0;
+    }
+    for (int64_t r = 0; r < t->ne[1]; r += PANEL_ROWS) q_panel_repack(t->type, (char *)t->data + (size_t)r * rb, rb, nb, tmp);
+    pl_map_writable(&m->map, t->data, t->nbytes, 0);
+    free(tmp);
+    ((pl_tensor *)t)->type = ptype;
+    return 1;
+}
+
 /* blk.<l>.<suffix>, checked against [ne0, ne1] (ne1 = 0: a vector); NULL when absent and not
  * required, or with the error set. A vector comes back as F32. */
 static const pl_tensor *layer_tensor(pl_model *m, int l, const char *suffix, int64_t ne0, int64_t ne1, int required) {
@@ -147,7 +177,7 @@ static int bind_attention(pl_model *m, int l, pl_layer *L, int repack) {
     BIND(L->attn_norm, "attn_norm.weight", c->dim, 0, 1);
     BIND(qkv, "attn_qkv.weight", c->dim, q_dim + 2 * kv_dim, 0);
     if (qkv) {
-        if (repack) repack_q4(m, qkv); /* before the views copy its type */
+        if (repack) repack_q4(m, qkv, q_dim % PANEL_ROWS ? 1 : kv_dim); /* before the views copy its type */
         if (!(L->wq = row_view(m, qkv, 0, q_dim)) || !(L->wk = row_view(m, qkv, q_dim, kv_dim)) ||
             !(L->wv = row_view(m, qkv, q_dim + kv_dim, kv_dim)))
             return -1;
@@ -155,7 +185,7 @@ static int bind_attention(pl_model *m, int l, pl_layer *L, int repack) {
         BIND(L->wq, "attn_q.weight", c->dim, q_dim, 1);
         BIND(L->wk, "attn_k.weight", c->dim, kv_dim, 1);
         BIND(L->wv, "attn_v.weight", c->dim, kv_dim, 1);
-        for (int i = 0; repack && i < 3; i++) repack_q4(m, i == 0 ? L->wq : i == 1 ? L->wk : L->wv);
+        for (int i = 0; repack && i < 3; i++) repack_q4(m, i == 0 ? L->wq : i == 1 ? L->wk : L->wv, PANEL_ROWS);
     }
     BIND(L->wo, "attn_output.weight", q_dim, c->dim, 1);
     BIND(L->bq, "attn_q.bias", q_dim, 0, c->has_qkv_bias);
@@ -164,7 +194,7 @@ static int bind_attention(pl_model *m, int l, pl_layer *L, int repack) {
     BIND(L->q_norm, "attn_q_norm.weight", c->head_dim, 0, c->qk_norm);
     BIND(L->k_norm, "attn_k_norm.weight", c->head_dim, 0, c->qk_norm);
     BIND(L->post_attn_norm, "post_attention_norm.weight", c->dim, 0, c->post_norms);
-    if (repack) repack_q4(m, L->wo);
+    if (repack) repack_q4(m, L->wo, PANEL_ROWS);
     return 0;
 }
 
@@ -175,7 +205,7 @@ static int bind_ffn(pl_model *m, int l, pl_layer *L, int repack) {
     if (c->fused_gate_up) {
         const pl_tensor *gate_up;
         BIND(gate_up, "ffn_up.weight", c->dim, 2 * (int64_t)c->hidden_dim, 1);
-        if (repack) repack_q4(m, gate_up);
+        if (repack) repack_q4(m, gate_up, c->hidden_dim);
         if (!(L->w_gate = row_view(m, gate_up, 0, c->hidden_dim)) ||
             !(L->w_up = row_view(m, gate_up, c->hidden_dim, c->hidden_dim)))
             return -1;
@@ -183,13 +213,13 @@ static int bind_ffn(pl_model *m, int l, pl_layer *L, int repack) {
         BIND(L->w_gate, "ffn_gate.weight", c->dim, c->hidden_dim, 1);
         BIND(L->w_up, "ffn_up.weight", c->dim, c->hidden_dim, 1);
         if (repack) {
-            repack_q4(m, L->w_gate);
-            repack_q4(m, L->w_up);
+            repack_q4(m, L->w_gate, PANEL_ROWS);
+            repack_q4(m, L->w_up, PANEL_ROWS);
         }
     }
     BIND(L->w_down, "ffn_down.weight", c->hidden_dim, c->dim, 1);
     BIND(L->post_ffn_norm, "post_ffw_norm.weight", c->dim, 0, c->post_norms);
-    if (repack) repack_q4(m, L->w_down);
+    if (repack) repack_q4(m, L->w_down, PANEL_ROWS);
     return 0;
 }
 #undef BIND
@@ -280,7 +310,9 @@ int pl_model_bind(pl_model *m) {
         if (bind_attention(m, l, L, repack) || bind_ffn(m, l, L, repack)) return -1;
         set_layer_options(c, l, L);
     }
-    if (repack && !c->tied_output) repack_q4(m, m->output); /* a tied output is also the embedding table */
+    /* a tied output is also the embedding table: only the panels, which forward.c reads rows of */
+    if (repack && !c->tied_output) repack_q4(m, m->output, PANEL_ROWS);
+    else if (repack) repack_panels(m, m->output, PANEL_ROWS);
     return 0;
 }
 

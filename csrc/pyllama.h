@@ -37,6 +37,9 @@
 #define PL_TYPE_Q4_1R 32
 #define PL_TYPE_Q4_KR 33 /* Q4_K, 8 rows interleaved (x86 with AVX-512 only) */
 #define PL_TYPE_Q6_KR 34 /* Q6_K, the same */
+#define PL_TYPE_Q4_0P 35 /* Q4_0, 16 rows interleaved (x86 with AVX-512 only) */
+#define PL_TYPE_Q4_1P 36 /* Q4_1, the same */
+#define PL_TYPE_Q8_0P 37 /* Q8_0, the same */
 
 /* Instruction-set paths for the kernels; PL_ISA_AUTO picks the best one the CPU has. */
 #define PL_ISA_AUTO -1

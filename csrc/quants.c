@@ -246,6 +246,58 @@ void q4_repack_row(int type, void *row, int nb, void *tmp) {
     }
 }
 
+/* Where block b of a row's file layout keeps its scale, minimum and quants (Q4_0 / Q4_1 / Q8_0). */
+static size_t file_block_bytes(int type) {
+    return type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_1 ? sizeof(block_q4_1) : sizeof(block_q4_0);
+}
+
+/* n bytes from the file layout to the panel (to_panel) or back */
+static void copy_way(uint8_t *panel_side, uint8_t *file_side, size_t n, int to_panel) {
+    if (to_panel) memcpy(panel_side, file_side, n);
+    else memcpy(file_side, panel_side, n);
+}
+
+/* Block b of row i between the file layout (the row at `row`) and panel block pb, either way. */
+static void panel_block_copy(int type, uint8_t *row, uint8_t *pb, int i, int b, int to_panel) {
+    uint8_t *blk = row + file_block_bytes(type) * (size_t)b;
+    const int q41 = type == PL_TYPE_Q4_1, words = type == PL_TYPE_Q8_0 ? 8 : 4;
+    const size_t qs_at = (size_t)(q41 ? 2 : 1) * PANEL_ROWS * sizeof(pl_fp16); /* after d (and m) */
+    copy_way(pb + 2 * (size_t)i, blk, 2, to_panel);
+    if (q41) copy_way(pb + 2 * ((size_t)PANEL_ROWS + i), blk + 2, 2, to_panel);
+    uint8_t *fq = blk + (q41 ? 4 : 2);
+    for (int h = 0; h < words; h++) copy_way(pb + qs_at + ((size_t)h * PANEL_ROWS + i) * 4, fq + 4 * h, 4, to_panel);
+}
+
+void q_panel_repack(int type, void *rows, size_t rb, int nb, void *tmp) {
+    const size_t pbb = PANEL_ROWS * file_block_bytes(type);
+    memcpy(tmp, rows, PANEL_ROWS * rb);
+    for (int b = 0; b < nb; b++)
+        for (int i = 0; i < PANEL_ROWS; i++)
+            panel_block_copy(type, (uint8_t *)tmp + (size_t)i * rb, (uint8_t *)rows + pbb * (size_t)b, i, b, 1);
+}
+
+void q_panel_blocks(int type, const void *w, size_t rb, int r, int b0, int nb, void *out) {
+    const int base = q4_base(type);
+    const size_t pbb = PANEL_ROWS * file_block_bytes(base);
+    uint8_t *panel = (uint8_t *)(uintptr_t)w + (size_t)(r / PANEL_ROWS) * PANEL_ROWS * rb;
+    for (int b = 0; b < nb; b++)
+        panel_block_copy(base, (uint8_t *)out, panel + pbb * (size_t)(b0 + b), r % PANEL_ROWS, b, 0);
+}
+
+void dequantize_matrix_row(int type, const void *w, size_t rb, int64_t r, float *dst, int64_t n) {
+    if (!q_paneled(type)) {
+        dequantize_row(type, (const char *)w + (size_t)r * rb, dst, n);
+        return;
+    }
+    uint8_t row[PANEL_ROWS * sizeof(block_q8_0)]; /* a few blocks at a time */
+    const int base = q4_base(type), nb = (int)(n / QK), step = (int)(sizeof row / file_block_bytes(base));
+    for (int b0 = 0; b0 < nb; b0 += step) {
+        const int k = nb - b0 < step ? nb - b0 : step;
+        q_panel_blocks(type, w, rb, (int)r, b0, k, row);
+        dequantize_row(base, row, dst + (size_t)b0 * QK, (int64_t)k * QK);
+    }
+}
+
 void q4k_repack_group(void *rows, size_t rb, int nsb, void *tmp) {
     memcpy(tmp, rows, Q4KR_ROWS * rb);
     block_q4_kr *out = (block_q4_kr *)rows;

@@ -166,12 +166,20 @@ static inline float bf16_to_f32(pl_bf16 h) {
 
 /* The GGUF type a repacked type was made from (other types: themselves). */
 static inline int q4_base(int type) {
-    return type == PL_TYPE_Q4_0R ? PL_TYPE_Q4_0 : type == PL_TYPE_Q4_1R ? PL_TYPE_Q4_1
+    return type == PL_TYPE_Q4_0R || type == PL_TYPE_Q4_0P ? PL_TYPE_Q4_0
+         : type == PL_TYPE_Q4_1R || type == PL_TYPE_Q4_1P ? PL_TYPE_Q4_1
+         : type == PL_TYPE_Q8_0P ? PL_TYPE_Q8_0
          : type == PL_TYPE_Q4_KR ? PL_TYPE_Q4_K : type == PL_TYPE_Q6_KR ? PL_TYPE_Q6_K : type;
 }
 static inline int q4_repacked(int type) { return type == PL_TYPE_Q4_0R || type == PL_TYPE_Q4_1R; }
+/* the 16-row panel layouts (below) */
+static inline int q_paneled(int type) {
+    return type == PL_TYPE_Q4_0P || type == PL_TYPE_Q4_1P || type == PL_TYPE_Q8_0P;
+}
 /* every id that only the loader makes (a file that has one is rejected) */
-static inline int pl_type_repacked(int type) { return q4_repacked(type) || type == PL_TYPE_Q4_KR || type == PL_TYPE_Q6_KR; }
+static inline int pl_type_repacked(int type) {
+    return q4_repacked(type) || q_paneled(type) || type == PL_TYPE_Q4_KR || type == PL_TYPE_Q6_KR;
+}
 
 /* Where block b of a Q4 row (nb blocks, either layout) keeps its scale, minimum (Q4_1) and nibbles. */
 typedef struct {
@@ -199,6 +207,44 @@ static inline q4_block q4_block_at(int type, const void *row, int b, int nb) {
 
 /* Regroup one Q4_0 / Q4_1 row of nb blocks into its repacked layout, in place (tmp: the row's size). */
 void q4_repack_row(int type, void *row, int nb, void *tmp);
+
+/*
+ * Q4_0P, Q4_1P, Q8_0P (pyllama's, made at load time from Q4_0 / Q4_1 / Q8_0 matrices whose row
+ * count is a multiple of 16, on x86 CPUs with AVX-512 VNNI): rows in panels of 16, a panel's
+ * 16 x nb blocks regrouped by block index b into one panel block of the same bytes as its 16
+ * blocks (16 x 18, 20 or 34), in this order:
+ *   d of rows 0..15 (16 fp16), Q4_1P: m of rows 0..15 (16 fp16),
+ *   Q4: nibble byte 4h + j (h = 0..3, j = 0..3) of row r at qs[h][r][j];
+ *   Q8_0P: value byte 4g + j (g = 0..7) of row r at qs[g][r][j].
+ * So one 64-byte vector qs[h] holds, per row (32-bit lane), values 4h..4h+3 in its low nibbles
+ * and 16 + 4h..+3 in its high ones (Q8_0P: qs[g] values 4g..4g+3), and one fp16 vector the
+ * 16 rows' scales: the AVX-512 kernels multiply 16 rows by 4 activation bytes with one
+ * vpdpbusd straight from the weights, for one token as for a batch, with no transposing.
+ * Row r of a panelled matrix (row 0 at w, rows rb bytes apart as in the file) lives in panel
+ * r / 16, at w + (r / 16) * 16 * rb.
+ */
+#define PANEL_ROWS 16
+typedef struct { pl_fp16 d[PANEL_ROWS]; uint8_t qs[4][PANEL_ROWS][4]; } block_q4_0p;
+typedef struct { pl_fp16 d[PANEL_ROWS], m[PANEL_ROWS]; uint8_t qs[4][PANEL_ROWS][4]; } block_q4_1p;
+typedef struct { pl_fp16 d[PANEL_ROWS]; int8_t qs[8][PANEL_ROWS][4]; } block_q8_0p;
+_Static_assert(sizeof(block_q4_0p) == PANEL_ROWS * sizeof(block_q4_0), "a Q4_0P panel block is 16 Q4_0 blocks");
+_Static_assert(sizeof(block_q4_1p) == PANEL_ROWS * sizeof(block_q4_1), "a Q4_1P panel block is 16 Q4_1 blocks");
+_Static_assert(sizeof(block_q8_0p) == PANEL_ROWS * sizeof(block_q8_0), "a Q8_0P panel block is 16 Q8_0 blocks");
+
+/* The panel type made from Q4_0, Q4_1 or Q8_0 (-1 for others). */
+static inline int q_panel_type(int type) {
+    return type == PL_TYPE_Q4_0 ? PL_TYPE_Q4_0P : type == PL_TYPE_Q4_1 ? PL_TYPE_Q4_1P
+         : type == PL_TYPE_Q8_0 ? PL_TYPE_Q8_0P : -1;
+}
+/* Regroup 16 rows of nb blocks of a Q4_0 / Q4_1 / Q8_0 matrix (rows rb bytes apart, from `rows`)
+ * into their panel, in place (tmp: 16 x rb bytes). */
+void q_panel_repack(int type, void *rows, size_t rb, int nb, void *tmp);
+/* Blocks b0..b0+nb-1 of row r of a panelled matrix (row 0 at w, rows rb bytes apart) in its file
+ * type's layout, into out. */
+void q_panel_blocks(int type, const void *w, size_t rb, int r, int b0, int nb, void *out);
+/* n values of row r of a matrix of any type (row 0 at w, rows rb bytes apart), as floats: the
+ * panel layouts are not row by row. */
+void dequantize_matrix_row(int type, const void *w, size_t rb, int64_t r, float *dst, int64_t n);
 
 /*
  * Q4_KR (pyllama's, made at load time from Q4_K matrices whose row count is a multiple of 8,

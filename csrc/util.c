@@ -184,6 +184,9 @@ static const type_traits TYPES[] = {
     {PL_TYPE_Q4_1R, "Q4_1R", QK, sizeof(block_q4_1)},
     {PL_TYPE_Q4_KR, "Q4_KR", QK_K, sizeof(block_q4_k)},
     {PL_TYPE_Q6_KR, "Q6_KR", QK_K, sizeof(block_q6_k)},
+    {PL_TYPE_Q4_0P, "Q4_0P", QK, sizeof(block_q4_0)},
+    {PL_TYPE_Q4_1P, "Q4_1P", QK, sizeof(block_q4_1)},
+    {PL_TYPE_Q8_0P, "Q8_0P", QK, sizeof(block_q8_0)},
 };
 #define N_TYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
 
