@@ -406,7 +406,7 @@ def test_gguf_tensor_infos(base_gguf):
     m.add("ne-overflow", bytes(b), needles=name)
     # unknown ids, pyllama's own repacked id, a 256-value K-quant on 64-value rows
     for v, nm in ((99, "99"), (16, "IQ2_XXS"), (12, "Q4_K"), (14, "Q6_K"), (23, "IQ4_XS"), (31, "31"), (33, "33"), (34, "34"),
-                  (0xFFFFFFFF, "big")):
+                  (35, "35"), (37, "37"), (0xFFFFFFFF, "big")):
         m.put(f"type-{nm}", q["type_off"], "<I", v, needles=name)
     m.put("type-q4_0", q["type_off"], "<I", 2, expect="any")  # smaller: fits, garbage weights
     m.put("type-q5_0", q["type_off"], "<I", 6, expect="any")
