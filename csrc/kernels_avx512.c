@@ -422,7 +422,11 @@ AVX512_INLINE void panel_unpack(int ptype, const uint8_t *pb, pack16 *p) {
     }
 }
 
-#define PANEL_PREFETCH 1024 /* bytes ahead of the block in use: the panels stream from memory */
+#define PANEL_AHEAD_BYTES 2048 /* the panels stream from memory: their lines are asked for this far ahead */
+
+AVX512_INLINE void panel_prefetch(const uint8_t *pb, size_t pbb) {
+    for (size_t o = 0; o < pbb; o += 64) _mm_prefetch((const char *)pb + PANEL_AHEAD_BYTES + o, _MM_HINT_T0);
+}
 
 /* One panel x T tokens over all nb blocks, unpacked in registers as they come */
 AVX512_INLINE void ppanel(int ptype, int T, const uint8_t *panel, int nb, const block_q8x *const *a,
@@ -430,33 +434,51 @@ AVX512_INLINE void ppanel(int ptype, int T, const uint8_t *panel, int nb, const 
     const size_t pbb = panel_block_bytes(ptype);
     for (int b = 0; b < nb; b++) {
         const uint8_t *pb = panel + pbb * (size_t)b;
-        for (size_t o = 0; o < pbb; o += 64) _mm_prefetch((const char *)pb + PANEL_PREFETCH + o, _MM_HINT_T0);
+        panel_prefetch(pb, pbb);
         pack16 p;
         panel_unpack(ptype, pb, &p);
         qblock(q4_base(ptype), T, &p, b, a, off, acc);
     }
 }
 
-AVX512_INLINE void ptile(int ptype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
-                         int r0, int r1, int nt, int n) {
-    const int nbt = n / QK, type = q4_base(ptype);
+/* lanes of the panel at row pr that fall in [r0, r1) */
+AVX512_INLINE __mmask16 panel_lanes(int pr, int r0, int r1) {
+    const int lo = r0 > pr ? r0 - pr : 0, hi = r1 < pr + PANEL_ROWS ? r1 - pr : PANEL_ROWS;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* One token (decode): two panels side by side, so two streams come from memory at once and
+ * two chains of float steps interleave; each (row, token) still takes qblock's steps. */
+AVX512_INLINE void ppanels_one(int ptype, const void *w, size_t rb, const block_q8x *a, const int32_t *off, float *y,
+                               int r0, int r1, int nb) {
     const size_t pbb = panel_block_bytes(ptype);
-    int32_t *off = NULL;
-    int32_t off_small[TOK * 64];
-    if (type != PL_TYPE_Q4_1) {
-        const size_t need = (size_t)nt * nbt;
-        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
-        if (!off) { /* out of memory: the scalar rows need no buffer */
-            for (int t = 0; t < nt; t++)
-                pl_kernels_scalar.rows[ptype](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
-            return;
+    for (int pr = r0 / PANEL_ROWS * PANEL_ROWS; pr < r1; pr += 2 * PANEL_ROWS) {
+        const int two = pr + PANEL_ROWS < r1; /* else the second is the first again, not stored */
+        const uint8_t *p0 = (const uint8_t *)ROW(w, rb, pr), *p1 = two ? (const uint8_t *)ROW(w, rb, pr + PANEL_ROWS) : p0;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *b0 = p0 + pbb * (size_t)b, *b1 = p1 + pbb * (size_t)b;
+            panel_prefetch(b0, pbb);
+            panel_prefetch(b1, pbb);
+            pack16 x0, x1;
+            panel_unpack(ptype, b0, &x0);
+            panel_unpack(ptype, b1, &x1);
+            qblock(q4_base(ptype), 1, &x0, b, &a, &off, &acc0);
+            qblock(q4_base(ptype), 1, &x1, b, &a, &off, &acc1);
         }
-        block_offsets(type, act, as, nt, nbt, off);
+        _mm512_mask_storeu_ps(y + pr, panel_lanes(pr, r0, r1), acc0);
+        if (two) _mm512_mask_storeu_ps(y + pr + PANEL_ROWS, panel_lanes(pr + PANEL_ROWS, r0, r1), acc1);
     }
+}
+
+/* rows [r0, r1) x nt tokens, panel by panel */
+AVX512_INLINE void ptokens(int ptype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                           int r0, int r1, int nt, int nbt, const int32_t *off) {
+    const int type = q4_base(ptype);
+    const size_t pbb = panel_block_bytes(ptype);
     pack16 pk[KCHUNK];
     for (int pr = r0 / PANEL_ROWS * PANEL_ROWS; pr < r1; pr += PANEL_ROWS) {
-        const int lo = r0 > pr ? r0 - pr : 0, hi = r1 < pr + PANEL_ROWS ? r1 - pr : PANEL_ROWS;
-        const __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+        const __mmask16 m = panel_lanes(pr, r0, r1);
         const uint8_t *panel = (const uint8_t *)ROW(w, rb, pr);
         /* a few tokens: the panel straight from memory for each; more: each chunk unpacked once into
          * pk (L1) for all of them */
@@ -499,6 +521,28 @@ AVX512_INLINE void ptile(int ptype, const void *w, size_t rb, const void *act, s
                 t += T;
             }
         }
+    }
+}
+
+AVX512_INLINE void ptile(int ptype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                         int r0, int r1, int nt, int n) {
+    const int nbt = n / QK, type = q4_base(ptype);
+    int32_t *off = NULL;
+    int32_t off_small[TOK * 64];
+    if (type != PL_TYPE_Q4_1) {
+        const size_t need = (size_t)nt * nbt;
+        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
+        if (!off) { /* out of memory: the scalar rows need no buffer */
+            for (int t = 0; t < nt; t++)
+                pl_kernels_scalar.rows[ptype](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
+            return;
+        }
+        block_offsets(type, act, as, nt, nbt, off);
+    }
+    if (nt == 1) {
+        ppanels_one(ptype, w, rb, (const block_q8x *)act, off, y, r0, r1, nbt);
+    } else {
+        ptokens(ptype, w, rb, act, as, y, ys, r0, r1, nt, nbt, off);
     }
     if (off != off_small) free(off);
 }
