@@ -19,6 +19,10 @@
  *    (0..15, Q4_0's "- 8" comes off as 8 x the activation block's sum); Q8_0 is
  *    shifted by +128 and 128 x the sum comes off. The integer sums are exact, so
  *    results differ from the scalar reference only in float rounding order.
+ *  - The same types regrouped at load into 16-row panels (Q4_0P, Q4_1P, Q8_0P, quants.h)
+ *    come in that lane order already: per block a few loads and an AND / shift, shared by
+ *    up to 8 tokens, so a decode step of a few sequences costs little more than one; one
+ *    token, a few and a prompt's batch take the same per-block steps (batch invariant).
  *
  * Like kernels_avx2.c, everything carries a target attribute and dispatch.c uses
  * this set only after cpuid reports the features.
