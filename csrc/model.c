@@ -65,11 +65,12 @@ static int vector_to_f32(pl_model *m, const pl_tensor *t) {
  * process's own and RSS stays what the mapped file pages would have been. Decode streams
  * these rows faster than the GGUF layout, which puts a 2-byte scale between every 16
  * bytes of nibbles. PYLLAMA_REPACK=0 keeps the GGUF layout (for comparisons). A tensor that cannot be made writable stays as it is.
+ * On AVX-512 the 16-row panels (repack_panels, below) take these types, and Q8_0, where the rows allow.
  */
 static void repack_q4k(pl_model *m, const pl_tensor *t);
 static int repack_panels(pl_model *m, const pl_tensor *t, int split);
 
-/* split: a fused matrix's parts are views starting at multiples of it (1: not fused) */
+/* split: a fused matrix's parts are views starting at multiples of it (16: not fused; 1: no panels) */
 static void repack_q4(pl_model *m, const pl_tensor *t, int split) {
     if (t && (t->type == PL_TYPE_Q4_K || t->type == PL_TYPE_Q6_K)) repack_q4k(m, t);
     if (t && repack_panels(m, t, split)) return;
