@@ -111,6 +111,37 @@ def aggregate(url: str, n_streams: int, n: int) -> float:
     return sum(r["tokens"] for r in results) / (time.perf_counter() - t0)
 
 
+def engine_phases(url: str) -> dict | None:
+    """The pyllama engine's time split from /metrics (None for other servers)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=5).text
+    except httpx.TransportError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pyllama_engine_seconds_total{"):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("pyllama_engine_rounds_total "):
+            out["rounds"] = float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+def aggregate_with_split(url: str, n_streams: int, n: int) -> tuple[float, dict | None]:
+    """aggregate(), and the engine's milliseconds per round by phase during it (pyllama only)."""
+    before = engine_phases(url)
+    t0 = time.perf_counter()
+    tps = aggregate(url, n_streams, n)
+    wall = time.perf_counter() - t0
+    after = engine_phases(url)
+    if not before or not after or after["rounds"] == before["rounds"]:
+        return tps, None
+    rounds = after["rounds"] - before["rounds"]
+    split = {k: round(1e3 * (after[k] - before[k]) / rounds, 3) for k in after if k != "rounds"}
+    split["wall"] = round(1e3 * wall / rounds, 3)  # includes the requests' start and prefill
+    split["rounds"] = int(rounds)
+    return tps, split
+
+
 def ttft_under_load(url: str, n: int) -> float:
     stop = threading.Event()
     with ThreadPoolExecutor(7) as pool:
@@ -129,11 +160,13 @@ def measure_server(name: str, url: str, n: int, rounds: int = 3) -> dict:
     # machine's other work, and both sides of each ratio are measured the same way
     one = max((stream_completion(url, n) for _ in range(rounds)), key=lambda r: r["decode_tps"])
     idle_ttft = min(stream_completion(url, 8, prompt=PROMPT + " The end.")["ttft"] for _ in range(3))
-    agg1 = max(aggregate(url, 1, n) for _ in range(rounds))
-    agg8 = max(aggregate(url, 8, n) for _ in range(rounds))
+    agg1, split1 = max((aggregate_with_split(url, 1, n) for _ in range(rounds)), key=lambda r: r[0])
+    agg8, split8 = max((aggregate_with_split(url, 8, n) for _ in range(rounds)), key=lambda r: r[0])
     loaded_ttft = ttft_under_load(url, n)
     out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
            "ttft_idle_s": idle_ttft, "ttft_under_7_s": loaded_ttft}
+    if split8:  # ms per engine round (forward pass) of the best run
+        out["engine_ms_per_round_1"], out["engine_ms_per_round_8"] = split1, split8
     print(json.dumps(out), file=sys.stderr)
     return out
 
@@ -211,6 +244,10 @@ def main() -> None:
     print(f"| time to first token, idle (s) | {fmt(ours, 'ttft_idle_s')} | {fmt(theirs, 'ttft_idle_s')} | |")
     print(f"| time to first token, 7 streaming (s) | {fmt(ours, 'ttft_under_7_s')} | {fmt(theirs, 'ttft_under_7_s')} "
           f"| <= 2x idle: {ours['ttft_under_7_s'] / ours['ttft_idle_s']:.2f}x |")
+    for k in ("1", "8"):
+        split = ours.get("engine_ms_per_round_" + k)
+        if split:
+            print(f"\npyllama engine, {k} stream(s), ms per round: " + ", ".join(f"{p} {v}" for p, v in split.items()))
 
 
 if __name__ == "__main__":

@@ -498,6 +498,15 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         ]
         for name, kind, help_, value in values:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        if eng is not None:
+            name = "pyllama_engine_seconds_total"
+            lines += [f"# HELP {name} the engine thread's time: steps (the slots' Python work between passes), "
+                      "forward (batched forward passes), flush (handing chunks to the event loop)",
+                      f"# TYPE {name} counter"]
+            for phase, seconds in eng.phase_seconds.items():
+                lines.append(f'{name}{{phase="{phase}"}} {seconds:.6f}')
+            lines += ["# HELP pyllama_engine_rounds_total forward passes the engine ran",
+                      "# TYPE pyllama_engine_rounds_total counter", f"pyllama_engine_rounds_total {eng.rounds}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")

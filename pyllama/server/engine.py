@@ -194,6 +194,11 @@ class Engine:
         self.decode_times: collections.deque = collections.deque()  # (time, tokens) of recent steps
         self.tokens_generated = 0
         self.tokens_prompt = 0
+        # the engine thread's time by phase (seconds): "steps", the slots' Python work between
+        # passes (sampling, detokenizing, chunks, hand-overs); "forward", the batched passes;
+        # "flush", handing the round's chunks to the event loop. /metrics shows them.
+        self.phase_seconds = {"steps": 0.0, "forward": 0.0, "flush": 0.0}
+        self.rounds = 0  # rounds that ran a forward pass
         self.thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
         self.thread.start()
 
@@ -289,18 +294,30 @@ class Engine:
 
     def _round(self) -> None:
         """Bring every busy slot to its next eval() (or the end of its steps), then one forward pass for all."""
+        now = time.perf_counter
+        t0 = now()
         for slot in self.slots:
             for _ in range(self.MAX_IDLE_STEPS):
                 if slot.job is None or slot.parked is not None:
                     break
                 slot.run(lambda slot=slot: self._step(slot))
+        t1 = now()
         self._flush()
+        t2 = now()
         parked = [s for s in self.slots if s.parked is not None]
+        phases = self.phase_seconds
         if not parked:
+            phases["steps"] += t1 - t0
+            phases["flush"] += t2 - t1
             return
         self._eval_parked(parked)
+        t3 = now()
         for slot in parked:
             slot.resume()
+        phases["steps"] += t1 - t0 + now() - t3
+        phases["flush"] += t2 - t1
+        phases["forward"] += t3 - t2
+        self.rounds += 1
 
     def _flush(self) -> None:
         """Send every job's pending items to its event loop: one call per loop."""
