@@ -3,10 +3,10 @@
 Each slot is a :meth:`pyllama.Llama.fork` of the loaded model: the same weights, a
 KV cache of its own, so a conversation that comes back finds its earlier turns
 still cached. A slot's request runs as the usual generator (create_completion's
-stream: sampling, grammars, stop strings unchanged) on a worker thread of the slot,
-but only one such thread runs at a time, handed control by the engine thread like a
-coroutine: when the stream calls ``eval()`` the slot parks its tokens with the
-engine (Llama._batch_hook) and stops. Once every busy slot has parked (or ended its
+stream: sampling, grammars, stop strings unchanged) in a greenlet of the slot on the
+engine thread, handed control by the engine like a coroutine: when the stream calls
+``eval()`` the slot parks its tokens with the engine (Llama._batch_hook) and switches
+back. Once every busy slot has parked (or ended its
 step), the engine evaluates all parked tokens in ONE forward pass
 (:func:`pyllama.batch.eval_batch`: each weight read once for every slot) and hands
 each slot its logits. A new request's prompt is prefilled in chunks (app.py's
@@ -27,6 +27,8 @@ import collections
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
+
+import greenlet
 
 END = object()  # the last item a job delivers
 
@@ -71,66 +73,57 @@ def _put_all(batch: list) -> None:
 
 
 class Slot:
-    """A fork and the worker thread its request's generator runs on (one worker runs at a time)."""
+    """A fork and the greenlet its request's generator runs in (one slot runs at a time).
+
+    The generator is suspended inside eval(), deep in create_completion's call chain,
+    so the slot needs a stack of its own. A greenlet is one: switching to it and back is
+    a few microseconds on the engine thread, where a worker thread per slot cost two
+    wake-ups of another thread (futex, GIL, often another core) per switch, four
+    switches per slot per token.
+    """
 
     def __init__(self, index: int, llm):
         self.index = index
         self.llm = llm
         self.key = ""  # the text the slot's cache holds: prompt key plus generated text
         self.job: Optional[Job] = None
-        # hand-over between the engine thread and the worker: exactly one of them runs. Each
-        # is a held lock the other side releases (a binary semaphore: the hand-over strictly
-        # alternates); threading.Semaphore is Python code around a Condition, several times
-        # the cost per hand-over, and there are two hand-overs per slot per token.
-        self.to_worker = threading.Lock()
-        self.to_engine = threading.Lock()
-        self.to_worker.acquire()
-        self.to_engine.acquire()
-        self.task: Optional[Callable[[], None]] = None  # what the worker runs when resumed
-        self.parked: Optional[list] = None  # tokens the worker waits to have evaluated
+        self.parked: Optional[list] = None  # tokens the slot waits to have evaluated
         self.eval_error: Optional[BaseException] = None
-        self.quit = False
-        self.thread = threading.Thread(target=self._work, name=f"pyllama-slot-{index}", daemon=True)
-        self.thread.start()
+        self._engine: Optional[greenlet.greenlet] = None  # the engine thread's own greenlet
+        self._task: Optional[greenlet.greenlet] = None  # the running task, while it is parked
         llm._batch_hook = self._park
 
-    def _work(self) -> None:
-        while True:
-            self.to_worker.acquire()
-            if self.quit:
-                return
-            task, self.task = self.task, None
-            try:
-                task()
-            finally:
-                self.to_engine.release()
-
     def _park(self, llm, tokens) -> None:
-        """eval() on this slot's fork (worker thread): wait for the engine's batched pass."""
+        """eval() on this slot's fork (inside its task): wait for the engine's batched pass."""
         self.parked = list(tokens)
         self.eval_error = None
-        self.to_engine.release()
-        self.to_worker.acquire()
+        self._engine.switch()
         if self.eval_error is not None:
             err, self.eval_error = self.eval_error, None
             raise err
 
     def run(self, task: Callable[[], None]) -> None:
-        """Engine thread: run task on the worker until it ends or parks in eval()."""
-        self.task = task
-        self.to_worker.release()
-        self.to_engine.acquire()
+        """Engine thread: run task until it ends or parks in eval()."""
+        self._engine = greenlet.getcurrent()
+        g = greenlet.greenlet(task)  # a child of the engine's greenlet: an ended task switches back
+        self._task = g
+        g.switch()
+        if g.dead:
+            self._task = None
 
     def resume(self) -> None:
-        """Engine thread: let a parked worker go on until it ends its task or parks again."""
+        """Engine thread: let a parked task go on until it ends or parks again."""
         self.parked = None
-        self.to_worker.release()
-        self.to_engine.acquire()
+        g = self._task
+        g.switch()
+        if g.dead:
+            self._task = None
 
     def close(self) -> None:
-        self.quit = True
-        self.to_worker.release()
-        self.thread.join(timeout=5)
+        """Engine thread: end a task still parked (its generators' finally blocks run)."""
+        g, self._task = self._task, None
+        if g is not None and not g.dead:
+            g.throw(greenlet.GreenletExit)
 
 
 def _common_prefix_len(a: str, b: str) -> int:
