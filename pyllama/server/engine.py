@@ -334,6 +334,7 @@ class Engine:
 
     def _eval_parked(self, parked: list) -> None:
         """One pass for every parked slot's tokens; a slot whose tokens are refused gets the error."""
+        from .._core import lib
         from ..batch import eval_batch
 
         try:
@@ -341,6 +342,11 @@ class Engine:
             return
         except Exception:
             pass
+        finally:
+            # the slots then sample one after another, between Python work: a sampler that
+            # opens an OpenMP team for each draw waits each time for the pass's other thread
+            # to wake, which on shared cores costs far more than the draw itself
+            lib.pl_set_sample_threads(1)
         for s in parked:  # one request's bad tokens (or overflow) must not fail the others
             try:
                 eval_batch([(s.llm, s.parked)])
