@@ -14,9 +14,10 @@ long prompt) only as far as the model allows, so counts come from the responses,
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
+import re
+import selectors
 import socket
 import subprocess
 import sys
@@ -64,50 +65,97 @@ def _events(raw: bytes) -> list[dict]:
     return out
 
 
-def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
-    """One streamed completion: time to first token, decode time, tokens.
+def _dechunk(raw: bytes) -> bytes:
+    """The body of an HTTP/1.1 response with chunked transfer encoding (headers removed)."""
+    out, i = [], 0
+    while True:
+        j = raw.find(b"\r\n", i)
+        if j < 0:
+            return b"".join(out)
+        size = int(raw[i:j].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(raw[j + 2:j + 2 + size])
+        i = j + 2 + size + 2
 
-    The client shares the cores with the server, so it stays cheap: it reads raw bytes,
-    parses events only until the first token, and the rest once at the end."""
-    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "cache_prompt": False}
-    t0 = time.perf_counter()
-    first = None
-    usage = None
-    pieces: list[bytes] = []
+
+_FIRST_TEXT = re.compile(rb'"(?:text|content)": ?"[^"]')  # an event carrying generated text
+
+
+def stream_many(url: str, n_streams: int, n: int, prompt: str = PROMPT) -> list[dict]:
+    """n_streams streamed completions at once, read by this one thread: for each, time to
+    first token, decode time, tokens.
+
+    The client shares the cores with the server, so it stays cheap: one thread waits on all
+    the sockets and takes whatever each has when it wakes (one wake-up for a round's
+    burst of chunks, where a thread per stream woke eight threads to fight over the GIL),
+    raw HTTP/1.1 bytes kept as they come and parsed once at the end."""
     host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=600)  # lighter per chunk than httpx
+    body = json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}, "cache_prompt": False}).encode()
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    sel = selectors.DefaultSelector()
+    streams = []
+    t0 = time.perf_counter()
+    for _ in range(n_streams):
+        sock = socket.create_connection((host, int(port)), timeout=600)
+        sock.sendall(request)
+        sock.setblocking(False)
+        st = {"sock": sock, "pieces": [], "first": None, "end": None}
+        streams.append(st)
+        sel.register(sock, selectors.EVENT_READ, st)
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {r.read()[:500]!r}")
-        while True:
-            piece = r.read1(1 << 16)
-            if not piece:
-                break
-            pieces.append(piece)
-            if first is None and any(c.get("choices") and c["choices"][0].get("text")
-                                     for c in _events(b"".join(pieces))):
-                first = time.perf_counter()
+        left = n_streams
+        while left:
+            for key, _ in sel.select(timeout=600):
+                st = key.data
+                try:
+                    piece = st["sock"].recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                if piece:
+                    st["pieces"].append(piece)
+                    if st["first"] is None and _FIRST_TEXT.search(piece):
+                        st["first"] = time.perf_counter()
+                else:
+                    st["end"] = time.perf_counter()
+                    sel.unregister(st["sock"])
+                    left -= 1
     finally:
-        conn.close()
-    end = time.perf_counter()
-    for chunk in _events(b"".join(pieces))[-3:]:
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        if "timings" in chunk:  # llama-server's own final chunk
-            usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
-    tokens = (usage or {}).get("completion_tokens") or 0
-    return {"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
-            "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0}
+        for st in streams:
+            st["sock"].close()
+        sel.close()
+    out = []
+    for st in streams:
+        raw = b"".join(st["pieces"])
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1:2]
+        if status != [b"200"]:
+            raise RuntimeError(f"HTTP {status}: {raw[:500]!r}")
+        data = _dechunk(rest) if b"chunked" in head.lower() else rest
+        usage = None
+        for chunk in _events(data)[-3:]:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if "timings" in chunk:  # llama-server's own final chunk
+                usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
+        tokens = (usage or {}).get("completion_tokens") or 0
+        first, end = st["first"], st["end"]
+        out.append({"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
+                    "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0})
+    return out
+
+
+def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
+    """One streamed completion (stream_many's figures)."""
+    return stream_many(url, 1, n, prompt)[0]
 
 
 def aggregate(url: str, n_streams: int, n: int) -> float:
+    """Tokens per second of n_streams concurrent streams, first request to last byte."""
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(n_streams) as pool:
-        results = list(pool.map(lambda _: stream_completion(url, n), range(n_streams)))
+    results = stream_many(url, n_streams, n)
     return sum(r["tokens"] for r in results) / (time.perf_counter() - t0)
 
 
