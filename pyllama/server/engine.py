@@ -171,6 +171,7 @@ class Engine:
         from .._core import lib
 
         self.llm = llm
+        self._lib = lib
         # one kernel per token whatever the batch: a slot's answer must not depend on what
         # else shares its forward passes (issue 16); process-wide while an engine runs
         # (prompts evaluate slower), restored when the last engine stops
@@ -192,6 +193,7 @@ class Engine:
         # "flush", handing the round's chunks to the event loop. /metrics shows them.
         self.phase_seconds = {"steps": 0.0, "forward": 0.0, "flush": 0.0}
         self.rounds = 0  # rounds that ran a forward pass
+        self._decoded = 0  # tokens the slots decoded this round, counted once per round
         self.thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
         self.thread.start()
 
@@ -304,13 +306,23 @@ class Engine:
             phases["flush"] += t2 - t1
             return
         self._eval_parked(parked)
+        # the slots then sample one after another, between Python work: a sampler that opens
+        # an OpenMP team for each draw waits each time for the pass's other thread to wake,
+        # which on shared cores costs far more than the draw itself
+        self._lib.pl_set_sample_threads(1)
         t3 = now()
         for slot in parked:
             slot.resume()
-        phases["steps"] += t1 - t0 + now() - t3
+        t4 = now()
+        phases["steps"] += t1 - t0 + t4 - t3
         phases["flush"] += t2 - t1
         phases["forward"] += t3 - t2
         self.rounds += 1
+        if self._decoded > 0:
+            with self.cond:
+                self.tokens_generated += self._decoded
+                self.decode_times.append((time.monotonic(), self._decoded))
+            self._decoded = 0
 
     def _flush(self) -> None:
         """Send every job's pending items to its event loop: one call per loop."""
@@ -334,24 +346,34 @@ class Engine:
 
     def _eval_parked(self, parked: list) -> None:
         """One pass for every parked slot's tokens; a slot whose tokens are refused gets the error."""
-        from .._core import lib
         from ..batch import eval_batch
 
         try:
+            if len(parked) == 1 and len(parked[0].parked) == 1:
+                self._eval_alone(parked[0])
+                return
             eval_batch([(s.llm, s.parked) for s in parked])
             return
         except Exception:
             pass
-        finally:
-            # the slots then sample one after another, between Python work: a sampler that
-            # opens an OpenMP team for each draw waits each time for the pass's other thread
-            # to wake, which on shared cores costs far more than the draw itself
-            lib.pl_set_sample_threads(1)
         for s in parked:  # one request's bad tokens (or overflow) must not fail the others
             try:
                 eval_batch([(s.llm, s.parked)])
             except Exception as e:
                 s.eval_error = e
+
+    @staticmethod
+    def _eval_alone(slot: Slot) -> None:
+        """One slot's one token through its fork's own eval(): the single-token path, without
+        a batch's assembly. In batch-invariant mode it computes what eval_batch would."""
+        llm = slot.llm
+        llm._batch_hook = None  # the slot's call lock is this thread's (its greenlet's): eval may enter
+        try:
+            llm.eval(slot.parked)
+        except Exception as e:
+            slot.eval_error = e
+        finally:
+            llm._batch_hook = slot._park
 
     @staticmethod
     def _run_call(fn, fut, loop) -> None:
@@ -398,11 +420,7 @@ class Engine:
                         self.tokens_prompt += usage.get("prompt_tokens", 0)
                 self._finish(slot, ("end", usage))
                 return
-            decoded = llm._timings().get("gen_tokens", 0) - before
-            if decoded > 0:
-                with self.cond:
-                    self.tokens_generated += decoded
-                    self.decode_times.append((time.monotonic(), decoded))
+            self._decoded += llm._timings().get("gen_tokens", 0) - before
             job.text.append(_chunk_text(chunk))
             job.deliver("chunk", chunk)
         except Exception as e:  # the request's own error (bad arguments, context overflow)
