@@ -64,6 +64,24 @@ def api_error_from(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
+class StreamResponse(EventSourceResponse):
+    """sse-starlette's response without a cancel scope per event when no send timeout is set.
+
+    Its send wraps every event in ``anyio.move_on_after(send_timeout)``, a cancel scope
+    entered and left for each token of each stream even when the timeout is None (the
+    default), on the event loop that shares the cores with the forward pass. Versions
+    without the ``_send_interrupted`` flag this keeps up to date get the base class's send."""
+
+    async def _send_with_timeout(self, send, message) -> None:
+        if self.send_timeout is not None or not hasattr(self, "_send_interrupted"):
+            return await super()._send_with_timeout(send, message)
+        try:
+            await send(message)
+        except BaseException:
+            self._send_interrupted = True  # as the base class does: no closing send after a failed one
+            raise
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over ``limit`` bytes get 413 (by Content-Length or as read)."""
 
@@ -385,7 +403,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if first[0] == "error":
             raise api_error_from(first[1])
         if stream:
-            return EventSourceResponse(_sse(job, engine, include_usage), ping=15)
+            return StreamResponse(_sse(job, engine, include_usage), ping=15)
         return await _collect(job, request, engine, kind)
 
     async def _sse(job: Job, engine: Engine, include_usage: bool):
