@@ -7,7 +7,10 @@ Prints, for the default model and 2 threads:
   B. aggregate decode tokens/s of 8 concurrent streams vs 1 stream (target >= 3x), and the same
      load against llama.cpp's `llama-server -np 8` when its binary is given or found (target >= 1.5x);
   C. time to first token of a request arriving while 7 others stream vs on an idle server
-     (target <= 2x).
+     (target <= 2x);
+  and pyllama's engine time per forward pass (round) during the best 1- and 8-stream runs,
+  split as /metrics reports it: the slots' Python steps, the forward pass, the flush to the
+  event loop, and the wall time per round.
 Tokens are counted from each response's usage; generation ignores EOS (min_p 0, a fixed
 long prompt) only as far as the model allows, so counts come from the responses, not assumed.
 """
