@@ -265,6 +265,16 @@ def test_metrics_engine_time_split(server, client, model_id):
     assert 0 < after["forward"] - before["forward"] <= spent <= took
 
 
+def test_slot_model_refuses_eval_outside_its_task(server, client, model_id):
+    """A slot's fork evaluates only inside its request's greenlet (the engine batches it); a
+    call from anywhere else fails clearly instead of waiting on a pass that never comes."""
+    slot = server.app.state.pyllama.engine.slots[-1]
+    with pytest.raises(RuntimeError, match="inside its request's task"):
+        slot.llm.eval([1])
+    # and the server still answers
+    assert client.completions.create(model=model_id, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+
+
 # ------------------------------------------------------------------------------ concurrency
 
 def test_16_concurrent_streams_equal_alone(client, model_id, alone):

@@ -90,11 +90,13 @@ class Slot:
         self.parked: Optional[list] = None  # tokens the slot waits to have evaluated
         self.eval_error: Optional[BaseException] = None
         self._engine: Optional[greenlet.greenlet] = None  # the engine thread's own greenlet
-        self._task: Optional[greenlet.greenlet] = None  # the running task, while it is parked
+        self._task: Optional[greenlet.greenlet] = None  # the task running or parked, until it ends
         llm._batch_hook = self._park
 
     def _park(self, llm, tokens) -> None:
         """eval() on this slot's fork (inside its task): wait for the engine's batched pass."""
+        if self._task is None or greenlet.getcurrent() is not self._task:
+            raise RuntimeError("a server slot's model evaluates inside its request's task only")
         self.parked = list(tokens)
         self.eval_error = None
         self._engine.switch()
