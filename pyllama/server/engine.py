@@ -306,6 +306,7 @@ class Engine:
         if not parked:
             phases["steps"] += t1 - t0
             phases["flush"] += t2 - t1
+            self._count_decoded()
             return
         self._eval_parked(parked)
         # the slots then sample one after another, between Python work: a sampler that opens
@@ -320,6 +321,10 @@ class Engine:
         phases["flush"] += t2 - t1
         phases["forward"] += t3 - t2
         self.rounds += 1
+        self._count_decoded()
+
+    def _count_decoded(self) -> None:
+        """Add the round's decoded tokens to the counters behind /metrics (one lock a round)."""
         if self._decoded > 0:
             with self.cond:
                 self.tokens_generated += self._decoded
