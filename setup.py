@@ -32,7 +32,9 @@ setup(
                    # uvicorn's compiled HTTP parser and event loop (what uvicorn[standard] adds), which
                    # it picks up by itself: per streamed token, a third less event-loop CPU than h11
                    # and asyncio's loop, on cores the forward pass needs
-                   "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'"],
+                   "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'",
+                   # the slots' generators as coroutines on the engine thread (server/engine.py)
+                   "greenlet>=3.0"],
         # its tests: the official OpenAI client, schema fuzzing, a headless-browser test of the page
         "server-test": ["openai>=1.0", "httpx>=0.24", "schemathesis>=4.0", "playwright>=1.40"],
     },

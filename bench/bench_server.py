@@ -7,16 +7,20 @@ Prints, for the default model and 2 threads:
   B. aggregate decode tokens/s of 8 concurrent streams vs 1 stream (target >= 3x), and the same
      load against llama.cpp's `llama-server -np 8` when its binary is given or found (target >= 1.5x);
   C. time to first token of a request arriving while 7 others stream vs on an idle server
-     (target <= 2x).
+     (target <= 2x);
+  and pyllama's engine time per forward pass (round) during the best 1- and 8-stream runs,
+  split as /metrics reports it: the slots' Python steps, the forward pass, the flush to the
+  event loop, and the wall time per round.
 Tokens are counted from each response's usage; generation ignores EOS (min_p 0, a fixed
 long prompt) only as far as the model allows, so counts come from the responses, not assumed.
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
+import re
+import selectors
 import socket
 import subprocess
 import sys
@@ -64,51 +68,129 @@ def _events(raw: bytes) -> list[dict]:
     return out
 
 
-def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
-    """One streamed completion: time to first token, decode time, tokens.
+def _dechunk(raw: bytes) -> bytes:
+    """The body of an HTTP/1.1 response with chunked transfer encoding (headers removed)."""
+    out, i = [], 0
+    while True:
+        j = raw.find(b"\r\n", i)
+        if j < 0:
+            return b"".join(out)
+        size = int(raw[i:j].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(raw[j + 2:j + 2 + size])
+        i = j + 2 + size + 2
 
-    The client shares the cores with the server, so it stays cheap: it reads raw bytes,
-    parses events only until the first token, and the rest once at the end."""
-    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "cache_prompt": False}
-    t0 = time.perf_counter()
-    first = None
-    usage = None
-    pieces: list[bytes] = []
+
+_FIRST_TEXT = re.compile(rb'"(?:text|content)": ?"[^"]')  # an event carrying generated text
+
+
+def stream_many(url: str, n_streams: int, n: int, prompt: str = PROMPT) -> list[dict]:
+    """n_streams streamed completions at once, read by this one thread: for each, time to
+    first token, decode time, tokens.
+
+    The client shares the cores with the server, so it stays cheap: one thread waits on all
+    the sockets and takes whatever each has when it wakes (one wake-up for a round's
+    burst of chunks, where a thread per stream woke eight threads to fight over the GIL),
+    raw HTTP/1.1 bytes kept as they come and parsed once at the end."""
     host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=600)  # lighter per chunk than httpx
+    body = json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}, "cache_prompt": False}).encode()
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    sel = selectors.DefaultSelector()
+    streams = []
+    t0 = time.perf_counter()
+    for _ in range(n_streams):
+        sock = socket.create_connection((host, int(port)), timeout=600)
+        sock.sendall(request)
+        sock.setblocking(False)
+        st = {"sock": sock, "pieces": [], "first": None, "end": None}
+        streams.append(st)
+        sel.register(sock, selectors.EVENT_READ, st)
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(body),
-                     headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {r.read()[:500]!r}")
-        while True:
-            piece = r.read1(1 << 16)
-            if not piece:
-                break
-            pieces.append(piece)
-            if first is None and any(c.get("choices") and c["choices"][0].get("text")
-                                     for c in _events(b"".join(pieces))):
-                first = time.perf_counter()
+        left = n_streams
+        while left:
+            for key, _ in sel.select(timeout=600):
+                st = key.data
+                try:
+                    piece = st["sock"].recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                if piece:
+                    st["pieces"].append(piece)
+                    if st["first"] is None and _FIRST_TEXT.search(piece):
+                        st["first"] = time.perf_counter()
+                else:
+                    st["end"] = time.perf_counter()
+                    sel.unregister(st["sock"])
+                    left -= 1
     finally:
-        conn.close()
-    end = time.perf_counter()
-    for chunk in _events(b"".join(pieces))[-3:]:
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        if "timings" in chunk:  # llama-server's own final chunk
-            usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
-    tokens = (usage or {}).get("completion_tokens") or 0
-    return {"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
-            "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0}
+        for st in streams:
+            st["sock"].close()
+        sel.close()
+    out = []
+    for st in streams:
+        raw = b"".join(st["pieces"])
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1:2]
+        if status != [b"200"]:
+            raise RuntimeError(f"HTTP {status}: {raw[:500]!r}")
+        data = _dechunk(rest) if b"chunked" in head.lower() else rest
+        usage = None
+        for chunk in _events(data)[-3:]:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if "timings" in chunk:  # llama-server's own final chunk
+                usage = usage or {"completion_tokens": chunk["timings"].get("predicted_n")}
+        tokens = (usage or {}).get("completion_tokens") or 0
+        first, end = st["first"], st["end"]
+        out.append({"ttft": (first or end) - t0, "total": end - t0, "tokens": tokens,
+                    "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else 0.0})
+    return out
+
+
+def stream_completion(url: str, n: int, prompt: str = PROMPT) -> dict:
+    """One streamed completion (stream_many's figures)."""
+    return stream_many(url, 1, n, prompt)[0]
 
 
 def aggregate(url: str, n_streams: int, n: int) -> float:
+    """Tokens per second of n_streams concurrent streams, first request to last byte."""
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(n_streams) as pool:
-        results = list(pool.map(lambda _: stream_completion(url, n), range(n_streams)))
+    results = stream_many(url, n_streams, n)
     return sum(r["tokens"] for r in results) / (time.perf_counter() - t0)
+
+
+def engine_phases(url: str) -> dict | None:
+    """The pyllama engine's time split from /metrics (None for other servers)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=5).text
+    except httpx.TransportError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pyllama_engine_seconds_total{"):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("pyllama_engine_rounds_total "):
+            out["rounds"] = float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+def aggregate_with_split(url: str, n_streams: int, n: int) -> tuple[float, dict | None]:
+    """aggregate(), and the engine's milliseconds per round by phase during it (pyllama only)."""
+    before = engine_phases(url)
+    t0 = time.perf_counter()
+    tps = aggregate(url, n_streams, n)
+    wall = time.perf_counter() - t0
+    after = engine_phases(url)
+    if not before or not after or after["rounds"] == before["rounds"]:
+        return tps, None
+    rounds = after["rounds"] - before["rounds"]
+    split = {k: round(1e3 * (after[k] - before[k]) / rounds, 3) for k in after if k != "rounds"}
+    split["wall"] = round(1e3 * wall / rounds, 3)  # includes the requests' start and prefill
+    split["rounds"] = int(rounds)
+    return tps, split
 
 
 def ttft_under_load(url: str, n: int) -> float:
@@ -129,11 +211,13 @@ def measure_server(name: str, url: str, n: int, rounds: int = 3) -> dict:
     # machine's other work, and both sides of each ratio are measured the same way
     one = max((stream_completion(url, n) for _ in range(rounds)), key=lambda r: r["decode_tps"])
     idle_ttft = min(stream_completion(url, 8, prompt=PROMPT + " The end.")["ttft"] for _ in range(3))
-    agg1 = max(aggregate(url, 1, n) for _ in range(rounds))
-    agg8 = max(aggregate(url, 8, n) for _ in range(rounds))
+    agg1, split1 = max((aggregate_with_split(url, 1, n) for _ in range(rounds)), key=lambda r: r[0])
+    agg8, split8 = max((aggregate_with_split(url, 8, n) for _ in range(rounds)), key=lambda r: r[0])
     loaded_ttft = ttft_under_load(url, n)
     out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
            "ttft_idle_s": idle_ttft, "ttft_under_7_s": loaded_ttft}
+    if split8:  # ms per engine round (forward pass) of the best run
+        out["engine_ms_per_round_1"], out["engine_ms_per_round_8"] = split1, split8
     print(json.dumps(out), file=sys.stderr)
     return out
 
@@ -211,6 +295,10 @@ def main() -> None:
     print(f"| time to first token, idle (s) | {fmt(ours, 'ttft_idle_s')} | {fmt(theirs, 'ttft_idle_s')} | |")
     print(f"| time to first token, 7 streaming (s) | {fmt(ours, 'ttft_under_7_s')} | {fmt(theirs, 'ttft_under_7_s')} "
           f"| <= 2x idle: {ours['ttft_under_7_s'] / ours['ttft_idle_s']:.2f}x |")
+    for k in ("1", "8"):
+        split = ours.get("engine_ms_per_round_" + k)
+        if split:
+            print(f"\npyllama engine, {k} stream(s), ms per round: " + ", ".join(f"{p} {v}" for p, v in split.items()))
 
 
 if __name__ == "__main__":

@@ -238,6 +238,43 @@ def test_metrics(server, client, model_id):
     assert line and int(line[0].split()[-1]) >= 1
 
 
+def _engine_metrics(server) -> dict:
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    out = {}
+    for ln in text.splitlines():
+        if ln.startswith("pyllama_engine_seconds_total{"):
+            out[ln.split('"')[1]] = float(ln.split()[-1])
+        elif ln.startswith("pyllama_engine_rounds_total "):
+            out["rounds"] = int(ln.split()[-1])
+    return out
+
+
+def test_metrics_engine_time_split(server, client, model_id):
+    """The engine's time by phase: every generated token but the last needed a forward pass
+    of its own (one request alone on the server), and the phases add up to no more than the
+    time the request took."""
+    before = _engine_metrics(server)
+    assert set(before) == {"steps", "forward", "flush", "rounds"}
+    t0 = time.perf_counter()
+    usage = client.completions.create(model=model_id, prompt="Count: 1, 2, 3,", max_tokens=12, temperature=0,
+                                      extra_body=FRESH).usage
+    took = time.perf_counter() - t0
+    after = _engine_metrics(server)
+    assert after["rounds"] - before["rounds"] >= usage.completion_tokens  # the prompt's pass, then one per token
+    spent = sum(after[k] - before[k] for k in ("steps", "forward", "flush"))
+    assert 0 < after["forward"] - before["forward"] <= spent <= took
+
+
+def test_slot_model_refuses_eval_outside_its_task(server, client, model_id):
+    """A slot's fork evaluates only inside its request's greenlet (the engine batches it); a
+    call from anywhere else fails clearly instead of waiting on a pass that never comes."""
+    slot = server.app.state.pyllama.engine.slots[-1]
+    with pytest.raises(RuntimeError, match="inside its request's task"):
+        slot.llm.eval([1])
+    # and the server still answers
+    assert client.completions.create(model=model_id, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+
+
 # ------------------------------------------------------------------------------ concurrency
 
 def test_16_concurrent_streams_equal_alone(client, model_id, alone):

@@ -64,6 +64,24 @@ def api_error_from(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
+class StreamResponse(EventSourceResponse):
+    """sse-starlette's response without a cancel scope per event when no send timeout is set.
+
+    Its send wraps every event in ``anyio.move_on_after(send_timeout)``, a cancel scope
+    entered and left for each token of each stream even when the timeout is None (the
+    default), on the event loop that shares the cores with the forward pass. Versions
+    without the ``_send_interrupted`` flag this keeps up to date get the base class's send."""
+
+    async def _send_with_timeout(self, send, message) -> None:
+        if self.send_timeout is not None or not hasattr(self, "_send_interrupted"):
+            return await super()._send_with_timeout(send, message)
+        try:
+            await send(message)
+        except BaseException:
+            self._send_interrupted = True  # as the base class does: no closing send after a failed one
+            raise
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over ``limit`` bytes get 413 (by Content-Length or as read)."""
 
@@ -385,7 +403,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if first[0] == "error":
             raise api_error_from(first[1])
         if stream:
-            return EventSourceResponse(_sse(job, engine, include_usage), ping=15)
+            return StreamResponse(_sse(job, engine, include_usage), ping=15)
         return await _collect(job, request, engine, kind)
 
     async def _sse(job: Job, engine: Engine, include_usage: bool):
@@ -498,6 +516,15 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         ]
         for name, kind, help_, value in values:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        if eng is not None:
+            name = "pyllama_engine_seconds_total"
+            lines += [f"# HELP {name} the engine thread's time: steps (the slots' Python work between passes), "
+                      "forward (batched forward passes), flush (handing chunks to the event loop)",
+                      f"# TYPE {name} counter"]
+            for phase, seconds in eng.phase_seconds.items():
+                lines.append(f'{name}{{phase="{phase}"}} {seconds:.6f}')
+            lines += ["# HELP pyllama_engine_rounds_total forward passes the engine ran",
+                      "# TYPE pyllama_engine_rounds_total counter", f"pyllama_engine_rounds_total {eng.rounds}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")

@@ -3,10 +3,10 @@
 Each slot is a :meth:`pyllama.Llama.fork` of the loaded model: the same weights, a
 KV cache of its own, so a conversation that comes back finds its earlier turns
 still cached. A slot's request runs as the usual generator (create_completion's
-stream: sampling, grammars, stop strings unchanged) on a worker thread of the slot,
-but only one such thread runs at a time, handed control by the engine thread like a
-coroutine: when the stream calls ``eval()`` the slot parks its tokens with the
-engine (Llama._batch_hook) and stops. Once every busy slot has parked (or ended its
+stream: sampling, grammars, stop strings unchanged) in a greenlet of the slot on the
+engine thread, handed control by the engine like a coroutine: when the stream calls
+``eval()`` the slot parks its tokens with the engine (Llama._batch_hook) and switches
+back. Once every busy slot has parked (or ended its
 step), the engine evaluates all parked tokens in ONE forward pass
 (:func:`pyllama.batch.eval_batch`: each weight read once for every slot) and hands
 each slot its logits. A new request's prompt is prefilled in chunks (app.py's
@@ -27,6 +27,8 @@ import collections
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
+
+import greenlet
 
 END = object()  # the last item a job delivers
 
@@ -71,66 +73,59 @@ def _put_all(batch: list) -> None:
 
 
 class Slot:
-    """A fork and the worker thread its request's generator runs on (one worker runs at a time)."""
+    """A fork and the greenlet its request's generator runs in (one slot runs at a time).
+
+    The generator is suspended inside eval(), deep in create_completion's call chain,
+    so the slot needs a stack of its own. A greenlet is one: switching to it and back is
+    a few microseconds on the engine thread, where a worker thread per slot cost two
+    wake-ups of another thread (futex, GIL, often another core) per switch, four
+    switches per slot per token.
+    """
 
     def __init__(self, index: int, llm):
         self.index = index
         self.llm = llm
         self.key = ""  # the text the slot's cache holds: prompt key plus generated text
         self.job: Optional[Job] = None
-        # hand-over between the engine thread and the worker: exactly one of them runs. Each
-        # is a held lock the other side releases (a binary semaphore: the hand-over strictly
-        # alternates); threading.Semaphore is Python code around a Condition, several times
-        # the cost per hand-over, and there are two hand-overs per slot per token.
-        self.to_worker = threading.Lock()
-        self.to_engine = threading.Lock()
-        self.to_worker.acquire()
-        self.to_engine.acquire()
-        self.task: Optional[Callable[[], None]] = None  # what the worker runs when resumed
-        self.parked: Optional[list] = None  # tokens the worker waits to have evaluated
+        self.parked: Optional[list] = None  # tokens the slot waits to have evaluated
         self.eval_error: Optional[BaseException] = None
-        self.quit = False
-        self.thread = threading.Thread(target=self._work, name=f"pyllama-slot-{index}", daemon=True)
-        self.thread.start()
+        self._engine: Optional[greenlet.greenlet] = None  # the engine thread's own greenlet
+        self._task: Optional[greenlet.greenlet] = None  # the task running or parked, until it ends
         llm._batch_hook = self._park
 
-    def _work(self) -> None:
-        while True:
-            self.to_worker.acquire()
-            if self.quit:
-                return
-            task, self.task = self.task, None
-            try:
-                task()
-            finally:
-                self.to_engine.release()
-
     def _park(self, llm, tokens) -> None:
-        """eval() on this slot's fork (worker thread): wait for the engine's batched pass."""
+        """eval() on this slot's fork (inside its task): wait for the engine's batched pass."""
+        if self._task is None or greenlet.getcurrent() is not self._task:
+            raise RuntimeError("a server slot's model evaluates inside its request's task only")
         self.parked = list(tokens)
         self.eval_error = None
-        self.to_engine.release()
-        self.to_worker.acquire()
+        self._engine.switch()
         if self.eval_error is not None:
             err, self.eval_error = self.eval_error, None
             raise err
 
     def run(self, task: Callable[[], None]) -> None:
-        """Engine thread: run task on the worker until it ends or parks in eval()."""
-        self.task = task
-        self.to_worker.release()
-        self.to_engine.acquire()
+        """Engine thread: run task until it ends or parks in eval()."""
+        self._engine = greenlet.getcurrent()
+        g = greenlet.greenlet(task)  # a child of the engine's greenlet: an ended task switches back
+        self._task = g
+        g.switch()
+        if g.dead:
+            self._task = None
 
     def resume(self) -> None:
-        """Engine thread: let a parked worker go on until it ends its task or parks again."""
+        """Engine thread: let a parked task go on until it ends or parks again."""
         self.parked = None
-        self.to_worker.release()
-        self.to_engine.acquire()
+        g = self._task
+        g.switch()
+        if g.dead:
+            self._task = None
 
     def close(self) -> None:
-        self.quit = True
-        self.to_worker.release()
-        self.thread.join(timeout=5)
+        """Engine thread: end a task still parked (its generators' finally blocks run)."""
+        g, self._task = self._task, None
+        if g is not None and not g.dead:
+            g.throw(greenlet.GreenletExit)
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -178,6 +173,7 @@ class Engine:
         from .._core import lib
 
         self.llm = llm
+        self._lib = lib
         # one kernel per token whatever the batch: a slot's answer must not depend on what
         # else shares its forward passes (issue 16); process-wide while an engine runs
         # (prompts evaluate slower), restored when the last engine stops
@@ -194,6 +190,12 @@ class Engine:
         self.decode_times: collections.deque = collections.deque()  # (time, tokens) of recent steps
         self.tokens_generated = 0
         self.tokens_prompt = 0
+        # the engine thread's time by phase (seconds): "steps", the slots' Python work between
+        # passes (sampling, detokenizing, chunks, hand-overs); "forward", the batched passes;
+        # "flush", handing the round's chunks to the event loop. /metrics shows them.
+        self.phase_seconds = {"steps": 0.0, "forward": 0.0, "flush": 0.0}
+        self.rounds = 0  # rounds that ran a forward pass
+        self._decoded = 0  # tokens the slots decoded this round, counted once per round
         self.thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
         self.thread.start()
 
@@ -289,18 +291,45 @@ class Engine:
 
     def _round(self) -> None:
         """Bring every busy slot to its next eval() (or the end of its steps), then one forward pass for all."""
+        now = time.perf_counter
+        t0 = now()
         for slot in self.slots:
             for _ in range(self.MAX_IDLE_STEPS):
                 if slot.job is None or slot.parked is not None:
                     break
                 slot.run(lambda slot=slot: self._step(slot))
+        t1 = now()
         self._flush()
+        t2 = now()
         parked = [s for s in self.slots if s.parked is not None]
+        phases = self.phase_seconds
         if not parked:
+            phases["steps"] += t1 - t0
+            phases["flush"] += t2 - t1
+            self._count_decoded()
             return
         self._eval_parked(parked)
+        # the slots then sample one after another, between Python work: a sampler that opens
+        # an OpenMP team for each draw waits each time for the pass's other thread to wake,
+        # which on shared cores costs far more than the draw itself
+        self._lib.pl_set_sample_threads(1)
+        t3 = now()
         for slot in parked:
             slot.resume()
+        t4 = now()
+        phases["steps"] += t1 - t0 + t4 - t3
+        phases["flush"] += t2 - t1
+        phases["forward"] += t3 - t2
+        self.rounds += 1
+        self._count_decoded()
+
+    def _count_decoded(self) -> None:
+        """Add the round's decoded tokens to the counters behind /metrics (one lock a round)."""
+        if self._decoded > 0:
+            with self.cond:
+                self.tokens_generated += self._decoded
+                self.decode_times.append((time.monotonic(), self._decoded))
+            self._decoded = 0
 
     def _flush(self) -> None:
         """Send every job's pending items to its event loop: one call per loop."""
@@ -327,6 +356,9 @@ class Engine:
         from ..batch import eval_batch
 
         try:
+            if len(parked) == 1 and len(parked[0].parked) == 1:
+                self._eval_alone(parked[0])
+                return
             eval_batch([(s.llm, s.parked) for s in parked])
             return
         except Exception:
@@ -336,6 +368,19 @@ class Engine:
                 eval_batch([(s.llm, s.parked)])
             except Exception as e:
                 s.eval_error = e
+
+    @staticmethod
+    def _eval_alone(slot: Slot) -> None:
+        """One slot's one token through its fork's own eval(): the single-token path, without
+        a batch's assembly. In batch-invariant mode it computes what eval_batch would."""
+        llm = slot.llm
+        llm._batch_hook = None  # the slot's call lock is this thread's (its greenlet's): eval may enter
+        try:
+            llm.eval(slot.parked)
+        except Exception as e:
+            slot.eval_error = e
+        finally:
+            llm._batch_hook = slot._park
 
     @staticmethod
     def _run_call(fn, fut, loop) -> None:
@@ -382,11 +427,7 @@ class Engine:
                         self.tokens_prompt += usage.get("prompt_tokens", 0)
                 self._finish(slot, ("end", usage))
                 return
-            decoded = llm._timings().get("gen_tokens", 0) - before
-            if decoded > 0:
-                with self.cond:
-                    self.tokens_generated += decoded
-                    self.decode_times.append((time.monotonic(), decoded))
+            self._decoded += llm._timings().get("gen_tokens", 0) - before
             job.text.append(_chunk_text(chunk))
             job.deliver("chunk", chunk)
         except Exception as e:  # the request's own error (bad arguments, context overflow)
