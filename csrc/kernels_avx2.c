@@ -305,23 +305,40 @@ AVX2_INLINE void pair_sums_by_row(const __m256i s[8], __m256i v[2]) {
     v[1] = _mm256_permute2x128_si256(q0, q1, 0x31);
 }
 
-/* one fp16 pair per row lane (first value in the low half) -> each value of the pair as 8 floats */
-AVX2_INLINE void halves_by_row(__m256i dw, __m256 *first, __m256 *second) {
-    const __m256i lo = _mm256_and_si256(dw, _mm256_set1_epi32(0xffff)), hi = _mm256_srli_epi32(dw, 16);
-    const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
-    *first = _mm256_cvtph_ps(_mm256_castsi256_si128(p));
-    *second = _mm256_cvtph_ps(_mm256_extracti128_si256(p, 1));
+/* the fp16 pair at offset off of each of 8 rows -> its first and second values as floats, lane = row */
+AVX2_INLINE void pair_by_row(const uint8_t *const wr[8], size_t off, __m256 *first, __m256 *second) {
+    __m128i x[8], t[4];
+    for (int i = 0; i < 8; i++) {
+        int32_t v;
+        memcpy(&v, wr[i] + off, 4);
+        x[i] = _mm_cvtsi32_si128(v);
+    }
+    for (int k = 0; k < 4; k++) t[k] = _mm_unpacklo_epi16(x[2 * k], x[2 * k + 1]);
+    const __m128i u0 = _mm_unpacklo_epi32(t[0], t[1]), u1 = _mm_unpacklo_epi32(t[2], t[3]);
+    *first = _mm256_cvtph_ps(_mm_unpacklo_epi64(u0, u1));
+    *second = _mm256_cvtph_ps(_mm_unpackhi_epi64(u0, u1));
 }
 
-/* the 4 bytes at offset off of each of 8 rows, lane = row */
-AVX2_INLINE __m256i dwords_at(const uint8_t *const wr[8], size_t off) {
-    int32_t v[8];
-    for (int i = 0; i < 8; i++) memcpy(&v[i], wr[i] + off, 4);
-    return _mm256_setr_epi32(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+/* 8 fp16 values from each of 8 rows (16 bytes at offset off) -> f[8 j + i]: value j of row i, as floats:
+ * a repacked row keeps its scales together, so 8 blocks' scales of 8 rows are one transpose */
+AVX2_INLINE void halves8_by_row(const uint8_t *const wr[8], size_t off, float f[64]) {
+    __m128i x[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) x[i] = _mm_loadu_si128((const __m128i *)(wr[i] + off));
+    for (int i = 0; i < 8; i += 2) { /* rows i, i+1 interleaved: values 0-3, then 4-7 */
+        t[i] = _mm_unpacklo_epi16(x[i], x[i + 1]);
+        t[i + 1] = _mm_unpackhi_epi16(x[i], x[i + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) { /* rows h..h+3: values 0-1, 2-3, 4-5, 6-7 */
+        u[h] = _mm_unpacklo_epi32(t[h], t[h + 2]);
+        u[h + 1] = _mm_unpackhi_epi32(t[h], t[h + 2]);
+        u[h + 2] = _mm_unpacklo_epi32(t[h + 1], t[h + 3]);
+        u[h + 3] = _mm_unpackhi_epi32(t[h + 1], t[h + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps(f + 16 * j, _mm256_cvtph_ps(_mm_unpacklo_epi64(u[j], u[4 + j])));
+        _mm256_storeu_ps(f + 16 * j + 8, _mm256_cvtph_ps(_mm_unpackhi_epi64(u[j], u[4 + j])));
+    }
 }
-
-/* low halves of a, high halves of b: a pair of fp16 values from two blocks' dwords */
-AVX2_INLINE __m256i pair_halves(__m256i a, __m256i b) { return _mm256_blend_epi16(a, _mm256_slli_epi32(b, 16), 0xaa); }
 
 /* The panel's rows r..r+nr-1 (missing lanes: the last row again) and where its prefetch goes. */
 AVX2_INLINE void panel_rows(const void *w, size_t rb, int r, int nr, const uint8_t *wr[8]) {
@@ -356,23 +373,6 @@ AVX2_INLINE __m256i q4_pair_nibbles(int type, const uint8_t *row, int nb, int b,
                                    _mm_loadu_si128((const __m128i *)q4_block_at(type, row, b + 1, nb).qs), 1);
 }
 
-/* the 8 rows' scales (and Q4_1's minimums) of blocks b and b+1 as fp16 pairs, lane = row. A dword
- * read at a row's last block takes two bytes past it: its minimums or nibbles (repacked), or its
- * own nibbles (file layout), never past the row. */
-AVX2_INLINE void q4_pair_scales(int type, const uint8_t *const wr[8], int nb, int b, int two, __m256i *d,
-                                __m256i *m) {
-    const q4_block k0 = q4_block_at(type, wr[0], b, nb), k1 = q4_block_at(type, wr[0], b + two, nb);
-    const size_t d0 = (size_t)((const uint8_t *)k0.d - wr[0]), d1 = (size_t)((const uint8_t *)k1.d - wr[0]);
-    if (q4_repacked(type)) { /* a row's scales sit together, and its minimums */
-        *d = dwords_at(wr, d0);
-        if (k0.m) *m = dwords_at(wr, (size_t)((const uint8_t *)k0.m - wr[0]));
-        return;
-    }
-    const __m256i x0 = dwords_at(wr, d0), x1 = dwords_at(wr, d1); /* Q4_1: d, m of one block */
-    *d = pair_halves(x0, x1);
-    if (k0.m) *m = _mm256_blend_epi16(_mm256_srli_epi32(x0, 16), x1, 0xaa);
-}
-
 AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r, int r1, int n) {
     const int nb = n / QK, q41 = q4_base(type) == PL_TYPE_Q4_1;
     const int nr = r1 - r < 8 ? r1 - r : 8;
@@ -382,11 +382,13 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
     else
         prefetch_ahead(wr[0], (size_t)nr * rb, ROW(w, rb, r1));
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0); /* the file layout's block */
+    float dsc[64], msc[64]; /* repacked: 8 blocks' scales (minimums) of the 8 rows, from halves8_by_row */
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
         const q4act p = q4act_pair(a, b, two);
-        __m256i s[8], v[2], dh, mh = _mm256_setzero_si256();
+        __m256i s[8], v[2];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const __m256i x = q4_pair_nibbles(type, wr[i], nb, b, two);
@@ -396,10 +398,21 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
             s[i] = _mm256_madd_epi16(s16, ones);
         }
         pair_sums_by_row(s, v);
-        q4_pair_scales(type, wr, nb, b, two, &dh, &mh);
-        __m256 d[2], mn[2];
-        halves_by_row(dh, &d[0], &d[1]);
-        if (q41) halves_by_row(mh, &mn[0], &mn[1]);
+        __m256 d[2], mn[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        if (q4_repacked(type)) { /* 16 bytes from block b's scale on stay inside the row (quants.h) */
+            if (b % 8 == 0) {
+                halves8_by_row(wr, 2 * (size_t)b, dsc);
+                if (q41) halves8_by_row(wr, 2 * ((size_t)nb + b), msc);
+            }
+            for (int j = 0; j < 2; j++) {
+                d[j] = _mm256_loadu_ps(dsc + 8 * (b % 8 + j));
+                if (q41) mn[j] = _mm256_loadu_ps(msc + 8 * (b % 8 + j));
+            }
+        } else { /* Q4_1: d and m side by side; Q4_0: d and the first nibbles */
+            pair_by_row(wr, bb * b, &d[0], &mn[0]);
+            d[1] = d[0];
+            if (two) pair_by_row(wr, bb * (b + 1), &d[1], &mn[1]);
+        }
         for (int j = 0; j <= two; j++) {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[j]), _mm256_mul_ps(d[j], _mm256_broadcast_ss(&a[b + j].d)), acc);
             if (q41) acc = _mm256_fmadd_ps(mn[j], _mm256_broadcast_ss(&a[b + j].s), acc);
@@ -417,26 +430,19 @@ AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y,
     prefetch_ahead(wr[0], (size_t)nr * rb, ROW(w, rb, r1));
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        __m256i sum[2];
-        for (int j = 0; j <= two; j++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)a[b + j].qs);
-            __m256i s[8], v[2];
+    for (int b = 0; b < nb; b++) {
+        const __m256i av = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256i s[8], v[2];
 #pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wr[i] + b + j)->qs);
-                s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(av, x)), ones);
-            }
-            pair_sums_by_row(s, v);
-            sum[j] = _mm256_add_epi32(v[0], v[1]);
+        for (int i = 0; i < 8; i++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wr[i] + b)->qs);
+            s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(av, x)), ones);
         }
-        const __m256i x0 = dwords_at(wr, sizeof(block_q8_0) * (size_t)b);
-        const __m256i x1 = two ? dwords_at(wr, sizeof(block_q8_0) * (size_t)(b + 1)) : x0;
-        __m256 d[2];
-        halves_by_row(pair_halves(x0, x1), &d[0], &d[1]);
-        for (int j = 0; j <= two; j++)
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[j]), _mm256_mul_ps(d[j], _mm256_broadcast_ss(&a[b + j].d)), acc);
+        pair_sums_by_row(s, v);
+        __m256 d, unused; /* d and the first two weights */
+        pair_by_row(wr, sizeof(block_q8_0) * (size_t)b, &d, &unused);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v[0], v[1])),
+                              _mm256_mul_ps(d, _mm256_broadcast_ss(&a[b].d)), acc);
     }
     _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
