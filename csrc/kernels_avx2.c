@@ -298,11 +298,15 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
 /* s[i] (row i): block A's partial sums in lanes 0-3, block B's in lanes 4-7 -> v[0] (A), v[1] (B): lane i
  * holds row i's sum */
 AVX2_INLINE void pair_sums_by_row(const __m256i s[8], __m256i v[2]) {
-    const __m256i h01 = _mm256_hadd_epi32(s[0], s[1]), h23 = _mm256_hadd_epi32(s[2], s[3]);
-    const __m256i h45 = _mm256_hadd_epi32(s[4], s[5]), h67 = _mm256_hadd_epi32(s[6], s[7]);
-    const __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67); /* rows 0-3, rows 4-7 */
-    v[0] = _mm256_permute2x128_si256(q0, q1, 0x20);
-    v[1] = _mm256_permute2x128_si256(q0, q1, 0x31);
+    __m256i t[4], u[2];
+    for (int k = 0; k < 4; k++) /* rows 2k, 2k+1 interleaved, each the sum of two of its partials */
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm256_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 2; j++) /* rows 4j..4j+3: block A's sums in the low 128-bit lane, B's in the high */
+        u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm256_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    v[0] = _mm256_permute2x128_si256(u[0], u[1], 0x20);
+    v[1] = _mm256_permute2x128_si256(u[0], u[1], 0x31);
 }
 
 /* the fp16 pair at offset off of each of 8 rows -> its first and second values as floats, lane = row */
@@ -339,6 +343,10 @@ AVX2_INLINE void halves8_by_row(const uint8_t *const wr[8], size_t off, float f[
         _mm256_storeu_ps(f + 16 * j + 8, _mm256_cvtph_ps(_mm_unpackhi_epi64(u[j], u[4 + j])));
     }
 }
+
+/* rows: the panel this far on is asked for, a line at a time as this one reads its own (a burst of a whole
+ * panel's lines at its start crowds out the loads that need them now) */
+#define PANEL_AHEAD 16
 
 /* The panel's rows r..r+nr-1 (missing lanes: the last row again) and where its prefetch goes. */
 AVX2_INLINE void panel_rows(const void *w, size_t rb, int r, int nr, const uint8_t *wr[8]) {
@@ -378,9 +386,7 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
     const int nr = r1 - r < 8 ? r1 - r : 8;
     const uint8_t *wr[8];
     panel_rows(w, rb, r, nr, wr);
-    if (q4_repacked(type)) prefetch_ahead_past_end(wr[0], (size_t)nr * rb);
-    else
-        prefetch_ahead(wr[0], (size_t)nr * rb, ROW(w, rb, r1));
+    const size_t ahead = PANEL_AHEAD * rb;
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0); /* the file layout's block */
     float dsc[64], msc[64]; /* repacked: 8 blocks' scales (minimums) of the 8 rows, from halves8_by_row */
@@ -392,6 +398,7 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const __m256i x = q4_pair_nibbles(type, wr[i], nb, b, two);
+            _mm_prefetch((const char *)q4_block_at(type, wr[i], b, nb).qs + ahead, _MM_HINT_T0);
             const __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
             __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, p.lo), _mm256_maddubs_epi16(wh, p.hi));
             if (!q41) s16 = _mm256_sub_epi16(s16, p.c);
@@ -403,6 +410,10 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
             if (b % 8 == 0) {
                 halves8_by_row(wr, 2 * (size_t)b, dsc);
                 if (q41) halves8_by_row(wr, 2 * ((size_t)nb + b), msc);
+                for (int i = 0; i < 8; i++) {
+                    _mm_prefetch((const char *)wr[i] + 2 * (size_t)b + ahead, _MM_HINT_T0);
+                    if (q41) _mm_prefetch((const char *)wr[i] + 2 * ((size_t)nb + b) + ahead, _MM_HINT_T0);
+                }
             }
             for (int j = 0; j < 2; j++) {
                 d[j] = _mm256_loadu_ps(dsc + 8 * (b % 8 + j));
@@ -427,7 +438,6 @@ AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y,
     const int nr = r1 - r < 8 ? r1 - r : 8;
     const uint8_t *wr[8];
     panel_rows(w, rb, r, nr, wr);
-    prefetch_ahead(wr[0], (size_t)nr * rb, ROW(w, rb, r1));
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -436,6 +446,7 @@ AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y,
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wr[i] + b)->qs);
+            _mm_prefetch((const char *)((const block_q8_0 *)wr[i] + b) + PANEL_AHEAD * rb, _MM_HINT_T0);
             s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(av, x)), ones);
         }
         pair_sums_by_row(s, v);
