@@ -320,12 +320,6 @@ AVX512_INLINE void q5quad_prep(int Z, const block_q8x *a, int nb, q5quad *p) {
     }
 }
 
-/* the lanes of 4 blocks' scales, block b in lanes 4b..4b+3 */
-AVX512_INLINE __m512 quad_lanes(__m128 d4) {
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                                 _mm512_castps128_ps512(d4));
-}
-
 /* the IQ4 table + 128 in every 128-bit lane */
 AVX512_INLINE __m512i iq4_table512(void) { return _mm512_broadcast_i32x4(_mm256_castsi256_si128(kq_iq4_table())); }
 
@@ -364,53 +358,6 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
     const uint64_t mhi = (uint64_t)(h[0] >> 16) | (uint64_t)(h[1] >> 16) << 16 | (uint64_t)(h[2] >> 16) << 32 |
                          (uint64_t)(h[3] >> 16) << 48;
     return quad_dot(T, x, mlo, mhi, p);
-}
-
-/* blocks 4g.. of a row of type T (Q5_0, Q5_1, IQ4_NL; nq of them, 1..4: the lanes of
- * missing ones stay zero); Q5_1's minimums times the blocks' s (s4) go to macc */
-AVX512_INLINE __m512 quad_block(int T, const uint8_t *wp, int nq, const q5quad *p, const float *s4, __m512 acc,
-                                __m128 *macc) {
-    const size_t bb = KQ_BLOCK_BYTES(T);
-    uint16_t d[4] = {0, 0, 0, 0}, m[4] = {0, 0, 0, 0};
-#pragma GCC unroll 4
-    for (int b = 0; b < 4; b++)
-        if (b < nq) {
-            memcpy(&d[b], wp + b * bb, 2);
-            if (T == PL_TYPE_Q5_1) memcpy(&m[b], wp + b * bb + 2, 2);
-        }
-    const __m512i s = quad_isums(T, wp, nq, p);
-    uint64_t d64;
-    memcpy(&d64, d, 8);
-    if (T == PL_TYPE_Q5_1) {
-        uint64_t m64;
-        memcpy(&m64, m, 8);
-        *macc = _mm_fmadd_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)m64)), _mm_loadu_ps(s4), *macc);
-    }
-    const __m512 dw = quad_lanes(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d64)));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, p->da), acc);
-}
-
-/* One Q5_0, Q5_1 or IQ4_NL row of nb blocks (s: Q5_1's activation sums, per block) */
-AVX512_INLINE float quad_row512(int T, const uint8_t *wr, int nb, const q5quad *p, const float *s) {
-    const size_t bb = KQ_BLOCK_BYTES(T);
-    const int full = nb / 4;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m128 macc = _mm_setzero_ps();
-    int g = 0;
-    for (; g + 2 <= full; g += 2) {
-        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, 4, p + g, s + 4 * g, acc0, &macc);
-        acc1 = quad_block(T, wr + (size_t)(4 * g + 4) * bb, 4, p + g + 1, s + 4 * g + 4, acc1, &macc);
-    }
-    for (; 4 * g < nb; g++) {
-        const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
-        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, nq, p + g, s + 4 * g, acc0, &macc);
-    }
-    float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    if (T == PL_TYPE_Q5_1) {
-        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
-        r += _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
-    }
-    return r;
 }
 
 /*
@@ -509,7 +456,7 @@ static size_t rows_buffer_bytes(int T, int n) {
     case PL_TYPE_Q6_K: return (size_t)nsb * (8 * 64 + 64);
     case PL_TYPE_Q3_K:
     case PL_TYPE_Q2_K: return (size_t)nsb * (8 * 64 + 2 * 64);
-    default: return (size_t)(nb + 3) / 4 * (sizeof(q5quad) + 16); /* the quads, then Q5_1's s */
+    default: return (size_t)(nb + 3) / 4 * sizeof(q5quad);
     }
 }
 
@@ -548,9 +495,7 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
         }
     } else { /* Q5_0, Q5_1, IQ4_NL, IQ4_XS */
         q5quad *p = (q5quad *)buf;
-        float *s = (float *)(p + (nb + 3) / 4);
         q5quad_prep(KQ_ZERO(T), a, nb, p);
-        for (int b = 0; b < (nb + 3) / 4 * 4; b++) s[b] = b < nb ? a[b].s : 0.0f;
         if (T != PL_TYPE_IQ4_XS) {
             for (int r = r0; r < r1; r += 16) quad_rows16(T, w, rb, a, p, y, r, r1, nb);
         } else {
@@ -692,6 +637,10 @@ PL_KQ_TYPES(KQ_TILE512)
 void pl_kq_fill_avx512(pl_kernel_set *set) {
     PL_KQ_TYPES(KQ_SET_TILE)
     PL_KQ_TYPES(KQ_SET_ROWS)
+    /* these rows are their tiles' arithmetic (quad_rows16): batch-invariant mode's one-token kernels */
+    set->rows_invariant[PL_TYPE_Q5_0] = rows_q5_0;
+    set->rows_invariant[PL_TYPE_Q5_1] = rows_q5_1;
+    set->rows_invariant[PL_TYPE_IQ4_NL] = rows_iq4_nl;
 }
 
 #endif
