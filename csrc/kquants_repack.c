@@ -461,6 +461,11 @@ void pl_kqr_fill_avx512(pl_kernel_set *set) {
     set->tile[PL_TYPE_Q4_KR] = tile_q4_kr;
     set->rows[PL_TYPE_Q6_KR] = rows_q6_kr;
     set->tile[PL_TYPE_Q6_KR] = tile_q6_kr;
+    /* the rows are the tiles' arithmetic: batch-invariant mode's one-token kernels. (Rows off a
+     * group boundary take the AVX2 Q4_K / Q6_K kernels, which differ; the loader regroups only
+     * matrices of whole groups and threads share rows in multiples of 8, so a model meets none.) */
+    set->rows_invariant[PL_TYPE_Q4_KR] = rows_q4_kr;
+    set->rows_invariant[PL_TYPE_Q6_KR] = rows_q6_kr;
 }
 
 #endif
