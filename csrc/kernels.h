@@ -105,9 +105,11 @@ typedef struct {
 
 /*
  * The initializer of a SIMD set (kernels_avx2.c, kernels_neon.c), from the static functions
- * of these names in its file, plus KQ_ROWS and KQ_TILE: the K-quant entries (kquants.h).
+ * of these names in its file, plus KQ_ROWS and KQ_TILE: the K-quant entries (kquants.h), and
+ * ROWS_INV: the rows_invariant entries (PL_NO_ROWS_INVARIANT: none).
  */
-#define PL_SIMD_KERNEL_SET(NAME, ATTEND, KQ_ROWS, KQ_TILE)                                                   \
+#define PL_NO_ROWS_INVARIANT [PL_TYPE_F32] = NULL
+#define PL_SIMD_KERNEL_SET(NAME, ATTEND, KQ_ROWS, KQ_TILE, ROWS_INV)                                         \
     {                                                                                                        \
         .name = NAME, .quantize_q8x = quantize_q8x,                                                          \
         .rows = {[PL_TYPE_F32] = rows_f32, [PL_TYPE_F16] = rows_f16, [PL_TYPE_BF16] = rows_bf16,             \
@@ -116,6 +118,7 @@ typedef struct {
         .tile = {[PL_TYPE_F32] = tile_f32, [PL_TYPE_F16] = tile_f16, [PL_TYPE_BF16] = tile_bf16,             \
                  [PL_TYPE_Q8_0] = tile_q8_0, [PL_TYPE_Q4_0] = tile_q4_0, [PL_TYPE_Q4_1] = tile_q4_1,          \
                  [PL_TYPE_Q4_0R] = tile_q4_0r, [PL_TYPE_Q4_1R] = tile_q4_1r, KQ_TILE},                      \
+        .rows_invariant = {ROWS_INV},                                                                        \
         .attend = ATTEND, .silu_mul = silu_mul, .to_f16 = to_f16,                                            \
     }
 

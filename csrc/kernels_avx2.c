@@ -7,7 +7,9 @@
  *
  * Two shapes of work:
  *  - rows(): one activation (decode). Weights stream from memory once, so the
- *    job is to keep up with memory: 4 rows per pass share each activation load.
+ *    job is to keep up with memory. The quantized rows take the tile's float
+ *    arithmetic (8 rows in the lanes, one chain per row over its blocks), so a
+ *    token gets the same bits alone or in any batch.
  *  - tile(): many activations (prefill). Compute-bound. Float types use a
  *    4 rows x 3 tokens register tile. Quantized types repack 8 rows at a time
  *    into a small buffer where each 32-bit lane holds 4 values of one row, so a
@@ -16,8 +18,8 @@
  *    and one scale per 8 rows x 32 values.
  *
  * Integer products: maddubs wants an unsigned and a signed operand. Q4 nibbles
- * (0..15) are the unsigned side as they are; Q4_0's "- 8" is applied in float
- * through the activation block's s = d * sum(q). Q8_0 uses |w| and sign(a, w).
+ * (0..15) are the unsigned side as they are; Q4_0's "- 8" is taken off in the
+ * integers (8 x the activation's sums). Q8_0 uses |w| and sign(a, w).
  */
 #if defined(__x86_64__) || defined(_M_X64)
 
@@ -45,16 +47,6 @@ AVX2_INLINE __m256i bcast32(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
-}
-
-/* sum of 32 products as 8 int32 lanes -> float lanes */
-AVX2_INLINE __m256 dot_u8s8(__m256i u, __m256i s) {
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-}
-
-/* Q8_0 weights are signed: |w| x sign(a, w) */
-AVX2_INLINE __m256 dot_s8s8(__m256i w, __m256i a) {
-    return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
 }
 
 /* ------------------------------------------------------- activation quantize */
@@ -158,7 +150,7 @@ AVX2_INLINE void ftile(int type, int R, int T, const void *w, size_t rb, const f
         }
 }
 
-/* one float row, four accumulator chains (see qrow for why one row at a time) */
+/* one float row, four accumulator chains */
 AVX2_INLINE float frow(int type, const void *w, const float *x, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int k = 0;
@@ -291,203 +283,188 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
 /* --------------------------------------------------- quantized weights: rows */
 
 /*
- * Per weight block: an 8-lane float vector of 32 integer products, scaled by
- * dw * da. Q4_0's "- 8" is taken off in the integers (8 * pair sums of the
- * activation, once per block for all rows), so a weight near its zero point
- * gives no cancellation against a large activation. Q4_1's m * s term goes to
- * a second accumulator: [d, m] * [da, s] is one 4-wide multiply per block.
+ * Decode (one token) with the tile's arithmetic, so that a token's result does not depend on
+ * how many tokens share its call (batch invariance): 8 rows at once, one per lane, and each
+ * row's sum one chain over its blocks, acc = fma(isum_b, d_w * d_a, acc) (Q4_1: then
+ * acc = fma(m_w, s_a, acc)), with isum_b the block's exact integer dot product -- the tile's
+ * own instructions (qpanel) on the same operands. Each row's integer products come out as
+ * partial sums in int32 lanes; adds across the 8 rows' vectors turn them into one vector per
+ * block holding every row's block sum (integer adds, so their order changes nothing). That
+ * replaces the horizontal sum a row-at-a-time kernel needs at each row's end, and the scales
+ * convert 8 rows at a time, so it costs no more than summing each row in its own lanes.
+ * The 8 rows are adjacent: one stream of memory, as decode wants.
  */
-/* one Q4 block (either layout, k from q4_block_at) against activation block ab */
-AVX2_INLINE void q4block_dot(int type, q4_block k, const block_q8x *ab, __m256 *acc, __m128 *off) {
-    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
-    if (q4_base(type) == PL_TYPE_Q4_0) {
-        __m256i c16 = _mm256_maddubs_epi16(_mm256_set1_epi8(8), av);
-        __m256i s16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_unpack(k.qs), av), c16);
-        __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)*k.d)), _mm256_broadcast_ss(&ab->d));
-        *acc = _mm256_fmadd_ps(p, sc, *acc);
-    } else {
-        const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&ab->d)); /* da, s */
-        const __m128i dm = _mm_unpacklo_epi16(_mm_cvtsi32_si128(*k.d), _mm_cvtsi32_si128(*k.m)); /* d, m */
-        __m256 p = dot_u8s8(q4_unpack(k.qs), av);
-        __m128 sc = _mm_mul_ps(_mm_cvtph_ps(dm), ds); /* d*da, m*s */
-        *off = _mm_add_ps(*off, sc);
-        *acc = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(sc), *acc);
+
+/* s[i] (row i): block A's partial sums in lanes 0-3, block B's in lanes 4-7 -> v[0] (A), v[1] (B): lane i
+ * holds row i's sum */
+AVX2_INLINE void pair_sums_by_row(const __m256i s[8], __m256i v[2]) {
+    __m256i t[4], u[2];
+    for (int k = 0; k < 4; k++) /* rows 2k, 2k+1 interleaved, each the sum of two of its partials */
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm256_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 2; j++) /* rows 4j..4j+3: block A's sums in the low 128-bit lane, B's in the high */
+        u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm256_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    v[0] = _mm256_permute2x128_si256(u[0], u[1], 0x20);
+    v[1] = _mm256_permute2x128_si256(u[0], u[1], 0x31);
+}
+
+/* the fp16 pair at offset off of each of 8 rows -> its first and second values as floats, lane = row */
+AVX2_INLINE void pair_by_row(const uint8_t *const wr[8], size_t off, __m256 *first, __m256 *second) {
+    __m128i x[8], t[4];
+    for (int i = 0; i < 8; i++) {
+        int32_t v;
+        memcpy(&v, wr[i] + off, 4);
+        x[i] = _mm_cvtsi32_si128(v);
+    }
+    for (int k = 0; k < 4; k++) t[k] = _mm_unpacklo_epi16(x[2 * k], x[2 * k + 1]);
+    const __m128i u0 = _mm_unpacklo_epi32(t[0], t[1]), u1 = _mm_unpacklo_epi32(t[2], t[3]);
+    *first = _mm256_cvtph_ps(_mm_unpacklo_epi64(u0, u1));
+    *second = _mm256_cvtph_ps(_mm_unpackhi_epi64(u0, u1));
+}
+
+/* 8 fp16 values from each of 8 rows (16 bytes at offset off) -> f[8 j + i]: value j of row i, as floats:
+ * a repacked row keeps its scales together, so 8 blocks' scales of 8 rows are one transpose */
+AVX2_INLINE void halves8_by_row(const uint8_t *const wr[8], size_t off, float f[64]) {
+    __m128i x[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) x[i] = _mm_loadu_si128((const __m128i *)(wr[i] + off));
+    for (int i = 0; i < 8; i += 2) { /* rows i, i+1 interleaved: values 0-3, then 4-7 */
+        t[i] = _mm_unpacklo_epi16(x[i], x[i + 1]);
+        t[i + 1] = _mm_unpackhi_epi16(x[i], x[i + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) { /* rows h..h+3: values 0-1, 2-3, 4-5, 6-7 */
+        u[h] = _mm_unpacklo_epi32(t[h], t[h + 2]);
+        u[h + 1] = _mm_unpackhi_epi32(t[h], t[h + 2]);
+        u[h + 2] = _mm_unpacklo_epi32(t[h + 1], t[h + 3]);
+        u[h + 3] = _mm_unpackhi_epi32(t[h + 1], t[h + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps(f + 16 * j, _mm256_cvtph_ps(_mm_unpacklo_epi64(u[j], u[4 + j])));
+        _mm256_storeu_ps(f + 16 * j + 8, _mm256_cvtph_ps(_mm_unpackhi_epi64(u[j], u[4 + j])));
     }
 }
 
-/* one weight block against activation block ab: adds into acc (and off for Q4_1) */
-AVX2_INLINE void qblock(int type, const void *blk, const block_q8x *ab, __m256 *acc, __m128 *off) {
-    const __m256i av = _mm256_loadu_si256((const __m256i *)ab->qs);
-    if (type == PL_TYPE_Q8_0) {
-        const block_q8_0 *wb = blk;
-        __m256 p = dot_s8s8(_mm256_loadu_si256((const __m256i *)wb->qs), av);
-        __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((short)wb->d)), _mm256_broadcast_ss(&ab->d));
-        *acc = _mm256_fmadd_ps(p, sc, *acc);
-    } else {
-        q4block_dot(type, q4_block_at(type, blk, 0, 1), ab, acc, off);
-    }
+/* rows: the panel this far on is asked for, a line at a time as this one reads its own (a burst of a whole
+ * panel's lines at its start crowds out the loads that need them now) */
+#define PANEL_AHEAD 16
+
+/* The panel's rows r..r+nr-1 (missing lanes: the last row again) and where its prefetch goes. */
+AVX2_INLINE void panel_rows(const void *w, size_t rb, int r, int nr, const uint8_t *wr[8]) {
+    for (int i = 0; i < 8; i++) wr[i] = (const uint8_t *)ROW(w, rb, r + (i < nr ? i : nr - 1));
 }
 
-/*
- * One row at a time, two accumulator chains (even and odd blocks). Decode streams
- * the weights from memory, and on the machines measured a single sequential stream
- * per core reads DRAM much faster than several rows interleaved, so rows are not
- * interleaved here.
- */
-AVX2_INLINE void qrow(int type, const void *row, const block_q8x *a, float *y, int n) {
-    const size_t bb = type == PL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == PL_TYPE_Q4_0 ? sizeof(block_q4_0)
-                                                                                         : sizeof(block_q4_1);
-    const char *w = row;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
-    const int nb = n / QK;
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        qblock(type, w + b * bb, a + b, &acc0, &off0);
-        qblock(type, w + (b + 1) * bb, a + b + 1, &acc1, &off1);
-    }
-    if (b < nb) qblock(type, w + b * bb, a + b, &acc0, &off0);
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    if (type == PL_TYPE_Q4_1) {
-        __m128 o = _mm_add_ps(off0, off1);
-        s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1));
-    }
-    *y = s;
-}
-
-/*
- * Q4 rows, two blocks per step. The activation is rearranged once per call
- * (q4pair, shared by every row): for blocks 2j and 2j+1, lo = [a0[0..15] | a1[0..15]]
- * and hi = [a0[16..31] | a1[16..31]], matching one 32-byte vector that holds both
- * weight blocks' nibble bytes (block 2j in the low 128-bit lane). Then per two
- * blocks: 2 maddubs, 1 madd, 1 convert, 1 FMA, and the two fp16 scales convert
- * together. Lanes 0-3 carry block 2j, lanes 4-7 block 2j+1. One row at a time:
- * two rows per pass was faster in L2 but slower from DRAM.
- * Q4_0's "- 8" stays in the integers: c = 8 * pair sums of the activation,
- * computed here once for all rows.
- */
+/* Q4 activation blocks b and b+1 (two == 0: b alone) arranged for one 32-byte vector holding both
+ * blocks' nibble bytes (block b in the low 128-bit lane): lo = [a_b[0..15] | a_b+1[0..15]],
+ * hi = [a_b[16..31] | a_b+1[16..31]]; c = 8 x their pair sums (Q4_0's "- 8", in the integers). */
 typedef struct {
     __m256i lo, hi, c;
-    __m128 ds; /* Q4_0: da0, da1, s0, s1;  Q4_1: da0, s0, da1, s1 */
-} q4pair;
+} q4act;
 
-AVX2_INLINE void q4pair_prep(int type, const block_q8x *a, q4pair *p, int np) {
+AVX2_INLINE q4act q4act_pair(const block_q8x *a, int b, int two) {
+    const __m256i v0 = _mm256_loadu_si256((const __m256i *)a[b].qs);
+    const __m256i v1 = two ? _mm256_loadu_si256((const __m256i *)a[b + 1].qs) : _mm256_setzero_si256();
     const __m256i c8 = _mm256_set1_epi8(8);
-    for (int j = 0; j < np; j++) {
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)a[2 * j].qs);
-        __m256i v1 = _mm256_loadu_si256((const __m256i *)a[2 * j + 1].qs);
-        p[j].lo = _mm256_permute2x128_si256(v0, v1, 0x20);
-        p[j].hi = _mm256_permute2x128_si256(v0, v1, 0x31);
-        p[j].c = _mm256_add_epi16(_mm256_maddubs_epi16(c8, p[j].lo), _mm256_maddubs_epi16(c8, p[j].hi));
-        p[j].ds = type == PL_TYPE_Q4_0 ? _mm_setr_ps(a[2 * j].d, a[2 * j + 1].d, a[2 * j].s, a[2 * j + 1].s)
-                                       : _mm_setr_ps(a[2 * j].d, a[2 * j].s, a[2 * j + 1].d, a[2 * j + 1].s);
-    }
+    q4act p;
+    p.lo = _mm256_permute2x128_si256(v0, v1, 0x20);
+    p.hi = _mm256_permute2x128_si256(v0, v1, 0x31);
+    p.c = _mm256_add_epi16(_mm256_maddubs_epi16(c8, p.lo), _mm256_maddubs_epi16(c8, p.hi));
+    return p;
 }
 
-/*
- * Two weight blocks against pair ap, given their 32 nibble bytes x (block 2j in the low
- * 128-bit lane) and their fp16 scales h: Q4_0 d0 d1, Q4_1 d0 m0 d1 m1.
- */
-AVX2_INLINE void q4pair_dot(int q41, __m256i x, __m128i h, const q4pair *ap, __m256 *acc, __m128 *off) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-    __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, ap->lo), _mm256_maddubs_epi16(wh, ap->hi));
-    if (!q41) s16 = _mm256_sub_epi16(s16, ap->c);
-    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
-    /* Q4_0: d0*da0, d1*da1, 0, 0;  Q4_1: d0*da0, m0*s0, d1*da1, m1*s1 */
-    const __m128 sc = _mm_mul_ps(_mm_cvtph_ps(h), ap->ds);
-    if (q41) *off = _mm_add_ps(*off, sc);
-    const __m256i idx = q41 ? _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2) : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    *acc = _mm256_fmadd_ps(pf, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx), *acc);
+/* the nibble bytes of blocks b and b+1 of a Q4 row (either layout), block b in the low lane */
+AVX2_INLINE __m256i q4_pair_nibbles(int type, const uint8_t *row, int nb, int b, int two) {
+    const q4_block k0 = q4_block_at(type, row, b, nb);
+    const __m128i x0 = _mm_loadu_si128((const __m128i *)k0.qs);
+    if (!two) return _mm256_inserti128_si256(_mm256_castsi128_si256(x0), _mm_setzero_si128(), 1);
+    if (q4_repacked(type)) return _mm256_loadu_si256((const __m256i *)k0.qs);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(x0),
+                                   _mm_loadu_si128((const __m128i *)q4_block_at(type, row, b + 1, nb).qs), 1);
 }
 
-/* blocks 2j and 2j+1 of a row of nb blocks, in either layout (quants.h) */
-AVX2_INLINE void q4pair_block(int type, const char *row, int nb, int j, const q4pair *ap, __m256 *acc,
-                              __m128 *off) {
-    const int q41 = q4_base(type) == PL_TYPE_Q4_1;
-    const q4_block k0 = q4_block_at(type, row, 2 * j, nb);
-    __m256i x;
-    __m128i h;
-    if (q4_repacked(type)) { /* one 32-byte load of nibbles, one 4-byte load of scales (and of minimums) */
-        x = _mm256_loadu_si256((const __m256i *)k0.qs);
-        int32_t d01, m01;
-        memcpy(&d01, k0.d, 4);
-        h = _mm_cvtsi32_si128(d01);
-        if (q41) {
-            memcpy(&m01, k0.m, 4);
-            h = _mm_unpacklo_epi16(h, _mm_cvtsi32_si128(m01)); /* d0 m0 d1 m1 */
+AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r, int r1, int n) {
+    const int nb = n / QK, q41 = q4_base(type) == PL_TYPE_Q4_1;
+    const int nr = r1 - r < 8 ? r1 - r : 8;
+    const uint8_t *wr[8];
+    panel_rows(w, rb, r, nr, wr);
+    const size_t ahead = PANEL_AHEAD * rb;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0); /* the file layout's block */
+    float dsc[64], msc[64]; /* repacked: 8 blocks' scales (minimums) of the 8 rows, from halves8_by_row */
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const q4act p = q4act_pair(a, b, two);
+        __m256i s[8], v[2];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const __m256i x = q4_pair_nibbles(type, wr[i], nb, b, two);
+            _mm_prefetch((const char *)q4_block_at(type, wr[i], b, nb).qs + ahead, _MM_HINT_T0);
+            const __m256i wl = _mm256_and_si256(x, m4), wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(wl, p.lo), _mm256_maddubs_epi16(wh, p.hi));
+            if (!q41) s16 = _mm256_sub_epi16(s16, p.c);
+            s[i] = _mm256_madd_epi16(s16, ones);
         }
-    } else {
-        const q4_block k1 = q4_block_at(type, row, 2 * j + 1, nb);
-        x = _mm256_loadu2_m128i((const __m128i *)k1.qs, (const __m128i *)k0.qs);
-        if (q41) { /* d and m sit together: d0 m0, then d1 m1 */
-            uint32_t dm0, dm1;
-            memcpy(&dm0, k0.d, 4);
-            memcpy(&dm1, k1.d, 4);
-            h = _mm_cvtsi64_si128((long long)((uint64_t)dm0 | (uint64_t)dm1 << 32));
-        } else {
-            h = _mm_cvtsi32_si128((int)((uint32_t)*k0.d | (uint32_t)*k1.d << 16));
+        pair_sums_by_row(s, v);
+        __m256 d[2], mn[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        if (q4_repacked(type)) { /* 16 bytes from block b's scale on stay inside the row (quants.h) */
+            if (b % 8 == 0) {
+                halves8_by_row(wr, 2 * (size_t)b, dsc);
+                if (q41) halves8_by_row(wr, 2 * ((size_t)nb + b), msc);
+                for (int i = 0; i < 8; i++) {
+                    _mm_prefetch((const char *)wr[i] + 2 * (size_t)b + ahead, _MM_HINT_T0);
+                    if (q41) _mm_prefetch((const char *)wr[i] + 2 * ((size_t)nb + b) + ahead, _MM_HINT_T0);
+                }
+            }
+            for (int j = 0; j < 2; j++) {
+                d[j] = _mm256_loadu_ps(dsc + 8 * (b % 8 + j));
+                if (q41) mn[j] = _mm256_loadu_ps(msc + 8 * (b % 8 + j));
+            }
+        } else { /* Q4_1: d and m side by side; Q4_0: d and the first nibbles */
+            pair_by_row(wr, bb * b, &d[0], &mn[0]);
+            d[1] = d[0];
+            if (two) pair_by_row(wr, bb * (b + 1), &d[1], &mn[1]);
+        }
+        for (int j = 0; j <= two; j++) {
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v[j]), _mm256_mul_ps(d[j], _mm256_broadcast_ss(&a[b + j].d)), acc);
+            if (q41) acc = _mm256_fmadd_ps(mn[j], _mm256_broadcast_ss(&a[b + j].s), acc);
         }
     }
-    q4pair_dot(q41, x, h, ap, acc, off);
+    _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
 
-#ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 64
-#endif
-AVX2_INLINE void q4rows(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1,
-                        int n) {
-    const int nb = n / QK, np = nb / 2;
-    q4pair stackbuf[256];
-    q4pair *ap = stackbuf;
-    if (np > 256) {
-        ap = aligned_alloc(32, sizeof(q4pair) * (size_t)np);
-        if (!ap) { /* fall back to one block at a time */
-            if (q4_repacked(type)) pl_kernels_scalar.rows[type](w, rb, a, y, r0, r1, n);
-            else
-                for (int r = r0; r < r1; r++) qrow(type, ROW(w, rb, r), a, y + r, n);
-            return;
+/* Q8_0, 8 rows, a block per step: |w| x sign(a, w) as the tile multiplies them */
+AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y, int r, int r1, int n) {
+    const int nb = n / QK;
+    const int nr = r1 - r < 8 ? r1 - r : 8;
+    const uint8_t *wr[8];
+    panel_rows(w, rb, r, nr, wr);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256i av = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        __m256i s[8], v[2];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wr[i] + b)->qs);
+            _mm_prefetch((const char *)((const block_q8_0 *)wr[i] + b) + PANEL_AHEAD * rb, _MM_HINT_T0);
+            s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(av, x)), ones);
         }
+        pair_sums_by_row(s, v);
+        __m256 d, unused; /* d and the first two weights */
+        pair_by_row(wr, sizeof(block_q8_0) * (size_t)b, &d, &unused);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v[0], v[1])),
+                              _mm256_mul_ps(d, _mm256_broadcast_ss(&a[b].d)), acc);
     }
-    q4pair_prep(q4_base(type), a, ap, np);
-    const int q41 = q4_base(type) == PL_TYPE_Q4_1;
-    for (int r = r0; r < r1; r++) {
-        const char *wr = ROW(w, rb, r);
-        if (q4_repacked(type)) prefetch_ahead_past_end(wr, rb);
-        else
-            prefetch_ahead(wr, rb, ROW(w, rb, r1));
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        __m128 off0 = _mm_setzero_ps(), off1 = _mm_setzero_ps();
-        int j = 0;
-        for (; j + 2 <= np; j += 2) {
-            q4pair_block(type, wr, nb, j, ap + j, &acc0, &off0);
-            q4pair_block(type, wr, nb, j + 1, ap + j + 1, &acc1, &off1);
-        }
-        if (j < np) q4pair_block(type, wr, nb, j, ap + j, &acc0, &off0);
-        if (nb & 1) q4block_dot(type, q4_block_at(type, wr, nb - 1, nb), a + nb - 1, &acc1, &off1);
-        float s = hsum8(_mm256_add_ps(acc0, acc1));
-        if (q41) {
-            __m128 o = _mm_add_ps(off0, off1);
-            s += _mm_cvtss_f32(_mm_shuffle_ps(o, o, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(o, o, 3));
-        }
-        y[r] = s;
-    }
-    if (ap != stackbuf) free(ap);
+    _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
 
-#define QROWS(NAME, TYPE)                                                                      \
-    AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, \
-                                 int r1, int n) {                                              \
-        int r = r0;                                                                            \
-        if (TYPE != PL_TYPE_Q8_0) {                                                            \
-            q4rows(TYPE, w, rb, (const block_q8x *)act, y, r0, r1, n);                         \
-            return;                                                                            \
-        }                                                                                      \
-        for (; r < r1; r++) {                                                                  \
-            prefetch_ahead(ROW(w, rb, r), rb, ROW(w, rb, r1));                                 \
-            qrow(TYPE, ROW(w, rb, r), (const block_q8x *)act, y + r, n);                       \
-        }                                                                                      \
+#define QROWS(NAME, TYPE)                                                                                  \
+    AVX2 static void rows_##NAME(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) { \
+        for (int r = r0; r < r1; r += 8) {                                                                 \
+            if (TYPE == PL_TYPE_Q8_0) q8rows8(w, rb, (const block_q8x *)act, y, r, r1, n);                 \
+            else                                                                                           \
+                q4rows8(TYPE, w, rb, (const block_q8x *)act, y, r, r1, n);                                 \
+        }                                                                                                  \
     }
 
 QROWS(q8_0, PL_TYPE_Q8_0)
@@ -821,7 +798,11 @@ AVX2 static void to_f16(const float *x, pl_fp16 *y, int n) {
 /* the K-quant entries: kquants_avx2.c; the regrouped Q4_K/Q6_K (kquants_repack.c) */
 #define KQR_ROWS_AVX2 [PL_TYPE_Q4_KR] = pl_kqr_rows_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_rows_q6_kr_avx2,
 #define KQR_TILE_AVX2 [PL_TYPE_Q4_KR] = pl_kqr_tile_q4_kr_avx2, [PL_TYPE_Q6_KR] = pl_kqr_tile_q6_kr_avx2,
+/* the Q8_0 and Q4 rows take the tile's arithmetic (see above): they are their own invariant form */
+#define ROWS_INV_AVX2                                                                                        \
+    [PL_TYPE_Q8_0] = rows_q8_0, [PL_TYPE_Q4_0] = rows_q4_0, [PL_TYPE_Q4_1] = rows_q4_1,                      \
+    [PL_TYPE_Q4_0R] = rows_q4_0r, [PL_TYPE_Q4_1R] = rows_q4_1r
 const pl_kernel_set pl_kernels_avx2 = PL_SIMD_KERNEL_SET("avx2", pl_attend_avx2, PL_KQ_TYPES(PL_KQ_ROWS_AVX2) KQR_ROWS_AVX2,
-                                                         PL_KQ_TYPES(PL_KQ_TILE_AVX2) KQR_TILE_AVX2);
+                                                         PL_KQ_TYPES(PL_KQ_TILE_AVX2) KQR_TILE_AVX2, ROWS_INV_AVX2);
 
 #endif

@@ -531,6 +531,7 @@ static void to_f16(const float *x, pl_fp16 *y, int n) {
 
 /* the K-quant entries: kquants_neon.c */
 const pl_kernel_set pl_kernels_neon =
-    PL_SIMD_KERNEL_SET("neon", pl_attend_neon, PL_KQ_TYPES(PL_KQ_ROWS_NEON), PL_KQ_TYPES(PL_KQ_TILE_NEON));
+    PL_SIMD_KERNEL_SET("neon", pl_attend_neon, PL_KQ_TYPES(PL_KQ_ROWS_NEON), PL_KQ_TYPES(PL_KQ_TILE_NEON),
+                       PL_NO_ROWS_INVARIANT);
 
 #endif

@@ -320,12 +320,6 @@ AVX512_INLINE void q5quad_prep(int Z, const block_q8x *a, int nb, q5quad *p) {
     }
 }
 
-/* the lanes of 4 blocks' scales, block b in lanes 4b..4b+3 */
-AVX512_INLINE __m512 quad_lanes(__m128 d4) {
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                                 _mm512_castps128_ps512(d4));
-}
-
 /* the IQ4 table + 128 in every 128-bit lane */
 AVX512_INLINE __m512i iq4_table512(void) { return _mm512_broadcast_i32x4(_mm256_castsi256_si128(kq_iq4_table())); }
 
@@ -345,22 +339,16 @@ AVX512_INLINE __m512i quad_dot(int T, __m512i x, uint64_t mlo, uint64_t mhi, con
     return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, wl, p->lo), wh, p->hi);
 }
 
-/* blocks 4g.. of a row of type T (Q5_0, Q5_1, IQ4_NL; nq of them, 1..4: the lanes of
- * missing ones stay zero); Q5_1's minimums times the blocks' s (s4) go to macc */
-AVX512_INLINE __m512 quad_block(int T, const uint8_t *wp, int nq, const q5quad *p, const float *s4, __m512 acc,
-                                __m128 *macc) {
+/* the integer sums of blocks 4g.. of a row of type T (Q5_0, Q5_1, IQ4_NL; nq of them, 1..4:
+ * the lanes of missing ones stay zero), block b's in lanes 4b..4b+3 */
+AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad *p) {
     const size_t bb = KQ_BLOCK_BYTES(T);
     const int qs = T == PL_TYPE_Q5_0 ? 6 : T == PL_TYPE_Q5_1 ? 8 : 2, qh = T == PL_TYPE_Q5_0 ? 2 : 4;
     __m512i x = _mm512_setzero_si512();
     uint32_t h[4] = {0, 0, 0, 0};
-    uint16_t d[4] = {0, 0, 0, 0}, m[4] = {0, 0, 0, 0};
 #pragma GCC unroll 4
     for (int b = 0; b < 4; b++)
-        if (b < nq) {
-            memcpy(&d[b], wp + b * bb, 2);
-            if (T == PL_TYPE_Q5_1) memcpy(&m[b], wp + b * bb + 2, 2);
-            if (T != PL_TYPE_IQ4_NL) memcpy(&h[b], wp + b * bb + qh, 4);
-        }
+        if (b < nq && T != PL_TYPE_IQ4_NL) memcpy(&h[b], wp + b * bb + qh, 4);
     x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + qs)), 0);
     if (nq > 1) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + bb + qs)), 1);
     if (nq > 2) x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(wp + 2 * bb + qs)), 2);
@@ -369,39 +357,73 @@ AVX512_INLINE __m512 quad_block(int T, const uint8_t *wp, int nq, const q5quad *
                          (uint64_t)(h[3] & 0xffff) << 48;
     const uint64_t mhi = (uint64_t)(h[0] >> 16) | (uint64_t)(h[1] >> 16) << 16 | (uint64_t)(h[2] >> 16) << 32 |
                          (uint64_t)(h[3] >> 16) << 48;
-    const __m512i s = quad_dot(T, x, mlo, mhi, p);
-    uint64_t d64;
-    memcpy(&d64, d, 8);
-    if (T == PL_TYPE_Q5_1) {
-        uint64_t m64;
-        memcpy(&m64, m, 8);
-        *macc = _mm_fmadd_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)m64)), _mm_loadu_ps(s4), *macc);
-    }
-    const __m512 dw = quad_lanes(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)d64)));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, p->da), acc);
+    return quad_dot(T, x, mlo, mhi, p);
 }
 
-/* One Q5_0, Q5_1 or IQ4_NL row of nb blocks (s: Q5_1's activation sums, per block) */
-AVX512_INLINE float quad_row512(int T, const uint8_t *wr, int nb, const q5quad *p, const float *s) {
+/*
+ * Q5_0, Q5_1 and IQ4_NL the tile's way round (kq_panel16): 16 rows at once, one per lane, each
+ * row's chain over its blocks acc = fma(isum x d_w, d_a, acc) (Q5_1: then acc = fma(m_w, s_a, acc)),
+ * so a token gets the same bits alone as in any batch. Per quad of blocks each row's integer
+ * sums come out as 16 int32 partial sums (block b in lanes 4b..4b+3); adds with unpacks and
+ * shuffles across the 16 rows' vectors turn them into one vector per block holding every row's
+ * exact block sum, and one gather per block fetches the 16 rows' d (and m).
+ */
+/* s[i] (row i): block b's partial sums in lanes 4b..4b+3 -> v[b] (lane i: row i's block-b sum) */
+AVX512_INLINE void quad_sums_by_row16(const __m512i s[16], __m512i v[4]) {
+    __m512i t[8], u[4];
+    for (int k = 0; k < 8; k++) /* per 128-bit lane: rows 2k, 2k+1, each two of its four partials */
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane b: the block-b sums of rows 4j..4j+3 */
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    const __m512i x0 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x1 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i x2 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i x3 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1));
+    v[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
+    v[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
+    v[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+#define QUAD_AHEAD 16 /* rows: the panel this far on is asked for as this one is read */
+
+AVX512_INLINE void quad_rows16(int T, const void *w, size_t rb, const block_q8x *a, const q5quad *p, float *y, int r,
+                               int r1, int nb) {
     const size_t bb = KQ_BLOCK_BYTES(T);
-    const int full = nb / 4;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m128 macc = _mm_setzero_ps();
-    int g = 0;
-    for (; g + 2 <= full; g += 2) {
-        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, 4, p + g, s + 4 * g, acc0, &macc);
-        acc1 = quad_block(T, wr + (size_t)(4 * g + 4) * bb, 4, p + g + 1, s + 4 * g + 4, acc1, &macc);
+    const int nr = r1 - r < 16 ? r1 - r : 16;
+    const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    const uint8_t *wr[16];
+    int32_t offs[16];
+    for (int i = 0; i < 16; i++) {
+        wr[i] = (const uint8_t *)ROW(w, rb, r + (i < nr ? i : nr - 1)); /* missing lanes: the last row */
+        offs[i] = (int32_t)(wr[i] - wr[0]);
     }
-    for (; 4 * g < nb; g++) {
+    const __m512i off = _mm512_loadu_si512(offs);
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; 4 * g < nb; g++) {
         const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
-        acc0 = quad_block(T, wr + (size_t)(4 * g) * bb, nq, p + g, s + 4 * g, acc0, &macc);
+        __m512i sv[16], v[4];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            const uint8_t *wp = wr[i] + (size_t)(4 * g) * bb;
+            _mm_prefetch((const char *)wp + QUAD_AHEAD * rb, _MM_HINT_T0);
+            sv[i] = quad_isums(T, wp, nq, p + g);
+        }
+        quad_sums_by_row16(sv, v);
+        for (int b = 0; b < nq; b++) {
+            const block_q8x *ab = a + 4 * g + b;
+            /* each row's block starts with d (Q5_1: then m) */
+            const __m512i dm = _mm512_i32gather_epi32(off, wr[0] + (size_t)(4 * g + b) * bb, 1);
+            const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v[b]), dw), _mm512_set1_ps(ab->d), acc);
+            if (T == PL_TYPE_Q5_1)
+                acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
+                                      _mm512_set1_ps(ab->s), acc);
+        }
     }
-    float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    if (T == PL_TYPE_Q5_1) {
-        macc = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
-        r += _mm_cvtss_f32(_mm_add_ss(macc, _mm_movehdup_ps(macc)));
-    }
-    return r;
+    _mm512_mask_storeu_ps(y + r, keep, acc);
 }
 
 /* One IQ4_XS row: per super-block two groups of 4 blocks (qs's two 64-byte halves),
@@ -434,7 +456,7 @@ static size_t rows_buffer_bytes(int T, int n) {
     case PL_TYPE_Q6_K: return (size_t)nsb * (8 * 64 + 64);
     case PL_TYPE_Q3_K:
     case PL_TYPE_Q2_K: return (size_t)nsb * (8 * 64 + 2 * 64);
-    default: return (size_t)(nb + 3) / 4 * (sizeof(q5quad) + 16); /* the quads, then Q5_1's s */
+    default: return (size_t)(nb + 3) / 4 * sizeof(q5quad);
     }
 }
 
@@ -473,13 +495,15 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
         }
     } else { /* Q5_0, Q5_1, IQ4_NL, IQ4_XS */
         q5quad *p = (q5quad *)buf;
-        float *s = (float *)(p + (nb + 3) / 4);
         q5quad_prep(KQ_ZERO(T), a, nb, p);
-        for (int b = 0; b < (nb + 3) / 4 * 4; b++) s[b] = b < nb ? a[b].s : 0.0f;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *wr = ROW(w, rb, r);
-            prefetch_ahead(wr, rb, ROW(w, rb, r1));
-            y[r] = T == PL_TYPE_IQ4_XS ? iq4xs_row512(wr, nsb, p) : quad_row512(T, wr, nb, p, s);
+        if (T != PL_TYPE_IQ4_XS) {
+            for (int r = r0; r < r1; r += 16) quad_rows16(T, w, rb, a, p, y, r, r1, nb);
+        } else {
+            for (int r = r0; r < r1; r++) {
+                const uint8_t *wr = ROW(w, rb, r);
+                prefetch_ahead(wr, rb, ROW(w, rb, r1));
+                y[r] = iq4xs_row512(wr, nsb, p);
+            }
         }
     }
     if (buf != stackbuf) free(buf);
@@ -613,6 +637,10 @@ PL_KQ_TYPES(KQ_TILE512)
 void pl_kq_fill_avx512(pl_kernel_set *set) {
     PL_KQ_TYPES(KQ_SET_TILE)
     PL_KQ_TYPES(KQ_SET_ROWS)
+    /* these rows are their tiles' arithmetic (quad_rows16): batch-invariant mode's one-token kernels */
+    set->rows_invariant[PL_TYPE_Q5_0] = rows_q5_0;
+    set->rows_invariant[PL_TYPE_Q5_1] = rows_q5_1;
+    set->rows_invariant[PL_TYPE_IQ4_NL] = rows_iq4_nl;
 }
 
 #endif

@@ -133,14 +133,14 @@ AVX512_INLINE __m512i bcast4(const int8_t *q) {
 /* ---------------------------------------------------------------- AVX-512 rows */
 
 /*
- * 16 rows: groups at ga and gb (the same group twice for a last group of 8). Per super-block
- * the sub-block sums meet sc x da (and the minimums' m x s) first; d and dmin multiply the
- * super-block's total once.
+ * 16 rows: groups at ga and gb (the same group twice for a last group of 8), with the tile's
+ * arithmetic (q4kr_panel): per block, acc = fma(isum x (d x sc), da, acc), then
+ * acc -= (dmin x m) x s, so one token gets the same bits alone as in any batch.
  */
 AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, const block_q8x *a, int nsb,
                                  const char *end) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         for (int o = 0; o < (int)sizeof(block_q4_kr); o += 64) {
             const char *pa = (const char *)(ga + i) + PREFETCH_BYTES + o, *pb = (const char *)(gb + i) + PREFETCH_BYTES + o;
@@ -149,8 +149,9 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
         }
         __m128i sc[8], mn[8];
         q4kr_scales_u8(ga + i, gb + i, sc, mn);
+        __m512 d, dmin;
+        q4kr_dmin(ga + i, gb + i, &d, &dmin);
         const block_q8x *ab = a + 8 * i;
-        __m512 s = _mm512_setzero_ps(), sm = _mm512_setzero_ps();
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             __m512i slo = _mm512_setzero_si512(), shi = _mm512_setzero_si512();
@@ -160,17 +161,15 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
                 slo = _mm512_dpbusd_epi32(slo, _mm512_and_si512(x, m4), bcast4(ab[2 * c].qs + 4 * g));
                 shi = _mm512_dpbusd_epi32(shi, _mm512_and_si512(_mm512_srli_epi16(x, 4), m4), bcast4(ab[2 * c + 1].qs + 4 * g));
             }
-            s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(slo), _mm512_mul_ps(u8_to_ps(sc[2 * c]), _mm512_set1_ps(ab[2 * c].d)), s);
-            s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(shi), _mm512_mul_ps(u8_to_ps(sc[2 * c + 1]), _mm512_set1_ps(ab[2 * c + 1].d)), s);
-            sm = _mm512_fmadd_ps(u8_to_ps(mn[2 * c]), _mm512_set1_ps(ab[2 * c].s), sm);
-            sm = _mm512_fmadd_ps(u8_to_ps(mn[2 * c + 1]), _mm512_set1_ps(ab[2 * c + 1].s), sm);
+            for (int h = 0; h < 2; h++) {
+                const int j = 2 * c + h;
+                const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(h ? shi : slo), _mm512_mul_ps(d, u8_to_ps(sc[j])));
+                acc = _mm512_fmadd_ps(f, _mm512_set1_ps(ab[j].d), acc);
+                acc = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, u8_to_ps(mn[j])), _mm512_set1_ps(ab[j].s), acc);
+            }
         }
-        __m512 d, dmin;
-        q4kr_dmin(ga + i, gb + i, &d, &dmin);
-        acc = _mm512_fmadd_ps(d, s, acc);
-        accm = _mm512_fmadd_ps(dmin, sm, accm);
     }
-    return _mm512_sub_ps(acc, accm);
+    return acc;
 }
 
 /* the rows [r0, r1) not on whole groups go the slow way; r0 on a group from here on */
@@ -334,7 +333,7 @@ AVX512_INLINE __m512 q6kr_rows16(const block_q6_kr *ga, const block_q6_kr *gb, c
         }
         const block_q8x *ab = a + 8 * i;
         const int32_t *ci = c + 16 * i;
-        __m512 s = _mm512_setzero_ps();
+        const __m512 d = q6kr_d(ga + i, gb + i);
         for (int n = 0; n < 2; n++) {
             __m512i sum[4][2];
             for (int m = 0; m < 4; m++)
@@ -346,14 +345,14 @@ AVX512_INLINE __m512 q6kr_rows16(const block_q6_kr *ga, const block_q6_kr *gb, c
                 for (int m = 0; m < 4; m++)
                     sum[m][g >> 2] = _mm512_dpbusd_epi32(sum[m][g >> 2], u[m], bcast4(ab[4 * n + m].qs + 4 * g));
             }
-            for (int m = 0; m < 4; m++) {
+            for (int m = 0; m < 4; m++) { /* the tile's arithmetic (q6kr_panel): the same bits in any batch */
                 const int jb = 4 * n + m;
-                const __m512 da = _mm512_set1_ps(ab[jb].d);
-                for (int h = 0; h < 2; h++)
-                    s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[m][h]), _mm512_mul_ps(q6kr_scale(ga + i, gb + i, 2 * jb + h), da), s);
+                const __m512 d0 = _mm512_mul_ps(d, q6kr_scale(ga + i, gb + i, 2 * jb));
+                const __m512 d1 = _mm512_mul_ps(d, q6kr_scale(ga + i, gb + i, 2 * jb + 1));
+                const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[m][1]), d1, _mm512_mul_ps(_mm512_cvtepi32_ps(sum[m][0]), d0));
+                acc = _mm512_fmadd_ps(f, _mm512_set1_ps(ab[jb].d), acc);
             }
         }
-        acc = _mm512_fmadd_ps(q6kr_d(ga + i, gb + i), s, acc);
     }
     return acc;
 }
@@ -462,6 +461,11 @@ void pl_kqr_fill_avx512(pl_kernel_set *set) {
     set->tile[PL_TYPE_Q4_KR] = tile_q4_kr;
     set->rows[PL_TYPE_Q6_KR] = rows_q6_kr;
     set->tile[PL_TYPE_Q6_KR] = tile_q6_kr;
+    /* the rows are the tiles' arithmetic: batch-invariant mode's one-token kernels. (Rows off a
+     * group boundary take the AVX2 Q4_K / Q6_K kernels, which differ; the loader regroups only
+     * matrices of whole groups and threads share rows in multiples of 8, so a model meets none.) */
+    set->rows_invariant[PL_TYPE_Q4_KR] = rows_q4_kr;
+    set->rows_invariant[PL_TYPE_Q6_KR] = rows_q6_kr;
 }
 
 #endif
