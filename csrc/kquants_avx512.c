@@ -26,10 +26,9 @@
 #include "kernels.h"
 #include "kq_blocks_x86.h"
 #include "kquants_x86.h"
+#include "simd_avx512.h"
 #include "simd_x86.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-#define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 /* ------------------------------------------------------- the activation, per call */
 
@@ -368,25 +367,6 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
  * shuffles across the 16 rows' vectors turn them into one vector per block holding every row's
  * exact block sum, and one gather per block fetches the 16 rows' d (and m).
  */
-/* s[i] (row i): block b's partial sums in lanes 4b..4b+3 -> v[b] (lane i: row i's block-b sum) */
-AVX512_INLINE void quad_sums_by_row16(const __m512i s[16], __m512i v[4]) {
-    __m512i t[8], u[4];
-    for (int k = 0; k < 8; k++) /* per 128-bit lane: rows 2k, 2k+1, each two of its four partials */
-        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
-                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
-    for (int j = 0; j < 4; j++) /* 128-bit lane b: the block-b sums of rows 4j..4j+3 */
-        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
-                                _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
-    const __m512i x0 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i x1 = _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512i x2 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i x3 = _mm512_shuffle_i32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1));
-    v[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
-    v[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
-    v[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
-    v[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
-}
-
 #define QUAD_AHEAD 16 /* rows: the panel this far on is asked for as this one is read */
 
 AVX512_INLINE void quad_rows16(int T, const void *w, size_t rb, const block_q8x *a, const q5quad *p, float *y, int r,
@@ -411,7 +391,7 @@ AVX512_INLINE void quad_rows16(int T, const void *w, size_t rb, const block_q8x 
             _mm_prefetch((const char *)wp + QUAD_AHEAD * rb, _MM_HINT_T0);
             sv[i] = quad_isums(T, wp, nq, p + g);
         }
-        quad_sums_by_row16(sv, v);
+        quad_sums_by_row(sv, v);
         for (int b = 0; b < nq; b++) {
             const block_q8x *ab = a + 4 * g + b;
             /* each row's block starts with d (Q5_1: then m) */

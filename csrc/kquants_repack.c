@@ -25,10 +25,9 @@
 
 #include "kernels.h"
 #include "kquants_x86.h"
+#include "simd_avx512.h"
 #include "simd_x86.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-#define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 #define G8 Q4KR_ROWS
 
