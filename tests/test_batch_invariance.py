@@ -249,16 +249,21 @@ def test_invariant_one_token_kernels_equal_the_tile_bitwise(wtype, shape, invari
 # Weight types whose one-token rows take the tile's arithmetic on each path: the same bits
 # for a token alone or in a batch without batch-invariant mode.
 NORMAL_MODE_INVARIANT = {
-    lib.PL_ISA_AVX2: ["Q8_0", "Q4_0", "Q4_1", "Q4_0R", "Q4_1R"],
+    lib.PL_ISA_AVX2: ["Q8_0", "Q4_0", "Q4_1", "Q4_0R", "Q4_1R", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
+                      "Q5_K", "Q6_K", "IQ4_XS"],
     lib.PL_ISA_AVX512: ["Q8_0", "Q4_0R", "Q4_1R", "Q5_0", "Q5_1", "IQ4_NL"],
 }
 # GGML's 5-bit and IQ4_NL blocks: (type id, bytes, offsets of the fp16 fields)
 Q5_LAYOUTS = {"Q5_0": (6, 22, [0]), "Q5_1": (7, 24, [0, 2]), "IQ4_NL": (20, 18, [0])}
+# GGML's 256-value super-blocks: (type id, bytes, offsets of the fp16 fields)
+K_LAYOUTS = {"Q2_K": (10, 84, [80, 82]), "Q3_K": (11, 110, [108]), "Q4_K": (12, 144, [0, 2]),
+             "Q5_K": (13, 176, [0, 2]), "Q6_K": (14, 210, [208]), "IQ4_XS": (23, 136, [0])}
 
 
 def _random_q5_blocks(rng, wtype: str, rows: int, cols: int) -> np.ndarray:
-    _, size, halves = Q5_LAYOUTS[wtype]
-    nb = rows * cols // 32
+    """Random bytes in blocks of the type (Q5_LAYOUTS or K_LAYOUTS), its fp16 fields small finite numbers."""
+    _, size, halves = Q5_LAYOUTS[wtype] if wtype in Q5_LAYOUTS else K_LAYOUTS[wtype]
+    nb = rows * cols // (32 if wtype in Q5_LAYOUTS else 256)
     raw = rng.integers(0, 256, (nb, size), dtype=np.uint8)
     for o in halves:
         raw[:, o:o + 2] = rng.uniform(-0.05, 0.05, nb).astype(np.float16).view(np.uint8).reshape(nb, 2)
@@ -278,9 +283,12 @@ def test_normal_mode_one_token_rows_equal_the_tile_bitwise(wtype, isa, shape):
         if lib.pl_set_isa(isa) != isa:
             pytest.skip(f"this CPU lacks ISA path {isa}")
         rows, cols = shape
+        if wtype in K_LAYOUTS:  # whole super-blocks: 1, 1 and 5 of them
+            cols = -(-cols // 256) * 256
         rng = np.random.default_rng(rows * 11 + cols)
-        if wtype in Q5_LAYOUTS:
-            raw, type_id = _random_q5_blocks(rng, wtype, rows, cols), Q5_LAYOUTS[wtype][0]
+        if wtype in Q5_LAYOUTS or wtype in K_LAYOUTS:
+            raw = _random_q5_blocks(rng, wtype, rows, cols)
+            type_id = (Q5_LAYOUTS[wtype] if wtype in Q5_LAYOUTS else K_LAYOUTS[wtype])[0]
         else:
             blk = _random_blocks(rng, wtype[:4], rows, cols)
             raw = _repack(blk, rows) if wtype.endswith("R") else blk.view(np.uint8)
@@ -292,7 +300,7 @@ def test_normal_mode_one_token_rows_equal_the_tile_bitwise(wtype, isa, shape):
     finally:
         lib.pl_set_isa(old)
     np.testing.assert_array_equal(one, batch)
-    if wtype in Q5_LAYOUTS:
+    if wtype in Q5_LAYOUTS or wtype in K_LAYOUTS:
         gq = pytest.importorskip("gguf.quants")
         from gguf import GGMLQuantizationType
 
