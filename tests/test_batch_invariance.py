@@ -12,11 +12,9 @@ per row), which costs no more than row-at-a-time kernels. F32 weights differ by 
 (summation order) and the scalar path not at all.
 
 On AVX-512 the regrouped Q4_K / Q6_K (Q4_KR, Q6_KR) and the Q5_0 / Q5_1 / IQ4_NL rows take
-their tiles' arithmetic too, so the real Qwen2.5-Coder-0.5B and Gemma 3 270M files give the
-same logits bit for bit alone, in a prompt batch and in a decode batch.
-Known gap (xfail, test_kquant_models_...): on AVX2 the K-quant and Q5_0 kernels' one-token
-rows and tiles still differ in summation order, and through the 8-bit rounding of each
-layer's input that moves those files' logits by 0.3-3.5."""
+their tiles' arithmetic too, and on AVX2 the rows of every 5-bit, K-quant and IQ4 type, so
+the real Qwen2.5-Coder-0.5B and Gemma 3 270M files give the same logits bit for bit alone,
+in a prompt batch and in a decode batch on both paths."""
 from __future__ import annotations
 
 import os
@@ -151,10 +149,6 @@ def test_kquant_models_same_logits_alone_in_a_prompt_batch_and_in_a_decode_batch
         pytest.skip(f"{name} is not downloaded ({path}): python -m pyllama.models fetch {name}")
     if mode == "invariant":
         request.getfixturevalue("invariant_mode")
-    elif isa == lib.PL_ISA_AVX2:
-        request.applymarker(pytest.mark.xfail(reason="AVX2's K-quant / Q5_0 one-token rows and tiles still differ "
-                                                     "in summation order (issue 16): 0.3-3.5 on these files",
-                                              strict=False))
     old = lib.pl_current_isa()
     try:
         if lib.pl_set_isa(isa) != isa:
