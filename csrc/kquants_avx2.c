@@ -123,11 +123,11 @@ AVX2_INLINE int kq_panel_rows(const void *w, size_t rb, int r, int r1, const uin
     return nr;
 }
 
-/* a block this many rows on is asked for as this one is read */
+/* a block this many rows on is asked for as this one is read (a line every 64 bytes: blocks lie
+ * end to end, so every line of the row gets asked for) */
 #define KQ_AHEAD 16
 AVX2_INLINE void kq_prefetch(const uint8_t *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
-    _mm_prefetch((const char *)p + bytes - 1, _MM_HINT_T0);
 }
 
 /* ------------------------------------------------- super-blocks, in block lanes */
@@ -413,9 +413,9 @@ AVX2_INLINE __m256i q5pair_sums(const block_q5_0 *x0, int two, const q5pair *ap)
 
 /* d of block b of the 8 rows, in row lanes */
 AVX2_INLINE __m256 q5_scales8(const uint8_t *const wr[8], int b) {
-    uint16_t h[8];
-    for (int k = 0; k < 8; k++) h[k] = ((const block_q5_0 *)wr[k])[b].d;
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#define Q5D(k) ((short)((const block_q5_0 *)wr[k])[b].d)
+    return _mm256_cvtph_ps(_mm_setr_epi16(Q5D(0), Q5D(1), Q5D(2), Q5D(3), Q5D(4), Q5D(5), Q5D(6), Q5D(7)));
+#undef Q5D
 }
 
 AVX2_INLINE void q5_rows8(const void *w, size_t rb, const block_q8x *a, const q5pair *ap, float *y, int r, int r1,
