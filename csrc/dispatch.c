@@ -137,12 +137,13 @@ size_t pl_act_bytes(int type, int cols, int n_tok) {
 #define ROW_ALIGN 8
 
 /* Batch-invariant mode (pl_set_batch_invariant): every token through the one-token
- * rows() kernel, whatever the batch size. Where tile() kernels block and sum differently
- * from rows() (AVX2, the K-quants), the 8-bit rounding of the next product's input turns
+ * rows() kernel, whatever the batch size. Where a tile() kernel blocks and sums differently
+ * from its rows(), the 8-bit rounding of the next product's input turns
  * those last-bit differences into visible ones, so only one kernel per token gives a
  * sequence the same logits alone, in a prompt batch and in a decode batch with other
- * sequences. (AVX-512's Q8_0 and Q4 rows() are its rows_invariant kernels: invariant
- * in either mode.) */
+ * sequences. (Where a set's rows() already has its tile's arithmetic -- its rows_invariant entry is
+ * then that same kernel: the quantized types on AVX2, the common ones on AVX-512 -- the
+ * normal mode is invariant as well, and this mode changes nothing for them.) */
 static _Atomic int batch_invariant;
 
 int pl_set_batch_invariant(int on) { return atomic_exchange(&batch_invariant, on ? 1 : 0); }
