@@ -331,20 +331,63 @@ AVX512_INLINE void block_offsets(int type, const void *act, size_t as, int nt, i
     }
 }
 
+/* Tokens t..t+T-1 of a call, from block b0 on: their activation blocks, zero-point offsets (if
+ * any) and accumulators for the 16 rows at r (masked by m): zero at the first block, else what
+ * the previous chunk stored. */
+AVX512_INLINE void token_group(const void *act, size_t as, const int32_t *off, int nbt, int b0, int t, int T,
+                               const float *y, size_t ys, int r, __mmask16 m, const block_q8x **a,
+                               const int32_t **o, __m512 *acc) {
+    for (int j = 0; j < T; j++) {
+        a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
+        o[j] = off ? off + (size_t)(t + j) * nbt + b0 : NULL;
+        acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + r) : _mm512_setzero_ps();
+    }
+}
+
+/* The largest of 8, 4, 2, 1 tokens that the nt - t left fill */
+AVX512_INLINE int tokens_per_pass(int nt, int t) {
+    return nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+}
+
+/* qpanel with T (8, 4, 2 or 1) a constant in each copy */
+AVX512_INLINE void qpanel_n(int type, int T, const pack16 *pk, int nb, const block_q8x *const *a,
+                            const int32_t *const *o, __m512 *acc) {
+    switch (T) {
+    case 8: qpanel(type, 8, pk, nb, a, o, acc); break;
+    case 4: qpanel(type, 4, pk, nb, a, o, acc); break;
+    case 2: qpanel(type, 2, pk, nb, a, o, acc); break;
+    default: qpanel(type, 1, pk, nb, a, o, acc); break;
+    }
+}
+
+#define OFFSETS_ON_STACK (TOK * 64) /* most calls: a few tokens of a model-width row */
+
+/* block_offsets of nt tokens where the type has a zero point (NULL for Q4_1): in `small` when
+ * they fit, else on the heap; *ok = 0 when that allocation fails. */
+AVX512_INLINE int32_t *token_offsets(int type, const void *act, size_t as, int nt, int nbt,
+                                     int32_t small[OFFSETS_ON_STACK], int *ok) {
+    *ok = 1;
+    if (type == PL_TYPE_Q4_1) return NULL;
+    const size_t need = (size_t)nt * nbt;
+    int32_t *off = need <= OFFSETS_ON_STACK ? small : malloc(need * sizeof(int32_t));
+    if (!off) {
+        *ok = 0;
+        return NULL;
+    }
+    block_offsets(type, act, as, nt, nbt, off);
+    return off;
+}
+
 AVX512_INLINE void qtile(int wtype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
                          int r0, int r1, int nt, int n) {
     const int nbt = n / QK;
     const int type = q4_base(wtype); /* the arithmetic; wtype says where pack_rows finds the blocks */
-    int32_t *off = NULL;
-    int32_t off_small[TOK * 64]; /* most calls: a few tokens of a model-width row */
-    if (type != PL_TYPE_Q4_1) {
-        const size_t need = (size_t)nt * nbt;
-        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
-        if (!off) { /* out of memory: the AVX2 tile needs no buffer of this size */
-            pl_kernels_avx2.tile[wtype](w, rb, act, as, y, ys, r0, r1, nt, n);
-            return;
-        }
-        block_offsets(type, act, as, nt, nbt, off);
+    int32_t off_small[OFFSETS_ON_STACK];
+    int ok;
+    int32_t *off = token_offsets(type, act, as, nt, nbt, off_small, &ok);
+    if (!ok) { /* out of memory: the AVX2 tile needs no buffer of this size */
+        pl_kernels_avx2.tile[wtype](w, rb, act, as, y, ys, r0, r1, nt, n);
+        return;
     }
     pack16 pk[KCHUNK];
     for (int r = r0; r < r1; r += PANEL) {
@@ -354,21 +397,12 @@ AVX512_INLINE void qtile(int wtype, const void *w, size_t rb, const void *act, s
             const int nb = nbt - b0 < KCHUNK ? nbt - b0 : KCHUNK;
             pack_rows(wtype, w, rb, r, nr, b0, nb, nbt, pk);
             for (int t = 0; t < nt;) {
-                const int T = nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const int T = tokens_per_pass(nt, t);
                 const block_q8x *a[TOK];
-                const int32_t *o[TOK] = {NULL};
+                const int32_t *o[TOK];
                 __m512 acc[TOK];
-                for (int j = 0; j < T; j++) {
-                    a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
-                    if (off) o[j] = off + (size_t)(t + j) * nbt + b0;
-                    acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + r) : _mm512_setzero_ps();
-                }
-                switch (T) {
-                case 8: qpanel(type, 8, pk, nb, a, o, acc); break;
-                case 4: qpanel(type, 4, pk, nb, a, o, acc); break;
-                case 2: qpanel(type, 2, pk, nb, a, o, acc); break;
-                default: qpanel(type, 1, pk, nb, a, o, acc); break;
-                }
+                token_group(act, as, off, nbt, b0, t, T, y, ys, r, m, a, o, acc);
+                qpanel_n(type, T, pk, nb, a, o, acc);
                 for (int j = 0; j < T; j++) _mm512_mask_storeu_ps(y + (t + j) * ys + r, m, acc[j]);
                 t += T;
             }
@@ -491,22 +525,13 @@ AVX512_INLINE void ptokens(int ptype, const void *w, size_t rb, const void *act,
             if (nt > TOK)
                 for (int b = 0; b < nb; b++) panel_unpack(ptype, panel + pbb * (size_t)(b0 + b), pk + b);
             for (int t = 0; t < nt;) {
-                const int T = nt <= TOK ? nt : nt - t >= 8 ? 8 : nt - t >= 4 ? 4 : nt - t >= 2 ? 2 : 1;
+                const int T = nt <= TOK ? nt : tokens_per_pass(nt, t);
                 const block_q8x *a[TOK];
-                const int32_t *o[TOK] = {NULL};
+                const int32_t *o[TOK];
                 __m512 acc[TOK];
-                for (int j = 0; j < T; j++) {
-                    a[j] = (const block_q8x *)((const char *)act + (size_t)(t + j) * as) + b0;
-                    if (off) o[j] = off + (size_t)(t + j) * nbt + b0;
-                    acc[j] = b0 ? _mm512_maskz_loadu_ps(m, y + (t + j) * ys + pr) : _mm512_setzero_ps();
-                }
+                token_group(act, as, off, nbt, b0, t, T, y, ys, pr, m, a, o, acc);
                 if (nt > TOK) {
-                    switch (T) {
-                    case 8: qpanel(type, 8, pk, nb, a, o, acc); break;
-                    case 4: qpanel(type, 4, pk, nb, a, o, acc); break;
-                    case 2: qpanel(type, 2, pk, nb, a, o, acc); break;
-                    default: qpanel(type, 1, pk, nb, a, o, acc); break;
-                    }
+                    qpanel_n(type, T, pk, nb, a, o, acc);
                 } else {
                     const uint8_t *p0 = panel + pbb * (size_t)b0;
                     switch (T) { /* every count its own loop: one pass over the panel */
@@ -530,17 +555,13 @@ AVX512_INLINE void ptokens(int ptype, const void *w, size_t rb, const void *act,
 AVX512_INLINE void ptile(int ptype, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys,
                          int r0, int r1, int nt, int n) {
     const int nbt = n / QK, type = q4_base(ptype);
-    int32_t *off = NULL;
-    int32_t off_small[TOK * 64];
-    if (type != PL_TYPE_Q4_1) {
-        const size_t need = (size_t)nt * nbt;
-        off = need <= sizeof off_small / sizeof off_small[0] ? off_small : malloc(need * sizeof(int32_t));
-        if (!off) { /* out of memory: the scalar rows need no buffer */
-            for (int t = 0; t < nt; t++)
-                pl_kernels_scalar.rows[ptype](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
-            return;
-        }
-        block_offsets(type, act, as, nt, nbt, off);
+    int32_t off_small[OFFSETS_ON_STACK];
+    int ok;
+    int32_t *off = token_offsets(type, act, as, nt, nbt, off_small, &ok);
+    if (!ok) { /* out of memory: the scalar rows need no buffer */
+        for (int t = 0; t < nt; t++)
+            pl_kernels_scalar.rows[ptype](w, rb, (const char *)act + (size_t)t * as, y + (size_t)t * ys, r0, r1, n);
+        return;
     }
     if (nt == 1) {
         ppanels_one(ptype, w, rb, (const block_q8x *)act, off, y, r0, r1, nbt);
