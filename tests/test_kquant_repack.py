@@ -19,11 +19,11 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package provides the reference dequantizer")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
-from support.isas import available_isas  # noqa: E402
+from support.layouts import assert_matches_on_every_path, c_matmul, logits_with_and_without_regrouping  # noqa: E402
 from support.reference import quantize_activations_q8  # noqa: E402
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
-ffi, lib = core.ffi, core.lib
+lib = core.lib
 
 Q4_KR, Q6_KR = 33, 34  # PL_TYPE_Q4_KR, PL_TYPE_Q6_KR
 BLOCK_BYTES = 144
@@ -110,15 +110,6 @@ def magnitude(blocks: np.ndarray) -> np.ndarray:
     return parts[0] + parts[1]
 
 
-def c_matmul(type_id, raw, x, rows, cols, n_threads):
-    n_tok = x.shape[0]
-    y = np.full((n_tok, rows), np.nan, dtype=np.float32)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    rc = lib.pl_matmul(type_id, ffi.from_buffer(raw), ffi.cast("float *", ffi.from_buffer(x)),
-                       ffi.cast("float *", ffi.from_buffer(y)), rows, cols, n_tok, n_threads)
-    assert rc == 0, ffi.string(lib.pl_last_error()).decode()
-    return y
-
 
 # rows (a multiple of 8: whole groups), rows used (fewer: the last group in part), cols, tokens, threads
 SHAPES = [
@@ -146,12 +137,7 @@ def test_kr_matches_numpy_on_every_path(kind, shape):
     w = dequant(blocks)[:used]
     want = xq @ w.T
     bound = 4 * cols * 2.0 ** -24 * (np.abs(xq) @ magnitude(blocks)[:used].T) + 1e-30
-    for name, isa in available_isas(lib):
-        assert lib.pl_set_isa(isa) == isa
-        got = c_matmul(KR[kind][0], raw, x, used, cols, n_threads).astype(np.float64)
-        assert np.all(np.isfinite(got)), f"{name}: unwritten or non-finite outputs"
-        err = np.abs(got - want)
-        assert np.all(err <= bound), f"{name} {shape}: worst err/bound {np.max(err / bound):.3g}"
+    assert_matches_on_every_path(KR[kind][0], raw, x, used, cols, n_threads, want, bound, str(shape))
 
 
 @pytest.mark.parametrize("kind", list(KR))
@@ -182,23 +168,8 @@ def test_loader_repack_keeps_the_logits(monkeypatch):
         pytest.skip(f"{path} is absent (the Qwen2.5-Coder-0.5B Q4_K_M file)")
     if lib.pl_cpu_isa() != lib.PL_ISA_AVX512:
         pytest.skip("the loader regroups Q4_K and Q6_K only on CPUs with AVX-512 VNNI")
-    from pyllama import Llama
-
     tokens = [151644, 872, 198, 7985, 264, 13027, 729, 13, 151645, 198, 151644, 77091, 198]
-    batch, rows = {}, {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("PYLLAMA_REPACK", flag)
-        llm = Llama(model_path=path, n_ctx=64, n_threads=2, verbose=False)
-        llm.eval(tokens, logits_all=True)  # one batch: the tiles
-        batch[flag] = np.array(llm.eval_logits)
-        llm.close()
-        llm = Llama(model_path=path, n_ctx=64, n_threads=2, verbose=False)
-        out = []
-        for t in tokens:  # one token at a time: the rows
-            llm.eval([t])
-            out.append(llm.logits.copy())
-        rows[flag] = np.array(out)
-        llm.close()
+    batch, rows = logits_with_and_without_regrouping(monkeypatch, path, tokens)
     spread = float(np.ptp(batch["0"]))
     # the Q4_KR tiles do the Q4_K tiles' arithmetic in the same order
     np.testing.assert_allclose(batch["1"], batch["0"], rtol=0, atol=1e-4 * spread)

@@ -12,19 +12,17 @@ regrouping is checked on the default model (slow): logits against PYLLAMA_REPACK
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf", reason="the gguf package provides the reference dequantizer")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
-from support.isas import available_isas  # noqa: E402
+from support.layouts import assert_matches_on_every_path, c_matmul, logits_with_and_without_regrouping  # noqa: E402
 from support.reference import quantize_activations_q8  # noqa: E402
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
-ffi, lib = core.ffi, core.lib
+lib = core.lib
 
 # file type: (panel type id, block bytes, bytes of scales (and minimums) ahead of the quants)
 PANELS = {"Q4_0": (35, 18, 2), "Q4_1": (36, 20, 4), "Q8_0": (37, 34, 2)}
@@ -79,15 +77,6 @@ def magnitude(kind, blocks: np.ndarray) -> np.ndarray:
     return np.abs(dequant(kind, no_m)) + np.abs(dequant(kind, only_m))
 
 
-def c_matmul(type_id, raw, x, rows, cols, n_threads):
-    n_tok = x.shape[0]
-    y = np.full((n_tok, rows), np.nan, dtype=np.float32)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    rc = lib.pl_matmul(type_id, ffi.from_buffer(raw), ffi.cast("float *", ffi.from_buffer(x)),
-                       ffi.cast("float *", ffi.from_buffer(y)), rows, cols, n_tok, n_threads)
-    assert rc == 0, ffi.string(lib.pl_last_error()).decode()
-    return y
-
 
 # rows (a multiple of 16: whole panels), rows used (fewer: the last panel in part), cols, tokens, threads
 SHAPES = [
@@ -115,12 +104,7 @@ def test_panels_match_numpy_on_every_path(kind, shape):
     xq = quantize_activations_q8(x)
     want = xq @ dequant(kind, blocks)[:used].T
     bound = 4 * cols * 2.0 ** -24 * (np.abs(xq) @ magnitude(kind, blocks)[:used].T) + 1e-30
-    for name, isa in available_isas(lib):
-        assert lib.pl_set_isa(isa) == isa
-        got = c_matmul(PANELS[kind][0], raw, x, used, cols, n_threads).astype(np.float64)
-        assert np.all(np.isfinite(got)), f"{name}: unwritten or non-finite outputs"
-        err = np.abs(got - want)
-        assert np.all(err <= bound), f"{name} {shape}: worst err/bound {np.max(err / bound):.3g}"
+    assert_matches_on_every_path(PANELS[kind][0], raw, x, used, cols, n_threads, want, bound, str(shape))
 
 
 @pytest.mark.parametrize("kind", list(PANELS))
@@ -150,24 +134,8 @@ def test_loader_panels_keep_the_logits(monkeypatch, default_model_path):
     rows within float summation order spread by the 8-bit rounding of each layer's input."""
     if lib.pl_cpu_isa() != lib.PL_ISA_AVX512:
         pytest.skip("the loader regroups into panels only on CPUs with AVX-512 VNNI")
-    from pyllama import Llama
-
     tokens = [1, 504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30, 10527, 2287, 253, 655]
-    batch, rows = {}, {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("PYLLAMA_REPACK", flag)
-        llm = Llama(model_path=default_model_path, n_ctx=64, n_threads=2, verbose=False)
-        llm.eval(tokens, logits_all=True)
-        batch[flag] = np.array(llm.eval_logits)
-        llm.reset() if hasattr(llm, "reset") else None
-        llm.close()
-        llm = Llama(model_path=default_model_path, n_ctx=64, n_threads=2, verbose=False)
-        out = []
-        for t in tokens:
-            llm.eval([t])
-            out.append(llm.logits.copy())
-        rows[flag] = np.array(out)
-        llm.close()
+    batch, rows = logits_with_and_without_regrouping(monkeypatch, default_model_path, tokens)
     assert np.array_equal(batch["1"], batch["0"])
     assert np.array_equal(rows["1"], batch["1"])
     spread = float(np.ptp(batch["0"]))
