@@ -514,6 +514,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
              round(eng.tokens_per_second(), 3) if eng else 0.0),
             ("pyllama_model_loaded", "gauge", "1 once the model is loaded", 1 if eng else 0),
         ]
+        if eng is not None:
+            values.append(("pyllama_engine_rounds_total", "counter", "forward passes the engine ran", eng.rounds))
         for name, kind, help_, value in values:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         if eng is not None:
@@ -523,8 +525,6 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                       f"# TYPE {name} counter"]
             for phase, seconds in eng.phase_seconds.items():
                 lines.append(f'{name}{{phase="{phase}"}} {seconds:.6f}')
-            lines += ["# HELP pyllama_engine_rounds_total forward passes the engine ran",
-                      "# TYPE pyllama_engine_rounds_total counter", f"pyllama_engine_rounds_total {eng.rounds}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
