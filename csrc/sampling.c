@@ -367,6 +367,59 @@ static void copy_allowed(float *dst, const float *src, const uint32_t *allowed, 
 
 static int is_allowed(const uint32_t *allowed, int32_t id) { return allowed[id >> 5] >> (id & 31) & 1; }
 
+/* What every thread of pl_sample's vocabulary passes reads and writes. */
+typedef struct {
+    const float *logits;
+    float *work;
+    int n_vocab, modify, penalize, shortcut, want;
+    const pl_sampler *s;
+    const int32_t *recent, *bias_ids;
+    const float *bias_vals;
+    int n_recent, n_bias;
+    const uint32_t *allowed;
+    int32_t *cand;
+    scan_part *part; /* [thread] */
+    float threshold; /* top-k's shortcut: what the scan keeps */
+    int team;        /* threads that took part */
+} vocab_pass;
+
+/* The passes over the whole vocabulary, this thread's share of them: the logits copied where
+ * something changes them (bias, penalties, a mask), top-k's threshold, the candidates. Run by
+ * every thread of a team, or alone outside one (the barriers and singles then do nothing). */
+static void scan_vocab(vocab_pass *j) {
+    const int t = omp_get_thread_num();
+    const float *v = j->modify ? j->work : j->logits;
+    int a, b;
+    pl_thread_share(j->n_vocab, &a, &b);
+    if (t == 0) j->team = omp_get_num_threads();
+    if (j->modify) {
+        if (j->allowed) copy_allowed(j->work, j->logits, j->allowed, a, b);
+        else memcpy(j->work + a, j->logits + a, (size_t)(b - a) * sizeof(float));
+#pragma omp barrier
+#pragma omp single
+        {
+            /* a banned token stays banned: -inf plus a +inf bias would be NaN */
+            for (int i = 0; i < j->n_bias; i++)
+                if (j->bias_ids[i] >= 0 && j->bias_ids[i] < j->n_vocab &&
+                    (!j->allowed || is_allowed(j->allowed, j->bias_ids[i])))
+                    j->work[j->bias_ids[i]] += j->bias_vals[i];
+            if (j->penalize) /* cand: scratch */
+                apply_penalties(j->work, j->n_vocab, j->s, j->recent, j->n_recent, j->cand);
+        }
+    }
+    if (j->shortcut) {
+        sample_top(v, j->n_vocab, a, b, j->want, &j->part[t]);
+#pragma omp barrier
+#pragma omp single
+        {
+            j->threshold = merge_threshold(j->part, omp_get_num_threads(), j->want);
+            /* a mask leaves many -inf logits: collect only the allowed ones */
+            if (j->allowed && j->threshold == -INFINITY) j->threshold = -FLT_MAX;
+        }
+    }
+    scan(v, a, b, j->threshold, j->cand, &j->part[t]);
+}
+
 int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32_t *recent, int n_recent,
               const int32_t *bias_ids, const float *bias_vals, int n_bias, const uint32_t *allowed,
               uint64_t *rng, float *work, int32_t *cand, double *probs, int *n_cand) {
@@ -384,44 +437,24 @@ int pl_sample(const float *logits, int n_vocab, const pl_sampler *s, const int32
      * forward pass the way its output layer split the rows: each thread then reads
      * the logits it wrote, from its own cache (one thread reading them all, half from
      * the other core's cache, made the maximum alone a visible share of a token).
+     * One thread runs them outside any OpenMP region: even a region of one costs
+     * libgomp a futex call, which a server pays for every slot's every token.
      */
     int nth = sample_threads < MAX_SAMPLE_THREADS ? sample_threads : MAX_SAMPLE_THREADS;
     if (nth < 1 || n_vocab < 16384) nth = 1;
     scan_part part[MAX_SAMPLE_THREADS];
-    float threshold = INFINITY;
-    int team = 1;
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        pl_team_enter();
-        const int t = omp_get_thread_num();
-        int a, b;
-        pl_thread_share(n_vocab, &a, &b);
-        if (t == 0) team = omp_get_num_threads();
-        if (modify) {
-            if (allowed) copy_allowed(work, logits, allowed, a, b);
-            else memcpy(work + a, logits + a, (size_t)(b - a) * sizeof(float));
-#pragma omp barrier
-#pragma omp single
-            {
-                /* a banned token stays banned: -inf plus a +inf bias would be NaN */
-                for (int i = 0; i < n_bias; i++)
-                    if (bias_ids[i] >= 0 && bias_ids[i] < n_vocab && (!allowed || is_allowed(allowed, bias_ids[i])))
-                        work[bias_ids[i]] += bias_vals[i];
-                if (penalize) apply_penalties(work, n_vocab, s, recent, n_recent, cand); /* cand: scratch */
-            }
+    vocab_pass job = {logits, work, n_vocab, modify, penalize, shortcut, want, s, recent, bias_ids, bias_vals,
+                      n_recent, n_bias, allowed, cand, part, INFINITY, 1};
+    if (nth > 1) {
+#pragma omp parallel num_threads(nth)
+        {
+            pl_team_enter();
+            scan_vocab(&job);
         }
-        if (shortcut) {
-            sample_top(v, n_vocab, a, b, want, &part[t]);
-#pragma omp barrier
-#pragma omp single
-            {
-                threshold = merge_threshold(part, omp_get_num_threads(), want);
-                /* a mask leaves many -inf logits: collect only the allowed ones */
-                if (allowed && threshold == -INFINITY) threshold = -FLT_MAX;
-            }
-        }
-        scan(v, a, b, threshold, cand, &part[t]);
+    } else {
+        scan_vocab(&job);
     }
+    const int team = job.team;
     float vmax = -INFINITY;
     int nan = 0, best_chunk = 0, m = 0;
     for (int t = 0; t < team; t++) { /* in range order: candidates stay in increasing id order */

@@ -90,12 +90,26 @@ class Slot:
         self.parked: Optional[list] = None  # tokens the slot waits to have evaluated
         self.eval_error: Optional[BaseException] = None
         self._engine: Optional[greenlet.greenlet] = None  # the engine thread's own greenlet
-        self._task: Optional[greenlet.greenlet] = None  # the task running or parked, until it ends
+        # The greenlet that runs the slot's tasks one after another. One for the slot's life,
+        # not one per task: a new greenlet gets a new Python frame stack (a 16 KiB mmap) and
+        # unmaps it when it ends, an munmap that interrupts the forward pass's other thread.
+        self._worker: Optional[greenlet.greenlet] = None
+        self._in_task = False  # a task is running or parked in the worker
         llm._batch_hook = self._park
+
+    def _work(self, task: Callable[[], None]) -> None:
+        """The worker greenlet: run the task, hand control back, take the next one."""
+        while True:
+            self._in_task = True
+            try:
+                task()
+            finally:
+                self._in_task = False
+            task = self._engine.switch()
 
     def _park(self, llm, tokens) -> None:
         """eval() on this slot's fork (inside its task): wait for the engine's batched pass."""
-        if self._task is None or greenlet.getcurrent() is not self._task:
+        if not self._in_task or greenlet.getcurrent() is not self._worker:
             raise RuntimeError("a server slot's model evaluates inside its request's task only")
         self.parked = list(tokens)
         self.eval_error = None
@@ -107,23 +121,18 @@ class Slot:
     def run(self, task: Callable[[], None]) -> None:
         """Engine thread: run task until it ends or parks in eval()."""
         self._engine = greenlet.getcurrent()
-        g = greenlet.greenlet(task)  # a child of the engine's greenlet: an ended task switches back
-        self._task = g
-        g.switch()
-        if g.dead:
-            self._task = None
+        if self._worker is None or self._worker.dead:
+            self._worker = greenlet.greenlet(self._work)  # a child of the engine's greenlet
+        self._worker.switch(task)
 
     def resume(self) -> None:
         """Engine thread: let a parked task go on until it ends or parks again."""
         self.parked = None
-        g = self._task
-        g.switch()
-        if g.dead:
-            self._task = None
+        self._worker.switch()
 
     def close(self) -> None:
-        """Engine thread: end a task still parked (its generators' finally blocks run)."""
-        g, self._task = self._task, None
+        """Engine thread: end a task still parked (its generators' finally blocks run) and the worker."""
+        g, self._worker = self._worker, None
         if g is not None and not g.dead:
             g.throw(greenlet.GreenletExit)
 
