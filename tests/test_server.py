@@ -295,6 +295,67 @@ def test_16_concurrent_streams_equal_alone(client, model_id, alone):
         assert text == ref["message"]["content"], messages
 
 
+def test_first_tokens_pass_goes_alone_then_everyone_continues(server, client, model_id, alone, monkeypatch):
+    """A request arriving while others stream gets the pass over its prompt to itself
+    (its first token does not wait for theirs), the next pass takes every slot again, and
+    its answer is still the one it gets alone."""
+    engine = server.app.state.pyllama.engine
+    rounds = []  # per forward pass: sorted (slot, tokens) of the slots it evaluated
+    real = engine._eval_parked
+
+    def recording(parked):
+        rounds.append(sorted((s.index, len(s.parked)) for s in parked))
+        return real(parked)
+
+    monkeypatch.setattr(engine, "_eval_parked", recording)
+    streaming = threading.Barrier(3)
+
+    def stream(i):
+        parts = []
+        for n, chunk in enumerate(client.completions.create(model=model_id, prompt=f"Story {i}: Once upon a time",
+                                                            max_tokens=80, temperature=0, stream=True)):
+            parts.append(chunk.choices[0].text if chunk.choices else "")
+            if n == 2:
+                streaming.wait(timeout=60)
+        return "".join(parts)
+
+    prompt = "The capital of France is"
+    n_prompt = len(alone.tokenize(prompt.encode()))
+    with ThreadPoolExecutor(2) as pool:
+        streams = [pool.submit(stream, i) for i in range(2)]
+        streaming.wait(timeout=60)  # both are decoding
+        start = len(rounds)
+        out = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0,
+                                        extra_body=FRESH)
+        assert all(f.result() for f in streams)
+    later = rounds[start:]
+    mine = [i for i, r in enumerate(later) if any(n == n_prompt for _, n in r)]
+    assert mine, later[:5]
+    first = mine[0]
+    assert len(later[first]) == 1, later[first - 1:first + 2]  # alone, though two streams were parked
+    assert len(later[first + 1]) == 3 and all(n == 1 for _, n in later[first + 1]), later[first:first + 2]
+    alone.reset()
+    assert out.choices[0].text == alone.create_completion(prompt, max_tokens=5, temperature=0)["choices"][0]["text"]
+
+
+def test_first_tokens_never_go_alone_twice_in_a_row():
+    from types import SimpleNamespace as NS
+
+    from pyllama.server.engine import Engine
+
+    def slot(started, first=True):
+        return NS(job=NS(stream=object() if started else None, text=[] if first else ["x"]))
+
+    engine = NS(_firsts_went_alone=False)
+    new1, new2, streaming, prefilling = slot(True), slot(True), slot(True, first=False), slot(False)
+    pick = lambda parked: Engine._first_tokens_first(engine, parked)  # noqa: E731
+    assert pick([new1, streaming]) == [new1]
+    assert pick([new2, streaming, new1]) == [new2, streaming, new1]  # the streams' turn
+    assert pick([new2, streaming]) == [new2]
+    assert pick([new1, new2]) == [new1, new2]  # nobody else waits
+    assert pick([prefilling, streaming]) == [prefilling, streaming]  # a long prompt's chunks ride along
+
+
 def test_thread_safe_metrics_while_streaming(server, client, model_id):
     """/health and /metrics answer while every slot is busy."""
     def long(_):
