@@ -13,6 +13,13 @@ Prints, for the default model and 2 threads:
   event loop, and the wall time per round.
 Tokens are counted from each response's usage; generation ignores EOS (min_p 0, a fixed
 long prompt) only as far as the model allows, so counts come from the responses, not assumed.
+
+Both sides of each ratio are measured the same way and close together in time: this VM's
+speed drifts by 10-15% from one minute to the next, more than the margins asked for. So the
+in-process runs alternate with the HTTP ones (the in-process model loaded in this process
+beside the idle server), the 1-stream runs with the 8-stream ones, and each side takes its
+best of ROUNDS; a time to first token is the median of TTFT_SAMPLES requests on each side
+(idle, and arriving one after another while the 7 others stream).
 """
 from __future__ import annotations
 
@@ -24,7 +31,6 @@ import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,66 +199,92 @@ def aggregate_with_split(url: str, n_streams: int, n: int) -> tuple[float, dict 
     return tps, split
 
 
-def ttft_under_load(url: str, n: int) -> float:
-    stop = threading.Event()
+ROUNDS = 5  # runs per side of a throughput ratio (best of)
+TTFT_SAMPLES = 5  # requests per side of the time-to-first-token ratio (median of)
+TTFT_PROMPT = PROMPT + " The end."
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def ttft_under_load(url: str, n: int) -> list[float]:
+    """Times to first token of TTFT_SAMPLES requests sent one after another while 7 others
+    stream (each well past the samples' end: n * 4 tokens)."""
     with ThreadPoolExecutor(7) as pool:
         busy = [pool.submit(stream_completion, url, n * 4) for _ in range(7)]
-        time.sleep(2.0)  # the 7 are decoding
-        r = stream_completion(url, 8, prompt=PROMPT + " The end.")
-        stop.set()
+        time.sleep(1.0)  # the 7 are decoding
+        out = []
+        for _ in range(TTFT_SAMPLES):
+            out.append(stream_completion(url, 8, prompt=TTFT_PROMPT)["ttft"])
+            time.sleep(0.1)
         for f in busy:
             f.result()
-    return r["ttft"]
+    return out
 
 
-def measure_server(name: str, url: str, n: int, rounds: int = 3) -> dict:
+def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
+    """The server's figures; with in_process (a function giving in-process decode tokens/s),
+    its runs alternate with the one-stream HTTP runs and its best comes back as "in_process_tps"."""
     stream_completion(url, n)  # warm
-    # best of `rounds`, as in_process_tps takes its best: one short stream is at the mercy of the
-    # machine's other work, and both sides of each ratio are measured the same way
-    one = max((stream_completion(url, n) for _ in range(rounds)), key=lambda r: r["decode_tps"])
-    idle_ttft = min(stream_completion(url, 8, prompt=PROMPT + " The end.")["ttft"] for _ in range(3))
-    agg1, split1 = max((aggregate_with_split(url, 1, n) for _ in range(rounds)), key=lambda r: r[0])
-    agg8, split8 = max((aggregate_with_split(url, 8, n) for _ in range(rounds)), key=lambda r: r[0])
-    loaded_ttft = ttft_under_load(url, n)
+    ones, ins = [], []
+    for _ in range(ROUNDS):
+        if in_process is not None:
+            ins.append(in_process())
+            time.sleep(0.05)
+        ones.append(stream_completion(url, n))
+    one = max(ones, key=lambda r: r["decode_tps"])
+    idle_ttft = median([stream_completion(url, 8, prompt=TTFT_PROMPT)["ttft"] for _ in range(TTFT_SAMPLES)])
+    runs1, runs8 = [], []
+    for _ in range(3):
+        runs1.append(aggregate_with_split(url, 1, n))
+        runs8.append(aggregate_with_split(url, 8, n))
+    agg1, split1 = max(runs1, key=lambda r: r[0])
+    agg8, split8 = max(runs8, key=lambda r: r[0])
+    loaded = ttft_under_load(url, n)
     out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
-           "ttft_idle_s": idle_ttft, "ttft_under_7_s": loaded_ttft}
+           "ttft_idle_s": idle_ttft, "ttft_under_7_s": median(loaded),
+           "ttft_under_7_samples_s": [round(x, 4) for x in loaded]}
+    if ins:
+        out["in_process_tps"] = max(ins)
     if split8:  # ms per engine round (forward pass) of the best run
         out["engine_ms_per_round_1"], out["engine_ms_per_round_8"] = split1, split8
     print(json.dumps(out), file=sys.stderr)
     return out
 
 
-def serve_and_measure(name: str, cmd: list[str], n: int, **popen) -> dict:
+def serve_and_measure(name: str, cmd: list[str], n: int, in_process=None, **popen) -> dict:
     """Start the server `cmd` on a free port, measure it (measure_server), stop it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(cmd + ["--port", str(port)], stderr=subprocess.PIPE, text=True, **popen)
     try:
         wait_health(url, proc)
-        return measure_server(name, url, n)
+        return measure_server(name, url, n, in_process)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def in_process_tps(model: str, threads: int, n: int) -> float:
-    from pyllama import Llama
+class InProcess:
+    """create_completion in this process: decode tokens/s of one streamed completion per call."""
 
-    llm = Llama(model, n_ctx=2048, n_threads=threads)
-    best = 0.0
-    for _ in range(3):
+    def __init__(self, model: str, threads: int, n: int):
+        from pyllama import Llama
+
+        self.llm = Llama(model, n_ctx=2048, n_threads=threads)
+        self.n = n
+
+    def __call__(self) -> float:
+        llm = self.llm
         llm.reset()
         first = None
-        count = 0
-        for chunk in llm.create_completion(PROMPT, max_tokens=n, temperature=0, stream=True):
+        for chunk in llm.create_completion(PROMPT, max_tokens=self.n, temperature=0, stream=True):
             if first is None and chunk["choices"][0]["text"]:
                 first = time.perf_counter()
-            count += 1
         end = time.perf_counter()
-        tokens = llm.last_usage["completion_tokens"]
-        best = max(best, (tokens - 1) / (end - first))
-    llm.close()
-    return best
+        return (llm.last_usage["completion_tokens"] - 1) / (end - first)
 
 
 def main() -> None:
@@ -266,11 +298,14 @@ def main() -> None:
 
     model = models.resolve_model(args.model)
     rows = []
-    tps_in = in_process_tps(model, args.threads, args.n)
+    in_process = InProcess(model, args.threads, args.n)
+    in_process()  # warm
 
     ours = serve_and_measure("pyllama", [sys.executable, "-m", "pyllama.server", "-m", model, "-t", str(args.threads),
-                                         "-np", "8", "-c", "1024", "--max-queue", "64"], args.n)
+                                         "-np", "8", "-c", "1024", "--max-queue", "64"], args.n, in_process)
     rows.append(ours)
+    tps_in = ours["in_process_tps"]
+    in_process.llm.close()
 
     theirs = None
     if os.path.exists(args.llama_server):
@@ -284,16 +319,19 @@ def main() -> None:
     print("| | pyllama server | llama-server -np 8 | target |")
     print("| --- | --- | --- | --- |")
     fmt = lambda r, k: f"{r[k]:.2f}" if r else "-"  # noqa: E731
-    print(f"| in-process create_completion decode tok/s | {tps_in:.1f} | | |")
-    print(f"| one stream over HTTP, decode tok/s | {fmt(ours, 'one_stream_decode_tps')} | {fmt(theirs, 'one_stream_decode_tps')} "
+    print(f"| in-process create_completion decode tok/s (best of {ROUNDS}) | {tps_in:.1f} | | |")
+    print(f"| one stream over HTTP, decode tok/s (best of {ROUNDS}, alternating) | {fmt(ours, 'one_stream_decode_tps')} | {fmt(theirs, 'one_stream_decode_tps')} "
           f"| >= 90% of in-process: {ours['one_stream_decode_tps'] / tps_in:.0%} |")
-    print(f"| aggregate tok/s, 1 stream | {fmt(ours, 'aggregate_1')} | {fmt(theirs, 'aggregate_1')} | |")
+    print(f"| aggregate tok/s, 1 stream (best of 3, alternating with 8) | {fmt(ours, 'aggregate_1')} | {fmt(theirs, 'aggregate_1')} | |")
     ratio = ours["aggregate_8"] / ours["aggregate_1"]
     vs = f"; {ours['aggregate_8'] / theirs['aggregate_8']:.2f}x llama-server (>= 1.5x)" if theirs else ""
     print(f"| aggregate tok/s, 8 streams | {fmt(ours, 'aggregate_8')} | {fmt(theirs, 'aggregate_8')} "
           f"| {ratio:.2f}x one stream (>= 3x){vs} |")
-    print(f"| time to first token, idle (s) | {fmt(ours, 'ttft_idle_s')} | {fmt(theirs, 'ttft_idle_s')} | |")
-    print(f"| time to first token, 7 streaming (s) | {fmt(ours, 'ttft_under_7_s')} | {fmt(theirs, 'ttft_under_7_s')} "
+    ms = lambda r, k: f"{1e3 * r[k]:.1f}" if r else "-"  # noqa: E731
+    print(f"| time to first token, idle (ms, median of {TTFT_SAMPLES}) | {ms(ours, 'ttft_idle_s')} "
+          f"| {ms(theirs, 'ttft_idle_s')} | |")
+    print(f"| time to first token, 7 streaming (ms, median of {TTFT_SAMPLES}) | {ms(ours, 'ttft_under_7_s')} "
+          f"| {ms(theirs, 'ttft_under_7_s')} "
           f"| <= 2x idle: {ours['ttft_under_7_s'] / ours['ttft_idle_s']:.2f}x |")
     for k in ("1", "8"):
         split = ours.get("engine_ms_per_round_" + k)
