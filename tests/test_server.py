@@ -295,10 +295,12 @@ def test_16_concurrent_streams_equal_alone(client, model_id, alone):
         assert text == ref["message"]["content"], messages
 
 
-def test_first_tokens_pass_goes_alone_then_everyone_continues(server, client, model_id, alone, monkeypatch):
+@pytest.mark.parametrize("kind", ["completion", "chat"])
+def test_first_tokens_pass_goes_alone_then_everyone_continues(server, client, model_id, alone, monkeypatch, kind):
     """A request arriving while others stream gets the pass over its prompt to itself
     (its first token does not wait for theirs), the next pass takes every slot again, and
-    its answer is still the one it gets alone."""
+    its answer is still the one it gets alone. A chat stream sends its role chunk before
+    its prompt is evaluated: that must not count as a first token."""
     engine = server.app.state.pyllama.engine
     rounds = []  # per forward pass: sorted (slot, tokens) of the slots it evaluated
     real = engine._eval_parked
@@ -320,22 +322,30 @@ def test_first_tokens_pass_goes_alone_then_everyone_continues(server, client, mo
         return "".join(parts)
 
     prompt = "The capital of France is"
-    n_prompt = len(alone.tokenize(prompt.encode()))
     with ThreadPoolExecutor(2) as pool:
         streams = [pool.submit(stream, i) for i in range(2)]
         streaming.wait(timeout=60)  # both are decoding
         start = len(rounds)
-        out = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0,
-                                        extra_body=FRESH)
+        if kind == "chat":
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model=model_id, messages=ask(prompt), max_tokens=5, temperature=0, stream=True, extra_body=FRESH)
+                if c.choices)
+        else:
+            text = client.completions.create(model=model_id, prompt=prompt, max_tokens=5, temperature=0,
+                                             extra_body=FRESH).choices[0].text
         assert all(f.result() for f in streams)
     later = rounds[start:]
-    mine = [i for i, r in enumerate(later) if any(n == n_prompt for _, n in r)]
-    assert mine, later[:5]
+    mine = [i for i, r in enumerate(later) if any(n > 1 for _, n in r)]  # the pass over its prompt
+    assert len(mine) == 1, later[:5]
     first = mine[0]
     assert len(later[first]) == 1, later[first - 1:first + 2]  # alone, though two streams were parked
     assert len(later[first + 1]) == 3 and all(n == 1 for _, n in later[first + 1]), later[first:first + 2]
     alone.reset()
-    assert out.choices[0].text == alone.create_completion(prompt, max_tokens=5, temperature=0)["choices"][0]["text"]
+    if kind == "chat":
+        want = alone.create_chat_completion(ask(prompt), max_tokens=5, temperature=0)["choices"][0]["message"]["content"]
+    else:
+        want = alone.create_completion(prompt, max_tokens=5, temperature=0)["choices"][0]["text"]
+    assert text == want
 
 
 def test_first_tokens_never_go_alone_twice_in_a_row():
@@ -344,7 +354,7 @@ def test_first_tokens_never_go_alone_twice_in_a_row():
     from pyllama.server.engine import Engine
 
     def slot(started, first=True):
-        return NS(job=NS(stream=object() if started else None, text=[] if first else ["x"]))
+        return NS(job=NS(stream=object() if started else None, generated=0 if first else 3))
 
     engine = NS(_firsts_went_alone=False)
     new1, new2, streaming, prefilling = slot(True), slot(True), slot(True, first=False), slot(False)

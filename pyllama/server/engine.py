@@ -61,6 +61,7 @@ class Job:
         self.slot: Optional[Slot] = None
         self.text: list[str] = []  # what was generated, for the slot's prefix key
         self.pending: list = []  # items delivered since the engine last flushed
+        self.generated = 0  # tokens its stream has sampled so far
 
     def deliver(self, kind: str, value: Any) -> None:
         """Queue an item; it reaches ``out`` at the engine's next :meth:`Engine._flush`."""
@@ -348,7 +349,7 @@ class Engine:
         if self._firsts_went_alone:
             self._firsts_went_alone = False
             return parked
-        firsts = [s for s in parked if s.job.stream is not None and not s.job.text]
+        firsts = [s for s in parked if s.job.stream is not None and not s.job.generated]
         if firsts and len(firsts) < len(parked):
             self._firsts_went_alone = True
             return firsts
@@ -458,7 +459,9 @@ class Engine:
                         self.tokens_prompt += usage.get("prompt_tokens", 0)
                 self._finish(slot, ("end", usage))
                 return
-            self._decoded += llm._timings().get("gen_tokens", 0) - before
+            new_tokens = llm._timings().get("gen_tokens", 0) - before
+            self._decoded += new_tokens
+            job.generated += new_tokens
             job.text.append(_chunk_text(chunk))
             job.deliver("chunk", chunk)
         except Exception as e:  # the request's own error (bad arguments, context overflow)
