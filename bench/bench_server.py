@@ -8,6 +8,8 @@ Prints, for the default model and 2 threads:
      load against llama.cpp's `llama-server -np 8` when its binary is given or found (target >= 1.5x);
   C. time to first token of a request arriving while 7 others stream vs on an idle server
      (target <= 2x);
+  D. sustained load (no target): 12 clients sending 32-token requests back to back to the 8
+     slots for 4 s, tokens/s and the median time to first token (queueing included);
   and pyllama's engine time per forward pass (round) during the best 1- and 8-stream runs,
   split as /metrics reports it: the slots' Python steps, the forward pass, the flush to the
   event loop, and the wall time per round.
@@ -31,6 +33,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,11 +50,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_health(url: str, proc, timeout=120) -> None:
+def wait_health(url: str, proc, log=None, timeout=120) -> None:
+    """Until `url` answers /health with 200; SystemExit with the end of the server's log (a file
+    or proc.stderr) if it exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            if log is not None:
+                log.seek(0)
+            err = log or proc.stderr
+            raise SystemExit(f"server exited: {err.read()[-2000:] if err else ''}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -224,6 +232,25 @@ def ttft_under_load(url: str, n: int) -> list[float]:
     return out
 
 
+def sustained(url: str, seconds: float = 4.0, clients: int = 12, n: int = 32) -> tuple[float, float]:
+    """clients each sending streamed n-token requests back to back (more of them than slots, so
+    requests keep arriving and queueing while others stream) for `seconds`: tokens/s over all of
+    them, and the median time to first token, waiting in the queue included."""
+    stop = time.perf_counter() + seconds
+    tokens, ttfts = [], []
+
+    def client(i: int) -> None:
+        while time.perf_counter() < stop:
+            r = stream_completion(url, n, prompt=f"{PROMPT} Part {i}.")
+            tokens.append(r["tokens"])
+            ttfts.append(r["ttft"])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return sum(tokens) / (time.perf_counter() - t0), median(ttfts)
+
+
 def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
     """The server's figures; with in_process (a function giving in-process decode tokens/s),
     its runs alternate with the one-stream HTTP runs and its best comes back as "in_process_tps"."""
@@ -243,9 +270,11 @@ def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
     agg1, split1 = max(runs1, key=lambda r: r[0])
     agg8, split8 = max(runs8, key=lambda r: r[0])
     loaded = ttft_under_load(url, n)
+    churn_tps, churn_ttft = sustained(url)
     out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
            "ttft_idle_s": idle_ttft, "ttft_under_7_s": median(loaded),
-           "ttft_under_7_samples_s": [round(x, 4) for x in loaded]}
+           "ttft_under_7_samples_s": [round(x, 4) for x in loaded],
+           "sustained_tps": churn_tps, "sustained_ttft_s": churn_ttft}
     if ins:
         out["in_process_tps"] = max(ins)
     if split8:  # ms per engine round (forward pass) of the best run
@@ -255,16 +284,18 @@ def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
 
 
 def serve_and_measure(name: str, cmd: list[str], n: int, in_process=None, **popen) -> dict:
-    """Start the server `cmd` on a free port, measure it (measure_server), stop it."""
+    """Start the server `cmd` on a free port, measure it (measure_server), stop it. Its log goes to a
+    file, not a pipe: llama-server logs every request, and a pipe nobody reads fills and stalls it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(cmd + ["--port", str(port)], stderr=subprocess.PIPE, text=True, **popen)
-    try:
-        wait_health(url, proc)
-        return measure_server(name, url, n, in_process)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd + ["--port", str(port)], stderr=log, text=True, **popen)
+        try:
+            wait_health(url, proc, log)
+            return measure_server(name, url, n, in_process)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 class InProcess:
@@ -333,6 +364,10 @@ def main() -> None:
     print(f"| time to first token, 7 streaming (ms, median of {TTFT_SAMPLES}) | {ms(ours, 'ttft_under_7_s')} "
           f"| {ms(theirs, 'ttft_under_7_s')} "
           f"| <= 2x idle: {ours['ttft_under_7_s'] / ours['ttft_idle_s']:.2f}x |")
+    print(f"| sustained: 12 clients sending 32-token requests back to back, tok/s | {fmt(ours, 'sustained_tps')} "
+          f"| {fmt(theirs, 'sustained_tps')} | |")
+    print(f"| sustained: time to first token, queueing included (ms, median) | {ms(ours, 'sustained_ttft_s')} "
+          f"| {ms(theirs, 'sustained_ttft_s')} | |")
     for k in ("1", "8"):
         split = ours.get("engine_ms_per_round_" + k)
         if split:
