@@ -233,12 +233,6 @@ AVX2_INLINE void fpanel8_tokens(const float *p, int kc, const float *x, size_t x
     for (; t < nt; t++) fpanel8(1, p, kc, x + t * xs, xs, y + t * ys, ys, first, m);
 }
 
-/* lanes 0..n-1 of a mask vector set (n clamped to 0..8) */
-AVX2_INLINE __m256i lanes_below(int n) {
-    n = n < 0 ? 0 : n > 8 ? 8 : n;
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 AVX2 static void fpanel16_rows(int type, const void *w, size_t rb, const float *x, size_t xs, float *y, size_t ys,
                                int r0, int r1, int nt, int n) {
     float p[FKC2 * 16] __attribute__((aligned(32)));
@@ -295,20 +289,6 @@ FLOAT_KERNELS(bf16, PL_TYPE_BF16)
  * The 8 rows are adjacent: one stream of memory, as decode wants.
  */
 
-/* s[i] (row i): block A's partial sums in lanes 0-3, block B's in lanes 4-7 -> v[0] (A), v[1] (B): lane i
- * holds row i's sum */
-AVX2_INLINE void pair_sums_by_row(const __m256i s[8], __m256i v[2]) {
-    __m256i t[4], u[2];
-    for (int k = 0; k < 4; k++) /* rows 2k, 2k+1 interleaved, each the sum of two of its partials */
-        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
-                                _mm256_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
-    for (int j = 0; j < 2; j++) /* rows 4j..4j+3: block A's sums in the low 128-bit lane, B's in the high */
-        u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
-                                _mm256_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
-    v[0] = _mm256_permute2x128_si256(u[0], u[1], 0x20);
-    v[1] = _mm256_permute2x128_si256(u[0], u[1], 0x31);
-}
-
 /* the fp16 pair at offset off of each of 8 rows -> its first and second values as floats, lane = row */
 AVX2_INLINE void pair_by_row(const uint8_t *const wr[8], size_t off, __m256 *first, __m256 *second) {
     __m128i x[8], t[4];
@@ -344,33 +324,6 @@ AVX2_INLINE void halves8_by_row(const uint8_t *const wr[8], size_t off, float f[
     }
 }
 
-/* rows: the panel this far on is asked for, a line at a time as this one reads its own (a burst of a whole
- * panel's lines at its start crowds out the loads that need them now) */
-#define PANEL_AHEAD 16
-
-/* The panel's rows r..r+nr-1 (missing lanes: the last row again) and where its prefetch goes. */
-AVX2_INLINE void panel_rows(const void *w, size_t rb, int r, int nr, const uint8_t *wr[8]) {
-    for (int i = 0; i < 8; i++) wr[i] = (const uint8_t *)ROW(w, rb, r + (i < nr ? i : nr - 1));
-}
-
-/* Q4 activation blocks b and b+1 (two == 0: b alone) arranged for one 32-byte vector holding both
- * blocks' nibble bytes (block b in the low 128-bit lane): lo = [a_b[0..15] | a_b+1[0..15]],
- * hi = [a_b[16..31] | a_b+1[16..31]]; c = 8 x their pair sums (Q4_0's "- 8", in the integers). */
-typedef struct {
-    __m256i lo, hi, c;
-} q4act;
-
-AVX2_INLINE q4act q4act_pair(const block_q8x *a, int b, int two) {
-    const __m256i v0 = _mm256_loadu_si256((const __m256i *)a[b].qs);
-    const __m256i v1 = two ? _mm256_loadu_si256((const __m256i *)a[b + 1].qs) : _mm256_setzero_si256();
-    const __m256i c8 = _mm256_set1_epi8(8);
-    q4act p;
-    p.lo = _mm256_permute2x128_si256(v0, v1, 0x20);
-    p.hi = _mm256_permute2x128_si256(v0, v1, 0x31);
-    p.c = _mm256_add_epi16(_mm256_maddubs_epi16(c8, p.lo), _mm256_maddubs_epi16(c8, p.hi));
-    return p;
-}
-
 /* the nibble bytes of blocks b and b+1 of a Q4 row (either layout), block b in the low lane */
 AVX2_INLINE __m256i q4_pair_nibbles(int type, const uint8_t *row, int nb, int b, int two) {
     const q4_block k0 = q4_block_at(type, row, b, nb);
@@ -383,17 +336,16 @@ AVX2_INLINE __m256i q4_pair_nibbles(int type, const uint8_t *row, int nb, int b,
 
 AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a, float *y, int r, int r1, int n) {
     const int nb = n / QK, q41 = q4_base(type) == PL_TYPE_Q4_1;
-    const int nr = r1 - r < 8 ? r1 - r : 8;
     const uint8_t *wr[8];
-    panel_rows(w, rb, r, nr, wr);
-    const size_t ahead = PANEL_AHEAD * rb;
+    const int nr = rows8(w, rb, r, r1, wr);
+    const size_t ahead = ROWS8_AHEAD * rb;
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     const size_t bb = q41 ? sizeof(block_q4_1) : sizeof(block_q4_0); /* the file layout's block */
     float dsc[64], msc[64]; /* repacked: 8 blocks' scales (minimums) of the 8 rows, from halves8_by_row */
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
-        const q4act p = q4act_pair(a, b, two);
+        const act_pair p = act_pair_at(a, b, two, 8);
         __m256i s[8], v[2];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
@@ -404,7 +356,7 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
             if (!q41) s16 = _mm256_sub_epi16(s16, p.c);
             s[i] = _mm256_madd_epi16(s16, ones);
         }
-        pair_sums_by_row(s, v);
+        half_sums_by_row(s, &v[0], &v[1]);
         __m256 d[2], mn[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         if (q4_repacked(type)) { /* 16 bytes from block b's scale on stay inside the row (quants.h) */
             if (b % 8 == 0) {
@@ -435,9 +387,8 @@ AVX2_INLINE void q4rows8(int type, const void *w, size_t rb, const block_q8x *a,
 /* Q8_0, 8 rows, a block per step: |w| x sign(a, w) as the tile multiplies them */
 AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y, int r, int r1, int n) {
     const int nb = n / QK;
-    const int nr = r1 - r < 8 ? r1 - r : 8;
     const uint8_t *wr[8];
-    panel_rows(w, rb, r, nr, wr);
+    const int nr = rows8(w, rb, r, r1, wr);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -446,10 +397,10 @@ AVX2_INLINE void q8rows8(const void *w, size_t rb, const block_q8x *a, float *y,
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wr[i] + b)->qs);
-            _mm_prefetch((const char *)((const block_q8_0 *)wr[i] + b) + PANEL_AHEAD * rb, _MM_HINT_T0);
+            _mm_prefetch((const char *)((const block_q8_0 *)wr[i] + b) + ROWS8_AHEAD * rb, _MM_HINT_T0);
             s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(av, x)), ones);
         }
-        pair_sums_by_row(s, v);
+        half_sums_by_row(s, &v[0], &v[1]);
         __m256 d, unused; /* d and the first two weights */
         pair_by_row(wr, sizeof(block_q8_0) * (size_t)b, &d, &unused);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v[0], v[1])),

@@ -97,35 +97,12 @@ AVX2_INLINE __m256i kq_sum8x8(const __m256i p[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
-/* lane k of *h0 = the sum of lanes 0-3 of p[k], of *h1 = that of lanes 4-7 (the two 16-value halves) */
-AVX2_INLINE void kq_halves8x8(const __m256i p[8], __m256i *h0, __m256i *h1) {
-    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
-    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
-    const __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
-    *h0 = _mm256_permute2x128_si256(q0, q1, 0x20);
-    *h1 = _mm256_permute2x128_si256(q0, q1, 0x31);
-}
-
 /* int16 lanes 2k (even) and 2k + 1 (odd) of x as signed int32 lane k */
 AVX2_INLINE __m256i kq_even16(__m256i x) { return _mm256_srai_epi32(_mm256_slli_epi32(x, 16), 16); }
 AVX2_INLINE __m256i kq_odd16(__m256i x) { return _mm256_srai_epi32(x, 16); }
 
-/* lanes 0..n-1 of a mask vector set (n clamped to 0..8) */
-AVX2_INLINE __m256i kq_lanes_below(int n) {
-    n = n < 0 ? 0 : n > 8 ? 8 : n;
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-/* rows r..r+7 of the matrix, the missing ones (past r1) the last one again */
-AVX2_INLINE int kq_panel_rows(const void *w, size_t rb, int r, int r1, const uint8_t *wr[8]) {
-    const int nr = r1 - r < 8 ? r1 - r : 8;
-    for (int i = 0; i < 8; i++) wr[i] = (const uint8_t *)ROW(w, rb, r + (i < nr ? i : nr - 1));
-    return nr;
-}
-
-/* a block this many rows on is asked for as this one is read (a line every 64 bytes: blocks lie
+/* a block ROWS8_AHEAD rows on is asked for as this one is read (a line every 64 bytes: blocks lie
  * end to end, so every line of the row gets asked for) */
-#define KQ_AHEAD 16
 AVX2_INLINE void kq_prefetch(const uint8_t *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
 }
@@ -218,7 +195,7 @@ AVX2_INLINE kq_sb k16_sb(int T, const uint8_t *blk, const int8_t *aq, const int1
         }
     }
     __m256i i0, i1;
-    kq_halves8x8(p, &i0, &i1);
+    half_sums_by_row(p, &i0, &i1);
     if (T != PL_TYPE_Q2_K) {
         const __m256i a = _mm256_loadu_si256((const __m256i *)a16);
         const int sh = T == PL_TYPE_Q6_K ? 5 : 2;
@@ -276,8 +253,8 @@ AVX2_INLINE kq_sb iq4xs_sb(const uint8_t *blk, const int8_t *aq) {
  * so that lane i is row i, then the tile's per-block chain: acc += f_b da_b (+ m_b s_b). */
 AVX2_INLINE void kq_rows8_super(int T, const void *w, size_t rb, const kq_act *A, float *y, int r, int r1, int n) {
     const uint8_t *wr[8];
-    const int nr = kq_panel_rows(w, rb, r, r1, wr), nsb = n / QK_K;
-    const size_t bb = KQ_BLOCK_BYTES(T), ahead = KQ_AHEAD * rb;
+    const int nr = rows8(w, rb, r, r1, wr), nsb = n / QK_K;
+    const size_t bb = KQ_BLOCK_BYTES(T), ahead = ROWS8_AHEAD * rb;
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nsb; i++) {
         const int8_t *aq = A->q + 256 * (size_t)i;
@@ -306,7 +283,7 @@ AVX2_INLINE void kq_rows8_super(int T, const void *w, size_t rb, const kq_act *A
             }
         }
     }
-    _mm256_maskstore_ps(y + r, kq_lanes_below(nr), acc);
+    _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
 
 /* ------------------------------------------------------ any type, block by block */
@@ -315,7 +292,7 @@ AVX2_INLINE void kq_rows8_super(int T, const void *w, size_t rb, const kq_act *A
  * vectors (lanes 0-3 half 0, 4-7 half 1) reduced into row lanes, scaled as the tile does. */
 AVX2_INLINE void kq_rows8_generic(int T, const void *w, size_t rb, const kq_act *A, float *y, int r, int r1, int n) {
     const uint8_t *wr[8];
-    const int nr = kq_panel_rows(w, rb, r, r1, wr), nb = n / QK, Z = KQ_ZERO(T);
+    const int nr = rows8(w, rb, r, r1, wr), nb = n / QK, Z = KQ_ZERO(T);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -342,7 +319,7 @@ AVX2_INLINE void kq_rows8_generic(int T, const void *w, size_t rb, const kq_act 
             f = _mm256_mul_ps(_mm256_cvtepi32_ps(kq_sum8x8(s)), _mm256_loadu_ps(d0));
         } else {
             __m256i i0, i1;
-            kq_halves8x8(s, &i0, &i1);
+            half_sums_by_row(s, &i0, &i1);
             f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_loadu_ps(d1),
                                 _mm256_mul_ps(_mm256_cvtepi32_ps(i0), _mm256_loadu_ps(d0)));
         }
@@ -354,32 +331,20 @@ AVX2_INLINE void kq_rows8_generic(int T, const void *w, size_t rb, const kq_act 
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(m1), _mm256_broadcast_ss(A->sa + 2 * b + 1), acc);
         }
     }
-    _mm256_maskstore_ps(y + r, kq_lanes_below(nr), acc);
+    _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
 
 /* ----------------------------------------------------------------- Q5_0 rows */
 
 /*
  * Two Q5_0 blocks per step, as kernels_avx2.c's Q4 rows: the 32 nibble bytes of both
- * (block 2j in the low 128 bits) against the activation rearranged once per call into
- * lo = [a0[0..15] | a1[0..15]] and hi = [a0[16..31] | a1[16..31]] (a last odd block
- * paired with zeros); the fifth bits are spread to bytes from the two qh words; the zero
+ * (block 2j in the low 128 bits) against the activation pairs act_pair_at arranges, once
+ * per call (a last odd block paired with zeros); the fifth bits are spread to bytes from the two qh words; the zero
  * (16) comes off in the integers. The 8 rows' int32 vectors (lanes 0-3 block 2j, 4-7
  * block 2j + 1) reduce into row lanes per block.
  */
-typedef struct {
-    __m256i lo, hi, c; /* c: 16 x the pair sums of lo and hi together (int16) */
-} q5pair;
-
-AVX2_INLINE void q5pair_prep(const block_q8x *a, int nb, q5pair *p) {
-    const __m256i c16 = _mm256_set1_epi8(16);
-    for (int j = 0; 2 * j < nb; j++) {
-        const __m256i v0 = _mm256_loadu_si256((const __m256i *)a[2 * j].qs);
-        const __m256i v1 = 2 * j + 1 < nb ? _mm256_loadu_si256((const __m256i *)a[2 * j + 1].qs) : _mm256_setzero_si256();
-        p[j].lo = _mm256_permute2x128_si256(v0, v1, 0x20);
-        p[j].hi = _mm256_permute2x128_si256(v0, v1, 0x31);
-        p[j].c = _mm256_add_epi16(_mm256_maddubs_epi16(c16, p[j].lo), _mm256_maddubs_epi16(c16, p[j].hi));
-    }
+AVX2_INLINE void q5pair_prep(const block_q8x *a, int nb, act_pair *p) {
+    for (int j = 0; 2 * j < nb; j++) p[j] = act_pair_at(a, 2 * j, 2 * j + 1 < nb, 16);
 }
 
 /* the fifth bits of two blocks as 0x10 bytes: low half for the low nibbles (bits 0..15), high for bits 16..31;
@@ -395,7 +360,7 @@ AVX2_INLINE void q5_high_bits(uint32_t h0, uint32_t h1, __m256i *lo, __m256i *hi
 }
 
 /* int32 sums of blocks b (lanes 0-3) and b + 1 (lanes 4-7; two == 0: none) of one row */
-AVX2_INLINE __m256i q5pair_sums(const block_q5_0 *x0, int two, const q5pair *ap) {
+AVX2_INLINE __m256i q5pair_sums(const block_q5_0 *x0, int two, const act_pair *ap) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m128i l0 = _mm_loadu_si128((const __m128i *)x0->qs);
     const __m256i x = two ? _mm256_loadu2_m128i((const __m128i *)x0[1].qs, (const __m128i *)x0->qs)
@@ -418,11 +383,11 @@ AVX2_INLINE __m256 q5_scales8(const uint8_t *const wr[8], int b) {
 #undef Q5D
 }
 
-AVX2_INLINE void q5_rows8(const void *w, size_t rb, const block_q8x *a, const q5pair *ap, float *y, int r, int r1,
+AVX2_INLINE void q5_rows8(const void *w, size_t rb, const block_q8x *a, const act_pair *ap, float *y, int r, int r1,
                           int n) {
     const uint8_t *wr[8];
-    const int nr = kq_panel_rows(w, rb, r, r1, wr), nb = n / QK;
-    const size_t ahead = KQ_AHEAD * rb;
+    const int nr = rows8(w, rb, r, r1, wr), nb = n / QK;
+    const size_t ahead = ROWS8_AHEAD * rb;
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
@@ -433,26 +398,26 @@ AVX2_INLINE void q5_rows8(const void *w, size_t rb, const block_q8x *a, const q5
             _mm_prefetch((const char *)x0 + ahead, _MM_HINT_T0);
             s[k] = q5pair_sums(x0, two, ap + b / 2);
         }
-        kq_halves8x8(s, &i0, &i1);
+        half_sums_by_row(s, &i0, &i1);
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i0), q5_scales8(wr, b)), _mm256_broadcast_ss(&a[b].d), acc);
         if (two)
             acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i1), q5_scales8(wr, b + 1)),
                                   _mm256_broadcast_ss(&a[b + 1].d), acc);
     }
-    _mm256_maskstore_ps(y + r, kq_lanes_below(nr), acc);
+    _mm256_maskstore_ps(y + r, lanes_below(nr), acc);
 }
 
 /* Rows [r0, r1) of type T */
 AVX2_INLINE void kq_rows(int T, const void *w, size_t rb, const block_q8x *a, float *y, int r0, int r1, int n) {
     union { /* one or the other: Q5_0's pairs, every other type's kq_act */
         kq_act_buf act;
-        q5pair pairs[KQ_STACK_N / 64];
+        act_pair pairs[KQ_STACK_N / 64];
     } buf;
     kq_act A;
     if (T == PL_TYPE_Q5_0) {
         const int nb = n / QK, np = (nb + 1) / 2;
-        q5pair *const stackbuf = buf.pairs;
-        q5pair *ap = np <= KQ_STACK_N / 64 ? stackbuf : aligned_alloc(32, sizeof(q5pair) * (size_t)np);
+        act_pair *const stackbuf = buf.pairs;
+        act_pair *ap = np <= KQ_STACK_N / 64 ? stackbuf : aligned_alloc(32, sizeof(act_pair) * (size_t)np);
         if (!ap) {
             pl_kernels_scalar.rows[T](w, rb, a, y, r0, r1, n);
             return;

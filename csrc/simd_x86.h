@@ -1,5 +1,5 @@
 /*
- * simd_x86.h - pieces shared by the x86 kernel files (kernels_avx2.c, kernels_avx512.c).
+ * simd_x86.h - pieces shared by the x86 kernel files (kernels_avx2.c, kquants_avx2.c, kernels_avx512.c...).
  *
  * Functions carry the AVX2 target attribute; the AVX-512 file's functions, whose
  * targets include AVX2, inline them as well.
@@ -112,6 +112,61 @@ AVX2_INLINE void transpose8(__m256i v[8]) {
     v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
     v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
     v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/*
+ * The one-token quantized rows that hold 8 rows in the lanes (kernels_avx2.c's Q8_0 and Q4,
+ * kquants_avx2.c's 5-bit, K-quant and IQ4 types): what they share.
+ */
+
+/* lanes 0..n-1 of a mask vector set (n clamped to 0..8) */
+AVX2_INLINE __m256i lanes_below(int n) {
+    n = n < 0 ? 0 : n > 8 ? 8 : n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Rows r..r+7 of the matrix into wr (the missing ones, past r1, the last one again); how many exist */
+AVX2_INLINE int rows8(const void *w, size_t rb, int r, int r1, const uint8_t *wr[8]) {
+    const int nr = r1 - r < 8 ? r1 - r : 8;
+    for (int i = 0; i < 8; i++) wr[i] = (const uint8_t *)ROW(w, rb, r + (i < nr ? i : nr - 1));
+    return nr;
+}
+
+/* rows: the bytes this many rows on are asked for as these are read, a line at a time (a burst of
+ * a whole panel's lines at its start crowds out the loads that need them now) */
+#define ROWS8_AHEAD 16
+
+/* s[i] (row i): partial sums of two halves, lanes 0-3 and 4-7 -> *lo, *hi: lane i holds row i's
+ * sum of each (integer adds: exact in any order) */
+AVX2_INLINE void half_sums_by_row(const __m256i s[8], __m256i *lo, __m256i *hi) {
+    __m256i t[4], u[2];
+    for (int k = 0; k < 4; k++) /* rows 2k, 2k+1 interleaved, each the sum of two of its partials */
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm256_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int j = 0; j < 2; j++) /* rows 4j..4j+3: the low half's sums in the low 128-bit lane, the high's above */
+        u[j] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * j], t[2 * j + 1]),
+                                _mm256_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    *lo = _mm256_permute2x128_si256(u[0], u[1], 0x20);
+    *hi = _mm256_permute2x128_si256(u[0], u[1], 0x31);
+}
+
+/* Activation blocks b and b+1 (two == 0: b alone) arranged for one 32-byte vector holding both
+ * weight blocks' nibble bytes (block b in the low 128-bit lane): lo = [a_b[0..15] | a_b+1[0..15]],
+ * hi = [a_b[16..31] | a_b+1[16..31]]; c = zero x their pair sums, the weights' zero point (Q4_0: 8,
+ * Q5_0: 16) taken off in the integers. */
+typedef struct {
+    __m256i lo, hi, c;
+} act_pair;
+
+AVX2_INLINE act_pair act_pair_at(const block_q8x *a, int b, int two, int zero) {
+    const __m256i v0 = _mm256_loadu_si256((const __m256i *)a[b].qs);
+    const __m256i v1 = two ? _mm256_loadu_si256((const __m256i *)a[b + 1].qs) : _mm256_setzero_si256();
+    const __m256i cz = _mm256_set1_epi8((char)zero);
+    act_pair p;
+    p.lo = _mm256_permute2x128_si256(v0, v1, 0x20);
+    p.hi = _mm256_permute2x128_si256(v0, v1, 0x31);
+    p.c = _mm256_add_epi16(_mm256_maddubs_epi16(cz, p.lo), _mm256_maddubs_epi16(cz, p.hi));
+    return p;
 }
 
 /*
