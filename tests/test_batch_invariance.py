@@ -24,6 +24,8 @@ import pytest
 
 from pyllama import Llama
 from pyllama._core import lib
+from support.layouts import c_matmul
+from support.reference import quantize_activations_q8
 
 TOL = 1e-4  # relative to the logits' largest magnitude: summation order only
 
@@ -204,15 +206,13 @@ def _dequantized(blk: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return w.reshape(rows, cols)
 
 
-def _matmul(type_id: int, raw: np.ndarray, x: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    from pyllama._core import ffi
-
-    y = np.full((len(x), rows), np.nan, dtype=np.float32)
-    xc = np.ascontiguousarray(x, dtype=np.float32)
-    rc = lib.pl_matmul(type_id, ffi.from_buffer(raw), ffi.cast("float *", ffi.from_buffer(xc)),
-                       ffi.cast("float *", ffi.from_buffer(y)), rows, cols, len(x), 2)
-    assert rc == 0, ffi.string(lib.pl_last_error()).decode()
-    return y
+def _assert_near_float64_product(got: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """got within summation-order tolerance of the float64 product of the weights w with x
+    rounded to 8-bit blocks as the kernels round it."""
+    xa = quantize_activations_q8(x)
+    want = xa @ w.T
+    tol = 3e-5 * (np.abs(xa) @ np.abs(w).T) + 1e-5
+    assert np.all(np.abs(got - want) <= tol)
 
 
 @pytest.mark.parametrize("wtype", list(MATMUL_TYPES))
@@ -228,16 +228,10 @@ def test_invariant_one_token_kernels_equal_the_tile_bitwise(wtype, shape, invari
     raw = _repack(blk, rows) if wtype.endswith("R") else blk.view(np.uint8)
     x = rng.standard_normal((6, cols), dtype=np.float32)
     x[:, 3] *= 40.0
-    one = np.concatenate([_matmul(MATMUL_TYPES[wtype], raw, x[t:t + 1], rows, cols) for t in range(len(x))])
-    batch = _matmul(MATMUL_TYPES[wtype], raw, x, rows, cols)
+    one = np.concatenate([c_matmul(MATMUL_TYPES[wtype], raw, x[t:t + 1], rows, cols, 2) for t in range(len(x))])
+    batch = c_matmul(MATMUL_TYPES[wtype], raw, x, rows, cols, 2)
     np.testing.assert_array_equal(one, batch)
-    xb = x.reshape(len(x), -1, 32)
-    d = np.abs(xb).max(axis=2, keepdims=True) / np.float32(127)
-    xa = (np.rint(xb * np.divide(1, d, out=np.zeros_like(d), where=d != 0)) * d).reshape(x.shape)
-    w = _dequantized(blk, rows, cols)
-    want = xa.astype(np.float64) @ w.T
-    tol = 3e-5 * (np.abs(xa.astype(np.float64)) @ np.abs(w).T) + 1e-5
-    assert np.all(np.abs(one - want) <= tol)
+    _assert_near_float64_product(one, x, _dequantized(blk, rows, cols))
 
 
 # Weight types whose one-token rows take the tile's arithmetic on each path: the same bits
@@ -289,8 +283,8 @@ def test_normal_mode_one_token_rows_equal_the_tile_bitwise(wtype, isa, shape):
             type_id = MATMUL_TYPES[wtype]
         x = rng.standard_normal((6, cols), dtype=np.float32)
         x[:, 3] *= 40.0
-        one = np.concatenate([_matmul(type_id, raw, x[t:t + 1], rows, cols) for t in range(len(x))])
-        batch = _matmul(type_id, raw, x, rows, cols)
+        one = np.concatenate([c_matmul(type_id, raw, x[t:t + 1], rows, cols, 2) for t in range(len(x))])
+        batch = c_matmul(type_id, raw, x, rows, cols, 2)
     finally:
         lib.pl_set_isa(old)
     np.testing.assert_array_equal(one, batch)
@@ -299,9 +293,4 @@ def test_normal_mode_one_token_rows_equal_the_tile_bitwise(wtype, isa, shape):
         from gguf import GGMLQuantizationType
 
         w = gq.dequantize(raw.reshape(rows, -1), GGMLQuantizationType[wtype]).astype(np.float64)
-        xb = x.reshape(len(x), -1, 32)
-        d = np.abs(xb).max(axis=2, keepdims=True) / np.float32(127)
-        xa = (np.rint(xb * np.divide(1, d, out=np.zeros_like(d), where=d != 0)) * d).reshape(x.shape)
-        want = xa.astype(np.float64) @ w.T
-        tol = 3e-5 * (np.abs(xa.astype(np.float64)) @ np.abs(w).T) + 1e-5
-        assert np.all(np.abs(batch - want) <= tol)
+        _assert_near_float64_product(batch, x, w)
