@@ -33,6 +33,7 @@ import os
 import re
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,16 +53,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_health(url: str, proc, log=None, timeout=120) -> None:
-    """Until `url` answers /health with 200; SystemExit with the end of the server's log (a file
-    or proc.stderr) if it exits first."""
+def wait_health(url: str, proc, log, timeout=120) -> None:
+    """Until `url` answers /health with 200; SystemExit with the end of the server's log (the
+    file it writes to) if it exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            if log is not None:
-                log.seek(0)
-            err = log or proc.stderr
-            raise SystemExit(f"server exited: {err.read()[-2000:] if err else ''}")
+            log.seek(0)
+            raise SystemExit(f"server exited: {log.read()[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -216,11 +215,6 @@ TTFT_SAMPLES = 5  # requests per side of the time-to-first-token ratio (median o
 TTFT_PROMPT = PROMPT + " The end."
 
 
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def ttft_under_load(url: str, n: int) -> list[float]:
     """Times to first token of TTFT_SAMPLES requests sent one after another while 7 others
     stream (each well past the samples' end: n * 4 tokens)."""
@@ -252,7 +246,7 @@ def sustained(url: str, seconds: float = 4.0, clients: int = 12, n: int = 32) ->
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    return sum(tokens) / (time.perf_counter() - t0), median(ttfts)
+    return sum(tokens) / (time.perf_counter() - t0), statistics.median(ttfts)
 
 
 def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
@@ -266,7 +260,7 @@ def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
             time.sleep(0.05)
         ones.append(stream_completion(url, n))
     one = max(ones, key=lambda r: r["decode_tps"])
-    idle_ttft = median([stream_completion(url, 8, prompt=TTFT_PROMPT)["ttft"] for _ in range(TTFT_SAMPLES)])
+    idle_ttft = statistics.median([stream_completion(url, 8, prompt=TTFT_PROMPT)["ttft"] for _ in range(TTFT_SAMPLES)])
     runs1, runs8 = [], []
     for _ in range(3):
         runs1.append(aggregate_with_split(url, 1, n))
@@ -278,7 +272,7 @@ def measure_server(name: str, url: str, n: int, in_process=None) -> dict:
     churn_tps, churn_ttft = sustained(url)
     out = {"server": name, "one_stream_decode_tps": one["decode_tps"], "aggregate_1": agg1, "aggregate_8": agg8,
            "aggregate_decode_1": dec1, "aggregate_decode_8": dec8,
-           "ttft_idle_s": idle_ttft, "ttft_under_7_s": median(loaded),
+           "ttft_idle_s": idle_ttft, "ttft_under_7_s": statistics.median(loaded),
            "ttft_under_7_samples_s": [round(x, 4) for x in loaded],
            "sustained_tps": churn_tps, "sustained_ttft_s": churn_ttft}
     if ins:
