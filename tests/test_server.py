@@ -496,6 +496,53 @@ def test_queue_full_gets_429_and_disconnect_frees_the_slot(one_slot_server):
     assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 2
 
 
+def _raw_burst(srv, bodies: list[dict], path="/v1/completions") -> list[int]:
+    """Every request written on its own connection before any answer is read (a burst that
+    reaches the server faster than its engine thread can hand out slots); the statuses."""
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=120) for _ in bodies]
+    for sock, body in zip(socks, bodies):
+        data = json.dumps(body).encode()
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    statuses = []
+    for sock in socks:
+        raw = b""
+        while chunk := sock.recv(1 << 16):
+            raw += chunk
+        sock.close()
+        statuses.append(int(raw.split(b" ", 2)[1]))
+    return statuses
+
+
+def test_burst_gets_429_beyond_free_slots_and_queue(one_slot_server):
+    # 1 slot and room for 1 waiting request: of 8 arriving at once, 2 are served, 6 refused at once
+    srv = one_slot_server
+    bodies = [{"prompt": f"Count to {i + 10}:", "max_tokens": 48, "temperature": 0} for i in range(8)]
+    statuses = _raw_burst(srv, bodies)
+    assert sorted(statuses) == [200, 200] + [429] * 6, statuses
+    assert busy(srv) == 0 and "pyllama_queue_depth 0" in httpx.get(srv.url + "/metrics").text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_error_while_sampling_is_answered_at_once(one_slot_server, stream):
+    # a schema that refers only to itself fails at the first sampled token, after the prompt's pass;
+    # the error reached the client only when some other request woke the engine again
+    srv = one_slot_server
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}}
+    t0 = time.time()
+    r = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=10)  # under the 15 s SSE ping
+    assert time.time() - t0 < 10
+    if not stream:
+        assert_openai_error(r, 400)
+        assert "grammar failed" in r.json()["error"]["message"] and "\n" not in r.json()["error"]["message"]
+    else:  # the stream had started: the error comes as its last event
+        assert r.status_code == 200
+        events = [json.loads(ln[5:]) for ln in r.text.splitlines() if ln.startswith("data:") and "[DONE]" not in ln]
+        assert "grammar failed" in events[-1]["error"]["message"]
+    assert busy(srv) == 0
+
+
 def test_health_is_503_while_loading(default_model_path, monkeypatch):
     from pyllama.server import app as app_mod
 

@@ -216,7 +216,11 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self.cond:
-            if len(self.waiting) >= self.max_queue and all(s.job is not None for s in self.slots):
+            # room for a job in each free slot, and max_queue more: free slots are counted, not
+            # looked for, because the engine thread hands them out later (a burst of requests
+            # all arrives before it has assigned any)
+            free = sum(1 for s in self.slots if s.job is None)
+            if len(self.waiting) >= free + self.max_queue:
                 raise QueueFull()
             self.waiting.append(job)
             self.cond.notify()
@@ -284,6 +288,9 @@ class Engine:
             with self.cond:
                 while not self.stopping and not self.calls and not self.waiting and \
                         all(s.job is None for s in self.slots):
+                    # what jobs that ended after the last pass left (an error while sampling):
+                    # no next round will send it
+                    self._flush()
                     self.cond.wait()
                 if self.stopping:
                     break
