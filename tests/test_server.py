@@ -238,6 +238,56 @@ def test_metrics(server, client, model_id):
     assert line and int(line[0].split()[-1]) >= 1
 
 
+def _metric(srv, name: str, headers=None) -> float:
+    text = httpx.get(srv.url + "/metrics", headers=headers).text
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[1])
+
+
+def test_generated_tokens_counted_when_a_slot_serves_again(one_slot_server):
+    # the one slot serves request after request: each one's tokens count in full (the slot's previous
+    # request's count was subtracted from its new one's, so the total fell behind)
+    srv = one_slot_server
+    before = _metric(srv, "pyllama_generated_tokens_total")
+    made = 0
+    for i, path in enumerate(["/v1/completions", "/v1/chat/completions"] * 2):
+        body = {"prompt": f"Count to {i + 20}:"} if "chat" not in path else \
+            {"messages": [{"role": "user", "content": f"Name {i + 3} colours."}], "stream": True}
+        body.update(max_tokens=12 + 5 * i, temperature=0, stream_options={"include_usage": True})
+        r = httpx.post(srv.url + path, json=body, timeout=60)
+        if body.get("stream"):
+            usage = [json.loads(ln[5:]) for ln in r.text.splitlines() if ln.startswith("data: {")][-1]["usage"]
+        else:
+            usage = r.json()["usage"]
+        made += usage["completion_tokens"]
+    assert _metric(srv, "pyllama_generated_tokens_total") - before == made
+
+
+def test_decode_rate_window_trimmed_without_metrics_reads(one_slot_server):
+    # entries older than the rate's window go as rounds are counted, not only when /metrics is read
+    eng = one_slot_server.app.state.pyllama.engine
+    with eng.cond:
+        eng.decode_times.extendleft([(time.monotonic() - 1000.0, 1)] * 1000)
+    r = httpx.post(one_slot_server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60)
+    assert r.status_code == 200
+    with eng.cond:
+        oldest = eng.decode_times[0][0] if eng.decode_times else time.monotonic()
+    assert oldest > time.monotonic() - 2 * eng.RATE_WINDOW
+
+
+def test_unknown_paths_are_one_metrics_label(server):
+    # with or without the key, a path the app does not serve counts as "other": no new line per
+    # path, and nothing of the path (quotes, newlines) reaches the metrics text
+    injected = '/x%22%7D%201%0Afake_metric%7Bpath%3D%22y%22%7D%209999%0A%23'
+    for path in (injected, "/nowhere-abc"):
+        assert httpx.get(server.url + path).status_code == 401
+        assert httpx.get(server.url + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert "fake_metric" not in text and "nowhere" not in text
+    assert 'pyllama_requests_total{path="other",status="401"}' in text
+    for ln in text.splitlines():
+        assert ln.startswith("#") or ln.startswith("pyllama_"), ln
+
+
 def _engine_metrics(server) -> dict:
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     out = {}

@@ -200,7 +200,7 @@ class Engine:
         self.stopping = False
         # metrics
         self.decode_times: collections.deque = collections.deque()  # (time, tokens) of recent steps
-        self.tokens_generated = 0
+        self.tokens_generated = 0  # completion tokens of finished requests (their usage)
         self.tokens_prompt = 0
         # the engine thread's time by phase (seconds): "steps", the slots' Python work between
         # passes (sampling, detokenizing, chunks, hand-overs); "forward", the batched passes;
@@ -250,13 +250,18 @@ class Engine:
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.job is not None)
 
-    def tokens_per_second(self, window: float = 10.0) -> float:
-        now = time.monotonic()
+    RATE_WINDOW = 10.0  # seconds of decoding tokens_per_second averages over
+
+    def tokens_per_second(self) -> float:
         with self.cond:
-            while self.decode_times and self.decode_times[0][0] < now - window:
-                self.decode_times.popleft()
+            self._forget_old_rounds(time.monotonic())
             total = sum(n for _, n in self.decode_times)
-        return total / window
+        return total / self.RATE_WINDOW
+
+    def _forget_old_rounds(self, now: float) -> None:
+        """Drop decode_times entries older than the window (under self.cond)."""
+        while self.decode_times and self.decode_times[0][0] < now - self.RATE_WINDOW:
+            self.decode_times.popleft()
 
     def stop(self) -> None:
         with self.cond:
@@ -363,11 +368,12 @@ class Engine:
         return parked
 
     def _count_decoded(self) -> None:
-        """Add the round's decoded tokens to the counters behind /metrics (one lock a round)."""
+        """Add the round's decoded tokens to the rate behind /metrics (one lock a round)."""
         if self._decoded > 0:
+            now = time.monotonic()
             with self.cond:
-                self.tokens_generated += self._decoded
-                self.decode_times.append((time.monotonic(), self._decoded))
+                self.decode_times.append((now, self._decoded))
+                self._forget_old_rounds(now)  # not only when /metrics asks: nobody may
             self._decoded = 0
 
     def _flush(self) -> None:
@@ -454,6 +460,7 @@ class Engine:
                 except StopIteration:
                     job.prefill = job.prefilling = None
             if job.stream is None:  # and on to its first token in the same step
+                llm.last_timings = {}  # the slot's previous request's token count must not be subtracted
                 job.stream = job.start(llm)
                 job.deliver("started", None)
             before = llm._timings().get("gen_tokens", 0)
@@ -464,6 +471,7 @@ class Engine:
                 if usage:
                     with self.cond:
                         self.tokens_prompt += usage.get("prompt_tokens", 0)
+                        self.tokens_generated += usage.get("completion_tokens", 0)
                 self._finish(slot, ("end", usage))
                 return
             new_tokens = llm._timings().get("gen_tokens", 0) - before
