@@ -593,6 +593,33 @@ def test_error_while_sampling_is_answered_at_once(one_slot_server, stream):
     assert busy(srv) == 0
 
 
+def test_disconnect_during_an_answer_not_streamed_frees_the_slot(one_slot_server):
+    # the client of a long answer that is not streamed goes away mid-generation: its slot must free
+    # long before the answer would have ended (the client was looked for only in pauses of 0.25 s
+    # between items, which a generating request never has)
+    srv = one_slot_server
+    body = json.dumps({"prompt": "List the numbers: 1, 2, 3,", "max_tokens": N_CTX - 32, "temperature": 0}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    t0 = time.time()
+    full = httpx.post(srv.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"},
+                      timeout=120)
+    whole = time.time() - t0
+    assert full.json()["usage"]["completion_tokens"] == N_CTX - 32
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(head + body)
+    deadline = time.time() + 10
+    while busy(srv) != 1:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.1 * whole)
+    sock.close()
+    gone = time.time()
+    while busy(srv) != 0:
+        assert time.time() - gone < 0.6 * whole, f"the slot ran on for nobody (a whole answer takes {whole:.2f} s)"
+        time.sleep(0.01)
+
+
 def test_health_is_503_while_loading(default_model_path, monkeypatch):
     from pyllama.server import app as app_mod
 

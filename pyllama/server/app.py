@@ -310,15 +310,24 @@ def _merge_completion_logprobs(parts: list) -> Optional[dict]:
     return out
 
 
+CLIENT_CHECK_S = 0.25  # how often a request that is not streamed looks for its client
+
+
 async def _next_item(job: Job, request: Request, engine: Engine):
-    """The job's next item, or None when the client went away (the job is then cancelled)."""
+    """The job's next item, or None when the client went away (the job is then cancelled).
+    The client is looked for every CLIENT_CHECK_S, also while items keep coming: a long
+    answer that is not streamed would otherwise run to its end for nobody."""
+    loop = asyncio.get_running_loop()
     while True:
-        try:
-            return await asyncio.wait_for(job.out.get(), timeout=0.25)
-        except asyncio.TimeoutError:
+        if loop.time() - job.client_checked >= CLIENT_CHECK_S:
+            job.client_checked = loop.time()
             if await request.is_disconnected():
                 engine.cancel(job)
                 return None
+        try:
+            return await asyncio.wait_for(job.out.get(), timeout=CLIENT_CHECK_S)
+        except asyncio.TimeoutError:
+            pass
 
 
 # ------------------------------------------------------------------------ the app

@@ -57,6 +57,7 @@ class Job:
         self.loop = loop
         self.out: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
+        self.client_checked = loop.time()  # when the web side last looked for the client (app.py)
         self.stream: Optional[Iterator[dict]] = None
         self.slot: Optional[Slot] = None
         self.text: list[str] = []  # what was generated, for the slot's prefix key
