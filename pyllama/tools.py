@@ -113,7 +113,9 @@ def _arguments_object(arguments):
 
 
 def _call_text(call: dict) -> str:
-    f = call.get("function", call)
+    f = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+        raise ValueError(f"a tool call is an object whose 'function' has a 'name' and 'arguments' (got {call!r:.80})")
     args = _arguments_object(f.get("arguments", {}))
     return f"{OPEN}\n" + json.dumps({"name": f.get("name"), "arguments": args}, ensure_ascii=False) + f"\n{CLOSE}"
 

@@ -490,6 +490,28 @@ def test_bad_requests_get_openai_errors(server, client, model_id):
     assert ok.usage.completion_tokens == 2
 
 
+@pytest.mark.parametrize("function", ["get_weather", 3, None, [], {"arguments": "{}"}])
+def test_malformed_tool_call_in_history_is_400(server, function):
+    # an assistant message's tool call whose function is not {name, arguments}: a 400 naming the
+    # field, not a 500 from the code that renders the history
+    call = {"id": "a", "type": "function", "function": function}
+    body = {"messages": [{"role": "user", "content": "weather?"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "a", "content": "sunny"}], "max_tokens": 2}
+    for stream in (False, True):
+        r = post(server, "/v1/chat/completions", json=dict(body, stream=stream))
+        assert_openai_error(r, 400)
+        assert "tool_calls" in r.json()["error"]["message"]
+
+
+def test_malformed_tool_call_in_python_api_is_value_error(alone):
+    msgs = [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": "get_weather"}]},
+            {"role": "tool", "content": "sunny"}]
+    with pytest.raises(ValueError, match="tool call"):
+        alone.create_chat_completion(messages=msgs, max_tokens=2)
+
+
 def test_api_key(server, model_id):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
         r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"}, headers=headers)

@@ -553,9 +553,11 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         messages = []
         for m in req.messages:
             msg: dict = {"role": m.role, "content": m.text()}
-            for field in ("name", "tool_call_id", "tool_calls"):
+            for field in ("name", "tool_call_id"):
                 if getattr(m, field):
                     msg[field] = getattr(m, field)
+            if m.tool_calls:
+                msg["tool_calls"] = [c.model_dump(exclude_none=True) for c in m.tool_calls]
             messages.append(msg)
         max_tokens = req.max_completion_tokens or req.max_tokens
         _check_budget(0, max_tokens, state.llm.n_ctx())  # before the prompt is known: max_tokens alone

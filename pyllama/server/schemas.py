@@ -23,12 +23,24 @@ class TextPart(_Body):
     text: str
 
 
+class ToolCallFunction(_Body):
+    name: str
+    arguments: Union[str, Dict[str, object]] = "{}"
+
+
+class ToolCall(_Body):
+    """A call an assistant message made (a conversation sent back with its history)."""
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Optional[Union[str, List[TextPart]]] = None
     name: Optional[str] = None
     tool_call_id: Optional[str] = None
-    tool_calls: Optional[List[Dict[str, object]]] = None
+    tool_calls: Optional[List[ToolCall]] = None
 
     def text(self) -> str:
         if self.content is None:
