@@ -512,6 +512,24 @@ def test_malformed_tool_call_in_python_api_is_value_error(alone):
         alone.create_chat_completion(messages=msgs, max_tokens=2)
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi \ud800"}], "max_tokens": 2}),
+    ("/v1/chat/completions", {"model": "\udfff", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True,
+                              "logit_bias": {"\ud800": 1}}),
+    ("/v1/completions", {"prompt": "x", "suffix": "\ud800", "max_tokens": 2, "stream": True}),
+    ("/v1/embeddings", {"input": ["ok", "\ud800"]}),
+    ("/tokenize", {"content": "\udc00"}),
+])
+def test_lone_surrogates_are_400(server, path, body):
+    # JSON can escape a lone UTF-16 surrogate; it is no character, and a reply echoing it (an
+    # error naming the model, a completion's suffix) could not be encoded: the server cut the
+    # connection instead of answering
+    r = post(server, path, content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    assert_openai_error(r, 400)
+    assert "surrogate" in r.json()["error"]["message"]
+
+
 def test_api_key(server, model_id):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
         r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"}, headers=headers)

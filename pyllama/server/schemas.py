@@ -7,15 +7,49 @@ accepted as llama.cpp's server accepts them.
 """
 from __future__ import annotations
 
-from typing import Annotated, Dict, List, Literal, Optional, Union
+import re
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 INT64 = dict(ge=-(2 ** 63), le=2 ** 63 - 1)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(value: Any, at: str) -> None:
+    """ValueError at the first string (or key) holding a lone UTF-16 surrogate: JSON can spell
+    one ("\\ud800") but it is no character, and no reply that echoes it can be encoded."""
+    stack = [(value, at)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            m = _LONE_SURROGATE.search(v)
+            if m:
+                raise ValueError(f"{where} holds a lone UTF-16 surrogate (U+{ord(m.group()):04X}), "
+                                 "which is not a character: send valid Unicode")
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(k, str) and _LONE_SURROGATE.search(k):
+                    raise ValueError(f"a key in {where} holds a lone UTF-16 surrogate: send valid Unicode")
+                stack.append((x, f"{where}.{k}"))
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]") for i, x in enumerate(v))
+
+
+class _Request(_Body):
+    """A whole request body: every string in it is checked for valid Unicode first."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_unicode(data, "body")
+        return data
 
 
 class TextPart(_Body):
@@ -54,7 +88,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class _Sampling(_Request):
     model: Optional[str] = Field(None, description="the served model's id (GET /v1/models); optional")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, ge=0.0, le=1.0)
@@ -104,7 +138,7 @@ class CompletionRequest(_Sampling):
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(_Request):
     input: Union[NonEmpty, Annotated[List[NonEmpty], Field(min_length=1)]] = Field(
         ..., description="a text or a list of texts (none empty)")
     model: Optional[str] = None
@@ -113,11 +147,11 @@ class EmbeddingRequest(_Body):
     user: Optional[str] = None
 
 
-class TokenizeRequest(_Body):
+class TokenizeRequest(_Request):
     content: str
     add_special: bool = False
     with_pieces: bool = False
 
 
-class DetokenizeRequest(_Body):
+class DetokenizeRequest(_Request):
     tokens: List[int]
