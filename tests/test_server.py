@@ -660,6 +660,20 @@ def test_disconnect_during_an_answer_not_streamed_frees_the_slot(one_slot_server
         time.sleep(0.01)
 
 
+def test_cache_prompt_false_holds_for_chat_with_tools(one_slot_server):
+    # the same request with tools twice, cache_prompt false: the second evaluates its whole prompt
+    # again, as a plain chat does (the tools' path kept the slot's cached prefix)
+    slot = one_slot_server.app.state.pyllama.engine.slots[0].llm
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 3, "temperature": 0,
+            "cache_prompt": False, "tools": tools}
+    for _ in range(2):
+        r = httpx.post(one_slot_server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200
+        assert slot.last_timings["prompt_tokens"] == r.json()["usage"]["prompt_tokens"]
+
+
 def test_health_is_503_while_loading(default_model_path, monkeypatch):
     from pyllama.server import app as app_mod
 

@@ -576,6 +576,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             from ..chat_format import format_chat
 
             if uses_tools:  # rendered with the tools' own preparation: create_chat_completion checks it
+                if not cache_prompt:
+                    slot.reset()  # as _prefill does: the whole prompt evaluated, as on a fresh model
                 return iter(())
             ids = format_chat(slot, messages).tokens
             _check_budget(len(ids), max_tokens, slot.n_ctx())
