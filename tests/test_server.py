@@ -674,6 +674,38 @@ def test_cache_prompt_false_holds_for_chat_with_tools(one_slot_server):
         assert slot.last_timings["prompt_tokens"] == r.json()["usage"]["prompt_tokens"]
 
 
+def test_long_embedding_request_does_not_hold_streams_still(default_model_path):
+    # a stream runs while a request embeds 150 texts: the stream's chunks keep coming, where the
+    # whole list embedded in one go held the engine (and the stream) for the list's whole length
+    srv = RunningServer(create_app(default_model_path, n_slots=1, n_ctx=N_CTX, n_threads=2))
+    try:
+        srv.wait_ready()
+        texts = [f"Sentence number {i} about lighthouses, bottles, messages and the sea at night." for i in range(150)]
+        arrivals: list[float] = []
+
+        def stream():
+            body = {"prompt": "List the numbers: 1, 2, 3,", "max_tokens": 400, "temperature": 0, "stream": True}
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        arrivals.append(time.time())
+
+        th = threading.Thread(target=stream)
+        th.start()
+        while len(arrivals) < 5:
+            time.sleep(0.01)
+        t0 = time.time()
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=120)
+        t1 = time.time()
+        th.join()
+        assert r.status_code == 200 and len(r.json()["data"]) == 150
+        during = [b - a for a, b in zip(arrivals, arrivals[1:]) if t0 <= b <= t1]
+        assert t1 - t0 > 0.5 and during, "the embeddings ended too soon to tell"
+        assert max(during) < 0.25 * (t1 - t0), f"a chunk waited {max(during):.2f} s of the {t1 - t0:.2f} s"
+    finally:
+        srv.stop()
+
+
 def test_health_is_503_while_loading(default_model_path, monkeypatch):
     from pyllama.server import app as app_mod
 

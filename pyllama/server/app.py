@@ -642,7 +642,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         return await run_job(request, start, key, req.stream, include, "completion", prefill)
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest):
+    async def embeddings(req: EmbeddingRequest, request: Request):
         engine = state.ready()
         state.check_model(req.model)
         texts = [req.input] if isinstance(req.input, str) else req.input
@@ -654,11 +654,20 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if req.dimensions is not None and req.dimensions != dim:
             raise APIError(400, f"this model's embeddings have {dim} dimensions (got dimensions={req.dimensions})",
                            param="dimensions")
-        try:
-            vectors, n_tokens = await engine.call(
-                lambda: state.embedder.embed(texts, normalize=True, truncate=False, return_count=True))
-        except Exception as e:
-            raise api_error_from(e)
+        # one engine call per text: the engine runs the calls waiting for it between two rounds,
+        # so a long list given whole held every stream still for its whole length (a minute for a
+        # 1000-text request); and a client that went away stops the rest
+        vectors, n_tokens = [], 0
+        for text in texts:
+            if await request.is_disconnected():
+                return Response(status_code=499)
+            try:
+                vector, n = await engine.call(
+                    lambda text=text: state.embedder.embed(text, normalize=True, truncate=False, return_count=True))
+            except Exception as e:
+                raise api_error_from(e)
+            vectors.append(vector)
+            n_tokens += n
         data = []
         for i, v in enumerate(vectors):
             emb: Any = v
