@@ -28,7 +28,7 @@ setup(
                  "jsonschema>=4"],  # the validator constrained JSON output is checked with
         "hub": ["huggingface_hub>=0.20"],
         # the OpenAI-compatible server: the stack llama-cpp-python's server uses
-        "server": ["fastapi>=0.100", "uvicorn>=0.20", "sse-starlette>=1.6", "pydantic>=2",
+        "server": ["fastapi>=0.100", "uvicorn>=0.20", "sse-starlette>=3.3", "pydantic>=2",
                    # uvicorn's compiled HTTP parser and event loop (what uvicorn[standard] adds), which
                    # it picks up by itself: per streamed token, a third less event-loop CPU than h11
                    # and asyncio's loop, on cores the forward pass needs

@@ -759,6 +759,45 @@ def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
         proc.wait(timeout=30)
 
 
+def test_shutdown_ends_running_streams_with_an_error_event(default_model_path):
+    # SIGTERM while a stream runs: the stream ends with an error event saying so (it was cut off
+    # silently, and the client took the part it had for a whole answer)
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pyllama.server", "-m", default_model_path, "--port", str(port),
+                             "-t", "2", "-np", "1", "-c", str(N_CTX)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        body = {"prompt": "List the numbers: 1, 2, 3,", "max_tokens": N_CTX - 32, "temperature": 0, "stream": True}
+        events = []
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line[5:].strip())
+                    if len(events) == 5:
+                        proc.send_signal(signal.SIGTERM)
+        assert len(events) < N_CTX - 32, "the stream was not cut short"
+        last = json.loads(events[-1])
+        assert "shutting down" in last["error"]["message"], events[-3:]
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_logprobs_and_echo_equal_in_process(client, model_id, alone):
     prompt = "The capital of France is"
     alone.reset()

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Callable, Iterator, Optional
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -310,6 +311,7 @@ def _merge_completion_logprobs(parts: list) -> Optional[dict]:
     return out
 
 
+SHUTDOWN_GRACE_S = 2.0  # how long a stream has to send its last event once the server shuts down
 CLIENT_CHECK_S = 0.25  # how often a request that is not streamed looks for its client
 
 
@@ -414,8 +416,23 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if first[0] == "error":
             raise api_error_from(first[1])
         if stream:
-            return StreamResponse(_sse(job, engine, include_usage), ping=15)
+            return _stream_response(job, engine, include_usage)
         return await _collect(job, request, engine, kind)
+
+    def _stream_response(job: Job, engine: Engine, include_usage: bool) -> StreamResponse:
+        """The job's SSE response. When the server shuts down (SIGTERM, Ctrl-C), the stream ends
+        with an error event, where sse-starlette would cancel it silently and the client would
+        take a cut-off answer for a whole one."""
+        shutdown = anyio.Event()  # set by sse-starlette when the server starts shutting down
+
+        async def end_on_shutdown() -> None:
+            await shutdown.wait()
+            engine.cancel(job)
+            job.out.put_nowait(("error", APIError(503, "the server is shutting down", "server_error",
+                                                  code="server_shutting_down")))
+
+        return StreamResponse(_sse(job, engine, include_usage), ping=15, shutdown_event=shutdown,
+                              shutdown_grace_period=SHUTDOWN_GRACE_S, data_sender_callable=end_on_shutdown)
 
     async def _sse(job: Job, engine: Engine, include_usage: bool):
         """The job's items as SSE events, encoded here (one JSON line each: no newline can
