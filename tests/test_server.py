@@ -729,6 +729,31 @@ def test_health_is_503_while_loading(default_model_path, monkeypatch):
         srv.stop()
 
 
+def test_load_failing_after_the_first_forks_is_not_healthy(default_model_path, monkeypatch):
+    # the slots' forks succeed, the next fork fails: /health must report the failure, not "ok"
+    # (the engine was running when the embedder's fork failed, and /health looked at it alone)
+    from pyllama import Llama
+
+    real_fork, calls = Llama.fork, []
+
+    def fork(self, *a, **kw):
+        calls.append(1)
+        if len(calls) > 2:
+            raise MemoryError("no room for another KV cache")
+        return real_fork(self, *a, **kw)
+
+    monkeypatch.setattr(Llama, "fork", fork)
+    srv = RunningServer(create_app(default_model_path, n_slots=2, n_ctx=64, n_threads=1))
+    try:
+        deadline = time.time() + 60
+        while (r := httpx.get(srv.url + "/health")).json()["status"] == "loading":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json()["status"] == "error" and "KV cache" in r.json()["error"]
+    finally:
+        srv.stop()
+
+
 def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
     import subprocess
     import sys

@@ -191,8 +191,8 @@ class ServerState:
         try:
             llm = Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
                         embedding=True, verbose=self.verbose, **self.llm_kwargs)
-            self.engine = Engine(llm, self.n_slots, self.max_queue)
             self.embedder = llm.fork()
+            self.engine = Engine(llm, self.n_slots, self.max_queue)  # last: /health is "ok" once it is set
         except Exception as e:  # reported by /health and, from the CLI, on exit
             self.load_error = f"{type(e).__name__}: {e}"
             print(f"pyllama.server: could not load the model: {self.load_error}", file=sys.stderr)

@@ -187,12 +187,12 @@ class Engine:
 
         self.llm = llm
         self._lib = lib
+        self.slots = [Slot(i, llm.fork()) for i in range(n_slots)]  # first: a fork that fails leaves no hold
         # one kernel per token whatever the batch: a slot's answer must not depend on what
         # else shares its forward passes (issue 16); process-wide while an engine runs
         # (prompts evaluate slower), restored when the last engine stops
         _hold_batch_invariance(True)
         self._holds_invariance = True
-        self.slots = [Slot(i, llm.fork()) for i in range(n_slots)]
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
         self.calls: collections.deque = collections.deque()  # (fn, future) run between steps
