@@ -222,7 +222,7 @@ class GrammarConstraint:
         m.unsafe_compute_mask_ptr(self._mask_at, self._mask_bytes)
         self.n_masks += 1
         if m.is_error():  # its first line names the failure; the rest is the parser's state dump
-            first = m.get_error().strip().splitlines()[0] if m.get_error().strip() else "unknown error"
+            first = (m.get_error().strip() or "unknown error").splitlines()[0]
             raise ValueError(f"grammar failed: {first} (the grammar allows no token after the output so far)")
         if self._end_words.size and m.is_accepting():
             self.mask[self._end_words] |= self._end_bits
