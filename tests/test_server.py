@@ -238,8 +238,9 @@ def test_metrics(server, client, model_id):
     assert line and int(line[0].split()[-1]) >= 1
 
 
-def _metric(srv, name: str, headers=None) -> float:
-    text = httpx.get(srv.url + "/metrics", headers=headers).text
+def _metric(srv, name: str) -> float:
+    """An unlabelled metric of a server without an API key."""
+    text = httpx.get(srv.url + "/metrics").text
     return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[1])
 
 
@@ -550,8 +551,7 @@ def one_slot_server(default_model_path):
 
 
 def busy(srv) -> int:
-    text = httpx.get(srv.url + "/metrics").text
-    return int(next(ln for ln in text.splitlines() if ln.startswith("pyllama_slots_busy ")).split()[1])
+    return int(_metric(srv, "pyllama_slots_busy"))
 
 
 def test_queue_full_gets_429_and_disconnect_frees_the_slot(one_slot_server):
@@ -754,6 +754,22 @@ def test_load_failing_after_the_first_forks_is_not_healthy(default_model_path, m
         srv.stop()
 
 
+def _wait_cli_healthy(proc, port: int, timeout: float = 60) -> None:
+    """Until the server process `proc` answers /health with 200 on `port`; fails if it exits first
+    (with its stderr when that is a pipe) or takes longer than `timeout`."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        exited = proc.poll() is not None
+        assert not exited and time.time() < deadline, \
+            (proc.stderr.read() if proc.stderr else "exited") if exited else "timeout"
+        time.sleep(0.1)
+
+
 def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
     import subprocess
     import sys
@@ -768,15 +784,7 @@ def test_cli_serves_and_rejects_bad_flags(default_model_path, tmp_path):
                              "-t", "1", "-np", "1", "-c", "128", "--api-key", "k"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-            time.sleep(0.1)
+        _wait_cli_healthy(proc, port)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         assert c.completions.create(model=Path(default_model_path).stem, prompt="Hi", max_tokens=2).usage.completion_tokens == 2
     finally:
@@ -796,15 +804,7 @@ def test_shutdown_ends_running_streams_with_an_error_event(default_model_path):
                              "-t", "2", "-np", "1", "-c", str(N_CTX)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.1)
+        _wait_cli_healthy(proc, port)
         body = {"prompt": "List the numbers: 1, 2, 3,", "max_tokens": N_CTX - 32, "temperature": 0, "stream": True}
         events = []
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as r:
