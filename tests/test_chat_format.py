@@ -283,6 +283,45 @@ def test_timeout_stops_a_loop_of_long_c_calls():
     assert time.thread_time() - used < 10
 
 
+def test_timeout_leaves_no_interrupt_flag_behind():
+    """A watchdog that fired, whether its interrupt stopped the render or came as the render
+    ended, leaves the interpreter as it found it. Withdrawing a pending interrupt used to
+    leave CPython 3.11's "async exception pending" flag raised, and the next call made under
+    sys.settrace then spun forever (hypothesis traces after a failure: the CI suite hung in
+    a tokenizer test long after this file ran). In a child, so that a hang is a timeout."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from pyllama.chat_format import render_template
+        from pyllama.errors import ChatTemplateError
+        loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        try:
+            render_template(loop, [], cpu_seconds=0.2)  # the interrupt stops the render
+        except ChatTemplateError:
+            pass
+        for _ in range(50):                                  # interrupts that fire as a render ends
+            try:
+                render_template("{% for i in range(300) %}{{ i }}{% endfor %}", [], cpu_seconds=0.001)
+            except ChatTemplateError:
+                pass
+        calls = []
+        sys.settrace(lambda frame, event, arg: calls.append(event))
+        def f():
+            return 1
+        f()
+        sys.settrace(None)
+        print("call" in calls)
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a traced call hung after a template timeout (the interrupt flag was left raised)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
 def test_budget_leaves_real_templates_alone():
     # the same constructs at sizes real templates use still render as Jinja renders them
     src = ("{{ 'x' | center(9) }}|{{ 'a\\nb' | indent(2) }}|{{ '%05d' | format(42) }}|{{ '{:>4}'.format(7) }}"
