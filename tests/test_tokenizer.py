@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyllama.errors import TokenizerError
@@ -113,11 +113,16 @@ def test_random_text_matches_sentencepiece(spm_tokenizers, sp, texts, data):
 @needs_shared
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text())
+@example(text="\u2581")
+@example(text="a\u2581 b\u2581")
 def test_roundtrip(spm_tokenizers, text):
+    # U+2581 is SentencePiece's space marker: sentencepiece itself decodes it as a space
+    # (sp.decode(sp.encode("\u2581")) == " "), so only that character does not come back
+    want = text.replace("\u2581", " ")
     for kind in KINDS:
         tok = spm_tokenizers[kind]
-        assert tok.decode(tok.tokenize(text)) == text, kind
-        assert tok.detokenize(tok.tokenize(text, add_bos=False)) == text.encode(), kind
+        assert tok.decode(tok.tokenize(text)) == want, kind
+        assert tok.detokenize(tok.tokenize(text, add_bos=False)) == want.encode(), kind
 
 
 @needs_shared
