@@ -567,7 +567,7 @@ def test_queue_full_gets_429_and_disconnect_frees_the_slot(one_slot_server):
                                    kwargs=dict(json={"prompt": "Hi", "max_tokens": 1}, timeout=120))
         waiting.start()
         deadline = time.time() + 10
-        while "pyllama_queue_depth 1" not in httpx.get(srv.url + "/metrics").text:
+        while _metric(srv, "pyllama_queue_depth") != 1:
             assert time.time() < deadline, "the second request never queued"
             time.sleep(0.02)
         r3 = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
@@ -610,7 +610,7 @@ def test_burst_gets_429_beyond_free_slots_and_queue(one_slot_server):
     bodies = [{"prompt": f"Count to {i + 10}:", "max_tokens": 48, "temperature": 0} for i in range(8)]
     statuses = _raw_burst(srv, bodies)
     assert sorted(statuses) == [200, 200] + [429] * 6, statuses
-    assert busy(srv) == 0 and "pyllama_queue_depth 0" in httpx.get(srv.url + "/metrics").text
+    assert busy(srv) == 0 and _metric(srv, "pyllama_queue_depth") == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
