@@ -226,24 +226,15 @@ int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts) {
     return 0;
 }
 
-void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const float *x, const void *xq,
-                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg) {
-    const pl_kernel_set *k = pl_kernels();
+/* Rows [r0, r1) of the parts: the same rows of each (same_rows), else of the parts laid end to end. */
+static void share_rows(const pl_kernel_set *k, const pl_matmul_part *parts, int n_parts, int cols, const float *x,
+                       const void *xq, int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg, int r0, int r1) {
     const size_t q8_stride = (size_t)(cols / QK) * sizeof(block_q8x);
-    int r0, r1;
     if (same_rows) {
-        /* the same rows of every part on one thread, so the epilogue can combine them */
-        pl_thread_share(parts[0].rows, &r0, &r1);
-        if (r0 < r1) {
-            for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, r0, r1);
-            if (epilogue) epilogue(arg, r0, r1);
-        }
+        for (int i = 0; i < n_parts; i++) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, r0, r1);
+        if (epilogue) epilogue(arg, r0, r1);
         return;
     }
-    /* the parts' rows end to end, shared out evenly */
-    int total = 0;
-    for (int i = 0; i < n_parts; i++) total += parts[i].rows;
-    pl_thread_share(total, &r0, &r1);
     int base = 0;
     for (int i = 0; i < n_parts; i++) {
         int a = r0 - base > 0 ? r0 - base : 0;
@@ -251,6 +242,35 @@ void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const f
         if (a < b) part_rows(k, &parts[i], cols, x, xq, q8_stride, n_tok, a, b);
         base += parts[i].rows;
     }
+}
+
+/* Rows a team deals out at a time: a panel. Every kernel computes a row the same way
+ * whatever rows its call begins and ends on, as long as they are multiples of 8
+ * (ROW_ALIGN), so the dealing changes no result. */
+#define DEAL_ROWS 16
+
+void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const float *x, const void *xq,
+                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg, pl_team *team) {
+    const pl_kernel_set *k = pl_kernels();
+    int total = 0;
+    if (same_rows) { /* the same rows of every part on one thread, so the epilogue can combine them */
+        total = parts[0].rows;
+    } else {
+        for (int i = 0; i < n_parts; i++) total += parts[i].rows;
+    }
+    int r0, r1;
+    const int units = (total + DEAL_ROWS - 1) / DEAL_ROWS;
+    if (team && omp_get_num_threads() > 1 && units <= PL_TEAM_MAX_UNITS) {
+        int u0, u1;
+        while (pl_team_take(team, units, &u0, &u1)) {
+            r0 = u0 * DEAL_ROWS;
+            r1 = u1 * DEAL_ROWS < total ? u1 * DEAL_ROWS : total;
+            share_rows(k, parts, n_parts, cols, x, xq, n_tok, same_rows, epilogue, arg, r0, r1);
+        }
+        return;
+    }
+    pl_thread_share(total, &r0, &r1);
+    if (r0 < r1) share_rows(k, parts, n_parts, cols, x, xq, n_tok, same_rows, epilogue, arg, r0, r1);
 }
 
 void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const float *x, int n_tok,
@@ -266,7 +286,7 @@ void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const f
             for (int t = 0; t < n_tok; t++)
                 k->quantize_q8x(x + (size_t)t * cols, (block_q8x *)((char *)scratch + t * q8_stride), cols);
         }
-        pl_matmul_share(parts, n_parts, cols, x, any_q8 ? scratch : NULL, n_tok, same_rows, epilogue, arg);
+        pl_matmul_share(parts, n_parts, cols, x, any_q8 ? scratch : NULL, n_tok, same_rows, epilogue, arg, NULL);
     }
 }
 

@@ -158,11 +158,11 @@ static void project_into_residual(pl_context *c, const pl_tensor *w, const float
     const void *xq;
     const float *in = product_input(c, in_rows, NULL, 0, n_tok, cols, &out, 1, &xq);
     if (!post_norm) {
-        pl_matmul_share(&out, 1, cols, in, xq, n_tok, 1, add_residual, &res);
+        pl_matmul_share(&out, 1, cols, in, xq, n_tok, 1, add_residual, &res, &c->team);
         pl_team_barrier(&c->team);
         return;
     }
-    pl_matmul_share(&out, 1, cols, in, xq, n_tok, 1, NULL, NULL);
+    pl_matmul_share(&out, 1, cols, in, xq, n_tok, 1, NULL, NULL, &c->team);
     pl_team_barrier(&c->team);
     add_normed_residual(c, c->x, c->xb, post_norm->data, n_tok);
     pl_team_barrier(&c->team);
@@ -250,7 +250,7 @@ static void qkv_projection(pl_context *c, const pl_layer *L, int n_tok) {
     const pl_matmul_part qkv[3] = {part(L->wq, q_dim, c->q), part(L->wk, kv_dim, c->k), part(L->wv, kv_dim, c->v)};
     const void *xq;
     const float *in = product_input(c, c->x, L->attn_norm->data, 0, n_tok, p->dim, qkv, 3, &xq);
-    pl_matmul_share(qkv, 3, p->dim, in, xq, n_tok, 0, NULL, NULL);
+    pl_matmul_share(qkv, 3, p->dim, in, xq, n_tok, 0, NULL, NULL, &c->team);
     pl_team_barrier(&c->team);
 }
 
@@ -329,7 +329,7 @@ static void ffn_block(pl_context *c, int l, int n_tok) {
     glu_rows act = {c->hb, c->hb2, n_tok, hidden, p->activation};
     const void *xq;
     const float *in = product_input(c, c->x, L->ffn_norm->data, 0, n_tok, p->dim, gate_up, 2, &xq);
-    pl_matmul_share(gate_up, 2, p->dim, in, xq, n_tok, 1, gated_activation, &act);
+    pl_matmul_share(gate_up, 2, p->dim, in, xq, n_tok, 1, gated_activation, &act, &c->team);
     pl_team_barrier(&c->team);
     project_into_residual(c, L->w_down, c->hb, hidden, L->post_ffn_norm, n_tok);
 }
@@ -340,7 +340,7 @@ static void logits_block(pl_context *c, const float *x, int first, int n_out, fl
     const pl_matmul_part out = part(m->output, m->cfg.n_vocab, logits);
     const void *xq;
     const float *in = product_input(c, x, m->output_norm->data, first, n_out, m->cfg.dim, &out, 1, &xq);
-    pl_matmul_share(&out, 1, m->cfg.dim, in, xq, n_out, 0, NULL, NULL);
+    pl_matmul_share(&out, 1, m->cfg.dim, in, xq, n_out, 0, NULL, NULL, &c->team);
 }
 
 /* x = embedding rows of the tokens (scaled), and each token's RoPE angles at its position */

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "pyllama.h"
+#include "team.h"
 
 /* ---- errors (util.c) ---- */
 void pl_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -125,10 +126,12 @@ void pl_matmul_parts(const pl_matmul_part *parts, int n_parts, int cols, const f
  * The same, for a caller already inside a parallel region (the forward pass
  * keeps one team for the whole batch): computes only this thread's share of
  * the rows and does not wait for the others. xq holds the input quantized by
- * pl_quantize_act when any part is of a quantized type (else NULL).
+ * pl_quantize_act when any part is of a quantized type (else NULL). With a team,
+ * the rows are dealt out with pl_team_take (one such product between two of its
+ * barriers); with NULL each thread takes its even share.
  */
 void pl_matmul_share(const pl_matmul_part *parts, int n_parts, int cols, const float *x, const void *xq,
-                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg);
+                     int n_tok, int same_rows, pl_epilogue_fn epilogue, void *arg, pl_team *team);
 void pl_quantize_act(const float *x, int n_tok, int cols, void *xq);
 int pl_parts_need_q8(const pl_matmul_part *parts, int n_parts);
 /* First thing in every parallel region: workers stop taking the process's signals. */

@@ -240,17 +240,6 @@ def test_truncate_then_continue(tiny_model_factory):
     assert reference.rel_err(np.array(llm.logits), want) < 1e-5
 
 
-def test_threads_do_not_change_logits(tiny_model_factory):
-    path = tiny_model_factory(wtype="Q4_0", n_layers=3)
-    toks = sample_tokens(tiny_models.n_vocab_of("gpt2"), 9, seed=5)
-    out = []
-    for n_threads in (1, 2):
-        llm = open_llama(path, n_ctx=16, n_threads=n_threads)
-        llm.eval(toks, logits_all=True)
-        out.append(np.array(llm.eval_logits))
-    assert reference.rel_err(out[1], out[0]) < 1e-6
-
-
 @pytest.mark.parametrize("n_heads, n_kv_heads, dim", [(8, 1, 128), (8, 2, 128), (9, 3, 288), (5, 5, 160)])
 def test_decode_attention_split_over_threads(tiny_model_factory, n_heads, n_kv_heads, dim):
     """Decode gives each thread a run of query heads (forward.c, attention()): token by token, every
@@ -283,6 +272,53 @@ def _kernel_paths():
     paths += [lib.PL_ISA_AVX2] if best in (lib.PL_ISA_AVX2, lib.PL_ISA_AVX512) else []
     paths += [best] if best in (lib.PL_ISA_AVX512, lib.PL_ISA_NEON) else []
     return lib, paths
+
+
+def _thread_paths():
+    lib, paths = _kernel_paths()
+    return [pytest.param(isa, id={lib.PL_ISA_SCALAR: "scalar", lib.PL_ISA_AVX2: "avx2"}.get(isa, "best"))
+            for isa in paths]
+
+
+@pytest.mark.parametrize("wtype", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("isa", _thread_paths())
+def test_threads_and_their_dealing_change_no_logit(tiny_model_factory, wtype, isa):
+    """The team deals each product's rows out as it goes (csrc/team.c: a thread that is held up
+    leaves its rows to the others), so which thread computes a row, and which rows a kernel call
+    spans, change from run to run. Every thread count, run after run, must give the one-thread
+    logits bit for bit: a prompt batch (20 tokens: the float panels start at 16), decode batches
+    of three sequences, and single tokens."""
+    from pyllama.batch import eval_batch
+
+    lib, _ = _kernel_paths()
+    path = tiny_model_factory(wtype=wtype, dim=256, n_heads=4, n_kv_heads=2, hidden_dim=512, n_layers=2,
+                              context_length=64)
+    toks = sample_tokens(tiny_models.n_vocab_of("gpt2"), 20, seed=11)
+    old = lib.pl_current_isa()
+    try:
+        lib.pl_set_isa(isa)
+        base = None
+        for n_threads in (1, 2, 3, 4, 2, 3):
+            llm = open_llama(path, n_ctx=48, n_threads=n_threads)
+            forks = [llm.fork() for _ in range(3)]
+            got = []
+            llm.eval(toks, logits_all=True)
+            got.append(np.array(llm.eval_logits))
+            for i, f in enumerate(forks):
+                f.eval(toks[: 5 + i])
+            for step in range(3):
+                eval_batch([(f, [toks[step + i]]) for i, f in enumerate(forks)])
+                got.append(np.stack([f.logits for f in forks]))
+            forks[0].eval([toks[0]])
+            got.append(np.array(forks[0].logits)[None])
+            llm.close()
+            if base is None:
+                base = got
+                continue
+            for a, b in zip(got, base):
+                assert np.array_equal(a, b), (n_threads, float(np.abs(a - b).max()))
+    finally:
+        lib.pl_set_isa(old)
 
 
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q8_0"])

@@ -182,6 +182,15 @@ def test_c_harness_neon_under_qemu():
     assert "dot-product extension in use" in out and "not present" in out, out
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_c_team_deals_every_row_once():
+    """The forward pass's team deals each product's rows out as it goes (csrc/team.c): every unit
+    exactly once, for 2-8 threads, with one thread held up at a step's start (it must lose work to
+    the others), between steps that deal nothing."""
+    out = _run_script("run_team.sh")
+    assert "every unit dealt exactly once" in out, out
+
+
 def _clang():
     for name in ("clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14"):
         if shutil.which(name):
