@@ -46,6 +46,7 @@ _ALIASES = {
 }
 
 SUPPORTED_PRE = sorted(set(_PRE) | set(_ALIASES))
+_CONCURRENT_FROM = 4096  # characters of a piece from which pre_tokenize's split releases the GIL
 
 
 def _byte_alphabet() -> list[str]:
@@ -188,7 +189,9 @@ class ByteLevelBpe:
         for split in self._splits:
             out = []
             for p in pieces:
-                out.extend(x for x in split.split(p) if x)
+                # a long piece is cut without the GIL: a server's other threads (the forward
+                # pass's rounds) go on meanwhile; short ones keep it (releasing costs more)
+                out.extend(x for x in split.split(p, concurrent=len(p) >= _CONCURRENT_FROM or None) if x)
             pieces = out
         return pieces
 

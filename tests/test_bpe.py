@@ -108,6 +108,24 @@ def test_long_piece(default_vocab):
     assert c_pieces(c, [piece]) == ref.encode_piece(piece)
 
 
+def test_a_long_text_is_cut_as_a_short_one(default_vocab, monkeypatch):
+    """Pieces of _CONCURRENT_FROM characters or more are split with the GIL released (the regex
+    module's concurrent=True, for a server's other threads): the same pieces and ids as with the
+    GIL held throughout, and the ids the reference BPE gives those pieces."""
+    import pyllama._bpe as bpe_module
+
+    tokens, (c, ref), _ = default_vocab
+    rng = random.Random(3)
+    text = "".join(rng.choice(["The keeper's lamp, ", "3.14159 ", "\n\n", "   ", "naïve café ", "日本語 ", "x" * 40,
+                               "🙂 ", "don't", "\t{'a': [1, 2]}"]) for _ in range(3000))
+    assert len(text) > 4 * bpe_module._CONCURRENT_FROM
+    pieces, ids = c.pre_tokenize(text), c.encode(text)
+    monkeypatch.setattr(bpe_module, "_CONCURRENT_FROM", 1 << 60)
+    assert c.pre_tokenize(text) == pieces
+    assert c.encode(text) == ids
+    assert ids == [i for p in pieces for i in ref.encode_piece(p.encode("utf-8", "surrogateescape"))]
+
+
 def test_token_bytes_and_texts(default_vocab):
     tokens, (c, _), _ = default_vocab
     for i in range(0, len(tokens), 7):

@@ -706,6 +706,42 @@ def test_long_embedding_request_does_not_hold_streams_still(default_model_path):
         srv.stop()
 
 
+def test_tokenize_and_refusing_a_long_prompt_do_not_wait_for_the_engine(default_model_path, alone):
+    # tokenizing a long text on the engine's thread held every stream still for as long (a 1 MB
+    # /tokenize 0.4 s, a 1 MB prompt refused for the context 0.2 s): with the engine's thread held
+    # busy here, both must still be answered, and the same as in-process
+    srv = RunningServer(create_app(default_model_path, n_slots=1, n_ctx=N_CTX, n_threads=2))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        entered.set()
+        release.wait(120)
+
+    import asyncio
+
+    holder = threading.Thread(target=lambda: asyncio.run(srv.app.state.pyllama.engine.call(hold)))
+    try:
+        srv.wait_ready()
+        holder.start()
+        assert entered.wait(30), "the engine did not run the call"
+        text = "The keeper climbed the stairs of the lighthouse at dusk, counting each step. " * 2000
+        r = httpx.post(srv.url + "/tokenize", json={"content": text}, timeout=60)
+        assert r.status_code == 200
+        assert r.json()["tokens"] == alone.tokenize(text.encode(), add_bos=False, special=True)
+        r = httpx.post(srv.url + "/tokenize", json={"content": text[:200], "with_pieces": True}, timeout=60)
+        pieces = r.json()["tokens"]
+        assert "".join(p["piece"] for p in pieces) == text[:200]
+        want = len(alone.tokenize(text.encode(), special=True))
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": text, "max_tokens": 4}, timeout=60)
+        assert_openai_error(r, 400, "context_length_exceeded")
+        assert f"the prompt is {want} tokens" in r.json()["error"]["message"]
+        assert not release.is_set() and holder.is_alive()  # answered while the engine was still held
+    finally:
+        release.set()
+        holder.join(30)
+        srv.stop()
+
+
 def test_health_is_503_while_loading(default_model_path, monkeypatch):
     from pyllama.server import app as app_mod
 

@@ -274,6 +274,12 @@ def _check_budget(n_prompt: int, max_tokens: Optional[int], n_ctx: int) -> None:
                        param="max_tokens", code="context_length_exceeded")
 
 
+# A text prompt of more characters than this many per context position may not fit (English
+# runs at about 4.5 per token): it is tokenized on a worker thread before it is queued, so the
+# engine never spends a round tokenizing a prompt it would refuse (a 1 MB one held every stream
+# 0.2 s); one that fits takes its ids along
+LONG_PROMPT_CHARS_PER_TOKEN = 3
+
 PREFILL_CHUNK = 128  # the C core's own slice (MAX_UBATCH): chunks on its boundaries compute what one call does
 
 
@@ -638,10 +644,22 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             except ValueError as e:
                 raise APIError(400, str(e), param="grammar" if req.grammar is not None else "json_schema")
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
+        known_ids = None
+        if isinstance(prompt, str) and len(prompt) > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx():
+            # likely longer than the context: tokenized on a worker thread first, so that a prompt
+            # the engine would only refuse does not hold every stream still while it is tokenized
+            try:
+                known_ids = await anyio.to_thread.run_sync(
+                    lambda: llm.tokenize(prompt.encode("utf-8"), special=True))
+                _check_budget(len(known_ids), max_tokens, llm.n_ctx())
+            except Exception as e:
+                raise api_error_from(e)
 
         def prefill(slot):
             if isinstance(prompt, list):
                 ids = list(prompt)
+            elif known_ids is not None:
+                ids = known_ids
             elif prompt:
                 ids = slot.tokenize(prompt.encode("utf-8"), special=True)
             else:
@@ -696,27 +714,34 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
-        engine = state.ready()
+        state.ready()
         llm = state.llm
+
+        def run() -> bytes:
+            ids = llm.tokenize(req.content.encode("utf-8"), add_bos=req.add_special, special=True)
+            if not req.with_pieces:
+                return json.dumps({"tokens": ids}).encode()
+            pieces = [llm.tokenizer.token_to_piece(t).decode("utf-8", errors="replace") for t in ids]
+            return json.dumps({"tokens": [{"id": t, "piece": p} for t, p in zip(ids, pieces)]},
+                              ensure_ascii=False).encode("utf-8")
+
+        # on a worker thread, the JSON included: on the engine's thread or the event loop a long
+        # text held every stream still for as long as it took
         try:
-            ids = await engine.call(lambda: llm.tokenize(req.content.encode("utf-8"), add_bos=req.add_special,
-                                                         special=True))
+            body = await anyio.to_thread.run_sync(run)
         except Exception as e:
             raise api_error_from(e)
-        if not req.with_pieces:
-            return {"tokens": ids}
-        pieces = [llm.tokenizer.token_to_piece(t).decode("utf-8", errors="replace") for t in ids]
-        return {"tokens": [{"id": t, "piece": p} for t, p in zip(ids, pieces)]}
+        return Response(body, media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
-        engine = state.ready()
+        state.ready()
         llm = state.llm
         bad = [t for t in req.tokens if not 0 <= t < llm.n_vocab()]
         if bad:
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {llm.n_vocab()})", param="tokens")
         try:
-            text = await engine.call(lambda: llm.detokenize(req.tokens))
+            text = await anyio.to_thread.run_sync(lambda: llm.detokenize(req.tokens))
         except Exception as e:
             raise api_error_from(e)
         return {"content": text.decode("utf-8", errors="replace")}
