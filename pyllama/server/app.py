@@ -646,7 +646,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
         known_ids = None
         if isinstance(prompt, str) and len(prompt) > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx():
-            # likely longer than the context: tokenized on a worker thread first, so that a prompt
+            # perhaps longer than the context: tokenized on a worker thread first, so that a prompt
             # the engine would only refuse does not hold every stream still while it is tokenized
             try:
                 known_ids = await anyio.to_thread.run_sync(
