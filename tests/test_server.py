@@ -707,6 +707,8 @@ def test_long_embedding_request_does_not_hold_streams_still(default_model_path):
 
 
 def test_tokenize_and_refusing_a_long_prompt_do_not_wait_for_the_engine(default_model_path, alone):
+    from pyllama.chat_format import format_chat
+
     # tokenizing a long text on the engine's thread held every stream still for as long (a 1 MB
     # /tokenize 0.4 s, a 1 MB prompt refused for the context 0.2 s): with the engine's thread held
     # busy here, both must still be answered, and the same as in-process
@@ -733,6 +735,11 @@ def test_tokenize_and_refusing_a_long_prompt_do_not_wait_for_the_engine(default_
         assert "".join(p["piece"] for p in pieces) == text[:200]
         want = len(alone.tokenize(text.encode(), special=True))
         r = httpx.post(srv.url + "/v1/completions", json={"prompt": text, "max_tokens": 4}, timeout=60)
+        assert_openai_error(r, 400, "context_length_exceeded")
+        assert f"the prompt is {want} tokens" in r.json()["error"]["message"]
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        want = len(format_chat(alone, messages).tokens)
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 4}, timeout=60)
         assert_openai_error(r, 400, "context_length_exceeded")
         assert f"the prompt is {want} tokens" in r.json()["error"]["message"]
         assert not release.is_set() and holder.is_alive()  # answered while the engine was still held

@@ -274,10 +274,10 @@ def _check_budget(n_prompt: int, max_tokens: Optional[int], n_ctx: int) -> None:
                        param="max_tokens", code="context_length_exceeded")
 
 
-# A text prompt of more characters than this many per context position may not fit (English
-# runs at about 4.5 per token): it is tokenized on a worker thread before it is queued, so the
-# engine never spends a round tokenizing a prompt it would refuse (a 1 MB one held every stream
-# 0.2 s); one that fits takes its ids along
+# A text prompt, or chat messages, of more characters than this many per context position may
+# not fit (English runs at about 4.5 per token): it is tokenized on a worker thread before it is
+# queued, so the engine never spends a round tokenizing a prompt it would refuse (a 1 MB one held
+# every stream 0.2 s); one that fits takes its ids along
 LONG_PROMPT_CHARS_PER_TOKEN = 3
 
 PREFILL_CHUNK = 128  # the C core's own slice (MAX_UBATCH): chunks on its boundaries compute what one call does
@@ -594,6 +594,18 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         if req.tools or req.functions:
             kwargs.update(tools=req.tools, functions=req.functions, tool_choice=req.tool_choice)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
+        known_ids = None
+        if not uses_tools and (sum(len(m.get("content") or "") for m in messages)
+                               > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx()):
+            # as for a long text completion: rendered and tokenized on a worker thread first (the
+            # slots are forks of llm: the same template and tokenizer)
+            from ..chat_format import format_chat
+
+            try:
+                known_ids = await anyio.to_thread.run_sync(lambda: format_chat(llm, messages).tokens)
+                _check_budget(len(known_ids), max_tokens, llm.n_ctx())
+            except Exception as e:
+                raise api_error_from(e)
 
         def prefill(slot):
             from ..chat_format import format_chat
@@ -602,7 +614,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
                 if not cache_prompt:
                     slot.reset()  # as _prefill does: the whole prompt evaluated, as on a fresh model
                 return iter(())
-            ids = format_chat(slot, messages).tokens
+            ids = known_ids if known_ids is not None else format_chat(slot, messages).tokens
             _check_budget(len(ids), max_tokens, slot.n_ctx())
             return _prefill(slot, ids, cache_prompt)
 
