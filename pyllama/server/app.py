@@ -280,6 +280,28 @@ def _check_budget(n_prompt: int, max_tokens: Optional[int], n_ctx: int) -> None:
 # every stream 0.2 s); one that fits takes its ids along
 LONG_PROMPT_CHARS_PER_TOKEN = 3
 
+
+async def _on_worker_thread(fn: Callable[[], Any]) -> Any:
+    """fn() on a worker thread, neither the engine's (every stream would wait) nor the event
+    loop's, its exceptions raised as the HTTP errors they stand for."""
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    except Exception as e:
+        raise api_error_from(e)
+
+
+async def _prompt_ids_that_fit(tokenize: Callable[[], list[int]], max_tokens: Optional[int],
+                               n_ctx: int) -> list[int]:
+    """A long prompt's ids (see LONG_PROMPT_CHARS_PER_TOKEN), tokenized and checked against the
+    context on a worker thread."""
+    def run() -> list[int]:
+        ids = tokenize()
+        _check_budget(len(ids), max_tokens, n_ctx)
+        return ids
+
+    return await _on_worker_thread(run)
+
+
 PREFILL_CHUNK = 128  # the C core's own slice (MAX_UBATCH): chunks on its boundaries compute what one call does
 
 
@@ -597,15 +619,11 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         known_ids = None
         if not uses_tools and (sum(len(m.get("content") or "") for m in messages)
                                > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx()):
-            # as for a long text completion: rendered and tokenized on a worker thread first (the
-            # slots are forks of llm: the same template and tokenizer)
+            # as for a long text completion (the slots are forks of llm: the same template and tokenizer)
             from ..chat_format import format_chat
 
-            try:
-                known_ids = await anyio.to_thread.run_sync(lambda: format_chat(llm, messages).tokens)
-                _check_budget(len(known_ids), max_tokens, llm.n_ctx())
-            except Exception as e:
-                raise api_error_from(e)
+            known_ids = await _prompt_ids_that_fit(lambda: format_chat(llm, messages).tokens, max_tokens,
+                                                   llm.n_ctx())
 
         def prefill(slot):
             from ..chat_format import format_chat
@@ -658,14 +676,10 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
         known_ids = None
         if isinstance(prompt, str) and len(prompt) > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx():
-            # perhaps longer than the context: tokenized on a worker thread first, so that a prompt
-            # the engine would only refuse does not hold every stream still while it is tokenized
-            try:
-                known_ids = await anyio.to_thread.run_sync(
-                    lambda: llm.tokenize(prompt.encode("utf-8"), special=True))
-                _check_budget(len(known_ids), max_tokens, llm.n_ctx())
-            except Exception as e:
-                raise api_error_from(e)
+            # perhaps longer than the context: a prompt the engine would only refuse must not hold
+            # every stream still while it is tokenized
+            known_ids = await _prompt_ids_that_fit(lambda: llm.tokenize(prompt.encode("utf-8"), special=True),
+                                                   max_tokens, llm.n_ctx())
 
         def prefill(slot):
             if isinstance(prompt, list):
@@ -737,13 +751,8 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             return json.dumps({"tokens": [{"id": t, "piece": p} for t, p in zip(ids, pieces)]},
                               ensure_ascii=False).encode("utf-8")
 
-        # on a worker thread, the JSON included: on the engine's thread or the event loop a long
-        # text held every stream still for as long as it took
-        try:
-            body = await anyio.to_thread.run_sync(run)
-        except Exception as e:
-            raise api_error_from(e)
-        return Response(body, media_type="application/json")
+        # the JSON included: encoded on the event loop, a long text's ids held every stream still too
+        return Response(await _on_worker_thread(run), media_type="application/json")
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
@@ -752,10 +761,7 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
         bad = [t for t in req.tokens if not 0 <= t < llm.n_vocab()]
         if bad:
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {llm.n_vocab()})", param="tokens")
-        try:
-            text = await anyio.to_thread.run_sync(lambda: llm.detokenize(req.tokens))
-        except Exception as e:
-            raise api_error_from(e)
+        text = await _on_worker_thread(lambda: llm.detokenize(req.tokens))
         return {"content": text.decode("utf-8", errors="replace")}
 
     app.add_middleware(AuthAndCount, state=state, api_key=api_key, known_paths={r.path for r in app.routes})
