@@ -742,6 +742,16 @@ def test_tokenize_and_refusing_a_long_prompt_do_not_wait_for_the_engine(default_
         r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 4}, timeout=60)
         assert_openai_error(r, 400, "context_length_exceeded")
         assert f"the prompt is {want} tokens" in r.json()["error"]["message"]
+        # with tools the prompt is prepared as create_chat_completion does (the tools rendered in)
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                                   "parameters": {"type": "object",
+                                                                  "properties": {"city": {"type": "string"}}}}}]
+        want = len(alone.chat_prompt_tokens(messages, tools=tools))
+        assert want > len(format_chat(alone, messages).tokens)  # the tools are in the count
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": messages, "tools": tools, "max_tokens": 4},
+                       timeout=60)
+        assert_openai_error(r, 400, "context_length_exceeded")
+        assert f"the prompt is {want} tokens" in r.json()["error"]["message"]
         assert not release.is_set() and holder.is_alive()  # answered while the engine was still held
     finally:
         release.set()

@@ -617,13 +617,21 @@ def create_app(model_path: Optional[str] = None, *, n_slots: int = 4, n_ctx: int
             kwargs.update(tools=req.tools, functions=req.functions, tool_choice=req.tool_choice)
         cache_prompt = state.cache_prompt if req.cache_prompt is None else req.cache_prompt
         known_ids = None
-        if not uses_tools and (sum(len(m.get("content") or "") for m in messages)
-                               > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx()):
+        n_chars = sum(len(m.get("content") or "") for m in messages)
+        if uses_tools:  # the tools' definitions and past calls are rendered into the prompt too
+            n_chars += len(json.dumps([req.tools, req.functions, [m.get("tool_calls") for m in messages]],
+                                      default=str))
+        if n_chars > LONG_PROMPT_CHARS_PER_TOKEN * llm.n_ctx():
             # as for a long text completion (the slots are forks of llm: the same template and tokenizer)
             from ..chat_format import format_chat
 
-            known_ids = await _prompt_ids_that_fit(lambda: format_chat(llm, messages).tokens, max_tokens,
-                                                   llm.n_ctx())
+            def tokenize() -> list[int]:
+                if uses_tools:  # as create_chat_completion prepares them; the ids serve the check only
+                    return llm.chat_prompt_tokens(messages, tools=req.tools, tool_choice=req.tool_choice,
+                                                  functions=req.functions)
+                return format_chat(llm, messages).tokens
+
+            known_ids = await _prompt_ids_that_fit(tokenize, max_tokens, llm.n_ctx())
 
         def prefill(slot):
             from ..chat_format import format_chat
