@@ -44,7 +44,17 @@ from pathlib import Path
 import httpx
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle. Chapter 1:"
-LLAMA_SERVER = Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin/llama-server"
+LLAMACPP_DIR = Path.home() / ".cache/pyllama/llama.cpp-0.3.36"
+
+
+def default_llama_server() -> str:
+    """Where bench/build_llamacpp.sh puts llama-server on this machine: build-noamx/ on CPUs with
+    AMX, build/ on the others (it is not run here: a missing binary only skips the comparison)."""
+    for build in ("build-noamx", "build"):
+        path = LLAMACPP_DIR / build / "bin" / "llama-server"
+        if path.exists():
+            return str(path)
+    return str(LLAMACPP_DIR / "build" / "bin" / "llama-server")
 
 
 def free_port() -> int:
@@ -323,8 +333,10 @@ def main() -> None:
     ap.add_argument("-m", "--model", default=None)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-n", type=int, default=64, help="tokens per stream")
-    ap.add_argument("--llama-server", default=str(LLAMA_SERVER))
+    ap.add_argument("--llama-server", default=None,
+                    help="llama-server binary (default: bench/build_llamacpp.sh's, when built)")
     args = ap.parse_args()
+    args.llama_server = args.llama_server or default_llama_server()
     from pyllama import models
 
     model = models.resolve_model(args.model)

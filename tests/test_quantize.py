@@ -323,8 +323,9 @@ def test_pyllama_runs_the_output(tmp_path, ftype):
 
 @pytest.mark.slow
 def test_llama_cpp_loads_the_output(tmp_path):
-    binary = shutil.which("llama-perplexity") or str(
-        Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin/llama-perplexity")
+    # bench/build_llamacpp.sh builds into build-noamx/ on CPUs with AMX, build/ on the others
+    built = [Path.home() / f".cache/pyllama/llama.cpp-0.3.36/{d}/bin/llama-perplexity" for d in ("build-noamx", "build")]
+    binary = shutil.which("llama-perplexity") or next((str(b) for b in built if b.exists()), str(built[0]))
     if not Path(binary).exists():
         pytest.skip("llama-perplexity is not built (bench/build_llamacpp.sh)")
     spec = TinySpec(dim=256, hidden_dim=256, n_layers=2, n_heads=8, n_kv_heads=2, tied=False, wtype="F16",
