@@ -2,7 +2,8 @@
  * kquants_repack.c - decode rows and prefill tiles for Q4_KR and Q6_KR, the Q4_K and Q6_K matrices
  * the loader regroups 8 rows at a time (quants.h says how; model.c does it on CPUs with AVX-512 VNNI).
  *
- * AVX-512: two groups (16 rows) per step, one 32-bit lane per row. Q4_KR: a 32-byte chunk of
+ * AVX-512: two groups (16 rows) per step (decode on AMD CPUs: one, see groups_per_step), one
+ * 32-bit lane per row. Q4_KR: a 32-byte chunk of
  * each group, side by side, is one vector whose low nibbles are 4 values of one sub-block of
  * all 16 rows and whose high nibbles are the next sub-block's; Q6_KR: three such chunks (two of
  * low bits, one of high bits) give 4 values of 4 blocks. So the weights meet vpdpbusd after an
@@ -20,6 +21,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -171,6 +173,27 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
     return acc;
 }
 
+/*
+ * Groups a decode step reads: two side by side (16 lanes of work), or one (its 8 rows in both
+ * halves of the vector, lanes 8-15 dropped), so that a thread's rows arrive as one stream. Two
+ * groups are two streams, each jumping ahead by a group every step: on Intel they stream at 88%
+ * of a plain read, but from DRAM on Zen 4 they took a Qwen2.5 1.5B token 1.7-2x as long as one
+ * group a step does, and longer than the file's layout (bench/RESULTS.md). So one on AMD CPUs, two
+ * elsewhere; both give every row the same bits (the lanes' arithmetic is the same).
+ */
+static _Atomic int decode_groups; /* 0: not chosen yet */
+
+int pl_set_kr_decode_groups(int n) {
+    if (n != 1 && n != 2) n = __builtin_cpu_is("amd") ? 1 : 2;
+    return atomic_exchange(&decode_groups, n);
+}
+
+static int groups_per_step(void) {
+    int n = atomic_load_explicit(&decode_groups, memory_order_relaxed);
+    if (!n) pl_set_kr_decode_groups(0), n = atomic_load(&decode_groups);
+    return n;
+}
+
 /* the rows [r0, r1) not on whole groups go the slow way; r0 on a group from here on */
 static int kr_edges(int type, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int *r0,
                     int *r1, int nt, int n) {
@@ -187,12 +210,12 @@ static int kr_edges(int type, const void *w, size_t rb, const void *act, size_t 
 
 AVX512 static void rows_q4_kr(const void *w, size_t rb, const void *act, float *y, int r0, int r1, int n) {
     if (kr_edges(PL_TYPE_Q4_KR, w, rb, act, 0, y, 0, &r0, &r1, 0, n)) return;
-    const int nsb = n / QK_K;
+    const int nsb = n / QK_K, step = groups_per_step() * G8;
     const char *end = (const char *)ROW(w, rb, r1);
-    for (int r = r0; r < r1; r += 2 * G8) {
+    for (int r = r0; r < r1; r += step) {
         const block_q4_kr *ga = (const block_q4_kr *)ROW(w, rb, r);
-        const __m512 v = q4kr_rows16(ga, SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, nsb, end);
-        _mm512_mask_storeu_ps(y + r, group_lanes(r, r1), v);
+        const __m512 v = q4kr_rows16(ga, step == G8 ? ga : SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, nsb, end);
+        _mm512_mask_storeu_ps(y + r, step == G8 ? (__mmask16)0xff : group_lanes(r, r1), v);
     }
 }
 
@@ -366,10 +389,11 @@ AVX512 static void rows_q6_kr(const void *w, size_t rb, const void *act, float *
     }
     q6kr_zero_terms((const block_q8x *)act, nb, c);
     const char *end = (const char *)ROW(w, rb, r1);
-    for (int r = r0; r < r1; r += 2 * G8) {
+    const int step = groups_per_step() * G8;
+    for (int r = r0; r < r1; r += step) {
         const block_q6_kr *ga = (const block_q6_kr *)ROW(w, rb, r);
-        const __m512 v = q6kr_rows16(ga, SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, c, nsb, end);
-        _mm512_mask_storeu_ps(y + r, group_lanes(r, r1), v);
+        const __m512 v = q6kr_rows16(ga, step == G8 ? ga : SECOND_GROUP(ga, nsb, r, r1), (const block_q8x *)act, c, nsb, end);
+        _mm512_mask_storeu_ps(y + r, step == G8 ? (__mmask16)0xff : group_lanes(r, r1), v);
     }
     if (c != cstack) free(c);
 }
@@ -467,4 +491,9 @@ void pl_kqr_fill_avx512(pl_kernel_set *set) {
     set->rows_invariant[PL_TYPE_Q6_KR] = rows_q6_kr;
 }
 
+#else
+int pl_set_kr_decode_groups(int n) { /* the regrouped K-quants exist on x86 only (AVX-512) */
+    (void)n;
+    return 0;
+}
 #endif

@@ -261,6 +261,12 @@ void pl_set_sample_threads(int n_threads);
  * then slower than with the batched kernels. Process-wide; returns the previous setting. */
 int pl_set_batch_invariant(int on);
 
+/* Q4_KR / Q6_KR decode (AVX-512): 1 or 2 groups of 8 rows per step (any other n: the CPU's
+ * default, 1 on AMD, 2 elsewhere; csrc/kquants_repack.c says why). Results are the same bits
+ * either way. Process-wide; returns the previous setting (0: not chosen yet). For tests and
+ * benchmarks. */
+int pl_set_kr_decode_groups(int n);
+
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */
 int pl_set_isa(int isa);              /* force a path (PL_ISA_AUTO to reset); returns the one in use */

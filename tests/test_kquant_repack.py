@@ -125,9 +125,17 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=[1, 2], ids=["one-group-steps", "two-group-steps"])
+def decode_groups(request):
+    """The AVX-512 decode rows read one group of 8 rows a step (AMD's default) or two (the others')."""
+    before = lib.pl_set_kr_decode_groups(request.param)
+    yield request.param
+    lib.pl_set_kr_decode_groups(before)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("kind", list(KR))
-def test_kr_matches_numpy_on_every_path(kind, shape):
+def test_kr_matches_numpy_on_every_path(kind, shape, decode_groups):
     rows, used, cols, n_tok, n_threads = shape
     rng = np.random.default_rng(rows * 7919 + cols + n_tok)
     blocks = blocks_of(kind, rng, rows, cols)
@@ -138,6 +146,28 @@ def test_kr_matches_numpy_on_every_path(kind, shape):
     want = xq @ w.T
     bound = 4 * cols * 2.0 ** -24 * (np.abs(xq) @ magnitude(blocks)[:used].T) + 1e-30
     assert_matches_on_every_path(KR[kind][0], raw, x, used, cols, n_threads, want, bound, str(shape))
+
+
+@pytest.mark.parametrize("kind", list(KR))
+def test_kr_decode_steps_of_one_or_two_groups_give_the_same_bits(kind):
+    """Either grouping gives every row the same arithmetic, so switching it changes no logit
+    (a machine's default must not make its results differ from another's)."""
+    if lib.pl_cpu_isa() != lib.PL_ISA_AVX512:
+        pytest.skip("the regrouped decode rows are AVX-512 kernels")
+    rng = np.random.default_rng(11)
+    rows, cols = 40, 1280  # 5 groups: the last step of two-group steps has one
+    raw = repack_kind(kind, blocks_of(kind, rng, rows, cols))
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    out = {}
+    before = lib.pl_set_kr_decode_groups(1)
+    try:
+        for g in (1, 2):
+            lib.pl_set_kr_decode_groups(g)
+            out[g] = [c_matmul(KR[kind][0], raw, x, rows, cols, t) for t in (1, 2)]
+    finally:
+        lib.pl_set_kr_decode_groups(before)
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 @pytest.mark.parametrize("kind", list(KR))
