@@ -20,7 +20,6 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -370,18 +369,10 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
  */
 #define QUAD_AHEAD 16 /* rows: the panel this far on is asked for as this one is read */
 
-/* On AMD CPUs the panel ahead is asked into L2 only: from DRAM on Zen 4 its 16 rows' requests
- * into L1 streamed Q5_0 at 6.3-6.7 GB/s on one thread, into L2 at 7.5-8.1 (Q5_1: 6.1-6.5 and
- * 6.8-8.3; `sh bench/kq_rows_ab.sh`), and a Qwen2.5 0.5B token (mostly Q5_0) took 0.85x as long;
- * from L2 the same. Elsewhere as measured before: into L1. */
-static _Atomic int panel_hint; /* 0: not chosen yet, 1: L1, 2: L2 */
-
-static int panel_ahead_into_l2(void) {
-    int h = atomic_load_explicit(&panel_hint, memory_order_relaxed);
-    if (!h) atomic_store(&panel_hint, h = __builtin_cpu_is("amd") ? 2 : 1);
-    return h == 2;
-}
-
+/* On AMD CPUs (into_l2) the panel ahead is asked into L2 only: from DRAM on Zen 4 its 16 rows'
+ * requests into L1 streamed Q5_0 at 6.3-6.7 GB/s on one thread, into L2 at 7.5-8.1 (Q5_1: 6.1-6.5
+ * and 6.8-8.3; `sh bench/kq_rows_ab.sh`), and a Qwen2.5 0.5B token (mostly Q5_0) took 0.85x as
+ * long; from L2 the same. Elsewhere as measured before: into L1. */
 AVX512_INLINE void quad_rows16(int T, int into_l2, const void *w, size_t rb, const block_q8x *a, const q5quad *p, float *y,
                                int r, int r1, int nb) {
     const size_t bb = KQ_BLOCK_BYTES(T);
@@ -491,7 +482,7 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
         q5quad *p = (q5quad *)buf;
         q5quad_prep(KQ_ZERO(T), a, nb, p);
         if (T != PL_TYPE_IQ4_XS) {
-            if (panel_ahead_into_l2()) /* a constant in each loop: the compiler makes two of quad_rows16 */
+            if (pl_kq_cpu_is_amd()) /* a constant in each loop: the compiler makes two of quad_rows16 */
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 1, w, rb, a, p, y, r, r1, nb);
             else
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 0, w, rb, a, p, y, r, r1, nb);

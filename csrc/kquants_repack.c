@@ -183,8 +183,18 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
  */
 static _Atomic int decode_groups; /* 0: not chosen yet */
 
+int pl_kq_cpu_is_amd(void) {
+    static _Atomic int amd; /* 0: not known yet, 1: no, 2: yes */
+    int v = atomic_load_explicit(&amd, memory_order_relaxed);
+    if (!v) {
+        __builtin_cpu_init(); /* this may run before the constructors (a test's first call) */
+        atomic_store(&amd, v = __builtin_cpu_is("amd") ? 2 : 1);
+    }
+    return v == 2;
+}
+
 int pl_set_kr_decode_groups(int n) {
-    if (n != 1 && n != 2) n = __builtin_cpu_is("amd") ? 1 : 2;
+    if (n != 1 && n != 2) n = pl_kq_cpu_is_amd() ? 1 : 2;
     return atomic_exchange(&decode_groups, n);
 }
 
