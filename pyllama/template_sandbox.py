@@ -474,8 +474,10 @@ _set_async_exc.restype = ctypes.c_int
 
 class _Watchdog:
     """Interrupts the calling thread with :class:`_Timeout` once it has used `seconds` of
-    CPU time, until :meth:`stop`. The exception is raised at the next bytecode the
-    thread runs, so a loop in the template stops even if each step is a long C call."""
+    CPU time between :meth:`start` and :meth:`stop`. The exception is raised at the next
+    bytecode the thread runs, so a loop in the template stops even if each step is a long
+    C call. Call :meth:`start` inside the ``try`` that handles :class:`_Timeout`: with a
+    tiny budget the interrupt can land while the watching thread is still starting."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -484,9 +486,11 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._cpu = _thread_cpu_clock(self.ident)
+        self._start = 0.0
+
+    def start(self) -> None:
         self._start = self._cpu()
-        self._thread = threading.Thread(target=self._watch, name="pyllama-template-watchdog", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._watch, name="pyllama-template-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
         while True:
@@ -533,6 +537,7 @@ def render(source: str, variables: dict, *, max_chars: int = DEFAULT_MAX_CHARS,
     dog = _Watchdog(cpu_seconds)
     try:
         try:
+            dog.start()
             return _render(source, variables, max_chars)
         finally:
             fired = dog.stop()

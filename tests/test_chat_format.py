@@ -322,6 +322,17 @@ def test_timeout_leaves_no_interrupt_flag_behind():
     assert out.stdout.strip() == "True"
 
 
+def test_budget_spent_before_the_render_starts_is_still_a_chat_template_error():
+    """With a budget of zero the watchdog fires while its own thread is still starting.
+    That interrupt used to land before the render's guard and escape as the sandbox's
+    private BaseException (the CI suite saw it once, with a 1 ms budget, on a loaded
+    machine); it must be the same ChatTemplateError as any other timeout."""
+    for _ in range(200):
+        with pytest.raises(ChatTemplateError, match="CPU time"):
+            render_template("{{ 1 }}", [], cpu_seconds=0.0)
+    assert render_template("{{ 1 }}", []) == "1"  # and the next render is untouched
+
+
 def test_budget_leaves_real_templates_alone():
     # the same constructs at sizes real templates use still render as Jinja renders them
     src = ("{{ 'x' | center(9) }}|{{ 'a\\nb' | indent(2) }}|{{ '%05d' | format(42) }}|{{ '{:>4}'.format(7) }}"
