@@ -48,13 +48,13 @@ LLAMACPP_DIR = Path.home() / ".cache/pyllama/llama.cpp-0.3.36"
 
 
 def default_llama_server() -> str:
-    """Where bench/build_llamacpp.sh puts llama-server on this machine: build-noamx/ on CPUs with
-    AMX, build/ on the others (it is not run here: a missing binary only skips the comparison)."""
-    for build in ("build-noamx", "build"):
-        path = LLAMACPP_DIR / build / "bin" / "llama-server"
-        if path.exists():
-            return str(path)
-    return str(LLAMACPP_DIR / "build" / "bin" / "llama-server")
+    """Where bench/build_llamacpp.sh keeps llama-server on this machine. The script is only asked
+    (LLAMACPP_WHERE=1), not run to build: a missing binary only skips the comparison."""
+    res = subprocess.run(["bash", str(Path(__file__).with_name("build_llamacpp.sh"))],
+                         env={**os.environ, "LLAMACPP_WHERE": "1"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    where = res.stdout.strip() if res.returncode == 0 else str(LLAMACPP_DIR / "build" / "bin")
+    return os.path.join(where, "llama-server")
 
 
 def free_port() -> int:

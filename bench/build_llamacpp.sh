@@ -11,10 +11,12 @@
 #                  machine-dependent crash of ggml-org/llama.cpp#20824, so llama-bench could not run at all)
 #   LLAMACPP_SOURCE_ONLY  1: only download and unpack the source (convert_hf_to_gguf.py, gguf-py,
 #                  grammars/ for the tests); prints the source directory and builds nothing
+#   LLAMACPP_WHERE 1: build nothing and download nothing; print the binaries' directory and exit 0 when
+#                  all four are built, exit 1 when not (for tests and benchmarks that skip without them)
 #   LLAMACPP_ISA   avx2: build for AVX2+FMA+F16C only (GGML_NATIVE=OFF, no AVX-512, into build-avx2/), the
 #                  instruction set of an AVX2-only CPU, to compare with `PYLLAMA_ISA=avx2` on a newer one
 # Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
-# Idempotent: does nothing when both binaries already exist.
+# Idempotent: does nothing when the four binaries already exist.
 set -euo pipefail
 
 VER="${1:-${LLAMACPP_PY_VERSION:-0.3.36}}"
@@ -40,6 +42,14 @@ PY="${PYTHON:-python3}"
 
 log() { echo "build_llamacpp: $*" >&2; }
 
+built() { [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; }
+
+if [[ "${LLAMACPP_WHERE:-0}" == 1 ]]; then
+    built || { log "not built in $BIN (run bench/build_llamacpp.sh)"; exit 1; }
+    echo "$BIN"
+    exit 0
+fi
+
 # Which llama.cpp this is: the sdist carries no git metadata (the binaries say "commit unknown"),
 # so record the sdist and its sha256 next to the binaries, in VERSION.txt.
 write_version() {
@@ -51,8 +61,7 @@ write_version() {
     } > "$BUILD/VERSION.txt"
 }
 
-if [[ "${LLAMACPP_SOURCE_ONLY:-0}" != 1 && -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" &&
-      -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; then
+if [[ "${LLAMACPP_SOURCE_ONLY:-0}" != 1 ]] && built; then
     log "already built in $BIN"
     [[ -f "$BUILD/VERSION.txt" ]] && grep -q sha256 "$BUILD/VERSION.txt" 2>/dev/null || write_version
     echo "$BIN"

@@ -13,9 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$1; OUT=$2; shift 2
 THREADS=${THREADS:-2}
-# bench/build_llamacpp.sh's build: build-noamx/ on CPUs with AMX, build/ on the others
-BIN=${LLAMA_BIN:-$HOME/.cache/pyllama/llama.cpp-0.3.36/build-noamx/bin}
-[[ -n "${LLAMA_BIN:-}" || -d "$BIN" ]] || BIN=$HOME/.cache/pyllama/llama.cpp-0.3.36/build/bin
+BIN=${LLAMA_BIN:-$(LLAMACPP_WHERE=1 bash bench/build_llamacpp.sh)}
 TEXT=${TEXT:-tests/data/perplexity_pride_and_prejudice.txt}
 CTX=${CTX:-512}
 PY=${PYTHON:-python}

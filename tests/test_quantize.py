@@ -33,6 +33,7 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
+from support.llamacpp import llamacpp_binary
 from support.tiny_models import TinySpec, write_tiny_gguf
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
@@ -323,9 +324,7 @@ def test_pyllama_runs_the_output(tmp_path, ftype):
 
 @pytest.mark.slow
 def test_llama_cpp_loads_the_output(tmp_path):
-    # bench/build_llamacpp.sh builds into build-noamx/ on CPUs with AMX, build/ on the others
-    built = [Path.home() / f".cache/pyllama/llama.cpp-0.3.36/{d}/bin/llama-perplexity" for d in ("build-noamx", "build")]
-    binary = shutil.which("llama-perplexity") or next((str(b) for b in built if b.exists()), str(built[0]))
+    binary = shutil.which("llama-perplexity") or llamacpp_binary("llama-perplexity")
     if not Path(binary).exists():
         pytest.skip("llama-perplexity is not built (bench/build_llamacpp.sh)")
     spec = TinySpec(dim=256, hidden_dim=256, n_layers=2, n_heads=8, n_kv_heads=2, tied=False, wtype="F16",

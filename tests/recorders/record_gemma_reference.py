@@ -38,12 +38,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent  # tests/
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from support.llamacpp import llamacpp_binary  # noqa: E402
+
 OUT = HERE / "data" / "reference_greedy_gemma-3-270m.json"
 MODEL = "gemma-3-270m-q4_k_m"
 N_NEW = 32
 TOP = 5
 N_CTX = 512
-LLAMACPP_BIN = Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin"
 
 # A base model: plain text openings (one with Gemma's turn markers, parsed as special tokens).
 PROMPTS = [
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     from pyllama.models import cached_path, sha256_file
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--llama-server", default=str(LLAMACPP_BIN / "llama-server"))
+    ap.add_argument("--llama-server", default=llamacpp_binary("llama-server"))
     ap.add_argument("-m", "--model", help=f"the model file (default: pyllama's cached {MODEL})")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT))

@@ -23,9 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent  # tests/
 sys.path.insert(0, str(HERE))
 
+from support.llamacpp import llamacpp_binary  # noqa: E402
 from support.tiny_models import TinySpec, write_tiny_gguf  # noqa: E402
 
-DEFAULT_BIN = Path.home() / ".cache/pyllama/llama.cpp-0.3.36/build-noamx/bin/llama-quantize"
 OUT = HERE / "data" / "quantize_types_llamacpp.json"
 
 # the models: K-quant-sized rows with grouped-query attention (n_gqa = 4) and a separate output
@@ -94,7 +94,7 @@ def pure_errors(binary: str, model: Path, tmp: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--llama-quantize", default=os.environ.get("LLAMA_QUANTIZE", str(DEFAULT_BIN)))
+    ap.add_argument("--llama-quantize", default=os.environ.get("LLAMA_QUANTIZE") or llamacpp_binary("llama-quantize"))
     args = ap.parse_args()
     if not Path(args.llama_quantize).exists():
         print(f"llama-quantize not found at {args.llama_quantize}", file=sys.stderr)
