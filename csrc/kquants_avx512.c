@@ -359,6 +359,17 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
     return quad_dot(T, x, mlo, mhi, p);
 }
 
+/* 16 rows' chains over blocks 4g.. (nq of them), given their exact block sums v (block b's in v[b],
+ * a row per lane) and their scales dw[b] (Q5_1: and minimums mw[b]) */
+AVX512_INLINE __m512 quad_chain(int T, __m512 acc, const __m512i v[4], const __m512 dw[4], const __m512 mw[4], int nq,
+                                const block_q8x *a) {
+    for (int b = 0; b < nq; b++) {
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v[b]), dw[b]), _mm512_set1_ps(a[b].d), acc);
+        if (T == PL_TYPE_Q5_1) acc = _mm512_fmadd_ps(mw[b], _mm512_set1_ps(a[b].s), acc);
+    }
+    return acc;
+}
+
 /*
  * Q5_0, Q5_1 and IQ4_NL the tile's way round (kq_panel16): 16 rows at once, one per lane, each
  * row's chain over its blocks acc = fma(isum x d_w, d_a, acc) (Q5_1: then acc = fma(m_w, s_a, acc)),
@@ -369,10 +380,11 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
  */
 #define QUAD_AHEAD 16 /* rows: the panel this far on is asked for as this one is read */
 
-/* On AMD CPUs (into_l2) the panel ahead is asked into L2 only: from DRAM on Zen 4 its 16 rows'
- * requests into L1 streamed Q5_0 at 6.3-6.7 GB/s on one thread, into L2 at 7.5-8.1 (Q5_1: 6.1-6.5
- * and 6.8-8.3; `sh bench/kq_rows_ab.sh`), and a Qwen2.5 0.5B token (mostly Q5_0) took 0.85x as
- * long; from L2 the same. Elsewhere as measured before: into L1. */
+/* On AMD CPUs (into_l2: rows longer than quad_rows16_stream takes) the panel ahead is asked into
+ * L2 only: from DRAM on Zen 4 its 16 rows' requests into L1 streamed Q5_0 at 6.3-6.7 GB/s on one
+ * thread, into L2 at 7.5-8.1 (Q5_1: 6.1-6.5 and 6.8-8.3; `sh bench/kq_rows_ab.sh`, rows of 2048
+ * before the stream took them), and a Qwen2.5 0.5B token (mostly Q5_0) took 0.85x as long; from
+ * L2 the same. Elsewhere as measured before: into L1. */
 AVX512_INLINE void quad_rows16(int T, int into_l2, const void *w, size_t rb, const block_q8x *a, const q5quad *p, float *y,
                                int r, int r1, int nb) {
     const size_t bb = KQ_BLOCK_BYTES(T);
@@ -397,16 +409,62 @@ AVX512_INLINE void quad_rows16(int T, int into_l2, const void *w, size_t rb, con
             sv[i] = quad_isums(T, wp, nq, p + g);
         }
         quad_sums_by_row(sv, v);
-        for (int b = 0; b < nq; b++) {
-            const block_q8x *ab = a + 4 * g + b;
-            /* each row's block starts with d (Q5_1: then m) */
+        __m512 dw[4], mw[4];
+        for (int b = 0; b < nq; b++) { /* each row's block starts with d (Q5_1: then m) */
             const __m512i dm = _mm512_i32gather_epi32(off, wr[0] + (size_t)(4 * g + b) * bb, 1);
-            const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v[b]), dw), _mm512_set1_ps(ab->d), acc);
-            if (T == PL_TYPE_Q5_1)
-                acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))),
-                                      _mm512_set1_ps(ab->s), acc);
+            dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+            mw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
         }
+        acc = quad_chain(T, acc, v, dw, mw, nq, a + 4 * g);
+    }
+    _mm512_mask_storeu_ps(y + r, keep, acc);
+}
+
+/*
+ * The same 16 rows and the same arithmetic as quad_rows16, read in the order the file lays them
+ * out: each row whole, front to back, its quads' integer sums kept and its blocks' scales picked
+ * up on the way; then the sums per block and each row's chain as there. Integer sums are exact
+ * in any order and the chain is unchanged, so every row gets the same bits. For rows of up to
+ * STREAM_QUADS quads (2048 values), on AMD CPUs. On Zen 4 quad_rows16's 16 interleaved reads
+ * and its gather per block (whose result each chain step waits for) held Q5_0 to 8.4 GB/s in L2;
+ * this reads 15.9 (`sh bench/kq_rows_ab.sh`), and a Qwen2.5 0.5B token (mostly Q5_0, rows of 896)
+ * takes 0.7x as long (bench/RESULTS.md, "Zen 4"). Longer rows, whose sums would not stay in L1,
+ * read no faster this way.
+ */
+#define STREAM_QUADS 16 /* 16 rows x 16 quads of sums: 16 KiB */
+
+/* one row's quads: integer sums into sv[g][i], scale (Q5_1: and minimum) of block k into d[k][i] */
+AVX512_INLINE void stream_row(int T, const uint8_t *wr, int i, int nb, const q5quad *p, __m512i sv[][16],
+                              uint32_t d[][16]) {
+    const size_t bb = KQ_BLOCK_BYTES(T);
+    const int full = nb / 4; /* whole quads: nq a constant 4 */
+    for (int g = 0; g < full; g++) sv[g][i] = quad_isums(T, wr + (size_t)(4 * g) * bb, 4, p + g);
+    if (nb % 4) sv[full][i] = quad_isums(T, wr + (size_t)(4 * full) * bb, nb % 4, p + full);
+    for (int k = 0; k < nb; k++) memcpy(&d[k][i], wr + (size_t)k * bb, 4); /* Q5_0: d and 2 bytes of qh */
+}
+
+AVX512_INLINE void quad_rows16_stream(int T, const void *w, size_t rb, const block_q8x *a, const q5quad *p,
+                                      float *y, int r, int r1, int nb) {
+    const int nr = r1 - r < 16 ? r1 - r : 16, nquads = (nb + 3) / 4;
+    const __mmask16 keep = nr == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __m512i sv[STREAM_QUADS][16], v[4];
+    uint32_t d[4 * STREAM_QUADS][16] __attribute__((aligned(64)));
+    for (int i = 0; i < nr; i++) stream_row(T, (const uint8_t *)ROW(w, rb, r + i), i, nb, p, sv, d);
+    for (int i = nr; i < 16; i++) { /* lanes past the last row: dropped at the store */
+        for (int g = 0; g < nquads; g++) sv[g][i] = _mm512_setzero_si512();
+        for (int k = 0; k < nb; k++) d[k][i] = 0;
+    }
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < nquads; g++) {
+        const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
+        quad_sums_by_row(sv[g], v);
+        __m512 dw[4], mw[4];
+        for (int b = 0; b < nq; b++) {
+            const __m512i dm = _mm512_load_si512(d[4 * g + b]);
+            dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+            mw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+        }
+        acc = quad_chain(T, acc, v, dw, mw, nq, a + 4 * g);
     }
     _mm512_mask_storeu_ps(y + r, keep, acc);
 }
@@ -482,7 +540,9 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
         q5quad *p = (q5quad *)buf;
         q5quad_prep(KQ_ZERO(T), a, nb, p);
         if (T != PL_TYPE_IQ4_XS) {
-            if (pl_kq_cpu_is_amd()) /* a constant in each loop: the compiler makes two of quad_rows16 */
+            if (pl_kq_amd_reads() && (nb + 3) / 4 <= STREAM_QUADS)
+                for (int r = r0; r < r1; r += 16) quad_rows16_stream(T, w, rb, a, p, y, r, r1, nb);
+            else if (pl_kq_amd_reads()) /* a constant in each loop: the compiler makes two of quad_rows16 */
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 1, w, rb, a, p, y, r, r1, nb);
             else
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 0, w, rb, a, p, y, r, r1, nb);

@@ -179,30 +179,32 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
  * groups are two streams, each jumping ahead by a group every step: on Intel they stream at 88%
  * of a plain read, but from DRAM on Zen 4 they took a Qwen2.5 1.5B token 1.7-2x as long as one
  * group a step does, and longer than the file's layout (bench/RESULTS.md). So one on AMD CPUs, two
- * elsewhere; both give every row the same bits (the lanes' arithmetic is the same).
+ * elsewhere (pl_set_amd_reads); both give every row the same bits (the lanes' arithmetic is the same).
  */
-static _Atomic int decode_groups; /* 0: not chosen yet */
+static _Atomic int amd_reads; /* 0: not chosen yet, 1: no, 2: yes */
 
-int pl_kq_cpu_is_amd(void) {
-    static _Atomic int amd; /* 0: not known yet, 1: no, 2: yes */
-    int v = atomic_load_explicit(&amd, memory_order_relaxed);
-    if (!v) {
+int pl_set_amd_reads(int on) {
+    if (on != 0 && on != 1) {
         __builtin_cpu_init(); /* this may run before the constructors (a test's first call) */
-        atomic_store(&amd, v = __builtin_cpu_is("amd") ? 2 : 1);
+        on = __builtin_cpu_is("amd");
+    }
+    const int before = pl_kq_amd_reads();
+    atomic_store(&amd_reads, on + 1);
+    return before;
+}
+
+int pl_kq_amd_reads(void) {
+    int v = atomic_load_explicit(&amd_reads, memory_order_relaxed);
+    if (!v) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_is("amd") ? 2 : 1;
+        int unset = 0; /* a setting made meanwhile wins */
+        if (!atomic_compare_exchange_strong(&amd_reads, &unset, v)) v = unset;
     }
     return v == 2;
 }
 
-int pl_set_kr_decode_groups(int n) {
-    if (n != 1 && n != 2) n = pl_kq_cpu_is_amd() ? 1 : 2;
-    return atomic_exchange(&decode_groups, n);
-}
-
-static int groups_per_step(void) {
-    int n = atomic_load_explicit(&decode_groups, memory_order_relaxed);
-    if (!n) pl_set_kr_decode_groups(0), n = atomic_load(&decode_groups);
-    return n;
-}
+static int groups_per_step(void) { return pl_kq_amd_reads() ? 1 : 2; }
 
 /* the rows [r0, r1) not on whole groups go the slow way; r0 on a group from here on */
 static int kr_edges(int type, const void *w, size_t rb, const void *act, size_t as, float *y, size_t ys, int *r0,
@@ -502,8 +504,8 @@ void pl_kqr_fill_avx512(pl_kernel_set *set) {
 }
 
 #else
-int pl_set_kr_decode_groups(int n) { /* the regrouped K-quants exist on x86 only (AVX-512) */
-    (void)n;
+int pl_set_amd_reads(int on) { /* the kernels it steers exist on x86 only (AVX-512) */
+    (void)on;
     return 0;
 }
 #endif

@@ -41,9 +41,10 @@ PL_KR_DECLARE_AVX2(q4_kr)
 PL_KR_DECLARE_AVX2(q6_kr)
 void pl_kqr_fill_avx512(pl_kernel_set *set);
 
-/* 1 on AMD CPUs, whose decode rows read one stream a thread where they can (kquants_repack.c's
- * groups_per_step, kquants_avx512.c's quad_rows16 prefetch); decided once. */
-int pl_kq_cpu_is_amd(void);
+/* 1 when decode reads the weights AMD's way (pl_set_amd_reads): one stream a thread where it can
+ * (kquants_repack.c's groups_per_step, kquants_avx512.c's quad_rows16_stream and prefetch).
+ * Decided by the CPU's vendor on first use. */
+int pl_kq_amd_reads(void);
 
 #endif
 #endif

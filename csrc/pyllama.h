@@ -261,11 +261,13 @@ void pl_set_sample_threads(int n_threads);
  * then slower than with the batched kernels. Process-wide; returns the previous setting. */
 int pl_set_batch_invariant(int on);
 
-/* Q4_KR / Q6_KR decode (AVX-512): 1 or 2 groups of 8 rows per step (any other n: the CPU's
- * default, 1 on AMD, 2 elsewhere; csrc/kquants_repack.c says why). Results are the same bits
- * either way. Process-wide; returns the previous setting (0: not chosen yet). For tests and
- * benchmarks. */
-int pl_set_kr_decode_groups(int n);
+/* Decode (AVX-512) reads the weights in the order measured fastest from DRAM on AMD CPUs (1:
+ * Q4_KR / Q6_KR one group of 8 rows per step, Q5_0 / Q5_1 / IQ4_NL rows one at a time and
+ * prefetched into L2) or on Intel's (0: two groups per step, 16 rows side by side, prefetched
+ * into L1); any other value: by this CPU's vendor, the default. Every row gets the same bits
+ * either way (csrc/kquants_repack.c, csrc/kquants_avx512.c). Process-wide; returns the previous
+ * setting. For tests and benchmarks. */
+int pl_set_amd_reads(int on);
 
 /* Kernels, exposed for tests and benchmarks. */
 int pl_cpu_isa(void);                 /* best path this CPU supports */

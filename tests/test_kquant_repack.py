@@ -125,12 +125,12 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=[1, 2], ids=["one-group-steps", "two-group-steps"])
+@pytest.fixture(params=[1, 0], ids=["one-group-steps", "two-group-steps"])
 def decode_groups(request):
-    """The AVX-512 decode rows read one group of 8 rows a step (AMD's default) or two (the others')."""
-    before = lib.pl_set_kr_decode_groups(request.param)
+    """The AVX-512 decode rows read one group of 8 rows a step (AMD's reads) or two (the others')."""
+    before = lib.pl_set_amd_reads(request.param)
     yield request.param
-    lib.pl_set_kr_decode_groups(before)
+    lib.pl_set_amd_reads(before)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -159,14 +159,14 @@ def test_kr_decode_steps_of_one_or_two_groups_give_the_same_bits(kind):
     raw = repack_kind(kind, blocks_of(kind, rng, rows, cols))
     x = rng.standard_normal((1, cols)).astype(np.float32)
     out = {}
-    before = lib.pl_set_kr_decode_groups(1)
+    before = lib.pl_set_amd_reads(1)
     try:
-        for g in (1, 2):
-            lib.pl_set_kr_decode_groups(g)
-            out[g] = [c_matmul(KR[kind][0], raw, x, rows, cols, t) for t in (1, 2)]
+        for amd in (1, 0):
+            lib.pl_set_amd_reads(amd)
+            out[amd] = [c_matmul(KR[kind][0], raw, x, rows, cols, t) for t in (1, 2)]
     finally:
-        lib.pl_set_kr_decode_groups(before)
-    for a, b in zip(out[1], out[2]):
+        lib.pl_set_amd_reads(before)
+    for a, b in zip(out[1], out[0]):
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 

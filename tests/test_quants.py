@@ -255,6 +255,37 @@ def test_matvec_vs_float64(name, shape, isa):
         assert np.all(err <= fp_bound), f"{name}: worst err/bound {np.max(err / fp_bound):.3g}"
 
 
+@pytest.mark.parametrize("cols", [96, 896, 2048, 2080, 4864])  # 2080: one quad past the whole-row stream
+@pytest.mark.parametrize("name", ["Q5_0", "Q5_1", "IQ4_NL"])
+def test_amd_and_other_read_orders_match_numpy_and_each_other(name, cols):
+    """AVX-512 decode reads these rows one at a time on AMD CPUs (up to 2048 values) and 16 side
+    by side elsewhere (pl_set_amd_reads). Whichever this machine picks, both orders are checked
+    here against numpy, and must give the same bits: the tile computes a batch that way."""
+    if lib.pl_cpu_isa() != lib.PL_ISA_AVX512:
+        pytest.skip("the two read orders are AVX-512 kernels")
+    lib.pl_set_isa(lib.PL_ISA_AVX512)  # this file's tests start on the scalar set
+    rng = np.random.default_rng(cols)
+    rows = 37  # two panels of 16 and one of 5
+    raw = encode_matrix(name, rng.standard_normal((rows, cols)).astype(np.float32))
+    x = (rng.standard_normal(cols) * rng.uniform(0.1, 10, cols)).astype(np.float32)
+    xq = quantize_activations_q8(x)
+    want = dequant_matrix(name, raw, rows, cols) @ xq
+    bound = 4 * cols * 2.0 ** -24 * (magnitude_matrix(name, raw, rows, cols) @ np.abs(xq)) + 1e-30
+    out = {}
+    before = lib.pl_set_amd_reads(1)
+    try:
+        for amd in (1, 0):
+            lib.pl_set_amd_reads(amd)
+            out[amd] = [c_matvec(name, raw, x, rows, cols, t) for t in (1, 2)]
+    finally:
+        lib.pl_set_amd_reads(before)
+    for y in out[1] + out[0]:
+        err = np.abs(y - want)
+        assert np.all(err <= bound), f"{name}: worst err/bound {np.max(err / bound):.3g}"
+    for a, b in zip(out[1], out[0]):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 @pytest.mark.parametrize("name", list(TYPES))
 def test_matmul_equals_matvec_per_token(name):
     rng = np.random.default_rng(99)
