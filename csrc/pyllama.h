@@ -262,9 +262,10 @@ void pl_set_sample_threads(int n_threads);
 int pl_set_batch_invariant(int on);
 
 /* Decode (AVX-512) reads the weights in the order measured fastest from DRAM on AMD CPUs (1:
- * Q4_KR / Q6_KR one group of 8 rows per step, Q5_0 / Q5_1 / IQ4_NL rows one at a time and
- * prefetched into L2) or on Intel's (0: two groups per step, 16 rows side by side, prefetched
- * into L1); any other value: by this CPU's vendor, the default. Every row gets the same bits
+ * Q4_KR / Q6_KR one group of 8 rows per step; Q5_0 / Q5_1 / IQ4_NL rows of up to 2048 values one
+ * after another, longer ones 16 side by side with the next 16 prefetched into L2) or on Intel's
+ * (0: two groups per step; 16 rows side by side, the next 16 prefetched into L1); any other
+ * value: by this CPU's vendor, the default. Every row gets the same bits
  * either way (csrc/kquants_repack.c, csrc/kquants_avx512.c). Process-wide; returns the previous
  * setting. For tests and benchmarks. */
 int pl_set_amd_reads(int on);
