@@ -360,12 +360,14 @@ AVX512_INLINE __m512i quad_isums(int T, const uint8_t *wp, int nq, const q5quad 
 }
 
 /* 16 rows' chains over blocks 4g.. (nq of them), given their exact block sums v (block b's in v[b],
- * a row per lane) and their scales dw[b] (Q5_1: and minimums mw[b]) */
-AVX512_INLINE __m512 quad_chain(int T, __m512 acc, const __m512i v[4], const __m512 dw[4], const __m512 mw[4], int nq,
-                                const block_q8x *a) {
+ * a row per lane) and the first 4 bytes of each row's block, dm[b]: d (Q5_1: then m) */
+AVX512_INLINE __m512 quad_chain(int T, __m512 acc, const __m512i v[4], const __m512i dm[4], int nq, const block_q8x *a) {
     for (int b = 0; b < nq; b++) {
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v[b]), dw[b]), _mm512_set1_ps(a[b].d), acc);
-        if (T == PL_TYPE_Q5_1) acc = _mm512_fmadd_ps(mw[b], _mm512_set1_ps(a[b].s), acc);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm[b]));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v[b]), dw), _mm512_set1_ps(a[b].d), acc);
+        if (T == PL_TYPE_Q5_1)
+            acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm[b], 16))),
+                                  _mm512_set1_ps(a[b].s), acc);
     }
     return acc;
 }
@@ -409,13 +411,9 @@ AVX512_INLINE void quad_rows16(int T, int into_l2, const void *w, size_t rb, con
             sv[i] = quad_isums(T, wp, nq, p + g);
         }
         quad_sums_by_row(sv, v);
-        __m512 dw[4], mw[4];
-        for (int b = 0; b < nq; b++) { /* each row's block starts with d (Q5_1: then m) */
-            const __m512i dm = _mm512_i32gather_epi32(off, wr[0] + (size_t)(4 * g + b) * bb, 1);
-            dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-            mw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
-        }
-        acc = quad_chain(T, acc, v, dw, mw, nq, a + 4 * g);
+        __m512i dm[4];
+        for (int b = 0; b < nq; b++) dm[b] = _mm512_i32gather_epi32(off, wr[0] + (size_t)(4 * g + b) * bb, 1);
+        acc = quad_chain(T, acc, v, dm, nq, a + 4 * g);
     }
     _mm512_mask_storeu_ps(y + r, keep, acc);
 }
@@ -458,13 +456,9 @@ AVX512_INLINE void quad_rows16_stream(int T, const void *w, size_t rb, const blo
     for (int g = 0; g < nquads; g++) {
         const int nq = nb - 4 * g < 4 ? nb - 4 * g : 4;
         quad_sums_by_row(sv[g], v);
-        __m512 dw[4], mw[4];
-        for (int b = 0; b < nq; b++) {
-            const __m512i dm = _mm512_load_si512(d[4 * g + b]);
-            dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
-            mw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
-        }
-        acc = quad_chain(T, acc, v, dw, mw, nq, a + 4 * g);
+        __m512i dm[4];
+        for (int b = 0; b < nq; b++) dm[b] = _mm512_load_si512(d[4 * g + b]);
+        acc = quad_chain(T, acc, v, dm, nq, a + 4 * g);
     }
     _mm512_mask_storeu_ps(y + r, keep, acc);
 }
@@ -540,9 +534,10 @@ AVX512_INLINE void kq_rows512(int T, const void *w, size_t rb, const block_q8x *
         q5quad *p = (q5quad *)buf;
         q5quad_prep(KQ_ZERO(T), a, nb, p);
         if (T != PL_TYPE_IQ4_XS) {
-            if (pl_kq_amd_reads() && (nb + 3) / 4 <= STREAM_QUADS)
+            const int amd = pl_kq_amd_reads();
+            if (amd && (nb + 3) / 4 <= STREAM_QUADS)
                 for (int r = r0; r < r1; r += 16) quad_rows16_stream(T, w, rb, a, p, y, r, r1, nb);
-            else if (pl_kq_amd_reads()) /* a constant in each loop: the compiler makes two of quad_rows16 */
+            else if (amd) /* a constant in each loop: the compiler makes two of quad_rows16 */
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 1, w, rb, a, p, y, r, r1, nb);
             else
                 for (int r = r0; r < r1; r += 16) quad_rows16(T, 0, w, rb, a, p, y, r, r1, nb);

@@ -184,19 +184,15 @@ AVX512_INLINE __m512 q4kr_rows16(const block_q4_kr *ga, const block_q4_kr *gb, c
 static _Atomic int amd_reads; /* 0: not chosen yet, 1: no, 2: yes */
 
 int pl_set_amd_reads(int on) {
-    if (on != 0 && on != 1) {
-        __builtin_cpu_init(); /* this may run before the constructors (a test's first call) */
-        on = __builtin_cpu_is("amd");
-    }
     const int before = pl_kq_amd_reads();
-    atomic_store(&amd_reads, on + 1);
+    atomic_store(&amd_reads, on == 0 || on == 1 ? on + 1 : 0); /* 0: chosen by the vendor again */
     return before;
 }
 
 int pl_kq_amd_reads(void) {
     int v = atomic_load_explicit(&amd_reads, memory_order_relaxed);
     if (!v) {
-        __builtin_cpu_init();
+        __builtin_cpu_init(); /* this may run before the constructors (a test's first call) */
         v = __builtin_cpu_is("amd") ? 2 : 1;
         int unset = 0; /* a setting made meanwhile wins */
         if (!atomic_compare_exchange_strong(&amd_reads, &unset, v)) v = unset;
