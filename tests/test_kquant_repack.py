@@ -19,6 +19,7 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package provides the reference dequantizer")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
+from support.isas import in_both_read_orders  # noqa: E402
 from support.layouts import assert_matches_on_every_path, c_matmul, logits_with_and_without_regrouping  # noqa: E402
 from support.reference import quantize_activations_q8  # noqa: E402
 
@@ -158,14 +159,7 @@ def test_kr_decode_steps_of_one_or_two_groups_give_the_same_bits(kind):
     rows, cols = 40, 1280  # 5 groups: the last step of two-group steps has one
     raw = repack_kind(kind, blocks_of(kind, rng, rows, cols))
     x = rng.standard_normal((1, cols)).astype(np.float32)
-    out = {}
-    before = lib.pl_set_amd_reads(1)
-    try:
-        for amd in (1, 0):
-            lib.pl_set_amd_reads(amd)
-            out[amd] = [c_matmul(KR[kind][0], raw, x, rows, cols, t) for t in (1, 2)]
-    finally:
-        lib.pl_set_amd_reads(before)
+    out = in_both_read_orders(lib, lambda: [c_matmul(KR[kind][0], raw, x, rows, cols, t) for t in (1, 2)])
     for a, b in zip(out[1], out[0]):
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
 

@@ -19,6 +19,7 @@ import pytest
 import gguf
 from gguf import GGMLQuantizationType as QT
 
+from support.isas import in_both_read_orders
 from support.reference import quantize_activations_q8
 
 core = pytest.importorskip("pyllama._core", reason="the C core (pyllama._core) is not built")
@@ -271,14 +272,7 @@ def test_amd_and_other_read_orders_match_numpy_and_each_other(name, cols):
     xq = quantize_activations_q8(x)
     want = dequant_matrix(name, raw, rows, cols) @ xq
     bound = 4 * cols * 2.0 ** -24 * (magnitude_matrix(name, raw, rows, cols) @ np.abs(xq)) + 1e-30
-    out = {}
-    before = lib.pl_set_amd_reads(1)
-    try:
-        for amd in (1, 0):
-            lib.pl_set_amd_reads(amd)
-            out[amd] = [c_matvec(name, raw, x, rows, cols, t) for t in (1, 2)]
-    finally:
-        lib.pl_set_amd_reads(before)
+    out = in_both_read_orders(lib, lambda: [c_matvec(name, raw, x, rows, cols, t) for t in (1, 2)])
     for y in out[1] + out[0]:
         err = np.abs(y - want)
         assert np.all(err <= bound), f"{name}: worst err/bound {np.max(err / bound):.3g}"

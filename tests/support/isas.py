@@ -12,3 +12,17 @@ def available_isas(lib) -> list[tuple[str, int]]:
     if best == lib.PL_ISA_NEON:
         out.append(("neon", lib.PL_ISA_NEON))
     return out
+
+
+def in_both_read_orders(lib, run) -> dict:
+    """{1: run() with decode reading the weights AMD's way, 0: run() the others' way}
+    (pl_set_amd_reads), the process's setting restored after."""
+    before = lib.pl_set_amd_reads(1)
+    try:
+        out = {}
+        for amd in (1, 0):
+            lib.pl_set_amd_reads(amd)
+            out[amd] = run()
+        return out
+    finally:
+        lib.pl_set_amd_reads(before)
