@@ -44,17 +44,15 @@ from pathlib import Path
 import httpx
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle. Chapter 1:"
-LLAMACPP_DIR = Path.home() / ".cache/pyllama/llama.cpp-0.3.36"
 
 
 def default_llama_server() -> str:
-    """Where bench/build_llamacpp.sh keeps llama-server on this machine. The script is only asked
+    """Where bench/build_llamacpp.sh builds llama-server on this machine. The script is only asked
     (LLAMACPP_WHERE=1), not run to build: a missing binary only skips the comparison."""
     res = subprocess.run(["bash", str(Path(__file__).with_name("build_llamacpp.sh"))],
                          env={**os.environ, "LLAMACPP_WHERE": "1"}, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
-    where = res.stdout.strip() if res.returncode == 0 else str(LLAMACPP_DIR / "build" / "bin")
-    return os.path.join(where, "llama-server")
+    return os.path.join(res.stdout.strip(), "llama-server")
 
 
 def free_port() -> int:

@@ -11,8 +11,8 @@
 #                  machine-dependent crash of ggml-org/llama.cpp#20824, so llama-bench could not run at all)
 #   LLAMACPP_SOURCE_ONLY  1: only download and unpack the source (convert_hf_to_gguf.py, gguf-py,
 #                  grammars/ for the tests); prints the source directory and builds nothing
-#   LLAMACPP_WHERE 1: build nothing and download nothing; print the binaries' directory and exit 0 when
-#                  all four are built, exit 1 when not (for tests and benchmarks that skip without them)
+#   LLAMACPP_WHERE 1: build nothing and download nothing; print the binaries' directory, and exit 0 when
+#                  all four are built there, 1 when not (for tests and benchmarks that skip without them)
 #   LLAMACPP_ISA   avx2: build for AVX2+FMA+F16C only (GGML_NATIVE=OFF, no AVX-512, into build-avx2/), the
 #                  instruction set of an AVX2-only CPU, to compare with `PYLLAMA_ISA=avx2` on a newer one
 # Prints the directory that holds the binaries on its last line (stdout); progress goes to stderr.
@@ -45,8 +45,8 @@ log() { echo "build_llamacpp: $*" >&2; }
 built() { [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; }
 
 if [[ "${LLAMACPP_WHERE:-0}" == 1 ]]; then
-    built || { log "not built in $BIN (run bench/build_llamacpp.sh)"; exit 1; }
     echo "$BIN"
+    built || { log "not built in $BIN (run bench/build_llamacpp.sh)"; exit 1; }
     exit 0
 fi
 

@@ -13,16 +13,9 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "build_llamacpp.sh"
 
 
-def llamacpp_bin() -> Path | None:
-    """The directory of llama-bench, llama-perplexity, llama-quantize and llama-server, or None
-    when bench/build_llamacpp.sh has not built them."""
+def llamacpp_binary(name: str) -> str:
+    """Path of llama.cpp's `name` (e.g. "llama-quantize") where bench/build_llamacpp.sh builds it
+    on this machine; the file exists only once it is built."""
     res = subprocess.run(["bash", str(SCRIPT)], env={**os.environ, "LLAMACPP_WHERE": "1"},
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return Path(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip() else None
-
-
-def llamacpp_binary(name: str) -> str:
-    """Path of llama.cpp's `name` (e.g. "llama-quantize") as built by bench/build_llamacpp.sh,
-    or its expected path under the script's default build directory when it is not built."""
-    found = llamacpp_bin()
-    return str((found or Path("~/.cache/pyllama/llama.cpp-0.3.36/build/bin").expanduser()) / name)
+    return str(Path(res.stdout.strip()) / name)
