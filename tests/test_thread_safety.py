@@ -100,18 +100,31 @@ def test_close_during_eval_waits_or_raises(tiny):
         outcomes = []
         for round in range(6):
             llm = Llama({tiny!r}, n_ctx=128, n_threads=2)
+            # even rounds close between two chunks of the stream, for certain; odd ones race it
+            # (a 100-token stream takes ~3 ms, less than a loaded machine's scheduling delays)
+            between = round % 2 == 0
+            first, go = threading.Event(), threading.Event()
             def work():
                 try:
-                    for chunk in llm.create_completion("hello world", max_tokens=100, temperature=0, stream=True):
-                        pass
+                    for i, chunk in enumerate(llm.create_completion("hello world", max_tokens=100, temperature=0,
+                                                                    stream=True)):
+                        if i == 0 and between:
+                            first.set()
+                            go.wait()
                     outcomes.append("finished")
                 except PyllamaError as e:
                     assert "closed" in str(e), e
                     outcomes.append("closed")
+                finally:
+                    first.set()
             t = threading.Thread(target=work)
             t.start()
-            time.sleep(0.002 * round)
+            if between:
+                first.wait()
+            else:
+                time.sleep(0.002 * round)
             llm.close()
+            go.set()
             t.join()
             try:
                 llm.eval([1])
@@ -122,7 +135,9 @@ def test_close_during_eval_waits_or_raises(tiny):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(r.stdout.split()) == 6 and "closed" in r.stdout.split()
+    outcomes = r.stdout.split()
+    assert len(outcomes) == 6 and "closed" in outcomes
+    assert outcomes[0::2] == ["closed"] * 3, outcomes  # closed between two chunks: the stream's next one raises
 
 
 def test_forks_share_weights_and_close_with_their_parent(tiny):
